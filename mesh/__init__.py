@@ -1,0 +1,1 @@
+"""mesh: SPIFFE identities, sidecars with mTLS and authorization policy."""

@@ -1,0 +1,1 @@
+"""A demo shop monolith and the services carved from it."""
