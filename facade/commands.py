@@ -1,0 +1,188 @@
+"""Core subcommands: ``serve``, ``validate``, ``routes``, ``reload``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from typing import Any
+
+from .console import (
+    EXIT_FAILURE,
+    EXIT_INVALID,
+    EXIT_OK,
+    AdminClient,
+    AdminError,
+    add_admin_options,
+    add_config_option,
+    add_json_option,
+    print_json,
+    render_table,
+)
+
+__all__ = ["register"]
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("serve", help="run the facade (listener + admin) from a config file")
+    add_config_option(p)
+    p.add_argument("--listen", help="override the config's listen address (host:port)")
+    p.add_argument("--admin-listen", help="override the config's admin.listen address (host:port)")
+    p.add_argument("--no-watch", action="store_true", help="do not reload when the config file changes")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("validate", help="check a config file (and its migration plans); exit 2 when invalid")
+    add_config_option(p)
+    add_json_option(p)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("routes", help="show the running facade's effective route table")
+    add_admin_options(p)
+    p.set_defaults(func=cmd_routes)
+
+    p = sub.add_parser("reload", help="ask the running facade to reload its config file")
+    add_admin_options(p)
+    p.set_defaults(func=cmd_reload)
+
+
+def validate_all(config_path: str) -> tuple[Any, list[Any]]:
+    """Config plus, when the migration feature is present, its plans. Returns (config or None, problems)."""
+    from .config import check_config
+
+    config, problems = check_config(config_path)
+    if config is not None:
+        try:
+            from .migration.plan import load_plans
+        except ModuleNotFoundError:
+            return config, problems
+        if config.migrations_dir:
+            _, plan_problems = load_plans(
+                config.migrations_dir,
+                routes=[r.name for r in config.routes],
+                services=[s.name for s in config.services],
+            )
+            problems = [*problems, *plan_problems]
+    return config, problems
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    config, problems = validate_all(args.config)
+    errors = [p for p in problems if p.severity == "error"]
+    if args.json:
+        print_json({"valid": not errors, "problems": [p.to_json() | {"text": str(p)} for p in problems]})
+    else:
+        for p in sorted(problems, key=lambda p: (p.file, p.line, p.col)):
+            print(str(p), file=sys.stderr if p.severity == "error" else sys.stdout)
+        if not errors:
+            assert config is not None
+            print(f"{args.config}: valid ({len(config.services)} services, {len(config.routes)} routes)")
+    return EXIT_INVALID if errors else EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .config import load_config
+    from .errors import ConfigError
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        for p in exc.problems:
+            print(str(p), file=sys.stderr)
+        return EXIT_INVALID
+    for w in getattr(config, "warnings", ()):
+        print(str(w), file=sys.stderr)
+    if args.listen or args.admin_listen:
+        config = replace(
+            config,
+            listen=args.listen or config.listen,
+            admin=replace(config.admin, listen=args.admin_listen or config.admin.listen),
+        )
+    try:
+        return asyncio.run(_serve(config, args))
+    except OSError as exc:
+        print(f"facade: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+async def _serve(config: Any, args: argparse.Namespace) -> int:
+    from .features import attach_features
+    from .runtime import FacadeRuntime
+
+    runtime = FacadeRuntime(config, config_path=args.config, watch_interval=None if args.no_watch else 1.0)
+    attach_features(runtime)
+    runtime.install_signal_handlers(asyncio.get_running_loop())
+    await runtime.start()
+    print(f"facade ready: listening on {runtime.url}, admin on {runtime.admin_url}", flush=True)
+    await runtime.wait_stopped()
+    return EXIT_OK
+
+
+def cmd_routes(args: argparse.Namespace) -> int:
+    try:
+        data = AdminClient.from_args(args).get("/routes")
+    except AdminError as exc:
+        print(f"facade: {exc}", file=sys.stderr)
+        return exc.exit_code
+    if args.json:
+        print_json(data)
+        return EXIT_OK
+    rows = []
+    for r in data["routes"]:
+        match = "; ".join(_describe_match(m) for m in r["match"])
+        if "backends" in r:
+            action = ", ".join(f"{b['service']} {b['weight']:g}%" for b in r["backends"])
+            health = ", ".join(_describe_pool(b) for b in r["backends"])
+        else:
+            action, health = json.dumps(r.get("action")), ""
+        step = r.get("migration", {}).get("step", "")
+        rows.append((r["name"], match, action, step, health))
+    print(render_table(("ROUTE", "MATCH", "BACKENDS", "STEP", "ENDPOINTS"), rows))
+    return EXIT_OK
+
+
+def _describe_match(m: dict[str, Any]) -> str:
+    parts = []
+    if "hosts" in m:
+        parts.append(",".join(m["hosts"]))
+    kind, value = next(iter(m["path"].items()))
+    parts.append(value + ("*" if kind == "prefix" else "" if kind == "exact" else f" (regex)"))
+    if "methods" in m:
+        parts.append("[" + ",".join(m["methods"]) + "]")
+    if "headers" in m:
+        parts.append("headers:" + ",".join(m["headers"]))
+    return " ".join(parts)
+
+
+def _describe_pool(b: dict[str, Any]) -> str:
+    pool = b.get("pool") or {}
+    eps = pool.get("endpoints") or []
+    up = sum(1 for e in eps if e.get("available", e.get("healthy")))
+    return f"{b['service']} {up}/{len(eps)} up"
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    try:
+        data = AdminClient.from_args(args).post("/reload")
+    except AdminError as exc:
+        if exc.status == 422 and isinstance(exc.body, dict):
+            if args.json:
+                print_json(exc.body)
+            else:
+                print("reload rejected; the running config is unchanged:", file=sys.stderr)
+                for p in exc.body.get("problems", []):
+                    print("  " + p.get("text", str(p)), file=sys.stderr)
+            return EXIT_INVALID
+        print(f"facade: {exc}", file=sys.stderr)
+        return exc.exit_code
+    if args.json:
+        print_json(data)
+    else:
+        state = "applied" if data.get("changed", True) else "unchanged"
+        print(f"reload {state}: config version {data['version']}")
+    return EXIT_OK

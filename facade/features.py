@@ -1,0 +1,16 @@
+"""Attach the optional features (telemetry, migrations, mesh control plane) to a runtime.
+
+Each feature is an extension object: it may add admin routes (``admin_routes()``), react to a
+config reload (``config_changed(config)``), veto a config (``check_config(config)`` raising
+ConfigError) and run background work (``start()`` / ``stop()``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["attach_features"]
+
+
+def attach_features(runtime: Any) -> None:
+    """Wire every feature present in this build into ``runtime`` (before ``runtime.start()``)."""

@@ -1,0 +1,502 @@
+"""The hot path: a plain ASGI callable that forwards each request over one immutable Snapshot.
+
+Per request, in order (DESIGN.md, "Data flow"):
+
+1. read the current Snapshot once (a reload or a migration step swaps the reference; this
+   request finishes on the table it started with);
+2. normalize path and host, reject what has no canonical form (400);
+3. resolve the route (first match wins) -> 404 when none;
+4. answer redirects / direct responses, or choose the backend (migration split or weights);
+5. forward through the service's pool, retrying what is safe to retry;
+6. stream the response back, then record telemetry.
+
+Errors are mapped to statuses once, in ``_error_response`` (STYLE.md): connect failure / reset
+before a response -> 502, no healthy endpoint / pool exhausted -> 503, timeout -> 504.
+A failure after the response started aborts the downstream connection: the client sees a
+truncated transfer, never a silently shortened 200.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from .errors import ProxyError, UpstreamConnectError, UpstreamTimeout, UpstreamUnavailable
+from .headers import ForwardContext, apply_header_ops, build_upstream_headers, filter_response_headers
+from .normalize import HostRejected, PathRejected, normalize_host, normalize_path
+from .upstream import Outcome
+
+if TYPE_CHECKING:
+    from .runtime import Snapshot, SnapshotHolder
+    from .upstream import Endpoint, ServicePool
+
+__all__ = ["Proxy", "DownstreamAborted"]
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+logger = logging.getLogger("facade.proxy")
+access_logger = logging.getLogger("facade.access")
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+# aiohttp would otherwise add its own User-Agent / Accept / Accept-Encoding / Content-Type.
+SKIP_AUTO_HEADERS = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
+# Headers the facade never forwards upstream besides hop-by-hop ones: uvicorn answers
+# "Expect: 100-continue" itself when the proxy starts reading the body.
+_DROP_UPSTREAM = frozenset({"expect"})
+_JSON = [(b"content-type", b"application/json")]
+_RETRY_BACKOFF = 0.025  # Envoy's base retry interval
+_STREAM_CHUNK = 64 * 1024
+
+
+class DownstreamAborted(Exception):
+    """Raised after the response started, so uvicorn drops the connection mid-body."""
+
+
+class _ClientGone(Exception):
+    pass
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class RequestBody:
+    """The client's request body as an async iterator, bounded by ``limit`` bytes."""
+
+    __slots__ = ("_receive", "_limit", "started", "received", "error")
+
+    def __init__(self, receive: Receive, limit: int | None) -> None:
+        self._receive = receive
+        self._limit = limit
+        self.started = False  # once True, the body cannot be replayed (no retry)
+        self.received = 0
+        self.error: Exception | None = None
+
+    def __aiter__(self) -> Any:
+        return self._iterate()
+
+    async def _iterate(self) -> Any:
+        self.started = True
+        more = True
+        while more:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self.error = _ClientGone()
+                raise self.error
+            chunk = message.get("body", b"")
+            more = message.get("more_body", False)
+            self.received += len(chunk)
+            if self._limit is not None and self.received > self._limit:
+                self.error = _BodyTooLarge()
+                raise self.error
+            if chunk:
+                yield chunk
+
+
+class Proxy:
+    """ASGI application of the client-facing listener."""
+
+    def __init__(self, holder: SnapshotHolder) -> None:
+        self._holder = holder
+        self._active = 0
+        self._rand = random.random
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "websocket":
+            from .websocket import proxy_websocket
+
+            await proxy_websocket(self._holder.current, scope, receive, send)
+        elif kind == "lifespan":
+            await _lifespan(receive, send)
+
+    # -- HTTP ------------------------------------------------------------------------------
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        snap = self._holder.current
+        limits = snap.config.limits
+        if self._active >= limits.max_concurrent_requests:
+            await _json_response(send, 503, {"error": "too many concurrent requests"})
+            return
+        self._active += 1
+        try:
+            await self._handle(snap, scope, receive, send)
+        finally:
+            self._active -= 1
+
+    async def _handle(self, snap: Snapshot, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        method: str = scope["method"]
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        norm = snap.config.normalize
+        try:
+            path = normalize_path(
+                scope.get("raw_path") or scope["path"].encode(),
+                merge_slashes=norm.merge_slashes,
+                reject_encoded_slash=norm.reject_encoded_slash,
+                semicolons=getattr(norm, "semicolons", "reject"),
+            )
+            host_header = _header(headers, b"host")
+            if host_header is None:
+                server = scope.get("server")
+                host = normalize_host(server[0]) if server else ""
+                host_header = b""
+            else:
+                host = normalize_host(host_header)
+        except (PathRejected, HostRejected) as exc:
+            await _json_response(send, 400, {"error": f"bad request: {exc.reason}"})
+            return
+
+        query: bytes = scope.get("query_string", b"")
+        hit = snap.table.resolve(host=host, path=path, method=method, headers=headers, query_string=query)
+        if hit is None:
+            await _json_response(send, 404, {"error": "no route matches", "host": host, "path": path})
+            return
+        route = hit.route
+        if route.direct_response is not None:
+            await _direct(send, route)
+            return
+        if route.redirect is not None:
+            await _redirect(send, route, hit.match, scope, host_header.decode("latin-1"), path, query)
+            return
+
+        # Choose the backend: a migration split for this route, else the route's weights.
+        set_cookie: bytes | None = None
+        split = snap.splits.get(route.name)
+        step = "stable"
+        shadow = False
+        if split is not None:
+            decision = snap.decide(split, headers, self._rand)
+            backend = decision.backend
+            set_cookie = decision.set_cookie
+            shadow = decision.shadow
+            step = split.step_label
+        else:
+            backend = snap.pick_backend(route, self._rand())
+        pool = snap.upstreams.get(backend)
+        if pool is None:  # validated config makes this a programmer error; answer, don't crash
+            await _json_response(send, 503, {"error": "unknown backend", "route": route.name, "backend": backend})
+            return
+
+        # Body: refuse early what is known to be too large.
+        max_body = snap.config.limits.max_request_body
+        content_length = _header(headers, b"content-length")
+        has_body = content_length not in (None, b"0") or _header(headers, b"transfer-encoding") is not None
+        if max_body is not None and content_length is not None and content_length.isdigit():
+            if int(content_length) > max_body:
+                await _json_response(send, 413, {"error": "request body too large", "limit": max_body})
+                return
+        body = RequestBody(receive, max_body) if has_body else None
+
+        client = scope.get("client") or ("", 0)
+        ctx = ForwardContext(
+            client_ip=client[0],
+            client_port=client[1],
+            scheme=scope.get("scheme", "http"),
+            host_header=host_header.decode("latin-1"),
+            trusted_peer=snap.is_trusted(client[0]),
+            listener_by=None,
+        )
+        up_headers, ids = build_upstream_headers(headers, ctx)
+        if _DROP_UPSTREAM:
+            up_headers = [(k, v) for k, v in up_headers if k not in _DROP_UPSTREAM]
+        if not route.request_headers.empty:
+            up_headers = apply_header_ops(up_headers, route.request_headers)
+        target = hit.upstream_path + ("?" + query.decode("latin-1") if query else "")
+
+        status = 0
+        upstream_s: float | None = None
+        bytes_out = 0
+        response_started = False
+        try:
+            t0 = time.perf_counter()
+            resp = await self._forward(snap, pool, route, method, target, up_headers, body)
+            upstream_s = time.perf_counter() - t0
+            status = resp.status
+            try:
+                out_headers = filter_response_headers(resp.raw_headers)
+                if not route.response_headers.empty:
+                    out_headers = _apply_response_ops(out_headers, route.response_headers)
+                if set_cookie is not None:
+                    out_headers.append((b"set-cookie", set_cookie))
+                await send({"type": "http.response.start", "status": status, "headers": out_headers})
+                response_started = True
+                bytes_out = await _stream_response(resp, receive, send, method)
+            finally:
+                resp.release()
+        except ProxyError as exc:
+            if response_started:
+                raise DownstreamAborted(str(exc)) from None
+            status = exc.status
+            if body is not None and isinstance(body.error, _BodyTooLarge):
+                status = 413
+                await _json_response(send, 413, {"error": "request body too large", "limit": max_body})
+            elif body is not None and isinstance(body.error, _ClientGone):
+                status = 499  # nginx's "client closed request"; nothing to send
+            else:
+                await _error_response(send, exc, route.name, backend, ids.request_id)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            # Failure while streaming the response body: abort, never truncate silently.
+            logger.warning("upstream %s failed mid-response on route %s: %r", backend, route.name, exc)
+            raise DownstreamAborted(f"upstream {backend} failed mid-response") from None
+        finally:
+            duration = time.perf_counter() - started
+            if snap.telemetry is not None:
+                snap.telemetry.record(
+                    route=route.name, backend=backend, step=step, method=method, status=status,
+                    duration_s=duration, upstream_s=upstream_s,
+                    bytes_in=body.received if body is not None else 0, bytes_out=bytes_out,
+                )
+            if snap.config.access_log:
+                access_logger.info(json.dumps({
+                    "time": time.time(), "route": route.name, "backend": backend, "step": step,
+                    "method": method, "path": path, "status": status, "latency_ms": round(duration * 1000, 3),
+                    "request_id": ids.request_id, "trace_id": ids.trace_id,
+                }))
+        if shadow and snap.shadow is not None and status:
+            snap.shadow.mirror(route=route, split=split, method=method, target=target, headers=up_headers,
+                               has_body=has_body, primary_status=status)
+
+    async def _forward(
+        self,
+        snap: Snapshot,
+        pool: ServicePool,
+        route: Any,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]],
+        body: RequestBody | None,
+    ) -> aiohttp.ClientResponse:
+        """Send the request, retrying what is safe to retry; return the response (headers read)."""
+        spec = pool.spec
+        retries = route.retries or spec.retries
+        request_timeout = route.timeout if route.timeout is not None else spec.timeouts.request
+        per_try = retries.per_try_timeout or request_timeout
+        deadline = time.monotonic() + request_timeout if request_timeout else None
+        retry_on = retries.retry_on
+        idempotent = method in IDEMPOTENT
+        tried: list[Endpoint] = []
+        attempt = 0
+        while True:
+            endpoint = pool.pick(exclude=tried)  # raises UpstreamUnavailable
+            tried.append(endpoint)
+            timeout = per_try
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                timeout = min(timeout, remaining) if timeout else remaining
+            outcome: Outcome
+            error: ProxyError
+            endpoint.begin()
+            try:
+                async with asyncio.timeout(timeout if timeout and timeout > 0 else None):
+                    resp = await pool.session.request(
+                        method,
+                        endpoint.url_for(target),
+                        headers=headers,
+                        data=body,
+                        allow_redirects=False,
+                        skip_auto_headers=SKIP_AUTO_HEADERS,
+                        compress=False,
+                    )
+            except aiohttp.ClientConnectorError as exc:
+                outcome, error = Outcome.CONNECT_FAILURE, UpstreamConnectError(f"connect to {endpoint.url}: {exc.os_error}")
+                if pool_exhausted(pool):
+                    error = UpstreamUnavailable(f"connection pool of service {spec.name} exhausted")
+            except (TimeoutError, asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+                outcome, error = Outcome.TIMEOUT, UpstreamTimeout(f"no response from {endpoint.url} within {timeout:.3g}s")
+                if pool_exhausted(pool):
+                    error = UpstreamUnavailable(f"connection pool of service {spec.name} exhausted")
+            except (aiohttp.ClientError, OSError) as exc:
+                if body is not None and body.error is not None:
+                    endpoint.end()
+                    raise UpstreamConnectError("request body aborted") from None
+                outcome, error = Outcome.RESET, UpstreamConnectError(f"{endpoint.url} reset the connection: {exc!r}")
+            else:
+                endpoint.end()
+                status = resp.status
+                pool.report(endpoint, Outcome.from_status(status))
+                if (
+                    status in (502, 503, 504)
+                    and str(status) in retry_on
+                    and attempt < retries.attempts
+                    and idempotent
+                    and (body is None or not body.started)
+                    and _time_left(deadline)
+                ):
+                    resp.release()
+                    attempt += 1
+                    await _backoff(attempt)
+                    continue
+                return resp
+            endpoint.end()
+            pool.report(endpoint, outcome)
+            body_replayable = body is None or not body.started
+            retryable = (
+                attempt < retries.attempts
+                and body_replayable
+                and _time_left(deadline)
+                and (
+                    (outcome is Outcome.CONNECT_FAILURE and "connect-failure" in retry_on)
+                    or (outcome is Outcome.RESET and "reset" in retry_on and idempotent)
+                    or (outcome is Outcome.TIMEOUT and "504" in retry_on and idempotent)
+                )
+            )
+            if not retryable:
+                raise error
+            attempt += 1
+            await _backoff(attempt)
+
+
+def pool_exhausted(pool: ServicePool) -> bool:
+    connector = pool.session.connector
+    limit = getattr(connector, "limit", 0)
+    acquired = getattr(connector, "_acquired", ())
+    return bool(limit) and len(acquired) >= limit
+
+
+def _time_left(deadline: float | None) -> bool:
+    return deadline is None or deadline - time.monotonic() > 0.001
+
+
+async def _backoff(attempt: int) -> None:
+    # Envoy: exponential from 25 ms with full jitter, capped at 10x the base.
+    cap = min(_RETRY_BACKOFF * (2 ** (attempt - 1)), _RETRY_BACKOFF * 10)
+    await asyncio.sleep(random.uniform(0, cap))
+
+
+async def _stream_response(resp: aiohttp.ClientResponse, receive: Receive, send: Send, method: str) -> int:
+    """Copy the upstream body to the client as it arrives (SSE flushes per chunk); return bytes sent.
+
+    A large or slow body is watched for a client disconnect so the upstream read stops too.
+    """
+    sent = 0
+    content = resp.content
+    if method == "HEAD":
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return 0
+    first = await content.readany()
+    if not first or content.at_eof():
+        if first and not content.at_eof():  # pragma: no cover - readany returned data but more may come
+            pass
+        await send({"type": "http.response.body", "body": first, "more_body": False})
+        return len(first)
+    await send({"type": "http.response.body", "body": first, "more_body": True})
+    sent += len(first)
+    watcher = asyncio.ensure_future(_wait_disconnect(receive))
+    try:
+        while True:
+            reader = asyncio.ensure_future(content.readany())
+            done, _ = await asyncio.wait((reader, watcher), return_when=asyncio.FIRST_COMPLETED)
+            if reader not in done:
+                reader.cancel()
+                raise _ClientGone()
+            chunk = reader.result()
+            if not chunk:
+                break
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            sent += len(chunk)
+    except _ClientGone:
+        resp.close()
+        return sent
+    finally:
+        watcher.cancel()
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    return sent
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    for k, v in headers:
+        if k == name:
+            return v
+    return None
+
+
+def _apply_response_ops(headers: list[tuple[bytes, bytes]], ops: Any) -> list[tuple[bytes, bytes]]:
+    as_str = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in apply_header_ops(as_str, ops)]
+
+
+async def _json_response(send: Send, status: int, body: dict[str, Any], extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    payload = json.dumps(body).encode()
+    headers = [*_JSON, (b"content-length", str(len(payload)).encode()), *(extra or [])]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload, "more_body": False})
+
+
+async def _error_response(send: Send, exc: ProxyError, route: str, backend: str, request_id: str) -> None:
+    logger.warning("route %s backend %s: %d %s", route, backend, exc.status, exc.detail or exc.reason)
+    await _json_response(
+        send,
+        exc.status,
+        {"error": exc.reason, "detail": exc.detail, "route": route, "backend": backend, "request_id": request_id},
+        [(b"x-request-id", request_id.encode("latin-1"))],
+    )
+
+
+async def _direct(send: Send, route: Any) -> None:
+    dr = route.direct_response
+    body = dr.body.encode()
+    headers = [(b"content-type", dr.content_type.encode("latin-1")), (b"content-length", str(len(body)).encode())]
+    if not route.response_headers.empty:
+        headers = _apply_response_ops(headers, route.response_headers)
+    await send({"type": "http.response.start", "status": dr.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _redirect(send: Send, route: Any, match: Any, scope: Scope, host_header: str, path: str, query: bytes) -> None:
+    rd = route.redirect
+    scheme = rd.scheme or scope.get("scheme", "http")
+    if rd.host is not None:
+        authority = rd.host + (f":{rd.port}" if rd.port else "")
+    else:
+        authority = host_header
+        if rd.port:
+            authority = authority.rsplit(":", 1)[0] if not authority.endswith("]") else authority
+            authority += f":{rd.port}"
+    if rd.path is not None:
+        new_path = rd.path
+    elif rd.prefix is not None and match.path_kind == "prefix":
+        new_path = swap_prefix(path, match.path, rd.prefix)
+    else:
+        new_path = path
+    location = f"{scheme}://{authority}{new_path}" + (f"?{query.decode('latin-1')}" if query else "")
+    headers = [(b"location", location.encode("latin-1")), (b"content-length", b"0")]
+    await send({"type": "http.response.start", "status": rd.code, "headers": headers})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def swap_prefix(path: str, prefix: str, replacement: str) -> str:
+    """Istio's prefix rewrite: ``/catalog/x`` with prefix ``/catalog`` -> ``/v2`` gives ``/v2/x``."""
+    rest = path[len(prefix.rstrip("/")):] if prefix != "/" else path
+    if replacement.endswith("/") and rest.startswith("/"):
+        rest = rest[1:]
+    out = replacement + rest
+    return out or "/"
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
