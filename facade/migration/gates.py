@@ -1,0 +1,174 @@
+"""Gate evaluation (pure): does the new path behave as well as the old one on this step's window?
+
+Each ``Gate`` of a step compares the ``new`` side (the ``to`` service) with the ``old`` side
+(the ``from`` service) on the same route, or with an absolute limit.  Too little traffic is
+never a failure, only *inconclusive* (Flagger waits for data instead of rolling back):
+
+- a gate is inconclusive when ``new.requests < min_requests`` (for ``diff_rate``: the number of
+  shadow comparisons), when the measured value is missing, or when a relative check has no
+  baseline on the old side;
+- the report is FAIL if any gate fails, else INCONCLUSIVE if any is inconclusive, else PASS;
+  a step without gates passes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from ..stats import DiffCounts, SideStats
+from .plan import Gate, Gates
+
+__all__ = ["GateReport", "GateResult", "GateStatus", "evaluate_gates"]
+
+
+class GateStatus(str, Enum):
+    PASS = "pass"
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class GateResult:
+    """One gate's verdict with what was measured.
+
+    ``value`` is the compared quantity in the limit's unit (percent, ms, or ratio); ``old`` and
+    ``new`` are the raw measurements of each side (rates in percent, latencies in ms).
+    """
+
+    name: str  # "error_rate.max_delta", "min_requests"
+    status: GateStatus
+    value: float | None
+    threshold: float
+    message: str
+    old: float | None = None
+    new: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "status": self.status.value,
+            "value": self.value,
+            "threshold": self.threshold,
+            "old": self.old,
+            "new": self.new,
+            "message": self.message,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class GateReport:
+    status: GateStatus
+    results: tuple[GateResult, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        return self.status is GateStatus.PASS
+
+    def failures(self) -> tuple[GateResult, ...]:
+        return tuple(r for r in self.results if r.status is not GateStatus.PASS)
+
+    def summary(self) -> str:
+        """A one-line why, for journal reasons and refusals."""
+        bad = self.failures()
+        if not bad:
+            return f"gates {self.status.value}"
+        return f"gates {self.status.value}: " + "; ".join(r.message for r in bad)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"status": self.status.value, "results": [r.to_json() for r in self.results]}
+
+
+PASSING = GateReport(GateStatus.PASS)
+
+
+def evaluate_gates(gates: Gates, old: SideStats, new: SideStats, diffs: DiffCounts) -> GateReport:
+    """Evaluate every gate of a step over one window of statistics."""
+    results: list[GateResult] = []
+    if gates.min_requests:
+        results.append(_min_requests(gates.min_requests, new))
+    for gate in gates.checks:
+        results.append(_evaluate(gate, gates.min_requests, old, new, diffs))
+    return GateReport(_overall(results), tuple(results))
+
+
+def _overall(results: list[GateResult]) -> GateStatus:
+    statuses = {r.status for r in results}
+    if GateStatus.FAIL in statuses:
+        return GateStatus.FAIL
+    if GateStatus.INCONCLUSIVE in statuses:
+        return GateStatus.INCONCLUSIVE
+    return GateStatus.PASS
+
+
+def _min_requests(minimum: int, new: SideStats) -> GateResult:
+    status = GateStatus.PASS if new.requests >= minimum else GateStatus.INCONCLUSIVE
+    message = f"min_requests: {new.requests} of {minimum} requests on the new service"
+    return GateResult("min_requests", status, float(new.requests), float(minimum), message, new=float(new.requests))
+
+
+def _evaluate(gate: Gate, minimum: int, old: SideStats, new: SideStats, diffs: DiffCounts) -> GateResult:
+    if gate.metric == "diff_rate":
+        return _diff_rate(gate, minimum, diffs)
+    if new.requests < minimum or new.requests == 0:
+        return _inconclusive(gate, f"only {new.requests} of {max(minimum, 1)} requests on the new service")
+    if gate.metric == "error_rate":
+        return _error_rate(gate, old, new)
+    return _latency(gate, old, new)
+
+
+def _inconclusive(gate: Gate, why: str, *, old: float | None = None, new: float | None = None) -> GateResult:
+    return GateResult(gate.name, GateStatus.INCONCLUSIVE, None, gate.limit, f"{gate.name}: inconclusive, {why}",
+                      old=old, new=new)
+
+
+def _verdict(gate: Gate, value: float, shown: str, old: float | None, new: float | None) -> GateResult:
+    ok = value <= gate.limit
+    status = GateStatus.PASS if ok else GateStatus.FAIL
+    relation = "<=" if ok else ">"
+    return GateResult(gate.name, status, value, gate.limit, f"{gate.name}: {shown} {relation} {_limit(gate)}",
+                      old=old, new=new)
+
+
+def _limit(gate: Gate) -> str:
+    if gate.check in ("max", "max_delta"):
+        return f"{gate.limit:g}%"
+    if gate.check == "max_ms":
+        return f"{gate.limit:g}ms"
+    return f"{gate.limit:g}x"
+
+
+def _error_rate(gate: Gate, old: SideStats, new: SideStats) -> GateResult:
+    new_rate = (new.error_rate or 0.0) * 100.0
+    if gate.check == "max":
+        return _verdict(gate, new_rate, f"{new_rate:.3g}%", None, new_rate)
+    if old.error_rate is None:
+        return _inconclusive(gate, "no requests on the old service to compare with", new=new_rate)
+    old_rate = old.error_rate * 100.0
+    delta = new_rate - old_rate
+    return _verdict(gate, delta, f"{new_rate:.3g}% - {old_rate:.3g}% = {delta:+.3g}%", old_rate, new_rate)
+
+
+def _latency(gate: Gate, old: SideStats, new: SideStats) -> GateResult:
+    field = {"latency_p50": "p50_ms", "latency_p95": "p95_ms", "latency_p99": "p99_ms"}[gate.metric]
+    new_ms: float | None = getattr(new, field)
+    old_ms: float | None = getattr(old, field)
+    if new_ms is None:
+        return _inconclusive(gate, "no latency samples on the new service", old=old_ms)
+    if gate.check == "max_ms":
+        return _verdict(gate, new_ms, f"{new_ms:.4g}ms", old_ms, new_ms)
+    if old_ms is None or old_ms <= 0.0:
+        return _inconclusive(gate, "no latency baseline on the old service", new=new_ms)
+    ratio = new_ms / old_ms
+    return _verdict(gate, ratio, f"{new_ms:.4g}ms / {old_ms:.4g}ms = {ratio:.3g}x", old_ms, new_ms)
+
+
+def _diff_rate(gate: Gate, minimum: int, diffs: DiffCounts) -> GateResult:
+    if diffs.compared < minimum or diffs.compared == 0:
+        return _inconclusive(gate, f"only {diffs.compared} of {max(minimum, 1)} shadow comparisons")
+    rate = (diffs.diff_rate or 0.0) * 100.0
+    return _verdict(gate, rate, f"{rate:.3g}% ({diffs.differing}/{diffs.compared} differ)", None, rate)

@@ -1,0 +1,537 @@
+"""Migration plans: ``migrations/*.yaml`` -> frozen ``Plan`` values, and their dry-run rendering.
+
+A plan moves one or more routes from a ``from`` service to a ``to`` service in ordered steps
+(Argo Rollouts canary steps; Flagger's ``threshold`` / ``interval`` for auto mode)::
+
+    name: extract-catalog
+    route: catalog
+    from: monolith
+    to: catalog
+    sticky: {cookie: session_id}
+    steps:
+      - shadow: {percent: 100}
+        hold: 2m
+        gates: {diff_rate: {max: 0.5%}, min_requests: 200}
+      - canary: {header: {x-canary: "1"}}
+      - weight: 5
+      - pause: approve before full cutover
+      - weight: 100
+
+Validation collects every problem as ``file:line:col: field.path: message``; a plan with an
+error is never returned.  Rates and percentages are kept in percent (0-100) as written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..errors import ConfigError, Problem
+from ..split import CanarySpec, StickySpec
+from ..yamlfile import (
+    Node,
+    Problems,
+    YamlDocument,
+    read_bool,
+    read_duration,
+    read_float,
+    read_int,
+    read_percent,
+    read_str,
+    read_str_list,
+)
+
+__all__ = [
+    "DEFAULT_INTERVAL",
+    "DEFAULT_THRESHOLD",
+    "GATE_METRICS",
+    "Gate",
+    "Gates",
+    "Plan",
+    "Step",
+    "load_plans",
+    "parse_plan",
+    "render_plan",
+]
+
+DEFAULT_THRESHOLD = 5  # Flagger's usual analysis.threshold
+DEFAULT_INTERVAL = 60.0  # Flagger's usual analysis.interval (1m)
+
+StepKind = Literal["shadow", "canary", "weight", "pause"]
+GateCheck = Literal["max", "max_delta", "max_ms", "max_ratio"]
+
+# metric -> the checks it supports. Rates in percent, latencies in ms, ratios new/old.
+GATE_METRICS: dict[str, tuple[GateCheck, ...]] = {
+    "error_rate": ("max", "max_delta"),
+    "latency_p50": ("max_ms", "max_ratio"),
+    "latency_p95": ("max_ms", "max_ratio"),
+    "latency_p99": ("max_ms", "max_ratio"),
+    "diff_rate": ("max",),
+}
+_STEP_KINDS: tuple[StepKind, ...] = ("shadow", "canary", "weight", "pause")
+_NAME_RE = re.compile(r"^[a-z0-9-]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    """One check: ``metric`` (``error_rate``, ``latency_p99``, ...) compared by ``check`` against ``limit``.
+
+    ``limit`` is in the metric's unit: percent for rates (``max``, ``max_delta``), milliseconds
+    for ``max_ms``, a plain factor for ``max_ratio`` (new / old).
+    """
+
+    metric: str
+    check: GateCheck
+    limit: float
+
+    @property
+    def name(self) -> str:
+        return f"{self.metric}.{self.check}"
+
+    def describe(self) -> str:
+        if self.check == "max":
+            return f"{self.metric} <= {self.limit:g}%"
+        if self.check == "max_delta":
+            return f"{self.metric} <= old + {self.limit:g}%"
+        if self.check == "max_ms":
+            return f"{self.metric} <= {self.limit:g}ms"
+        return f"{self.metric} <= {self.limit:g}x old"
+
+
+@dataclass(frozen=True, slots=True)
+class Gates:
+    """The gates of one step; below ``min_requests`` a gate is inconclusive, never failed."""
+
+    checks: tuple[Gate, ...] = ()
+    min_requests: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return not self.checks and self.min_requests == 0
+
+    def describe(self) -> str:
+        parts = [g.describe() for g in self.checks]
+        if self.min_requests:
+            parts.append(f"min {self.min_requests} requests")
+        return ", ".join(parts) if parts else "none"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "checks": [{"metric": g.metric, "check": g.check, "limit": g.limit} for g in self.checks],
+            "min_requests": self.min_requests,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One step; exactly one of shadow / canary / weight / pause (``kind``)."""
+
+    kind: StepKind
+    weight: int = 0  # weight steps: percent of traffic to ``to``
+    shadow_percent: float = 0.0  # shadow steps
+    canary: CanarySpec | None = None  # canary steps
+    pause_reason: str = ""  # pause steps
+    hold: float = 0.0  # seconds; minimum time on the step
+    gates: Gates = field(default_factory=Gates)
+    rollback: bool = False  # explicitly allowed to move traffic back towards ``from``
+    line: int = 0  # position in the plan file (not part of the hash)
+    col: int = 0
+
+    def summary(self) -> str:
+        if self.kind == "weight":
+            return f"weight {self.weight}"
+        if self.kind == "shadow":
+            return f"shadow {self.shadow_percent:g}%"
+        if self.kind == "canary":
+            assert self.canary is not None
+            return f"canary {self.canary}"
+        return f"pause ({self.pause_reason})" if self.pause_reason else "pause"
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind}
+        if self.kind == "weight":
+            out["weight"] = self.weight
+        elif self.kind == "shadow":
+            out["percent"] = self.shadow_percent
+        elif self.kind == "canary":
+            assert self.canary is not None
+            out["canary"] = {"kind": self.canary.kind, "name": self.canary.name, "value": self.canary.value}
+        else:
+            out["reason"] = self.pause_reason
+        out["hold"] = self.hold
+        out["gates"] = self.gates.to_json()
+        out["rollback"] = self.rollback
+        return out
+
+    @property
+    def hash(self) -> str:
+        return _sha256_json(self.to_json())
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A validated migration plan."""
+
+    name: str
+    routes: tuple[str, ...]
+    from_service: str
+    to_service: str
+    steps: tuple[Step, ...]
+    sticky: StickySpec | None = None
+    threshold: int = DEFAULT_THRESHOLD
+    interval: float = DEFAULT_INTERVAL
+    source: str = ""  # the file it was read from (not part of the hash)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "routes": list(self.routes),
+            "from": self.from_service,
+            "to": self.to_service,
+            "sticky": {"kind": self.sticky.kind, "name": self.sticky.name} if self.sticky else None,
+            "threshold": self.threshold,
+            "interval": self.interval,
+            "steps": [s.to_json() for s in self.steps],
+        }
+
+    @property
+    def content_hash(self) -> str:
+        """sha256 of the canonical JSON of the parsed plan: formatting and comments do not count."""
+        return _sha256_json(self.to_json())
+
+    @property
+    def step_hashes(self) -> tuple[str, ...]:
+        return tuple(s.hash for s in self.steps)
+
+
+def _sha256_json(value: Any) -> str:
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+# -- parsing ---------------------------------------------------------------------------------
+
+_PLAN_FIELDS = ("name", "route", "routes", "from", "to", "sticky", "threshold", "interval", "steps")
+_STEP_FIELDS = (*_STEP_KINDS, "hold", "gates", "rollback")
+
+
+def parse_plan(
+    doc: YamlDocument, *, routes: Collection[str], services: Collection[str]
+) -> tuple[Plan | None, list[Problem]]:
+    """Validate one plan document against the config's route and service names.
+
+    Returns the plan (None when there is any error) and every problem found, warnings included.
+    """
+    problems = Problems(doc.file)
+    root = doc.root
+    fields = root.fields(problems, _PLAN_FIELDS, required=("name", "from", "to", "steps"))
+
+    name = read_str(fields.get("name"), problems)
+    if name is not None and not _NAME_RE.match(name):
+        problems.error(fields["name"], f"must match [a-z0-9-]+ (lower-case letters, digits, dashes), got {name!r}")
+        name = None
+
+    route_names = _read_routes(root, fields, problems, routes)
+    from_service = _read_service(fields.get("from"), problems, services)
+    to_service = _read_service(fields.get("to"), problems, services)
+    if from_service is not None and from_service == to_service:
+        problems.error(fields["to"], f"must differ from 'from' ({from_service!r})")
+
+    sticky = _read_sticky(fields.get("sticky"), problems)
+    threshold = read_int(fields.get("threshold"), problems, default=DEFAULT_THRESHOLD, min=1)
+    interval = read_duration(fields.get("interval"), problems, default=DEFAULT_INTERVAL, min=0.001)
+    steps = _read_steps(fields.get("steps"), problems)
+
+    if problems.errors or name is None or from_service is None or to_service is None or steps is None:
+        return None, problems.sorted()
+    plan = Plan(
+        name=name,
+        routes=tuple(route_names),
+        from_service=from_service,
+        to_service=to_service,
+        steps=tuple(steps),
+        sticky=sticky,
+        threshold=threshold,
+        interval=interval,
+        source=doc.file,
+    )
+    return plan, problems.sorted()
+
+
+def _read_routes(root: Node, fields: dict[str, Node], problems: Problems, known: Collection[str]) -> list[str]:
+    single, many = fields.get("route"), fields.get("routes")
+    if single is not None and many is not None:
+        problems.error(many, "give either 'route' or 'routes', not both")
+        return []
+    node = single or many
+    if node is None:
+        problems.error(root, "is required ('route: NAME' or 'routes: [NAME, ...]')", path="routes")
+        return []
+    names = read_str_list(node, problems, default=[])
+    if node.is_list and not node.elements():
+        problems.error(node, "must name at least one route")
+    seen: set[str] = set()
+    elements = node.elements() or [node]
+    for element, route in zip(elements, names, strict=False):
+        if route in seen:
+            problems.error(element, f"route {route!r} is listed twice")
+        elif route not in known:
+            problems.error(element, f"unknown route {route!r}{_did_you_mean(route, known)}")
+        seen.add(route)
+    return names
+
+
+def _read_service(node: Node | None, problems: Problems, known: Collection[str]) -> str | None:
+    service = read_str(node, problems)
+    if service is None or node is None:
+        return None
+    if service not in known:
+        problems.error(node, f"unknown service {service!r}{_did_you_mean(service, known)}")
+        return None
+    return service
+
+
+def _did_you_mean(value: str, options: Collection[str]) -> str:
+    import difflib
+
+    hint = difflib.get_close_matches(value, list(options), n=1, cutoff=0.6)
+    if hint:
+        return f"; did you mean {hint[0]!r}?"
+    if options:
+        return f" (known: {', '.join(sorted(options))})"
+    return ""
+
+
+def _read_sticky(node: Node | None, problems: Problems) -> StickySpec | None:
+    if node is None or node.is_null:
+        return None
+    fields = node.fields(problems, ("cookie", "header"))
+    if len(fields) > 1 or (node.is_mapping and not node.items()):
+        problems.error(node, "needs exactly one of 'cookie: NAME' or 'header: NAME'")
+    if len(fields) != 1:
+        return None
+    (kind, value_node), = fields.items()
+    name = read_str(value_node, problems)
+    if not name:
+        if name == "":
+            problems.error(value_node, "must not be empty")
+        return None
+    return StickySpec("cookie", name) if kind == "cookie" else StickySpec("header", name.lower())
+
+
+def _read_steps(node: Node | None, problems: Problems) -> list[Step] | None:
+    if node is None:
+        return None
+    if not node.is_list:
+        problems.error(node, f"must be a list of steps, got {node.kind}")
+        return None
+    elements = node.elements()
+    if not elements:
+        problems.error(node, "must have at least one step")
+        return None
+    steps: list[Step] = []
+    share = 0.0  # the candidate's share of traffic after the previous step
+    for element in elements:
+        step = _read_step(element, problems)
+        if step is None:
+            continue
+        new_share = _share(step, share)
+        if new_share < share and not step.rollback:
+            problems.error(
+                element.get(step.kind) or element,
+                f"{step.summary()} moves traffic back from {share:g}% to {new_share:g}% on the new service; "
+                "add 'rollback: true' to this step if that is intended",
+            )
+        share = new_share
+        steps.append(step)
+    if steps and steps[-1].kind == "weight" and steps[-1].weight != 100:
+        problems.warn(
+            elements[-1],
+            f"the last step routes {steps[-1].weight}% to the new service; completing the plan moves 100%",
+        )
+    return steps
+
+
+def _share(step: Step, previous: float) -> float:
+    # The percentage of ordinary traffic the candidate serves on this step (a canary is opt-in only).
+    if step.kind == "weight":
+        return float(step.weight)
+    if step.kind == "pause":
+        return previous
+    return 0.0
+
+
+def _read_step(node: Node, problems: Problems) -> Step | None:
+    fields = node.fields(problems, _STEP_FIELDS)
+    if not node.is_mapping:
+        return None
+    kinds = [k for k in _STEP_KINDS if k in fields]
+    if len(kinds) != 1:
+        found = ", ".join(kinds) if kinds else "none"
+        problems.error(node, f"needs exactly one of {', '.join(_STEP_KINDS)} (found: {found})")
+        return None
+    kind = kinds[0]
+    value = fields[kind]
+    hold = read_duration(fields.get("hold"), problems, default=0.0, min=0.0)
+    gates = _read_gates(fields.get("gates"), problems)
+    rollback = read_bool(fields.get("rollback"), problems, default=False)
+    common: dict[str, Any] = {"hold": hold, "gates": gates, "rollback": rollback, "line": node.line, "col": node.col}
+    if kind == "weight":
+        weight = read_int(value, problems, min=0, max=100)
+        return None if weight is None else Step("weight", weight=weight, **common)
+    if kind == "shadow":
+        percent = read_percent(value.fields(problems, ("percent",), required=("percent",)).get("percent"), problems)
+        return None if percent is None else Step("shadow", shadow_percent=percent, **common)
+    if kind == "canary":
+        canary = _read_canary(value, problems)
+        return None if canary is None else Step("canary", canary=canary, **common)
+    reason = read_str(value, problems, default="") if not value.is_null else ""
+    return Step("pause", pause_reason=reason, **common)
+
+
+def _read_canary(node: Node, problems: Problems) -> CanarySpec | None:
+    fields = node.fields(problems, ("header", "cookie"))
+    if len(fields) > 1 or (node.is_mapping and not node.items()):
+        problems.error(node, "needs exactly one of 'header: {NAME: VALUE}' or 'cookie: {NAME: VALUE}'")
+    if len(fields) != 1:
+        return None
+    (kind, match), = fields.items()
+    if not match.is_mapping or len(match.items()) != 1:
+        problems.error(match, "must be a mapping with exactly one NAME: VALUE")
+        return None
+    (name, value_node), = match.items()
+    value = read_str(value_node, problems)
+    if value is None:
+        return None
+    if kind == "header":
+        return CanarySpec("header", name.lower(), value)
+    return CanarySpec("cookie", name, value)
+
+
+def _read_gates(node: Node | None, problems: Problems) -> Gates:
+    if node is None or node.is_null:
+        return Gates()
+    fields = node.fields(problems, (*GATE_METRICS, "min_requests"))
+    min_requests = read_int(fields.get("min_requests"), problems, default=0, min=0)
+    checks: list[Gate] = []
+    for metric, allowed in GATE_METRICS.items():
+        spec = fields.get(metric)
+        if spec is None:
+            continue
+        spec_fields = spec.fields(problems, allowed)
+        if spec.is_mapping and not spec.items():
+            problems.error(spec, f"needs one of {', '.join(allowed)}")
+        for check, limit_node in spec_fields.items():
+            limit = _read_limit(check, limit_node, problems)
+            if limit is not None:
+                checks.append(Gate(metric, check, limit))  # type: ignore[arg-type]
+    return Gates(tuple(checks), min_requests)
+
+
+def _read_limit(check: str, node: Node, problems: Problems) -> float | None:
+    if check in ("max", "max_delta"):
+        return read_percent(node, problems)
+    if check == "max_ms":
+        return read_float(node, problems, min=0.0)
+    value = read_float(node, problems, min=0.0)
+    if value is not None and value < 1.0:
+        problems.warn(node, f"a max_ratio below 1 ({value:g}) requires the new service to be faster than the old")
+    return value
+
+
+# -- loading a folder ------------------------------------------------------------------------
+
+
+def load_plans(
+    directory: str, *, routes: Collection[str], services: Collection[str]
+) -> tuple[dict[str, Plan], list[Problem]]:
+    """Every ``*.yaml`` / ``*.yml`` plan in ``directory`` (sorted by file name), and all problems.
+
+    Invalid plans are left out; a second plan with an existing name is an error.
+    """
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError as exc:
+        return {}, [Problem(directory, 1, 1, "", f"cannot read migrations folder: {exc.strerror or exc}")]
+    plans: dict[str, Plan] = {}
+    problems: list[Problem] = []
+    for filename in names:
+        if not filename.endswith((".yaml", ".yml")):
+            continue
+        path = os.path.join(directory, filename)
+        try:
+            doc = YamlDocument.read(path)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        plan, found = parse_plan(doc, routes=routes, services=services)
+        problems.extend(found)
+        if plan is None:
+            continue
+        if plan.name in plans:
+            node = doc.root.get("name")
+            line, col = (node.line, node.col) if node else (1, 1)
+            problems.append(Problem(path, line, col, "name",
+                                    f"plan name {plan.name!r} is already used by {plans[plan.name].source}"))
+            continue
+        plans[plan.name] = plan
+    return plans, problems
+
+
+# -- dry run ---------------------------------------------------------------------------------
+
+
+def render_plan(plan: Plan) -> str:
+    """What each step routes where, without changing anything (``facade migrate plan NAME``)."""
+    routes = ", ".join(plan.routes)
+    old, new = plan.from_service, plan.to_service
+    lines = [
+        f"plan {plan.name}: {routes} from {old} to {new}" + (f"  ({plan.source})" if plan.source else ""),
+        f"auto mode: evaluate every {_duration(plan.interval)}, roll back after {plan.threshold} failed checks in a row",
+        "",
+        "step 0 (before start): 100 % -> " + old,
+    ]
+    share = 0.0
+    for number, step in enumerate(plan.steps, start=1):
+        lines.append(f"step {number} {step.summary()}: {_routing(plan, step, share)}")
+        details = []
+        if step.hold:
+            details.append(f"hold {_duration(step.hold)}")
+        if not step.gates.empty:
+            details.append(f"gates: {step.gates.describe()}")
+        if step.rollback:
+            details.append("rollback step")
+        if details:
+            lines.append("    " + "; ".join(details))
+        share = _share(step, share)
+    lines.append(f"completed: 100 % -> {new}")
+    return "\n".join(lines) + "\n"
+
+
+def _routing(plan: Plan, step: Step, previous: float) -> str:
+    routes = ", ".join(plan.routes)
+    old, new = plan.from_service, plan.to_service
+    if step.kind == "shadow":
+        return f"100 % of {routes} -> {old}; {step.shadow_percent:g} % mirrored to {new} (responses diffed, discarded)"
+    if step.kind == "canary":
+        assert step.canary is not None
+        return f"requests with {step.canary} -> {new}; all other traffic -> {old}"
+    if step.kind == "pause":
+        return f"waits for a human 'next' or 'resume'; routing stays as before ({previous:g} % -> {new})"
+    sticky = f" (sticky by {plan.sticky})" if plan.sticky else " (per request)"
+    return f"{step.weight} % of {routes} -> {new}{sticky}, {100 - step.weight} % -> {old}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g}h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g}m"
+    if seconds >= 1:
+        return f"{seconds:g}s"
+    return f"{seconds * 1000:g}ms"
