@@ -1,0 +1,143 @@
+"""Listener limits (431, header timeout, concurrency), TLS termination, WebSocket upgrades."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ssl
+
+import aiohttp
+import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.backends import EchoApp
+from tests.harness import run_facade
+from tests.servers import serve_app
+
+
+def _cfg(url: str, extra: str = "") -> str:
+    return f"""
+listen: 127.0.0.1:0
+admin: {{listen: 127.0.0.1:0, token: t}}
+{extra}
+services:
+  svc: {{endpoints: [{url}]}}
+routes:
+  - name: all
+    backend: svc
+"""
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+async def test_oversized_request_head_gets_431(tmp_path):
+    async with serve_app(EchoApp()) as url:
+        async with run_facade(tmp_path, _cfg(url, "limits: {max_request_headers: 4KiB}")) as rt:
+            async with httpx.AsyncClient(base_url=rt.url) as client:
+                r = await client.get("/", headers={"x-big": "a" * 8000})
+                assert r.status_code == 431
+                r = await client.get("/", headers={"x-small": "a" * 1000})
+                assert r.status_code == 200
+
+
+async def test_a_client_trickling_its_headers_is_cut_off(tmp_path):
+    async with serve_app(EchoApp()) as url:
+        async with run_facade(tmp_path, _cfg(url, "limits: {header_timeout: 300ms}")) as rt:
+            reader, writer = await asyncio.open_connection("127.0.0.1", _port(rt.url))
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            await writer.drain()
+            closed_after = None
+            for i in range(40):  # bounded: 40 x 100 ms
+                await asyncio.sleep(0.1)
+                try:
+                    writer.write(b"X-Slow: 1\r\n")  # never finishes the head
+                    await writer.drain()
+                except ConnectionError:
+                    closed_after = i
+                    break
+                if reader.at_eof():
+                    closed_after = i
+                    break
+            if closed_after is None:
+                data = await asyncio.wait_for(reader.read(), 1)
+                assert b"408" in data or data == b""
+            else:
+                assert closed_after < 20
+            writer.close()
+
+
+async def test_a_silent_connection_is_closed_after_the_header_timeout(tmp_path):
+    async with serve_app(EchoApp()) as url:
+        async with run_facade(tmp_path, _cfg(url, "limits: {header_timeout: 200ms}")) as rt:
+            reader, writer = await asyncio.open_connection("127.0.0.1", _port(rt.url))
+            data = await asyncio.wait_for(reader.read(), 5)  # returns b"" when the facade closes
+            assert data == b""
+            writer.close()
+
+
+async def test_concurrency_limit_answers_503(tmp_path):
+    async with serve_app(EchoApp()) as url:
+        async with run_facade(tmp_path, _cfg(url, "limits: {max_concurrent_requests: 2}")) as rt:
+            async with httpx.AsyncClient(base_url=rt.url, timeout=10) as client:
+                slow = [asyncio.create_task(client.get("/slow?ms=800")) for _ in range(2)]
+                await asyncio.sleep(0.3)
+                r = await client.get("/x")
+                assert r.status_code == 503
+                assert [(await t).status_code for t in slow] == [200, 200]
+                assert (await client.get("/x")).status_code == 200
+
+
+def _self_signed(tmp_path):
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "server.pem", tmp_path / "server.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+async def test_the_listener_terminates_tls(tmp_path):
+    cert, key = _self_signed(tmp_path)
+    async with serve_app(EchoApp()) as url:
+        async with run_facade(tmp_path, _cfg(url, f"tls: {{cert: {cert}, key: {key}}}")) as rt:
+            assert rt.url.startswith("https://")
+            ctx = ssl.create_default_context(cafile=str(cert))
+            port = _port(rt.url)
+            async with httpx.AsyncClient(verify=ctx) as client:
+                r = await client.get(f"https://localhost:{port}/x")
+                assert r.status_code == 200
+                sent = dict(r.json()["headers"])
+                assert sent["x-forwarded-proto"] == "https"
+
+
+async def test_websocket_is_proxied_both_ways(tmp_path):
+    async with serve_app(EchoApp("ws-backend")) as url:
+        async with run_facade(tmp_path, _cfg(url)) as rt:
+            async with aiohttp.ClientSession() as session:
+                async with session.ws_connect(rt.url + "/ws", protocols=("chat",)) as ws:
+                    assert ws.protocol == "chat"
+                    await ws.send_str("hello")
+                    msg = await asyncio.wait_for(ws.receive(), 5)
+                    assert msg.data == "ws-backend:hello"
+                    await ws.send_bytes(b"\x00\x01")
+                    msg = await asyncio.wait_for(ws.receive(), 5)
+                    assert msg.data == b"\x00\x01"
+                    await ws.send_str("close-me")
+                    msg = await asyncio.wait_for(ws.receive(), 5)
+                    assert msg.type == aiohttp.WSMsgType.CLOSE and ws.close_code == 4001

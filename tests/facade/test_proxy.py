@@ -1,0 +1,329 @@
+"""The proxy end to end: real backends, a real facade, a real client, all on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import pytest
+
+from tests.backends import EchoApp, close_immediately, never_answer, raw_server
+from tests.harness import run_facade
+from tests.servers import serve_app
+
+
+def _cfg(services: str, routes: str, extra: str = "") -> str:
+    return f"""
+listen: 127.0.0.1:0
+admin: {{listen: 127.0.0.1:0, token: t0ken}}
+{extra}
+services:
+{services}
+routes:
+{routes}
+"""
+
+
+async def test_routes_by_host_and_path_first_match_wins(tmp_path):
+    mono, cat = EchoApp("monolith"), EchoApp("catalog")
+    async with serve_app(mono) as m, serve_app(cat) as c:
+        cfg = _cfg(
+            f"  monolith: {{endpoints: [{m}]}}\n  catalog: {{endpoints: [{c}]}}",
+            """  - name: catalog
+    match: {host: shop.local, path: {prefix: /catalog}}
+    backend: catalog
+  - name: default
+    match: {path: {prefix: /}}
+    backend: monolith""",
+        )
+        async with run_facade(tmp_path, cfg) as rt, httpx.AsyncClient(base_url=rt.url) as client:
+            r = await client.get("/catalog/products", headers={"host": "SHOP.local:8080"})
+            assert r.status_code == 200 and r.json()["name"] == "catalog"
+            r = await client.get("/catalogue", headers={"host": "shop.local"})
+            assert r.json()["name"] == "monolith"  # segment-aware prefix
+            r = await client.get("/catalog/x", headers={"host": "other.local"})
+            assert r.json()["name"] == "monolith"
+            r = await client.get("/catalog/x", headers={"host": "shop.local."})
+            assert r.json()["name"] == "catalog"  # trailing dot ignored
+
+
+async def test_no_route_is_404_json(tmp_path):
+    async with serve_app(EchoApp()) as m:
+        cfg = _cfg(f"  monolith: {{endpoints: [{m}]}}",
+                   "  - name: api\n    match: {path: {prefix: /api}}\n    backend: monolith")
+        async with run_facade(tmp_path, cfg) as rt, httpx.AsyncClient(base_url=rt.url) as client:
+            r = await client.get("/other")
+            assert r.status_code == 404
+            assert r.json()["error"] == "no route matches"
+
+
+@pytest.mark.parametrize(
+    ("sent", "upstream"),
+    [
+        ("/a/./b", "/a/b"),
+        ("/a/x/../b", "/a/b"),
+        ("/a/%2e%2E/b", "/b"),
+        ("/a//b", "/a/b"),
+        ("/%61/b", "/a/b"),
+        ("/a/%252e%252e/b", "/a/%252E%252E/b"),
+        ("/caf%c3%a9", "/caf%C3%A9"),
+    ],
+)
+async def test_the_path_sent_upstream_is_the_normalized_path(tmp_path, sent, upstream):
+    echo = EchoApp()
+    async with serve_app(echo) as m:
+        cfg = _cfg(f"  monolith: {{endpoints: [{m}]}}", "  - name: all\n    backend: monolith")
+        async with run_facade(tmp_path, cfg) as rt:
+            # A raw request line: clients (httpx included) would normalize the path themselves.
+            status, body = await _raw_get(rt.url, sent)
+            assert status == 200
+            assert json.loads(body)["raw_path"] == upstream
+
+
+@pytest.mark.parametrize("sent", ["/a%2Fb", "/a%5cb", "/a\\b", "/a%00b", "/a%zz", "/a;jsessionid=1/b"])
+async def test_paths_without_a_canonical_form_get_400(tmp_path, sent):
+    echo = EchoApp()
+    async with serve_app(echo) as m:
+        cfg = _cfg(f"  monolith: {{endpoints: [{m}]}}", "  - name: all\n    backend: monolith")
+        async with run_facade(tmp_path, cfg) as rt:
+            status, body = await _raw_get(rt.url, sent)
+            assert status == 400, body
+            assert echo.requests == []  # never reached the backend
+
+
+async def test_header_hygiene(tmp_path):
+    echo = EchoApp()
+    async with serve_app(echo) as m:
+        cfg = _cfg(f"  monolith: {{endpoints: [{m}]}}", "  - name: all\n    backend: monolith")
+        async with run_facade(tmp_path, cfg) as rt, httpx.AsyncClient(base_url=rt.url) as client:
+            r = await client.get(
+                "/x",
+                headers={
+                    "connection": "keep-alive, x-forwarded-for, x-request-id",
+                    "x-forwarded-for": "6.6.6.6",
+                    "forwarded": "for=6.6.6.6",
+                    "x-forwarded-client-cert": "URI=spiffe://evil/ns/x/sa/admin",
+                    "x-facade-internal": "1",
+                    "keep-alive": "timeout=5",
+                    "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                },
+            )
+            got = {}
+            for k, v in r.json()["headers"]:
+                got.setdefault(k, []).append(v)
+            assert got["x-forwarded-for"] == ["127.0.0.1"]  # spoof replaced; Connection could not strip it
+            assert len(got["forwarded"]) == 1 and "6.6.6.6" not in got["forwarded"][0]
+            assert "for=127.0.0.1" in got["forwarded"][0]
+            assert "x-forwarded-client-cert" not in got and "x-facade-internal" not in got
+            assert "keep-alive" not in got
+            assert len(got["x-request-id"][0]) >= 16
+            trace = got["traceparent"][0].split("-")
+            assert trace[1] == "0af7651916cd43dd8448eb211c80319c" and trace[2] != "b7ad6b7169203331"
+            # upstream server/date headers pass through exactly once; no hop-by-hop downstream
+            assert r.headers.get_list("server") == r.headers.get_list("server")[:1]
+            assert len(r.headers.get_list("date")) <= 1
+
+
+async def test_weighted_backends_split_within_statistical_bounds(tmp_path):
+    a, b = EchoApp("a"), EchoApp("b")
+    async with serve_app(a) as ua, serve_app(b) as ub:
+        cfg = _cfg(
+            f"  a: {{endpoints: [{ua}]}}\n  b: {{endpoints: [{ub}]}}",
+            "  - name: all\n    backends: [{service: a, weight: 80}, {service: b, weight: 20}]",
+        )
+        async with run_facade(tmp_path, cfg) as rt, httpx.AsyncClient(base_url=rt.url) as client:
+            n = 400
+            for _ in range(n):
+                await client.get("/")
+            # Binomial(400, 0.2): mean 80, sd 8; 5 sd bounds never flake.
+            assert 40 <= len(b.requests) <= 120
+            assert len(a.requests) + len(b.requests) == n
+
+
+async def test_connect_failure_is_retried_on_another_endpoint(tmp_path):
+    async with raw_server(close_immediately) as dead_url:
+        dead = dead_url.replace("http://", "")
+    # That server is closed now: its port refuses connections.
+    async with serve_app(EchoApp("live")) as live:
+        cfg = _cfg(
+            f"  svc: {{endpoints: [http://{dead}, {live}], retries: {{attempts: 2, retry_on: [connect-failure]}}}}",
+            "  - name: all\n    backend: svc",
+        )
+        async with run_facade(tmp_path, cfg) as rt, httpx.AsyncClient(base_url=rt.url) as client:
+            for _ in range(6):
+                r = await client.get("/")
+                assert r.status_code == 200 and r.json()["name"] == "live"
+
+
+async def test_dead_upstream_is_502_json_naming_route_and_backend(tmp_path):
+    async with raw_server(close_immediately) as dead_url:
+        pass
+    cfg = _cfg(f"  svc: {{endpoints: [{dead_url}]}}", "  - name: all\n    backend: svc")
+    async with run_facade(tmp_path, cfg) as rt, httpx.AsyncClient(base_url=rt.url) as client:
+        r = await client.get("/")
+        assert r.status_code == 502
+        body = r.json()
+        assert body["route"] == "all" and body["backend"] == "svc" and body["request_id"]
+
+
+async def test_reset_before_headers_is_502(tmp_path):
+    async with raw_server(close_immediately) as url:
+        cfg = _cfg(f"  svc: {{endpoints: [{url}], retries: {{attempts: 0}}}}", "  - name: all\n    backend: svc")
+        async with run_facade(tmp_path, cfg) as rt, httpx.AsyncClient(base_url=rt.url) as client:
+            r = await client.get("/")
+            assert r.status_code == 502
+
+
+async def test_reset_after_headers_aborts_the_downstream_response(tmp_path):
+    async with serve_app(EchoApp()) as url:
+        cfg = _cfg(f"  svc: {{endpoints: [{url}]}}", "  - name: all\n    backend: svc")
+        async with run_facade(tmp_path, cfg) as rt, httpx.AsyncClient(base_url=rt.url) as client:
+            with pytest.raises(httpx.HTTPError):
+                r = await client.get("/reset-after")
+                # If headers and a short body came through, the body must not be a "complete" 1000 bytes.
+                assert len(r.content) == 1000
+            # The facade still serves the next request.
+            r = await client.get("/ok")
+            assert r.status_code == 200
+
+
+async def test_upstream_that_never_answers_is_504_after_the_route_timeout(tmp_path):
+    async with raw_server(never_answer) as url:
+        cfg = _cfg(f"  svc: {{endpoints: [{url}], retries: {{attempts: 0}}}}",
+                   "  - name: all\n    backend: svc\n    timeout: 300ms")
+        async with run_facade(tmp_path, cfg) as rt, httpx.AsyncClient(base_url=rt.url, timeout=10) as client:
+            t0 = time.monotonic()
+            r = await client.get("/")
+            assert r.status_code == 504
+            assert time.monotonic() - t0 < 5  # bounded by the 300 ms timeout, not the client's 10 s
+
+
+async def test_retry_on_503_for_idempotent_requests_only(tmp_path):
+    bad, good = EchoApp("bad"), EchoApp("good")
+    async with serve_app(bad) as ub, serve_app(good) as ug:
+        cfg = _cfg(
+            f"  svc: {{endpoints: [{ub}, {ug}], retries: {{attempts: 2, retry_on: [503]}}}}",
+            "  - name: all\n    backend: svc",
+        )
+        async with run_facade(tmp_path, cfg) as rt, httpx.AsyncClient(base_url=rt.url) as client:
+            results = [(await client.get("/status/503")).status_code for _ in range(4)]
+            # Both endpoints answer 503 for that path, so retries exhaust and 503 comes back...
+            assert results == [503] * 4
+            # ...and each GET was tried 3 times in total (1 + 2 retries), spread over both endpoints.
+            assert len(bad.requests) + len(good.requests) == 12
+            before = len(bad.requests) + len(good.requests)
+            r = await client.post("/status/503", content=b"x")
+            assert r.status_code == 503
+            assert len(bad.requests) + len(good.requests) == before + 1  # POST not retried
+
+
+async def test_server_sent_events_are_flushed_as_they_arrive(tmp_path):
+    async with serve_app(EchoApp()) as url:
+        cfg = _cfg(f"  svc: {{endpoints: [{url}]}}", "  - name: all\n    backend: svc")
+        async with run_facade(tmp_path, cfg) as rt, httpx.AsyncClient(base_url=rt.url) as client:
+            t0 = time.monotonic()
+            arrivals = []
+            async with client.stream("GET", "/stream?n=3&ms=700") as r:
+                async for chunk in r.aiter_raw():
+                    arrivals.append((time.monotonic() - t0, chunk))
+            assert b"".join(c for _, c in arrivals) == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
+            # The first event reached the client long before the stream ended (no buffering).
+            assert arrivals[0][0] < arrivals[-1][0] - 0.9
+
+
+async def test_redirect_direct_response_rewrite_and_header_ops(tmp_path):
+    echo = EchoApp()
+    async with serve_app(echo) as url:
+        cfg = _cfg(
+            f"  svc: {{endpoints: [{url}]}}",
+            """  - name: old
+    match: {path: {prefix: /old}}
+    redirect: {prefix: /new, code: 308}
+  - name: ping
+    match: {path: {exact: /ping}}
+    direct_response: {status: 200, body: pong}
+  - name: api
+    match: {path: {prefix: /api}}
+    backend: svc
+    rewrite: {prefix: /v2}
+    request_headers: {set: {x-env: demo}, remove: [x-drop]}
+    response_headers: {add: {x-route: api}, remove: [x-served-by]}""",
+        )
+        async with run_facade(tmp_path, cfg) as rt, httpx.AsyncClient(base_url=rt.url) as client:
+            r = await client.get("/old/thing?q=1")
+            assert r.status_code == 308
+            assert r.headers["location"].endswith("/new/thing?q=1")
+            r = await client.get("/ping")
+            assert (r.status_code, r.text) == (200, "pong")
+            r = await client.get("/api/items", headers={"x-drop": "1"})
+            body = r.json()
+            assert body["raw_path"] == "/v2/items"
+            sent = dict(body["headers"])
+            assert sent["x-env"] == "demo" and "x-drop" not in sent
+            assert r.headers["x-route"] == "api" and "x-served-by" not in r.headers
+
+
+async def test_request_body_limit_is_413(tmp_path):
+    echo = EchoApp()
+    async with serve_app(echo) as url:
+        cfg = _cfg(f"  svc: {{endpoints: [{url}]}}", "  - name: all\n    backend: svc",
+                   extra="limits: {max_request_body: 1KiB}")
+        async with run_facade(tmp_path, cfg) as rt, httpx.AsyncClient(base_url=rt.url) as client:
+            r = await client.post("/upload", content=b"x" * 2048)
+            assert r.status_code == 413
+            assert echo.requests == []  # refused before any upstream contact
+
+            async def chunks():
+                for _ in range(4):
+                    yield b"y" * 512
+
+            r = await client.post("/upload", content=chunks())  # chunked: no Content-Length
+            assert r.status_code == 413
+            r = await client.post("/upload", content=b"z" * 1000)
+            assert r.status_code == 200 and r.json()["size"] == 1000
+
+
+async def test_no_healthy_endpoint_is_503(tmp_path):
+    echo = EchoApp()
+    echo.health_status = 503
+    async with serve_app(echo) as url:
+        cfg = _cfg(
+            f"  svc: {{endpoints: [{url}], health_check: {{path: /healthz, interval: 50ms, unhealthy_threshold: 1}}}}",
+            "  - name: all\n    backend: svc",
+        )
+        async with run_facade(tmp_path, cfg) as rt, httpx.AsyncClient(base_url=rt.url) as client:
+            for _ in range(100):
+                r = await client.get("/x")
+                if r.status_code == 503:
+                    break
+                await asyncio.sleep(0.02)
+            assert r.status_code == 503
+            assert r.json()["backend"] == "svc"
+
+
+async def _raw_get(base_url: str, path: str) -> tuple[int, bytes]:
+    host, port = base_url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n".encode("latin-1"))
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    if b"transfer-encoding: chunked" in head.lower():
+        body = _dechunk(body)
+    return status, body
+
+
+def _dechunk(data: bytes) -> bytes:
+    out = b""
+    while data:
+        size_line, _, rest = data.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            break
+        out += rest[:size]
+        data = rest[size + 2:]
+    return out
