@@ -104,10 +104,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
             admin=replace(config.admin, listen=args.admin_listen or config.admin.listen),
         )
     try:
-        return asyncio.run(_serve(config, args))
+        return _run(_serve(config, args))
     except OSError as exc:
         print(f"facade: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def _run(coro: Any) -> int:
+    # uvloop when present (uvicorn[standard] brings it): the hot path is I/O-bound on the loop.
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
+        return asyncio.run(coro)
+    return int(uvloop.run(coro))
 
 
 async def _serve(config: Any, args: argparse.Namespace) -> int:

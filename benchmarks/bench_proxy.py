@@ -1,0 +1,247 @@
+"""Side-by-side proxy benchmark: direct vs facade vs nginx vs haproxy, one machine, one run.
+
+    python benchmarks/bench_proxy.py [--duration 10] [--connections 1,32] [--repeat 3] [--json OUT]
+
+Every contender proxies to the same backend (uvicorn + httptools + uvloop, a raw ASGI app
+answering a small body). Load comes from wrk (Debian package) when present, else from a
+bounded aiohttp client. nginx and haproxy run only when installed; each runs ONE worker
+process, like the facade, so the comparison is per core. Each configuration runs ``--repeat``
+times and the median is reported, because this machine is shared and noisy.
+
+Prints a table (req/s, p50, p99 per contender and connection count) and the ratios the
+targets are stated in: facade throughput / nginx at 32 connections, and facade p50 - direct
+p50 at 1 connection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on port {port} after {timeout}s")
+
+
+@contextlib.contextmanager
+def process(argv: list[str], port: int, log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    try:
+        wait_port(port)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def run_wrk(url: str, connections: int, duration: float) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    lat = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", out, re.M))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    return {
+        "rps": rps,
+        "p50_ms": _ms(lat["50"]),
+        "p99_ms": _ms(lat["99"]),
+        "non_2xx": float(errors.group(1)) if errors else 0.0,
+        "socket_errors": 1.0 if socket_errors else 0.0,
+    }
+
+
+def _ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(\w+)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def run_python_load(url: str, connections: int, duration: float) -> dict[str, float]:
+    """Fallback load generator when wrk is absent (slower: it measures the client as much as the proxy)."""
+    import asyncio
+
+    import aiohttp
+
+    async def main() -> dict[str, float]:
+        latencies: list[float] = []
+        deadline = time.monotonic() + duration
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections)) as session:
+            async def worker() -> None:
+                while time.monotonic() < deadline:
+                    t0 = time.perf_counter()
+                    async with session.get(url) as r:
+                        await r.read()
+                    latencies.append((time.perf_counter() - t0) * 1000)
+            await asyncio.gather(*(worker() for _ in range(connections)))
+        latencies.sort()
+        return {"rps": len(latencies) / duration, "p50_ms": latencies[len(latencies) // 2],
+                "p99_ms": latencies[int(len(latencies) * 0.99)], "non_2xx": 0.0, "socket_errors": 0.0}
+
+    return asyncio.run(main())
+
+
+def nginx_conf(tmp: Path, port: int, backend: int) -> Path:
+    conf = tmp / "nginx.conf"
+    conf.write_text(f"""
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
+    upstream backend {{ server 127.0.0.1:{backend}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $remote_addr;
+        }}
+    }}
+}}
+""")
+    return conf
+
+
+def haproxy_conf(tmp: Path, port: int, backend: int) -> Path:
+    conf = tmp / "haproxy.cfg"
+    conf.write_text(f"""
+global
+    nbthread 1
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    option http-keep-alive
+frontend fe
+    bind 127.0.0.1:{port}
+    default_backend be
+backend be
+    http-reuse always
+    option forwardfor
+    server s1 127.0.0.1:{backend}
+""")
+    return conf
+
+
+def facade_conf(tmp: Path, port: int, admin: int, backend: int) -> Path:
+    conf = tmp / "facade.yaml"
+    conf.write_text(f"""
+listen: 127.0.0.1:{port}
+admin: {{listen: 127.0.0.1:{admin}}}
+services:
+  backend: {{endpoints: [http://127.0.0.1:{backend}]}}
+routes:
+  - name: all
+    match: {{path: {{prefix: /}}}}
+    backend: backend
+""")
+    return conf
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per measurement (default 8)")
+    parser.add_argument("--connections", default="1,32", help="comma list (default 1,32)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per configuration; the median is kept")
+    parser.add_argument("--only", default="", help="comma list of contenders (direct,facade,nginx,haproxy)")
+    parser.add_argument("--json", help="write the raw results here")
+    args = parser.parse_args()
+    conns = [int(c) for c in args.connections.split(",")]
+    load = run_wrk if shutil.which("wrk") else run_python_load
+    if load is run_python_load:
+        print("wrk not found: using the Python load generator (numbers are lower and noisier)", file=sys.stderr)
+
+    tmp = Path(tempfile.mkdtemp(prefix="facade-bench-"))
+    backend = free_port()
+    backend_argv = [sys.executable, "-m", "uvicorn", "benchmarks.backend:app", "--port", str(backend),
+                    "--http", "httptools", "--loop", "uvloop", "--no-access-log", "--log-level", "warning"]
+    contenders: dict[str, tuple[list[str], int]] = {"direct": ([], backend)}
+    fport, aport = free_port(), free_port()
+    contenders["facade"] = ([sys.executable, "-m", "facade", "serve", "-c", str(facade_conf(tmp, fport, aport, backend)),
+                             "--no-watch", "--log-level", "warning"], fport)
+    if shutil.which("nginx"):
+        nport = free_port()
+        contenders["nginx"] = (["nginx", "-c", str(nginx_conf(tmp, nport, backend)), "-p", str(tmp)], nport)
+    if shutil.which("haproxy"):
+        hport = free_port()
+        contenders["haproxy"] = (["haproxy", "-f", str(haproxy_conf(tmp, hport, backend))], hport)
+    if args.only:
+        wanted = set(args.only.split(","))
+        contenders = {k: v for k, v in contenders.items() if k in wanted}
+
+    results: dict[str, dict[int, dict[str, float]]] = {}
+    with process(backend_argv, backend, tmp / "backend.log"):
+        for name, (argv, port) in contenders.items():
+            ctx = process(argv, port, tmp / f"{name}.log") if argv else contextlib.nullcontext()
+            with ctx:
+                url = f"http://127.0.0.1:{port}/bench"
+                load(url, 8, 1.0)  # warm-up: pools, JIT-free but caches and connections
+                results[name] = {}
+                for c in conns:
+                    runs = [load(url, c, args.duration) for _ in range(args.repeat)]
+                    results[name][c] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+                    r = results[name][c]
+                    print(f"  {name:8s} c={c:<3d} {r['rps']:9.0f} req/s  p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms",
+                          file=sys.stderr, flush=True)
+
+    print()
+    print(f"machine: {os.cpu_count()} cores; {args.repeat} runs x {args.duration:g}s each, median; load: "
+          f"{'wrk -t1' if load is run_wrk else 'python aiohttp'}")
+    print(f"{'contender':10s} {'conns':>5s} {'req/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} {'vs direct':>9s}")
+    for name, by_c in results.items():
+        for c, r in by_c.items():
+            base = results.get("direct", {}).get(c, {}).get("rps")
+            ratio = f"{r['rps'] / base:.2f}x" if base else ""
+            print(f"{name:10s} {c:5d} {r['rps']:9.0f} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f} {ratio:>9s}")
+    print()
+    f, n, d = results.get("facade", {}), results.get("nginx", {}), results.get("direct", {})
+    if f and n and 32 in f and 32 in n:
+        print(f"facade / nginx throughput at 32 connections: {f[32]['rps'] / n[32]['rps']:.2f}x (target >= 0.30x)")
+    if f and d and 1 in f and 1 in d:
+        print(f"facade p50 added over direct at 1 connection: {f[1]['p50_ms'] - d[1]['p50_ms']:.3f} ms (target <= 0.35 ms)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
