@@ -1,0 +1,378 @@
+"""One service's pool: its endpoints' runtime state, the pick and report decisions, its HTTP session.
+
+Everything here runs on the event loop thread; no locks. The decisions delegate to the pure
+modules (``balancer``, ``outlier``, ``health``); this module keeps the state and does the I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import ssl
+import time
+from collections import Counter
+from collections.abc import Callable, Collection
+from typing import Any
+
+import aiohttp
+import aiohttp.connector
+import yarl
+
+from ..config import EndpointGroup, ServiceSpec
+from ..errors import UpstreamUnavailable
+from . import balancer, outlier
+from .health import HealthState, run_checks
+from .outcome import Outcome
+
+__all__ = ["DEFAULT_DNS_CACHE_TTL", "Endpoint", "ServicePool"]
+
+DEFAULT_DNS_CACHE_TTL = 10  # seconds; aiohttp's default, stated so it is a decision
+
+
+class Endpoint:
+    """The mutable runtime state of one endpoint (touched only from the event loop thread)."""
+
+    __slots__ = ("url", "origin", "group", "health", "outlier", "in_flight", "outcomes", "last_checked", "_prefix")
+
+    def __init__(self, url: str, group: str) -> None:
+        parsed = yarl.URL(url)
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise ValueError(f"endpoint {url!r}: expected http://host:port or https://host:port")
+        self.url = url
+        self.origin = parsed.origin()
+        self.group = group
+        self.health = HealthState()
+        self.outlier = outlier.OutlierState()
+        self.in_flight = 0
+        self.outcomes: Counter[str] = Counter()
+        self.last_checked: float | None = None
+        # An endpoint may carry a base path ("http://h:1/v2"): requests go below it.
+        self._prefix = str(self.origin) + parsed.raw_path.rstrip("/")
+
+    def __repr__(self) -> str:
+        state = "available" if self.available else ("ejected" if self.outlier.ejected else "unhealthy")
+        return f"Endpoint({self.url!r}, group={self.group!r}, {state}, in_flight={self.in_flight})"
+
+    @property
+    def healthy(self) -> bool:
+        return self.health.healthy
+
+    @healthy.setter
+    def healthy(self, value: bool) -> None:
+        self.health = HealthState(healthy=value)
+
+    @property
+    def ejected_until(self) -> float:
+        """0.0 when not ejected; otherwise the pool clock's value when the ejection ends."""
+        return self.outlier.ejected_until
+
+    @property
+    def times_ejected(self) -> int:
+        return self.outlier.times_ejected
+
+    @property
+    def available(self) -> bool:
+        """Healthy and not ejected: may be picked."""
+        return self.health.healthy and self.outlier.ejected_until == 0.0
+
+    def begin(self) -> None:
+        self.in_flight += 1
+
+    def end(self) -> None:
+        self.in_flight -= 1
+
+    def url_for(self, raw_path_and_query: str) -> yarl.URL:
+        """The upstream URL for an already-encoded path (and query), byte for byte.
+
+        Built with ``encoded=True`` so yarl neither re-quotes nor removes dot segments: the
+        bytes the router matched are the bytes sent (DESIGN.md, Invariants).
+        """
+        return yarl.URL(self._prefix + raw_path_and_query, encoded=True)
+
+    def adopt_state(self, other: Endpoint) -> None:
+        """Carry health and ejection state over from the same endpoint of a previous pool."""
+        self.health = other.health
+        self.outlier = other.outlier
+        self.last_checked = other.last_checked
+        self.outcomes = other.outcomes.copy()
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        o = self.outlier
+        return {
+            "url": self.url,
+            "group": self.group,
+            "available": self.available,
+            "healthy": self.healthy,
+            "ejected": o.ejected,
+            "ejected_until": o.ejected_until,
+            "ejected_remaining_s": round(max(0.0, o.ejected_until - now), 3) if o.ejected else 0.0,
+            "times_ejected": o.times_ejected,
+            "consecutive_5xx": o.consecutive_5xx,
+            "consecutive_gateway_errors": o.consecutive_gateway_errors,
+            "in_flight": self.in_flight,
+            "health_checks": self.health.checks,
+            "last_health_check": self.health.last_detail,
+            "outcomes": dict(self.outcomes),
+        }
+
+
+class _Group:
+    __slots__ = ("spec", "endpoints", "rr")
+
+    def __init__(self, spec: EndpointGroup, endpoints: tuple[Endpoint, ...]) -> None:
+        self.spec = spec
+        self.endpoints = endpoints
+        self.rr = 0  # round-robin counter of this group
+
+
+class ServicePool:
+    """The endpoints of one service, how to choose among them, and the session that reaches them.
+
+    ``ssl_context`` is used for https:// endpoints (None = the system trust store). ``session``
+    lets a reload hand over a warm session; the pool then owns it. ``previous`` is the pool this
+    one replaces: the state of endpoints with the same URL carries over (and the endpoint objects
+    themselves when the session is handed over and the group is unchanged, so requests still in
+    flight on the old pool keep counting).
+    """
+
+    def __init__(
+        self,
+        spec: ServiceSpec,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        session: aiohttp.ClientSession | None = None,
+        previous: ServicePool | None = None,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.spec = spec
+        self.ssl_context = ssl_context
+        self._session = session
+        self._owns_session = True
+        self._rng = rng if rng is not None else random.Random()
+        self._clock = clock
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+        self.stats: Counter[str] = Counter()
+        old = {ep.url: ep for ep in previous.endpoints} if previous is not None else {}
+        groups = []
+        for g in spec.groups:
+            eps = []
+            for url in g.endpoints:
+                prior = old.get(url)
+                if prior is not None and session is not None and prior.group == g.name:
+                    eps.append(prior)  # same object: in-flight counts and late reports stay true
+                    continue
+                ep = Endpoint(url, g.name)
+                if prior is not None:
+                    ep.adopt_state(prior)
+                eps.append(ep)
+            groups.append(_Group(g, tuple(eps)))
+        self._groups = tuple(groups)
+        self.endpoints: tuple[Endpoint, ...] = tuple(ep for g in self._groups for ep in g.endpoints)
+        # The next time an ejection ends or a count decays: pick() scans the endpoints only then.
+        self._next_event = self._earliest_event()
+
+    def __repr__(self) -> str:
+        up = sum(ep.available for ep in self.endpoints)
+        return f"ServicePool({self.spec.name!r}, {up}/{len(self.endpoints)} available, lb={self.spec.load_balancer})"
+
+    # -- the session ----------------------------------------------------------------------
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The service's aiohttp session, created on first use (it must be created inside the loop)."""
+        if self._session is None:
+            assert not self._closed, f"pool {self.spec.name} is closed"
+            self._session = _new_session(self.spec, self.ssl_context)
+        return self._session
+
+    @property
+    def connector(self) -> aiohttp.TCPConnector:
+        """The session's connector, for connection pool statistics."""
+        conn = self.session.connector
+        assert isinstance(conn, aiohttp.TCPConnector)
+        return conn
+
+    def hand_over_session(self) -> aiohttp.ClientSession | None:
+        """Give the session to a successor pool: this pool will not close it."""
+        self._owns_session = False
+        return self._session
+
+    # -- decisions ------------------------------------------------------------------------
+
+    def pick(self, *, exclude: Collection[Endpoint] = (), now: float | None = None) -> Endpoint:
+        """Choose the endpoint for one try.
+
+        Order of preference: weighted groups among endpoints not in ``exclude`` (the ones this
+        request already tried), then weighted groups allowing reuse, then drained (weight 0)
+        groups the same two ways. Raises UpstreamUnavailable when no endpoint is available.
+        """
+        if self.spec.outlier_detection is not None:
+            self._release_due(self._clock() if now is None else now)
+        if exclude:
+            fresh = [[ep for ep in g.endpoints if ep.available and ep not in exclude] for g in self._groups]
+            chosen = self._choose(fresh, drained=False)
+            if chosen is None:
+                everyone = [[ep for ep in g.endpoints if ep.available] for g in self._groups]
+                chosen = (
+                    self._choose(everyone, drained=False)
+                    or self._choose(fresh, drained=True)
+                    or self._choose(everyone, drained=True)
+                )
+        else:
+            everyone = [[ep for ep in g.endpoints if ep.available] for g in self._groups]
+            chosen = self._choose(everyone, drained=False) or self._choose(everyone, drained=True)
+        if chosen is None:
+            self.stats["no_healthy_endpoint"] += 1
+            raise UpstreamUnavailable(f"no healthy endpoint in service {self.spec.name}")
+        return chosen
+
+    def _choose(self, candidates: list[list[Endpoint]], *, drained: bool) -> Endpoint | None:
+        views = [
+            balancer.GroupCandidates(g.spec.weight, g.spec.priority, len(c))
+            for g, c in zip(self._groups, candidates, strict=True)
+        ]
+        gi = balancer.choose_group(views, self._rng, drained=drained)
+        if gi is None:
+            return None
+        group, cands = self._groups[gi], candidates[gi]
+        lb = self.spec.load_balancer
+        if lb == "least_request":
+            i = balancer.pick_least_request([ep.in_flight for ep in cands], self._rng)
+        elif lb == "random":
+            i = balancer.pick_random(len(cands), self._rng)
+        else:
+            i = balancer.pick_round_robin(len(cands), group.rr)
+            group.rr += 1
+        return cands[i]
+
+    def report(self, ep: Endpoint, outcome: Outcome, *, now: float | None = None) -> None:
+        """Record the outcome of one try; may eject the endpoint (outlier detection)."""
+        ep.outcomes[outcome.value] += 1
+        spec = self.spec.outlier_detection
+        if spec is None:
+            return
+        now = self._clock() if now is None else now
+        self._release_due(now)
+        if ep.outlier.ejected:
+            return  # late results of requests sent before the ejection do not extend it
+        state = outlier.count_outcome(ep.outlier, outcome)
+        if outlier.should_eject(state, spec):
+            ejected_now = sum(1 for e in self.endpoints if e.outlier.ejected)
+            if outlier.ejection_allowed(ejected_now, len(self.endpoints), spec.max_ejection_percent):
+                state = outlier.eject(state, spec, now)
+                self._next_event = min(self._next_event, state.ejected_until)
+                self.stats["ejections"] += 1
+            else:
+                self.stats["ejections_overflow"] += 1  # Envoy: ejections_overflow
+        ep.outlier = state
+
+    def _release_due(self, now: float) -> None:
+        """End ejections whose time has passed and decay old ejection counts (lazy, no timers)."""
+        if now < self._next_event:
+            return
+        spec = self.spec.outlier_detection
+        assert spec is not None
+        for ep in self.endpoints:
+            ep.outlier = outlier.refresh(ep.outlier, spec, now)
+        self._next_event = self._earliest_event()
+
+    def _earliest_event(self) -> float:
+        """When the outlier state of some endpoint changes by itself: an ejection ends or a count decays."""
+        spec = self.spec.outlier_detection
+        if spec is None:
+            return float("inf")
+        return min(
+            (
+                ep.outlier.ejected_until if ep.outlier.ejected else ep.outlier.released_at + spec.max_ejection
+                for ep in self.endpoints
+                if ep.outlier.times_ejected
+            ),
+            default=float("inf"),
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        return sum(ep.in_flight for ep in self.endpoints)
+
+    async def start(self) -> None:
+        """Start active health checking if the service has a health check (first round at once)."""
+        hc = self.spec.health_check
+        if hc is None or self._tasks or self._closed:
+            return
+        session = self.session
+        for ep in self.endpoints:
+            rng = random.Random(self._rng.random())
+            task = asyncio.create_task(run_checks(session, ep, hc, rng=rng, clock=self._clock))
+            self._tasks.append(task)
+
+    async def stop_health_checks(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+
+    async def close(self) -> None:
+        """Stop health checks and close the session (unless it was handed over)."""
+        self._closed = True
+        await self.stop_health_checks()
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+
+    def snapshot(self, *, now: float | None = None) -> dict[str, Any]:
+        """JSON-able state: groups with their endpoints, health, ejections, in-flight counts, stats."""
+        now = self._clock() if now is None else now
+        conn: dict[str, Any] = {"limit": self.spec.connection_pool.max_connections}
+        if self._session is not None and isinstance(self._session.connector, aiohttp.TCPConnector):
+            conn["in_use"] = len(getattr(self._session.connector, "_acquired", ()))
+        return {
+            "service": self.spec.name,
+            "load_balancer": self.spec.load_balancer,
+            "health_check": self.spec.health_check is not None,
+            "outlier_detection": self.spec.outlier_detection is not None,
+            "available": sum(ep.available for ep in self.endpoints),
+            "total": len(self.endpoints),
+            "in_flight": self.in_flight,
+            "connections": conn,
+            "stats": dict(self.stats),
+            "groups": [
+                {
+                    "name": g.spec.name,
+                    "weight": g.spec.weight,
+                    "priority": g.spec.priority,
+                    "endpoints": [ep.snapshot(now) for ep in g.endpoints],
+                }
+                for g in self._groups
+            ],
+        }
+
+
+def _new_session(spec: ServiceSpec, ssl_context: ssl.SSLContext | None) -> aiohttp.ClientSession:
+    """The service's session: one connector with the service's limits; nothing the facade should not keep.
+
+    No cookie jar (the facade never stores upstream cookies), no proxy settings from the
+    environment, no decompression (bodies pass through as the upstream encoded them).
+    """
+    pool = spec.connection_pool
+    connector = aiohttp.TCPConnector(
+        limit=pool.max_connections,
+        limit_per_host=0,
+        keepalive_timeout=pool.idle_timeout,
+        ttl_dns_cache=DEFAULT_DNS_CACHE_TTL,
+        ssl=ssl_context if ssl_context is not None else True,
+        # Needed only on Pythons whose TLS transports can leak when closed (aiohttp warns elsewhere).
+        enable_cleanup_closed=getattr(aiohttp.connector, "NEEDS_CLEANUP_CLOSED", False),
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        trust_env=False,
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=spec.timeouts.connect),
+    )

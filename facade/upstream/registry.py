@@ -1,0 +1,133 @@
+"""All services' pools, and the hot reload that swaps them without dropping a request."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..config import ServiceSpec
+from .pool import ServicePool
+from .tls import client_ssl_context
+
+__all__ = ["DEFAULT_DRAIN_GRACE", "Upstreams"]
+
+logger = logging.getLogger("facade.upstream")
+
+DEFAULT_DRAIN_GRACE = 30.0  # seconds a replaced pool may keep serving requests already in flight
+_DRAIN_POLL = 0.05
+
+SSLContextFactory = Callable[[ServiceSpec], "ssl.SSLContext | None"]
+
+
+def _session_key(spec: ServiceSpec) -> tuple[Any, ...]:
+    """What the session depends on: a reload that leaves these alone keeps the warm session."""
+    return (spec.tls, spec.identity, spec.connection_pool, spec.timeouts.connect)
+
+
+class Upstreams:
+    """The pool of every service, by name. ``ssl_context_factory`` (the mesh's) replaces the
+    contexts built from each service's ``tls:`` block."""
+
+    def __init__(
+        self,
+        specs: Sequence[ServiceSpec],
+        *,
+        ssl_context_factory: SSLContextFactory | None = None,
+        drain_grace: float = DEFAULT_DRAIN_GRACE,
+    ) -> None:
+        self._factory = ssl_context_factory
+        self._drain_grace = drain_grace
+        self._pools: dict[str, ServicePool] = {s.name: self._build(s, None) for s in specs}
+        self._draining: set[asyncio.Task[None]] = set()
+        self._started = False
+
+    def __repr__(self) -> str:
+        return f"Upstreams({sorted(self._pools)})"
+
+    def get(self, name: str) -> ServicePool | None:
+        return self._pools.get(name)
+
+    def _ssl_context(self, spec: ServiceSpec) -> ssl.SSLContext | None:
+        if self._factory is not None:
+            return self._factory(spec)
+        if spec.tls is not None:
+            return client_ssl_context(spec.tls, service=spec.name)
+        return None
+
+    def _build(self, spec: ServiceSpec, previous: ServicePool | None) -> ServicePool:
+        if previous is not None and _session_key(previous.spec) == _session_key(spec):
+            # Same connection settings: the successor takes the warm session and the TLS context.
+            return ServicePool(
+                spec, ssl_context=previous.ssl_context, session=previous.hand_over_session(), previous=previous
+            )
+        return ServicePool(spec, ssl_context=self._ssl_context(spec), previous=previous)
+
+    async def start(self) -> None:
+        """Start health checking in every pool."""
+        self._started = True
+        for pool in self._pools.values():
+            await pool.start()
+
+    async def update(self, specs: Sequence[ServiceSpec]) -> None:
+        """Hot reload: swap in pools for new and changed services, keep unchanged ones as they are.
+
+        1. Keep the pool of every service whose spec is unchanged (session, health, ejections).
+        2. Build a pool for every new or changed service, carrying over the state of endpoints
+           with the same URL (a weight-only change keeps health and ejections).
+        3. Swap the map, so the next request sees the new pools, and start their health checks.
+        4. Stop the replaced pools' health checks, and close them once their requests in flight
+           have finished, or after the grace period.
+        """
+        # Build everything before touching the map, so a failure (unreadable TLS files) changes nothing.
+        fresh: dict[str, ServicePool] = {}
+        built: list[ServicePool] = []
+        for spec in specs:
+            old = self._pools.get(spec.name)
+            if old is not None and old.spec == spec:
+                fresh[spec.name] = old
+                continue
+            pool = self._build(spec, old)
+            fresh[spec.name] = pool
+            built.append(pool)
+        replaced = [p for name, p in self._pools.items() if fresh.get(name) is not p]
+        self._pools = fresh
+        if self._started:
+            for pool in built:
+                await pool.start()
+        for pool in replaced:
+            await pool.stop_health_checks()
+            task = asyncio.create_task(self._drain_and_close(pool))
+            self._draining.add(task)
+            task.add_done_callback(self._draining.discard)
+
+    async def _drain_and_close(self, pool: ServicePool) -> None:
+        deadline = time.monotonic() + self._drain_grace
+        while pool.in_flight > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(_DRAIN_POLL)
+        if pool.in_flight > 0:
+            logger.warning("closing replaced pool of %s with %d requests in flight", pool.spec.name, pool.in_flight)
+        await pool.close()
+
+    @property
+    def draining(self) -> int:
+        """Replaced pools not closed yet."""
+        return len(self._draining)
+
+    async def close(self) -> None:
+        """Close every pool now, replaced ones included."""
+        for task in list(self._draining):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            await pool.close()
+        self._started = False
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"services": {name: pool.snapshot() for name, pool in sorted(self._pools.items())}}
