@@ -60,7 +60,7 @@ async def probe(session: aiohttp.ClientSession, endpoint: Endpoint, spec: Health
         ) as resp:
             await resp.read()  # drain so the connection can be reused for the next check
             return low <= resp.status <= high, str(resp.status)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return False, f"timeout after {spec.timeout:g}s"
     except (aiohttp.ClientError, OSError) as exc:
         return False, f"{type(exc).__name__}: {exc}"

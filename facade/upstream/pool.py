@@ -33,7 +33,7 @@ DEFAULT_DNS_CACHE_TTL = 10  # seconds; aiohttp's default, stated so it is a deci
 class Endpoint:
     """The mutable runtime state of one endpoint (touched only from the event loop thread)."""
 
-    __slots__ = ("url", "origin", "group", "health", "outlier", "in_flight", "outcomes", "last_checked", "_prefix")
+    __slots__ = ("_prefix", "group", "health", "in_flight", "last_checked", "origin", "outcomes", "outlier", "url")
 
     def __init__(self, url: str, group: str) -> None:
         parsed = yarl.URL(url)
@@ -118,7 +118,7 @@ class Endpoint:
 
 
 class _Group:
-    __slots__ = ("spec", "endpoints", "rr")
+    __slots__ = ("endpoints", "rr", "spec")
 
     def __init__(self, spec: EndpointGroup, endpoints: tuple[Endpoint, ...]) -> None:
         self.spec = spec
