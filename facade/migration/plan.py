@@ -405,6 +405,10 @@ def _read_canary(node: Node, problems: Problems) -> CanarySpec | None:
         problems.error(match, "must be a mapping with exactly one NAME: VALUE")
         return None
     (name, value_node), = match.items()
+    if value_node.is_scalar and isinstance(value_node.value, bool):
+        # YAML 1.1 reads on/off/yes/no as booleans; a header value is text.
+        problems.error(value_node, "must be a string; quote it (e.g. \"on\", \"1\")")
+        return None
     value = read_str(value_node, problems)
     if value is None:
         return None
