@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+from collections.abc import Callable
+
 from facade.config import EndpointGroup, HealthCheck, OutlierDetection, ServiceSpec
 
 
@@ -27,3 +31,21 @@ def service(
 
 def urls(n: int, base: int = 1) -> tuple[str, ...]:
     return tuple(f"http://10.0.0.{i}:8080" for i in range(base, base + n))
+
+
+async def eventually(cond: Callable[[], bool], *, timeout: float = 3.0) -> bool:
+    """Poll ``cond`` every 10 ms for at most ``timeout`` seconds."""
+    for _ in range(int(timeout / 0.01)):
+        if cond():
+            return True
+        await asyncio.sleep(0.01)
+    return cond()
+
+
+def closed_port_url() -> str:
+    """A loopback URL on which nothing listens (the port was just released)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return f"http://127.0.0.1:{port}"
