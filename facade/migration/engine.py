@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any, Literal
@@ -47,6 +48,7 @@ __all__ = [
     "check_plan_edit",
     "effective_split",
     "frame_hash",
+    "migration_status",
 ]
 
 ActionName = Literal["start", "next", "pause", "resume", "rollback", "abort", "promote", "auto", "manual"]
@@ -471,3 +473,56 @@ def check_plan_edit(state: MigrationState, old_step_hashes: tuple[str, ...], new
                            f"plan {new_plan.name!r} is {state.phase.value}: step {index + 1} was already applied "
                            "and cannot change (only later steps may); roll back first to change it")
     return None
+
+
+# -- the status document (admin API and CLI share it) ----------------------------------------------
+
+
+def migration_status(
+    plan: Plan,
+    state: MigrationState,
+    *,
+    now: float | None = None,
+    gate_report: GateReport | None = None,
+    journal: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
+    """The JSON document ``GET /migrations/{name}`` returns and ``facade migrate status`` renders.
+
+    ``step`` is the 1-based number people see (0 before the first step / after a rollback).
+    """
+    active = state.phase in _ACTIVE
+    number = state.step + 1 if active else (len(plan.steps) if state.phase is Phase.COMPLETED else 0)
+    step = plan.steps[state.step] if active and state.step < len(plan.steps) else None
+    hold_left = None
+    if step is not None and now is not None and state.phase is Phase.RUNNING:
+        hold_left = max(0.0, _hold_left(state, step.hold, now))
+    routing = {}
+    for route, split in effective_split(plan, state).items():
+        routing[route] = {
+            "to_percent": (split.weight_bps / 100 if split.canary is None else 0.0) if split else 0.0,
+            "shadow_percent": split.shadow_percent if split else 0.0,
+            "canary": str(split.canary) if split and split.canary else None,
+            "sticky": str(split.sticky) if split and split.sticky else None,
+        }
+    return {
+        "name": plan.name,
+        "routes": list(plan.routes),
+        "from": plan.from_service,
+        "to": plan.to_service,
+        "state": state.phase.value,
+        "step": number,
+        "steps": len(plan.steps),
+        "step_summary": step.summary() if step is not None else state.phase.value,
+        "auto": state.auto,
+        "failures": state.failures,
+        "threshold": plan.threshold,
+        "version": state.version,
+        "reason": state.reason,
+        "updated_at": state.updated_at,
+        "step_started_at": state.step_started_at,
+        "hold_left": hold_left,
+        "plan_hash": plan.content_hash,
+        "routing": routing,
+        "gates": gate_report.to_json() if gate_report is not None else None,
+        "journal": [dict(entry) for entry in journal],
+    }

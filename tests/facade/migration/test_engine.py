@@ -14,6 +14,7 @@ from facade.migration.engine import (
     auto_tick,
     check_plan_edit,
     effective_split,
+    migration_status,
 )
 from facade.migration.gates import GateReport, GateResult, GateStatus
 from facade.migration.plan import Plan, parse_plan
@@ -272,3 +273,18 @@ def test_check_plan_edit_rejects_changes_to_applied_steps_only() -> None:
     assert frame_problem is not None and "sticky cannot change" in frame_problem.message
     assert check_plan_edit(_state_after(Phase.PENDING, 0), PLAN.step_hashes, past_edit) is None
     assert check_plan_edit(_state_after(Phase.COMPLETED, 4), PLAN.step_hashes, future_edit) is not None
+
+
+def test_migration_status_document() -> None:
+    state = MigrationState("shop", Phase.RUNNING, 1, version=2, step_started_at=NOW - 20, reason="go")
+    doc = migration_status(PLAN, state, now=NOW, gate_report=FAIL, journal=[{"version": 1}])
+    assert (doc["state"], doc["step"], doc["steps"], doc["step_summary"]) == ("running", 2, 4, "weight 25")
+    assert doc["hold_left"] == 40.0 and doc["reason"] == "go" and doc["threshold"] == 3
+    assert doc["routing"]["catalog"] == {"to_percent": 25.0, "shadow_percent": 0.0, "canary": None,
+                                         "sticky": "header x-user"}
+    assert doc["gates"]["status"] == "fail" and doc["journal"] == [{"version": 1}]
+    json.dumps(doc)  # serialisable as is
+    done = migration_status(PLAN, MigrationState("shop", Phase.COMPLETED, 4))
+    assert done["step"] == 4 and done["routing"]["search"]["to_percent"] == 100.0 and done["hold_left"] is None
+    pending = migration_status(PLAN, MigrationState("shop"))
+    assert pending["step"] == 0 and pending["routing"]["catalog"]["to_percent"] == 0.0

@@ -1,0 +1,304 @@
+"""``facade migrate ...``: list, status, plan (offline dry run) and the step actions.
+
+Everything but ``plan`` talks to a running facade's admin API (``facade.console.AdminClient``)::
+
+    GET  /migrations                       -> {"migrations": [status, ...]}   (or a bare list)
+    GET  /migrations/{name}                -> status        (see engine.migration_status)
+    POST /migrations/{name}/{action}       body {force, reason, to, actor} -> status
+         refusals: 404 {"error", "code": "not_found"}, 409 {"error", "code": "refused" | "conflict"},
+                   409 {"error", "code": "gate_failed", "gates": {...}}  -> exit EXIT_GATE_FAILED
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from typing import Any
+from urllib.parse import quote
+
+from ..console import (
+    EXIT_GATE_FAILED,
+    EXIT_INVALID,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_REFUSED,
+    AdminClient,
+    AdminError,
+    add_admin_options,
+    add_config_option,
+    add_json_option,
+    print_json,
+    render_table,
+)
+from ..errors import ConfigError, Problem
+from ..yamlfile import YamlDocument
+from .plan import Plan, load_plans, parse_plan, render_plan
+
+__all__ = ["register"]
+
+# The admin API's refusal codes -> exit codes (the HTTP status alone cannot tell a gate from a refusal).
+_CODE_EXIT = {"gate_failed": EXIT_GATE_FAILED, "not_found": EXIT_NOT_FOUND, "refused": EXIT_REFUSED,
+              "conflict": EXIT_REFUSED}
+_ACTION_HELP = {
+    "start": "start the plan at its first step",
+    "next": "advance one step if the hold has elapsed and the gates pass (--force --reason overrides)",
+    "pause": "stop progressing (routing stays as it is)",
+    "resume": "continue after pause; on a pause step this is the approval that advances",
+    "rollback": "go back one step, or --to N (0 = everything back on the old service)",
+    "abort": "put everything back on the old service for good",
+    "promote": "jump straight to 100%% on the new service (needs --force and --reason)",
+    "auto": "let the controller advance after each hold and roll back on failing gates (--off: manual)",
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = subparsers.add_parser("migrate", help="staged migrations: list, status, plan, start, next, ...",
+                                   description="Drive staged migrations (plans in the migrations folder).")
+    parser.set_defaults(func=lambda args: _usage(parser))
+    sub = parser.add_subparsers(dest="migrate_command", metavar="ACTION")
+
+    p = sub.add_parser("list", help="every plan with its state and current routing")
+    add_admin_options(p)
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("status", help="state, routing, gate results and journal of one plan")
+    p.add_argument("name")
+    p.add_argument("--journal", type=int, default=10, metavar="N", help="show the last N transitions (default 10)")
+    add_admin_options(p)
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("plan", help="dry run: what each step routes where (offline; changes nothing)")
+    p.add_argument("name", help="plan name, or the path of a plan file")
+    p.add_argument("--plans", metavar="DIR", help="migrations folder (default: the config's migrations)")
+    add_config_option(p)
+    add_json_option(p)
+    p.set_defaults(func=_cmd_plan)
+
+    for action, text in _ACTION_HELP.items():
+        p = sub.add_parser(action, help=text, description=text.replace("%%", "%"))
+        p.add_argument("name")
+        p.add_argument("--force", action="store_true", help="override hold and gates (needs --reason)")
+        p.add_argument("--reason", default="", help="why; recorded in the journal")
+        if action == "rollback":
+            p.add_argument("--to", type=int, metavar="N", help="step number to go back to (0 = all on the old service)")
+        if action == "auto":
+            p.add_argument("--off", action="store_true", help="turn auto mode off (manual steps again)")
+        add_admin_options(p)
+        p.set_defaults(func=_cmd_action, action=action)
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return EXIT_INVALID
+
+
+def _actor() -> str:
+    # Who did it, for the journal: an explicit $FACADE_ACTOR (CI jobs), else the login name.
+    explicit = os.environ.get("FACADE_ACTOR")
+    if explicit:
+        return explicit
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "cli"
+
+
+# -- admin API commands ----------------------------------------------------------------------------
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    try:
+        body = AdminClient.from_args(args).get("/migrations")
+    except AdminError as exc:
+        return _fail(exc, args)
+    items: list[dict[str, Any]] = body.get("migrations", []) if isinstance(body, dict) else list(body or [])
+    if args.json:
+        print_json({"migrations": items})
+        return EXIT_OK
+    rows = [(m.get("name"), m.get("state"), _step_text(m), _routing_text(m), "auto" if m.get("auto") else "manual")
+            for m in items]
+    print(render_table(["NAME", "STATE", "STEP", "ROUTING", "MODE"], rows))
+    return EXIT_OK
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    try:
+        body = AdminClient.from_args(args).get(f"/migrations/{quote(args.name, safe='')}")
+    except AdminError as exc:
+        return _fail(exc, args)
+    if args.json:
+        print_json(body)
+        return EXIT_OK
+    print(_render_status(body, journal=args.journal))
+    return EXIT_OK
+
+
+def _cmd_action(args: argparse.Namespace) -> int:
+    action = "manual" if args.action == "auto" and getattr(args, "off", False) else args.action
+    if args.force and not args.reason.strip():
+        print("error: --force needs --reason: say why the checks are overridden", file=sys.stderr)
+        return EXIT_INVALID
+    payload = {"force": args.force, "reason": args.reason, "to": getattr(args, "to", None), "actor": _actor()}
+    try:
+        client = AdminClient.from_args(args)
+        body = client.post(f"/migrations/{quote(args.name, safe='')}/{action}", payload)
+    except AdminError as exc:
+        return _fail(exc, args)
+    if args.json:
+        print_json(body)
+        return EXIT_OK
+    if isinstance(body, dict) and "state" in body:
+        print(f"{body.get('name', args.name)}: {body.get('state')} at {_step_text(body)} -> {_routing_text(body)}")
+    else:
+        print(f"{args.name}: {action} done")
+    return EXIT_OK
+
+
+def _fail(exc: AdminError, args: argparse.Namespace) -> int:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    code = _CODE_EXIT.get(str(body.get("code")), exc.exit_code)
+    if getattr(args, "json", False) and body:
+        print_json(body)
+    print(f"error: {body.get('error') or exc}", file=sys.stderr)
+    gates = body.get("gates")
+    if isinstance(gates, dict) and gates.get("results") and not getattr(args, "json", False):
+        print(_render_gates(gates), file=sys.stderr)
+    return code
+
+
+# -- rendering ----------------------------------------------------------------------------------------
+
+
+def _step_text(status: dict[str, Any]) -> str:
+    step, steps = status.get("step"), status.get("steps")
+    if not step:
+        return "-"
+    summary = status.get("step_summary")
+    return f"{step}/{steps} {summary}" if summary else f"{step}/{steps}"
+
+
+def _routing_text(status: dict[str, Any]) -> str:
+    routing = status.get("routing") or {}
+    new = status.get("to", "new")
+    parts = []
+    for route, r in routing.items():
+        if r.get("canary"):
+            text = f"{route}: canary {r['canary']} -> {new}"
+        else:
+            text = f"{route}: {r.get('to_percent', 0):g}% -> {new}"
+        if r.get("shadow_percent"):
+            text += f", shadow {r['shadow_percent']:g}%"
+        parts.append(text)
+    return "; ".join(parts) or "-"
+
+
+def _render_gates(gates: dict[str, Any]) -> str:
+    rows = [(r.get("name"), r.get("status"), _num(r.get("value")), _num(r.get("threshold")), r.get("message"))
+            for r in gates.get("results", [])]
+    return f"gates: {gates.get('status')}\n" + render_table(["GATE", "STATUS", "VALUE", "LIMIT", "DETAIL"], rows)
+
+
+def _num(value: Any) -> str:
+    return "-" if value is None else f"{value:g}" if isinstance(value, (int, float)) else str(value)
+
+
+def _render_status(status: dict[str, Any], *, journal: int) -> str:
+    lines = [
+        f"{status.get('name')}: {', '.join(status.get('routes', []))} from {status.get('from')} to {status.get('to')}",
+        f"state:   {status.get('state')}  step {_step_text(status)}  ({'auto' if status.get('auto') else 'manual'}"
+        f", {status.get('failures', 0)}/{status.get('threshold', '?')} failed checks)",
+        f"routing: {_routing_text(status)}",
+    ]
+    if status.get("hold_left"):
+        lines.append(f"hold:    {status['hold_left']:.0f}s left")
+    if status.get("reason"):
+        lines.append(f"reason:  {status['reason']}")
+    gates = status.get("gates")
+    if isinstance(gates, dict):
+        lines.append(_render_gates(gates))
+    entries = (status.get("journal") or [])[-journal:] if journal > 0 else []
+    if entries:
+        lines.append("journal:")
+        rows = [(e.get("version"), e.get("action"), e.get("actor"), f"{e.get('from_state')}:{e.get('from_step')}",
+                 f"{e.get('to_state')}:{e.get('to_step')}", e.get("reason")) for e in entries]
+        lines.append(render_table(["#", "ACTION", "ACTOR", "FROM", "TO", "REASON"], rows))
+    return "\n".join(lines)
+
+
+# -- offline: plan ------------------------------------------------------------------------------------
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    try:
+        routes, services, plans_dir = _plan_context(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_INVALID
+    plan, problems = _find_plan(args.name, args.plans or plans_dir, routes, services)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if plan is None:
+        if any(p.severity == "error" for p in problems):
+            return EXIT_INVALID
+        print(f"error: no plan named {args.name!r} in {args.plans or plans_dir}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    if args.json:
+        print_json({**plan.to_json(), "source": plan.source, "content_hash": plan.content_hash,
+                    "step_hashes": list(plan.step_hashes)})
+    else:
+        sys.stdout.write(render_plan(plan))
+    return EXIT_OK
+
+
+def _find_plan(name: str, plans_dir: str | None, routes: set[str], services: set[str]) -> tuple[Plan | None, list[Problem]]:
+    if name.endswith((".yaml", ".yml")) or os.sep in name:
+        try:
+            doc = YamlDocument.read(name)
+        except ConfigError as exc:
+            return None, exc.problems
+        return parse_plan(doc, routes=routes, services=services)
+    if plans_dir is None:
+        return None, [Problem("", 1, 1, "", "the config has no 'migrations' folder; pass --plans DIR")]
+    plans, problems = load_plans(plans_dir, routes=routes, services=services)
+    plan = plans.get(name)
+    if plan is not None:  # only this plan's own problems matter for its dry run
+        problems = [p for p in problems if p.file == plan.source]
+    return plan, problems
+
+
+def _plan_context(config_path: str) -> tuple[set[str], set[str], str | None]:
+    """Route names, service names and the migrations folder of a config file."""
+    try:
+        from ..config import load_config  # type: ignore[attr-defined]
+    except ImportError:
+        return _plan_context_from_yaml(config_path)
+    config = load_config(config_path)
+    base = os.path.dirname(os.path.abspath(config_path))
+    plans_dir = config.migrations_dir
+    if plans_dir is not None and not os.path.isabs(plans_dir):
+        plans_dir = os.path.join(base, plans_dir)
+    return {r.name for r in config.routes}, {s.name for s in config.services}, plans_dir
+
+
+def _plan_context_from_yaml(config_path: str) -> tuple[set[str], set[str], str | None]:
+    # Until the config loader lands: read just the names this command needs, with positions for errors.
+    doc = YamlDocument.read(config_path)
+    root = doc.root
+    routes: set[str] = set()
+    node = root.get("routes")
+    for element in node.elements() if node is not None else []:
+        name = element.get("name")
+        if name is not None and name.is_scalar:
+            routes.add(str(name.value))
+    services_node = root.get("services")
+    services = {key for key, _ in services_node.items()} if services_node is not None else set()
+    migrations = root.get("migrations")
+    plans_dir = None
+    if migrations is not None and migrations.is_scalar and isinstance(migrations.value, str):
+        plans_dir = migrations.value
+        if not os.path.isabs(plans_dir):
+            plans_dir = os.path.join(os.path.dirname(os.path.abspath(config_path)), plans_dir)
+    return routes, services, plans_dir

@@ -1,0 +1,182 @@
+"""``facade migrate``: the offline dry run, and the action commands against a real HTTP admin stand-in.
+
+The stand-in runs the real engine and store behind the admin routes the CLI calls, so these tests
+check the CLI's requests, exit codes and output, not the (lead-owned) admin API itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from facade.cli import main
+from facade.console import EXIT_GATE_FAILED, EXIT_INVALID, EXIT_NOT_FOUND, EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE
+from facade.migration.engine import Action, MigrationState, Refusal, apply, migration_status
+from facade.migration.gates import GateReport, GateResult, GateStatus
+from facade.migration.store import MigrationStore
+from tests.facade.migration.test_engine import PLAN
+from tests.servers import serve_app
+
+REPO = Path(__file__).resolve().parents[3]
+CONFIG = """\
+listen: 127.0.0.1:8080
+admin: {listen: 127.0.0.1:9901, token: secret}
+services:
+  monolith: {endpoints: [http://127.0.0.1:8001]}
+  catalog: {endpoints: [http://127.0.0.1:8002]}
+routes:
+  - name: catalog
+    match: {path: {prefix: /catalog}}
+    backend: monolith
+  - name: default
+    match: {path: {prefix: /}}
+    backend: monolith
+migrations: migrations/
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "facade.yaml").write_text(CONFIG)
+    (tmp_path / "migrations").mkdir()
+    (tmp_path / "migrations" / "001-extract-catalog.yaml").write_text(
+        (REPO / "migrations" / "001-extract-catalog.yaml").read_text()
+    )
+    return tmp_path
+
+
+def test_plan_dry_run_offline(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["migrate", "plan", "extract-catalog", "-c", str(project / "facade.yaml")])
+    out = capsys.readouterr().out
+    assert code == EXIT_OK
+    assert out.startswith("plan extract-catalog: catalog from monolith to catalog")
+    assert "step 3 weight 5: 5 % of catalog -> catalog (sticky by cookie session_id), 95 % -> monolith" in out
+    assert out.rstrip().endswith("completed: 100 % -> catalog")
+
+
+def test_plan_json_and_by_path(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(project / "migrations" / "001-extract-catalog.yaml")
+    assert main(["migrate", "plan", path, "--json", "-c", str(project / "facade.yaml")]) == EXIT_OK
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["name"] == "extract-catalog" and len(doc["step_hashes"]) == len(doc["steps"]) == 7
+    assert len(doc["content_hash"]) == 64
+
+
+def test_plan_invalid_and_missing(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = str(project / "facade.yaml")
+    assert main(["migrate", "plan", "nope", "-c", cfg]) == EXIT_NOT_FOUND
+    assert "no plan named 'nope'" in capsys.readouterr().err
+    bad = project / "migrations" / "001-extract-catalog.yaml"
+    bad.write_text(bad.read_text().replace("route: catalog", "route: catalgo"))
+    assert main(["migrate", "plan", "extract-catalog", "-c", cfg]) == EXIT_INVALID
+    err = capsys.readouterr().err
+    assert f"{bad}:4:8: route: unknown route 'catalgo'; did you mean 'catalog'?" in err
+
+
+# -- against an HTTP admin stand-in ---------------------------------------------------------------------
+
+GATES_FAIL = GateReport(GateStatus.FAIL, (GateResult("error_rate.max", GateStatus.FAIL, 5.0, 1.0, "error_rate.max: 5% > 1%"),))
+
+
+def admin_app(store: MigrationStore, seen: list[dict[str, Any]]) -> Starlette:
+    clock = [2000.0]  # every action happens 100 s after the previous one, so holds have elapsed
+
+    def status(state: MigrationState) -> dict[str, Any]:
+        return migration_status(PLAN, state, now=2000.0, journal=[e.to_json() for e in store.journal(PLAN.name)])
+
+    async def list_all(request: Request) -> JSONResponse:
+        return JSONResponse({"migrations": [status(store.state("shop") or MigrationState.initial("shop"))]})
+
+    async def one(request: Request) -> JSONResponse:
+        if request.path_params["name"] != "shop":
+            return JSONResponse({"error": "no such migration", "code": "not_found"}, status_code=404)
+        return JSONResponse(status(store.state("shop") or MigrationState.initial("shop")))
+
+    async def act(request: Request) -> JSONResponse:
+        if request.headers.get("authorization") != "Bearer secret":
+            return JSONResponse({"error": "token required", "code": "refused"}, status_code=401)
+        body = await request.json()
+        seen.append({"action": request.path_params["action"], **body})
+        if request.path_params["name"] != "shop":
+            return JSONResponse({"error": "no such migration", "code": "not_found"}, status_code=404)
+        state = store.state("shop") or MigrationState.initial("shop")
+        action = Action(request.path_params["action"], actor=body["actor"], reason=body["reason"],
+                        force=body["force"], to=body["to"])
+        clock[0] += 100.0
+        result = apply(state, action, plan=PLAN, now=clock[0], gate_report=GATES_FAIL)
+        if isinstance(result, Refusal):
+            return JSONResponse(result.to_json(), status_code=404 if result.code == "not_found" else 409)
+        committed = store.commit(result)
+        assert isinstance(committed, MigrationState)
+        return JSONResponse(status(committed))
+
+    return Starlette(routes=[
+        Route("/migrations", list_all),
+        Route("/migrations/{name}", one),
+        Route("/migrations/{name}/{action}", act, methods=["POST"]),
+    ])
+
+
+async def run_cli(*argv: str) -> int:
+    # The CLI is synchronous (httpx.Client); run it off the loop that serves the admin stand-in.
+    return await asyncio.to_thread(main, list(argv))
+
+
+async def test_actions_exit_codes_and_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FACADE_ACTOR", "ann")
+    monkeypatch.delenv("FACADE_ADMIN_TOKEN", raising=False)
+    store = MigrationStore(str(tmp_path / "m.sqlite3"))
+    seen: list[dict[str, Any]] = []
+    async with serve_app(admin_app(store, seen)) as url:
+        common = ["--admin", url, "--token", "secret", "-c", os.devnull]
+        assert await run_cli("migrate", "start", "shop", "--reason", "kick-off", *common) == EXIT_OK
+        assert "shop: running at 1/4 shadow 50% -> catalog: 0% -> catalog, shadow 50%" in capsys.readouterr().out
+        assert seen[-1] == {"action": "start", "force": False, "reason": "kick-off", "to": None, "actor": "ann"}
+
+        assert await run_cli("migrate", "next", "shop", *common) == EXIT_OK  # step 1 has no gates
+        capsys.readouterr()
+        assert await run_cli("migrate", "next", "shop", *common) == EXIT_GATE_FAILED  # step 2's gate fails
+        err = capsys.readouterr().err
+        assert "error: gates fail: error_rate.max: 5% > 1%" in err and "error_rate.max  fail" in err
+
+        assert await run_cli("migrate", "next", "shop", "--force", *common) == EXIT_INVALID  # no reason
+        assert await run_cli("migrate", "next", "shop", "--force", "--reason", "flaky", *common) == EXIT_OK
+        assert seen[-1]["force"] is True and seen[-1]["reason"] == "flaky"
+        assert await run_cli("migrate", "start", "shop", *common) == EXIT_REFUSED
+        assert await run_cli("migrate", "pause", "ghost", *common) == EXIT_NOT_FOUND
+        assert await run_cli("migrate", "rollback", "shop", "--to", "0", "--json", *common) == EXIT_OK
+        capsys.readouterr()
+        assert seen[-1]["to"] == 0
+        assert await run_cli("migrate", "auto", "shop", "--off", *common) == EXIT_REFUSED  # not in auto mode
+        assert seen[-1]["action"] == "manual"
+        capsys.readouterr()
+
+        assert await run_cli("migrate", "list", *common) == EXIT_OK
+        table = capsys.readouterr().out.splitlines()
+        assert table[0].split() == ["NAME", "STATE", "STEP", "ROUTING", "MODE"]
+        assert table[2].split()[:2] == ["shop", "rolled_back"]
+
+        assert await run_cli("migrate", "status", "shop", "--json", *common) == EXIT_OK
+        status = json.loads(capsys.readouterr().out)
+        assert status["state"] == "rolled_back" and status["step"] == 0
+        assert [e["action"] for e in status["journal"]] == ["start", "next", "next", "rollback"]
+        assert status["journal"][2]["gates"]["status"] == "fail"  # forced over a failing gate: values kept
+
+        assert await run_cli("migrate", "status", "shop", *common) == EXIT_OK
+        text = capsys.readouterr().out
+        assert "state:   rolled_back" in text and "journal:" in text and "flaky" in text
+
+        assert await run_cli("migrate", "start", "shop", "--admin", url, "--token", "wrong", "-c", os.devnull) == EXIT_REFUSED
+    # The listener is gone now: unreachable.
+    assert await run_cli("migrate", "list", "--admin", url, "-c", os.devnull) == EXIT_UNREACHABLE
