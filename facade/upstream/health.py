@@ -53,7 +53,7 @@ async def probe(session: aiohttp.ClientSession, endpoint: Endpoint, spec: Health
     low, high = spec.expected_statuses
     try:
         async with session.get(
-            endpoint.url_for(spec.path),
+            endpoint.url_for(spec.path if spec.path.startswith("/") else "/" + spec.path),
             timeout=aiohttp.ClientTimeout(total=spec.timeout),
             allow_redirects=False,
             headers={"User-Agent": HEALTH_CHECK_USER_AGENT},

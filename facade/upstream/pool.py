@@ -184,7 +184,9 @@ class ServicePool:
     def session(self) -> aiohttp.ClientSession:
         """The service's aiohttp session, created on first use (it must be created inside the loop)."""
         if self._session is None:
-            assert not self._closed, f"pool {self.spec.name} is closed"
+            if self._closed:
+                # A request that read the old snapshot before a reload replaced this never-used pool.
+                raise UpstreamUnavailable(f"service {self.spec.name} was reconfigured; retry the request")
             self._session = _new_session(self.spec, self.ssl_context)
         return self._session
 
@@ -195,10 +197,18 @@ class ServicePool:
         assert isinstance(conn, aiohttp.TCPConnector)
         return conn
 
-    def hand_over_session(self) -> aiohttp.ClientSession | None:
-        """Give the session to a successor pool: this pool will not close it."""
-        self._owns_session = False
+    @property
+    def live_session(self) -> aiohttp.ClientSession | None:
+        """The session if it was created already (never creates one)."""
         return self._session
+
+    def release_session(self) -> None:
+        """The session now belongs to a successor pool: this pool will not close it."""
+        self._owns_session = False
+
+    @property
+    def owns_session(self) -> bool:
+        return self._owns_session and self._session is not None
 
     # -- decisions ------------------------------------------------------------------------
 

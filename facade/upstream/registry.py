@@ -60,11 +60,13 @@ class Upstreams:
         return None
 
     def _build(self, spec: ServiceSpec, previous: ServicePool | None) -> ServicePool:
+        """A pool for ``spec``; it shares ``previous``'s session when the connection settings are the same.
+
+        Building changes nothing in ``previous``: the caller releases the session once every
+        pool of the reload was built, so a failed reload leaves the running pools intact.
+        """
         if previous is not None and _session_key(previous.spec) == _session_key(spec):
-            # Same connection settings: the successor takes the warm session and the TLS context.
-            return ServicePool(
-                spec, ssl_context=previous.ssl_context, session=previous.hand_over_session(), previous=previous
-            )
+            return ServicePool(spec, ssl_context=previous.ssl_context, session=previous.live_session, previous=previous)
         return ServicePool(spec, ssl_context=self._ssl_context(spec), previous=previous)
 
     async def start(self) -> None:
@@ -95,12 +97,19 @@ class Upstreams:
             fresh[spec.name] = pool
             built.append(pool)
         replaced = [p for name, p in self._pools.items() if fresh.get(name) is not p]
+        for pool in replaced:
+            successor = fresh.get(pool.spec.name)
+            if successor is not None and pool.live_session is not None and successor.live_session is pool.live_session:
+                pool.release_session()
         self._pools = fresh
         if self._started:
             for pool in built:
                 await pool.start()
         for pool in replaced:
             await pool.stop_health_checks()
+            if not pool.owns_session:
+                await pool.close()  # its session lives on in the successor: nothing to drain
+                continue
             task = asyncio.create_task(self._drain_and_close(pool))
             self._draining.add(task)
             task.add_done_callback(self._draining.discard)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import ssl
 
-from facade.config import ConnectionPool, HealthCheck, OutlierDetection
-from facade.upstream import Outcome, Upstreams
+import pytest
+
+from facade.config import ConnectionPool, HealthCheck, OutlierDetection, ServiceSpec, UpstreamTLS
+from facade.upstream import Outcome, Upstreams, UpstreamTLSError
 
 from .test_upstream_specs import closed_port_url, eventually, group, service, urls
 
@@ -125,5 +128,57 @@ async def test_update_starts_health_checks_of_new_pools_and_stops_replaced_ones(
         checks = one.endpoints[0].health.checks
         await asyncio.sleep(0.15)
         assert one.endpoints[0].health.checks == checks
+    finally:
+        await ups.close()
+
+
+async def test_failed_update_changes_nothing() -> None:
+    a, b = service(group("a", *urls(1)), name="a"), service(group("b", *urls(1, 5)), name="b")
+    ups = Upstreams([a, b])
+    try:
+        pool_a, pool_b = ups.get("a"), ups.get("b")
+        assert pool_a is not None and pool_b is not None
+        session_a = pool_a.session
+        reweighted = dataclasses.replace(a, groups=(group("a", *urls(1), weight=50),))
+        broken = dataclasses.replace(b, tls=UpstreamTLS(ca_file="/nonexistent/ca.pem"))
+        with pytest.raises(UpstreamTLSError, match="service b"):
+            await ups.update([reweighted, broken])
+        assert ups.get("a") is pool_a and ups.get("b") is pool_b
+        assert pool_a.owns_session  # the session was not promised to a pool that never went live
+    finally:
+        await ups.close()
+    assert session_a.closed
+
+
+async def test_replaced_pool_keeps_working_for_requests_that_still_hold_it() -> None:
+    spec = service(group("a", *urls(2)))
+    ups = Upstreams([spec])
+    try:
+        old = ups.get("svc")
+        assert old is not None
+        session = old.session
+        await ups.update([dataclasses.replace(spec, groups=(group("a", *urls(2), weight=10),))])
+        assert old.session is session and not session.closed  # a retry on the old snapshot still works
+        assert old.pick() in ups.get("svc").endpoints  # type: ignore[union-attr]
+    finally:
+        await ups.close()
+
+
+async def test_ssl_context_factory_supplies_the_context() -> None:
+    seen: list[str] = []
+    ctx = ssl.create_default_context()
+
+    def factory(spec: ServiceSpec) -> ssl.SSLContext | None:
+        seen.append(spec.name)
+        return ctx if spec.name == "catalog" else None
+
+    ups = Upstreams(
+        [service(group("a", *urls(1)), name="catalog"), service(group("m", *urls(1)), name="monolith")],
+        ssl_context_factory=factory,
+    )
+    try:
+        assert seen == ["catalog", "monolith"]
+        assert ups.get("catalog").ssl_context is ctx  # type: ignore[union-attr]
+        assert ups.get("monolith").ssl_context is None  # type: ignore[union-attr]
     finally:
         await ups.close()
