@@ -231,6 +231,10 @@ class ServicePool:
                     or self._choose(fresh, drained=True)
                     or self._choose(everyone, drained=True)
                 )
+        elif len(self._groups) == 1:  # the common case, without the group choice
+            only = self._groups[0]
+            cands = [ep for ep in only.endpoints if ep.available]
+            chosen = self._balance(only, cands) if cands else None
         else:
             everyone = [[ep for ep in g.endpoints if ep.available] for g in self._groups]
             chosen = self._choose(everyone, drained=False) or self._choose(everyone, drained=True)
@@ -247,7 +251,9 @@ class ServicePool:
         gi = balancer.choose_group(views, self._rng, drained=drained)
         if gi is None:
             return None
-        group, cands = self._groups[gi], candidates[gi]
+        return self._balance(self._groups[gi], candidates[gi])
+
+    def _balance(self, group: _Group, cands: list[Endpoint]) -> Endpoint:
         lb = self.spec.load_balancer
         if lb == "least_request":
             i = balancer.pick_least_request([ep.in_flight for ep in cands], self._rng)
