@@ -205,10 +205,11 @@ def _num(value: Any) -> str:
 
 
 def _render_status(status: dict[str, Any], *, journal: int) -> str:
+    mode = "auto" if status.get("auto") else "manual"
+    checks = f"{status.get('failures', 0)}/{status.get('threshold', '?')} failed checks"
     lines = [
         f"{status.get('name')}: {', '.join(status.get('routes', []))} from {status.get('from')} to {status.get('to')}",
-        f"state:   {status.get('state')}  step {_step_text(status)}  ({'auto' if status.get('auto') else 'manual'}"
-        f", {status.get('failures', 0)}/{status.get('threshold', '?')} failed checks)",
+        f"state:   {status.get('state')}  step {_step_text(status)}  ({mode}, {checks})",
         f"routing: {_routing_text(status)}",
     ]
     if status.get("hold_left"):

@@ -231,7 +231,7 @@ def parse_plan(
     root = doc.root
     fields = root.fields(problems, _PLAN_FIELDS, required=("name", "from", "to", "steps"))
 
-    name = read_str(fields.get("name"), problems)
+    name: str | None = read_str(fields.get("name"), problems)
     if name is not None and not _NAME_RE.match(name):
         problems.error(fields["name"], f"must match [a-z0-9-]+ (lower-case letters, digits, dashes), got {name!r}")
         name = None

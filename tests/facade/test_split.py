@@ -26,7 +26,7 @@ HEADER = StickySpec("header", "x-user-id")
 
 def test_bucket_is_stable_across_processes() -> None:
     keys = ["alice", "bob", "0" * 32]
-    code = "from facade.split import bucket_of; print([bucket_of(k) for k in %r])" % keys
+    code = f"from facade.split import bucket_of; print([bucket_of(k) for k in {keys!r}])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONHASHSEED": "123", "PATH": ""}, cwd=".")
     assert out.stdout.strip() == str([bucket_of(k) for k in keys])

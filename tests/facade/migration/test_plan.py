@@ -172,8 +172,10 @@ def test_render_plan() -> None:
         "step 3 weight 5: 5 % of catalog -> catalog (sticky by cookie session_id), 95 % -> monolith",
         "    hold 5m; gates: error_rate <= old + 0.5%, latency_p99 <= 1.25x old",
         "step 4 weight 25: 25 % of catalog -> catalog (sticky by cookie session_id), 75 % -> monolith",
-        "step 5 pause (approve before full cutover): waits for a human 'next' or 'resume'; "
-        "routing stays as before (25 % -> catalog)",
+        (
+            "step 5 pause (approve before full cutover): waits for a human 'next' or 'resume'; "
+            "routing stays as before (25 % -> catalog)"
+        ),
         "step 6 weight 100: 100 % of catalog -> catalog (sticky by cookie session_id), 0 % -> monolith",
         "completed: 100 % -> catalog",
     ]
