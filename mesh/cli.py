@@ -1,0 +1,177 @@
+"""``facade mesh ...`` commands: the CA (``ca init``, ``ca issue``, ``ca show``).
+
+    facade mesh ca init  --state-dir .facade --trust-domain shop.local [--force]
+    facade mesh ca issue --state-dir .facade --id spiffe://shop.local/ns/shop/sa/catalog --out certs/catalog
+    facade mesh ca show  --state-dir .facade [--json]
+
+``ca issue`` is a development helper: it generates the key locally, signs a CSR with the CA in the
+same process and writes ``key.pem``, ``cert.pem`` and ``bundle.pem`` (0600) into ``--out``.
+Sidecars obtain their certificates with a bootstrap token instead (``POST /mesh/ca/sign``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from facade.console import (
+    EXIT_FAILURE,
+    EXIT_INVALID,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_REFUSED,
+    add_json_option,
+    print_json,
+    render_table,
+)
+from facade.yamlfile import parse_duration
+
+from .ca import DEFAULT_SVID_TTL, CaError, CaExists, CaNotFound, CertificateAuthority, CsrRejected
+from .identity import WorkloadIdentity
+from .spiffe import InvalidSpiffeId, SpiffeId
+
+__all__ = ["register"]
+
+DEFAULT_STATE_DIR = ".facade"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    mesh = subparsers.add_parser("mesh", help="service mesh: certificate authority and identities")
+    mesh.set_defaults(func=lambda args: _usage(mesh))
+    mesh_sub = mesh.add_subparsers(dest="mesh_command", metavar="ACTION")
+
+    ca = mesh_sub.add_parser("ca", help="the mesh certificate authority (SPIFFE X.509-SVIDs)")
+    ca.set_defaults(func=lambda args: _usage(ca))
+    ca_sub = ca.add_subparsers(dest="ca_command", metavar="ACTION")
+
+    p = ca_sub.add_parser("init", help="create the CA's ECDSA P-256 root under STATE_DIR/ca")
+    _add_state_dir(p)
+    p.add_argument("--trust-domain", required=True, help="the SPIFFE trust domain, e.g. shop.local")
+    p.add_argument("--force", action="store_true", help="replace an existing CA (invalidates every issued cert)")
+    add_json_option(p)
+    p.set_defaults(func=_cmd_init)
+
+    p = ca_sub.add_parser("issue", help="issue an X.509-SVID (key generated locally; a development helper)")
+    _add_state_dir(p)
+    p.add_argument("--id", required=True, dest="spiffe_id", help="the SPIFFE ID, e.g. spiffe://shop.local/ns/shop/sa/x")
+    p.add_argument("--out", required=True, help="directory for key.pem, cert.pem and bundle.pem (created 0700)")
+    p.add_argument("--ttl", default="24h", help="certificate lifetime (default 24h)")
+    add_json_option(p)
+    p.set_defaults(func=_cmd_issue)
+
+    p = ca_sub.add_parser("show", help="show the CA: trust domain, fingerprint, validity")
+    _add_state_dir(p)
+    p.add_argument("--bundle", action="store_true", help="print the trust bundle PEM only")
+    add_json_option(p)
+    p.set_defaults(func=_cmd_show)
+
+
+def _add_state_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="state directory (default: .facade)")
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return EXIT_INVALID
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"facade mesh: {message}", file=sys.stderr)
+    return code
+
+
+def _describe(ca: CertificateAuthority) -> dict[str, Any]:
+    from cryptography.hazmat.primitives import hashes
+
+    cert = ca.certificate
+    return {
+        "trust_domain": ca.trust_domain,
+        "directory": str(ca.directory),
+        "subject": cert.subject.rfc4514_string(),
+        "sha256": cert.fingerprint(hashes.SHA256()).hex(":"),
+        "not_before": cert.not_valid_before_utc.isoformat(),
+        "not_after": cert.not_valid_after_utc.isoformat(),
+    }
+
+
+def _print_ca(info: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print_json(info)
+    else:
+        print(render_table(["field", "value"], list(info.items())))
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    try:
+        ca = CertificateAuthority.init(args.state_dir, args.trust_domain, force=args.force)
+    except CaExists as exc:
+        return _fail(str(exc), EXIT_REFUSED)
+    except CaError as exc:
+        return _fail(str(exc), EXIT_INVALID)
+    except OSError as exc:
+        return _fail(f"cannot write the CA: {exc}", EXIT_FAILURE)
+    _print_ca(_describe(ca), args.json)
+    return EXIT_OK
+
+
+def _load(state_dir: str) -> CertificateAuthority | int:
+    try:
+        return CertificateAuthority.load(state_dir)
+    except CaNotFound as exc:
+        return _fail(str(exc), EXIT_NOT_FOUND)
+    except CaError as exc:
+        return _fail(str(exc), EXIT_FAILURE)
+
+
+def _cmd_issue(args: argparse.Namespace) -> int:
+    try:
+        spiffe_id = SpiffeId.parse(args.spiffe_id)
+    except InvalidSpiffeId as exc:
+        return _fail(f"--id {args.spiffe_id!r}: {exc}", EXIT_INVALID)
+    try:
+        ttl = timedelta(seconds=parse_duration(args.ttl)) if args.ttl else DEFAULT_SVID_TTL
+    except ValueError as exc:
+        return _fail(f"--ttl: {exc}", EXIT_INVALID)
+    ca = _load(args.state_dir)
+    if isinstance(ca, int):
+        return ca
+    # The key is made here and handed to the CA only as a CSR, exactly as a sidecar would.
+    key, csr_pem = WorkloadIdentity.new_csr(spiffe_id)
+    try:
+        cert_pem = ca.sign_csr(csr_pem, spiffe_id=spiffe_id, ttl=ttl)
+    except CsrRejected as exc:
+        return _fail(str(exc), EXIT_INVALID)
+    identity = WorkloadIdentity.from_pem(key, cert_pem)
+    try:
+        out = identity.write(args.out, bundle_pem=ca.trust_bundle_pem)
+    except OSError as exc:
+        return _fail(f"cannot write to {args.out}: {exc}", EXIT_FAILURE)
+    info = {
+        "spiffe_id": str(spiffe_id),
+        "serial": format(identity.leaf.serial_number, "x"),
+        "not_before": identity.not_before.isoformat(),
+        "not_after": identity.not_after.isoformat(),
+        "rotate_at": identity.rotate_at().isoformat(),
+        "files": [str(out / "key.pem"), str(out / "cert.pem"), str(out / "bundle.pem")],
+    }
+    if args.json:
+        print_json(info)
+    else:
+        print(render_table(["field", "value"], [(k, ", ".join(v) if isinstance(v, list) else v) for k, v in info.items()]))
+    return EXIT_OK
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    ca = _load(args.state_dir)
+    if isinstance(ca, int):
+        return ca
+    if args.bundle:
+        sys.stdout.write(ca.trust_bundle_pem.decode("ascii"))
+        return EXIT_OK
+    info = _describe(ca)
+    info["expired"] = ca.certificate.not_valid_after_utc <= datetime.now(timezone.utc)
+    _print_ca(info, args.json)
+    return EXIT_OK
+
