@@ -21,9 +21,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .engine import MigrationState, Phase, Refusal, Transition
+from .engine import MigrationState, Phase, Refusal, Transition, check_plan_edit
 
-__all__ = ["DEFAULT_STORE_FILE", "JournalEntry", "MigrationStore"]
+# check_plan_edit lives with the engine (it is pure); it is re-exported here because a reload
+# checks a changed plan against the stored state before accepting it.
+__all__ = ["DEFAULT_STORE_FILE", "JournalEntry", "MigrationStore", "check_plan_edit"]
 
 DEFAULT_STORE_FILE = "migrations.sqlite3"  # under the config's state_dir
 BUSY_TIMEOUT = 5.0  # seconds a writer waits for another writer's transaction
