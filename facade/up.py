@@ -1,0 +1,575 @@
+"""``facade up``: the whole demo stack on one laptop, in the foreground.
+
+    facade up                      # the shipped sample shop: monolith, catalog service, facade
+    facade up -c my.yaml --state-dir /tmp/demo
+
+The stack is a list of ``ChildSpec`` values built by a pure function from the config
+(``plan_stack``): one child per loopback ``http://`` endpoint of a service the sample shop
+knows how to run (``monolith``, ``catalog``), then the facade itself (``facade serve``).
+Ports come from the config, so any config with free ports works. Later pieces (sidecars,
+the CA) join by adding specs; ``Stack`` only knows how to start, probe and stop specs.
+
+Children start in ``stage`` order (backends, then the facade) and each stage must be
+healthy before the next starts, so the facade's first health checks find live backends.
+Every child runs in its own process group; stopping sends SIGTERM to each group, waits up
+to ``STOP_GRACE`` seconds, then SIGKILLs what is left, so no process outlives ``facade up``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+from urllib.parse import urlsplit
+
+from .config import DEFAULT_LISTEN, AdminSpec, Config, EndpointGroup, HealthCheck, ServiceSpec
+from .console import EXIT_FAILURE, EXIT_INVALID, EXIT_OK, render_table
+from .errors import ConfigError, FacadeError
+
+__all__ = [
+    "DEFAULT_HEALTH_TIMEOUT",
+    "DEFAULT_STATE_DIR",
+    "SHOP_APPS",
+    "STOP_GRACE",
+    "ChildFailed",
+    "ChildSpec",
+    "Listen",
+    "Stack",
+    "StackError",
+    "StackPlan",
+    "default_config_path",
+    "find_taken_ports",
+    "plan_stack",
+    "register",
+    "render_ready",
+]
+
+DEFAULT_STATE_DIR = ".facade-demo"
+DEFAULT_HEALTH_TIMEOUT = 20.0  # seconds, for the whole startup
+STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
+LOG_TAIL_LINES = 20
+POLL_INTERVAL = 0.1
+
+# Services of the sample shop that ``facade up`` can run: service name -> ASGI app for uvicorn.
+SHOP_APPS = {
+    "monolith": "sample_monolith.monolith:app",
+    "catalog": "sample_monolith.catalog:app",
+}
+
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+# -- the plan: pure values -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """One socket a child binds, with the label used in messages and the ready table."""
+
+    label: str
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in {"0.0.0.0", ""} else ("::1" if self.host == "::" else self.host)
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSpec:
+    """A process of the stack. ``env`` is added to the inherited environment; ``listens[0]`` is
+    the child's main socket (``port``), further entries are shown as rows of their own."""
+
+    name: str
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    health_url: str
+    listens: tuple[Listen, ...]
+    stage: int = 0
+
+    def __post_init__(self) -> None:
+        assert self.listens, "a child spec needs at least one listen socket"
+
+    @property
+    def port(self) -> int:
+        return self.listens[0].port
+
+    @property
+    def url(self) -> str:
+        return self.listens[0].url
+
+
+@dataclass(frozen=True, slots=True)
+class StackPlan:
+    specs: tuple[ChildSpec, ...]
+    notes: tuple[str, ...] = ()  # what the config names but ``facade up`` does not start, and why
+    admin_url: str = ""
+    facade_url: str = ""
+
+
+def parse_listen(value: str, *, what: str) -> tuple[str, int]:
+    """``"127.0.0.1:8080"`` / ``"[::1]:8080"`` / ``":8080"`` -> (host, port)."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise StackError(f"{what}: expected host:port, got {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port_text)
+
+
+class StackError(FacadeError):
+    """The config cannot be turned into a stack (e.g. two children on one port)."""
+
+
+def plan_stack(
+    config: Config,
+    *,
+    config_path: str,
+    state_dir: str,
+    python: str,
+    admin_token: str | None,
+    pythonpath: str | None = None,
+) -> StackPlan:
+    """The children ``facade up`` runs for ``config``: the shop apps behind each service's loopback
+    ``http://`` endpoints (stage 0), then the facade (stage 1). Pure: no files, ports or processes."""
+    common_env: list[tuple[str, str]] = [("PYTHONUNBUFFERED", "1")]
+    if pythonpath:
+        common_env.append(("PYTHONPATH", pythonpath))
+    specs: list[ChildSpec] = []
+    notes: list[str] = []
+    for service in config.services:
+        app = SHOP_APPS.get(service.name)
+        endpoints = [e for group in service.groups for e in group.endpoints]
+        if app is None:
+            notes.append(
+                f"service {service.name!r} is not part of the sample shop: start it yourself ({', '.join(endpoints)})"
+            )
+            continue
+        db = os.path.join(state_dir, "data", f"{service.name}.db")
+        health_path = service.health_check.path if service.health_check else "/healthz"
+        for i, endpoint in enumerate(endpoints):
+            parts = urlsplit(endpoint)
+            if parts.scheme != "http" or parts.hostname not in _LOOPBACK or parts.port is None:
+                notes.append(f"{service.name}: {endpoint} is not a loopback http:// endpoint with a port; not started")
+                continue
+            name = service.name if len(endpoints) == 1 else f"{service.name}-{i + 1}"
+            listen = Listen(name, parts.hostname, parts.port)
+            argv = (
+                python, "-m", "uvicorn", app,
+                "--host", listen.host, "--port", str(listen.port),
+                "--http", "httptools", "--no-access-log", "--timeout-graceful-shutdown", "3",
+            )  # fmt: skip
+            # Replicas of one service share its database (SQLite WAL handles several processes).
+            child_env = (*common_env, ("SHOP_DB", db), ("CATALOG_DB", db))
+            specs.append(ChildSpec(name, argv, child_env, listen.url + health_path, (listen,), stage=0))
+
+    facade_host, facade_port = parse_listen(config.listen, what="listen")
+    admin_host, admin_port = parse_listen(config.admin.listen, what="admin.listen")
+    facade_listen = Listen("facade", facade_host, facade_port)
+    admin_listen = Listen("admin", admin_host, admin_port)
+    env = list(common_env)
+    if admin_token:
+        env.append(("FACADE_ADMIN_TOKEN", admin_token))
+    specs.append(
+        ChildSpec(
+            "facade",
+            (python, "-m", "facade", "serve", "-c", config_path),
+            tuple(env),
+            admin_listen.url + "/readyz",
+            (facade_listen, admin_listen),
+            stage=1,
+        )
+    )
+    _check_distinct_ports(specs)
+    return StackPlan(tuple(specs), tuple(notes), admin_url=admin_listen.url, facade_url=facade_listen.url)
+
+
+def _check_distinct_ports(specs: Iterable[ChildSpec]) -> None:
+    seen: dict[int, str] = {}
+    for spec in specs:
+        for listen in spec.listens:
+            if listen.port in seen:
+                raise StackError(f"port {listen.port} is used twice: by {seen[listen.port]} and by {listen.label}")
+            seen[listen.port] = listen.label
+
+
+def render_ready(plan: StackPlan, pids: dict[str, int], *, config_path: str, token: str | None, log_dir: str) -> str:
+    """The table (facade first, then admin, then backends) and what to try next."""
+    facade = next(s for s in plan.specs if s.name == "facade")
+    rows = [(listen.label, listen.url, pids.get(facade.name, "")) for listen in facade.listens]
+    rows += [
+        (listen.label, listen.url, pids.get(spec.name, ""))
+        for spec in plan.specs
+        if spec.name != "facade"
+        for listen in spec.listens
+    ]
+    url, admin = plan.facade_url, plan.admin_url
+    lines = [
+        render_table(("NAME", "URL", "PID"), rows),
+        "",
+        "try:",
+        f"  curl -si {url}/catalog/products/1            # x-served-by tells who answered",
+        f"  curl -s '{url}/catalog/products?q=mug'",
+        f"  curl -s -X POST {url}/orders -H 'content-type: application/json' \\",
+        '       -d \'{"user_id": 1, "items": [{"product_id": 1, "quantity": 2}]}\'',
+        f"  facade routes --admin {admin}",
+        f"  facade validate -c {config_path}",
+    ]
+    if token:
+        lines += ["", f"admin token: {token}", f"  export FACADE_ADMIN_TOKEN={token}"]
+    lines += [f"logs: {log_dir}"]
+    for note in plan.notes:
+        lines.append(f"note: {note}")
+    return "\n".join(lines)
+
+
+# -- the edge: ports, processes, health -------------------------------------------------------
+
+
+def find_taken_ports(listens: Iterable[Listen]) -> list[str]:
+    """Try-bind every socket the stack needs; one message per port already in use."""
+    taken = []
+    for listen in listens:
+        host = "127.0.0.1" if listen.host in {"localhost", ""} else listen.host
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            # uvicorn binds with SO_REUSEADDR too: a port in TIME_WAIT is free, a listening one is not.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, listen.port))
+            except OSError as exc:
+                taken.append(f"port {listen.port} ({listen.label}) is already in use: {exc.strerror or exc}")
+    return taken
+
+
+class ChildFailed(FacadeError):
+    """A child exited, or never became healthy. ``exit_code`` is None while it still runs."""
+
+    def __init__(self, name: str, reason: str, *, exit_code: int | None, log_path: str, log_tail: str) -> None:
+        self.name, self.reason, self.exit_code = name, reason, exit_code
+        self.log_path, self.log_tail = log_path, log_tail
+        super().__init__(f"{name} {reason}")
+
+    def report(self) -> str:
+        tail = "\n".join("    " + line for line in self.log_tail.splitlines()) or "    (empty)"
+        return f"{self.name} {self.reason}; last {LOG_TAIL_LINES} lines of {self.log_path}:\n{tail}"
+
+
+class Interrupted(FacadeError):
+    """A stop signal arrived while the stack was starting."""
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 64 * 1024))  # the tail of a long log is in its last 64 KiB
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class _Running:
+    spec: ChildSpec
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+
+class Stack:
+    """Starts specs as process groups, probes their health, supervises and stops them."""
+
+    def __init__(
+        self,
+        specs: Sequence[ChildSpec],
+        *,
+        log_dir: Path,
+        health_timeout: float = DEFAULT_HEALTH_TIMEOUT,
+        out: TextIO | None = None,
+    ) -> None:
+        self.specs = tuple(specs)
+        self.log_dir = log_dir
+        self.health_timeout = health_timeout
+        self.out = out or sys.stdout
+        self.running: dict[str, _Running] = {}
+        self.stop_signal: int | None = None
+
+    def __repr__(self) -> str:
+        return f"Stack(specs={[s.name for s in self.specs]}, running={list(self.running)})"
+
+    @property
+    def pids(self) -> dict[str, int]:
+        return {name: r.process.pid for name, r in self.running.items()}
+
+    def request_stop(self, signum: int) -> None:
+        """Called from a signal handler: the loops notice within ``POLL_INTERVAL``."""
+        self.stop_signal = signum
+
+    def start(self, *, wait: bool = True) -> None:
+        """Start every stage; with ``wait``, each stage must be healthy before the next starts.
+        Raises ChildFailed or Interrupted; the caller stops what did start."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + self.health_timeout
+        for stage in sorted({s.stage for s in self.specs}):
+            group = [s for s in self.specs if s.stage == stage]
+            for spec in group:
+                self._spawn(spec)
+            if wait:
+                self._wait_healthy(group, deadline)
+
+    def _spawn(self, spec: ChildSpec) -> None:
+        log_path = self.log_dir / f"{spec.name}.log"
+        env = {**os.environ, **dict(spec.env)}
+        with open(log_path, "wb") as log:  # the child keeps its own descriptor
+            process = subprocess.Popen(
+                spec.argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,  # own process group: Ctrl-C reaches only us, we stop the children
+            )  # fmt: skip
+        self.running[spec.name] = _Running(spec, process, log_path)
+        print(f"started {spec.name} (pid {process.pid}) on {spec.url}, log {log_path}", file=self.out, flush=True)
+
+    def _wait_healthy(self, group: Sequence[ChildSpec], deadline: float) -> None:
+        import httpx
+
+        pending = {s.name for s in group}
+        with httpx.Client(timeout=1.0, trust_env=False) as client:
+            while pending:
+                for name in sorted(pending):
+                    running = self.running[name]
+                    self._raise_if_exited(running, during="startup")
+                    try:
+                        status = client.get(running.spec.health_url).status_code
+                    except httpx.HTTPError:
+                        continue
+                    if 200 <= status < 400:
+                        pending.discard(name)
+                if not pending:
+                    break
+                if self.stop_signal is not None:
+                    raise Interrupted(f"stopped by signal {self.stop_signal} during startup")
+                if time.monotonic() > deadline:
+                    name = min(pending)
+                    running = self.running[name]
+                    raise ChildFailed(
+                        name,
+                        f"did not become healthy at {running.spec.health_url} within {self.health_timeout:g} s",
+                        exit_code=None, log_path=str(running.log_path), log_tail=log_tail(running.log_path),
+                    )  # fmt: skip
+                time.sleep(POLL_INTERVAL)
+
+    def _raise_if_exited(self, running: _Running, *, during: str) -> None:
+        code = running.process.poll()
+        if code is not None:
+            raise ChildFailed(
+                running.spec.name, f"exited with code {code} during {during}", exit_code=code,
+                log_path=str(running.log_path), log_tail=log_tail(running.log_path),
+            )  # fmt: skip
+
+    def supervise(self) -> ChildFailed | None:
+        """Block until a stop signal (-> None) or a child exits (-> its failure)."""
+        while self.stop_signal is None:
+            for running in self.running.values():
+                try:
+                    self._raise_if_exited(running, during="operation")
+                except ChildFailed as exited:
+                    return exited
+            time.sleep(POLL_INTERVAL)
+        return None
+
+    def stop(self, grace: float = STOP_GRACE) -> None:
+        """SIGTERM every process group (the facade first, so it stops sending to the backends),
+        wait up to ``grace`` seconds for all of them, then SIGKILL the groups still alive."""
+        order = list(reversed(self.running.values()))
+        for running in order:
+            _signal_group(running.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(_group_alive(r) for r in order):
+            time.sleep(POLL_INTERVAL / 2)
+        for running in order:
+            if _group_alive(running):
+                print(f"{running.spec.name} did not stop within {grace:g} s; killing it", file=self.out, flush=True)
+                _signal_group(running.process.pid, signal.SIGKILL)
+        for running in order:
+            try:
+                running.process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
+                pass
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _group_alive(running: _Running) -> bool:
+    running.process.poll()  # reap the leader, so a dead leader does not count as alive
+    try:
+        os.killpg(running.process.pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    # A zombie leader keeps the group "alive" for killpg(0) until reaped; poll() above reaped ours.
+    return True
+
+
+# -- the command ----------------------------------------------------------------------------
+
+
+def default_config_path() -> str:
+    """The shipped demo config, wherever the ``sample_monolith`` package is installed."""
+    return str(resources.files("sample_monolith").joinpath("facade.yaml"))
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("up", help="run the demo stack (sample shop + facade) in the foreground; Ctrl-C stops it")
+    p.add_argument(
+        "-c", "--config", default=None, help="config file (default: the shipped sample_monolith/facade.yaml)"
+    )
+    p.add_argument(
+        "--state-dir", default=DEFAULT_STATE_DIR, help=f"logs and databases (default: ./{DEFAULT_STATE_DIR})"
+    )
+    p.add_argument("--no-wait", action="store_true", help="do not wait for health checks before printing the table")
+    p.set_defaults(func=cmd_up)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    config_path = os.path.abspath(args.config or default_config_path())
+    state_dir = Path(args.state_dir).resolve()
+    try:
+        config = load_stack_config(config_path)
+        # The config's own admin.token wins in the facade; only generate one when it has none.
+        token = None if config.admin.token else secrets.token_urlsafe(24)
+        plan = plan_stack(
+            config, config_path=config_path, state_dir=str(state_dir), python=sys.executable, admin_token=token,
+            pythonpath=_pythonpath(),
+        )  # fmt: skip
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(str(problem), file=sys.stderr)
+        return EXIT_INVALID
+    except StackError as exc:
+        print(f"facade up: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except OSError as exc:
+        print(f"facade up: cannot read {config_path}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_INVALID
+
+    # 1. Every port must be free before anything starts: a half-started stack is worse than none.
+    taken = find_taken_ports(listen for spec in plan.specs for listen in spec.listens)
+    if taken:
+        for message in taken:
+            print(f"facade up: {message}", file=sys.stderr)
+        return EXIT_FAILURE
+
+    (state_dir / "data").mkdir(parents=True, exist_ok=True)
+    stack = Stack(plan.specs, log_dir=state_dir / "logs")
+    restore = _install_stop_handlers(stack.request_stop)
+    try:
+        return _run(stack, plan, args, config_path=config_path, token=token or "(from the config's admin.token)")
+    finally:
+        # 5. Whatever happened, nothing we started outlives us.
+        stack.stop()
+        restore()
+
+
+def _run(stack: Stack, plan: StackPlan, args: argparse.Namespace, *, config_path: str, token: str) -> int:
+    # 2 + 3. Start the stages, each healthy before the next.
+    try:
+        stack.start(wait=not args.no_wait)
+    except ChildFailed as startup_failure:
+        print(f"facade up: {startup_failure.report()}", file=sys.stderr, flush=True)
+        print("facade up: stopping the rest", file=sys.stderr, flush=True)
+        return EXIT_FAILURE
+    except Interrupted:
+        print("facade up: interrupted during startup; stopping", file=sys.stderr, flush=True)
+        return EXIT_OK
+    # 4. Tell the user where everything is.
+    print(render_ready(plan, stack.pids, config_path=config_path, token=token, log_dir=str(stack.log_dir)))
+    print("facade up: ready (Ctrl-C stops everything)", flush=True)
+    # 5. Stay in the foreground until a signal, or until a child dies.
+    failure = stack.supervise()
+    if failure is not None:
+        print(f"facade up: {failure.report()}", file=sys.stderr, flush=True)
+        print("facade up: stopping the rest", file=sys.stderr, flush=True)
+        return EXIT_FAILURE
+    print(f"facade up: stopping (signal {stack.stop_signal})", flush=True)
+    return EXIT_OK
+
+
+def _install_stop_handlers(on_signal: Callable[[int], None]) -> Callable[[], None]:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        on_signal(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+    return restore
+
+
+def _pythonpath() -> str:
+    """Children import the same ``facade`` / ``sample_monolith`` as this process, installed or not."""
+    root = str(Path(__file__).resolve().parent.parent)
+    existing = os.environ.get("PYTHONPATH")
+    return root + (os.pathsep + existing if existing else "")
+
+
+def load_stack_config(path: str) -> Config:
+    """The config through ``facade.config.load_config``; until that parser exists, a minimal
+    reader of the keys ``facade up`` needs (listen, admin, services' endpoints and health path)."""
+    from . import config as config_module
+
+    load = getattr(config_module, "load_config", None)
+    if load is not None:
+        loaded: Config = load(path)
+        return loaded
+    return _minimal_config(path)
+
+
+def _minimal_config(path: str) -> Config:
+    import hashlib
+
+    import yaml
+
+    raw = Path(path).read_bytes()
+    try:
+        data = yaml.safe_load(raw) or {}
+    except yaml.YAMLError as exc:
+        raise StackError(f"{path}: {exc}") from None
+    services = []
+    for name, body in (data.get("services") or {}).items():
+        body = body or {}
+        endpoints = tuple(str(e) for e in body.get("endpoints") or ())
+        hc = body.get("health_check")
+        services.append(
+            ServiceSpec(
+                name=str(name),
+                groups=(EndpointGroup("default", endpoints),),
+                health_check=HealthCheck(path=str(hc.get("path", "/healthz"))) if isinstance(hc, dict) else None,
+            )
+        )
+    admin = data.get("admin")
+    admin_listen = admin if isinstance(admin, str) else (admin or {}).get("listen", AdminSpec().listen)
+    admin_token = (admin or {}).get("token") if isinstance(admin, dict) else None
+    return Config(
+        source=path,
+        sha256=hashlib.sha256(raw).hexdigest(),
+        listen=str(data.get("listen", DEFAULT_LISTEN)),
+        admin=AdminSpec(listen=str(admin_listen), token=admin_token),
+        services=tuple(services),
+        state_dir=str(data.get("state_dir", ".facade")),
+    )
