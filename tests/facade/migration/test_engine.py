@@ -3,6 +3,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from facade.migration.engine import (
     Action,
@@ -288,3 +290,37 @@ def test_migration_status_document() -> None:
     assert done["step"] == 4 and done["routing"]["search"]["to_percent"] == 100.0 and done["hold_left"] is None
     pending = migration_status(PLAN, MigrationState("shop"))
     assert pending["step"] == 0 and pending["routing"]["catalog"]["to_percent"] == 0.0
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["start", "next", "pause", "resume", "rollback", "abort", "promote",
+                                           "auto", "manual", "tick"]),
+                          st.sampled_from([PASS, FAIL, INCONCLUSIVE]),
+                          st.booleans(),
+                          st.one_of(st.none(), st.integers(min_value=-1, max_value=5))),
+                max_size=40))
+def test_any_sequence_keeps_the_state_consistent(ops: list[tuple[str, GateReport, bool, int | None]]) -> None:
+    state = MigrationState.initial("shop")
+    now = NOW
+    for name, report, force, to in ops:
+        now += 45.0
+        result: Transition | Refusal | None
+        if name == "tick":
+            result = auto_tick(state, plan=PLAN, now=now, gate_report=report)
+        else:
+            action = Action(name, reason="r" if force else "", force=force, to=to)  # type: ignore[arg-type]
+            result = apply(state, action, plan=PLAN, now=now, gate_report=report)
+        if not isinstance(result, Transition):
+            continue
+        new = result.state
+        assert new.version == state.version + 1 and result.from_step == state.step
+        assert 0 <= new.step <= len(PLAN.steps)
+        assert (new.step == len(PLAN.steps)) == (new.phase is Phase.COMPLETED)
+        if new.phase in (Phase.ROLLED_BACK, Phase.ABORTED):
+            assert not new.auto and effective_split(PLAN, new)["catalog"] is None
+        if result.action in ("next", "advance") and not force:
+            assert report is PASS or PLAN.steps[state.step].gates.empty
+        if state.phase is Phase.ABORTED:
+            raise AssertionError("aborted is terminal")
+        effective_split(PLAN, new)
+        state = new
