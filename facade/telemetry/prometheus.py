@@ -79,12 +79,13 @@ def render_exposition(requests: Iterable[RequestSeries], diffs: Iterable[DiffSer
         for s in series:
             lines.append(f"{name}{{{_labels(s.labels())}}} {getattr(s, attribute)}")
 
-    _header(lines, "facade_shadow_comparisons_total", "counter",
-            "Shadow responses compared with the primary response.")
-    for d in diff_series:
-        lines.append(f'facade_shadow_comparisons_total{{{_labels((("route", d.route), ("step", d.step)))}}} {d.compared}')
-    _header(lines, "facade_shadow_diffs_total", "counter",
-            "Shadow responses that differed from the primary response (after ignore rules and noise).")
-    for d in diff_series:
-        lines.append(f'facade_shadow_diffs_total{{{_labels((("route", d.route), ("step", d.step)))}}} {d.differing}')
+    shadow = (
+        ("facade_shadow_comparisons_total", "Shadow responses compared with the primary response.", "compared"),
+        ("facade_shadow_diffs_total",
+         "Shadow responses that differed from the primary response (after ignore rules and noise).", "differing"),
+    )
+    for name, help_text, attribute in shadow:
+        _header(lines, name, "counter", help_text)
+        for d in diff_series:
+            lines.append(f"{name}{{{_labels((('route', d.route), ('step', d.step)))}}} {getattr(d, attribute)}")
     return "\n".join(lines) + "\n"

@@ -233,8 +233,7 @@ class Telemetry:
         requests = errors = 0
         hist = LogLinearHistogram()
         if label is None:
-            chosen: Iterable[RequestSeries] = (s for (r, b, *_), s in self._unique_series() if r == route and b == backend)
-            for series in chosen:
+            for series in (s for _, s in self._unique_series() if s.route == route and s.backend == backend):
                 requests += series.count
                 errors += series.count if series.error else 0
                 hist.merge(series.hist)
@@ -284,7 +283,7 @@ class Telemetry:
         label = mark.label if mark else None
         backends: dict[str, Any] = {}
         for backend in self.backends(route):
-            stats = self.side_stats(route, backend, step=label) if label is not None else self.side_stats(route, backend)
+            stats = self.side_stats(route, backend, step=label)
             if label is not None and not stats.requests and not self._has_step_series(route, backend, label):
                 continue
             backends[backend] = {
