@@ -220,11 +220,16 @@ class _BucketBuilder:
         self.regex: list[_Entry] = []
 
     def add(self, entry: _Entry, kind: str, path: str) -> None:
-        # A route listing the same host twice must not appear twice in one list.
         if kind == "regex":
-            target = self.regex
+            # A regex whose matches all start with "/a/b/" is filed under that prefix (its own
+            # fullmatch still decides); only a regex without such a literal start is scanned.
+            assert entry.path_regex is not None
+            start = _regex_literal_prefix(entry.path_regex.pattern)
+            start = start[: start.rfind("/") + 1]
+            target = self.prefix.setdefault(start, []) if start else self.regex
         else:
             target = (self.exact if kind == "exact" else self.prefix).setdefault(path, [])
+        # A route listing the same host twice must not appear twice in one list.
         if not target or target[-1] is not entry:
             target.append(entry)
 
@@ -374,6 +379,64 @@ class RouteTable:
         if best is None:
             return None
         return RouteHit(best.route, best.index, best.match, best.upstream_path(path))
+
+
+_REGEX_SPECIAL = frozenset(".^$*+?{}[]\\|()")
+_REGEX_QUANTIFIER = frozenset("*+?{")
+
+
+def _regex_literal_prefix(pattern: str) -> str:
+    """The text every full match of ``pattern`` starts with; "" when that is not certain.
+
+    Conservative on purpose: it reads plain characters and escaped punctuation up to the first
+    construct (class, group, anchor, ``\\d``...), drops a character a quantifier applies to, and
+    gives up on a top-level alternation.
+    """
+    if _has_top_level_alternation(pattern):
+        return ""
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "\\":
+            if i + 1 >= n or pattern[i + 1].isalnum() or not pattern[i + 1].isascii():
+                break  # \d, \w, \b, \1, \A ...: not a literal
+            literal, step = pattern[i + 1], 2
+        elif c in _REGEX_SPECIAL or not c.isascii():
+            break
+        else:
+            literal, step = c, 1
+        if i + step < n and pattern[i + step] in _REGEX_QUANTIFIER:
+            break
+        out.append(literal)
+        i += step
+    return "".join(out)
+
+
+def _has_top_level_alternation(pattern: str) -> bool:
+    depth, in_class, i, n = 0, False, 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "\\":
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+            # "]" first in a class (after an optional "^") is a literal, not the end.
+            if pattern.startswith("^", i + 1):
+                i += 1
+            if pattern.startswith("]", i + 1):
+                i += 1
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        elif c == "|" and depth == 0:
+            return True
+        i += 1
+    return False
 
 
 def _head_seq(candidates: tuple[_Entry, ...]) -> int:

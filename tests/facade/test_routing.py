@@ -11,7 +11,7 @@ import pytest
 
 from facade.config import Route, RouteMatch, StringMatch, WeightedBackend
 from facade.errors import ConfigError
-from facade.routing import RouteHit, RouteTable
+from facade.routing import RouteHit, RouteTable, _regex_literal_prefix
 
 Headers = Sequence[tuple[bytes, bytes]]
 
@@ -368,6 +368,46 @@ def test_canonicalize_applies_to_config_paths_and_rewrite() -> None:
     assert hit(table, "/Catalog/x") is None
 
 
+@pytest.mark.parametrize(
+    ("pattern", "start"),
+    [
+        (r"/orders/\d+", "/orders/"),
+        (r"/a\.b/.*", "/a.b/"),
+        (r"\/a/.*", "/a/"),
+        (r"/ab?/c", "/a"),  # "b" is optional
+        (r"/a/b{2}", "/a/"),
+        (r"/a/?b", "/a"),  # the "/" is optional: not filed under "/a/"
+        (r"/catalog/(x|y)", "/catalog/"),
+        (r"/a/[]|]/z", "/a/"),  # "|" inside a class is a literal
+        (r"/a/b|/c", ""),  # top-level alternation: no common start
+        (r"/x/[|]/y|z", ""),
+        (r"(?i)/a", ""),
+        (r"^/a", ""),
+        (r"\d+/a", ""),
+        (r"", ""),
+    ],
+)
+def test_regex_literal_prefix_is_conservative(pattern: str, start: str) -> None:
+    assert _regex_literal_prefix(pattern) == start
+
+
+def test_regex_filed_under_its_literal_prefix_still_matches_in_order() -> None:
+    table = RouteTable.compile(
+        [
+            route("orders-id", regex(r"/orders/\d+")),
+            route("orders", prefix("/orders/")),
+            route("alt", regex(r"/x/\d+|/y/\d+")),
+            route("any", regex(r".*/z")),
+        ]
+    )
+    assert name(table, "/orders/12") == "orders-id"
+    assert name(table, "/orders/ab") == "orders"
+    assert name(table, "/orders/") == "orders"
+    assert name(table, "/y/3") == "alt"
+    assert name(table, "/q/z") == "any"
+    assert name(table, "/q") is None
+
+
 # -- bad input ------------------------------------------------------------------------------------
 
 
@@ -474,6 +514,8 @@ _HOST_PATTERNS = ["shop.local", "a.shop.local", "*.shop.local", "*.local", "*", 
 
 def _random_path(rnd: random.Random, *, trailing: bool) -> str:
     path = "/" + "/".join(rnd.choice(_SEGMENTS) for _ in range(rnd.randint(0, 3)))
+    if rnd.random() < 0.1:
+        path = rnd.choice(["/a/b/c", "/a/cc", "/a//b", "/c", "/ab/c", "/catalog/x"])
     if trailing and path != "/" and rnd.random() < 0.3:
         path += "/"
     return path
@@ -485,9 +527,25 @@ def _random_string_match(rnd: random.Random) -> StringMatch:
     return StringMatch(kind, value, case_sensitive=rnd.random() < 0.8)  # type: ignore[arg-type]
 
 
+_REGEXES = [
+    r"/a(/.*)?",
+    r"/[ab]+/c",
+    r"/a/b|/c",
+    r"/a/\w+",
+    r"/ab?/c",
+    r"/a/(b|c)/.*",
+    r"/catalog/.+",
+    r"/a/b/",
+    r"\/a/b",
+    r"/a/c*",
+    r"/a/[/b]+",
+    r"/a/?b",
+]
+
+
 def _random_match(rnd: random.Random) -> RouteMatch:
     kind = rnd.choice(["prefix", "prefix", "exact", "regex"])
-    path = r"/a(/.*)?" if kind == "regex" and rnd.random() < 0.5 else r"/[ab]+/c" if kind == "regex" else ""
+    path = rnd.choice(_REGEXES) if kind == "regex" else ""
     return RouteMatch(
         hosts=tuple(rnd.sample(_HOST_PATTERNS, rnd.choice([0, 0, 1, 2]))),
         path_kind=kind,  # type: ignore[arg-type]
