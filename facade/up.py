@@ -50,6 +50,7 @@ __all__ = [
     "StackPlan",
     "default_config_path",
     "find_taken_ports",
+    "install_stop_handlers",
     "plan_stack",
     "register",
     "render_ready",
@@ -415,13 +416,29 @@ def _signal_group(pgid: int, signum: int) -> None:
 
 
 def _group_alive(running: _Running) -> bool:
-    running.process.poll()  # reap the leader, so a dead leader does not count as alive
+    """Whether any process of the child's group still runs. Zombies do not count: an orphaned
+    grandchild's zombie lingers until init reaps it, and it holds no port or file."""
+    running.process.poll()  # reap our own child, the group leader
+    pgid = running.process.pid
     try:
-        os.killpg(running.process.pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    # A zombie leader keeps the group "alive" for killpg(0) until reaped; poll() above reaped ours.
-    return True
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:  # no procfs (macOS): ask the kernel about the group as a whole
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue  # exited while we looked
+        # "pid (comm) state ppid pgrp ...": comm may contain spaces and parentheses.
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
 
 
 # -- the command ----------------------------------------------------------------------------
@@ -475,7 +492,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     (state_dir / "data").mkdir(parents=True, exist_ok=True)
     stack = Stack(plan.specs, log_dir=state_dir / "logs")
-    restore = _install_stop_handlers(stack.request_stop)
+    restore = install_stop_handlers(stack.request_stop)
     try:
         return _run(stack, plan, args, config_path=config_path, token=token or "(from the config's admin.token)")
     finally:
@@ -508,7 +525,7 @@ def _run(stack: Stack, plan: StackPlan, args: argparse.Namespace, *, config_path
     return EXIT_OK
 
 
-def _install_stop_handlers(on_signal: Callable[[int], None]) -> Callable[[], None]:
+def install_stop_handlers(on_signal: Callable[[int], None]) -> Callable[[], None]:
     def handler(signum: int, frame: FrameType | None) -> None:
         on_signal(signum)
 

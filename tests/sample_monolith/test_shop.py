@@ -16,16 +16,16 @@ from tests.servers import serve_app
 
 @pytest.fixture
 async def shop(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    async with serve_app(monolith.create_app(db_path=str(tmp_path / "shop.db"))) as url:
-        async with httpx.AsyncClient(base_url=url) as client:
-            yield client
+    app = monolith.create_app(db_path=str(tmp_path / "shop.db"))
+    async with serve_app(app) as url, httpx.AsyncClient(base_url=url) as client:
+        yield client
 
 
 @pytest.fixture
 async def carved(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    async with serve_app(catalog.create_app(db_path=str(tmp_path / "catalog.db"))) as url:
-        async with httpx.AsyncClient(base_url=url) as client:
-            yield client
+    app = catalog.create_app(db_path=str(tmp_path / "catalog.db"))
+    async with serve_app(app) as url, httpx.AsyncClient(base_url=url) as client:
+        yield client
 
 
 def without_generated_at(body: dict[str, Any]) -> dict[str, Any]:
@@ -205,12 +205,11 @@ async def test_catalog_detail_price_is_a_number_deliberately(
 
 
 async def test_fixed_catalog_matches_the_monolith_exactly(shop: httpx.AsyncClient, tmp_path: Path) -> None:
-    async with serve_app(catalog.create_app(db_path=str(tmp_path / "fixed.db"), fix_price=True)) as url:
-        async with httpx.AsyncClient(base_url=url) as fixed:
-            for pid in range(1, 13):
-                assert (await fixed.get(f"/catalog/products/{pid}")).json() == (
-                    await shop.get(f"/catalog/products/{pid}")
-                ).json()
+    app = catalog.create_app(db_path=str(tmp_path / "fixed.db"), fix_price=True)
+    async with serve_app(app) as url, httpx.AsyncClient(base_url=url) as fixed:
+        for pid in range(1, 13):
+            old, new = await shop.get(f"/catalog/products/{pid}"), await fixed.get(f"/catalog/products/{pid}")
+            assert old.json() == new.json()
 
 
 async def test_database_persists_and_is_not_reseeded(tmp_path: Path) -> None:

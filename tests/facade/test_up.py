@@ -1,0 +1,415 @@
+"""``facade up``: the pure stack plan, the supervisor against real processes, and the command
+end to end in a subprocess on free loopback ports."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from facade import config as config_module
+from facade.config import AdminSpec, Config, EndpointGroup, HealthCheck, ServiceSpec
+from facade.up import (
+    ChildFailed,
+    ChildSpec,
+    Listen,
+    Stack,
+    StackError,
+    default_config_path,
+    find_taken_ports,
+    install_stop_handlers,
+    load_stack_config,
+    log_tail,
+    plan_stack,
+    render_ready,
+)
+
+PY = sys.executable
+HAS_SERVE = hasattr(config_module, "load_config")  # `facade serve` needs the config parser
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def shop_config(ports: list[int], **overrides: object) -> Config:
+    facade_port, admin_port, monolith_port, catalog_port = ports
+    config = Config(
+        source="facade.yaml",
+        sha256="0" * 64,
+        listen=f"127.0.0.1:{facade_port}",
+        admin=AdminSpec(listen=f"127.0.0.1:{admin_port}"),
+        services=(
+            ServiceSpec("monolith", (EndpointGroup("default", (f"http://127.0.0.1:{monolith_port}",)),),
+                        health_check=HealthCheck(path="/healthz")),
+            ServiceSpec("catalog", (EndpointGroup("default", (f"http://127.0.0.1:{catalog_port}",)),)),
+        ),
+    )  # fmt: skip
+    return replace(config, **overrides)  # type: ignore[arg-type]
+
+
+def write_shop_yaml(path: Path, ports: list[int], state_dir: Path) -> Path:
+    facade_port, admin_port, monolith_port, catalog_port = ports
+    path.write_text(
+        textwrap.dedent(f"""\
+        listen: 127.0.0.1:{facade_port}
+        admin:
+          listen: 127.0.0.1:{admin_port}
+        state_dir: {state_dir}
+        services:
+          monolith:
+            endpoints: [http://127.0.0.1:{monolith_port}]
+            health_check: {{path: /healthz, interval: 2s}}
+          catalog:
+            endpoints: [http://127.0.0.1:{catalog_port}]
+            health_check: {{path: /healthz, interval: 2s}}
+        routes:
+          - name: catalog
+            match: {{path: {{prefix: /catalog}}}}
+            backend: monolith
+          - name: default
+            match: {{path: {{prefix: /}}}}
+            backend: monolith
+        """)
+    )
+    return path
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+# -- the plan (pure) ---------------------------------------------------------------------------
+
+
+def test_plan_derives_children_and_ports_from_the_config() -> None:
+    config = shop_config([18080, 19901, 18001, 18002])
+    plan = plan_stack(config, config_path="/c/facade.yaml", state_dir="/s", python="/py", admin_token="tok",
+                      pythonpath="/src")  # fmt: skip
+    assert [(s.name, s.port, s.stage) for s in plan.specs] == [
+        ("monolith", 18001, 0),
+        ("catalog", 18002, 0),
+        ("facade", 18080, 1),
+    ]
+    monolith, catalog, facade = plan.specs
+    assert monolith.argv[:4] == ("/py", "-m", "uvicorn", "sample_monolith.monolith:app")
+    assert monolith.argv[monolith.argv.index("--port") + 1] == "18001"
+    assert monolith.health_url == "http://127.0.0.1:18001/healthz"
+    assert dict(monolith.env)["SHOP_DB"] == "/s/data/monolith.db"
+    assert dict(catalog.env)["CATALOG_DB"] == "/s/data/catalog.db"
+    assert dict(catalog.env)["PYTHONPATH"] == "/src"
+    assert catalog.argv[3] == "sample_monolith.catalog:app"
+    assert facade.argv == ("/py", "-m", "facade", "serve", "-c", "/c/facade.yaml")
+    assert dict(facade.env)["FACADE_ADMIN_TOKEN"] == "tok"
+    assert facade.health_url == "http://127.0.0.1:19901/readyz"
+    assert [(x.label, x.port) for x in facade.listens] == [("facade", 18080), ("admin", 19901)]
+    assert (plan.facade_url, plan.admin_url) == ("http://127.0.0.1:18080", "http://127.0.0.1:19901")
+
+
+def test_plan_runs_one_child_per_endpoint_and_notes_what_it_cannot_run() -> None:
+    config = shop_config([1, 2, 3, 4])
+    config = replace(
+        config,
+        services=(
+            ServiceSpec("monolith", (EndpointGroup("a", ("http://127.0.0.1:7001",)),
+                                     EndpointGroup("b", ("http://127.0.0.1:7002",)))),
+            ServiceSpec("catalog", (EndpointGroup("default", ("https://127.0.0.1:15101",)),)),
+            ServiceSpec("payments", (EndpointGroup("default", ("http://10.0.0.5:80",)),)),
+        ),
+    )  # fmt: skip
+    plan = plan_stack(config, config_path="c", state_dir="s", python="py", admin_token=None)
+    assert [(s.name, s.port) for s in plan.specs] == [("monolith-1", 7001), ("monolith-2", 7002), ("facade", 1)]
+    # Replicas share their service's database.
+    assert dict(plan.specs[0].env)["SHOP_DB"] == dict(plan.specs[1].env)["SHOP_DB"]
+    assert "FACADE_ADMIN_TOKEN" not in dict(plan.specs[-1].env)
+    assert len(plan.notes) == 2
+    assert "https://127.0.0.1:15101" in plan.notes[0] and "payments" in plan.notes[1]
+
+
+def test_plan_rejects_two_children_on_one_port() -> None:
+    with pytest.raises(StackError, match="port 8001 is used twice: by monolith and by facade"):
+        plan_stack(shop_config([8001, 9901, 8001, 8002]), config_path="c", state_dir="s", python="py",
+                   admin_token=None)  # fmt: skip
+    with pytest.raises(StackError, match="admin.listen: expected host:port"):
+        plan_stack(shop_config([1, 2, 3, 4], admin=AdminSpec(listen="localhost")), config_path="c", state_dir="s",
+                   python="py", admin_token=None)  # fmt: skip
+
+
+def test_ready_table_lists_facade_first_then_admin_then_backends() -> None:
+    plan = plan_stack(shop_config([18080, 19901, 18001, 18002]), config_path="/c.yaml", state_dir="s", python="py",
+                      admin_token="tok")  # fmt: skip
+    text = render_ready(plan, {"facade": 30, "monolith": 10, "catalog": 20}, config_path="/c.yaml", token="tok",
+                        log_dir="s/logs")  # fmt: skip
+    rows = [line.split() for line in text.splitlines()[2:6]]
+    assert rows == [
+        ["facade", "http://127.0.0.1:18080", "30"],
+        ["admin", "http://127.0.0.1:19901", "30"],
+        ["monolith", "http://127.0.0.1:18001", "10"],
+        ["catalog", "http://127.0.0.1:18002", "20"],
+    ]
+    assert "curl -si http://127.0.0.1:18080/catalog/products/1" in text
+    assert "facade routes --admin http://127.0.0.1:19901" in text
+    assert "facade validate -c /c.yaml" in text
+    assert "export FACADE_ADMIN_TOKEN=tok" in text
+
+
+def test_listen_urls_for_wildcard_and_ipv6_hosts() -> None:
+    assert Listen("x", "0.0.0.0", 80).url == "http://127.0.0.1:80"
+    assert Listen("x", "::1", 80).url == "http://[::1]:80"
+
+
+def test_shipped_config_is_found_from_any_directory_and_names_the_demo_ports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = default_config_path()
+    assert os.path.isabs(path) and path.endswith(os.path.join("sample_monolith", "facade.yaml"))
+    config = load_stack_config(path)
+    plan = plan_stack(config, config_path=path, state_dir="s", python="py", admin_token=None)
+    assert [(s.name, s.port) for s in plan.specs] == [("monolith", 8001), ("catalog", 8002), ("facade", 8080)]
+    assert plan.admin_url == "http://127.0.0.1:9901"
+    assert [r.name for r in config.routes] in ([], ["catalog", "default"])  # [] from the interim reader
+
+
+# -- the edge: ports, logs, processes ----------------------------------------------------------
+
+
+def test_taken_port_is_reported_with_its_label() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        busy_port = busy.getsockname()[1]
+        (free_port,) = free_ports(1)
+        taken = find_taken_ports([Listen("monolith", "127.0.0.1", busy_port), Listen("catalog", "127.0.0.1", free_port)])
+    assert len(taken) == 1
+    assert taken[0].startswith(f"port {busy_port} (monolith) is already in use")
+
+
+def test_log_tail_is_the_last_lines(tmp_path: Path) -> None:
+    log = tmp_path / "x.log"
+    log.write_text("".join(f"line {i}\n" for i in range(100)))
+    assert log_tail(log).splitlines() == [f"line {i}" for i in range(80, 100)]
+    assert log_tail(tmp_path / "missing.log") == ""
+
+
+def shop_specs(tmp_path: Path) -> list[ChildSpec]:
+    plan = plan_stack(shop_config(free_ports(4)), config_path="unused", state_dir=str(tmp_path), python=PY,
+                      admin_token=None)  # fmt: skip
+    (tmp_path / "data").mkdir(exist_ok=True)
+    return [s for s in plan.specs if s.name != "facade"]
+
+
+@pytest.fixture
+def stacks() -> Iterator[list[Stack]]:
+    started: list[Stack] = []
+    yield started
+    for stack in started:  # a failing assertion must not leave processes behind
+        stack.stop(grace=1.0)
+
+
+def test_stack_starts_the_shop_healthy_and_stops_every_process(tmp_path: Path, stacks: list[Stack]) -> None:
+    specs = shop_specs(tmp_path)
+    stack = Stack(specs, log_dir=tmp_path / "logs", out=io.StringIO())
+    stacks.append(stack)
+    stack.start()
+    monolith, catalog = specs
+    r = httpx.get(catalog.url + "/catalog/products/1", trust_env=False)
+    assert r.headers["x-served-by"] == "catalog" and r.json()["price"] == 19.99
+    assert httpx.get(monolith.url + "/users/1", trust_env=False).json()["name"] == "Ada Lovelace"
+    assert (tmp_path / "data" / "monolith.db").exists() and (tmp_path / "data" / "catalog.db").exists()
+    pids = list(stack.pids.values())
+    stack.stop()
+    assert all(gone(pid) for pid in pids)
+    assert "Application startup complete" in log_tail(tmp_path / "logs" / "monolith.log")
+
+
+def test_stack_reports_a_child_that_dies_while_running(tmp_path: Path, stacks: list[Stack]) -> None:
+    stack = Stack(shop_specs(tmp_path), log_dir=tmp_path / "logs", out=io.StringIO())
+    stacks.append(stack)
+    stack.start()
+    os.kill(stack.pids["catalog"], signal.SIGKILL)
+    failure = stack.supervise()  # returns as soon as it sees the exit
+    assert isinstance(failure, ChildFailed)
+    assert (failure.name, failure.exit_code) == ("catalog", -signal.SIGKILL)
+    assert "Uvicorn running on" in failure.report()
+    monolith = stack.pids["monolith"]
+    stack.stop()
+    assert gone(monolith)
+
+
+def test_stack_reports_a_child_that_never_gets_healthy(tmp_path: Path, stacks: list[Stack]) -> None:
+    (port,) = free_ports(1)
+    spec = ChildSpec("sleeper", (PY, "-c", "print('warming up', flush=True); import time; time.sleep(60)"), (),
+                     f"http://127.0.0.1:{port}/healthz", (Listen("sleeper", "127.0.0.1", port),))  # fmt: skip
+    stack = Stack([spec], log_dir=tmp_path / "logs", health_timeout=0.5, out=io.StringIO())
+    stacks.append(stack)
+    with pytest.raises(ChildFailed) as info:
+        stack.start()
+    assert info.value.exit_code is None
+    assert "did not become healthy" in info.value.report() and "warming up" in info.value.report()
+
+
+def test_sigint_and_sigterm_end_supervision_without_a_failure(tmp_path: Path, stacks: list[Stack]) -> None:
+    stack = Stack(shop_specs(tmp_path)[:1], log_dir=tmp_path / "logs", out=io.StringIO())
+    stacks.append(stack)
+    stack.start()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        stack.stop_signal = None
+        restore = install_stop_handlers(stack.request_stop)
+        try:
+            os.kill(os.getpid(), signum)  # delivered to this (main) thread before supervise's first sleep ends
+            assert stack.supervise() is None
+        finally:
+            restore()
+        assert stack.stop_signal == signum
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    pid = stack.pids["monolith"]
+    assert not gone(pid)  # signals reach only `facade up`; it stops the children itself
+    stack.stop()
+    assert gone(pid)
+
+
+IGNORES_SIGTERM = """
+import http.server, signal, subprocess, sys
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+print("grandchild", grandchild.pid, flush=True)
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), http.server.SimpleHTTPRequestHandler).serve_forever()
+"""
+
+
+def test_stop_kills_a_group_that_ignores_sigterm_grandchildren_included(
+    tmp_path: Path, stacks: list[Stack], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (port,) = free_ports(1)
+    spec = ChildSpec("stubborn", (PY, "-c", IGNORES_SIGTERM, str(port)), (), f"http://127.0.0.1:{port}/",
+                     (Listen("stubborn", "127.0.0.1", port),))  # fmt: skip
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+    monkeypatch.chdir(tmp_path)  # SimpleHTTPRequestHandler lists the cwd
+    stack = Stack([spec], log_dir=log_dir, out=io.StringIO())
+    stacks.append(stack)
+    stack.start()
+    match = re.search(r"grandchild (\d+)", (log_dir / "stubborn.log").read_text())
+    assert match
+    child, grandchild = stack.pids["stubborn"], int(match.group(1))
+    assert not gone(grandchild)
+    stack.stop(grace=0.5)
+    assert gone(child) and gone(grandchild)
+
+
+# -- the command, in a subprocess ---------------------------------------------------------------
+
+
+def run_up(config: Path, state_dir: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [PY, "-m", "facade", "up", "--config", str(config), "--state-dir", str(state_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=state_dir.parent,
+    )
+
+
+def read_until(proc: subprocess.Popen[bytes], needle: str, timeout: float) -> str:
+    """Read the child's stdout until a line contains ``needle`` (or it exits, or time runs out)."""
+    assert proc.stdout is not None
+    text = b""
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while needle.encode() not in text and time.monotonic() < deadline:
+            if sel.select(timeout=0.2):
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                text += chunk
+    return text.decode()
+
+
+def started_pids(output: str) -> dict[str, int]:
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"started (\S+) \(pid (\d+)\)", output)}
+
+
+@pytest.mark.slow
+def test_up_refuses_to_start_when_a_port_is_taken(tmp_path: Path) -> None:
+    ports = free_ports(4)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        ports[2] = busy.getsockname()[1]
+        config = write_shop_yaml(tmp_path / "facade.yaml", ports, tmp_path / ".facade")
+        proc = subprocess.run(
+            [PY, "-m", "facade", "up", "--config", str(config), "--state-dir", str(tmp_path / "st")],
+            check=False, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    assert proc.returncode == 1
+    assert f"port {ports[2]} (monolith) is already in use" in proc.stderr
+    assert "started" not in proc.stdout and not (tmp_path / "st" / "logs").exists()
+
+
+@pytest.mark.slow
+def test_up_reports_a_child_that_crashes_at_start_and_stops_the_rest(tmp_path: Path) -> None:
+    state = tmp_path / "st"
+    (state / "data" / "monolith.db").mkdir(parents=True)  # a directory where the database file should be
+    config = write_shop_yaml(tmp_path / "facade.yaml", free_ports(4), tmp_path / ".facade")
+    proc = run_up(config, state)
+    try:
+        out, err = proc.communicate(timeout=40)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, err
+    assert re.search(r"monolith exited with code 1 during startup; last 20 lines of .*monolith\.log", err.decode())
+    assert "unable to open database file" in err.decode()
+    pids = started_pids(out.decode())
+    assert set(pids) == {"monolith", "catalog"}  # the facade's stage never started
+    assert all(gone(pid) for pid in pids.values())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_SERVE, reason="waits on `facade serve` (facade.config.load_config)")
+def test_up_serves_the_shop_through_the_facade_and_stops_cleanly_on_sigint(tmp_path: Path) -> None:
+    ports = free_ports(4)
+    state = tmp_path / "st"
+    config = write_shop_yaml(tmp_path / "facade.yaml", ports, tmp_path / ".facade")
+    proc = run_up(config, state)
+    try:
+        out = read_until(proc, "ready", timeout=40)
+        assert "facade up: ready" in out, out + (proc.stderr.read().decode() if proc.poll() is not None else "")
+        pids = started_pids(out)
+        assert set(pids) == {"monolith", "catalog", "facade"}
+        assert re.search(r"admin token: (\S+)", out)
+        r = httpx.get(f"http://127.0.0.1:{ports[0]}/catalog/products/1", trust_env=False, timeout=5)
+        assert r.status_code == 200 and r.headers["x-served-by"] == "monolith"
+        assert r.json()["price"] == "19.99"
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=15)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
+    assert all(gone(pid) for pid in pids.values())
