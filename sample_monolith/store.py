@@ -113,8 +113,16 @@ def _seed(conn: sqlite3.Connection, seed: dict[str, Any], *, shop_tables: bool) 
             "INSERT OR IGNORE INTO products (id, sku, name, description, category, price_cents, currency, stock)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                (p["id"], p["sku"], p["name"], p["description"], p["category"], _cents(p["price"]), currency,
-                 p["stock"])
+                (
+                    p["id"],
+                    p["sku"],
+                    p["name"],
+                    p["description"],
+                    p["category"],
+                    _cents(p["price"]),
+                    currency,
+                    p["stock"],
+                )
                 for p in seed["products"]
             ],
         )
