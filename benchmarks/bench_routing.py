@@ -12,7 +12,8 @@ For each table it times ``resolve()`` for a hit on the last specific route (the 
 a linear scan), a hit that falls through to the fallback at the end of the table, a hit
 behind a header condition, and a miss (a host nothing serves). Each figure is the median of
 ``--repeat`` timeit runs, in µs per call; the last table prints the ratio of the largest
-size to the smallest, the number the routing module is judged by (target: within 3x).
+size to the smallest, the number the routing module is judged by (target: within 3x), and
+the time ``RouteTable.compile`` took (one run; a reload pays it once).
 """
 
 from __future__ import annotations
@@ -20,14 +21,15 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 import timeit
 from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from facade.config import Route, RouteMatch, StringMatch, WeightedBackend  # noqa: E402
-from facade.routing import RouteTable  # noqa: E402
+from facade.config import Route, RouteMatch, StringMatch, WeightedBackend
+from facade.routing import RouteTable
 
 ROUTES_PER_HOST = 50
 # The mix of specific routes, cycled; every 50th is a host-scoped regex instead.
@@ -138,9 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"python {sys.version.split()[0]}, median of {args.repeat} x {args.number} calls, µs per resolve()")
     for shape, build in shapes.items():
         figures: dict[int, dict[str, float]] = {}
+        compile_ms: dict[int, float] = {}
         for n in sizes:
             routes, requests = build(n)
+            started = time.perf_counter()
             table = RouteTable.compile(routes)
+            compile_ms[n] = (time.perf_counter() - started) * 1e3
             check(table, requests)
             figures[n] = {
                 label: time_resolve(table, request, repeat=args.repeat, number=args.number)
@@ -148,9 +153,9 @@ def main(argv: list[str] | None = None) -> int:
             }
         labels = list(next(iter(figures.values())))
         print(f"\n{shape}")
-        print(f"{'routes':>8} " + " ".join(f"{label:>12}" for label in labels))
+        print(f"{'routes':>8} " + " ".join(f"{label:>12}" for label in labels) + f" {'compile ms':>12}")
         for n, row in figures.items():
-            print(f"{n:>8} " + " ".join(f"{row[label]:>12.2f}" for label in labels))
+            print(f"{n:>8} " + " ".join(f"{row[label]:>12.2f}" for label in labels) + f" {compile_ms[n]:>12.1f}")
         small, large = min(sizes), max(sizes)
         ratios = " ".join(f"{figures[large][label] / figures[small][label]:>12.2f}" for label in labels)
         print(f"{f'{large}/{small}':>8} {ratios}")
