@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import random
 import time
+from typing import Any
 
 from facade.telemetry import Telemetry
 
@@ -20,18 +21,18 @@ def bench_record(n: int) -> float:
     telemetry = Telemetry()
     rng = random.Random(7)
     # Pre-generate the arguments so the loop measures record(), not the random module.
-    calls = [
-        dict(
-            route=rng.choice(("catalog", "orders", "users")),
-            backend=rng.choice(("monolith", "catalog")),
-            step="3:weight-25",
-            method=rng.choice(("GET", "GET", "GET", "POST")),
-            status=rng.choice((200, 200, 200, 200, 404, 503)),
-            duration_s=rng.expovariate(1 / 0.02),
-            upstream_s=rng.expovariate(1 / 0.015),
-            bytes_in=0,
-            bytes_out=rng.randrange(100, 5000),
-        )
+    calls: list[dict[str, Any]] = [
+        {
+            "route": rng.choice(("catalog", "orders", "users")),
+            "backend": rng.choice(("monolith", "catalog")),
+            "step": "3:weight-25",
+            "method": rng.choice(("GET", "GET", "GET", "POST")),
+            "status": rng.choice((200, 200, 200, 200, 404, 503)),
+            "duration_s": rng.expovariate(1 / 0.02),
+            "upstream_s": rng.expovariate(1 / 0.015),
+            "bytes_in": 0,
+            "bytes_out": rng.randrange(100, 5000),
+        }
         for _ in range(10_000)
     ]
     for kwargs in calls:  # warm the caches
@@ -45,7 +46,7 @@ def bench_record(n: int) -> float:
 
 
 def bench_empty_loop(n: int) -> float:
-    calls = [dict(a=1) for _ in range(10_000)]
+    calls = [{"a": 1} for _ in range(10_000)]
 
     def noop(**kwargs: object) -> None:
         return None

@@ -230,7 +230,8 @@ def _latency_row(name: str, q: float, old: SideStats, new: SideStats, *, min_req
 def _diff_row(diffs: DiffCounts) -> MetricRow:
     note = f"{diffs.differing} of {diffs.compared} shadowed responses differ" if diffs.compared else "no comparisons"
     if diffs.noise_fields:
-        note += f"; noise ignored: {', '.join(diffs.noise_fields[:5])}" + (" ..." if len(diffs.noise_fields) > 5 else "")
+        more = " ..." if len(diffs.noise_fields) > 5 else ""
+        note += f"; noise ignored: {', '.join(diffs.noise_fields[:5])}{more}"
     return MetricRow("diff_rate", None, diffs.diff_rate, significant=diffs.differing > 0,
                      direction="higher" if diffs.differing else ("same" if diffs.compared else None), note=note)
 
@@ -273,7 +274,9 @@ def _verdict(old: SideStats, new: SideStats, diffs: DiffCounts | None, rows: lis
         return "same", f"new path returns the same responses ({diffs.compared} shadowed requests, none differ)"
     for side, stats in (("new", new), ("old", old)):
         if stats.requests < min_requests:
-            return "insufficient", f"not enough traffic to tell ({stats.requests} requests on {side}, need {min_requests})"
+            return "insufficient", (
+                f"not enough traffic to tell ({stats.requests} requests on {side}, need {min_requests})"
+            )
     if better:
         return "better", "new path looks the same or better: " + _join([_phrase(r, diffs) for r in better])
     return "same", "new path looks the same"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import re
 import time
 from collections import OrderedDict, deque
@@ -58,14 +59,7 @@ Kind = Literal["changed", "type", "added", "removed"]
 
 
 class _Missing:
-    """The value of a field that one side does not have."""
-
-    _instance: _Missing | None = None
-
-    def __new__(cls) -> _Missing:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
+    """The value of a field that one side does not have (one instance, ``MISSING``; compare with ``is``)."""
 
     def __repr__(self) -> str:
         return "(missing)"
@@ -244,7 +238,7 @@ class IgnoreRules:
     def parse(cls, texts: Iterable[str]) -> IgnoreRules:
         """Parse rules; raises ``ValueError`` naming the first bad one."""
         if isinstance(texts, str):
-            raise ValueError(f"expected a list of rules, got the string {texts!r}")
+            raise TypeError(f"expected a list of rules, got the string {texts!r}")
         return cls(tuple(_parse_rule(t) for t in texts))
 
     def __bool__(self) -> bool:
@@ -421,8 +415,12 @@ def _diff_json(primary: Any, candidate: Any, out: _Collector) -> None:
                 (location + (i,), a[i] if i < len(a) else MISSING, b[i] if i < len(b) else MISSING)
                 for i in reversed(range(length))
             )
-        elif a != b and not (a != a and b != b):  # NaN (json.loads accepts it) equals itself here
+        elif a != b and not (_is_nan(a) and _is_nan(b)):  # json.loads accepts NaN; it equals itself here
             out.add(location, a, b, "changed")
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
 
 
 def _digest(body: bytes) -> str:

@@ -47,7 +47,7 @@ def bucket_index(seconds: float) -> int:
     if seconds < LOWEST_S:  # also catches 0, negatives and NaN-free clock skew
         return 0
     index = int(_log(seconds) * INV_LOG_GROWTH + INDEX_OFFSET)
-    return index if index < MAX_INDEX else MAX_INDEX
+    return min(MAX_INDEX, index)
 
 
 def bucket_value(index: int) -> float:
@@ -56,7 +56,7 @@ def bucket_value(index: int) -> float:
         return LOWEST_S
     if index >= MAX_INDEX:
         return HIGHEST_S
-    return LOWEST_S * GROWTH ** (index - 0.5)
+    return float(LOWEST_S * GROWTH ** (index - 0.5))
 
 
 def _prometheus_thresholds() -> tuple[int, ...]:

@@ -47,7 +47,7 @@ def status_class(status: int) -> str:
 
 
 class _StepMark:
-    __slots__ = ("label", "epoch", "began", "began_unix")
+    __slots__ = ("began", "began_unix", "epoch", "label")
 
     def __init__(self, label: str, epoch: int, began: float) -> None:
         self.label = label
@@ -109,7 +109,7 @@ class Telemetry:
             index = 0
         else:
             index = int(_log(duration_s) * INV_LOG_GROWTH + INDEX_OFFSET)
-            if index > MAX_INDEX:
+            if index > MAX_INDEX:  # noqa: PLR1730 -- a branch is cheaper than calling min() per request
                 index = MAX_INDEX
         series.count += 1
         series.duration_sum += duration_s
@@ -120,7 +120,12 @@ class Telemetry:
         if upstream_s is not None:
             series.upstream_count += 1
             series.upstream_sum += upstream_s
-            up = 0 if upstream_s < LOWEST_S else min(int(_log(upstream_s) * INV_LOG_GROWTH + INDEX_OFFSET), MAX_INDEX)
+            if upstream_s < LOWEST_S:
+                up = 0
+            else:
+                up = int(_log(upstream_s) * INV_LOG_GROWTH + INDEX_OFFSET)
+                if up > MAX_INDEX:  # noqa: PLR1730
+                    up = MAX_INDEX
             uh = series.upstream_hist
             uh[up] = uh.get(up, 0) + 1
         # Rolling window: the slot of the current second, reset if it still holds an older second.
@@ -256,25 +261,25 @@ class Telemetry:
             ring = self._diff_rings.get(route)
             if ring is None:
                 return DiffCounts()
-            compared, differing, noise = ring.window(self._clock(), window)
-            return DiffCounts(compared=compared, differing=differing, noise_fields=tuple(sorted(noise)))
+            compared, differing, window_noise = ring.window(self._clock(), window)
+            return DiffCounts(compared=compared, differing=differing, noise_fields=tuple(sorted(window_noise)))
         label = step if step is not None else self.current_step(route)
         if label is None:
             compared = differing = 0
             noise: set[str] = set()
-            for (r, _), series in self._diffs.items():
+            for (r, _), each in self._diffs.items():
                 if r == route:
-                    compared += series.compared
-                    differing += series.differing
-                    noise |= series.noise
+                    compared += each.compared
+                    differing += each.differing
+                    noise |= each.noise
             return DiffCounts(compared=compared, differing=differing, noise_fields=tuple(sorted(noise)))
-        series = self._diffs.get((route, label))
-        if series is None:
+        current = self._diffs.get((route, label))
+        if current is None:
             return DiffCounts()
         return DiffCounts(
-            compared=series.compared - series.base_compared,
-            differing=series.differing - series.base_differing,
-            noise_fields=tuple(sorted(series.noise)),
+            compared=current.compared - current.base_compared,
+            differing=current.differing - current.base_differing,
+            noise_fields=tuple(sorted(current.noise)),
         )
 
     def step_summary(self, route: str) -> dict[str, Any]:

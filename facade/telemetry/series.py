@@ -10,7 +10,7 @@ import math
 
 from .histogram import LogLinearHistogram
 
-__all__ = ["DiffRingSlots", "DiffSeries", "RequestRing", "RequestSeries", "MAX_NOISE_FIELDS"]
+__all__ = ["MAX_NOISE_FIELDS", "DiffRingSlots", "DiffSeries", "RequestRing", "RequestSeries"]
 
 MAX_NOISE_FIELDS = 256  # per step window and per ring slot: a route with more noisy fields is all noise
 
@@ -22,10 +22,10 @@ class RequestRing:
     comes round to it, so memory is ``size`` small dicts however long the facade runs.
     """
 
-    __slots__ = ("size", "stamps", "requests", "errors", "hists")
+    __slots__ = ("errors", "hists", "requests", "size", "stamps")
 
     def __init__(self, horizon_s: float) -> None:
-        self.size = int(math.ceil(horizon_s)) + 1
+        self.size = math.ceil(horizon_s) + 1
         self.stamps = [-1] * self.size
         self.requests = [0] * self.size
         self.errors = [0] * self.size
@@ -40,7 +40,7 @@ class RequestRing:
     def window(self, now: float, window_s: float) -> tuple[int, int, LogLinearHistogram]:
         """Totals over the last ``ceil(window_s)`` one-second slots, the current (partial) one included."""
         tick = int(now)
-        first = tick - int(math.ceil(window_s)) + 1
+        first = tick - math.ceil(window_s) + 1
         requests = errors = 0
         hist = LogLinearHistogram()
         for slot in range(self.size):
@@ -60,9 +60,23 @@ class RequestSeries:
     """
 
     __slots__ = (
-        "route", "backend", "step", "method", "status_class", "error", "ring",
-        "count", "duration_sum", "hist", "upstream_count", "upstream_sum", "upstream_hist",
-        "bytes_in", "bytes_out", "base_count", "base_hist",
+        "backend",
+        "base_count",
+        "base_hist",
+        "bytes_in",
+        "bytes_out",
+        "count",
+        "duration_sum",
+        "error",
+        "hist",
+        "method",
+        "ring",
+        "route",
+        "status_class",
+        "step",
+        "upstream_count",
+        "upstream_hist",
+        "upstream_sum",
     )
 
     def __init__(self, route: str, backend: str, step: str, method: str, status_class: str, ring: RequestRing) -> None:
@@ -101,7 +115,7 @@ class RequestSeries:
 class DiffSeries:
     """Shadow comparisons of one route x step: lifetime counters plus the current epoch's share."""
 
-    __slots__ = ("route", "step", "compared", "differing", "base_compared", "base_differing", "noise")
+    __slots__ = ("base_compared", "base_differing", "compared", "differing", "noise", "route", "step")
 
     def __init__(self, route: str, step: str) -> None:
         self.route = route
@@ -121,10 +135,10 @@ class DiffSeries:
 class DiffRingSlots:
     """Per-second (compared, differing, noise fields) for one route, like ``RequestRing``."""
 
-    __slots__ = ("size", "stamps", "compared", "differing", "noise")
+    __slots__ = ("compared", "differing", "noise", "size", "stamps")
 
     def __init__(self, horizon_s: float) -> None:
-        self.size = int(math.ceil(horizon_s)) + 1
+        self.size = math.ceil(horizon_s) + 1
         self.stamps = [-1] * self.size
         self.compared = [0] * self.size
         self.differing = [0] * self.size
@@ -138,7 +152,7 @@ class DiffRingSlots:
 
     def window(self, now: float, window_s: float) -> tuple[int, int, set[str]]:
         tick = int(now)
-        first = tick - int(math.ceil(window_s)) + 1
+        first = tick - math.ceil(window_s) + 1
         compared = differing = 0
         noise: set[str] = set()
         for slot in range(self.size):

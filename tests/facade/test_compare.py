@@ -60,12 +60,14 @@ def test_same_traffic_same_errors_looks_the_same() -> None:
 
 
 def test_latency_needs_enough_samples_in_the_tail() -> None:
-    slow = dict(p50=10.0, p95=40.0, p99=200.0)
-    few = compare(old=side(500), new=side(500, **slow))
+    def slow(requests: int) -> SideStats:
+        return side(requests, p50=10.0, p95=40.0, p99=200.0)
+
+    few = compare(old=side(500), new=slow(500))
     p99 = few.row("p99_ms")
     assert not p99.significant and p99.note == "needs 1000 requests a side"
     assert few.outcome == "same"
-    many = compare(old=side(5000), new=side(2000, **slow))
+    many = compare(old=side(5000), new=slow(2000))
     assert many.row("p99_ms").significant
     assert many.row("p99_ms").rel_diff == pytest.approx(1.5)
     assert many.outcome == "worse"
