@@ -116,6 +116,7 @@ class _Entry:
     """One (route, matches[j]) pair with its conditions precompiled."""
 
     seq: int  # position in (route index, match index) order: the first-match key
+    key: str  # the canonical exact / prefix path; "" for a regex
     index: int
     route: Route
     match: RouteMatch
@@ -285,14 +286,17 @@ class RouteTable:
         routes = tuple(routes)
         for index, route in enumerate(routes):
             report = _Report(source, route, problems)
+            rewrite = route.rewrite_prefix
+            if rewrite is not None:
+                rewrite = report.path(canonicalize, rewrite, f"routes[{index}].rewrite")
             for j, match in enumerate(route.matches):
                 where = f"routes[{index}].match[{j}]"
-                entry = _compile_entry(seq, index, route, match, canonicalize, where, report)
+                entry = _compile_entry(seq, index, route, match, canonicalize, rewrite, where, report)
                 seq += 1
                 if entry is None:
                     continue
                 kind = match.path_kind
-                key = "" if kind == "regex" else canonicalize(match.path)
+                key = entry.key
                 hosts = tuple(h.lower() for h in match.hosts)
                 if not hosts or "*" in hosts:
                     any_host.add(entry, kind, key)
@@ -457,6 +461,17 @@ class _Report:
     def __call__(self, path: str, message: str) -> None:
         self.problems.append(Problem(self.source, self.route.line, 1, path, message))
 
+    def path(self, canonicalize: Callable[[str], str], text: str, where: str) -> str:
+        """The canonical form of a config path; reported when there is none or it is not absolute."""
+        try:
+            path = canonicalize(text)
+        except ValueError as exc:  # normalize.PathRejected
+            self(where, f"{text!r} has no canonical form: {exc}")
+            return text
+        if not path.startswith("/"):
+            self(where, f"must start with '/', got {text!r}")
+        return path
+
     def regex(self, text: str, flags: int, where: str) -> re.Pattern[str] | None:
         try:
             return re.compile(text, flags)
@@ -471,6 +486,7 @@ def _compile_entry(
     route: Route,
     match: RouteMatch,
     canonicalize: Callable[[str], str],
+    rewrite: str | None,
     where: str,
     report: _Report,
 ) -> _Entry | None:
@@ -480,12 +496,11 @@ def _compile_entry(
     strip = -1
     if match.path_kind == "regex":
         path_regex = report.regex(match.path, 0, f"{where}.path.regex")
+        key = ""
     else:
-        path = canonicalize(match.path)
-        if not path.startswith("/"):
-            report(f"{where}.path.{match.path_kind}", f"must start with '/', got {path!r}")
+        key = report.path(canonicalize, match.path, f"{where}.path.{match.path_kind}")
         if match.path_kind == "prefix":
-            strip = len(path.rstrip("/"))
+            strip = len(key.rstrip("/"))
 
     headers: list[tuple[bytes, _ValueTest]] = []
     for name, sm in match.headers:
@@ -500,12 +515,10 @@ def _compile_entry(
     if len(report.problems) > before:
         return None
 
-    rewrite = route.rewrite_prefix
-    if rewrite is not None:
-        rewrite = canonicalize(rewrite) or "/"
     methods = frozenset(match.methods) if match.methods else None
     return _Entry(
         seq=seq,
+        key=key,
         index=index,
         route=route,
         match=match,

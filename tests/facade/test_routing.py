@@ -11,6 +11,7 @@ import pytest
 
 from facade.config import Route, RouteMatch, StringMatch, WeightedBackend
 from facade.errors import ConfigError
+from facade.normalize import canonical_route_path, normalize_path
 from facade.routing import RouteHit, RouteTable, _regex_literal_prefix
 
 Headers = Sequence[tuple[bytes, bytes]]
@@ -431,6 +432,31 @@ def test_bad_routes_raise_config_error_with_position(bad: RouteMatch, field: str
     assert (problem.file, problem.line, problem.path) == ("facade.yaml", 12, field)
     assert text in problem.message
     assert str(problem).startswith("facade.yaml:12:1: " + field)
+
+
+def test_rewrite_must_be_a_path() -> None:
+    with pytest.raises(ConfigError) as info:
+        RouteTable.compile([route("r", prefix("/a"), prefix("/b"), rewrite="v2", line=3)])
+    assert [(p.path, p.line) for p in info.value.problems] == [("routes[0].rewrite", 3)]
+
+
+def test_a_path_without_canonical_form_is_a_config_error() -> None:
+    with pytest.raises(ConfigError) as info:
+        RouteTable.compile([route("r", prefix("/a?b"), line=4)], canonicalize=canonical_route_path)
+    (problem,) = info.value.problems
+    assert (problem.path, problem.line) == ("routes[0].match[0].path.prefix", 4)
+    assert "no canonical form" in problem.message
+
+
+def test_config_paths_are_matched_in_canonical_form() -> None:
+    table = RouteTable.compile(
+        [route("user", prefix("/%7euser//home")), route("cafe", exact("/caf%c3%a9"), rewrite="/new%7e")],
+        canonicalize=canonical_route_path,
+    )
+    assert name(table, normalize_path(b"/~user/home/x")) == "user"
+    found = hit(table, normalize_path("/café".encode()))
+    assert found is not None and found.route.name == "cafe"
+    assert found.upstream_path == canonical_route_path("/new~")
 
 
 def test_every_problem_is_reported_at_once() -> None:
