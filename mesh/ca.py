@@ -25,7 +25,7 @@ import os
 import secrets
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -82,7 +82,7 @@ class TokenRejected(CaError):
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _b64(data: bytes) -> str:
@@ -282,7 +282,7 @@ class CertificateAuthority:
             x509.CertificateBuilder()
             .subject_name(x509.Name([]))
             .issuer_name(self.certificate.subject)
-            .public_key(public_key)  # type: ignore[arg-type]
+            .public_key(public_key)
             .serial_number(x509.random_serial_number())
             .not_valid_before(not_before)
             .not_valid_after(not_after)
@@ -306,7 +306,7 @@ class CertificateAuthority:
                 x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
                 critical=False,
             )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)  # type: ignore[arg-type]
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
             .sign(self._key, hashes.SHA256())
         )
@@ -367,7 +367,7 @@ class CertificateAuthority:
         try:
             claims = json.loads(_unb64(payload_b64))
             spiffe_id = SpiffeId.parse(claims["sub"])
-            expires = datetime.fromtimestamp(int(claims["exp"]), timezone.utc)
+            expires = datetime.fromtimestamp(int(claims["exp"]), UTC)
             nonce = str(claims["nonce"])
         except (ValueError, KeyError, TypeError) as exc:
             raise TokenRejected(f"malformed bootstrap token payload: {exc}") from None

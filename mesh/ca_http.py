@@ -37,9 +37,9 @@ def ca_routes(ca: CertificateAuthority) -> list[Route]:
         try:
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError):
-            return _error(400, "body must be JSON: {\"token\": ..., \"csr\": ...}")
+            return _error(400, 'body must be JSON: {"token": ..., "csr": ...}')
         if not isinstance(payload, dict):
-            return _error(400, "body must be a JSON object: {\"token\": ..., \"csr\": ...}")
+            return _error(400, 'body must be a JSON object: {"token": ..., "csr": ...}')
         token, csr = payload.get("token"), payload.get("csr")
         if not isinstance(token, str) or not isinstance(csr, str):
             return _error(400, "token and csr must both be strings")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from facade.console import (
@@ -159,7 +159,9 @@ def _cmd_issue(args: argparse.Namespace) -> int:
     if args.json:
         print_json(info)
     else:
-        print(render_table(["field", "value"], [(k, ", ".join(v) if isinstance(v, list) else v) for k, v in info.items()]))
+        print(
+            render_table(["field", "value"], [(k, ", ".join(v) if isinstance(v, list) else v) for k, v in info.items()])
+        )
     return EXIT_OK
 
 
@@ -171,7 +173,6 @@ def _cmd_show(args: argparse.Namespace) -> int:
         sys.stdout.write(ca.trust_bundle_pem.decode("ascii"))
         return EXIT_OK
     info = _describe(ca)
-    info["expired"] = ca.certificate.not_valid_after_utc <= datetime.now(timezone.utc)
+    info["expired"] = ca.certificate.not_valid_after_utc <= datetime.now(UTC)
     _print_ca(info, args.json)
     return EXIT_OK
-

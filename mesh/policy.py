@@ -33,7 +33,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 from facade.yamlfile import Node, Problems, read_str, read_str_list
 
@@ -61,6 +61,9 @@ ACTIONS: tuple[Action, ...] = ("ALLOW", "DENY", "AUDIT")
 _HEADER_KEY_RE = re.compile(r"^request\.headers\[([!#$%&'*+.^_`|~0-9A-Za-z-]+)\]$")
 _CONDITION_KEYS = ("request.headers[<name>]", "source.principal", "source.namespace")
 _METHOD_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Z-]+$")
+
+
+_T = TypeVar("_T")
 
 
 class PolicyError(ValueError):
@@ -102,9 +105,7 @@ def _field_ok(values: Sequence[str], not_values: Sequence[str], value: str | Non
     # An empty tuple means "field not present": it constrains nothing.
     if values and not _any(values, value):
         return False
-    if not_values and _any(not_values, value):
-        return False
-    return True
+    return not (not_values and _any(not_values, value))
 
 
 def _canonical_principal(pattern: str) -> str:
@@ -241,7 +242,7 @@ class Condition:
             return request.principal
         if self.key == "source.namespace":
             return request.namespace
-        return request.header(self.key[len("request.headers["):-1])
+        return request.header(self.key[len("request.headers[") : -1])
 
     def matches(self, request: RequestAttributes) -> bool:
         return _field_ok(self.values, self.not_values, self.value_of(request))
@@ -437,7 +438,9 @@ def _parse_rule(node: Node, problems: Problems) -> Rule | None:
         if not when.is_list or not when.elements():
             problems.error(when, "must be a non-empty list of conditions (omit `when` to match any request)")
         for cond_node in when.elements():
-            cond = _build(cond_node, problems, Condition, cond_node.fields(problems, _CONDITION_FIELDS, required=("key",)))
+            cond = _build(
+                cond_node, problems, Condition, cond_node.fields(problems, _CONDITION_FIELDS, required=("key",))
+            )
             if cond is not None:
                 conditions.append(cond)
     try:
@@ -490,7 +493,7 @@ def _read_lists(node: Node, allowed: tuple[str, ...], problems: Problems) -> dic
     return out
 
 
-def _build(node: Node, problems: Problems, cls: type, values: Mapping[str, object]) -> object | None:
+def _build(node: Node, problems: Problems, cls: type[_T], values: Mapping[str, object]) -> _T | None:
     """Construct ``cls(**values)``, reporting a PolicyError at the position of the offending field."""
     kwargs: dict[str, object] = {}
     for key, value in values.items():

@@ -61,7 +61,7 @@ class SpiffeId:
             if text[: len(_SCHEME)].lower() == _SCHEME:
                 raise InvalidSpiffeId(f"scheme must be lower-case 'spiffe', got {text.split(':', 1)[0]!r}")
             raise InvalidSpiffeId(f"SPIFFE ID must start with {_SCHEME!r}: {text!r}")
-        rest = text[len(_SCHEME):]
+        rest = text[len(_SCHEME) :]
         if "?" in rest:
             raise InvalidSpiffeId("SPIFFE ID must not have a query")
         if "#" in rest:

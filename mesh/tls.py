@@ -189,7 +189,6 @@ class RotatingContext:
             newest = holder.current
             if ssl_object.context is not newest:
                 ssl_object.context = newest
-            return None
 
         # The listening context is a copy with the callback, so swapping does not change it.
         wrapper = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -11,7 +11,7 @@ import contextlib
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -27,11 +27,15 @@ TD = "shop.local"
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def issue(
-    ca: CertificateAuthority, spiffe_id: SpiffeId | str, *, ttl: timedelta = timedelta(hours=1), now: datetime | None = None
+    ca: CertificateAuthority,
+    spiffe_id: SpiffeId | str,
+    *,
+    ttl: timedelta = timedelta(hours=1),
+    now: datetime | None = None,
 ) -> WorkloadIdentity:
     """A real SVID, the way a sidecar gets one: key made here, CSR signed by the CA."""
     sid = SpiffeId.parse(spiffe_id) if isinstance(spiffe_id, str) else spiffe_id
@@ -58,13 +62,9 @@ def forge(
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before or now - timedelta(minutes=1))
         .not_valid_after(not_after or now + timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in uris]), critical=True
-        )
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in uris]), critical=True)
         .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, False, False, True, is_ca, is_ca, False, False), critical=True
-        )
+        .add_extension(x509.KeyUsage(True, False, False, False, True, is_ca, is_ca, False, False), critical=True)
         .add_extension(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
         )
@@ -123,7 +123,7 @@ async def mesh_server(ctx: ssl.SSLContext, *, trust_domain: str = TD) -> AsyncIt
             while line := await asyncio.wait_for(reader.readline(), timeout=5):
                 writer.write(line)
                 await writer.drain()
-        except (ConnectionError, ssl.SSLError, asyncio.TimeoutError):
+        except (TimeoutError, ConnectionError, ssl.SSLError):
             pass
         finally:
             writer.close()
@@ -142,7 +142,9 @@ async def attempt(port: int, verdicts: list[str], client_ctx: ssl.SSLContext | N
     client_error: str | None = None
     try:
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection("127.0.0.1", port, ssl=client_ctx, server_hostname=None if client_ctx is None else ""),
+            asyncio.open_connection(
+                "127.0.0.1", port, ssl=client_ctx, server_hostname=None if client_ctx is None else ""
+            ),
             timeout=5,
         )
         try:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 from datetime import timedelta
 from pathlib import Path
@@ -118,7 +119,7 @@ def test_serials_are_random_and_distinct(ca: CertificateAuthority) -> None:
 
 def test_csr_asking_for_another_identity_is_rejected(ca: CertificateAuthority) -> None:
     _, csr = WorkloadIdentity.new_csr(SpiffeId.workload(TD, "shop", "admin"))
-    with pytest.raises(CsrRejected, match="authorised only for 'spiffe://shop.local/ns/shop/sa/catalog'"):
+    with pytest.raises(CsrRejected, match=re.escape("authorised only for 'spiffe://shop.local/ns/shop/sa/catalog'")):
         ca.sign_csr(csr, spiffe_id=CATALOG)
 
 
@@ -132,7 +133,7 @@ def test_csr_asking_for_extra_names_is_rejected(ca: CertificateAuthority) -> Non
         .sign(key, hashes.SHA256())
         .public_bytes(serialization.Encoding.PEM)
     )
-    with pytest.raises(CsrRejected, match="bank.example"):
+    with pytest.raises(CsrRejected, match=re.escape("bank.example")):
         ca.sign_csr(csr, spiffe_id=CATALOG)
 
 
@@ -229,7 +230,9 @@ def test_rotation_jitter_spreads_a_fleet(ca: CertificateAuthority) -> None:
     times = set()
     for _ in range(8):
         key, csr = WorkloadIdentity.new_csr(CATALOG)
-        identity = WorkloadIdentity.from_pem(key, ca.sign_csr(csr, spiffe_id=CATALOG, now=utcnow().replace(microsecond=0)))
+        identity = WorkloadIdentity.from_pem(
+            key, ca.sign_csr(csr, spiffe_id=CATALOG, now=utcnow().replace(microsecond=0))
+        )
         times.add(identity.rotate_at() - identity.not_before)
     assert len(times) > 1
 
@@ -256,7 +259,10 @@ async def test_sign_route_issues_for_a_token_and_refuses_reuse_and_garbage(ca: C
         garbage = await client.post(SIGN_PATH, content=b"{not json")
         wrong_id = await client.post(
             SIGN_PATH,
-            json={"token": ca.issue_bootstrap_token(CATALOG), "csr": WorkloadIdentity.new_csr(SpiffeId(TD, "/x"))[1].decode()},
+            json={
+                "token": ca.issue_bootstrap_token(CATALOG),
+                "csr": WorkloadIdentity.new_csr(SpiffeId(TD, "/x"))[1].decode(),
+            },
         )
         too_big = await client.post(SIGN_PATH, content=b"x" * 70_000)
         get = await client.get(SIGN_PATH)

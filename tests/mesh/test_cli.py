@@ -27,8 +27,21 @@ def test_init_issue_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 
     out_dir = tmp_path / "certs" / "catalog"
     spiffe_id = "spiffe://shop.local/ns/shop/sa/catalog"
-    code, out, _ = run(capsys, "mesh", "ca", "issue", "--state-dir", state, "--id", spiffe_id, "--out", str(out_dir),
-                       "--ttl", "2h", "--json")
+    code, out, _ = run(
+        capsys,
+        "mesh",
+        "ca",
+        "issue",
+        "--state-dir",
+        state,
+        "--id",
+        spiffe_id,
+        "--out",
+        str(out_dir),
+        "--ttl",
+        "2h",
+        "--json",
+    )
     assert code == EXIT_OK
     info = json.loads(out)
     assert info["spiffe_id"] == spiffe_id
@@ -62,7 +75,9 @@ def test_init_twice_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str
         (("issue", "--id", "spiffe://shop.local/x", "--out", "x", "--ttl", "2"), EXIT_INVALID, "--ttl"),
     ],
 )
-def test_bad_input_exits_invalid(tmp_path: Path, capsys, argv, code, message) -> None:
+def test_bad_input_exits_invalid(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], code: int, message: str
+) -> None:
     state = str(tmp_path / "s")
     if argv[0] == "issue":
         assert run(capsys, "mesh", "ca", "init", "--state-dir", state, "--trust-domain", "shop.local")[0] == EXIT_OK

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from facade.errors import ConfigError
@@ -94,13 +96,37 @@ TABLE: list[tuple[str, list[AuthorizationPolicy], RequestAttributes, bool, str |
     ("not_paths excludes", [allow("p", to(not_paths=("/admin/*",)))], req("/admin/1"), False, None),
     ("methods", [allow("ro", to(methods=("GET", "HEAD")))], req(method="POST"), False, None),
     ("not_methods", [deny("w", to(not_methods=("GET", "HEAD")))], req(method="DELETE"), False, "w"),
-    ("hosts ignore case and port", [allow("h", to(hosts=("Catalog.Shop.Local",)))], req(host="CATALOG.shop.local:15001"), True, "h"),
+    (
+        "hosts ignore case and port",
+        [allow("h", to(hosts=("Catalog.Shop.Local",)))],
+        req(host="CATALOG.shop.local:15001"),
+        True,
+        "h",
+    ),
     ("hosts suffix", [allow("h", to(hosts=("*.shop.local",)))], req(host="orders.shop.local"), True, "h"),
     ("not_hosts", [deny("h", to(not_hosts=("*.shop.local",)))], req(host="evil.example"), False, "h"),
-    ("header condition", [allow("c", when("request.headers[x-canary]", ("1",)))], req(headers={"X-Canary": "1"}), True, "c"),
+    (
+        "header condition",
+        [allow("c", when("request.headers[x-canary]", ("1",)))],
+        req(headers={"X-Canary": "1"}),
+        True,
+        "c",
+    ),
     ("header condition absent", [allow("c", when("request.headers[x-canary]", ("1",)))], req(), False, None),
-    ("header condition not_values", [deny("c", when("request.headers[x-env]", not_values=("prod",)))], req(headers={"x-env": "dev"}), False, "c"),
-    ("header presence with *", [deny("c", when("request.headers[x-debug]", ("*",)))], req(headers={"x-debug": ""}), False, "c"),
+    (
+        "header condition not_values",
+        [deny("c", when("request.headers[x-env]", not_values=("prod",)))],
+        req(headers={"x-env": "dev"}),
+        False,
+        "c",
+    ),
+    (
+        "header presence with *",
+        [deny("c", when("request.headers[x-debug]", ("*",)))],
+        req(headers={"x-debug": ""}),
+        False,
+        "c",
+    ),
     ("source.principal condition", [allow("c", when("source.principal", ("*/sa/web",)))], req(), True, "c"),
     ("source.namespace condition", [allow("c", when("source.namespace", ("ops",)))], req(), False, None),
     (
@@ -160,8 +186,18 @@ def test_decision_names_the_reason() -> None:
 
 # -- bypass attempts against DENY /admin/* ----------------------------------------------------
 
-BYPASSES = [b"/admin/../admin/x", b"/%61dmin/x", b"//admin/x", b"/admin%2fx", b"/admin;x/y", b"/./admin/x",
-            b"/catalog/../admin/x", b"/admin/%2e%2e/admin/x", b"/%2e/admin/x", b"/admin//x"]
+BYPASSES = [
+    b"/admin/../admin/x",
+    b"/%61dmin/x",
+    b"//admin/x",
+    b"/admin%2fx",
+    b"/admin;x/y",
+    b"/./admin/x",
+    b"/catalog/../admin/x",
+    b"/admin/%2e%2e/admin/x",
+    b"/%2e/admin/x",
+    b"/admin//x",
+]
 
 
 @pytest.mark.parametrize("raw", BYPASSES, ids=[b.decode() for b in BYPASSES])
@@ -207,7 +243,7 @@ def test_policy_paths_are_canonicalized_like_request_paths() -> None:
         (lambda: AuthorizationPolicy("p", "REJECT"), "action must be one of"),  # type: ignore[arg-type]
     ],
 )
-def test_bad_policy_values_raise_policy_error(build, message: str) -> None:
+def test_bad_policy_values_raise_policy_error(build: Callable[[], object], message: str) -> None:
     with pytest.raises(PolicyError, match=message):
         build()
 
@@ -287,7 +323,8 @@ def test_yaml_policies_parse_into_the_model() -> None:
             "facade.yaml:5:36: mesh.policies[0].rules[0].to[0].operation.paths: must not be empty",
         ),
         (
-            "mesh:\n  policies:\n    - name: p\n      rules:\n        - when: [{key: \"request.auth.claims[x]\", values: [a]}]\n",
+            "mesh:\n  policies:\n    - name: p\n      rules:\n"
+            '        - when: [{key: "request.auth.claims[x]", values: [a]}]\n',
             "unsupported condition key 'request.auth.claims[x]'",
         ),
         (
@@ -299,7 +336,7 @@ def test_yaml_policies_parse_into_the_model() -> None:
     ],
 )
 def test_yaml_errors_point_at_file_line_col(yaml_text: str, expected: str) -> None:
-    policies, problems = _parse(yaml_text)
+    _, problems = _parse(yaml_text)
     with pytest.raises(ConfigError) as excinfo:
         problems.raise_if_errors()
     assert expected in str(excinfo.value)
