@@ -72,7 +72,8 @@ class Telemetry:
         self.rolling = tuple(sorted(rolling))
         self._horizon = self.rolling[-1]
         self._max_series = max_series
-        self.overflowed = 0
+        self.overflowed = 0  # requests folded into the overflow label set
+        self._label_sets = 0
         # (route, backend, step, method, status_class) -> series; the hot path's only lookup.
         self._series: dict[tuple[str, str, str, str, str], RequestSeries] = {}
         self._by_step: dict[tuple[str, str], list[RequestSeries]] = {}  # (route, step) -> series
@@ -141,23 +142,27 @@ class Telemetry:
         sh[index] = sh.get(index, 0) + 1
 
     def _new_series(self, route: str, backend: str, step: str, method: str, cls: str) -> RequestSeries:
-        # Normalize the method and bound the label sets; cache under the raw key too (bounded by the
-        # same limit) so the next request with these exact values is one lookup.
-        label_method = _METHOD_LABEL.get(method.upper(), "other")
-        if len(self._series) >= self._max_series:
-            self.overflowed += 1
-            route = backend = step = OVERFLOW
+        # Methods are case-sensitive (RFC 9110); anything outside the fixed set is "other" and takes this
+        # slower path on every request, so a client inventing methods cannot grow any table.
+        label_method = _METHOD_LABEL.get(method, "other")
         key = (route, backend, step, label_method, cls)
         series = self._series.get(key)
-        if series is None:
-            ring = self._rings.get((route, backend))
-            if ring is None:
-                ring = self._rings[(route, backend)] = RequestRing(self._horizon)
-            series = RequestSeries(route, backend, step, label_method, cls, ring)
-            self._series[key] = series
-            self._by_step.setdefault((route, step), []).append(series)
-        if len(self._series) < self._max_series:
-            self._series[(route, backend, step, method, cls)] = series
+        if series is not None:
+            return series
+        if self._label_sets >= self._max_series:
+            self.overflowed += 1
+            route = backend = step = OVERFLOW
+            key = (route, backend, step, label_method, cls)
+            series = self._series.get(key)
+            if series is not None:
+                return series
+        else:
+            self._label_sets += 1
+        ring = self._rings.get((route, backend))
+        if ring is None:
+            ring = self._rings[(route, backend)] = RequestRing(self._horizon)
+        series = self._series[key] = RequestSeries(route, backend, step, label_method, cls, ring)
+        self._by_step.setdefault((route, step), []).append(series)
         return series
 
     def record_diff(self, *, route: str, step: str, differing: bool, noise_fields: Iterable[str] = ()) -> None:
@@ -238,7 +243,7 @@ class Telemetry:
         requests = errors = 0
         hist = LogLinearHistogram()
         if label is None:
-            for series in (s for _, s in self._unique_series() if s.route == route and s.backend == backend):
+            for series in (s for s in self._series.values() if s.route == route and s.backend == backend):
                 requests += series.count
                 errors += series.count if series.error else 0
                 hist.merge(series.hist)
@@ -317,13 +322,9 @@ class Telemetry:
 
     def prometheus_text(self) -> str:
         """Every series in the Prometheus text exposition format 0.0.4."""
-        return render_exposition((s for _, s in self._unique_series()), self._diffs.values())
+        return render_exposition(self._series.values(), self._diffs.values())
 
     # -- internals --------------------------------------------------------------------------------
-
-    def _unique_series(self) -> list[tuple[tuple[str, str, str, str, str], RequestSeries]]:
-        # The cache also holds raw-method aliases of a series; the canonical key is its labels.
-        return [(k, s) for k, s in self._series.items() if k[3] == s.method and k[0] == s.route]
 
     def _has_step_series(self, route: str, backend: str, label: str) -> bool:
         return any(s.backend == backend for s in self._by_step.get((route, label), ()))

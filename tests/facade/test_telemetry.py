@@ -238,4 +238,14 @@ def test_label_sets_beyond_the_limit_fold_into_overflow() -> None:
     assert len(samples) == 11  # ten label sets, then one overflow set for this method x status class
     assert sum(s.value for s in samples) == 50  # nothing lost, only folded
     assert any(s.labels["route"] == OVERFLOW for s in samples)
-    assert t.overflowed > 0
+    assert t.overflowed == 40
+
+
+def test_invented_methods_do_not_grow_the_tables() -> None:
+    t = Telemetry(max_series=5)
+    for i in range(1000):
+        hit(t, method=f"M{i}")
+    hit(t, method="GET")  # a real label set still gets its own series
+    samples = families(t.prometheus_text())["http_server_requests"].samples
+    assert {(s.labels["method"], s.value) for s in samples} == {("other", 1000), ("GET", 1)}
+    assert t.overflowed == 0
