@@ -206,7 +206,9 @@ def test_taken_port_is_reported_with_its_label() -> None:
         busy.listen(1)
         busy_port = busy.getsockname()[1]
         (free_port,) = free_ports(1)
-        taken = find_taken_ports([Listen("monolith", "127.0.0.1", busy_port), Listen("catalog", "127.0.0.1", free_port)])
+        taken = find_taken_ports(
+            [Listen("monolith", "127.0.0.1", busy_port), Listen("catalog", "127.0.0.1", free_port)]
+        )
     assert len(taken) == 1
     assert taken[0].startswith(f"port {busy_port} (monolith) is already in use")
 
@@ -378,11 +380,11 @@ def test_up_reports_a_child_that_crashes_at_start_and_stops_the_rest(tmp_path: P
     state = tmp_path / "st"
     (state / "data" / "monolith.db").mkdir(parents=True)  # a directory where the database file should be
     config = write_shop_yaml(tmp_path / "facade.yaml", free_ports(4), tmp_path / ".facade")
-    proc = run_up(config, state)
-    try:
-        out, err = proc.communicate(timeout=40)
-    finally:
-        proc.kill()
+    with run_up(config, state) as proc:
+        try:
+            out, err = proc.communicate(timeout=40)
+        finally:
+            proc.kill()
     assert proc.returncode == 1, err
     assert re.search(r"monolith exited with code 1 during startup; last 20 lines of .*monolith\.log", err.decode())
     assert "unable to open database file" in err.decode()
@@ -393,23 +395,28 @@ def test_up_reports_a_child_that_crashes_at_start_and_stops_the_rest(tmp_path: P
 
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_SERVE, reason="waits on `facade serve` (facade.config.load_config)")
-def test_up_serves_the_shop_through_the_facade_and_stops_cleanly_on_sigint(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_up_serves_the_shop_through_the_facade_and_stops_cleanly_on_a_signal(tmp_path: Path, signum: int) -> None:
     ports = free_ports(4)
     state = tmp_path / "st"
     config = write_shop_yaml(tmp_path / "facade.yaml", ports, tmp_path / ".facade")
-    proc = run_up(config, state)
-    try:
-        out = read_until(proc, "ready", timeout=40)
-        assert "facade up: ready" in out, out + (proc.stderr.read().decode() if proc.poll() is not None else "")
-        pids = started_pids(out)
-        assert set(pids) == {"monolith", "catalog", "facade"}
-        assert re.search(r"admin token: (\S+)", out)
-        r = httpx.get(f"http://127.0.0.1:{ports[0]}/catalog/products/1", trust_env=False, timeout=5)
-        assert r.status_code == 200 and r.headers["x-served-by"] == "monolith"
-        assert r.json()["price"] == "19.99"
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=15)
-    finally:
-        proc.kill()
+    with run_up(config, state) as proc:
+        try:
+            out = read_until(proc, "ready", timeout=40)
+            assert "facade up: ready" in out, out + (proc.stderr.read().decode() if proc.poll() is not None else "")
+            pids = started_pids(out)
+            assert set(pids) == {"monolith", "catalog", "facade"}
+            assert re.search(r"admin token: (\S+)", out)
+            r = httpx.get(f"http://127.0.0.1:{ports[0]}/catalog/products/1", trust_env=False, timeout=5)
+            assert r.status_code == 200 and r.headers["x-served-by"] == "monolith"
+            assert r.json()["price"] == "19.99"
+            proc.send_signal(signum)
+            proc.wait(timeout=15)
+            assert proc.stdout is not None
+            out += proc.stdout.read().decode()
+        finally:
+            proc.kill()
     assert proc.returncode == 0
     assert all(gone(pid) for pid in pids.values())
+    assert f"facade up: stopping (signal {int(signum)})" in out
+    assert "did not stop" not in out  # everything stopped on SIGTERM, nothing needed SIGKILL

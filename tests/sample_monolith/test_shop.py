@@ -112,8 +112,12 @@ async def test_product_detail_and_categories(shop: httpx.AsyncClient) -> None:
 
 async def test_users(shop: httpx.AsyncClient) -> None:
     r = await shop.get("/users/1")
-    assert r.json() == {"id": 1, "name": "Ada Lovelace", "email": "ada@shop.example",
-                        "created_at": "2024-03-01T09:30:00Z"}
+    assert r.json() == {
+        "id": 1,
+        "name": "Ada Lovelace",
+        "email": "ada@shop.example",
+        "created_at": "2024-03-01T09:30:00Z",
+    }
     assert (await shop.get("/users/42")).status_code == 404
 
 
@@ -125,8 +129,10 @@ async def test_cart_add_merge_list_delete(shop: httpx.AsyncClient) -> None:
     await shop.post("/cart/2/items", json={"product_id": 1, "quantity": 1})
     await shop.post("/cart/2/items", json={"product_id": 11})  # quantity defaults to 1
     cart = (await shop.get("/cart/2/items")).json()
-    assert [(i["product_id"], i["quantity"], i["line_total"]) for i in cart["items"]] == [(1, 3, "59.97"),
-                                                                                         (11, 1, "12.00")]
+    assert [(i["product_id"], i["quantity"], i["line_total"]) for i in cart["items"]] == [
+        (1, 3, "59.97"),
+        (11, 1, "12.00"),
+    ]
     assert cart["total"] == {"amount": "71.97", "currency": "USD"} and cart["item_count"] == 4
     assert "generated_at" in cart
     r = await shop.delete("/cart/2/items/1")
@@ -147,8 +153,15 @@ async def test_cart_rejects_bad_input(shop: httpx.AsyncClient) -> None:
 async def test_order_total_is_computed_from_catalog_prices(shop: httpx.AsyncClient) -> None:
     r = await shop.post(
         "/orders",
-        json={"user_id": 1, "items": [{"product_id": 1, "quantity": 3}, {"product_id": 7, "quantity": 1},
-                                      {"product_id": 1, "quantity": 1}], "total": "0.01"},
+        json={
+            "user_id": 1,
+            "items": [
+                {"product_id": 1, "quantity": 3},
+                {"product_id": 7, "quantity": 1},
+                {"product_id": 1, "quantity": 1},
+            ],
+            "total": "0.01",
+        },
     )
     assert r.status_code == 201
     order = r.json()
