@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .identity import WorkloadIdentity
 from .spiffe import InvalidSpiffeId, SpiffeId
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "CertificateAuthority",
     "CsrRejected",
     "TokenRejected",
+    "WorkloadIdentity",  # re-exported: the other half of issuance lives in mesh.identity
 ]
 
 CA_DIRNAME = "ca"

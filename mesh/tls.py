@@ -37,6 +37,7 @@ __all__ = [
     "PeerRejected",
     "RotatingContext",
     "client_context",
+    "looks_like_tls",
     "server_context",
     "verify_peer",
 ]
@@ -46,6 +47,13 @@ MTLS_MODES: tuple[MtlsMode, ...] = ("STRICT", "PERMISSIVE", "DISABLE")
 
 # TLS 1.2 suites with forward secrecy and AEAD only; TLS 1.3 suites are all fine as OpenSSL ships them.
 _TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+
+def looks_like_tls(first_bytes: bytes) -> bool:
+    """Whether a connection's first bytes are a TLS handshake record (0x16 0x03 ...), as Envoy's
+    tls_inspector decides; PERMISSIVE listeners use it to choose the TLS or the plaintext branch.
+    Plain HTTP starts with a method token, which is never 0x16."""
+    return len(first_bytes) >= 2 and first_bytes[0] == 0x16 and first_bytes[1] == 0x03
 
 
 class PeerRejected(Exception):

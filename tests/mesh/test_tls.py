@@ -12,7 +12,7 @@ import pytest
 
 from mesh.ca import CertificateAuthority
 from mesh.spiffe import SpiffeId
-from mesh.tls import PeerRejected, RotatingContext, client_context, server_context, verify_peer
+from mesh.tls import PeerRejected, RotatingContext, client_context, looks_like_tls, server_context, verify_peer
 
 from .pki import TD, attempt, bare_client_context, der, forge, issue, mesh_server, utcnow
 
@@ -223,3 +223,53 @@ async def test_rotation_new_handshakes_get_the_new_certificate_existing_connecti
     assert old_serial == der(first)
     assert new_der == der(second)
     assert rotating.generation == 1
+
+
+async def test_rotating_both_sides_under_concurrent_handshakes_fails_nothing(ca: CertificateAuthority) -> None:
+    # Bounded: 4 clients x 15 connections, 5 rotations of the server and client certificates.
+    server_rotating = RotatingContext(
+        server_context(issue(ca, CATALOG), ca.trust_bundle_pem, trust_domain=TD)  # type: ignore[arg-type]
+    )
+    client_rotating = RotatingContext(client_context(issue(ca, WEB), ca.trust_bundle_pem))
+    failures: list[str] = []
+    seen_server_certs: set[bytes] = set()
+
+    async def client_loop(port: int) -> None:
+        for _ in range(15):
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection("127.0.0.1", port, ssl=client_rotating.current, server_hostname=""), 5
+                )
+                line = await asyncio.wait_for(reader.readline(), 5)
+                seen_server_certs.add(writer.get_extra_info("ssl_object").getpeercert(binary_form=True))
+                writer.close()
+                await writer.wait_closed()
+                if not line.startswith(b"accepted "):
+                    failures.append(line.decode())
+            except (TimeoutError, OSError) as exc:
+                failures.append(repr(exc))
+            await asyncio.sleep(0)
+
+    async def rotator() -> None:
+        for _ in range(5):
+            await asyncio.sleep(0.02)
+            server_rotating.swap(server_context(issue(ca, CATALOG), ca.trust_bundle_pem, trust_domain=TD))  # type: ignore[arg-type]
+            client_rotating.swap(client_context(issue(ca, WEB), ca.trust_bundle_pem))
+
+    async with mesh_server(server_rotating.listener_context()) as (port, verdicts):
+        await asyncio.wait_for(asyncio.gather(rotator(), *(client_loop(port) for _ in range(4))), 30)
+    assert failures == []
+    assert len(verdicts) == 60
+    assert server_rotating.generation == 5
+    assert len(seen_server_certs) > 1  # the rotations really happened mid-load
+
+
+def test_looks_like_tls_tells_a_client_hello_from_plaintext(ca: CertificateAuthority) -> None:
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = client_context(issue(ca, WEB), ca.trust_bundle_pem).wrap_bio(incoming, outgoing, server_side=False)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    assert looks_like_tls(outgoing.read()[:5])  # a real ClientHello
+    assert not looks_like_tls(b"GET / HTTP/1.1\r\n")
+    assert not looks_like_tls(b"\x16")
+    assert not looks_like_tls(b"")
