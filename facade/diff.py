@@ -27,6 +27,7 @@ from collections import OrderedDict, deque
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
+from urllib.parse import unquote_plus
 
 __all__ = [
     "DEFAULT_COMPARE_HEADERS",
@@ -556,11 +557,29 @@ class Redaction:
 
     headers: frozenset[str] = frozenset(DEFAULT_REDACT_HEADERS)
     fields: IgnoreRules = IgnoreRules()
+    query_params: frozenset[str] = frozenset()  # plain field names also redact query parameters of that name
 
     @classmethod
     def of(cls, *, headers: Iterable[str] = DEFAULT_REDACT_HEADERS, fields: Iterable[str] = ()) -> Redaction:
-        """``fields`` are JSON paths (``$.user.password``) or plain key names (``password``: at any depth)."""
-        return cls(frozenset(h.lower() for h in headers), IgnoreRules.parse([_field_rule(f) for f in fields]))
+        """``fields`` are JSON paths (``$.user.password``) or plain key names (``password``: at any depth in
+        the body, and as a query parameter of the request target)."""
+        names = list(fields)
+        return cls(
+            frozenset(h.lower() for h in headers),
+            IgnoreRules.parse([_field_rule(f) for f in names]),
+            frozenset(f for f in names if not f.startswith("$")),
+        )
+
+    def target(self, target: str) -> str:
+        """The request target with the values of redacted query parameters replaced."""
+        path, sep, query = target.partition("?")
+        if not sep or not self.query_params:
+            return target
+        parts = []
+        for pair in query.split("&"):
+            name, eq, _ = pair.partition("=")
+            parts.append(f"{name}={REDACTED}" if eq and unquote_plus(name) in self.query_params else pair)
+        return f"{path}?{'&'.join(parts)}"
 
     def sample(self, sample: ResponseSample) -> ResponseSample:
         headers = [(k, REDACTED if k in self.headers else v) for k, v in sample.headers]
@@ -619,7 +638,7 @@ class DiffSample:
     route: str
     step: str
     method: str
-    target: str  # path and query as sent; route config decides whether queries may carry secrets
+    target: str  # path and query as sent (query values of redacted field names are masked in the ring)
     primary_status: int
     candidate_status: int
     result: DiffResult
@@ -655,7 +674,8 @@ class DiffRing:
         return sum(len(ring) for ring in self._rings.values())
 
     def add(self, sample: DiffSample) -> None:
-        stored = replace(sample, result=self.redaction.result(sample.result))
+        stored = replace(sample, target=self.redaction.target(sample.target),
+                         result=self.redaction.result(sample.result))
         ring = self._rings.get(sample.route)
         if ring is None:
             if len(self._rings) >= self.max_routes:

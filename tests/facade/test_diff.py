@@ -221,14 +221,14 @@ def test_diff_ring_redacts_differences_and_is_bounded() -> None:
           headers={"set-cookie": "s=2"})
     for i in range(12):
         result = diff_responses(a, b, compare_headers=("set-cookie",))
-        ring.add(DiffSample(route="catalog", step="0:shadow", method="GET", target=f"/catalog/{i}",
+        ring.add(DiffSample(route="catalog", step="0:shadow", method="GET", target=f"/catalog/{i}?password=pw&q=1",
                             primary_status=200, candidate_status=200, result=result))
     assert len(ring) == 5
     view = ring.to_json("catalog", limit=3)
     assert view["kept"] == 5 and view["seen"] == 12 and len(view["samples"]) == 3
-    assert view["samples"][0]["request"] == "GET /catalog/11"  # newest first
+    assert view["samples"][0]["request"] == "GET /catalog/11?password=[redacted]&q=1"  # newest first
     text = json.dumps(view)
-    assert "secret" not in text and "p1" not in text and "s=1" not in text
+    assert "secret" not in text and "p1" not in text and "s=1" not in text and "=pw" not in text
     paths = [d["path"] for d in view["samples"][0]["differences"]]
     assert paths == ["headers.set-cookie", "$.password", "$.name", "$.profile.password", "$.profile.extra"]
     texts = [d["text"] for d in view["samples"][0]["differences"]]
