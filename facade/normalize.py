@@ -243,7 +243,8 @@ def normalize_host(raw: bytes | str) -> str:
     """The host to route on: lower-case, port and one trailing dot stripped, IPv6 kept as ``[::1]``.
 
     An empty Host (HTTP/1.0) gives "". Raises ``HostRejected`` for characters outside letters, digits,
-    "-", ".", "_" (":" only inside brackets), a bad port, a bad IPv6 literal, or over 255 bytes.
+    "-", ".", "_" (":" only inside brackets), an empty label ("a..b"), a bad port, a bad IPv6 literal,
+    or over 255 bytes.
     """
     if isinstance(raw, str):
         try:
@@ -263,6 +264,8 @@ def normalize_host(raw: bytes | str) -> str:
         host = host[:-1]
     if host.translate(None, _HOST_DELETE):
         raise HostRejected("invalid character in host")
+    if host and (host[:1] == b"." or host[-1:] == b"." or b".." in host):
+        raise HostRejected("empty label in host")
     if len(host) > MAX_HOST_BYTES:
         raise HostRejected("host too long")
     return host.lower().decode("ascii")
