@@ -100,7 +100,7 @@ def write_shop_yaml(path: Path, ports: list[int], state_dir: Path) -> Path:
 
 def gone(pid: int) -> bool:
     try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return True
 
@@ -297,6 +297,16 @@ def test_sigint_and_sigterm_end_supervision_without_a_failure(tmp_path: Path, st
     assert gone(pid)
 
 
+def test_start_without_wait_returns_before_children_are_healthy(tmp_path: Path, stacks: list[Stack]) -> None:
+    (port,) = free_ports(1)
+    spec = ChildSpec("sleeper", (PY, "-c", "import time; time.sleep(60)"), (), f"http://127.0.0.1:{port}/healthz",
+                     (Listen("sleeper", "127.0.0.1", port),))  # fmt: skip
+    stack = Stack([spec], log_dir=tmp_path / "logs", health_timeout=0.1, out=io.StringIO())
+    stacks.append(stack)
+    stack.start(wait=False)  # would raise ChildFailed (never healthy) with wait=True
+    assert not gone(stack.pids["sleeper"])
+
+
 IGNORES_SIGTERM = """
 import http.server, signal, subprocess, sys
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -403,6 +413,7 @@ def test_up_serves_the_shop_through_the_facade_and_stops_cleanly_on_a_signal(tmp
     with run_up(config, state) as proc:
         try:
             out = read_until(proc, "ready", timeout=40)
+            assert proc.stderr is not None
             assert "facade up: ready" in out, out + (proc.stderr.read().decode() if proc.poll() is not None else "")
             pids = started_pids(out)
             assert set(pids) == {"monolith", "catalog", "facade"}

@@ -198,12 +198,13 @@ async def test_order_rejections(shop: httpx.AsyncClient) -> None:
 async def test_list_endpoints_match_the_monolith_modulo_generated_at(
     shop: httpx.AsyncClient, carved: httpx.AsyncClient
 ) -> None:
-    for path, params in [
+    cases: list[tuple[str, dict[str, str | int]]] = [
         ("/catalog/products", {}),
         ("/catalog/products", {"q": "book", "limit": 3}),
         ("/catalog/products", {"category": "kitchen", "offset": 1}),
         ("/catalog/categories", {}),
-    ]:
+    ]
+    for path, params in cases:
         old, new = await shop.get(path, params=params), await carved.get(path, params=params)
         assert old.status_code == new.status_code == 200
         assert without_generated_at(old.json()) == without_generated_at(new.json()), path
