@@ -6,6 +6,7 @@
     identity    WorkloadIdentity: a workload's own key + SVID, CSR generation, rotation timing
     tls         server_context / client_context / verify_peer / RotatingContext (mTLS, hot rotation)
     policy      AuthorizationPolicy + evaluate(): Istio AuthorizationPolicy semantics (pure)
+    xfcc        X-Forwarded-Client-Cert (Envoy format) from a verified peer
     cli         `facade mesh ca init|issue|show`
 """
 
