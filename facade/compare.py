@@ -50,7 +50,8 @@ _QUANTILES = (("p50_ms", 0.50), ("p95_ms", 0.95), ("p99_ms", 0.99))
 
 @dataclass(frozen=True, slots=True)
 class MetricRow:
-    """One line of the report. ``abs_diff`` is new - old; ``rel_diff`` is (new - old) / old."""
+    """One line of the report. ``abs_diff`` is new - old; ``rel_diff`` is (new - old) / old; ``ratio`` is
+    new / old for latencies (what a ``latency_p99: {max_ratio: 1.25}`` gate reads)."""
 
     metric: str  # requests | error_rate | p50_ms | p95_ms | p99_ms | diff_rate
     old: float | None
@@ -61,6 +62,7 @@ class MetricRow:
     significant: bool = False
     direction: Direction | None = None
     note: str = ""
+    ratio: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -69,6 +71,7 @@ class MetricRow:
             "new": self.new,
             "abs_diff": self.abs_diff,
             "rel_diff": self.rel_diff,
+            "ratio": self.ratio,
             "p_value": self.p_value,
             "significant": self.significant,
             "direction": self.direction,
@@ -223,8 +226,9 @@ def _latency_row(name: str, q: float, old: SideStats, new: SideStats, *, min_req
     enough = min(old.requests, new.requests) >= needed
     material = rel_diff is not None and abs(rel_diff) >= tolerance
     note = "" if enough else f"needs {needed} requests a side"
+    ratio = new_v / old_v if old_v and new_v is not None else None
     return MetricRow(name, old_v, new_v, abs_diff, rel_diff, None, significant=enough and material,
-                     direction=_direction(old_v, new_v), note=note)
+                     direction=_direction(old_v, new_v), note=note, ratio=ratio)
 
 
 def _diff_row(diffs: DiffCounts) -> MetricRow:
@@ -254,7 +258,7 @@ def _phrase(row: MetricRow, diffs: DiffCounts | None) -> str:
     if row.metric == "diff_rate":
         assert diffs is not None
         return f"different responses for {_pct(row.new)} of shadowed requests ({diffs.differing} of {diffs.compared})"
-    ratio = (row.new or 0.0) / row.old if row.old else math.inf
+    ratio = row.ratio if row.ratio is not None else math.inf
     quantile = row.metric.removesuffix("_ms")
     return f"a {word} {quantile} latency ({_ms(row.new)} vs {_ms(row.old)}, x{ratio:.2f})"
 

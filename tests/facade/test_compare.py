@@ -70,6 +70,7 @@ def test_latency_needs_enough_samples_in_the_tail() -> None:
     many = compare(old=side(5000), new=slow(2000))
     assert many.row("p99_ms").significant
     assert many.row("p99_ms").rel_diff == pytest.approx(1.5)
+    assert many.row("p99_ms").ratio == pytest.approx(2.5)
     assert many.outcome == "worse"
     assert "higher p99 latency (200.0 ms vs 80.0 ms, x2.50)" in many.verdict
 
