@@ -184,11 +184,7 @@ def test_differences_are_capped_but_differs_stays_true() -> None:
 
 
 def test_deeply_nested_json_does_not_overflow_the_stack() -> None:
-    deep_a: Any = 1
-    deep_b: Any = 2
-    for _ in range(5000):
-        deep_a, deep_b = {"n": deep_a}, {"n": deep_b}
-    # json.dumps/loads cannot handle this depth: build the body by hand and expect a bytes fallback or a diff.
+    # json.loads cannot parse this depth: the bodies fall back to a byte comparison and still differ.
     body_a = b'{"n":' * 5000 + b"1" + b"}" * 5000
     body_b = b'{"n":' * 5000 + b"2" + b"}" * 5000
     result = diff_responses(ResponseSample(200, JSON_CT, body_a), ResponseSample(200, JSON_CT, body_b))
