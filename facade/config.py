@@ -391,7 +391,10 @@ def parse_config(doc: YamlDocument, *, env: Mapping[str, str] | None = None) -> 
     limits = _read_limits(f.get("limits"), problems)
     normalize = _read_normalize(f.get("normalize"), problems)
     services = _read_services(f.get("services"), ctx)
-    routes = _read_routes(f.get("routes"), ctx, [s.name for s in services], doc.root)
+    # Routes may name any declared service, even one with errors of its own (reported there).
+    services_node = f.get("services")
+    declared = [name for name, _ in services_node.items()] if services_node is not None else []
+    routes = _read_routes(f.get("routes"), ctx, declared, doc.root)
 
     if not problems.errors:
         for later, earlier in unreachable_routes([r for r, _ in routes]):
@@ -884,7 +887,7 @@ def _read_route(node: Node, ctx: _Ctx, services: list[str], names: dict[str, int
         names[name] = node.line
     matches = _read_matches(f.get("match"), problems)
 
-    actions = [a for a in _ACTIONS if a in f]
+    actions = [k for k in f if k in _ACTIONS]  # file order, so the error points at the second one
     if not actions:
         problems.error(node, "needs one action: backend, backends, redirect or direct_response")
     for extra in actions[1:]:
@@ -1144,7 +1147,7 @@ def _read_path_match(node: Node | None, problems: Problems) -> tuple[Literal["ex
     if node is None or node.is_null:
         return "prefix", "/"
     f = node.fields(problems, ("prefix", "exact", "regex"))
-    given = [k for k in ("prefix", "exact", "regex") if k in f]
+    given = [k for k, _ in node.items() if k in f and k in ("prefix", "exact", "regex")]
     if node.is_mapping and len(given) != 1:
         if not given:
             problems.error(node, "needs exactly one of prefix, exact, regex")
@@ -1156,7 +1159,7 @@ def _read_path_match(node: Node | None, problems: Problems) -> tuple[Literal["ex
             )
     if not given:
         return "prefix", "/"
-    kind = given[0]
+    kind = cast(Literal["exact", "prefix", "regex"], given[0])
     if kind == "regex":
         pattern = _read_regex(f[kind], problems)
         return kind, pattern if pattern is not None else ""
@@ -1207,7 +1210,7 @@ def _read_string_match(node: Node, problems: Problems) -> StringMatch | None:
         value = read_str(node, problems)  # a bare string means exact
         return StringMatch("exact", value) if value is not None else None
     f = node.fields(problems, _STRING_MATCH_KINDS)
-    given = [k for k in _STRING_MATCH_KINDS if k in f]
+    given = [k for k, _ in node.items() if k in f and k in _STRING_MATCH_KINDS]
     if len(given) != 1:
         if not given and node.is_mapping:
             problems.error(node, f"needs exactly one of {', '.join(_STRING_MATCH_KINDS)}")
