@@ -33,7 +33,7 @@ from types import FrameType
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
-from .config import DEFAULT_LISTEN, AdminSpec, Config, EndpointGroup, HealthCheck, ServiceSpec
+from .config import Config
 from .console import EXIT_FAILURE, EXIT_INVALID, EXIT_OK, render_table
 from .errors import ConfigError, FacadeError
 
@@ -228,6 +228,8 @@ def render_ready(plan: StackPlan, pids: dict[str, int], *, config_path: str, tok
     ]
     if token:
         lines += ["", f"admin token: {token}", f"  export FACADE_ADMIN_TOKEN={token}"]
+    else:
+        lines += ["", "admin token: the config's admin.token (or $FACADE_ADMIN_TOKEN)"]
     lines += [f"logs: {log_dir}"]
     for note in plan.notes:
         lines.append(f"note: {note}")
@@ -466,6 +468,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir).resolve()
     try:
         config = load_stack_config(config_path)
+        for warning in getattr(config, "warnings", ()):
+            print(str(warning), file=sys.stderr)
         # The config's own admin.token wins in the facade; only generate one when it has none.
         token = None if config.admin.token else secrets.token_urlsafe(24)
         plan = plan_stack(
@@ -494,14 +498,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     stack = Stack(plan.specs, log_dir=state_dir / "logs")
     restore = install_stop_handlers(stack.request_stop)
     try:
-        return _run(stack, plan, args, config_path=config_path, token=token or "(from the config's admin.token)")
+        return _run(stack, plan, args, config_path=config_path, token=token)
     finally:
         # 5. Whatever happened, nothing we started outlives us.
         stack.stop()
         restore()
 
 
-def _run(stack: Stack, plan: StackPlan, args: argparse.Namespace, *, config_path: str, token: str) -> int:
+def _run(stack: Stack, plan: StackPlan, args: argparse.Namespace, *, config_path: str, token: str | None) -> int:
     # 2 + 3. Start the stages, each healthy before the next.
     try:
         stack.start(wait=not args.no_wait)
@@ -546,47 +550,7 @@ def _pythonpath() -> str:
 
 
 def load_stack_config(path: str) -> Config:
-    """The config through ``facade.config.load_config``; until that parser exists, a minimal
-    reader of the keys ``facade up`` needs (listen, admin, services' endpoints and health path)."""
-    from . import config as config_module
+    """The config, validated by ``facade.config.load_config`` (raises ConfigError, OSError)."""
+    from .config import load_config
 
-    load = getattr(config_module, "load_config", None)
-    if load is not None:
-        loaded: Config = load(path)
-        return loaded
-    return _minimal_config(path)
-
-
-def _minimal_config(path: str) -> Config:
-    import hashlib
-
-    import yaml
-
-    raw = Path(path).read_bytes()
-    try:
-        data = yaml.safe_load(raw) or {}
-    except yaml.YAMLError as exc:
-        raise StackError(f"{path}: {exc}") from None
-    services = []
-    for name, body in (data.get("services") or {}).items():
-        body = body or {}
-        endpoints = tuple(str(e) for e in body.get("endpoints") or ())
-        hc = body.get("health_check")
-        services.append(
-            ServiceSpec(
-                name=str(name),
-                groups=(EndpointGroup("default", endpoints),),
-                health_check=HealthCheck(path=str(hc.get("path", "/healthz"))) if isinstance(hc, dict) else None,
-            )
-        )
-    admin = data.get("admin")
-    admin_listen = admin if isinstance(admin, str) else (admin or {}).get("listen", AdminSpec().listen)
-    admin_token = (admin or {}).get("token") if isinstance(admin, dict) else None
-    return Config(
-        source=path,
-        sha256=hashlib.sha256(raw).hexdigest(),
-        listen=str(data.get("listen", DEFAULT_LISTEN)),
-        admin=AdminSpec(listen=str(admin_listen), token=admin_token),
-        services=tuple(services),
-        state_dir=str(data.get("state_dir", ".facade")),
-    )
+    return load_config(path)
