@@ -465,6 +465,9 @@ def _nonempty_str(node: Node | None, problems: Problems) -> str | None:
 
 
 def _positive_duration(node: Node | None, problems: Problems, default: float) -> float:
+    if node is not None and node.is_null:
+        problems.error(node, "must be a duration (e.g. 5s), got null")
+        return default
     value = read_duration(node, problems, default=None)
     if value is None:
         return default
@@ -918,7 +921,8 @@ def _read_route(node: Node, ctx: _Ctx, services: list[str], names: dict[str, int
                 where, f"rewrite needs a prefix path match, this route matches by {kind}", path=f["rewrite"].path
             )
 
-    timeout = _positive_duration(f["timeout"], problems, 0.0) if "timeout" in f else None
+    # null or absent: the service's request timeout applies
+    timeout = _optional_duration(f.get("timeout"), problems, None)
     route = Route(
         name=name or "",
         matches=matches,
@@ -928,7 +932,7 @@ def _read_route(node: Node, ctx: _Ctx, services: list[str], names: dict[str, int
         rewrite_prefix=rewrite,
         request_headers=_read_header_ops(f.get("request_headers"), problems),
         response_headers=_read_header_ops(f.get("response_headers"), problems),
-        timeout=timeout or None,
+        timeout=timeout,
         retries=_read_retries(f.get("retries"), problems),
         line=node.line,
     )
@@ -1209,7 +1213,7 @@ def _read_string_match(node: Node, problems: Problems) -> StringMatch | None:
     if node.is_scalar and not node.is_null:
         value = read_str(node, problems)  # a bare string means exact
         return StringMatch("exact", value) if value is not None else None
-    f = node.fields(problems, _STRING_MATCH_KINDS)
+    f = node.fields(problems, (*_STRING_MATCH_KINDS, "case_sensitive"))
     given = [k for k, _ in node.items() if k in f and k in _STRING_MATCH_KINDS]
     if len(given) != 1:
         if not given and node.is_mapping:
@@ -1223,6 +1227,15 @@ def _read_string_match(node: Node, problems: Problems) -> StringMatch | None:
         return None
     kind = given[0]
     value_node = f[kind]
+    # Envoy's StringMatcher.ignore_case, for exact and prefix only (a regex can say (?i) itself).
+    case_node = f.get("case_sensitive")
+    case_sensitive = read_bool(case_node, problems, default=True)
+    if case_node is not None and kind not in ("exact", "prefix"):
+        problems.error(
+            node.key_node("case_sensitive") or case_node,
+            f"applies to exact and prefix only, not {kind}" + (" (use (?i) in the regex)" if kind == "regex" else ""),
+            path=case_node.path,
+        )
     if kind in ("present", "absent"):
         flag = read_bool(value_node, problems)
         if flag is False:
@@ -1233,7 +1246,9 @@ def _read_string_match(node: Node, problems: Problems) -> StringMatch | None:
         pattern = _read_regex(value_node, problems)
         return StringMatch("regex", pattern) if pattern is not None else None
     value = read_str(value_node, problems)
-    return StringMatch(cast(Literal["exact", "prefix"], kind), value) if value is not None else None
+    if value is None:
+        return None
+    return StringMatch(cast(Literal["exact", "prefix"], kind), value, case_sensitive=case_sensitive)
 
 
 # == unreachable routes =====================================================================

@@ -450,6 +450,33 @@ def test_header_and_query_matchers() -> None:
     ]
 
 
+def test_value_matchers_may_ignore_case_except_regex() -> None:
+    config, problems = run(
+        """
+        routes:
+          - name: r
+            match: {headers: {x-env: {exact: Demo, case_sensitive: false}}, query: {q: {prefix: A}}}
+            direct_response: {}
+        """
+    )
+    assert problems == [] and config is not None
+    assert config.routes[0].matches[0].headers == (("x-env", StringMatch("exact", "Demo", case_sensitive=False)),)
+    assert config.routes[0].matches[0].query == (("q", StringMatch("prefix", "A", case_sensitive=True)),)
+    assert messages(
+        """
+        routes:
+          - name: r
+            match: {headers: {x-env: {regex: "^d", case_sensitive: false}}}
+            direct_response: {}
+        """
+    ) == [
+        (
+            "facade.yaml:3:44: routes[0].match.headers.x-env.case_sensitive: applies to exact and prefix only, "
+            "not regex (use (?i) in the regex)"
+        )
+    ]
+
+
 def test_action_errors_redirect_direct_response_rewrite_retries() -> None:
     assert messages(
         """
