@@ -120,16 +120,16 @@ class StackPlan:
     facade_url: str = ""
 
 
-def parse_listen(value: str, *, what: str) -> tuple[str, int]:
+class StackError(FacadeError):
+    """The config cannot be turned into a stack (e.g. two children on one port)."""
+
+
+def _parse_listen(value: str, *, what: str) -> tuple[str, int]:
     """``"127.0.0.1:8080"`` / ``"[::1]:8080"`` / ``":8080"`` -> (host, port)."""
     host, sep, port_text = value.rpartition(":")
     if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise StackError(f"{what}: expected host:port, got {value!r}")
     return host.strip("[]") or "127.0.0.1", int(port_text)
-
-
-class StackError(FacadeError):
-    """The config cannot be turned into a stack (e.g. two children on one port)."""
 
 
 def plan_stack(
@@ -174,8 +174,8 @@ def plan_stack(
             child_env = (*common_env, ("SHOP_DB", db), ("CATALOG_DB", db))
             specs.append(ChildSpec(name, argv, child_env, listen.url + health_path, (listen,), stage=0))
 
-    facade_host, facade_port = parse_listen(config.listen, what="listen")
-    admin_host, admin_port = parse_listen(config.admin.listen, what="admin.listen")
+    facade_host, facade_port = _parse_listen(config.listen, what="listen")
+    admin_host, admin_port = _parse_listen(config.admin.listen, what="admin.listen")
     facade_listen = Listen("facade", facade_host, facade_port)
     admin_listen = Listen("admin", admin_host, admin_port)
     env = list(common_env)
