@@ -93,7 +93,7 @@ def build_snapshot(
     shadow: Any = None,
 ) -> Snapshot:
     """Compile a config (and the migration splits in force) into a Snapshot. Pure but for reading ``upstreams``."""
-    table = RouteTable.compile(config.routes, canonicalize=canonical_route_path)
+    table = RouteTable.compile(config.routes, canonicalize=canonical_route_path, source=config.source)
     weighted = {
         r.name: WeightedChoice.from_backends([(b.service, b.weight) for b in r.backends])
         for r in config.routes
