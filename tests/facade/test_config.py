@@ -752,3 +752,10 @@ def test_docs_name_every_key() -> None:
     keys = set(module._TOP_FIELDS) | set(module._SERVICE_FIELDS) | set(module._ROUTE_FIELDS)
     missing = sorted(k for k in keys if not re.search(rf"`{re.escape(k)}`", text))
     assert missing == []
+
+
+def test_docs_full_example_is_the_tested_fixture() -> None:
+    text = DOCS.read_text()
+    example = text.split("## Full example", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    fixture = (FIXTURES / "full.yaml").read_text()
+    assert example == fixture.split("\n", 1)[1]  # the fixture's first line is a comment
