@@ -60,6 +60,7 @@ def guarded_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
         _in_body: bool
         _head_bytes: int
         _head_timer: asyncio.TimerHandle | None
+        _too_large: bool = False
 
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -74,12 +75,9 @@ def guarded_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
             if counted:
                 self._head_bytes += len(data)
             super().data_received(data)
-            if (
-                counted
-                and not self._in_body
-                and self._head_bytes > limits.max_head_bytes
-                and not self.transport.is_closing()
-            ):
+            if self.transport.is_closing():
+                return
+            if self._too_large or (counted and not self._in_body and self._head_bytes > limits.max_head_bytes):
                 self._reject(_RESPONSE_431, "request head over %d bytes", limits.max_head_bytes)
 
         def on_message_begin(self) -> None:
@@ -93,11 +91,21 @@ def guarded_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
             self._in_body = True
             self._head_bytes = 0
             self._cancel_head_timer()
+            # A head that arrived whole in one read was never seen half-way: measure it now.
+            size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
+            if size > limits.max_head_bytes:
+                self._too_large = True  # answered by data_received once the parser returns
+                return
             super().on_headers_complete()
+
+        def on_body(self, body: bytes) -> None:
+            if not self._too_large:
+                super().on_body(body)
 
         def on_message_complete(self) -> None:
             self._in_body = False
-            super().on_message_complete()
+            if not self._too_large:
+                super().on_message_complete()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_head_timer()

@@ -312,7 +312,8 @@ class FacadeRuntime:
         self.url = _url(listen_sock, "https" if tls else "http")
         self.admin_url = _url(admin_sock, "http")
         if self.watch_interval:
-            self._tasks.append(asyncio.create_task(self._watch_file()))
+            # Take the first look now, not when the task first runs: a change in between must count.
+            self._tasks.append(asyncio.create_task(self._watch_file(_stat(self.config_path))))
         logger.info("facade listening on %s (admin %s), config %s", self.url, self.admin_url, self.config_path)
 
     async def stop(self) -> None:
@@ -345,19 +346,11 @@ class FacadeRuntime:
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
 
-    async def _watch_file(self) -> None:
+    async def _watch_file(self, seen: tuple[float, int] | None) -> None:
         """Reload when the config file changes (mtime/size poll: no extra dependency, works on every FS)."""
-        def stat() -> tuple[float, int] | None:
-            try:
-                st = os.stat(self.config_path)
-            except OSError:
-                return None
-            return (st.st_mtime, st.st_size)
-
-        seen = stat()
         while True:
             await asyncio.sleep(self.watch_interval or 1.0)
-            now = stat()
+            now = _stat(self.config_path)
             if now is not None and now != seen:
                 seen = now
                 await self.reload("file-change")
@@ -367,6 +360,14 @@ class FacadeRuntime:
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(self.stop()))
+
+
+def _stat(path: str) -> tuple[float, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime, st.st_size)
 
 
 def replace_config(config: Config, **changes: Any) -> Config:
