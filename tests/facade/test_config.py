@@ -759,3 +759,15 @@ def test_docs_full_example_is_the_tested_fixture() -> None:
     example = text.split("## Full example", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
     fixture = (FIXTURES / "full.yaml").read_text()
     assert example == fixture.split("\n", 1)[1]  # the fixture's first line is a comment
+
+
+def test_facade_validate_command_reports_problems_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    from facade.cli import main
+
+    assert main(["validate", "-c", str(FIXTURES / "full.yaml")]) == 0
+    assert "valid (2 services, 6 routes)" in capsys.readouterr().out
+
+    Path("facade.yaml").write_text("routes:\n  - name: all\n    backend: ghost\n  - {name: x, direct_response: {}}\n")
+    assert main(["validate", "-c", "facade.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "facade.yaml:3:14: routes[0].backend: unknown service 'ghost' (no services are defined)" in err
