@@ -20,6 +20,7 @@ no dot-segments, no repeated slashes) is answered with one ``bytes.translate`` a
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import Literal
 
@@ -276,6 +277,7 @@ def _valid_port(port: bytes) -> bool:
     return not port or (len(port) <= 5 and port.isdigit() and int(port) <= 65535)
 
 
+@functools.lru_cache(maxsize=256)  # ipaddress is slow, and a client sends the same literal every time
 def _ipv6_host(data: bytes) -> str:
     end = data.find(b"]")
     if end < 0:
