@@ -146,7 +146,13 @@ def build_admin_app(runtime: FacadeRuntime) -> Starlette:
         result = await runtime.reload("api")
         return JSONResponse(result.to_json(), status_code=200 if result.ok else 422)
 
+    async def metrics(request: Request) -> Response:
+        from .telemetry import CONTENT_TYPE
+
+        return Response(runtime.telemetry.prometheus_text(), media_type=CONTENT_TYPE)
+
     endpoints: list[BaseRoute] = [
+        Route("/metrics", metrics),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/routes", routes),

@@ -170,9 +170,7 @@ def _describe_match(m: dict[str, Any]) -> str:
 
 def _describe_pool(b: dict[str, Any]) -> str:
     pool = b.get("pool") or {}
-    eps = pool.get("endpoints") or []
-    up = sum(1 for e in eps if e.get("available", e.get("healthy")))
-    return f"{b['service']} {up}/{len(eps)} up"
+    return f"{b['service']} {pool.get('available', 0)}/{pool.get('total', 0)} up"
 
 
 def cmd_reload(args: argparse.Namespace) -> int:

@@ -69,17 +69,45 @@ class _BodyTooLarge(Exception):
     pass
 
 
+class BodyTee:
+    """Keeps the first ``limit`` bytes of a streamed body for shadow comparison (never more)."""
+
+    __slots__ = ("limit", "chunks", "size", "truncated")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.truncated = False
+
+    def add(self, chunk: bytes) -> None:
+        room = self.limit - self.size
+        if room <= 0:
+            self.truncated = self.truncated or bool(chunk)
+            return
+        if len(chunk) > room:
+            chunk = chunk[:room]
+            self.truncated = True
+        self.chunks.append(chunk)
+        self.size += len(chunk)
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.chunks)
+
+
 class RequestBody:
     """The client's request body as an async iterator, bounded by ``limit`` bytes."""
 
-    __slots__ = ("_receive", "_limit", "started", "received", "error")
+    __slots__ = ("_receive", "_limit", "started", "received", "error", "tee")
 
-    def __init__(self, receive: Receive, limit: int | None) -> None:
+    def __init__(self, receive: Receive, limit: int | None, tee: BodyTee | None = None) -> None:
         self._receive = receive
         self._limit = limit
         self.started = False  # once True, the body cannot be replayed (no retry)
         self.received = 0
         self.error: Exception | None = None
+        self.tee = tee
 
     def __aiter__(self) -> Any:
         return self._iterate()
@@ -99,6 +127,8 @@ class RequestBody:
                 self.error = _BodyTooLarge()
                 raise self.error
             if chunk:
+                if self.tee is not None:
+                    self.tee.add(chunk)
                 yield chunk
 
 
@@ -197,7 +227,14 @@ class Proxy:
             if int(content_length) > max_body:
                 await _json_response(send, 413, {"error": "request body too large", "limit": max_body})
                 return
-        body = RequestBody(receive, max_body) if has_body else None
+        # Shadow: the sender decides whether this request is mirrored (safe methods, capacity);
+        # if so, the proxy keeps bounded copies of the request and primary response bodies.
+        ticket = None
+        if shadow and snap.shadow is not None:
+            ticket = snap.shadow.begin(route=route.name, split=split, method=method)
+        req_tee = BodyTee(ticket.max_body) if ticket is not None and has_body else None
+        resp_tee = BodyTee(ticket.max_body) if ticket is not None else None
+        body = RequestBody(receive, max_body, req_tee) if has_body else None
 
         client = scope.get("client") or ("", 0)
         ctx = ForwardContext(
@@ -216,6 +253,7 @@ class Proxy:
         target = hit.upstream_path + ("?" + query.decode("latin-1") if query else "")
 
         status = 0
+        primary_headers: list[tuple[bytes, bytes]] = []
         upstream_s: float | None = None
         bytes_out = 0
         response_started = False
@@ -226,13 +264,15 @@ class Proxy:
             status = resp.status
             try:
                 out_headers = filter_response_headers(resp.raw_headers)
+                if ticket is not None:
+                    primary_headers = list(out_headers)
                 if not route.response_headers.empty:
                     out_headers = _apply_response_ops(out_headers, route.response_headers)
                 if set_cookie is not None:
                     out_headers.append((b"set-cookie", set_cookie))
                 await send({"type": "http.response.start", "status": status, "headers": out_headers})
                 response_started = True
-                bytes_out = await _stream_response(resp, receive, send, method)
+                bytes_out = await _stream_response(resp, receive, send, method, resp_tee)
             finally:
                 resp.release()
         except ProxyError as exc:
@@ -264,9 +304,18 @@ class Proxy:
                     "method": method, "path": path, "status": status, "latency_ms": round(duration * 1000, 3),
                     "request_id": ids.request_id, "trace_id": ids.trace_id,
                 }))
-        if shadow and snap.shadow is not None and status:
-            snap.shadow.mirror(route=route, split=split, method=method, target=target, headers=up_headers,
-                               has_body=has_body, primary_status=status)
+        if ticket is not None:
+            # After the client has its whole response: mirroring never delays the primary.
+            if status and status < 600 and resp_tee is not None and upstream_s is not None:
+                snap.shadow.submit(
+                    ticket, target=target, headers=up_headers,
+                    request_body=req_tee.data if req_tee is not None else None,
+                    request_truncated=req_tee.truncated if req_tee is not None else False,
+                    primary_status=status, primary_headers=primary_headers,
+                    primary_body=resp_tee.data, primary_truncated=resp_tee.truncated,
+                )
+            else:
+                snap.shadow.cancel(ticket)
 
     async def _forward(
         self,
@@ -375,7 +424,9 @@ async def _backoff(attempt: int) -> None:
     await asyncio.sleep(random.uniform(0, cap))
 
 
-async def _stream_response(resp: aiohttp.ClientResponse, receive: Receive, send: Send, method: str) -> int:
+async def _stream_response(
+    resp: aiohttp.ClientResponse, receive: Receive, send: Send, method: str, tee: BodyTee | None = None
+) -> int:
     """Copy the upstream body to the client as it arrives (SSE flushes per chunk); return bytes sent.
 
     A large or slow body is watched for a client disconnect so the upstream read stops too.
@@ -386,9 +437,9 @@ async def _stream_response(resp: aiohttp.ClientResponse, receive: Receive, send:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return 0
     first = await content.readany()
+    if tee is not None:
+        tee.add(first)
     if not first or content.at_eof():
-        if first and not content.at_eof():  # pragma: no cover - readany returned data but more may come
-            pass
         await send({"type": "http.response.body", "body": first, "more_body": False})
         return len(first)
     await send({"type": "http.response.body", "body": first, "more_body": True})
@@ -404,6 +455,8 @@ async def _stream_response(resp: aiohttp.ClientResponse, receive: Receive, send:
             chunk = reader.result()
             if not chunk:
                 break
+            if tee is not None:
+                tee.add(chunk)
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
             sent += len(chunk)
     except _ClientGone:

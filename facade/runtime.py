@@ -32,6 +32,7 @@ from .listener import HeadLimits, guarded_protocol
 from .normalize import canonical_route_path
 from .routing import RouteTable
 from .split import Split, WeightedChoice, decide
+from .telemetry import Telemetry
 from .upstream import Upstreams
 
 __all__ = ["FacadeRuntime", "ReloadResult", "Snapshot", "SnapshotHolder", "build_snapshot", "parse_listen"]
@@ -169,10 +170,11 @@ class FacadeRuntime:
         self.config_path = config_path or config.source
         self.watch_interval = watch_interval
         self.upstreams = Upstreams(config.services)
-        self.telemetry: Any = None
+        # Telemetry outlives every snapshot: it holds the history gates and reports read.
+        self.telemetry: Any = Telemetry()
         self.shadow: Any = None
         self.extensions: list[Any] = []  # features that add admin routes / react to swaps
-        self.holder = SnapshotHolder(build_snapshot(config, self.upstreams, version=1))
+        self.holder = SnapshotHolder(build_snapshot(config, self.upstreams, version=1, telemetry=self.telemetry))
         self.head_limits = HeadLimits(
             max_head_bytes=config.limits.max_request_headers, header_timeout=config.limits.header_timeout
         )
