@@ -83,9 +83,9 @@ _REQUEST_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvw
 _MAX_REQUEST_ID = 128
 _LOWER_HEX = frozenset("0123456789abcdef")
 _ZERO_TRACE = "0" * 32
+_ZERO_PARENT = "0" * 16
 # A UUID4's 17th hex digit carries the RFC 4122 variant: its top two bits are "10".
 _UUID_VARIANT = {f"{i:x}": "89ab"[i & 3] for i in range(16)}
-_ZERO_PARENT = "0" * 16
 
 # Forwarded (RFC 7239) values are tokens or quoted-strings; tchar per RFC 9110 5.6.2.
 _TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
