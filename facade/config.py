@@ -15,7 +15,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, cast
+from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 from .errors import ConfigError, Problem
@@ -263,6 +263,7 @@ class AdminSpec:
 class NormalizeSpec:
     merge_slashes: bool = True
     reject_encoded_slash: bool = True  # %2F / %5C in a path -> 400 (Envoy: REJECT_REQUEST)
+    semicolons: Literal["reject", "keep"] = "reject"  # ";" in a path -> 400 (Spring's StrictHttpFirewall)
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +281,7 @@ class Config:
     state_dir: str = ".facade"
     migrations_dir: str | None = None
     access_log: bool = False
+    mesh: Any = None  # mesh.config.MeshSpec when the config has a ``mesh:`` section
     warnings: tuple[Problem, ...] = ()  # non-fatal findings (shadowed routes, no routes, ...)
 
     def service(self, name: str) -> ServiceSpec | None:
@@ -308,6 +310,7 @@ _TOP_FIELDS = (
     "normalize",
     "services",
     "routes",
+    "mesh",
 )
 _SERVICE_FIELDS = (
     "endpoints",
@@ -395,6 +398,7 @@ def parse_config(doc: YamlDocument, *, env: Mapping[str, str] | None = None) -> 
     services_node = f.get("services")
     declared = [name for name, _ in services_node.items()] if services_node is not None else []
     routes = _read_routes(f.get("routes"), ctx, declared, doc.root)
+    mesh = _read_mesh(f.get("mesh"), problems, declared, ctx)
 
     if not problems.errors:
         for later, earlier in unreachable_routes([r for r, _ in routes]):
@@ -421,9 +425,22 @@ def parse_config(doc: YamlDocument, *, env: Mapping[str, str] | None = None) -> 
         state_dir=state_dir,
         migrations_dir=ctx.path(migrations) if migrations is not None else None,
         access_log=access_log,
+        mesh=mesh,
         warnings=tuple(p for p in found if p.severity == "warning"),
     )
     return config, found
+
+
+def _read_mesh(node: Node | None, problems: Problems, services: list[str], ctx: _Ctx) -> Any:
+    """The ``mesh:`` section is the mesh package's to read (identity, mTLS modes, policies)."""
+    if node is None or node.is_null:
+        return None
+    try:
+        from mesh.config import parse_mesh
+    except ModuleNotFoundError:
+        problems.error(node, "the mesh feature is not installed in this build")
+        return None
+    return parse_mesh(node, problems, services=services, resolve_path=ctx.path)
 
 
 def check_config(path: str) -> tuple[Config | None, list[Problem]]:
@@ -580,10 +597,11 @@ def _read_normalize(node: Node | None, problems: Problems) -> NormalizeSpec:
     d = NormalizeSpec()
     if node is None or node.is_null:
         return d
-    f = node.fields(problems, ("merge_slashes", "reject_encoded_slash"))
+    f = node.fields(problems, ("merge_slashes", "reject_encoded_slash", "semicolons"))
     return NormalizeSpec(
         merge_slashes=read_bool(f.get("merge_slashes"), problems, default=d.merge_slashes),
         reject_encoded_slash=read_bool(f.get("reject_encoded_slash"), problems, default=d.reject_encoded_slash),
+        semicolons=read_str(f.get("semicolons"), problems, default=d.semicolons, choices=("reject", "keep")),
     )
 
 

@@ -175,7 +175,7 @@ class Proxy:
                 scope.get("raw_path") or scope["path"].encode(),
                 merge_slashes=norm.merge_slashes,
                 reject_encoded_slash=norm.reject_encoded_slash,
-                semicolons=getattr(norm, "semicolons", "reject"),
+                semicolons=norm.semicolons,
             )
             host_header = _header(headers, b"host")
             if host_header is None:

@@ -54,7 +54,7 @@ async def proxy_websocket(snap: Snapshot, scope: Scope, receive: Receive, send: 
     try:
         path = normalize_path(scope.get("raw_path") or scope["path"].encode(),
                               merge_slashes=norm.merge_slashes, reject_encoded_slash=norm.reject_encoded_slash,
-                              semicolons=getattr(norm, "semicolons", "reject"))
+                              semicolons=norm.semicolons)
         host_header = next((v for k, v in headers if k == b"host"), b"")
         host = normalize_host(host_header) if host_header else ""
     except (PathRejected, HostRejected) as exc:
