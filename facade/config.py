@@ -281,6 +281,7 @@ class Config:
     state_dir: str = ".facade"
     migrations_dir: str | None = None
     access_log: bool = False
+    mark_responses: bool = False  # add x-facade-backend / x-facade-step to responses (load tests, demos)
     mesh: Any = None  # mesh.config.MeshSpec when the config has a ``mesh:`` section
     warnings: tuple[Problem, ...] = ()  # non-fatal findings (shadowed routes, no routes, ...)
 
@@ -311,6 +312,7 @@ _TOP_FIELDS = (
     "services",
     "routes",
     "mesh",
+    "mark_responses",
 )
 _SERVICE_FIELDS = (
     "endpoints",
@@ -391,6 +393,7 @@ def parse_config(doc: YamlDocument, *, env: Mapping[str, str] | None = None) -> 
     migrations = _nonempty_str(f.get("migrations"), problems)
     trusted = _read_cidrs(f.get("trusted_proxies"), problems)
     access_log = read_bool(f.get("access_log"), problems, default=False)
+    mark_responses = read_bool(f.get("mark_responses"), problems, default=False)
     limits = _read_limits(f.get("limits"), problems)
     normalize = _read_normalize(f.get("normalize"), problems)
     services = _read_services(f.get("services"), ctx)
@@ -425,6 +428,7 @@ def parse_config(doc: YamlDocument, *, env: Mapping[str, str] | None = None) -> 
         state_dir=state_dir,
         migrations_dir=ctx.path(migrations) if migrations is not None else None,
         access_log=access_log,
+        mark_responses=mark_responses,
         mesh=mesh,
         warnings=tuple(p for p in found if p.severity == "warning"),
     )

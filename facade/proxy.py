@@ -250,6 +250,13 @@ class Proxy:
             up_headers = [(k, v) for k, v in up_headers if k not in _DROP_UPSTREAM]
         if not route.request_headers.empty:
             up_headers = apply_header_ops(up_headers, route.request_headers)
+        extensions = scope.get("extensions")
+        if extensions:
+            # Headers a trusted in-process caller (the mesh sidecar: X-Forwarded-Client-Cert) sets
+            # after hygiene; clients cannot reach this: it is ASGI scope, not a header.
+            extra = extensions.get("facade.upstream_headers")
+            if extra:
+                up_headers.extend(extra)
         target = hit.upstream_path + ("?" + query.decode("latin-1") if query else "")
 
         status = 0
@@ -270,6 +277,9 @@ class Proxy:
                     out_headers = _apply_response_ops(out_headers, route.response_headers)
                 if set_cookie is not None:
                     out_headers.append((b"set-cookie", set_cookie))
+                if snap.config.mark_responses:
+                    out_headers.append((b"x-facade-backend", backend.encode("latin-1")))
+                    out_headers.append((b"x-facade-step", step.encode("latin-1")))
                 await send({"type": "http.response.start", "status": status, "headers": out_headers})
                 response_started = True
                 bytes_out = await _stream_response(resp, receive, send, method, resp_tee)

@@ -327,3 +327,14 @@ def _dechunk(data: bytes) -> bytes:
         out += rest[:size]
         data = rest[size + 2:]
     return out
+
+
+async def test_mark_responses_names_the_backend_and_step(tmp_path):
+    async with serve_app(EchoApp("a")) as url:
+        cfg = _cfg(f"  svc: {{endpoints: [{url}]}}", "  - name: all\n    backend: svc", extra="mark_responses: true")
+        async with run_facade(tmp_path, cfg) as rt, httpx.AsyncClient(base_url=rt.url) as client:
+            r = await client.get("/x")
+            assert r.headers["x-facade-backend"] == "svc" and r.headers["x-facade-step"] == "stable"
+        cfg = _cfg(f"  svc: {{endpoints: [{url}]}}", "  - name: all\n    backend: svc")
+        async with run_facade(tmp_path, cfg) as rt, httpx.AsyncClient(base_url=rt.url) as client:
+            assert "x-facade-backend" not in (await client.get("/x")).headers
