@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -30,6 +31,7 @@ def register(sub: Any) -> None:
     add_config_option(p)
     p.add_argument("--listen", help="override the config's listen address (host:port)")
     p.add_argument("--admin-listen", help="override the config's admin.listen address (host:port)")
+    p.add_argument("--state-dir", help="override the config's state_dir (durable migration state, CA)")
     p.add_argument("--no-watch", action="store_true", help="do not reload when the config file changes")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
@@ -97,12 +99,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     for w in getattr(config, "warnings", ()):
         print(str(w), file=sys.stderr)
-    if args.listen or args.admin_listen:
-        config = replace(
-            config,
-            listen=args.listen or config.listen,
-            admin=replace(config.admin, listen=args.admin_listen or config.admin.listen),
-        )
+
+    def overrides(c: Any) -> Any:
+        if args.state_dir:
+            c = replace(c, state_dir=os.path.abspath(args.state_dir))
+        if args.listen or args.admin_listen:
+            c = replace(
+                c,
+                listen=args.listen or c.listen,
+                admin=replace(c.admin, listen=args.admin_listen or c.admin.listen),
+            )
+        return c
+
+    args.overrides = overrides
     try:
         return _run(_serve(config, args))
     except OSError as exc:
@@ -120,13 +129,22 @@ def _run(coro: Any) -> int:
 
 
 async def _serve(config: Any, args: argparse.Namespace) -> int:
+    from .errors import ConfigError
     from .features import attach_features
     from .runtime import FacadeRuntime
 
-    runtime = FacadeRuntime(config, config_path=args.config, watch_interval=None if args.no_watch else 1.0)
+    runtime = FacadeRuntime(
+        config, config_path=args.config, watch_interval=None if args.no_watch else 1.0, overrides=args.overrides
+    )
     attach_features(runtime)
     runtime.install_signal_handlers(asyncio.get_running_loop())
-    await runtime.start()
+    try:
+        await runtime.start()
+    except ConfigError as exc:  # a feature (migration plans, mesh policy) refused the config at start
+        for p in exc.problems:
+            print(str(p), file=sys.stderr)
+        await runtime.stop()
+        return EXIT_INVALID
     print(f"facade ready: listening on {runtime.url}, admin on {runtime.admin_url}", flush=True)
     await runtime.wait_stopped()
     return EXIT_OK

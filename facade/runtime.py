@@ -166,8 +166,18 @@ class FacadeRuntime:
     ``start()`` binds and serves; ``reload()`` validates, compiles and swaps; ``stop()`` drains.
     """
 
-    def __init__(self, config: Config, *, config_path: str | None = None, watch_interval: float | None = 1.0) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        config_path: str | None = None,
+        watch_interval: float | None = 1.0,
+        overrides: Callable[[Config], Config] | None = None,
+    ) -> None:
         self.config_path = config_path or config.source
+        # Command-line overrides (--listen, --state-dir, ...) apply to every reloaded config too.
+        self.overrides = overrides or (lambda c: c)
+        config = self.overrides(config)
         self.watch_interval = watch_interval
         self.upstreams = Upstreams(config.services)
         # Telemetry outlives every snapshot: it holds the history gates and reports read.
@@ -224,6 +234,8 @@ class FacadeRuntime:
             # 1. Read and validate the whole file; any error keeps the running config.
             config, problems = await asyncio.to_thread(check_config, self.config_path)
             errors = tuple(p for p in problems if p.severity == "error")
+            if config is not None and not errors:
+                config = self.overrides(config)
             if config is None or errors:
                 for p in errors:
                     logger.error("reload (%s) rejected: %s", trigger, p)
