@@ -47,6 +47,9 @@ __all__ = [
 T = TypeVar("T")
 
 _MAP = "tag:yaml.org,2002:map"
+# libyaml's parser when PyYAML was built with it (several times faster on large files); same
+# SafeLoader semantics and node marks either way.
+_SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _SEQ = "tag:yaml.org,2002:seq"
 
 
@@ -226,7 +229,7 @@ class YamlDocument:
 
     @classmethod
     def load(cls, text: str, file: str) -> YamlDocument:
-        loader = yaml.SafeLoader(text)
+        loader = _SafeLoader(text)
         try:
             node = loader.get_single_node()
         except yaml.MarkedYAMLError as exc:
