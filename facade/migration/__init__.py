@@ -5,10 +5,14 @@
     result = apply(state, Action("next", actor="ann"), plan=p, now=t, gate_report=report)  # engine.py (pure)
     store.commit(result) if isinstance(result, Transition) else ...         # store.py (SQLite, WAL)
     splits = effective_split(plan, store.state(name) or MigrationState.initial(name))
+
+In a running facade, ``MigrationController`` (controller.py, attached by ``facade.features``) does all
+of that on real traffic and serves the admin API of ``api.py``.
 """
 
 from __future__ import annotations
 
+from .controller import MigrationController
 from .engine import (
     ACTIONS,
     Action,
@@ -36,6 +40,7 @@ __all__ = [
     "GateStatus",
     "Gates",
     "JournalEntry",
+    "MigrationController",
     "MigrationState",
     "MigrationStore",
     "Phase",

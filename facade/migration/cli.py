@@ -273,7 +273,7 @@ def _find_plan(name: str, plans_dir: str | None, routes: set[str], services: set
 def _plan_context(config_path: str) -> tuple[set[str], set[str], str | None]:
     """Route names, service names and the migrations folder of a config file."""
     try:
-        from ..config import load_config  # type: ignore[attr-defined]
+        from ..config import load_config
     except ImportError:
         return _plan_context_from_yaml(config_path)
     config = load_config(config_path)

@@ -155,6 +155,9 @@ class Transition:
     reason: str
     gates_json: str  # the gate report at that moment ("null" when none)
     at: float
+    # Telemetry of the step being left (per route: requests, errors, latencies per backend, diffs), as JSON;
+    # the controller fills it in just before committing ("null" when none was taken).
+    summary_json: str = "null"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -169,6 +172,7 @@ class Transition:
             "actor": self.actor,
             "reason": self.reason,
             "gates": json.loads(self.gates_json),
+            "summary": json.loads(self.summary_json),
             "at": self.at,
         }
 

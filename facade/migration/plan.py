@@ -456,13 +456,15 @@ def load_plans(
 ) -> tuple[dict[str, Plan], list[Problem]]:
     """Every ``*.yaml`` / ``*.yml`` plan in ``directory`` (sorted by file name), and all problems.
 
-    Invalid plans are left out; a second plan with an existing name is an error.
+    Invalid plans are left out; a second plan with an existing name, or one that migrates a route
+    another plan already migrates, is an error.
     """
     try:
         names = sorted(os.listdir(directory))
     except OSError as exc:
         return {}, [Problem(directory, 1, 1, "", f"cannot read migrations folder: {exc.strerror or exc}")]
     plans: dict[str, Plan] = {}
+    claimed: dict[str, Plan] = {}  # route -> the plan that migrates it
     problems: list[Problem] = []
     for filename in names:
         if not filename.endswith((".yaml", ".yml")):
@@ -483,7 +485,17 @@ def load_plans(
             problems.append(Problem(path, line, col, "name",
                                     f"plan name {plan.name!r} is already used by {plans[plan.name].source}"))
             continue
+        taken = [route for route in plan.routes if route in claimed]
+        if taken:
+            # Two plans splitting one route would fight over its traffic: one owner per route.
+            node = doc.root.get("route") or doc.root.get("routes")
+            line, col = (node.line, node.col) if node else (1, 1)
+            owner = claimed[taken[0]]
+            problems.append(Problem(path, line, col, "routes", f"route {taken[0]!r} is already migrated by plan "
+                                    f"{owner.name!r} ({owner.source}); one plan per route"))
+            continue
         plans[plan.name] = plan
+        claimed.update((route, plan) for route in plan.routes)
     return plans, problems
 
 

@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS journal (
     reason      TEXT NOT NULL,
     gates_json  TEXT NOT NULL,
     at          REAL NOT NULL,
+    summary_json TEXT NOT NULL DEFAULT 'null',
     UNIQUE (plan, version)
 );
 """
@@ -73,6 +74,7 @@ class JournalEntry:
     reason: str
     gates: Any  # the decoded gate report JSON, or None
     at: float
+    summary: Any = None  # the decoded telemetry summary of the step left behind, or None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -88,6 +90,7 @@ class JournalEntry:
             "actor": self.actor,
             "reason": self.reason,
             "gates": self.gates,
+            "summary": self.summary,
             "at": self.at,
         }
 
@@ -105,6 +108,10 @@ class MigrationStore:
             if str(mode).lower() != "wal":
                 raise OSError(f"{path}: SQLite refused WAL mode (got {mode!r}); put state_dir on a local disk")
             db.executescript(_SCHEMA)
+            # Stores written before the journal kept step summaries: add the column in place.
+            columns = {str(row[1]) for row in db.execute("PRAGMA table_info(journal)")}
+            if "summary_json" not in columns:
+                db.execute("ALTER TABLE journal ADD COLUMN summary_json TEXT NOT NULL DEFAULT 'null'")
 
     def __repr__(self) -> str:
         return f"MigrationStore({self.path!r})"
@@ -145,12 +152,12 @@ class MigrationStore:
                 )
                 db.execute(
                     "INSERT INTO journal (plan, version, plan_hash, from_step, to_step, from_state, to_state, "
-                    "action, actor, reason, gates_json, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "action, actor, reason, gates_json, at, summary_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         transition.plan, new.version, transition.plan_hash, transition.from_step,
                         transition.to_step, transition.from_phase.value, transition.to_phase.value,
                         transition.action, transition.actor, transition.reason, transition.gates_json,
-                        transition.at,
+                        transition.at, transition.summary_json,
                     ),
                 )
                 db.execute("COMMIT")
@@ -175,7 +182,7 @@ class MigrationStore:
         """Transitions of plan ``name``, oldest first (the last ``limit`` when given)."""
         query = (
             "SELECT seq, plan, version, plan_hash, from_step, to_step, from_state, to_state, action, actor, "
-            "reason, gates_json, at FROM journal WHERE plan = ? ORDER BY seq DESC"
+            "reason, gates_json, at, summary_json FROM journal WHERE plan = ? ORDER BY seq DESC"
         )
         params: tuple[Any, ...] = (name,)
         if limit is not None:
@@ -188,6 +195,7 @@ class MigrationStore:
                 seq=int(r[0]), plan=str(r[1]), version=int(r[2]), plan_hash=str(r[3]), from_step=int(r[4]),
                 to_step=int(r[5]), from_state=Phase(r[6]), to_state=Phase(r[7]), action=str(r[8]),
                 actor=str(r[9]), reason=str(r[10]), gates=json.loads(r[11]), at=float(r[12]),
+                summary=json.loads(r[13]),
             )
             for r in reversed(rows)
         ]

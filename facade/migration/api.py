@@ -1,0 +1,103 @@
+"""The migrations admin API (Starlette routes on the admin listener), as ``facade migrate`` expects it.
+
+    GET  /migrations                    {"migrations": [status, ...]}        (no journals)
+    GET  /migrations/{name}?journal=N   status with gates evaluated now and the last N journal entries
+    POST /migrations/{name}/{action}    body {force, reason, to, actor} -> the new status (bearer token)
+
+Refusals map once, here: ``not_found`` -> 404; ``refused`` / ``conflict`` / ``gate_failed`` -> 409,
+each with ``Refusal.to_json()`` (``gate_failed`` carries the gate report); a malformed body -> 400.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .controller import DEFAULT_JOURNAL
+from .engine import ACTIONS, Action, Refusal
+
+if TYPE_CHECKING:
+    from .controller import MigrationController
+
+__all__ = ["admin_routes", "parse_action"]
+
+_POST_JOURNAL = 20  # journal entries in the answer to an action: enough to see what just happened
+
+
+def parse_action(name: str, body: Any) -> Action | str:
+    """The ``Action`` a POST body asks for, or what is wrong with the body (pure)."""
+    if body is None:
+        body = {}
+    if not isinstance(body, dict):
+        return "the body must be a JSON object: {force, reason, to, actor}"
+    unknown = sorted(set(body) - {"force", "reason", "to", "actor"})
+    if unknown:
+        return f"unknown field {unknown[0]!r} (expected force, reason, to, actor)"
+    force = body.get("force", False)
+    reason = body.get("reason") or ""
+    to = body.get("to")
+    actor = body.get("actor") or "api"
+    if not isinstance(force, bool):
+        return f"force must be true or false, got {force!r}"
+    if not isinstance(reason, str) or not isinstance(actor, str):
+        return "reason and actor must be strings"
+    if to is not None and (isinstance(to, bool) or not isinstance(to, int)):
+        return f"to must be a step number, got {to!r}"
+    assert name in ACTIONS
+    return Action(name, actor=actor, reason=reason, force=force, to=to)
+
+
+def _refusal(refusal: Refusal) -> JSONResponse:
+    return JSONResponse(refusal.to_json(), status_code=404 if refusal.code == "not_found" else 409)
+
+
+def _bad_request(message: str) -> JSONResponse:
+    return JSONResponse({"error": message, "code": "invalid"}, status_code=400)
+
+
+def admin_routes(controller: MigrationController) -> list[Route]:
+    """The routes the admin app mounts for ``controller`` (mutations behind the admin token)."""
+    from ..admin import mutation
+
+    async def list_migrations(request: Request) -> Response:
+        statuses = [await controller.status(name, journal=0) for name in sorted(controller.plans)]
+        return JSONResponse({"migrations": [s for s in statuses if s is not None]})
+
+    async def show(request: Request) -> Response:
+        name = request.path_params["name"]
+        raw = request.query_params.get("journal", str(DEFAULT_JOURNAL))
+        if not raw.isdigit():
+            return _bad_request(f"journal must be a number of entries, got {raw!r}")
+        status = await controller.status(name, journal=int(raw))
+        if status is None:
+            return _refusal(Refusal(f"no migration named {name!r}", "not_found"))
+        return JSONResponse(status)
+
+    async def act(request: Request) -> Response:
+        name, verb = request.path_params["name"], request.path_params["action"]
+        if verb not in ACTIONS:
+            return _refusal(Refusal(f"unknown action {verb!r} (expected one of: {', '.join(ACTIONS)})", "not_found"))
+        raw = await request.body()
+        try:
+            body = await request.json() if raw.strip() else {}
+        except ValueError:
+            return _bad_request("the body is not JSON")
+        action = parse_action(verb, body)
+        if isinstance(action, str):
+            return _bad_request(action)
+        result = await controller.act(name, action)
+        if isinstance(result, Refusal):
+            return _refusal(result)
+        status = await controller.status(name, journal=_POST_JOURNAL)
+        if status is None:  # removed by a reload between the commit and now
+            return _refusal(Refusal(f"migration {name!r} was removed by a reload", "not_found"))
+        return JSONResponse(status)
+
+    return [
+        Route("/migrations", list_migrations, methods=["GET"]),
+        Route("/migrations/{name}", show, methods=["GET"]),
+        Route("/migrations/{name}/{action}", mutation(controller.runtime, act), methods=["POST"]),
+    ]

@@ -1,0 +1,406 @@
+"""``MigrationController``: the migration feature of a running facade (a runtime extension).
+
+It connects the pure core to the running process:
+
+- plans come from the config's ``migrations`` folder, validated against the config's routes and
+  services; durable state comes from ``<state_dir>/migrations.sqlite3``;
+- the routing in force is ``effective_split(plan, state)`` of every plan, swapped into the runtime
+  as one snapshot (``runtime.swap(splits=...)``), so after ``kill -9`` and a restart the facade
+  serves the same step;
+- gates are evaluated from the runtime's telemetry over the current step's window;
+- every transition is: evaluate gates, ``engine.apply``, one ``store.commit`` (with the telemetry
+  summary of the step being left), a new telemetry window, then the swap;
+- auto mode runs one background task per plan that calls ``engine.auto_tick`` every ``interval``;
+- a config reload re-reads the plans and refuses one that rewrites steps already applied.
+
+The admin API over this lives in ``facade.migration.api``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ..errors import ConfigError, Problem
+from ..split import Split
+from .engine import (
+    Action,
+    MigrationState,
+    Phase,
+    Refusal,
+    Transition,
+    apply,
+    auto_tick,
+    check_plan_edit,
+    effective_split,
+    migration_status,
+)
+from .gates import GateReport, GateResult, GateStatus, evaluate_gates
+from .plan import Plan, load_plans
+from .store import DEFAULT_STORE_FILE, MigrationStore
+
+__all__ = ["STABLE_STEP", "MigrationController", "check_plans", "combine_reports", "step_label"]
+
+logger = logging.getLogger("facade.migration")
+
+STABLE_STEP = "stable"  # the step label the proxy records for a route without a split
+DEFAULT_JOURNAL = 100  # journal entries a status document carries unless asked otherwise
+_ACTIVE = (Phase.RUNNING, Phase.PAUSED)
+
+
+def step_label(split: Split | None) -> str:
+    """The telemetry step label of requests routed by ``split`` (what the proxy records)."""
+    return split.step_label if split is not None else STABLE_STEP
+
+
+def combine_reports(reports: Sequence[tuple[str, GateReport]]) -> GateReport:
+    """One report for a plan that moves several routes: each route's gates must pass on their own.
+
+    With one route the report is that route's; with several, every result is prefixed with its
+    route and the status is the worst (FAIL over INCONCLUSIVE over PASS).
+    """
+    if len(reports) == 1:
+        return reports[0][1]
+    results: list[GateResult] = []
+    for route, report in reports:
+        results.extend(replace(r, name=f"{route}:{r.name}", message=f"{route}: {r.message}") for r in report.results)
+    statuses = {report.status for _, report in reports}
+    status = GateStatus.PASS
+    if GateStatus.FAIL in statuses:
+        status = GateStatus.FAIL
+    elif GateStatus.INCONCLUSIVE in statuses:
+        status = GateStatus.INCONCLUSIVE
+    return GateReport(status, tuple(results))
+
+
+def check_plans(
+    plans: Mapping[str, Plan],
+    states: Mapping[str, MigrationState],
+    *,
+    previous: Mapping[str, Plan],
+    route_backends: Mapping[str, tuple[str, ...]],
+    where: str,
+) -> list[Problem]:
+    """Problems that make a set of (individually valid) plans unsafe to apply over the durable state.
+
+    - a plan whose applied steps (or routes / from / to / sticky) changed while it is running,
+      paused or completed (``check_plan_edit``);
+    - a running or paused plan whose file disappeared: its routes would silently fall back to
+      ``from`` mid-migration;
+    - a completed plan whose file disappeared while a route it moved is still configured on
+      something other than its ``to`` service (known only for plans of the ``previous`` load):
+      removing it would send that traffic back.
+    """
+    problems: list[Problem] = []
+    for name, plan in plans.items():
+        state = states.get(name)
+        if state is not None:
+            problem = check_plan_edit(state, state.step_hashes, plan)
+            if problem is not None:
+                problems.append(problem)
+    for name, state in states.items():
+        if name in plans:
+            continue
+        if state.phase in _ACTIVE:
+            problems.append(Problem(where, 1, 1, "migrations", f"plan {name!r} is {state.phase.value} at step "
+                                    f"{state.step + 1} but its file is gone; restore it, or roll it back first"))
+        elif state.phase is Phase.COMPLETED and name in previous:
+            old = previous[name]
+            stuck = [r for r in old.routes if r in route_backends and route_backends[r] != (old.to_service,)]
+            if stuck:
+                problems.append(Problem(where, 1, 1, "migrations", f"plan {name!r} is completed but its file is "
+                                        f"gone while route {stuck[0]!r} is still configured on "
+                                        f"{', '.join(route_backends[stuck[0]])}: that would move its traffic "
+                                        f"back; point the route at {old.to_service!r} first"))
+    return problems
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    """Plans and durable state read for one config, checked and ready to install."""
+
+    sha256: str
+    plans: dict[str, Plan]
+    store: MigrationStore | None
+    states: dict[str, MigrationState]
+
+
+class MigrationController:
+    """Runs migration plans on a ``FacadeRuntime`` (add it to ``runtime.extensions`` before ``start()``)."""
+
+    def __init__(self, runtime: Any, *, clock: Callable[[], float] = time.time) -> None:
+        self.runtime = runtime
+        self._clock = clock  # wall clock: step start times are persisted and compared across restarts
+        self.plans: dict[str, Plan] = {}
+        self.states: dict[str, MigrationState] = {}  # the committed state whose routing is in force
+        self.store: MigrationStore | None = None
+        self._lock = asyncio.Lock()  # one transition at a time in this process
+        self._auto: dict[str, asyncio.Task[None]] = {}
+        self._pending: _Loaded | None = None  # what check_config accepted, for config_changed to install
+
+    def __repr__(self) -> str:
+        return f"MigrationController(plans={sorted(self.plans)}, store={self.store!r})"
+
+    # -- runtime extension hooks -------------------------------------------------------------------
+
+    def admin_routes(self) -> list[Any]:
+        from .api import admin_routes
+
+        return admin_routes(self)
+
+    async def start(self) -> None:
+        """Load and check the plans, then serve each route at the step its durable state says.
+
+        Raises ConfigError (every problem, with positions) when a plan is invalid or contradicts
+        the durable state: the facade must not start on a routing nobody asked for.
+        """
+        loaded = await asyncio.to_thread(self._load, self.runtime.config, {})
+        async with self._lock:
+            self.plans, self.store, self.states = loaded.plans, loaded.store, loaded.states
+            for plan in self.plans.values():
+                for route, split in effective_split(plan, self._state(plan.name)).items():
+                    if split is not None:
+                        self.runtime.telemetry.begin_step(route, step_label(split))
+            self.runtime.swap(splits=self._splits())
+            self._sync_auto()
+        for name, state in self.states.items():
+            if name in self.plans and state.phase is not Phase.PENDING:
+                logger.info("migration %s: %s at step %d", name, state.phase.value, state.step + 1)
+
+    async def stop(self) -> None:
+        tasks = list(self._auto.values())
+        self._auto.clear()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def check_config(self, config: Any) -> None:
+        """Veto a reload whose plans are invalid or rewrite applied steps (raises ConfigError)."""
+        self._pending = self._load(config, self.plans)
+
+    async def config_changed(self, config: Any) -> None:
+        """Install the plans of the accepted config; the runtime swaps the new snapshot right after."""
+        loaded = self._pending if self._pending is not None and self._pending.sha256 == config.sha256 else None
+        self._pending = None
+        if loaded is None:
+            loaded = self._load(config, self.plans)
+        async with self._lock:
+            states = await asyncio.to_thread(loaded.store.all_states) if loaded.store is not None else {}
+            plans = dict(loaded.plans)
+            # A transition may have committed between check_config and now: check again, and keep
+            # the running version of a plan whose newly applied step the edit would change.
+            for name, plan in list(plans.items()):
+                state = states.get(name)
+                problem = check_plan_edit(state, state.step_hashes, plan) if state is not None else None
+                if problem is not None:
+                    logger.error("reload: keeping the running version of plan %s: %s", name, problem)
+                    if name in self.plans:
+                        plans[name] = self.plans[name]
+                    else:
+                        del plans[name]
+            states = {name: s for name, s in states.items() if name in plans}
+            before = {name: self._state(name) for name in self.plans}
+            old_plans = self.plans
+            self.plans, self.store, self.states = plans, loaded.store, states
+            for name, plan in plans.items():
+                old_plan = old_plans.get(name)
+                old_splits = effective_split(old_plan, before[name]) if old_plan is not None else {}
+                for route, split in effective_split(plan, self._state(name)).items():
+                    label = step_label(split)
+                    if split is not None and step_label(old_splits.get(route)) != label:
+                        self.runtime.telemetry.begin_step(route, label)
+            # The runtime's own swap (with the new config) follows this hook and takes these splits.
+            self.runtime.splits = self._splits()
+            self._sync_auto()
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    def gate_report(self, plan: Plan, state: MigrationState) -> GateReport | None:
+        """The current step's gates evaluated now over the step's telemetry window (None if no step is live)."""
+        if state.phase not in _ACTIVE or state.step >= len(plan.steps):
+            return None
+        gates = plan.steps[state.step].gates
+        telemetry = self.runtime.telemetry
+        reports = [
+            (
+                route,
+                evaluate_gates(
+                    gates,
+                    telemetry.side_stats(route, plan.from_service),
+                    telemetry.side_stats(route, plan.to_service),
+                    telemetry.diff_counts(route),
+                ),
+            )
+            for route in plan.routes
+        ]
+        return combine_reports(reports)
+
+    async def status(self, name: str, *, journal: int = DEFAULT_JOURNAL) -> dict[str, Any] | None:
+        """The ``GET /migrations/{name}`` document (gates evaluated now), or None for an unknown plan."""
+        plan = self.plans.get(name)
+        if plan is None:
+            return None
+        state = self._state(name)
+        entries: list[dict[str, Any]] = []
+        if journal > 0 and self.store is not None:
+            entries = [e.to_json() for e in await asyncio.to_thread(self.store.journal, name, limit=journal)]
+        return migration_status(plan, state, now=self._clock(), gate_report=self.gate_report(plan, state),
+                                journal=entries)
+
+    # -- changing ----------------------------------------------------------------------------------
+
+    async def act(self, name: str, action: Action) -> MigrationState | Refusal:
+        """Apply a human / API action to plan ``name``; the committed state, or why not.
+
+        The action is computed from the state in force when it arrived: if another transition
+        commits while it waits for the lock, the store refuses it as a ``conflict`` (two
+        simultaneous ``next`` advance one step, not two).
+        """
+        plan = self.plans.get(name)
+        if plan is None:
+            return Refusal(f"no migration named {name!r} (known: {', '.join(sorted(self.plans)) or 'none'})",
+                           "not_found")
+        seen = self._state(name)
+        async with self._lock:
+            plan = self.plans.get(name)
+            if plan is None:
+                return Refusal(f"migration {name!r} was removed by a reload", "not_found")
+            if self.store is None:
+                return Refusal("migrations have no durable store (the config has no state_dir)")
+            result = apply(seen, action, plan=plan, now=self._clock(), gate_report=self.gate_report(plan, seen))
+            if isinstance(result, Refusal):
+                return result
+            return await self._commit(plan, seen, result)
+
+    async def _commit(self, plan: Plan, before: MigrationState, transition: Transition) -> MigrationState | Refusal:
+        """Commit one transition and put its routing in force. Call with ``self._lock`` held."""
+        assert self.store is not None
+        telemetry = self.runtime.telemetry
+        # 1. The telemetry of the step being left goes into the same journal row as the transition.
+        summary = {route: telemetry.step_summary(route) for route in plan.routes}
+        transition = replace(transition, summary_json=json.dumps(summary, sort_keys=True, default=str))
+        # 2. One durable transaction, checked against the version the transition was computed from.
+        committed = await asyncio.to_thread(self.store.commit, transition)
+        if isinstance(committed, Refusal):
+            # Someone else moved this plan (another process, or auto mode): serve what is committed.
+            fresh = await asyncio.to_thread(self.store.state, plan.name)
+            if fresh is not None and fresh.version != self._state(plan.name).version:
+                self._route(plan, self._state(plan.name), fresh)
+            return committed
+        # 3. Put the new routing in force: telemetry windows first, so no request routed by the
+        #    new split is counted in the old step's window; then the one-reference swap.
+        self._route(plan, before, committed)
+        logger.info("migration %s: %s by %s: %s:%d -> %s:%d%s", plan.name, transition.action, transition.actor,
+                    transition.from_phase.value, transition.from_step + 1, transition.to_phase.value,
+                    transition.to_step + 1, f" ({transition.reason})" if transition.reason else "")
+        self._sync_auto()
+        return committed
+
+    def _route(self, plan: Plan, before: MigrationState, after: MigrationState) -> None:
+        old = effective_split(plan, before)
+        for route, split in effective_split(plan, after).items():
+            label = step_label(split)
+            if label != step_label(old[route]) or before.step != after.step:
+                self.runtime.telemetry.begin_step(route, label)
+        self.states[plan.name] = after
+        self.runtime.swap(splits=self._splits())
+
+    # -- auto mode ---------------------------------------------------------------------------------
+
+    def _sync_auto(self) -> None:
+        """One auto task per plan in auto mode; none for the others."""
+        current = asyncio.current_task()
+        for name in list(self._auto):
+            state = self.states.get(name)
+            if name not in self.plans or state is None or not state.auto or state.phase not in _ACTIVE:
+                task = self._auto.pop(name)
+                if task is not current:  # an auto task that just turned auto off ends by itself
+                    task.cancel()
+        for name in self.plans:
+            state = self.states.get(name)
+            if state is not None and state.auto and state.phase in _ACTIVE and name not in self._auto:
+                self._auto[name] = asyncio.create_task(self._auto_loop(name), name=f"migration-auto-{name}")
+
+    async def _auto_loop(self, name: str) -> None:
+        me = asyncio.current_task()
+        while self._auto.get(name) is me:
+            plan = self.plans.get(name)
+            if plan is None:
+                return
+            await asyncio.sleep(plan.interval)
+            try:
+                await self._auto_step(name, me)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # keep checking: the next interval may succeed (a locked or full disk)
+                logger.exception("migration %s: auto check failed", name)
+
+    async def _auto_step(self, name: str, me: asyncio.Task[Any] | None) -> None:
+        async with self._lock:
+            plan = self.plans.get(name)
+            if plan is None or self.store is None or self._auto.get(name) is not me:
+                return
+            # Read the durable state, not the cache: a transition elsewhere must not be overwritten.
+            state = await asyncio.to_thread(self.store.state, name)
+            if state is None:
+                return
+            report = self.gate_report(plan, state)
+            if report is None:
+                return
+            transition = auto_tick(state, plan=plan, now=self._clock(), gate_report=report)
+            if transition is not None:
+                await self._commit(plan, state, transition)
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    def _state(self, name: str) -> MigrationState:
+        return self.states.get(name) or MigrationState.initial(name)
+
+    def _splits(self) -> dict[str, Split]:
+        splits: dict[str, Split] = {}
+        for name, plan in self.plans.items():
+            for route, split in effective_split(plan, self._state(name)).items():
+                if split is not None:
+                    splits[route] = split
+        return splits
+
+    def _load(self, config: Any, previous: Mapping[str, Plan]) -> _Loaded:
+        """Read plans and durable state for ``config``; ConfigError with every problem if unsafe."""
+        store_path = os.path.join(config.state_dir, DEFAULT_STORE_FILE)
+        if not config.migrations_dir and not os.path.exists(store_path):
+            return _Loaded(config.sha256, {}, None, {})
+        problems: list[Problem] = []
+        plans: dict[str, Plan] = {}
+        if config.migrations_dir:
+            plans, problems = load_plans(
+                config.migrations_dir,
+                routes=[r.name for r in config.routes],
+                services=[s.name for s in config.services],
+            )
+        if any(p.severity == "error" for p in problems):
+            raise ConfigError(problems)
+        store = self.store if self.store is not None and self.store.path == store_path else None
+        try:
+            store = store or MigrationStore(store_path)
+        except (OSError, sqlite3.Error) as exc:  # an unreadable store is a config problem: say where
+            problem = Problem(store_path, 1, 1, "state_dir", f"cannot open the migration store: {exc}")
+            raise ConfigError([problem]) from None
+        states = store.all_states()
+        route_backends = {r.name: tuple(b.service for b in r.backends) for r in config.routes}
+        unsafe = check_plans(plans, states, previous=previous, route_backends=route_backends,
+                             where=config.migrations_dir or config.source)
+        if unsafe:
+            raise ConfigError([*problems, *unsafe])
+        for problem in problems:
+            logger.warning("%s", problem)
+        return _Loaded(config.sha256, plans, store, {name: s for name, s in states.items() if name in plans})
