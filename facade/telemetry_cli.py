@@ -1,0 +1,136 @@
+"""``facade compare`` and ``facade diffs``: old path vs new path, and the shadow responses that differed.
+
+    facade compare catalog                      # the route's primary vs candidate, current step
+    facade compare catalog --window 5m --json   # the last five minutes, for scripts
+    facade compare catalog --old monolith --new catalog --step 0:shadow
+    facade diffs catalog --limit 5              # recent differing shadow responses, field by field
+
+Both read the running facade's admin API (``GET /compare``, ``GET /diffs``). The table and the
+verdict are rebuilt locally from the report's numbers with ``facade.compare`` (pure), so the CLI and
+the API can never disagree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from .compare import compare, render_table
+from .console import EXIT_FAILURE, EXIT_INVALID, EXIT_OK, AdminClient, AdminError, add_admin_options, print_json
+from .stats import DiffCounts, SideStats
+
+__all__ = ["cmd_compare", "cmd_diffs", "format_diffs", "register", "render_compare"]
+
+
+def register(sub: Any) -> None:
+    """Add ``compare`` and ``diffs`` to the ``facade`` command line."""
+    p = sub.add_parser("compare", help="old vs new path of a route: requests, errors, latency, diff rate, verdict")
+    p.add_argument("route", help="route name (as in the config)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--step", help="a migration step label (e.g. 0:shadow); default: the route's current step")
+    which.add_argument("--window", help="a rolling window instead of a step: 1m or 5m (or seconds)")
+    p.add_argument("--old", help="old backend (default: the primary of the migration in force)")
+    p.add_argument("--new", help="new backend (default: the candidate of the migration in force)")
+    add_admin_options(p)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("diffs", help="recent shadow responses that differed from the primary, field by field")
+    p.add_argument("route", help="route name (as in the config)")
+    p.add_argument("--limit", type=int, default=10, help="newest N samples (default 10)")
+    add_admin_options(p)
+    p.set_defaults(func=cmd_diffs)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    params = {"route": args.route}
+    for name in ("step", "window", "old", "new"):
+        value = getattr(args, name, None)
+        if value:
+            params[name] = value
+    try:
+        report = AdminClient.from_args(args).get("/compare", **params)
+    except AdminError as exc:
+        print(f"facade compare: {exc}", file=sys.stderr)
+        return exc.exit_code
+    if args.json:
+        print_json(report)
+        return EXIT_OK
+    try:
+        print(render_compare(report))
+    except (KeyError, TypeError, ValueError) as exc:
+        print(f"facade compare: unexpected report from the admin API: {exc!r}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def cmd_diffs(args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        print("facade diffs: --limit must be at least 1", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        report = AdminClient.from_args(args).get("/diffs", route=args.route, limit=args.limit)
+    except AdminError as exc:
+        print(f"facade diffs: {exc}", file=sys.stderr)
+        return exc.exit_code
+    if args.json:
+        print_json(report)
+    else:
+        print(format_diffs(report))
+    return EXIT_OK
+
+
+def render_compare(report: dict[str, Any]) -> str:
+    """The ``GET /compare`` JSON as a heading, the comparison table and the verdict."""
+
+    def side(data: dict[str, Any]) -> SideStats:
+        return SideStats(
+            requests=int(data["requests"]),
+            errors=int(data["errors"]),
+            p50_ms=data.get("p50_ms"),
+            p95_ms=data.get("p95_ms"),
+            p99_ms=data.get("p99_ms"),
+        )
+
+    raw = report.get("diffs")
+    diffs = None
+    if raw is not None:
+        diffs = DiffCounts(int(raw["compared"]), int(raw["differing"]), tuple(raw.get("noise_fields") or ()))
+    comparison = compare(side(report["old"]), side(report["new"]), diffs, alpha=float(report.get("alpha", 0.05)))
+    if report.get("window_s") is not None:
+        scope = f"last {report['window_s']:g} s"
+    elif report.get("step"):
+        scope = f"step {report['step']}"
+    else:
+        scope = "all time"
+    heading = f"route {report['route']}: {report['old_backend']} (old) vs {report['new_backend']} (new), {scope}"
+    return f"{heading}\n\n{render_table(comparison)}"
+
+
+def format_diffs(report: dict[str, Any]) -> str:
+    """The ``GET /diffs`` JSON as readable field-level differences, newest first."""
+    route = report["route"]
+    samples = report.get("samples") or []
+    lines = [f"route {route}: {report.get('kept', 0)} differing responses kept ({report.get('seen', 0)} seen)"]
+    noise = report.get("noise_paths") or []
+    if noise:
+        lines.append("learned noise (ignored): " + ", ".join(noise))
+    if not samples:
+        lines.append("no differing shadow responses")
+        return "\n".join(lines)
+    for sample in samples:
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(sample.get("at", 0))))
+        status = sample.get("status") or {}
+        lines.append("")
+        lines.append(
+            f"{at}  step {sample.get('step') or '-'}  {sample.get('request')}  "
+            f"status {status.get('primary')} (old) / {status.get('candidate')} (new)"
+        )
+        for diff in sample.get("differences") or []:
+            lines.append(f"  {diff.get('text') or diff.get('path')}")
+        if sample.get("omitted"):
+            lines.append(f"  ... and {sample['omitted']} more")
+        if sample.get("noise_suppressed"):
+            lines.append("  noise ignored: " + ", ".join(sample["noise_suppressed"]))
+    return "\n".join(lines)
