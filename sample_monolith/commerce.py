@@ -26,7 +26,9 @@ __all__ = [
     "parse_line",
     "parse_lines",
     "place_order",
+    "record_order",
     "remove_from_cart",
+    "require_user",
 ]
 
 MAX_QUANTITY = 1000
@@ -74,7 +76,7 @@ def get_user(conn: sqlite3.Connection, user_id: int) -> dict[str, Any] | None:
     return dict(row) if row else None
 
 
-def _require_user(conn: sqlite3.Connection, user_id: int) -> None:
+def require_user(conn: sqlite3.Connection, user_id: int) -> None:
     if get_user(conn, user_id) is None:
         raise OrderRejected(f"user {user_id} not found", 404)
 
@@ -87,7 +89,7 @@ def _require_product(conn: sqlite3.Connection, product_id: int) -> Product:
 
 
 def cart_json(conn: sqlite3.Connection, user_id: int) -> dict[str, Any]:
-    _require_user(conn, user_id)
+    require_user(conn, user_id)
     rows = conn.execute(
         "SELECT c.product_id, c.quantity, p.name, p.price_cents, p.currency FROM cart_items c"
         " JOIN products p ON p.id = c.product_id WHERE c.user_id = ? ORDER BY c.product_id",
@@ -116,7 +118,7 @@ def cart_json(conn: sqlite3.Connection, user_id: int) -> dict[str, Any]:
 
 
 def add_to_cart(conn: sqlite3.Connection, user_id: int, line: OrderLine) -> None:
-    _require_user(conn, user_id)
+    require_user(conn, user_id)
     _require_product(conn, line.product_id)
     conn.execute(
         "INSERT INTO cart_items (user_id, product_id, quantity) VALUES (?, ?, ?)"
@@ -126,7 +128,7 @@ def add_to_cart(conn: sqlite3.Connection, user_id: int, line: OrderLine) -> None
 
 
 def remove_from_cart(conn: sqlite3.Connection, user_id: int, product_id: int) -> None:
-    _require_user(conn, user_id)
+    require_user(conn, user_id)
     cur = conn.execute("DELETE FROM cart_items WHERE user_id = ? AND product_id = ?", (user_id, product_id))
     if cur.rowcount == 0:
         raise OrderRejected(f"product {product_id} is not in user {user_id}'s cart", 404)
@@ -134,8 +136,16 @@ def remove_from_cart(conn: sqlite3.Connection, user_id: int, product_id: int) ->
 
 def place_order(conn: sqlite3.Connection, user_id: int, lines: Sequence[OrderLine]) -> dict[str, Any]:
     """Price ``lines`` from the catalog and record the order in one transaction; returns the order."""
-    _require_user(conn, user_id)
-    priced = [(line, _require_product(conn, line.product_id)) for line in lines]
+    require_user(conn, user_id)
+    return record_order(conn, user_id, [(line, _require_product(conn, line.product_id)) for line in lines])
+
+
+def record_order(
+    conn: sqlite3.Connection, user_id: int, priced: Sequence[tuple[OrderLine, Product]]
+) -> dict[str, Any]:
+    """Check stock and record an order whose lines are already priced (``product`` from whichever
+    catalog the caller asked: the monolith's tables or the catalog service)."""
+    require_user(conn, user_id)
     for line, product in priced:
         if line.quantity > product.stock:
             raise OrderRejected(

@@ -25,6 +25,7 @@ __all__ = [
     "list_products",
     "load_seed",
     "open_database",
+    "open_orders_database",
     "product_from_row",
 ]
 
@@ -39,12 +40,18 @@ CREATE TABLE IF NOT EXISTS products (
     stock INTEGER NOT NULL);
 """
 
-_SHOP_SCHEMA = """
+_USERS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
     id INTEGER PRIMARY KEY, name TEXT NOT NULL, email TEXT NOT NULL, created_at TEXT NOT NULL);
+"""
+
+_CART_SCHEMA = """
 CREATE TABLE IF NOT EXISTS cart_items (
     user_id INTEGER NOT NULL REFERENCES users(id), product_id INTEGER NOT NULL REFERENCES products(id),
     quantity INTEGER NOT NULL, PRIMARY KEY (user_id, product_id));
+"""
+
+_ORDERS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS orders (
     id INTEGER PRIMARY KEY AUTOINCREMENT, user_id INTEGER NOT NULL REFERENCES users(id),
     status TEXT NOT NULL, total_cents INTEGER NOT NULL, currency TEXT NOT NULL, created_at TEXT NOT NULL);
@@ -88,6 +95,22 @@ def open_database(path: str | None, *, shop_tables: bool) -> sqlite3.Connection:
     (the carved service). Raises ``sqlite3.Error`` / ``OSError`` when the path is unusable,
     which makes the app fail at startup rather than on the first request.
     """
+    conn = _connect(path)
+    conn.executescript(_CATALOG_SCHEMA + (_USERS_SCHEMA + _CART_SCHEMA + _ORDERS_SCHEMA if shop_tables else ""))
+    _seed(conn, load_seed(), catalog=True, users=shop_tables)
+    return conn
+
+
+def open_orders_database(path: str | None) -> sqlite3.Connection:
+    """The carved orders service's database: users (a seeded copy) and orders, no catalog; the
+    service asks the catalog service for products and prices."""
+    conn = _connect(path)
+    conn.executescript(_USERS_SCHEMA + _ORDERS_SCHEMA)
+    _seed(conn, load_seed(), catalog=False, users=True)
+    return conn
+
+
+def _connect(path: str | None) -> sqlite3.Connection:
     if path is None:
         path = os.path.join(tempfile.mkdtemp(prefix="shop-"), "shop.db")
     # Every query runs on the event loop thread, but uvicorn may build the app in another one.
@@ -95,38 +118,17 @@ def open_database(path: str | None, *, shop_tables: bool) -> sqlite3.Connection:
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA foreign_keys=ON")
-    conn.executescript(_CATALOG_SCHEMA + (_SHOP_SCHEMA if shop_tables else ""))
-    _seed(conn, load_seed(), shop_tables=shop_tables)
     return conn
 
 
-def _seed(conn: sqlite3.Connection, seed: dict[str, Any], *, shop_tables: bool) -> None:
+def _seed(conn: sqlite3.Connection, seed: dict[str, Any], *, catalog: bool, users: bool) -> None:
     # INSERT OR IGNORE: re-running against an existing database keeps its carts and orders.
     currency = str(seed["currency"])
     conn.execute("BEGIN")
     try:
-        conn.executemany(
-            "INSERT OR IGNORE INTO categories (id, slug, name) VALUES (?, ?, ?)",
-            [(c["id"], c["slug"], c["name"]) for c in seed["categories"]],
-        )
-        conn.executemany(
-            "INSERT OR IGNORE INTO products (id, sku, name, description, category, price_cents, currency, stock)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    p["id"],
-                    p["sku"],
-                    p["name"],
-                    p["description"],
-                    p["category"],
-                    _cents(p["price"]),
-                    currency,
-                    p["stock"],
-                )
-                for p in seed["products"]
-            ],
-        )
-        if shop_tables:
+        if catalog:
+            _seed_catalog(conn, seed, currency)
+        if users:
             conn.executemany(
                 "INSERT OR IGNORE INTO users (id, name, email, created_at) VALUES (?, ?, ?, ?)",
                 [(u["id"], u["name"], u["email"], u["created_at"]) for u in seed["users"]],
@@ -135,6 +137,21 @@ def _seed(conn: sqlite3.Connection, seed: dict[str, Any], *, shop_tables: bool) 
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def _seed_catalog(conn: sqlite3.Connection, seed: dict[str, Any], currency: str) -> None:
+    conn.executemany(
+        "INSERT OR IGNORE INTO categories (id, slug, name) VALUES (?, ?, ?)",
+        [(c["id"], c["slug"], c["name"]) for c in seed["categories"]],
+    )
+    conn.executemany(
+        "INSERT OR IGNORE INTO products (id, sku, name, description, category, price_cents, currency, stock)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (p["id"], p["sku"], p["name"], p["description"], p["category"], _cents(p["price"]), currency, p["stock"])
+            for p in seed["products"]
+        ],
+    )
 
 
 def _cents(price: str) -> int:
