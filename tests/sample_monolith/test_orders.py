@@ -39,9 +39,9 @@ async def test_order_is_priced_by_the_catalog_and_shaped_like_the_monolith(
     # Exact decimal prices whether the catalog sends "19.99" or its buggy 19.99.
     assert placed["total"] == {"amount": "94.95", "currency": "USD"}
     assert [i["unit_price"] for i in placed["items"]] == ["19.99", "14.99"]
-    async with serve_app(monolith.create_app(db_path=str(tmp_path / "shop.db"))) as mono_url:
-        async with httpx.AsyncClient(base_url=mono_url) as mono:
-            expected = (await mono.post("/orders", json=ORDER)).json()
+    mono_app = monolith.create_app(db_path=str(tmp_path / "shop.db"))
+    async with serve_app(mono_app) as mono_url, httpx.AsyncClient(base_url=mono_url) as mono:
+        expected = (await mono.post("/orders", json=ORDER)).json()
     assert comparable(placed) == comparable(expected)
     assert (await shop.get("/orders/1")).json() == placed
     listed = (await shop.get("/orders", params={"user_id": 1})).json()
