@@ -140,9 +140,7 @@ def place_order(conn: sqlite3.Connection, user_id: int, lines: Sequence[OrderLin
     return record_order(conn, user_id, [(line, _require_product(conn, line.product_id)) for line in lines])
 
 
-def record_order(
-    conn: sqlite3.Connection, user_id: int, priced: Sequence[tuple[OrderLine, Product]]
-) -> dict[str, Any]:
+def record_order(conn: sqlite3.Connection, user_id: int, priced: Sequence[tuple[OrderLine, Product]]) -> dict[str, Any]:
     """Check stock and record an order whose lines are already priced (``product`` from whichever
     catalog the caller asked: the monolith's tables or the catalog service)."""
     require_user(conn, user_id)
