@@ -37,9 +37,9 @@ async def _start_facade(tmp_path, backend_url: str) -> tuple[subprocess.Popen[by
         f"services:\n  svc: {{endpoints: [{backend_url}], timeouts: {{request: 60s}}}}\n"
         "routes:\n  - name: all\n    backend: svc\n"
     )
-    log = open(tmp_path / "facade.log", "wb")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen([sys.executable, "-m", "facade", "serve", "-c", str(cfg), "--no-watch",
-                             "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT)
+    with open(tmp_path / "facade.log", "wb") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "facade", "serve", "-c", str(cfg), "--no-watch",
+                                 "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     async with httpx.AsyncClient() as client:
         for _ in range(200):  # bounded: ~10 s
