@@ -164,19 +164,20 @@ async def test_primary_answers_before_the_candidate_even_answers(tmp_path: Path)
     gate = asyncio.Event()
     cat = JsonApp(fixed({"value": 1}), gate=gate)  # answers only when the test says so
     mono = JsonApp(fixed({"value": 1}))
-    async with serve_app(mono) as m, serve_app(cat) as c, shadow_facade(tmp_path, m, c, learn_noise=False) as (
-        rt,
-        sender,
+    async with (
+        serve_app(mono) as m,
+        serve_app(cat) as c,
+        shadow_facade(tmp_path, m, c, learn_noise=False) as (rt, sender),
+        httpx.AsyncClient(base_url=rt.url, timeout=5) as client,
     ):
-        async with httpx.AsyncClient(base_url=rt.url, timeout=5) as client:
-            for _ in range(3):
-                r = await client.get("/catalog/products/1")
-                assert r.status_code == 200 and r.json() == {"value": 1}
-            await until(lambda: len(cat.received) == 3)
-            # Every primary response arrived while the candidate held all three copies unanswered.
-            assert cat.answered == 0 and sender.stats()["in_flight"] == 3
-            gate.set()
-            assert await sender.drain(5)
+        for _ in range(3):
+            r = await client.get("/catalog/products/1")
+            assert r.status_code == 200 and r.json() == {"value": 1}
+        await until(lambda: len(cat.received) == 3)
+        # Every primary response arrived while the candidate held all three copies unanswered.
+        assert cat.answered == 0 and sender.stats()["in_flight"] == 3
+        gate.set()
+        assert await sender.drain(5)
     assert cat.answered == 3
     assert rt.telemetry.diff_counts("catalog").compared == 3
     assert rt.telemetry.diff_counts("catalog").differing == 0
@@ -184,19 +185,23 @@ async def test_primary_answers_before_the_candidate_even_answers(tmp_path: Path)
 
 async def test_unsafe_methods_are_not_mirrored_unless_the_split_allows_them(tmp_path: Path) -> None:
     mono, cat = EchoApp("monolith"), EchoApp("catalog")
-    async with serve_app(mono) as m, serve_app(cat) as c, shadow_facade(tmp_path, m, c) as (rt, sender):
-        async with httpx.AsyncClient(base_url=rt.url) as client:
-            for method in ("POST", "PUT", "PATCH", "DELETE"):
-                r = await client.request(method, "/catalog/products", content=b"{}")
-                assert r.status_code == 200 and r.json()["method"] == method
-            assert await sender.drain(5)
-            assert cat.requests == []
-            assert sender.skipped_unsafe["catalog"] == 4
+    async with (
+        serve_app(mono) as m,
+        serve_app(cat) as c,
+        shadow_facade(tmp_path, m, c) as (rt, sender),
+        httpx.AsyncClient(base_url=rt.url) as client,
+    ):
+        for method in ("POST", "PUT", "PATCH", "DELETE"):
+            r = await client.request(method, "/catalog/products", content=b"{}")
+            assert r.status_code == 200 and r.json()["method"] == method
+        assert await sender.drain(5)
+        assert cat.requests == []
+        assert sender.skipped_unsafe["catalog"] == 4
 
-            rt.swap(splits={"catalog": UnsafeSplit(primary="monolith", candidate="catalog", shadow_percent=100.0)})
-            r = await client.post("/catalog/products", content=b'{"name": "mug"}')
-            assert r.status_code == 200
-            assert await sender.drain(5)
+        rt.swap(splits={"catalog": UnsafeSplit(primary="monolith", candidate="catalog", shadow_percent=100.0)})
+        r = await client.post("/catalog/products", content=b'{"name": "mug"}')
+        assert r.status_code == 200
+        assert await sender.drain(5)
     (copy,) = cat.requests
     assert copy["method"] == "POST" and copy["body_size"] == len(b'{"name": "mug"}')
     assert len(mono.requests) == 5  # no noise-learning copy for an unsafe method: it would repeat the write
