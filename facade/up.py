@@ -50,10 +50,12 @@ __all__ = [
     "StackPlan",
     "default_config_path",
     "find_taken_ports",
+    "has_mesh_sidecar",
     "install_stop_handlers",
     "plan_stack",
     "register",
     "render_ready",
+    "serve_has_state_dir",
 ]
 
 DEFAULT_STATE_DIR = ".facade-demo"
@@ -66,7 +68,10 @@ POLL_INTERVAL = 0.1
 SHOP_APPS = {
     "monolith": "sample_monolith.monolith:app",
     "catalog": "sample_monolith.catalog:app",
+    "orders": "sample_monolith.orders:app",
 }
+# Where the orders service gets its prices: the first of these services the config runs.
+ORDERS_PRICE_SOURCES = ("catalog", "monolith")
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -140,9 +145,16 @@ def plan_stack(
     python: str,
     admin_token: str | None,
     pythonpath: str | None = None,
+    facade_state_dir: str | None = None,
+    sidecars: bool = False,
 ) -> StackPlan:
     """The children ``facade up`` runs for ``config``: the shop apps behind each service's loopback
-    ``http://`` endpoints (stage 0), then the facade (stage 1). Pure: no files, ports or processes."""
+    ``http://`` endpoints (stage 0), then the facade (stage 1). Pure: no files, ports or processes.
+
+    ``facade_state_dir`` is passed as ``facade serve --state-dir`` (None: the config's own
+    ``state_dir``). ``sidecars`` says whether this build has ``facade mesh sidecar``; without it
+    the services talk plain HTTP on loopback and the plan says so in a note.
+    """
     common_env: list[tuple[str, str]] = [("PYTHONUNBUFFERED", "1")]
     if pythonpath:
         common_env.append(("PYTHONPATH", pythonpath))
@@ -171,7 +183,14 @@ def plan_stack(
                 "--http", "httptools", "--no-access-log", "--timeout-graceful-shutdown", "3",
             )  # fmt: skip
             # Replicas of one service share its database (SQLite WAL handles several processes).
-            child_env = (*common_env, ("SHOP_DB", db), ("CATALOG_DB", db))
+            child_env: tuple[tuple[str, str], ...] = (*common_env, ("SHOP_DB", db), ("CATALOG_DB", db))
+            if service.name == "orders":
+                price_source = _price_source(config)
+                if price_source is None:
+                    notes.append("orders: no catalog or monolith service with a loopback http:// endpoint to price "
+                                 "orders from; its POST /orders will answer 503")  # fmt: skip
+                    price_source = "http://127.0.0.1:9"  # discard port: refused at once, reported as 503
+                child_env = (*child_env, ("ORDERS_DB", db), ("ORDERS_CATALOG_URL", price_source))
             specs.append(ChildSpec(name, argv, child_env, listen.url + health_path, (listen,), stage=0))
 
     facade_host, facade_port = _parse_listen(config.listen, what="listen")
@@ -181,10 +200,16 @@ def plan_stack(
     env = list(common_env)
     if admin_token:
         env.append(("FACADE_ADMIN_TOKEN", admin_token))
+    serve_argv: tuple[str, ...] = (python, "-m", "facade", "serve", "-c", config_path)
+    if facade_state_dir is not None:
+        serve_argv += ("--state-dir", facade_state_dir)
+    if not sidecars and any(s.name in SHOP_APPS for s in config.services):
+        notes.append("mesh: this build has no `facade mesh sidecar`; services talk plain HTTP on loopback "
+                     "(no mTLS or policy between them)")  # fmt: skip
     specs.append(
         ChildSpec(
             "facade",
-            (python, "-m", "facade", "serve", "-c", config_path),
+            serve_argv,
             tuple(env),
             admin_listen.url + "/readyz",
             (facade_listen, admin_listen),
@@ -193,6 +218,18 @@ def plan_stack(
     )
     _check_distinct_ports(specs)
     return StackPlan(tuple(specs), tuple(notes), admin_url=admin_listen.url, facade_url=facade_listen.url)
+
+
+def _price_source(config: Config) -> str | None:
+    for name in ORDERS_PRICE_SOURCES:
+        service = config.service(name)
+        if service is None:
+            continue
+        for endpoint in (e for group in service.groups for e in group.endpoints):
+            parts = urlsplit(endpoint)
+            if parts.scheme == "http" and parts.hostname in _LOOPBACK and parts.port is not None:
+                return endpoint.rstrip("/")
+    return None
 
 
 def _check_distinct_ports(specs: Iterable[ChildSpec]) -> None:
@@ -225,6 +262,14 @@ def render_ready(plan: StackPlan, pids: dict[str, int], *, config_path: str, tok
         '       -d \'{"user_id": 1, "items": [{"product_id": 1, "quantity": 2}]}\'',
         f"  facade routes --admin {admin}",
         f"  facade validate -c {config_path}",
+        "",
+        "next: rehearse a cutover",
+        f"  facade migrate list --admin {admin}",
+        f"  facade migrate plan extract-catalog -c {config_path}",
+        f"  facade migrate start extract-catalog --admin {admin}",
+        f"  facade migrate next extract-catalog --admin {admin}      # after the hold, when the gates pass",
+        f"  facade compare catalog --admin {admin}                   # old vs new, side by side",
+        f"  facade loadtest extract-catalog --host {url} --admin {admin}",
     ]
     if token:
         lines += ["", f"admin token: {token}", f"  export FACADE_ADMIN_TOKEN={token}"]
@@ -475,6 +520,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         plan = plan_stack(
             config, config_path=config_path, state_dir=str(state_dir), python=sys.executable, admin_token=token,
             pythonpath=_pythonpath(),
+            facade_state_dir=str(state_dir / "facade") if serve_has_state_dir() else None,
+            sidecars=has_mesh_sidecar(),
         )  # fmt: skip
     except ConfigError as exc:
         for problem in exc.problems:
@@ -540,6 +587,26 @@ def install_stop_handlers(on_signal: Callable[[int], None]) -> Callable[[], None
             signal.signal(s, h)
 
     return restore
+
+
+def serve_has_state_dir() -> bool:
+    """Whether this build's ``facade serve`` takes ``--state-dir`` (older builds only read the config's)."""
+    from . import commands
+
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers())
+    _, unknown = parser.parse_known_args(["serve", "--state-dir", "probe"])
+    return not unknown
+
+
+def has_mesh_sidecar() -> bool:
+    """Whether this build has the mesh sidecar (``mesh.sidecar``, ``facade mesh sidecar``)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("mesh.sidecar") is not None
+    except ModuleNotFoundError:
+        return False
 
 
 def _pythonpath() -> str:

@@ -35,6 +35,7 @@ from facade.up import (
     log_tail,
     plan_stack,
     render_ready,
+    serve_has_state_dir,
 )
 
 PY = sys.executable
@@ -141,7 +142,7 @@ def test_plan_runs_one_child_per_endpoint_and_notes_what_it_cannot_run() -> None
             ServiceSpec("payments", (EndpointGroup("default", ("http://10.0.0.5:80",)),)),
         ),
     )  # fmt: skip
-    plan = plan_stack(config, config_path="c", state_dir="s", python="py", admin_token=None)
+    plan = plan_stack(config, config_path="c", state_dir="s", python="py", admin_token=None, sidecars=True)
     assert [(s.name, s.port) for s in plan.specs] == [("monolith-1", 7001), ("monolith-2", 7002), ("facade", 1)]
     # Replicas share their service's database.
     assert dict(plan.specs[0].env)["SHOP_DB"] == dict(plan.specs[1].env)["SHOP_DB"]
@@ -175,6 +176,9 @@ def test_ready_table_lists_facade_first_then_admin_then_backends() -> None:
     assert "facade routes --admin http://127.0.0.1:19901" in text
     assert "facade validate -c /c.yaml" in text
     assert "export FACADE_ADMIN_TOKEN=tok" in text
+    assert "facade migrate start extract-catalog --admin http://127.0.0.1:19901" in text
+    assert "facade compare catalog --admin http://127.0.0.1:19901" in text
+    assert "facade loadtest extract-catalog --host http://127.0.0.1:18080 --admin http://127.0.0.1:19901" in text
 
 
 def test_listen_urls_for_wildcard_and_ipv6_hosts() -> None:
@@ -190,9 +194,48 @@ def test_shipped_config_is_found_from_any_directory_and_names_the_demo_ports(
     assert os.path.isabs(path) and path.endswith(os.path.join("sample_monolith", "facade.yaml"))
     config = load_stack_config(path)
     plan = plan_stack(config, config_path=path, state_dir="s", python="py", admin_token=None)
-    assert [(s.name, s.port) for s in plan.specs] == [("monolith", 8001), ("catalog", 8002), ("facade", 8080)]
+    assert [(s.name, s.port) for s in plan.specs] == [
+        ("monolith", 8001),
+        ("catalog", 8002),
+        ("orders", 8003),
+        ("facade", 8080),
+    ]
     assert plan.admin_url == "http://127.0.0.1:9901"
-    assert [r.name for r in config.routes] == ["catalog", "default"]
+    assert [r.name for r in config.routes] == ["catalog", "orders", "default"]
+    assert config.mark_responses
+    assert config.migrations_dir and os.path.isdir(config.migrations_dir)
+    plans = sorted(os.listdir(config.migrations_dir))
+    assert plans == ["001-extract-catalog.yaml", "002-extract-orders.yaml"]
+
+
+def test_orders_prices_from_the_catalog_service_else_the_monolith() -> None:
+    ports = [18080, 19901, 18001, 18002]
+    orders = ServiceSpec("orders", (EndpointGroup("default", ("http://127.0.0.1:18003",)),))
+    config = shop_config(ports)
+    config = replace(config, services=(*config.services, orders))
+    plan = plan_stack(config, config_path="c", state_dir="/s", python="py", admin_token=None)
+    spec = next(s for s in plan.specs if s.name == "orders")
+    assert spec.argv[3] == "sample_monolith.orders:app" and spec.stage == 0
+    assert dict(spec.env)["ORDERS_CATALOG_URL"] == "http://127.0.0.1:18002"
+    assert dict(spec.env)["ORDERS_DB"] == "/s/data/orders.db"
+    without_catalog = replace(config, services=tuple(s for s in config.services if s.name != "catalog"))
+    plan = plan_stack(without_catalog, config_path="c", state_dir="/s", python="py", admin_token=None)
+    spec = next(s for s in plan.specs if s.name == "orders")
+    assert dict(spec.env)["ORDERS_CATALOG_URL"] == "http://127.0.0.1:18001"
+
+
+def test_facade_state_dir_and_the_sidecar_note() -> None:
+    config = shop_config([18080, 19901, 18001, 18002])
+    plan = plan_stack(config, config_path="c", state_dir="/s", python="py", admin_token=None,
+                      facade_state_dir="/s/facade", sidecars=False)  # fmt: skip
+    assert plan.specs[-1].argv == ("py", "-m", "facade", "serve", "-c", "c", "--state-dir", "/s/facade")
+    assert any("no `facade mesh sidecar`" in note for note in plan.notes)
+    plan = plan_stack(config, config_path="c", state_dir="/s", python="py", admin_token=None, sidecars=True)
+    assert not any("sidecar" in note for note in plan.notes)
+
+
+def test_this_build_serve_takes_a_state_dir() -> None:
+    assert serve_has_state_dir()
 
 
 # -- the edge: ports, logs, processes ----------------------------------------------------------
