@@ -2,7 +2,11 @@
 
     GET  /migrations                    {"migrations": [status, ...]}        (no journals)
     GET  /migrations/{name}?journal=N   status with gates evaluated now and the last N journal entries
-    POST /migrations/{name}/{action}    body {force, reason, to, actor} -> the new status (bearer token)
+    POST /migrations/{name}/{action}    body {force, reason, to, actor, version?} -> the new status (bearer token)
+
+``version`` (optional) is the status ``version`` the caller decided on: if the plan has moved since,
+the action is a ``conflict`` and changes nothing (like Kubernetes' resourceVersion). Without it, the
+action applies to the state in force when the request arrived.
 
 Refusals map once, here: ``not_found`` -> 404; ``refused`` / ``conflict`` / ``gate_failed`` -> 409,
 each with ``Refusal.to_json()`` (``gate_failed`` carries the gate report); a malformed body -> 400.
@@ -27,15 +31,15 @@ __all__ = ["admin_routes", "parse_action"]
 _POST_JOURNAL = 20  # journal entries in the answer to an action: enough to see what just happened
 
 
-def parse_action(name: str, body: Any) -> Action | str:
-    """The ``Action`` a POST body asks for, or what is wrong with the body (pure)."""
+def parse_action(name: str, body: Any) -> tuple[Action, int | None] | str:
+    """The ``Action`` a POST body asks for and the version it expects, or what is wrong with the body (pure)."""
     if body is None:
         body = {}
     if not isinstance(body, dict):
-        return "the body must be a JSON object: {force, reason, to, actor}"
-    unknown = sorted(set(body) - {"force", "reason", "to", "actor"})
+        return "the body must be a JSON object: {force, reason, to, actor, version}"
+    unknown = sorted(set(body) - {"force", "reason", "to", "actor", "version"})
     if unknown:
-        return f"unknown field {unknown[0]!r} (expected force, reason, to, actor)"
+        return f"unknown field {unknown[0]!r} (expected force, reason, to, actor, version)"
     force = body.get("force", False)
     reason = body.get("reason") or ""
     to = body.get("to")
@@ -46,8 +50,11 @@ def parse_action(name: str, body: Any) -> Action | str:
         return "reason and actor must be strings"
     if to is not None and (isinstance(to, bool) or not isinstance(to, int)):
         return f"to must be a step number, got {to!r}"
+    version = body.get("version")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+        return f"version must be the integer version of the status, got {version!r}"
     assert name in ACTIONS
-    return Action(name, actor=actor, reason=reason, force=force, to=to)
+    return Action(name, actor=actor, reason=reason, force=force, to=to), version
 
 
 def _refusal(refusal: Refusal) -> JSONResponse:
@@ -85,10 +92,11 @@ def admin_routes(controller: MigrationController) -> list[Route]:
             body = await request.json() if raw.strip() else {}
         except ValueError:
             return _bad_request("the body is not JSON")
-        action = parse_action(verb, body)
-        if isinstance(action, str):
-            return _bad_request(action)
-        result = await controller.act(name, action)
+        parsed = parse_action(verb, body)
+        if isinstance(parsed, str):
+            return _bad_request(parsed)
+        action, version = parsed
+        result = await controller.act(name, action, expected_version=version)
         if isinstance(result, Refusal):
             return _refusal(result)
         status = await controller.status(name, journal=_POST_JOURNAL)

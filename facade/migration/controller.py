@@ -259,18 +259,23 @@ class MigrationController:
 
     # -- changing ----------------------------------------------------------------------------------
 
-    async def act(self, name: str, action: Action) -> MigrationState | Refusal:
+    async def act(
+        self, name: str, action: Action, *, expected_version: int | None = None
+    ) -> MigrationState | Refusal:
         """Apply a human / API action to plan ``name``; the committed state, or why not.
 
-        The action is computed from the state in force when it arrived: if another transition
-        commits while it waits for the lock, the store refuses it as a ``conflict`` (two
-        simultaneous ``next`` advance one step, not two).
+        The action is computed from the state the caller saw: ``expected_version`` when given,
+        else the state in force when it arrived. If another transition commits first, the store
+        refuses it as a ``conflict`` (two simultaneous ``next`` advance one step, not two).
         """
         plan = self.plans.get(name)
         if plan is None:
             return Refusal(f"no migration named {name!r} (known: {', '.join(sorted(self.plans)) or 'none'})",
                            "not_found")
         seen = self._state(name)
+        if expected_version is not None and expected_version != seen.version:
+            return Refusal(f"{name} is at version {seen.version}, not {expected_version}; look at its status "
+                           "and try again", "conflict")
         async with self._lock:
             plan = self.plans.get(name)
             if plan is None:

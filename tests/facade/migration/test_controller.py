@@ -1,0 +1,364 @@
+"""MigrationController on a real facade: real backends on loopback, real traffic, the real admin API."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+from facade.cli import main
+from facade.config import load_config
+from facade.console import EXIT_GATE_FAILED, EXIT_OK
+from facade.errors import ConfigError
+from facade.features import attach_features
+from facade.migration.controller import MigrationController
+from facade.migration.engine import Phase
+from facade.runtime import FacadeRuntime
+from tests.facade.migration.stack import TOKEN, Stack, config_text, migration_stack
+
+GATED = """\
+    name: shop
+    route: catalog
+    from: monolith
+    to: catalog
+    steps:
+      - weight: 50
+        gates: {error_rate: {max_delta: 1%}, latency_p99: {max_ms: 5000}, min_requests: 20}
+      - weight: 100
+    """
+
+
+async def _traffic(s: Stack, n: int, path: str = "/catalog/item") -> Counter[str]:
+    seen: Counter[str] = Counter()
+    for _ in range(n):
+        r = await s.client.get(path)
+        seen[r.headers.get("x-served-by", str(r.status_code))] += 1
+    return seen
+
+
+async def test_gates_inconclusive_pass_and_fail_on_real_traffic(tmp_path: Path) -> None:
+    async with migration_stack(tmp_path, GATED) as s:
+        assert (await s.act("shop", "start", actor="ann")).status_code == 200
+
+        # No traffic yet: too few requests is inconclusive, and `next` is refused as a gate result.
+        status = await s.status("shop")
+        assert status["gates"]["status"] == "inconclusive"
+        assert status["routing"] == {"catalog": {"to_percent": 50.0, "shadow_percent": 0.0, "canary": None,
+                                                 "sticky": None}}
+        refused = await s.act("shop", "next")
+        assert refused.status_code == 409 and refused.json()["code"] == "gate_failed"
+        assert refused.json()["gates"]["status"] == "inconclusive"
+
+        # Both sides healthy: the gates pass, with the measured values in the status.
+        seen = await _traffic(s, 120)
+        assert seen["monolith"] > 20 and seen["catalog"] > 20
+        status = await s.status("shop")
+        gates = {g["name"]: g for g in status["gates"]["results"]}
+        assert status["gates"]["status"] == "pass"
+        assert gates["min_requests"]["value"] == seen["catalog"]
+        assert gates["error_rate.max_delta"]["value"] == 0.0 and gates["error_rate.max_delta"]["status"] == "pass"
+        assert gates["latency_p99.max_ms"]["new"] is not None and gates["latency_p99.max_ms"]["old"] is not None
+
+        # The candidate starts answering 500: its error rate over the step's window breaks the gate.
+        s.new.fail = True
+        await _traffic(s, 120)
+        status = await s.status("shop")
+        gates = {g["name"]: g for g in status["gates"]["results"]}
+        assert status["gates"]["status"] == "fail"
+        assert gates["error_rate.max_delta"]["status"] == "fail" and gates["error_rate.max_delta"]["value"] > 20
+        assert gates["error_rate.max_delta"]["old"] == 0.0
+
+        # The CLI against the real admin API: refused with the gate exit code, then forced with a reason.
+        cli = ["--admin", s.runtime.admin_url, "--token", TOKEN]
+        assert await asyncio.to_thread(main, ["migrate", "next", "shop", *cli]) == EXIT_GATE_FAILED
+        assert (await s.status("shop"))["step"] == 1
+        code = await asyncio.to_thread(main, ["migrate", "next", "shop", "--force", "--reason", "known flake", *cli])
+        assert code == EXIT_OK
+        status = await s.status("shop")
+        assert (status["step"], status["routing"]["catalog"]["to_percent"]) == (2, 100.0)
+        last = status["journal"][-1]
+        assert (last["action"], last["reason"], last["gates"]["status"]) == ("next", "known flake", "fail")
+        # The journal row keeps the telemetry of the step that was left.
+        left = last["summary"]["catalog"]
+        assert left["step"] == "shop step 1: weight 50"
+        assert left["backends"]["catalog"]["errors"] > 0 and left["backends"]["monolith"]["errors"] == 0
+
+
+async def test_admin_api_contract(tmp_path: Path) -> None:
+    async with migration_stack(tmp_path, GATED) as s:
+        listing = (await s.admin.get("/migrations")).json()["migrations"]
+        assert [(m["name"], m["state"], m["step"], m["journal"]) for m in listing] == [("shop", "pending", 0, [])]
+        assert (await s.admin.get("/migrations/nope")).status_code == 404
+        r = await s.act("nope", "start")
+        assert (r.status_code, r.json()["code"]) == (404, "not_found")
+        r = await s.act("shop", "explode")
+        assert (r.status_code, r.json()["code"]) == (404, "not_found")
+        r = await s.admin.post("/migrations/shop/start", content=b"[1]")
+        assert r.status_code == 400
+        r = await s.act("shop", "start", force="yes")
+        assert r.status_code == 400 and "force" in r.json()["error"]
+        async with httpx.AsyncClient(base_url=s.runtime.admin_url) as no_token:
+            assert (await no_token.post("/migrations/shop/start", json={})).status_code == 401
+        assert (await s.status("shop"))["state"] == "pending"
+        r = await s.act("shop", "pause")
+        assert (r.status_code, r.json()["code"]) == (409, "refused")
+        r = await s.act("shop", "start", actor="ann", reason="go")
+        body = r.json()
+        assert r.status_code == 200 and body["state"] == "running" and body["step"] == 1
+        assert [(e["action"], e["actor"], e["reason"]) for e in body["journal"]] == [("start", "ann", "go")]
+        routes = (await s.admin.get("/routes")).json()["routes"]
+        catalog = next(route for route in routes if route["name"] == "catalog")
+        assert catalog["migration"]["step"] == "shop step 1: weight 50"
+        assert [(b["service"], b["weight"]) for b in catalog["backends"]] == [("monolith", 50.0), ("catalog", 50.0)]
+        assert (await s.admin.get("/migrations/shop", params={"journal": "x"})).status_code == 400
+
+
+async def test_concurrent_next_advances_one_step(tmp_path: Path) -> None:
+    plan = """\
+        name: shop
+        route: catalog
+        from: monolith
+        to: catalog
+        steps: [{weight: 10}, {weight: 20}, {weight: 30}]
+        """
+    async with migration_stack(tmp_path, plan) as s:
+        await s.act("shop", "start")
+        for _ in range(5):  # every round: two simultaneous `next` decided on the same status
+            before = (await s.status("shop"))["step"]
+            if before == 3:
+                await s.act("shop", "rollback", to=1)
+                before = 1
+            version = (await s.status("shop", journal=0))["version"]
+            first, second = await asyncio.gather(
+                s.act("shop", "next", version=version), s.act("shop", "next", version=version)
+            )
+            codes = sorted([first.status_code, second.status_code])
+            assert codes == [200, 409], (first.text, second.text)
+            loser = first if first.status_code == 409 else second
+            assert loser.json()["code"] == "conflict"
+            assert (await s.status("shop"))["step"] == before + 1
+        journal = (await s.status("shop"))["journal"]
+        assert [e["version"] for e in journal] == list(range(1, len(journal) + 1))
+        stale = await s.act("shop", "next", version=1)
+        assert (stale.status_code, stale.json()["code"]) == (409, "conflict")
+        assert (await s.status("shop", journal=0))["version"] == len(journal)
+
+
+async def test_sticky_cohort_only_grows(tmp_path: Path) -> None:
+    plan = """\
+        name: shop
+        route: catalog
+        from: monolith
+        to: catalog
+        sticky: {cookie: session_id}
+        steps: [{weight: 5}, {weight: 25}, {weight: 50}]
+        """
+    async with migration_stack(tmp_path, plan) as s:
+        # A first visit without the cookie is given one, so the next visits stick.
+        await s.act("shop", "start")
+        r = await s.client.get("/catalog/item")
+        assert r.headers["set-cookie"].startswith("session_id=") and "Max-Age=2592000" in r.headers["set-cookie"]
+        s.client.cookies.clear()  # from here on each user sends its own cookie
+
+        users = [f"user-{i}" for i in range(200)]
+        moved: set[str] = set()
+        shares = []
+        for step in (1, 2, 3):
+            if step > 1:
+                assert (await s.act("shop", "next")).status_code == 200
+            on_new = set()
+            for user in users:
+                side = await s.served_by(headers={"cookie": f"session_id={user}"})
+                if side == "catalog":
+                    on_new.add(user)
+            assert moved <= on_new, f"users went back to the monolith at step {step}: {moved - on_new}"
+            moved = on_new
+            shares.append(len(on_new) / len(users))
+        assert shares[0] < shares[1] < shares[2]
+        assert 0.3 < shares[2] < 0.7
+        # The same user within a step always sees the same side.
+        sides = {await s.served_by(headers={"cookie": "session_id=user-7"}) for _ in range(10)}
+        assert len(sides) == 1
+
+
+async def test_auto_mode_advances_then_rolls_back_when_the_new_service_fails(tmp_path: Path) -> None:
+    plan = """\
+        name: shop
+        route: catalog
+        from: monolith
+        to: catalog
+        interval: 200ms
+        threshold: 2
+        steps:
+          - weight: 50
+            gates: {error_rate: {max: 5%}, min_requests: 5}
+          - weight: 80
+            hold: 10m
+            gates: {error_rate: {max: 5%}, min_requests: 5}
+          - weight: 100
+        """
+    async with migration_stack(tmp_path, plan) as s:
+        r = await s.act("shop", "auto", actor="ann")
+        assert r.status_code == 200 and r.json()["auto"] is True and r.json()["state"] == "running"
+
+        # Healthy: once enough requests passed the gates, auto mode advances by itself.
+        deadline = time.monotonic() + 10
+        while (await s.status("shop", journal=0))["step"] == 1 and time.monotonic() < deadline:
+            await _traffic(s, 10)
+        status = await s.status("shop")
+        assert status["step"] == 2 and status["journal"][-1]["action"] == "advance"
+
+        # Then the new service breaks: `threshold` failed checks in a row roll everything back.
+        s.new.fail = True
+        deadline = time.monotonic() + 10
+        while (await s.status("shop", journal=0))["state"] == "running" and time.monotonic() < deadline:
+            await _traffic(s, 10)
+        status = await s.status("shop")
+        assert status["state"] == "rolled_back" and status["auto"] is False
+        actions = [e["action"] for e in status["journal"]]
+        assert actions[-2:] == ["tick", "auto_rollback"]
+        assert status["journal"][-1]["reason"].startswith("automatic rollback: 2 failed checks in a row at step 2")
+        assert status["journal"][-1]["gates"]["status"] == "fail"
+        # Everything is back on the monolith.
+        assert (await _traffic(s, 20)) == Counter({"monolith": 20})
+        assert s.controller._auto == {}
+
+
+async def test_zero_failed_requests_across_every_transition(tmp_path: Path) -> None:
+    plan = """\
+        name: shop
+        route: catalog
+        from: monolith
+        to: catalog
+        sticky: {cookie: session_id}
+        steps:
+          - shadow: {percent: 100}
+          - canary: {header: {x-canary: "1"}}
+          - weight: 5
+          - weight: 25
+          - weight: 50
+          - weight: 100
+        """
+    async with migration_stack(tmp_path, plan) as s:
+        stop = asyncio.Event()
+        statuses: Counter[int] = Counter()
+        sides: Counter[str] = Counter()
+
+        async def worker(n: int) -> None:
+            for i in range(2000):  # bounded, whatever happens
+                if stop.is_set():
+                    return
+                headers = {"cookie": f"session_id=u{n}-{i % 50}"}
+                if i % 4 == 0:
+                    headers["x-canary"] = "1"
+                r = await s.client.get(f"/catalog/item/{i}", headers=headers)
+                statuses[r.status_code] += 1
+                sides[r.headers.get("x-served-by", "?")] += 1
+
+        workers = [asyncio.create_task(worker(n)) for n in range(4)]
+        await asyncio.sleep(0.1)
+        for action in ["start", "next", "next", "next", "next", "next", "next"]:
+            assert (await s.act("shop", action)).status_code == 200
+            await asyncio.sleep(0.1)
+        stop.set()
+        await asyncio.gather(*workers)
+        assert (await s.status("shop"))["state"] == "completed"
+        assert set(statuses) == {200}, statuses
+        assert sides["monolith"] > 0 and sides["catalog"] > 0
+        assert await _traffic(s, 10) == Counter({"catalog": 10})
+
+
+async def test_reload_that_edits_an_applied_step_is_rejected(tmp_path: Path) -> None:
+    plan = """\
+        name: shop
+        route: catalog
+        from: monolith
+        to: catalog
+        steps: [{weight: 10}, {weight: 20}, {weight: 30}]
+        """
+    async with migration_stack(tmp_path, plan) as s:
+        await s.act("shop", "start")
+        await s.act("shop", "next")
+        before = s.runtime.holder.current.splits["catalog"]
+
+        s.write_plan(plan.replace("{weight: 10}", "{weight: 15}"))
+        s.touch_config("edit 1")
+        result = await s.runtime.reload("test")
+        assert not result.ok
+        assert any("step 1 was already applied" in p.message for p in result.problems), result.problems
+        assert s.runtime.holder.current.splits["catalog"] == before
+        assert s.controller.plans["shop"].steps[0].weight == 10
+        assert (await s.status("shop"))["step"] == 2
+
+        # A step not applied yet may change.
+        s.write_plan(plan.replace("{weight: 30}", "{weight: 40}"))
+        s.touch_config("edit 2")
+        result = await s.runtime.reload("test")
+        assert result.ok, result.problems
+        assert s.controller.plans["shop"].steps[2].weight == 40
+        assert s.runtime.holder.current.splits["catalog"] == before
+        await s.act("shop", "next")
+        assert s.runtime.holder.current.splits["catalog"].weight_bps == 4000
+
+        # Removing the file of a running plan would drop its routing mid-migration: rejected too.
+        (s.tmp_path / "migrations" / "001-plan.yaml").unlink()
+        s.touch_config("edit 3")
+        result = await s.runtime.reload("test")
+        assert not result.ok and "its file is gone" in result.problems[0].message
+        assert s.runtime.holder.current.splits["catalog"].weight_bps == 4000
+
+
+def _runtime(tmp_path: Path, old: str = "http://127.0.0.1:9", new: str = "http://127.0.0.1:9") -> FacadeRuntime:
+    path = tmp_path / "facade.yaml"
+    path.write_text(config_text(old, new))
+    runtime = FacadeRuntime(load_config(str(path)), config_path=str(path), watch_interval=None)
+    attach_features(runtime)
+    return runtime
+
+
+def _controller(runtime: FacadeRuntime) -> MigrationController:
+    return next(e for e in runtime.extensions if isinstance(e, MigrationController))
+
+
+async def test_an_invalid_plan_refuses_start_with_positions(tmp_path: Path) -> None:
+    (tmp_path / "migrations").mkdir()
+    (tmp_path / "migrations" / "001.yaml").write_text(
+        "name: shop\nroute: catalgo\nfrom: monolith\nto: catalog\nsteps: [{weight: 150}]\n"
+    )
+    runtime = _runtime(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        await _controller(runtime).start()
+    text = str(info.value)
+    assert "001.yaml:2:8: route: unknown route 'catalgo'; did you mean 'catalog'?" in text
+    assert "001.yaml:5:18: steps[0].weight" in text
+    assert runtime.splits == {}
+
+
+async def test_restart_serves_the_committed_step_and_refuses_a_rewritten_one(tmp_path: Path) -> None:
+    from facade.migration.engine import Action
+
+    (tmp_path / "migrations").mkdir()
+    plan = tmp_path / "migrations" / "001.yaml"
+    plan.write_text("name: shop\nroute: catalog\nfrom: monolith\nto: catalog\nsteps: [{weight: 10}, {weight: 60}]\n")
+    first = _runtime(tmp_path)
+    controller = _controller(first)
+    await controller.start()
+    for name in ("start", "next"):
+        result = await controller.act("shop", Action(name, actor="t"))  # type: ignore[arg-type]
+        assert not hasattr(result, "code"), result
+    await controller.stop()
+
+    again = _runtime(tmp_path)
+    await _controller(again).start()
+    assert again.holder.current.splits["catalog"].weight_bps == 6000
+    assert again.telemetry.current_step("catalog") == "shop step 2: weight 60"
+    state = _controller(again).states["shop"]
+    assert (state.phase, state.step, state.version) == (Phase.RUNNING, 1, 2)
+
+    plan.write_text(plan.read_text().replace("{weight: 10}", "{weight: 20}"))
+    with pytest.raises(ConfigError, match="step 1 was already applied"):
+        await _controller(_runtime(tmp_path)).start()
