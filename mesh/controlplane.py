@@ -1,0 +1,397 @@
+"""The mesh control plane, as a facade extension on the admin listener (Citadel + Pilot, small).
+
+    feature = MeshFeature.attach(runtime)     # before runtime.start(); see attach() for what it changes
+
+Endpoints (admin listener):
+
+    POST /mesh/ca/sign      {"token", "csr"} -> SVID + bundle        (the bootstrap token authorises)
+    POST /mesh/ca/renew     {"certificate", "csr", "signature"}       (the current SVID's key authorises)
+    GET  /mesh/config?service=X&version=N&wait=30s                     versioned long-poll
+    POST /mesh/tokens       {"service", "ttl"?} -> bootstrap token     (admin bearer token)
+
+Config distribution: on start and after every accepted reload, the documents of every service
+are rebuilt (pure: ``mesh.document.build_document``). When any changed, the version goes up by
+one and long-polls waiting on the old version return the new document at once; otherwise a
+long-poll answers 304 after ``wait``. A policy that fails validation never gets here: parsing
+it is part of ``facade.config`` validation, so the reload is rejected and the running
+documents stay. ``check_config`` additionally refuses a mesh that contradicts the CA on disk.
+
+The CA lives under ``mesh.ca.state_dir`` (default: the facade's ``state_dir``), created on
+first start with ``CertificateAuthority.init``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from facade.config import Config
+from facade.errors import ConfigError, Problem
+from facade.upstream import Upstreams
+from facade.yamlfile import parse_duration
+
+from .ca import CaError, CaNotFound, CertificateAuthority, CsrRejected
+from .ca_http import MAX_SIGN_REQUEST_BYTES, ca_routes
+from .config import MeshSpec
+from .document import SidecarDocument, build_document
+from .edge import EdgeIdentity
+from .spiffe import SpiffeId
+from .tls import MTLS_MODES, MtlsMode, PeerRejected, verify_peer
+
+__all__ = ["CONFIG_PATH", "MAX_WAIT_S", "RENEW_PATH", "TOKENS_PATH", "MeshFeature"]
+
+logger = logging.getLogger("mesh.controlplane")
+
+CONFIG_PATH = "/mesh/config"
+RENEW_PATH = "/mesh/ca/renew"
+TOKENS_PATH = "/mesh/tokens"
+MAX_WAIT_S = 60.0
+DEFAULT_TOKEN_TTL_S = 3600.0
+
+
+class _TtlAuthority:
+    """The CA as ``ca_routes`` sees it, issuing SVIDs with the mesh's configured lifetime."""
+
+    def __init__(self, ca: CertificateAuthority, ttl: float) -> None:
+        self._ca = ca
+        self._ttl = timedelta(seconds=ttl)
+
+    def redeem(self, token: str, csr_pem: bytes) -> tuple[bytes, bytes]:
+        return self._ca.redeem(token, csr_pem, ttl=self._ttl)
+
+
+class MeshFeature:
+    """CA + config distribution + the edge identity, attached to a FacadeRuntime."""
+
+    def __init__(self, runtime: Any) -> None:
+        self.runtime = runtime
+        self.ca: CertificateAuthority | None = None
+        self.edge: EdgeIdentity | None = None
+        self.version = 0
+        self.documents: dict[str, SidecarDocument] = {}
+        self.mode_overrides: dict[str, MtlsMode] = {}
+        self._changed = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._config: Config | None = None
+        if runtime.config.mesh is not None:
+            self._prepare(runtime.config)
+            self._publish(runtime.config)
+
+    def __repr__(self) -> str:
+        return f"<MeshFeature v{self.version} services={sorted(self.documents)} edge={self.edge!r}>"
+
+    @classmethod
+    def attach(cls, runtime: Any) -> MeshFeature:
+        """Create the feature and wire it into ``runtime`` (before ``runtime.start()``).
+
+        Appends it to ``runtime.extensions`` and replaces the not-yet-started ``runtime.upstreams``
+        with pools built by ``ssl_context_factory`` (mesh mTLS to services with ``identity:``),
+        then swaps a snapshot over them.
+        """
+        feature = cls(runtime)
+        runtime.extensions.append(feature)
+        runtime.upstreams = Upstreams(runtime.config.services, ssl_context_factory=feature.ssl_context_factory)
+        runtime.swap()
+        return feature
+
+    # -- CA and edge identity ---------------------------------------------------------------
+
+    def _prepare(self, config: Config) -> None:
+        """Load (or create) the CA for ``config.mesh`` and issue the edge SVID. Raises ConfigError."""
+        mesh: MeshSpec = config.mesh
+        state_dir = mesh.ca.state_dir or config.state_dir
+        if self.ca is None or self.ca.trust_domain != mesh.trust_domain:
+            try:
+                try:
+                    ca = CertificateAuthority.load(state_dir)
+                except CaNotFound:
+                    ca = CertificateAuthority.init(state_dir, mesh.trust_domain)
+                    logger.info("mesh: created the CA for %s in %s", mesh.trust_domain, ca.directory)
+            except CaError as exc:
+                raise ConfigError([Problem(config.source, 1, 1, "mesh.ca", str(exc))]) from None
+            if ca.trust_domain != mesh.trust_domain:
+                raise ConfigError(
+                    [
+                        Problem(
+                            config.source, 1, 1, "mesh.trust_domain",
+                            f"the CA in {ca.directory} is for trust domain {ca.trust_domain!r}, not "
+                            f"{mesh.trust_domain!r}; use another mesh.ca.state_dir or re-init the CA",
+                        )
+                    ]
+                )
+            self.ca = ca
+        assert self.ca is not None
+        edge_id = mesh.edge()
+        if self.edge is None or self.edge.spiffe_id != edge_id or self.edge.ca is not self.ca:
+            self.edge = EdgeIdentity(self.ca, edge_id, ttl=mesh.ca.svid_ttl)
+        else:
+            self.edge.ttl = mesh.ca.svid_ttl
+
+    def ssl_context_factory(self, spec: Any) -> Any:
+        """``Upstreams`` factory: mesh mTLS via the edge identity, else the service's own ``tls:``."""
+        if self.edge is None:
+            from facade.upstream import client_ssl_context
+
+            return client_ssl_context(spec.tls, service=spec.name) if spec.tls is not None else None
+        return self.edge.ssl_context_factory(spec)
+
+    # -- extension hooks ----------------------------------------------------------------------
+
+    def check_config(self, config: Config) -> None:
+        """Veto a reload whose mesh cannot be served; prepares the CA/edge identity for it."""
+        problems: list[Problem] = []
+        mesh: MeshSpec | None = config.mesh
+        if mesh is None:
+            for s in config.services:
+                if s.identity:
+                    problems.append(
+                        Problem(config.source, 1, 1, f"services.{s.name}.identity", "needs a mesh: section")
+                    )
+        else:
+            for s in config.services:
+                m = mesh.service(s.name)
+                if s.identity and m is not None and m.identity is not None and str(m.identity) != s.identity:
+                    problems.append(
+                        Problem(
+                            config.source, 1, 1, f"mesh.services.{s.name}.identity",
+                            f"{m.identity} contradicts services.{s.name}.identity {s.identity}",
+                        )
+                    )
+        if problems:
+            raise ConfigError(problems)
+        if mesh is not None:
+            self._prepare(config)
+
+    async def config_changed(self, config: Config) -> None:
+        if config.mesh is not None:
+            self._publish(config)
+
+    async def start(self) -> None:
+        if self.edge is not None:
+            self._tasks.append(asyncio.create_task(self._rotate_edge()))
+
+    async def _rotate_edge(self) -> None:
+        # The edge object may be replaced by a reload (new trust domain / edge_identity): follow it.
+        while True:
+            edge = self.edge
+            if edge is None:
+                return
+            delay = (edge.rotate_at() - datetime.now(UTC)).total_seconds()
+            await asyncio.sleep(max(delay, 0.05))
+            if self.edge is edge:
+                try:
+                    edge.rotate()
+                except Exception:
+                    logger.exception("edge identity rotation failed; retrying in 1s")
+                    await asyncio.sleep(1.0)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._tasks.clear()
+
+    # -- distribution -------------------------------------------------------------------------
+
+    def set_mode(self, service: str, mode: MtlsMode | None) -> int:
+        """Override ``service``'s mTLS mode (the ``mtls: strict`` migration step); None removes it.
+
+        Returns the document version in force afterwards. Sidecars long-polling pick it up at once.
+        """
+        if mode is not None and mode not in MTLS_MODES:
+            raise ValueError(f"mode must be one of {', '.join(MTLS_MODES)}, got {mode!r}")
+        if mode is None:
+            self.mode_overrides.pop(service, None)
+        else:
+            self.mode_overrides[service] = mode
+        if self._config is not None:
+            self._publish(self._config)
+        return self.version
+
+    def _publish(self, config: Config) -> None:
+        """Rebuild every document; bump the version and wake long-polls when any changed."""
+        assert self.ca is not None
+        self._config = config
+        bundle = self.ca.trust_bundle_pem.decode("ascii")
+        fresh = {
+            s.name: build_document(
+                config, s.name, bundle_pem=bundle, version=self.version, mode_overrides=self.mode_overrides
+            )
+            for s in config.services
+        }
+        same = fresh.keys() == self.documents.keys() and all(
+            fresh[name].same_content(self.documents[name]) for name in fresh
+        )
+        if same and self.version:
+            return
+        self.version += 1
+        # One assignment: a long-poll never sees half of a new version.
+        self.documents = {name: replace(doc, version=self.version) for name, doc in fresh.items()}
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+        logger.info("mesh: config version %d for %d services", self.version, len(fresh))
+
+    def issue_token(self, service: str, *, ttl: float = DEFAULT_TOKEN_TTL_S) -> tuple[str, SpiffeId]:
+        """A bootstrap token for ``service``'s sidecar (used by ``facade up`` and tests)."""
+        doc = self.documents.get(service)
+        if doc is None or self.ca is None:
+            raise KeyError(service)
+        return self.ca.issue_bootstrap_token(doc.identity, ttl=timedelta(seconds=ttl)), doc.identity
+
+    # -- HTTP ---------------------------------------------------------------------------------
+
+    def admin_routes(self) -> list[BaseRoute]:
+        from facade.admin import require_token
+
+        async def sign(request: Request) -> Response:
+            if self.ca is None or self._config is None:
+                return _error(404, "no mesh: section in the config")
+            inner = ca_routes(_TtlAuthority(self.ca, self._config.mesh.ca.svid_ttl))  # type: ignore[arg-type]
+            return await inner[0].endpoint(request)  # type: ignore[no-any-return]
+
+        async def renew(request: Request) -> Response:
+            if self.ca is None or self._config is None:
+                return _error(404, "no mesh: section in the config")
+            body = await _read_json(request)
+            if isinstance(body, Response):
+                return body
+            return self._renew(body)
+
+        async def config(request: Request) -> Response:
+            if self.ca is None:
+                return _error(404, "no mesh: section in the config")
+            service = request.query_params.get("service", "")
+            try:
+                known = int(request.query_params.get("version", "0"))
+                wait = min(parse_duration(request.query_params.get("wait", "0s")), MAX_WAIT_S)
+            except ValueError as exc:
+                return _error(400, f"bad version or wait: {exc}")
+            if service not in self.documents:
+                return _error(404, f"unknown service {service!r}")
+            if known == self.version and wait > 0:
+                changed = self._changed
+                try:
+                    await asyncio.wait_for(changed.wait(), timeout=wait)
+                except TimeoutError:
+                    pass
+            doc = self.documents.get(service)
+            if doc is None:
+                return _error(404, f"service {service!r} is no longer configured")
+            if doc.version == known:
+                return Response(status_code=304, headers={"x-mesh-version": str(doc.version)})
+            return JSONResponse(doc.to_json(), headers={"x-mesh-version": str(doc.version)})
+
+        async def tokens(request: Request) -> Response:
+            denied = require_token(self.runtime, request)
+            if denied is not None:
+                return denied
+            body = await _read_json(request)
+            if isinstance(body, Response):
+                return body
+            service = body.get("service")
+            try:
+                ttl = parse_duration(body.get("ttl", "1h"))
+            except (ValueError, TypeError, AttributeError) as exc:
+                return _error(400, f"bad ttl: {exc}")
+            if not isinstance(service, str):
+                return _error(400, 'body must be {"service": "<name>", "ttl": "1h"}')
+            try:
+                token, spiffe_id = self.issue_token(service, ttl=ttl)
+            except KeyError:
+                return _error(404, f"unknown service {service!r}")
+            expires = datetime.now(UTC) + timedelta(seconds=ttl)
+            return JSONResponse({"token": token, "spiffe_id": str(spiffe_id), "expires": expires.isoformat()})
+
+        return [
+            Route("/mesh/ca/sign", sign, methods=["POST"]),
+            Route(RENEW_PATH, renew, methods=["POST"]),
+            Route(CONFIG_PATH, config, methods=["GET"]),
+            Route(TOKENS_PATH, tokens, methods=["POST"]),
+        ]
+
+    def _renew(self, body: dict[str, Any]) -> Response:
+        """Sign a new CSR for the holder of a valid SVID: the signature over the CSR proves the old key."""
+        assert self.ca is not None and self._config is not None
+        cert_pem, csr_pem, signature = body.get("certificate"), body.get("csr"), body.get("signature")
+        if not all(isinstance(v, str) for v in (cert_pem, csr_pem, signature)):
+            return _error(400, 'body must be {"certificate": PEM, "csr": PEM, "signature": base64}')
+        try:
+            cert = x509.load_pem_x509_certificate(cert_pem.encode())  # type: ignore[union-attr]
+            sig = base64.b64decode(signature, validate=True)  # type: ignore[arg-type]
+        except ValueError as exc:
+            return _error(400, f"unreadable certificate or signature: {exc}")
+        now = datetime.now(UTC)
+        root = self.ca.certificate
+        try:
+            root_key = root.public_key()
+            assert isinstance(root_key, ec.EllipticCurvePublicKey)
+            root_key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))  # type: ignore[arg-type]
+            if cert.issuer != root.subject:
+                raise InvalidSignature()
+        except InvalidSignature:
+            return _error(401, "certificate was not issued by this CA")
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            return _error(401, "certificate is expired or not yet valid")
+        try:
+            spiffe_id = verify_peer(cert.public_bytes(Encoding.DER), trust_domain=self.ca.trust_domain)
+            key = cert.public_key()
+            assert isinstance(key, ec.EllipticCurvePublicKey)
+            key.verify(sig, csr_pem.encode(), ec.ECDSA(hashes.SHA256()))  # type: ignore[union-attr]
+        except PeerRejected as exc:
+            return _error(401, exc.reason)
+        except (InvalidSignature, AssertionError):
+            return _error(401, "signature over the CSR does not verify with the certificate's key")
+        try:
+            new_pem = self.ca.sign_csr(
+                csr_pem.encode(),  # type: ignore[union-attr]
+                spiffe_id=spiffe_id,
+                ttl=timedelta(seconds=self._config.mesh.ca.svid_ttl),
+            )
+        except CsrRejected as exc:
+            return _error(422, str(exc))
+        leaf = x509.load_pem_x509_certificate(new_pem)
+        return JSONResponse(
+            {
+                "spiffe_id": str(spiffe_id),
+                "certificate": new_pem.decode("ascii"),
+                "bundle": self.ca.trust_bundle_pem.decode("ascii"),
+                "expires": leaf.not_valid_after_utc.isoformat(),
+            }
+        )
+
+
+async def _read_json(request: Request) -> dict[str, Any] | Response:
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_SIGN_REQUEST_BYTES:
+            return _error(413, f"request body over {MAX_SIGN_REQUEST_BYTES} bytes")
+    try:
+        payload = json.loads(body or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        return _error(400, "body must be JSON")
+    if not isinstance(payload, dict):
+        return _error(400, "body must be a JSON object")
+    return payload
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)

@@ -1,0 +1,566 @@
+"""The sidecar: inbound mTLS + policy in front of the local app, outbound mTLS origination, admin, rotation.
+
+    sidecar = Sidecar(SidecarOptions(service="catalog", control_plane="http://127.0.0.1:9901",
+                                     bootstrap_token=token, inbound="127.0.0.1:15101", app="http://127.0.0.1:8002",
+                                     outbound="127.0.0.1:15001", admin="127.0.0.1:15000"))
+    await sidecar.start()        # bootstrap: config, key + CSR -> SVID, listeners, watch and rotation tasks
+    ...
+    await sidecar.stop()
+
+Start-up, in order:
+
+1. Fetch this service's document from the control plane (mode, identity, bundle, policies, peers).
+2. Generate the private key here, send only a CSR with the bootstrap token (``POST /mesh/ca/sign``)
+   and check the SVID names the identity the document gives.
+3. Build the server and client TLS contexts (each behind a ``RotatingContext``) and the two Proxy
+   snapshots: inbound (one service = the local app, one catch-all route) and outbound (one
+   service per peer, routed by ``Host``, originating mTLS that checks the peer's SPIFFE ID).
+4. Serve inbound (``mesh.listener``: TLS/plaintext per mode, peer verified), outbound (plain HTTP
+   on loopback for the app) and admin (``/healthz``, ``/metrics``, ``/config``).
+5. Watch the control plane (long-poll); rotate the SVID at ~50 % of its lifetime.
+
+Config updates apply atomically: the outbound pools are brought in line first (the only await),
+then the document, the gate state and both snapshots are swapped in one synchronous step. When
+the control plane is unreachable the sidecar keeps serving its last good document, says so on
+``/config`` and in ``/metrics``, logs it once per outage, and retries.
+
+Rotation: a new key and CSR, authorised by a signature with the current key (``POST
+/mesh/ca/renew``); the new contexts are built completely, then swapped. Connections open at the
+swap finish on the old certificate (still valid for the other half of its lifetime).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import socket
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import uvicorn
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route as HttpRoute
+
+from facade.config import (
+    Config,
+    EndpointGroup,
+    NormalizeSpec,
+    Route,
+    RouteMatch,
+    ServiceSpec,
+    WeightedBackend,
+)
+from facade.listener import HeadLimits, guarded_protocol
+from facade.proxy import Proxy
+from facade.runtime import SnapshotHolder, bind, build_snapshot
+from facade.upstream import Upstreams
+
+from .document import DocumentError, SidecarDocument
+from .gate import GateState, PolicyGate
+from .identity import WorkloadIdentity
+from .listener import InboundListener
+from .metrics import CONTENT_TYPE, SidecarMetrics
+from .origination import mesh_client_context
+from .rotation import rotation_time
+from .spiffe import SpiffeId
+from .tls import RotatingContext, client_context, server_context
+
+__all__ = ["ControlPlaneError", "Sidecar", "SidecarOptions"]
+
+logger = logging.getLogger("mesh.sidecar")
+
+DEFAULT_POLL_WAIT = 30.0
+DEFAULT_RETRY_INTERVAL = 1.0
+DEFAULT_BOOTSTRAP_TIMEOUT = 30.0
+
+
+class ControlPlaneError(Exception):
+    """The control plane refused or could not be reached; ``status`` is the HTTP status (0: unreachable)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarOptions:
+    service: str
+    control_plane: str  # the facade's admin URL
+    bootstrap_token: str
+    inbound: str | None = None  # HOST:PORT (needs ``app``)
+    app: str | None = None  # the local app's URL
+    outbound: str | None = None  # HOST:PORT for the app's calls to other services
+    admin: str | None = None  # HOST:PORT
+    poll_wait: float = DEFAULT_POLL_WAIT
+    retry_interval: float = DEFAULT_RETRY_INTERVAL
+    bootstrap_timeout: float = DEFAULT_BOOTSTRAP_TIMEOUT
+
+    def __post_init__(self) -> None:
+        if (self.inbound is None) != (self.app is None):
+            raise ValueError("--inbound and --app go together: the inbound listener forwards to the app")
+
+
+class ControlPlaneClient:
+    """The sidecar's calls to the control plane (httpx: latency does not matter here)."""
+
+    def __init__(self, base_url: str, *, poll_wait: float) -> None:
+        self._client = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=httpx.Timeout(poll_wait + 10.0))
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def document(self, service: str, *, version: int, wait: float) -> SidecarDocument | None:
+        """The document when its version differs from ``version``; None when unchanged after ``wait``."""
+        params = {"service": service, "version": str(version), "wait": f"{wait:g}s"}
+        resp = await self._call("GET", "/mesh/config", params=params)
+        if resp.status_code == 304:
+            return None
+        return SidecarDocument.from_json(resp.json())
+
+    async def sign(self, token: str, csr_pem: bytes) -> dict[str, Any]:
+        return (await self._call("POST", "/mesh/ca/sign", json={"token": token, "csr": csr_pem.decode()})).json()  # type: ignore[no-any-return]
+
+    async def renew(self, current: WorkloadIdentity, csr_pem: bytes) -> dict[str, Any]:
+        signature = current.key.sign(csr_pem, ec.ECDSA(hashes.SHA256()))
+        body = {
+            "certificate": current.cert_pem.decode(),
+            "csr": csr_pem.decode(),
+            "signature": base64.b64encode(signature).decode(),
+        }
+        return (await self._call("POST", "/mesh/ca/renew", json=body)).json()  # type: ignore[no-any-return]
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            resp = await self._client.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ControlPlaneError(f"control plane unreachable: {exc!r}") from None
+        if resp.status_code >= 400:
+            try:
+                detail = resp.json().get("error", resp.text)
+            except ValueError:
+                detail = resp.text
+            raise ControlPlaneError(f"{method} {path}: {resp.status_code} {detail}", resp.status_code)
+        return resp
+
+
+class Sidecar:
+    """One service's sidecar process (or task, in tests)."""
+
+    def __init__(self, options: SidecarOptions) -> None:
+        self.options = options
+        self.service = options.service
+        self.metrics = SidecarMetrics(options.service)
+        self.cp = ControlPlaneClient(options.control_plane, poll_wait=options.poll_wait)
+        self.doc: SidecarDocument | None = None
+        self.identity: WorkloadIdentity | None = None
+        self.identity_received_at = datetime.now(UTC)
+        self.server_tls: RotatingContext | None = None
+        self.client_tls: RotatingContext | None = None
+        self.gate_state = GateState((), NormalizeSpec())
+        self.control_plane_reachable = False
+        self.last_error: str | None = None
+        self.last_good_at: float | None = None
+        self.rotations = 0
+        self.inbound_url = ""
+        self.outbound_url = ""
+        self.admin_url = ""
+        self.head_limits = HeadLimits(max_head_bytes=60 * 1024, header_timeout=10.0)
+        self._inbound: InboundListener | None = None
+        self._in_holder: SnapshotHolder | None = None
+        self._in_upstreams: Upstreams | None = None
+        self._out_holder: SnapshotHolder | None = None
+        self._out_upstreams: Upstreams | None = None
+        self._servers: list[tuple[uvicorn.Server, socket.socket]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def __repr__(self) -> str:
+        version = self.doc.version if self.doc else None
+        return f"<Sidecar {self.service} v{version} inbound={self.inbound_url or '-'} outbound={self.outbound_url or '-'}>"
+
+    @property
+    def spiffe_id(self) -> SpiffeId:
+        assert self.identity is not None, "sidecar not started"
+        return self.identity.spiffe_id
+
+    # -- start / stop ------------------------------------------------------------------------
+
+    async def start(
+        self,
+        *,
+        inbound_sock: socket.socket | None = None,
+        outbound_sock: socket.socket | None = None,
+        admin_sock: socket.socket | None = None,
+    ) -> None:
+        opts = self.options
+        doc = await self._bootstrap_document()
+        await self._obtain_identity(doc)
+        assert self.identity is not None
+        bundle = doc.bundle_pem.encode()
+        # Always a CERT_REQUIRED context; the listener decides per connection whether to use it.
+        self.server_tls = RotatingContext(server_context(self.identity, bundle, trust_domain=doc.trust_domain))
+        self.client_tls = RotatingContext(client_context(self.identity, bundle))
+        self._install(doc, self._outbound_upstreams_for(doc))
+
+        if opts.inbound is not None or inbound_sock is not None:
+            assert opts.app is not None, "an inbound listener needs the app's URL"
+            self._in_upstreams = Upstreams([_app_spec(self.service, opts.app)])
+            self._in_holder = SnapshotHolder(
+                build_snapshot(_inbound_config(self.service, opts.app, doc), self._in_upstreams, version=doc.version)
+            )
+            await self._in_upstreams.start()
+            gate = PolicyGate(
+                Proxy(self._in_holder),
+                own_id=lambda: self.spiffe_id,
+                state=lambda: self.gate_state,
+                destination=self.service,
+                metrics=self.metrics,
+            )
+            sock = inbound_sock or bind(opts.inbound or "")
+            self._inbound = InboundListener(
+                gate,
+                sock=sock,
+                mode=lambda: self._doc().mode,
+                server_context=lambda: self._server_tls().current,
+                trust_domain=lambda: self._doc().trust_domain,
+                limits=self.head_limits,
+                on_connection=lambda kind: self.metrics.connections.labels(kind).inc(),
+            )
+            await self._inbound.start()
+            self.inbound_url = self._inbound.url
+        if opts.outbound is not None or outbound_sock is not None:
+            assert self._out_holder is not None
+            sock = outbound_sock or bind(opts.outbound or "")
+            await self._serve(_OutboundRecorder(Proxy(self._out_holder), self.metrics), sock, proxy=True)
+            self.outbound_url = _url(sock)
+        if self._out_upstreams is not None:
+            await self._out_upstreams.start()
+        if opts.admin is not None or admin_sock is not None:
+            sock = admin_sock or bind(opts.admin or "")
+            await self._serve(self._admin_app(), sock, proxy=False)
+            self.admin_url = _url(sock)
+        self._tasks.append(asyncio.create_task(self._watch()))
+        self._tasks.append(asyncio.create_task(self._rotate_forever()))
+        logger.info(
+            "sidecar %s (%s) up: inbound %s (%s), outbound %s, admin %s",
+            self.service, self.spiffe_id, self.inbound_url or "-", doc.mode, self.outbound_url or "-", self.admin_url or "-",
+        )
+
+    async def stop(self) -> None:
+        """Stop watching and rotating; stop accepting; let requests in flight finish; close the pools."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self._inbound is not None:
+            await self._inbound.stop()
+        for server, sock in self._servers:
+            server.should_exit = True
+            with contextlib.suppress(Exception):
+                await server.shutdown(sockets=[sock])
+        self._servers.clear()
+        for ups in (self._in_upstreams, self._out_upstreams):
+            if ups is not None:
+                await ups.close()
+        await self.cp.close()
+
+    async def _serve(self, app: Any, sock: socket.socket, *, proxy: bool) -> None:
+        config = uvicorn.Config(
+            app,
+            http=guarded_protocol(self.head_limits) if proxy else "httptools",
+            loop="none",
+            lifespan="off",
+            proxy_headers=False,
+            server_header=not proxy,
+            date_header=not proxy,
+            access_log=False,
+            log_level="warning",
+            timeout_keep_alive=5,
+            timeout_graceful_shutdown=5,
+        )
+        server = uvicorn.Server(config)
+        config.load()
+        server.lifespan = config.lifespan_class(config)
+        await server.startup(sockets=[sock])
+        self._servers.append((server, sock))
+        self._tasks.append(asyncio.create_task(server.main_loop()))
+
+    # -- bootstrap -----------------------------------------------------------------------------
+
+    async def _bootstrap_document(self) -> SidecarDocument:
+        deadline = time.monotonic() + self.options.bootstrap_timeout
+        while True:
+            try:
+                doc = await self.cp.document(self.service, version=0, wait=0)
+            except (ControlPlaneError, DocumentError) as exc:
+                if getattr(exc, "status", 0) == 404 or time.monotonic() >= deadline:
+                    raise ControlPlaneError(f"sidecar {self.service}: no config from the control plane: {exc}") from None
+                self._unreachable(str(exc))
+                await asyncio.sleep(self.options.retry_interval)
+                continue
+            assert doc is not None
+            self._reachable()
+            return doc
+
+    async def _obtain_identity(self, doc: SidecarDocument) -> None:
+        key, csr = WorkloadIdentity.new_csr(doc.identity)
+        answer = await self.cp.sign(self.options.bootstrap_token, csr)
+        identity = WorkloadIdentity.from_pem(key, answer["certificate"].encode())
+        if identity.spiffe_id != doc.identity:
+            raise ControlPlaneError(
+                f"the bootstrap token is for {identity.spiffe_id}, but service {self.service} is {doc.identity}"
+            )
+        self._set_identity(identity)
+
+    def _set_identity(self, identity: WorkloadIdentity) -> None:
+        self.identity = identity
+        self.identity_received_at = datetime.now(UTC)
+        self.metrics.cert_expiry.set(identity.not_after.timestamp())
+
+    # -- config --------------------------------------------------------------------------------
+
+    def _doc(self) -> SidecarDocument:
+        assert self.doc is not None
+        return self.doc
+
+    def _server_tls(self) -> RotatingContext:
+        assert self.server_tls is not None
+        return self.server_tls
+
+    def _outbound_upstreams_for(self, doc: SidecarDocument) -> list[ServiceSpec]:
+        return [
+            ServiceSpec(name=p.name, groups=(EndpointGroup("default", p.endpoints),), identity=str(p.identity))
+            for p in doc.peers
+            if p.endpoints
+        ]
+
+    def _outbound_ssl(self, spec: ServiceSpec) -> Any:
+        assert self.client_tls is not None and self.doc is not None
+        if spec.identity is None or not any(e.startswith("https://") for g in spec.groups for e in g.endpoints):
+            return None
+        return mesh_client_context(
+            self.client_tls, expected=SpiffeId.parse(spec.identity), trust_domain=self.doc.trust_domain
+        )
+
+    def _install(self, doc: SidecarDocument, specs: list[ServiceSpec]) -> None:
+        """First install: no await, nothing to keep in line yet."""
+        self.doc = doc
+        self.gate_state = GateState(doc.policies, doc.normalize)
+        self._out_upstreams = Upstreams(specs, ssl_context_factory=self._outbound_ssl)
+        self._out_holder = SnapshotHolder(
+            build_snapshot(_outbound_config(self.service, doc, specs), self._out_upstreams, version=doc.version)
+        )
+        self.metrics.config_version.set(doc.version)
+        self.last_good_at = time.time()
+
+    async def apply(self, doc: SidecarDocument) -> None:
+        """Make ``doc`` the config in force, atomically; a document for another identity is refused."""
+        current = self._doc()
+        if doc.service != self.service or doc.identity != current.identity or doc.trust_domain != current.trust_domain:
+            raise DocumentError(
+                f"document v{doc.version} is for {doc.service} ({doc.identity}); this sidecar is "
+                f"{self.service} ({current.identity}): keeping v{current.version}"
+            )
+        specs = self._outbound_upstreams_for(doc)
+        # 1. The only await: bring the outbound pools in line (unchanged peers keep their pools).
+        assert self._out_upstreams is not None and self._out_holder is not None
+        await self._out_upstreams.update(specs)
+        # 2. Build both snapshots, then swap everything in one synchronous step.
+        out_snapshot = build_snapshot(_outbound_config(self.service, doc, specs), self._out_upstreams, version=doc.version)
+        in_snapshot = None
+        if self._in_holder is not None and self.options.app is not None:
+            assert self._in_upstreams is not None
+            in_snapshot = build_snapshot(
+                _inbound_config(self.service, self.options.app, doc), self._in_upstreams, version=doc.version
+            )
+        self.doc = doc
+        self.gate_state = GateState(doc.policies, doc.normalize)
+        self._out_holder.current = out_snapshot
+        if in_snapshot is not None and self._in_holder is not None:
+            self._in_holder.current = in_snapshot
+        self.last_good_at = time.time()
+        self.metrics.config_version.set(doc.version)
+        logger.info("sidecar %s: config v%d applied (mode %s, %d policies)", self.service, doc.version, doc.mode,
+                    len(doc.policies))
+
+    async def _watch(self) -> None:
+        """Long-poll the control plane forever; keep the last good document through outages."""
+        while True:
+            try:
+                doc = await self.cp.document(self.service, version=self._doc().version, wait=self.options.poll_wait)
+                self._reachable()
+                if doc is not None and doc.version != self._doc().version:
+                    await self.apply(doc)
+            except (ControlPlaneError, DocumentError) as exc:
+                self._unreachable(str(exc))
+                await asyncio.sleep(self.options.retry_interval)
+
+    def _reachable(self) -> None:
+        if not self.control_plane_reachable and self.last_error:
+            logger.warning("sidecar %s: control plane reachable again", self.service)
+        self.control_plane_reachable = True
+        self.last_error = None
+        self.metrics.control_plane_up.set(1)
+
+    def _unreachable(self, error: str) -> None:
+        if self.control_plane_reachable or self.last_error is None:
+            version = self.doc.version if self.doc else None
+            logger.warning("sidecar %s: %s; keeping last good config v%s", self.service, error, version)
+        self.control_plane_reachable = False
+        self.last_error = error
+        self.metrics.control_plane_up.set(0)
+
+    # -- rotation ------------------------------------------------------------------------------
+
+    def rotate_at(self) -> datetime:
+        assert self.identity is not None
+        return rotation_time(self.identity, self.identity_received_at)
+
+    async def rotate(self) -> None:
+        """Renew the SVID with a new key; build the new contexts completely, then swap them in."""
+        current = self.identity
+        assert current is not None and self.server_tls is not None and self.client_tls is not None
+        key, csr = WorkloadIdentity.new_csr(current.spiffe_id)
+        answer = await self.cp.renew(current, csr)
+        identity = WorkloadIdentity.from_pem(key, answer["certificate"].encode())
+        bundle = self._doc().bundle_pem.encode()
+        server = server_context(identity, bundle, trust_domain=self._doc().trust_domain)
+        client = client_context(identity, bundle)
+        assert server is not None
+        self.server_tls.swap(server)
+        self.client_tls.swap(client)
+        self._set_identity(identity)
+        self.rotations += 1
+        self.metrics.rotations.inc()
+        logger.info("sidecar %s: SVID rotated; expires %s", self.service, identity.not_after.isoformat())
+
+    async def _rotate_forever(self) -> None:
+        while True:
+            delay = (self.rotate_at() - datetime.now(UTC)).total_seconds()
+            await asyncio.sleep(max(delay, 0.0))
+            try:
+                await self.rotate()
+            except (ControlPlaneError, ValueError) as exc:
+                # The current SVID is still valid for the rest of its lifetime: retry, bounded by that.
+                self._unreachable(f"rotation failed: {exc}")
+                await asyncio.sleep(self.options.retry_interval)
+
+    # -- admin -------------------------------------------------------------------------------
+
+    def config_view(self) -> dict[str, Any]:
+        doc = self.doc
+        identity = self.identity
+        return {
+            "service": self.service,
+            "version": doc.version if doc else None,
+            "mode": doc.mode if doc else None,
+            "identity": str(identity.spiffe_id) if identity else None,
+            "certificate_expires": identity.not_after.isoformat() if identity else None,
+            "rotations": self.rotations,
+            "last_good_at": self.last_good_at,
+            "control_plane": {
+                "url": self.options.control_plane,
+                "reachable": self.control_plane_reachable,
+                "last_error": self.last_error,
+            },
+            "policies": [p.name for p in doc.policies] if doc else [],
+            "peers": {p.name: str(p.identity) for p in doc.peers} if doc else {},
+            "inbound": self.inbound_url or None,
+            "outbound": self.outbound_url or None,
+            "connections": self._inbound.counters.view() if self._inbound else None,
+        }
+
+    def _admin_app(self) -> Starlette:
+        async def healthz(request: Request) -> Response:
+            return JSONResponse({"status": "ok", "service": self.service})
+
+        async def metrics(request: Request) -> Response:
+            return Response(self.metrics.text(), media_type=CONTENT_TYPE)
+
+        async def config(request: Request) -> Response:
+            return JSONResponse(self.config_view())
+
+        return Starlette(
+            routes=[HttpRoute("/healthz", healthz), HttpRoute("/metrics", metrics), HttpRoute("/config", config)]
+        )
+
+
+class _OutboundRecorder:
+    """ASGI wrapper recording outbound requests (destination = the Host the app asked for)."""
+
+    def __init__(self, proxy: Proxy, metrics: SidecarMetrics) -> None:
+        self._proxy = proxy
+        self._metrics = metrics
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self._proxy(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 0
+
+        async def watch(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._proxy(scope, receive, watch)
+        finally:
+            host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
+            self._metrics.record(
+                direction="outbound",
+                principal=None,
+                destination=host.rsplit(":", 1)[0][:64] or "-",
+                status=status,
+                decision="allow",
+                duration_s=time.perf_counter() - started,
+            )
+
+
+# -- the Proxy's view of the sidecar (pure) ------------------------------------------------------
+
+
+def _app_spec(service: str, app_url: str) -> ServiceSpec:
+    return ServiceSpec(name=service, groups=(EndpointGroup("default", (app_url,)),))
+
+
+def _inbound_config(service: str, app_url: str, doc: SidecarDocument) -> Config:
+    """One service (the local app), one catch-all route, the document's normalization flags."""
+    return Config(
+        source=f"<sidecar {service} inbound>",
+        sha256=f"v{doc.version}",
+        services=(_app_spec(service, app_url),),
+        routes=(Route(name="inbound", matches=(RouteMatch(),), backends=(WeightedBackend(service),)),),
+        normalize=doc.normalize,
+    )
+
+
+def _outbound_config(service: str, doc: SidecarDocument, specs: list[ServiceSpec]) -> Config:
+    """One service per peer; a request goes to the peer its Host names."""
+    return Config(
+        source=f"<sidecar {service} outbound>",
+        sha256=f"v{doc.version}",
+        services=tuple(specs),
+        routes=tuple(
+            Route(name=f"to-{s.name}", matches=(RouteMatch(hosts=(s.name,)),), backends=(WeightedBackend(s.name),))
+            for s in specs
+        ),
+        normalize=doc.normalize,
+    )
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
