@@ -1,0 +1,145 @@
+"""Shadow traffic on vs off: what mirroring every request costs the primary path.
+
+    python benchmarks/bench_shadow.py [--duration 5] [--connections 1,32] [--repeat 1] [--json OUT]
+
+One backend (benchmarks/backend.py under uvicorn + httptools + uvloop); the facade runs in its
+own process with the route in a migration split whose primary and candidate are two services
+pointing at that same backend, so the only difference between the modes is the mirroring:
+
+- ``off``: the split with ``shadow_percent: 0`` (the same decision path, no copies);
+- ``on``: ``shadow_percent: 100``, diffing, no noise learning (one copy per request);
+- ``on+noise``: ``shadow_percent: 100`` with Diffy noise learning (two copies per request).
+
+Load comes from wrk when present, else a bounded aiohttp client (bench_proxy's). Prints primary
+req/s, p50 and p99 side by side, and the sender's counters (compared / dropped): at saturating
+load the bounded queue fills and copies are dropped, by design, instead of slowing the primary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.bench_proxy import free_port, process, run_python_load, run_wrk
+
+MODES = ("off", "on", "on+noise")
+
+
+def facade_conf(tmp: Path, port: int, admin: int, backend: int) -> Path:
+    conf = tmp / "facade-shadow.yaml"
+    conf.write_text(f"""
+listen: 127.0.0.1:{port}
+admin: {{listen: 127.0.0.1:{admin}}}
+services:
+  primary: {{endpoints: [http://127.0.0.1:{backend}]}}
+  candidate: {{endpoints: [http://127.0.0.1:{backend}]}}
+routes:
+  - name: all
+    match: {{path: {{prefix: /}}}}
+    backend: primary
+""")
+    return conf
+
+
+async def serve(config_path: str, mode: str) -> None:
+    """The facade under test, in this process: shadow feature attached (unless off), split in force."""
+    from facade.config import load_config
+    from facade.runtime import FacadeRuntime
+    from facade.shadow import ShadowFeature
+    from facade.split import Split
+
+    runtime = FacadeRuntime(load_config(config_path), config_path=config_path, watch_interval=None)
+    ShadowFeature.attach(runtime, learn_noise=mode == "on+noise")
+    runtime.install_signal_handlers(asyncio.get_running_loop())
+    await runtime.start()
+    percent = 0.0 if mode == "off" else 100.0
+    split = Split(primary="primary", candidate="candidate", shadow_percent=percent, step_label="0:shadow")
+    runtime.swap(splits={"all": split})
+    await runtime.wait_stopped()
+
+
+def shadow_stats(admin_port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/shadow", timeout=5) as response:
+        data: dict[str, Any] = json.load(response)
+    return data
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement (default 5)")
+    parser.add_argument("--connections", default="1,32", help="comma list (default 1,32)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per configuration; the median is kept")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma list of {', '.join(MODES)}")
+    parser.add_argument("--json", help="write the raw results here")
+    parser.add_argument("--serve", nargs=2, metavar=("CONFIG", "MODE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        import uvloop
+
+        uvloop.run(serve(args.serve[0], args.serve[1]))
+        return 0
+
+    conns = [int(c) for c in args.connections.split(",")]
+    modes = [m for m in args.modes.split(",") if m]
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        parser.error(f"unknown mode(s): {', '.join(sorted(unknown))}")
+    load = run_wrk if shutil.which("wrk") else run_python_load
+    tmp = Path(tempfile.mkdtemp(prefix="facade-bench-shadow-"))
+    backend = free_port()
+    backend_argv = [sys.executable, "-m", "uvicorn", "benchmarks.backend:app", "--port", str(backend),
+                    "--http", "httptools", "--loop", "uvloop", "--no-access-log", "--log-level", "warning"]
+    results: dict[str, dict[int, dict[str, float]]] = {}
+    counters: dict[str, dict[str, Any]] = {}
+    with process(backend_argv, backend, tmp / "backend.log"):
+        for mode in modes:
+            port, admin = free_port(), free_port()
+            conf = facade_conf(tmp, port, admin, backend)
+            argv = [sys.executable, str(Path(__file__).resolve()), "--serve", str(conf), mode]
+            with process(argv, port, tmp / f"facade-{mode}.log"):
+                url = f"http://127.0.0.1:{port}/catalog/products/1"
+                load(url, 8, 1.0)  # warm-up: pools and connections
+                results[mode] = {}
+                for c in conns:
+                    runs = [load(url, c, args.duration) for _ in range(args.repeat)]
+                    results[mode][c] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+                    r = results[mode][c]
+                    print(f"  {mode:9s} c={c:<3d} {r['rps']:9.0f} req/s  p50 {r['p50_ms']:.3f} ms  "
+                          f"p99 {r['p99_ms']:.3f} ms", file=sys.stderr, flush=True)
+                totals = shadow_stats(admin)["totals"]
+                counters[mode] = totals
+
+    print()
+    print(f"{len(modes)} modes x {args.repeat} run(s) x {args.duration:g}s each, median; load: "
+          f"{'wrk -t1' if load is run_wrk else 'python aiohttp'}; primary and candidate = the same backend")
+    print(f"{'mode':9s} {'conns':>5s} {'req/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} {'vs off':>7s}")
+    for mode, by_c in results.items():
+        for c, r in by_c.items():
+            base = results.get("off", {}).get(c, {}).get("rps")
+            ratio = f"{r['rps'] / base:.2f}x" if base else ""
+            print(f"{mode:9s} {c:5d} {r['rps']:9.0f} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f} {ratio:>7s}")
+    print()
+    print("shadow sender totals per mode (whole run incl. warm-up):")
+    for mode, totals in counters.items():
+        print(f"  {mode:9s} mirrored {totals['mirrored']:>8d}  compared {totals['compared']:>8d}  "
+              f"dropped {totals['dropped']:>8d}  errors {totals['error'] + totals['timeout'] + totals['unavailable']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"results": results, "shadow": counters}, indent=2))
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
