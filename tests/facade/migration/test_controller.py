@@ -348,7 +348,7 @@ async def test_restart_serves_the_committed_step_and_refuses_a_rewritten_one(tmp
     controller = _controller(first)
     await controller.start()
     for name in ("start", "next"):
-        result = await controller.act("shop", Action(name, actor="t"))  # type: ignore[arg-type]
+        result = await controller.act("shop", Action(name, actor="t"))
         assert not hasattr(result, "code"), result
     await controller.stop()
 
