@@ -1,0 +1,775 @@
+"""``facade loadtest PLAN``: rehearse a cutover under load.
+
+    facade loadtest extract-catalog                        # ~2 minutes against the running demo
+    facade loadtest extract-catalog --quick                # under 30 s
+    facade loadtest extract-catalog --gates                # advance only when hold and gates allow
+    facade loadtest extract-catalog --rollback-at 4        # rehearse the emergency rollback too
+
+In order:
+
+1. the migration must be ``pending`` or ``rolled_back`` (``--reset`` rolls a finished one back first);
+2. locust starts headless in a subprocess (importing locust monkey-patches the standard library)
+   with ``loadtests/locustfile.py``, its cutover shape ramping to ``--users``; the ramp is phase 0,
+   the baseline with everything on the old backend;
+3. the driver starts the migration and, every ``--step-duration``, advances it through the admin API:
+   ``next --force --reason rehearsal`` by default, so holds and gates do not stop a rehearsal; with
+   ``--gates`` it asks without force and waits for the hold and the gates, and a failing gate ends
+   the rehearsal there. ``--rollback-at N`` rolls everything back to ``from`` when step N is due to
+   advance, then keeps the load on for one more step;
+4. each phase records the gate results the facade reported while it was on that step;
+5. the driver tells the shape to stop, locust writes its CSV + HTML, and the per-step table is
+   built from the locustfile's samples: requests, failures and p50/p95/p99 separately for the old and
+   the new backend (from the facade's ``x-facade-backend`` mark on each response).
+
+Output under ``--out``: ``steps.csv``, ``steps.json``, ``samples.jsonl``, ``locust.html``,
+``locust_stats.csv`` (and locust's other CSVs), ``locust.log``. Exit 0 when every request succeeded
+and no gate failed, 1 when a request failed (or locust broke), 5 when a gate stopped a ``--gates``
+rehearsal, 4 when the migration is not in a state to start, 6 when the admin API is unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TextIO
+
+from .console import (
+    EXIT_FAILURE,
+    EXIT_GATE_FAILED,
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_REFUSED,
+    AdminClient,
+    AdminError,
+    render_table,
+)
+
+__all__ = [
+    "DEFAULT_SPAWN_RATE",
+    "DEFAULT_STEP_DURATION",
+    "DEFAULT_USERS",
+    "QUICK",
+    "LatencySummary",
+    "Phase",
+    "Sample",
+    "StepRow",
+    "aggregate",
+    "find_locustfile",
+    "parse_samples",
+    "percentile",
+    "register",
+    "render_steps",
+    "rows_to_csv",
+]
+
+DEFAULT_USERS = 20
+DEFAULT_SPAWN_RATE = 10.0
+DEFAULT_STEP_DURATION = 15.0  # seconds; 7 steps of the demo plans + ramp ~ 2 minutes
+QUICK = {"users": 6, "spawn_rate": 30.0, "step_duration": 2.0}  # ~7 steps x 2 s + ramp: well under 30 s
+LOCUST_STOP_GRACE = 20.0  # seconds for locust to stop users and write its reports after "stop"
+POLL = 0.25
+PERCENTILES = (0.50, 0.95, 0.99)
+
+
+# -- values --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One line of ``samples.jsonl``: one second of requests for one (phase, backend, migrating)."""
+
+    t: float
+    phase: int
+    backend: str
+    migrating: bool  # the request went through a route the migration splits (x-facade-step != stable)
+    requests: int
+    failures: int
+    latency_ms: Mapping[int, int]
+    errors: Mapping[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Phase:
+    """A stretch of the rehearsal with one routing: the baseline (0), each step, a rollback, the end."""
+
+    index: int
+    label: str
+    step: int  # the migration's step number during the phase (0: before start / rolled back)
+    started: float
+    ended: float | None = None
+    gates: Mapping[str, Any] | None = None  # the facade's gate report on this step, last seen
+    outcome: str = ""  # how the phase ended: advanced, forced, rolled back, gate failed, ...
+
+
+@dataclass(frozen=True, slots=True)
+class LatencySummary:
+    requests: int = 0
+    failures: int = 0
+    p50: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"requests": self.requests, "failures": self.failures, "p50_ms": self.p50, "p95_ms": self.p95,
+                "p99_ms": self.p99}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class StepRow:
+    phase: Phase
+    requests: int
+    failures: int
+    old: LatencySummary
+    new: LatencySummary
+    errors: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def gate_status(self) -> str:
+        return str(self.phase.gates.get("status", "")) if self.phase.gates else ""
+
+    def to_json(self) -> dict[str, Any]:
+        p = self.phase
+        return {
+            "phase": p.index, "label": p.label, "step": p.step, "started": p.started, "ended": p.ended,
+            "outcome": p.outcome, "requests": self.requests, "failures": self.failures, "old": self.old.to_json(),
+            "new": self.new.to_json(), "gates": dict(p.gates) if p.gates else None, "errors": dict(self.errors),
+        }  # fmt: skip
+
+
+# -- pure: samples -> per-step rows ----------------------------------------------------------------
+
+
+def parse_samples(lines: Iterable[str]) -> list[Sample]:
+    """``samples.jsonl`` lines -> samples; a torn last line (locust killed mid-write) is skipped."""
+    samples = []
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+            samples.append(
+                Sample(
+                    t=float(d["t"]),
+                    phase=int(d["phase"]),
+                    backend=str(d["backend"]),
+                    migrating=bool(d["migrating"]),
+                    requests=int(d["requests"]),
+                    failures=int(d["failures"]),
+                    latency_ms={int(k): int(v) for k, v in d["latency_ms"].items()},
+                    errors={str(k): int(v) for k, v in d.get("errors", {}).items()},
+                )
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+    return samples
+
+
+def percentile(histogram: Mapping[int, int], q: float) -> float | None:
+    """The ``q`` quantile (0-1) of a latency histogram (ms -> count), nearest rank; None when empty."""
+    total = sum(histogram.values())
+    if total == 0:
+        return None
+    rank = max(1, int(q * total + 0.999999))  # ceil without float surprises at exact ranks
+    seen = 0
+    for ms in sorted(histogram):
+        seen += histogram[ms]
+        if seen >= rank:
+            return float(ms)
+    return float(max(histogram))  # pragma: no cover - unreachable: seen ends at total
+
+
+def _summary(samples: Sequence[Sample]) -> LatencySummary:
+    hist: Counter[int] = Counter()
+    for s in samples:
+        hist.update(s.latency_ms)
+    p50, p95, p99 = (percentile(hist, q) for q in PERCENTILES)
+    return LatencySummary(sum(s.requests for s in samples), sum(s.failures for s in samples), p50, p95, p99)
+
+
+def aggregate(samples: Sequence[Sample], phases: Sequence[Phase], *, old: str, new: str) -> list[StepRow]:
+    """One row per phase: every request of the phase in the totals; old / new latency only from the
+    requests on the migrated route(s), split by the backend that served them."""
+    rows = []
+    for phase in phases:
+        mine = [s for s in samples if s.phase == phase.index]
+        errors: Counter[str] = Counter()
+        for s in mine:
+            errors.update(s.errors)
+        rows.append(
+            StepRow(
+                phase=phase,
+                requests=sum(s.requests for s in mine),
+                failures=sum(s.failures for s in mine),
+                old=_summary([s for s in mine if s.migrating and s.backend == old]),
+                new=_summary([s for s in mine if s.migrating and s.backend == new]),
+                errors=dict(errors),
+            )
+        )
+    return rows
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+def _latency(summary: LatencySummary) -> str:
+    if not summary.requests:
+        return "-"
+    return f"{summary.requests} @ {_ms(summary.p50)}/{_ms(summary.p95)}/{_ms(summary.p99)}"
+
+
+def render_steps(rows: Sequence[StepRow], *, old: str, new: str) -> str:
+    """The per-step table: old / new columns are ``requests @ p50/p95/p99`` in ms."""
+    headers = ("PHASE", "STEP", "SECONDS", "REQUESTS", "FAILURES", f"OLD ({old}) p50/p95/p99",
+               f"NEW ({new}) p50/p95/p99", "GATES", "OUTCOME")  # fmt: skip
+    table = [
+        (
+            r.phase.index,
+            r.phase.label,
+            f"{(r.phase.ended or r.phase.started) - r.phase.started:.1f}",
+            r.requests,
+            r.failures,
+            _latency(r.old),
+            _latency(r.new),
+            r.gate_status or "-",
+            r.phase.outcome,
+        )
+        for r in rows
+    ]
+    return render_table(headers, table)
+
+
+def rows_to_csv(rows: Sequence[StepRow]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["phase", "label", "step", "started", "ended", "outcome", "requests", "failures", "gates",
+                     "old_requests", "old_p50_ms", "old_p95_ms", "old_p99_ms",
+                     "new_requests", "new_p50_ms", "new_p95_ms", "new_p99_ms"])  # fmt: skip
+    for r in rows:
+        p = r.phase
+        writer.writerow([p.index, p.label, p.step, f"{p.started:.3f}", "" if p.ended is None else f"{p.ended:.3f}",
+                         p.outcome, r.requests, r.failures, r.gate_status,
+                         r.old.requests, _ms(r.old.p50), _ms(r.old.p95), _ms(r.old.p99),
+                         r.new.requests, _ms(r.new.p50), _ms(r.new.p95), _ms(r.new.p99)])  # fmt: skip
+    return out.getvalue()
+
+
+# -- the edge: the plan name, the locust process, the admin API -----------------------------------
+
+
+class LoadtestError(Exception):
+    """The rehearsal cannot run; ``exit_code`` follows the CLI conventions."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def plan_name(plan: str) -> str:
+    """``PLAN`` is a migration name or a plan file; a file's ``name:`` is the migration's name."""
+    if not (plan.endswith((".yaml", ".yml")) or os.sep in plan or os.path.isfile(plan)):
+        return plan
+    import yaml
+
+    try:
+        with open(plan, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except (OSError, yaml.YAMLError) as exc:
+        raise LoadtestError(f"cannot read plan file {plan}: {exc}", EXIT_INVALID) from None
+    name = data.get("name") if isinstance(data, dict) else None
+    if not isinstance(name, str) or not name:
+        raise LoadtestError(f"{plan}: no 'name' field: which migration is this?", EXIT_INVALID)
+    return name
+
+
+def find_locustfile() -> Path:
+    """``loadtests/locustfile.py``: from the installed ``loadtests`` package, else next to ``facade``."""
+    try:
+        spec = importlib.util.find_spec("loadtests")
+    except (ImportError, ValueError):
+        spec = None
+    candidates = []
+    if spec is not None and spec.submodule_search_locations:
+        candidates += [Path(p) / "locustfile.py" for p in spec.submodule_search_locations]
+    candidates.append(Path(__file__).resolve().parent.parent / "loadtests" / "locustfile.py")
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise LoadtestError("cannot find loadtests/locustfile.py (is the 'loadtests' package installed?)")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    name: str
+    host: str
+    users: int
+    spawn_rate: float
+    step_duration: float
+    gates: bool
+    gate_timeout: float
+    rollback_at: int | None
+    out: Path
+    locustfile: Path
+    reset: bool
+
+
+class Rehearsal:
+    """Runs locust and drives the migration; ``phases`` is the timeline for the report."""
+
+    def __init__(self, settings: Settings, admin: AdminClient, *, err: TextIO | None = None,
+                 clock: Callable[[], float] = time.time) -> None:  # fmt: skip
+        self.s = settings
+        self.admin = admin
+        self.err = err or sys.stderr
+        self.clock = clock
+        self.phases: list[Phase] = []
+        self.gate_failure: str | None = None
+        self.locust: subprocess.Popen[bytes] | None = None
+        self.locust_exit: int | None = None
+        self.status: dict[str, Any] = {}
+        self._samples_read = 0
+        self._samples_offset = 0
+        self._failures_seen = 0
+        self._started = 0.0
+        self._last_progress = 0.0
+
+    @property
+    def control_path(self) -> Path:
+        return self.s.out / "control.json"
+
+    @property
+    def samples_path(self) -> Path:
+        return self.s.out / "samples.jsonl"
+
+    # -- the steps ---------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """The rehearsal; raises LoadtestError / AdminError. Locust is stopped whatever happens."""
+        self.status = self._prepare()
+        self.s.out.mkdir(parents=True, exist_ok=True)
+        for stale in (self.samples_path, self.control_path):
+            stale.unlink(missing_ok=True)
+        self._control(phase=0, stop=False)
+        self._started = self.clock()
+        try:
+            self._start_locust()
+            self._phase("baseline (all on " + self.status["from"] + ")", step=0)
+            ramp = min(self.s.users / max(self.s.spawn_rate, 0.1), 30.0) + 1.0
+            self._dwell(max(ramp, self.s.step_duration / 2))
+            self.status = self._act("start")
+            self._enter_step()
+            self._drive()
+        finally:
+            self._stop_locust()
+
+    def _prepare(self) -> dict[str, Any]:
+        status: dict[str, Any] = self.admin.get(f"/migrations/{self.s.name}", journal=0)
+        if status["state"] in ("pending", "rolled_back"):
+            return status
+        if not self.s.reset:
+            raise LoadtestError(
+                f"migration {self.s.name!r} is {status['state']} at step {status['step']}: a rehearsal starts from "
+                f"the beginning; use --reset to roll it back to {status['from']!r} first",
+                EXIT_REFUSED,
+            )
+        if status["state"] == "aborted":
+            raise LoadtestError(f"migration {self.s.name!r} was aborted (final); nothing to rehearse", EXIT_REFUSED)
+        self._info(f"resetting {self.s.name}: rollback --to 0 (was {status['state']} at step {status['step']})")
+        result: dict[str, Any] = self.admin.post(f"/migrations/{self.s.name}/rollback", self._body(to=0))
+        return result
+
+    def _drive(self) -> None:
+        while self.status["state"] in ("running", "paused"):
+            step = int(self.status["step"])
+            self._dwell(self.s.step_duration)
+            if self.s.rollback_at is not None and step == self.s.rollback_at:
+                self._close_phase("rolled back")
+                self.status = self._act("rollback", to=0)
+                self._phase(f"after rollback (all on {self.status['from']})", step=0)
+                self._dwell(self.s.step_duration)
+                self._close_phase("end")
+                return
+            if not self._advance(step):
+                return
+        # Completed: a short tail with everything on the new backend.
+        self._phase(f"completed (all on {self.status['to']})", step=int(self.status["step"]))
+        self._dwell(min(self.s.step_duration, 2.0))
+        self._close_phase("end")
+
+    def _advance(self, step: int) -> bool:
+        """Leave ``step``: forced, or (``--gates``) once hold and gates allow. False: the rehearsal stops."""
+        if not self.s.gates:
+            self._record_gates()
+            self._close_phase("forced")
+            self.status = self._act("next", force=True)
+            self._enter_step()
+            return True
+        deadline = self.clock() + self.s.gate_timeout
+        while True:
+            try:
+                self.status = self.admin.post(f"/migrations/{self.s.name}/next", self._body())
+            except AdminError as exc:
+                body = exc.body if isinstance(exc.body, dict) else {}
+                if exc.status != 409 or body.get("code") not in ("refused", "gate_failed"):
+                    raise
+                gates = body.get("gates")
+                if gates:
+                    self._set_gates(gates)
+                if body.get("code") == "gate_failed" and isinstance(gates, dict) and gates.get("status") == "fail":
+                    self.gate_failure = f"step {step}: {body.get('error')}"
+                    self._close_phase("gate failed")
+                    return False
+                if self.clock() > deadline:
+                    self.gate_failure = (
+                        f"step {step}: still refused after {self.s.gate_timeout:g} s: {body.get('error')}"
+                    )
+                    self._close_phase("timed out")
+                    return False
+                self._dwell(1.0)
+                continue
+            self._set_gates(self.status.get("gates"))
+            self._close_phase("advanced")
+            self._enter_step()
+            return True
+
+    def _enter_step(self) -> None:
+        if self.status["state"] not in ("running", "paused"):
+            return
+        self._phase(f"step {self.status['step']}/{self.status['steps']}: {self.status['step_summary']}",
+                    step=int(self.status["step"]))  # fmt: skip
+
+    def _record_gates(self) -> None:
+        status = self.admin.get(f"/migrations/{self.s.name}", journal=0)
+        self._set_gates(status.get("gates"))
+
+    def _act(self, action: str, *, force: bool = False, to: int | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self.admin.post(f"/migrations/{self.s.name}/{action}", self._body(force, to))
+        return result
+
+    def _body(self, force: bool = False, to: int | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"actor": "facade loadtest", "reason": "rehearsal"}
+        if force:
+            body["force"] = True
+        if to is not None:
+            body["to"] = to
+        return body
+
+    # -- the timeline ------------------------------------------------------------------------------
+
+    def _phase(self, label: str, *, step: int) -> None:
+        index = len(self.phases)
+        self.phases.append(Phase(index=index, label=label, step=step, started=self.clock()))
+        self._control(phase=index, stop=False)
+        self._info(f"phase {index}: {label}")
+
+    def _close_phase(self, outcome: str) -> None:
+        if self.phases and self.phases[-1].ended is None:
+            self.phases[-1] = replace(self.phases[-1], ended=self.clock(), outcome=outcome)
+
+    def _set_gates(self, gates: Any) -> None:
+        if self.phases and isinstance(gates, dict):
+            self.phases[-1] = replace(self.phases[-1], gates=gates)
+
+    def _control(self, *, phase: int, stop: bool) -> None:
+        # Write then rename: the locust side never reads a half-written document.
+        tmp = self.control_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"phase": phase, "stop": stop}))
+        os.replace(tmp, self.control_path)
+
+    # -- locust ------------------------------------------------------------------------------------
+
+    def _start_locust(self) -> None:
+        out = self.s.out
+        argv = [
+            sys.executable, "-m", "locust", "-f", str(self.s.locustfile), "--headless", "--host", self.s.host,
+            "--csv", str(out / "locust"), "--html", str(out / "locust.html"), "--only-summary",
+            "--loglevel", "WARNING", "--exit-code-on-error", "0",
+        ]  # fmt: skip
+        env = {
+            **os.environ,
+            "LOADTEST_USERS": str(self.s.users),
+            "LOADTEST_SPAWN_RATE": str(self.s.spawn_rate),
+            "LOADTEST_CONTROL": str(self.control_path),
+            "LOADTEST_SAMPLES": str(self.samples_path),
+            # A cap, should this process die without telling locust to stop.
+            "LOADTEST_MAX_SECONDS": str(int(self._budget()) + 60),
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(self.s.locustfile.parent.parent), os.environ.get("PYTHONPATH")) if p
+            ),
+        }
+        with open(out / "locust.log", "wb") as log:
+            self.locust = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                           stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+
+    def _budget(self) -> float:
+        steps = int(self.status.get("steps", 10)) + 3
+        per_step = self.s.step_duration + (self.s.gate_timeout if self.s.gates else 0.0)
+        return steps * per_step + 60.0
+
+    def _stop_locust(self) -> None:
+        proc = self.locust
+        if proc is None:
+            return
+        self._control(phase=len(self.phases) - 1 if self.phases else 0, stop=True)
+        try:
+            self.locust_exit = proc.wait(timeout=LOCUST_STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            self._info("locust did not stop when told; interrupting it")
+            _signal_group(proc.pid, signal.SIGINT)  # SIGINT: locust still writes its HTML report
+            try:
+                self.locust_exit = proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                _signal_group(proc.pid, signal.SIGKILL)
+                self.locust_exit = proc.wait()
+        self._read_progress()
+
+    def _dwell(self, seconds: float) -> None:
+        """Keep the load on for ``seconds``, showing progress; locust dying ends the rehearsal."""
+        end = self.clock() + seconds
+        while True:
+            self._read_progress()
+            self._show_progress()
+            if self.locust is not None and self.locust.poll() is not None:
+                self.locust_exit = self.locust.returncode
+                raise LoadtestError(f"locust exited early with code {self.locust_exit}; see {self.s.out}/locust.log")
+            left = end - self.clock()
+            if left <= 0:
+                return
+            time.sleep(min(POLL, left))
+
+    def _read_progress(self) -> None:
+        try:
+            with open(self.samples_path, encoding="utf-8") as fh:
+                fh.seek(self._samples_offset)
+                chunk = fh.read()
+        except OSError:
+            return
+        complete = chunk[: chunk.rfind("\n") + 1]
+        self._samples_offset += len(complete.encode("utf-8"))
+        for s in parse_samples(complete.splitlines()):
+            self._samples_read += s.requests
+            self._failures_seen += s.failures
+
+    def _show_progress(self) -> None:
+        now = self.clock()
+        tty = self.err.isatty()
+        if not tty and now - self._last_progress < 5.0:
+            return
+        self._last_progress = now
+        label = self.phases[-1].label if self.phases else "starting"
+        line = (f"[{now - self._started:6.1f}s] {label} | {self._samples_read} requests | "
+                f"{self._failures_seen} failures")  # fmt: skip
+        if tty:
+            self.err.write("\r\x1b[K" + line)
+        else:
+            self.err.write(line + "\n")
+        self.err.flush()
+
+    def _info(self, message: str) -> None:
+        if self.err.isatty():
+            self.err.write("\r\x1b[K")
+        self.err.write(f"loadtest: {message}\n")
+        self.err.flush()
+
+    # -- the report --------------------------------------------------------------------------------
+
+    def report(self) -> tuple[list[StepRow], dict[str, Any]]:
+        try:
+            lines = self.samples_path.read_text(encoding="utf-8").splitlines()
+        except OSError:
+            lines = []
+        old, new = str(self.status.get("from", "")), str(self.status.get("to", ""))
+        rows = aggregate(parse_samples(lines), self.phases, old=old, new=new)
+        document = {
+            "migration": self.s.name,
+            "from": old,
+            "to": new,
+            "host": self.s.host,
+            "users": self.s.users,
+            "spawn_rate": self.s.spawn_rate,
+            "step_duration": self.s.step_duration,
+            "gates_mode": self.s.gates,
+            "rollback_at": self.s.rollback_at,
+            "final_state": self.status.get("state"),
+            "final_step": self.status.get("step"),
+            "requests": sum(r.requests for r in rows),
+            "failures": sum(r.failures for r in rows),
+            "gate_failure": self.gate_failure,
+            "locust_exit_code": self.locust_exit,
+            "steps": [r.to_json() for r in rows],
+        }
+        return rows, document
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+# -- the command ---------------------------------------------------------------------------------
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("loadtest", help="rehearse a migration's cutover under load (locust) and report per step")
+    p.add_argument("plan", metavar="PLAN", help="migration name, or its plan file (the running facade must have it)")
+    p.add_argument("--users", type=int, default=None, help=f"simulated shop users (default {DEFAULT_USERS})")
+    p.add_argument("--spawn-rate", type=float, default=None, help=f"users started per second (default "
+                   f"{DEFAULT_SPAWN_RATE:g})")  # fmt: skip
+    p.add_argument("--step-duration", default=None, metavar="D",
+                   help=f"time on each step, e.g. 15s or 1m (default {DEFAULT_STEP_DURATION:g}s)")  # fmt: skip
+    p.add_argument("--rollback-at", type=int, default=None, metavar="STEP",
+                   help="roll everything back to `from` when step STEP is due to advance")  # fmt: skip
+    p.add_argument(
+        "--gates",
+        action="store_true",
+        help="advance only when the step's hold and gates allow (default: force, reason 'rehearsal')",
+    )
+    p.add_argument(
+        "--gate-timeout",
+        default=None,
+        metavar="D",
+        help="with --gates: give up on a step refused this long (default 3 x step duration)",
+    )
+    p.add_argument("--reset", action="store_true", help="roll a running or completed migration back to `from` first")
+    p.add_argument("--out", default=None, metavar="DIR", help="reports directory (default ./loadtest-<name>-<time>)")
+    p.add_argument("--quick", action="store_true", help=f"a short run for tests: {QUICK['users']} users, "
+                   f"{QUICK['step_duration']:g}s steps (under 30 s)")  # fmt: skip
+    p.add_argument("--host", default=None, metavar="URL", help="the facade's URL (default: from the config's listen)")
+    p.add_argument("--locustfile", default=None, help="another locustfile (default: the shipped shop users)")
+    p.add_argument(
+        "-c",
+        "--config",
+        default=None,
+        help="config file (default: $FACADE_CONFIG, ./facade.yaml, else the shipped demo config)",
+    )
+    p.add_argument("--admin", metavar="URL", help="admin listener URL (default: from the config's admin.listen)")
+    p.add_argument("--token", help="admin bearer token (default: $FACADE_ADMIN_TOKEN, then the config's admin.token)")
+    p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
+    p.set_defaults(func=cmd_loadtest)
+
+
+def _config_path(arg: str | None) -> str:
+    if arg:
+        return arg
+    env = os.environ.get("FACADE_CONFIG")
+    if env:
+        return env
+    if os.path.exists("facade.yaml"):
+        return "facade.yaml"
+    from .up import default_config_path
+
+    return default_config_path()
+
+
+def _host_from_config(path: str) -> str | None:
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except (OSError, yaml.YAMLError):
+        return None
+    listen = data.get("listen", "127.0.0.1:8080") if isinstance(data, dict) else None
+    if not isinstance(listen, str):
+        return None
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _seconds(value: str | None, default: float, what: str) -> float:
+    if value is None:
+        return default
+    from .yamlfile import parse_duration
+
+    try:
+        seconds = float(parse_duration(value)) if not value.replace(".", "", 1).isdigit() else float(value)
+    except (ValueError, TypeError) as exc:
+        raise LoadtestError(
+            f"{what}: expected a duration like 15s or 1m, got {value!r} ({exc})", EXIT_INVALID
+        ) from None
+    if seconds <= 0:
+        raise LoadtestError(f"{what}: must be positive, got {value!r}", EXIT_INVALID)
+    return seconds
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    config = _config_path(args.config)
+    args.config = config  # AdminClient.from_args reads admin.listen / admin.token from it
+    name = plan_name(args.plan)
+    host = args.host or _host_from_config(config)
+    if not host:
+        raise LoadtestError(f"no --host and no readable listen address in {config}", EXIT_INVALID)
+    quick = args.quick
+    users = args.users if args.users is not None else (QUICK["users"] if quick else DEFAULT_USERS)
+    spawn = args.spawn_rate if args.spawn_rate is not None else (QUICK["spawn_rate"] if quick else DEFAULT_SPAWN_RATE)
+    step = _seconds(args.step_duration, QUICK["step_duration"] if quick else DEFAULT_STEP_DURATION, "--step-duration")
+    if users < 1 or spawn <= 0:
+        raise LoadtestError("--users and --spawn-rate must be positive", EXIT_INVALID)
+    out = Path(args.out or f"loadtest-{name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    locustfile = Path(args.locustfile).resolve() if args.locustfile else find_locustfile()
+    return Settings(
+        name=name, host=host.rstrip("/"), users=int(users), spawn_rate=float(spawn), step_duration=step,
+        gates=args.gates, gate_timeout=_seconds(args.gate_timeout, 3 * step, "--gate-timeout"),
+        rollback_at=args.rollback_at, out=out, locustfile=locustfile, reset=args.reset,
+    )  # fmt: skip
+
+
+def cmd_loadtest(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from_args(args)
+        admin = AdminClient.from_args(args)
+    except (LoadtestError, AdminError) as exc:
+        print(f"facade loadtest: {exc}", file=sys.stderr)
+        return exc.exit_code
+    rehearsal = Rehearsal(settings, admin)
+    failure: str | None = None
+    code = EXIT_OK
+    try:
+        rehearsal.run()
+    except (LoadtestError, AdminError) as exc:
+        failure, code = str(exc), exc.exit_code
+    except KeyboardInterrupt:
+        failure, code = "interrupted", 130
+    if rehearsal.locust is None:  # nothing ran: nothing to report
+        print(f"facade loadtest: {failure}", file=sys.stderr)
+        return code
+    rows, document = rehearsal.report()
+    document["error"] = failure
+    out = settings.out
+    (out / "steps.csv").write_text(rows_to_csv(rows))
+    (out / "steps.json").write_text(json.dumps(document, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(document, indent=2))
+    else:
+        print(render_steps(rows, old=document["from"], new=document["to"]))
+        print(f"\n{document['requests']} requests, {document['failures']} failed; migration {settings.name} is "
+              f"{document['final_state']} (step {document['final_step']}); reports in {out}")  # fmt: skip
+        for row in rows:
+            for error, count in sorted(row.errors.items(), key=lambda e: -e[1])[:5]:
+                print(f"  phase {row.phase.index}: {count} x {error}")
+    if failure is not None:
+        print(f"facade loadtest: {failure}", file=sys.stderr)
+        return code
+    if document["failures"]:
+        print(f"facade loadtest: {document['failures']} requests failed", file=sys.stderr)
+        return EXIT_FAILURE
+    if rehearsal.gate_failure is not None:
+        print(f"facade loadtest: gate stopped the rehearsal at {rehearsal.gate_failure}", file=sys.stderr)
+        return EXIT_GATE_FAILED
+    return EXIT_OK
