@@ -362,3 +362,53 @@ async def test_restart_serves_the_committed_step_and_refuses_a_rewritten_one(tmp
     plan.write_text(plan.read_text().replace("{weight: 10}", "{weight: 20}"))
     with pytest.raises(ConfigError, match="step 1 was already applied"):
         await _controller(_runtime(tmp_path)).start()
+
+
+# -- pure parts ----------------------------------------------------------------------------------------
+
+
+def test_combine_reports_takes_the_worst_route() -> None:
+    from facade.migration.controller import combine_reports
+    from facade.migration.gates import GateReport, GateResult, GateStatus
+
+    ok = GateReport(GateStatus.PASS, (GateResult("min_requests", GateStatus.PASS, 50.0, 20.0, "min_requests: 50"),))
+    thin = GateReport(GateStatus.INCONCLUSIVE,
+                      (GateResult("min_requests", GateStatus.INCONCLUSIVE, 3.0, 20.0, "min_requests: 3"),))
+    bad = GateReport(GateStatus.FAIL, (GateResult("error_rate.max", GateStatus.FAIL, 9.0, 1.0, "error_rate.max: 9%"),))
+    assert combine_reports([("a", thin)]) is thin
+    both = combine_reports([("a", ok), ("b", thin)])
+    assert both.status is GateStatus.INCONCLUSIVE
+    assert [(r.name, r.message) for r in both.results] == [("a:min_requests", "a: min_requests: 50"),
+                                                           ("b:min_requests", "b: min_requests: 3")]
+    assert combine_reports([("a", bad), ("b", thin), ("c", ok)]).status is GateStatus.FAIL
+    assert combine_reports([("a", ok), ("b", ok)]).status is GateStatus.PASS
+
+
+def test_check_plans_guards_running_and_completed_plans() -> None:
+    from dataclasses import replace
+
+    from facade.migration.controller import check_plans
+    from facade.migration.engine import MigrationState, frame_hash
+    from tests.facade.migration.test_engine import PLAN
+
+    running = MigrationState(PLAN.name, Phase.RUNNING, 1, 2, step_hashes=PLAN.step_hashes, frame_hash=frame_hash(PLAN))
+    backends = {"catalog": ("monolith",)}
+    assert check_plans({PLAN.name: PLAN}, {PLAN.name: running}, previous={}, route_backends=backends, where="m/") == []
+    # An applied step rewritten: refused with the step's position.
+    edited = replace(PLAN, steps=(replace(PLAN.steps[0], hold=1.0), *PLAN.steps[1:]))
+    problems = check_plans({PLAN.name: edited}, {PLAN.name: running}, previous={}, route_backends=backends, where="m/")
+    assert len(problems) == 1 and "step 1 was already applied" in problems[0].message
+    # The file of a running plan is gone: refused.
+    problems = check_plans({}, {PLAN.name: running}, previous={}, route_backends=backends, where="m/")
+    assert "is running at step 2 but its file is gone" in problems[0].message and problems[0].file == "m/"
+    # A completed plan's file may go once its routes point at the new service, not before.
+    done = replace(running, phase=Phase.COMPLETED, step=len(PLAN.steps))
+    previous = {PLAN.name: PLAN}
+    problems = check_plans({}, {PLAN.name: done}, previous=previous, route_backends=backends, where="m/")
+    assert "would move its traffic back" in problems[0].message
+    moved = {route: (PLAN.to_service,) for route in PLAN.routes}
+    assert check_plans({}, {PLAN.name: done}, previous=previous, route_backends=moved, where="m/") == []
+    # Pending, rolled back and aborted plans may disappear.
+    for phase in (Phase.PENDING, Phase.ROLLED_BACK, Phase.ABORTED):
+        assert check_plans({}, {PLAN.name: replace(running, phase=phase)}, previous=previous,
+                           route_backends=backends, where="m/") == []

@@ -208,3 +208,15 @@ def test_shipped_plans_are_valid(name: str) -> None:
                                 services={"monolith", "catalog", "orders", "users"})
     assert plan is not None, [str(p) for p in problems]
     assert [p for p in problems if p.severity == "error"] == []
+
+
+def test_load_plans_one_plan_per_route(tmp_path: Path) -> None:
+    (tmp_path / "001-a.yaml").write_text(GOOD)
+    (tmp_path / "002-b.yaml").write_text(GOOD.replace("name: extract-catalog", "name: again")
+                                         .replace("routes: [catalog]", "routes: [orders, catalog]"))
+    plans, problems = load_plans(str(tmp_path), routes=ROUTES, services=SERVICES)
+    assert list(plans) == ["extract-catalog"]
+    assert [str(p) for p in problems] == [
+        f"{tmp_path}/002-b.yaml:2:9: routes: route 'catalog' is already migrated by plan 'extract-catalog' "
+        f"({tmp_path}/001-a.yaml); one plan per route"
+    ]

@@ -140,3 +140,38 @@ def test_kill_9_mid_sequence_keeps_state_and_full_journal(tmp_path: Path) -> Non
     assert journal[0].action == "start" and journal[-1].to_state is state.phase
     assert journal[-1].reason == f"#{state.version - 1}"
     assert state.phase in (Phase.RUNNING, Phase.PAUSED)
+
+
+def test_journal_keeps_the_step_summary(tmp_path: Path) -> None:
+    import dataclasses
+    import json
+
+    store = MigrationStore(str(tmp_path / "m.sqlite3"))
+    start = apply(MigrationState.initial("shop"), Action("start"), plan=PLAN, now=NOW)
+    assert isinstance(start, Transition)
+    summary = {"catalog": {"step": "stable", "backends": {"monolith": {"requests": 3}}}}
+    committed = store.commit(dataclasses.replace(start, summary_json=json.dumps(summary)))
+    assert isinstance(committed, MigrationState)
+    assert store.journal("shop")[0].summary == summary
+    assert store.journal("shop")[0].to_json()["summary"] == summary
+    assert start.to_json()["summary"] is None  # nothing taken: null, not a missing key
+
+
+def test_a_store_from_before_step_summaries_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as db:  # the journal as the first release wrote it
+        db.executescript("""
+            CREATE TABLE migration_state (plan TEXT PRIMARY KEY, version INTEGER NOT NULL,
+                                          state_json TEXT NOT NULL, updated_at REAL NOT NULL);
+            CREATE TABLE journal (seq INTEGER PRIMARY KEY AUTOINCREMENT, plan TEXT NOT NULL, version INTEGER NOT NULL,
+                plan_hash TEXT NOT NULL, from_step INTEGER NOT NULL, to_step INTEGER NOT NULL,
+                from_state TEXT NOT NULL, to_state TEXT NOT NULL, action TEXT NOT NULL, actor TEXT NOT NULL,
+                reason TEXT NOT NULL, gates_json TEXT NOT NULL, at REAL NOT NULL, UNIQUE (plan, version));
+            INSERT INTO journal (plan, version, plan_hash, from_step, to_step, from_state, to_state, action, actor,
+                                 reason, gates_json, at)
+                VALUES ('shop', 1, 'h', 0, 0, 'pending', 'running', 'start', 'ann', '', 'null', 1.0);
+        """)
+    db.close()
+    store = MigrationStore(str(path))
+    old = store.journal("shop")
+    assert [(e.action, e.summary) for e in old] == [("start", None)]
