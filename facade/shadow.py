@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 import weakref
 import zlib
 from collections import Counter
@@ -54,6 +55,7 @@ from .diff import (
 )
 from .errors import ProxyError
 from .headers import filter_response_headers
+from .telemetry import LogLinearHistogram
 from .telemetry.prometheus import escape_label_value
 from .upstream import Outcome
 from .yamlfile import parse_duration
@@ -287,6 +289,9 @@ class ShadowSender:
         self.dropped: Counter[tuple[str, str]] = Counter()  # (route, reason)
         self.skipped_unsafe: Counter[str] = Counter()  # route
         self.noise_copies: Counter[str] = Counter()  # route: second copies sent to the primary
+        # (route, step) -> how long the candidate took to answer copies: in a shadow step the compare
+        # report has no real traffic on the new side, so this is the only latency seen of it.
+        self.latency: dict[tuple[str, str], LogLinearHistogram] = {}
 
     def __repr__(self) -> str:
         return (
@@ -459,7 +464,7 @@ class ShadowSender:
         route, split = ticket.route, ticket.split
         options = self.options_for(route)
         learn = options.learn_noise and ticket.method in NOISE_METHODS
-        sends = [self._send(split.candidate, job, suffix=self.host_suffix)]
+        sends = [self._send(split.candidate, job, suffix=self.host_suffix, timed=(route, split.step_label))]
         if learn:
             # Diffy: a second copy to the old backend; what differs between two old answers is noise.
             sends.append(self._send(split.primary, job, suffix=False))
@@ -504,8 +509,11 @@ class ShadowSender:
                 )
             )
 
-    async def _send(self, service: str, job: _Job, *, suffix: bool) -> ResponseSample | _Failed:
-        """One copy to ``service`` through its pool; never raises (a failure is a value)."""
+    async def _send(
+        self, service: str, job: _Job, *, suffix: bool, timed: tuple[str, str] | None = None
+    ) -> ResponseSample | _Failed:
+        """One copy to ``service`` through its pool; never raises (a failure is a value). With ``timed``
+        (route, step), the time to the whole (bounded) answer goes into ``self.latency``."""
         pool = self.upstreams.get(service)
         if pool is None:
             return _Failed("unavailable", f"no service named {service!r}")
@@ -516,6 +524,7 @@ class ShadowSender:
             return _Failed("unavailable", str(exc))
         headers = mirrored_headers(job.headers, host_suffix=suffix)
         outcome = Outcome.RESET
+        started = time.perf_counter()
         endpoint.begin()
         try:
             async with asyncio.timeout(self.timeout):
@@ -530,6 +539,11 @@ class ShadowSender:
                 ) as resp:
                     outcome = Outcome.from_status(resp.status)
                     body, truncated = await _read_bounded(resp, job.ticket.max_body)
+                    if timed is not None:
+                        hist = self.latency.get(timed)
+                        if hist is None:
+                            hist = self.latency[timed] = LogLinearHistogram()
+                        hist.record(time.perf_counter() - started)
                     return ResponseSample(resp.status, filter_response_headers(resp.raw_headers), body, truncated)
         except TimeoutError:
             outcome = Outcome.TIMEOUT
@@ -555,6 +569,9 @@ class ShadowSender:
                 "skipped_unsafe": self.skipped_unsafe[route],
                 "noise_copies": self.noise_copies[route],
                 "noise_paths": sorted(self.noise.paths(route)),
+                "candidate_latency_ms": {
+                    step: _quantiles_ms(hist) for (r, step), hist in sorted(self.latency.items()) if r == route
+                },
             }
             for route in routes
         }
@@ -610,6 +627,12 @@ class ShadowSender:
         header("facade_shadow_in_flight", "gauge", "Shadow copies being sent or compared.")
         lines.append(f"facade_shadow_in_flight {self._in_flight}")
         return "\n".join(lines) + "\n"
+
+
+def _quantiles_ms(hist: LogLinearHistogram) -> dict[str, float | int | None]:
+    p50, p95, p99 = hist.quantiles((0.50, 0.95, 0.99))
+    values = {"p50": p50, "p95": p95, "p99": p99}
+    return {"count": hist.total} | {k: None if v is None else round(v * 1000, 3) for k, v in values.items()}
 
 
 async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:

@@ -429,6 +429,9 @@ async def test_admin_compare_diffs_and_shadow_endpoints(tmp_path: Path) -> None:
         stats = (await admin.get("/shadow")).json()
         assert stats["running"] is True and stats["concurrency"] == 16 and stats["queue_size"] == 256
         assert stats["totals"]["compared"] == 3 and stats["totals"]["dropped"] == 0
+        latency = stats["routes"]["catalog"]["candidate_latency_ms"]
+        assert list(latency) == ["0:shadow"] and latency["0:shadow"]["count"] == 3
+        assert 0 < latency["0:shadow"]["p50"] <= latency["0:shadow"]["p99"]
 
 
 # -- pure parts -------------------------------------------------------------------------------------
