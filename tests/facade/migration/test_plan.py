@@ -217,6 +217,6 @@ def test_load_plans_one_plan_per_route(tmp_path: Path) -> None:
     plans, problems = load_plans(str(tmp_path), routes=ROUTES, services=SERVICES)
     assert list(plans) == ["extract-catalog"]
     assert [str(p) for p in problems] == [
-        f"{tmp_path}/002-b.yaml:2:9: routes: route 'catalog' is already migrated by plan 'extract-catalog' "
-        f"({tmp_path}/001-a.yaml); one plan per route"
+        (f"{tmp_path}/002-b.yaml:2:9: routes: route 'catalog' is already migrated by plan 'extract-catalog' "
+        f"({tmp_path}/001-a.yaml); one plan per route")
     ]
