@@ -287,11 +287,7 @@ class MeshFeature:
             if service not in self.documents:
                 return _error(404, f"unknown service {service!r}")
             if known == self.version and wait > 0:
-                changed = self._changed
-                try:
-                    await asyncio.wait_for(changed.wait(), timeout=wait)
-                except TimeoutError:
-                    pass
+                await self._wait_for_change(request, wait)
             doc = self.documents.get(service)
             if doc is None:
                 return _error(404, f"service {service!r} is no longer configured")
@@ -326,6 +322,23 @@ class MeshFeature:
             Route(CONFIG_PATH, config, methods=["GET"]),
             Route(TOKENS_PATH, tokens, methods=["POST"]),
         ]
+
+    async def _wait_for_change(self, request: Request, wait: float) -> None:
+        """Until the version changes, ``wait`` passes, the sidecar hangs up or the facade drains."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        changed = asyncio.ensure_future(self._changed.wait())
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            # Short slices so a draining facade answers its long-polls instead of holding shutdown up.
+            while not (changed.done() or gone.done() or getattr(self.runtime, "draining", False)):
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                await asyncio.wait({changed, gone}, timeout=min(remaining, 0.25), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            changed.cancel()
+            gone.cancel()
 
     def _renew(self, body: dict[str, Any]) -> Response:
         """Sign a new CSR for the holder of a valid SVID: the signature over the CSR proves the old key."""
@@ -376,6 +389,11 @@ class MeshFeature:
                 "expires": leaf.not_valid_after_utc.isoformat(),
             }
         )
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _read_json(request: Request) -> dict[str, Any] | Response:
