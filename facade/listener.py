@@ -88,14 +88,17 @@ def guarded_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
                 self._head_timer = self.loop.call_later(limits.header_timeout, self._head_timed_out)
 
         def on_headers_complete(self) -> None:
+            seen = self._head_bytes
             self._in_body = True
             self._head_bytes = 0
             self._cancel_head_timer()
-            # A head that arrived whole in one read was never seen half-way: measure it now.
-            size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
-            if size > limits.max_head_bytes:
-                self._too_large = True  # answered by data_received once the parser returns
-                return
+            # A head that arrived whole in one read was never seen half-way: measure it now (only
+            # when the bytes read so far could hold an oversized head at all).
+            if seen > limits.max_head_bytes:
+                size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
+                if size > limits.max_head_bytes:
+                    self._too_large = True  # answered by data_received once the parser returns
+                    return
             super().on_headers_complete()
 
         def on_body(self, body: bytes) -> None:

@@ -47,8 +47,6 @@ logger = logging.getLogger("facade.proxy")
 access_logger = logging.getLogger("facade.access")
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-# aiohttp would otherwise add its own User-Agent / Accept / Accept-Encoding / Content-Type.
-SKIP_AUTO_HEADERS = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
 # Headers the facade never forwards upstream besides hop-by-hop ones: uvicorn answers
 # "Expect: 100-continue" itself when the proxy starts reading the body.
 _DROP_UPSTREAM = frozenset({"expect"})
@@ -170,6 +168,18 @@ class Proxy:
         method: str = scope["method"]
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         norm = snap.config.normalize
+        # One pass over the request headers for the few the proxy itself needs.
+        host_header: bytes | None = None
+        content_length: bytes | None = None
+        chunked = False
+        for name, value in headers:
+            if name == b"host":
+                if host_header is None:
+                    host_header = value
+            elif name == b"content-length":
+                content_length = value
+            elif name == b"transfer-encoding":
+                chunked = True
         try:
             path = normalize_path(
                 scope.get("raw_path") or scope["path"].encode(),
@@ -177,7 +187,6 @@ class Proxy:
                 reject_encoded_slash=norm.reject_encoded_slash,
                 semicolons=norm.semicolons,
             )
-            host_header = _header(headers, b"host")
             if host_header is None:
                 server = scope.get("server")
                 host = normalize_host(server[0]) if server else ""
@@ -221,8 +230,7 @@ class Proxy:
 
         # Body: refuse early what is known to be too large.
         max_body = snap.config.limits.max_request_body
-        content_length = _header(headers, b"content-length")
-        has_body = content_length not in (None, b"0") or _header(headers, b"transfer-encoding") is not None
+        has_body = chunked or (content_length is not None and content_length != b"0")
         if max_body is not None and content_length is not None and content_length.isdigit():
             if int(content_length) > max_body:
                 await _json_response(send, 413, {"error": "request body too large", "limit": max_body})
@@ -365,7 +373,6 @@ class Proxy:
                         headers=headers,
                         data=body,
                         allow_redirects=False,
-                        skip_auto_headers=SKIP_AUTO_HEADERS,
                         compress=False,
                     )
             except aiohttp.ClientConnectorError as exc:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 import aiohttp
+import multidict
 import aiohttp.connector
 import yarl
 
@@ -115,6 +116,25 @@ class Endpoint:
             "last_health_check": self.health.last_detail,
             "outcomes": dict(self.outcomes),
         }
+
+
+class ProxyClientRequest(aiohttp.ClientRequest):
+    """aiohttp's request, minus the headers a client library adds on its own.
+
+    A proxy forwards the client's headers as they are: no default Accept / Accept-Encoding /
+    User-Agent, and no Content-Type guessed from the body. (Passing ``skip_auto_headers`` per
+    request does the same but costs ~10 us a request in sorting and copying.)
+    """
+
+    DEFAULT_HEADERS: dict[str, str] = {}  # type: ignore[misc]
+
+    def update_auto_headers(self, skip_auto_headers: Any) -> None:
+        self._skip_auto_headers = _NO_AUTO_HEADERS
+
+
+_NO_AUTO_HEADERS: Any = multidict.CIMultiDict(
+    (h, None) for h in ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+)
 
 
 class _Group:
@@ -387,6 +407,7 @@ def _new_session(spec: ServiceSpec, ssl_context: ssl.SSLContext | None) -> aioht
     )
     return aiohttp.ClientSession(
         connector=connector,
+        request_class=ProxyClientRequest,
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),
         trust_env=False,
