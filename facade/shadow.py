@@ -80,6 +80,7 @@ __all__ = [
     "mirrorable",
     "mirrored_headers",
     "parse_window",
+    "resolve_step",
     "shadow_host",
 ]
 
@@ -683,6 +684,12 @@ def compare_view(runtime: FacadeRuntime, params: Mapping[str, str]) -> dict[str,
         except ValueError as exc:
             raise _BadQuery(400, {"error": f"window: {exc}"}) from None
     split = runtime.holder.current.splits.get(route)
+    if step is not None and step.isdigit():
+        labels = _known_steps(runtime, route, split)
+        try:
+            step = resolve_step(step, labels)
+        except ValueError as exc:
+            raise _BadQuery(400, {"error": str(exc), "steps": sorted(set(labels))}) from None
     old = params.get("old") or (split.primary if split is not None else None)
     new = params.get("new") or (split.candidate if split is not None else None)
     if old is None or new is None:
@@ -704,6 +711,26 @@ def compare_view(runtime: FacadeRuntime, params: Mapping[str, str]) -> dict[str,
         "migration_step": split.step_label if split is not None else None,
         **comparison.to_json(),
     }
+
+
+def resolve_step(number: str, labels: Iterable[str]) -> str:
+    """``--step 3`` -> the one known label of step 3 (``"extract-catalog step 3: weight 25%"``, or ``"3:..."``).
+    Raises ValueError when no label or more than one matches."""
+    matches = sorted({lab for lab in labels if f" step {number}:" in lab or lab.startswith(f"{number}:")})
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise ValueError(f"no step {number} known on this route: give its label")
+    raise ValueError(f"step {number} is ambiguous ({' / '.join(matches)}): give its label")
+
+
+def _known_steps(runtime: FacadeRuntime, route: str, split: Split | None) -> list[str]:
+    labels = [split.step_label] if split is not None and split.step_label else []
+    # Telemetry may list every step it has windows for (past steps too); the split in force always counts.
+    listed = getattr(runtime.telemetry, "steps", None)
+    if callable(listed):
+        labels += list(listed(route))
+    return labels
 
 
 class ShadowFeature:

@@ -29,7 +29,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("compare", help="old vs new path of a route: requests, errors, latency, diff rate, verdict")
     p.add_argument("route", help="route name (as in the config)")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--step", help="a migration step label (e.g. 0:shadow); default: the route's current step")
+    which.add_argument("--step", help="a migration step: its number in the plan or its label; default: the route's current step")
     which.add_argument("--window", help="a rolling window instead of a step: 1m or 5m (or seconds)")
     p.add_argument("--old", help="old backend (default: the primary of the migration in force)")
     p.add_argument("--new", help="new backend (default: the candidate of the migration in force)")

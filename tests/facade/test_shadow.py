@@ -29,6 +29,7 @@ from facade.shadow import (
     mirrorable,
     mirrored_headers,
     parse_window,
+    resolve_step,
     shadow_host,
 )
 from facade.split import Split
@@ -417,6 +418,10 @@ async def test_admin_compare_diffs_and_shadow_endpoints(tmp_path: Path) -> None:
             r = await admin.get("/compare", params=dict(params))
             assert r.status_code == status, (params, r.text)
             assert r.json()["error"]
+        by_number = (await admin.get("/compare", params={"route": "catalog", "step": "0"})).json()
+        assert by_number["step"] == "0:shadow" and by_number["diffs"]["compared"] == 3
+        r = await admin.get("/compare", params={"route": "catalog", "step": "7"})
+        assert r.status_code == 400 and r.json()["steps"] == ["0:shadow"]
         r = await admin.get("/compare", params={"route": "default", "old": "monolith", "new": "catalog"})
         assert r.status_code == 200 and r.json()["new"]["requests"] == 0
 
@@ -471,6 +476,16 @@ def test_parse_window() -> None:
     for bad in ("", "soon", "0", "-5", "5 parsecs"):
         with pytest.raises(ValueError):
             parse_window(bad)
+
+
+def test_step_numbers_resolve_to_the_one_matching_label() -> None:
+    labels = ["extract-catalog step 1: shadow 100%", "extract-catalog step 3: weight 25%", "stable"]
+    assert resolve_step("3", labels) == "extract-catalog step 3: weight 25%"
+    assert resolve_step("0", ["0:shadow", "10:weight"]) == "0:shadow"
+    with pytest.raises(ValueError, match="ambiguous"):
+        resolve_step("1", labels + ["other step 1: weight 5%"])
+    with pytest.raises(ValueError, match="no step 2"):
+        resolve_step("2", labels)
 
 
 def test_gzip_bodies_are_compared_by_content() -> None:
