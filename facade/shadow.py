@@ -758,6 +758,9 @@ class ShadowFeature:
         return feature
 
     async def start(self) -> None:
+        # Another feature may have replaced the runtime's pools after attach (the mesh's mTLS pools):
+        # copies must go through the pools the proxy uses.
+        self.sender.upstreams = self.runtime.upstreams
         # The snapshot built in FacadeRuntime.__init__ predates the sender; later swaps carry it.
         current = self.runtime.holder.current
         if current.shadow is not self.sender:
@@ -766,6 +769,9 @@ class ShadowFeature:
 
     async def stop(self) -> None:
         await self.sender.stop()
+
+    async def config_changed(self, config: Any) -> None:
+        self.sender.upstreams = self.runtime.upstreams
 
     def admin_routes(self) -> list[BaseRoute]:
         runtime, sender = self.runtime, self.sender

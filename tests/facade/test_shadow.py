@@ -385,6 +385,22 @@ async def test_a_ticket_the_proxy_never_returns_frees_its_slot() -> None:
     assert sender.reserved == 0
 
 
+async def test_feature_sends_over_the_pools_the_runtime_has_at_start(tmp_path: Path) -> None:
+    path = write_config(tmp_path, config_text("http://127.0.0.1:1", "http://127.0.0.1:2"))
+    runtime = FacadeRuntime(load_config(str(path)), config_path=str(path), watch_interval=None)
+    feature = ShadowFeature.attach(runtime)
+    assert runtime.shadow is feature.sender and feature in runtime.extensions
+    replaced = runtime.upstreams = Upstreams(runtime.config.services)  # as the mesh feature does (mTLS pools)
+    await feature.start()
+    try:
+        assert feature.sender.upstreams is replaced
+        assert runtime.holder.current.shadow is feature.sender  # the first snapshot predates the sender
+    finally:
+        await feature.stop()
+        await replaced.close()
+    assert feature.sender.begin(route="catalog", split=SHADOW_SPLIT, method="GET") is None  # stopped
+
+
 # -- admin ------------------------------------------------------------------------------------------
 
 
