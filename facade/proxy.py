@@ -267,6 +267,8 @@ class Proxy:
                 up_headers.extend(extra)
         target = hit.upstream_path + ("?" + query.decode("latin-1") if query else "")
 
+        # The route's timeout also bounds silence mid-body (Envoy's stream idle timeout: 5 min).
+        idle_timeout = route.timeout if route.timeout is not None else (pool.spec.timeouts.request or 300.0)
         status = 0
         primary_headers: list[tuple[bytes, bytes]] = []
         upstream_s: float | None = None
@@ -290,7 +292,7 @@ class Proxy:
                     out_headers.append((b"x-facade-step", step.encode("latin-1")))
                 await send({"type": "http.response.start", "status": status, "headers": out_headers})
                 response_started = True
-                bytes_out = await _stream_response(resp, receive, send, method, resp_tee)
+                bytes_out = await _stream_response(resp, receive, send, method, resp_tee, idle_timeout)
             finally:
                 resp.release()
         except ProxyError as exc:
@@ -442,33 +444,44 @@ async def _backoff(attempt: int) -> None:
 
 
 async def _stream_response(
-    resp: aiohttp.ClientResponse, receive: Receive, send: Send, method: str, tee: BodyTee | None = None
+    resp: aiohttp.ClientResponse,
+    receive: Receive,
+    send: Send,
+    method: str,
+    tee: BodyTee | None = None,
+    idle_timeout: float | None = None,
 ) -> int:
     """Copy the upstream body to the client as it arrives (SSE flushes per chunk); return bytes sent.
 
-    A large or slow body is watched for a client disconnect so the upstream read stops too.
+    The common case, a small body already buffered with the headers, goes out in one message with
+    no task or timer. Anything longer is read under watch: a client disconnect stops the upstream
+    read, and an upstream that sends nothing for ``idle_timeout`` aborts the response (Envoy's
+    stream idle timeout) instead of holding the client forever.
     """
-    sent = 0
     content = resp.content
     if method == "HEAD":
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return 0
-    first = await content.readany()
-    if tee is not None:
+    first = content.read_nowait()  # what already arrived with the headers; never waits
+    if tee is not None and first:
         tee.add(first)
-    if not first or content.at_eof():
+    if content.at_eof():
         await send({"type": "http.response.body", "body": first, "more_body": False})
         return len(first)
-    await send({"type": "http.response.body", "body": first, "more_body": True})
-    sent += len(first)
+    sent = 0
+    if first:
+        await send({"type": "http.response.body", "body": first, "more_body": True})
+        sent = len(first)
     watcher = asyncio.ensure_future(_wait_disconnect(receive))
     try:
         while True:
             reader = asyncio.ensure_future(content.readany())
-            done, _ = await asyncio.wait((reader, watcher), return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait((reader, watcher), timeout=idle_timeout, return_when=asyncio.FIRST_COMPLETED)
             if reader not in done:
                 reader.cancel()
-                raise _ClientGone()
+                if watcher in done:
+                    raise _ClientGone()
+                raise asyncio.TimeoutError(f"upstream sent nothing for {idle_timeout:g}s mid-body")
             chunk = reader.result()
             if not chunk:
                 break

@@ -75,6 +75,18 @@ class Snapshot:
         return any(addr in net for net in self.trusted)
 
 
+class _QuietAborts(logging.Filter):
+    """uvicorn logs any exception escaping the app with a traceback; an aborted response is expected
+    (the upstream failed mid-body, already logged once by the proxy), so keep it to one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and type(exc).__name__ == "DownstreamAborted":
+            record.exc_info = None
+            record.msg, record.args = "response aborted: %s", (exc,)
+        return True
+
+
 class SnapshotHolder:
     """The one mutable reference the hot path reads."""
 
@@ -280,6 +292,7 @@ class FacadeRuntime:
         from .proxy import Proxy
 
         config = self.config
+        logging.getLogger("uvicorn.error").addFilter(_QUIET_ABORTS)
         listen_sock = listen_sock or bind(config.listen)
         admin_sock = admin_sock or bind(config.admin.listen)
         self._sockets = [listen_sock, admin_sock]
@@ -376,6 +389,9 @@ class FacadeRuntime:
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(self.stop()))
+
+
+_QUIET_ABORTS = _QuietAborts()
 
 
 def _stat(path: str) -> tuple[float, int] | None:

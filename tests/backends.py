@@ -66,6 +66,11 @@ class EchoApp:
                         "headers": [(b"content-length", b"1000"), *extra]})
             await send({"type": "http.response.body", "body": b"x" * 100, "more_body": True})
             raise RuntimeError("backend dies mid-body (deliberate, test)")
+        if path == "/stall":
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"100"), *extra]})
+            await send({"type": "http.response.body", "body": b"s" * 10, "more_body": True})
+            await asyncio.sleep(30)  # then nothing: the proxy's idle timeout must end this
+            return
         if path == "/stream":
             n = int(query.get("n", ["3"])[0])
             ms = int(query.get("ms", ["100"])[0])

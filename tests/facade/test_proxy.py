@@ -338,3 +338,16 @@ async def test_mark_responses_names_the_backend_and_step(tmp_path):
         cfg = _cfg(f"  svc: {{endpoints: [{url}]}}", "  - name: all\n    backend: svc")
         async with run_facade(tmp_path, cfg) as rt, httpx.AsyncClient(base_url=rt.url) as client:
             assert "x-facade-backend" not in (await client.get("/x")).headers
+
+
+async def test_an_upstream_silent_mid_body_is_cut_off_after_the_route_timeout(tmp_path):
+    async with serve_app(EchoApp()) as url:
+        cfg = _cfg(f"  svc: {{endpoints: [{url}]}}", "  - name: all\n    backend: svc\n    timeout: 300ms")
+        async with run_facade(tmp_path, cfg) as rt, httpx.AsyncClient(base_url=rt.url, timeout=20) as client:
+            t0 = time.monotonic()
+            with pytest.raises(httpx.HTTPError):
+                async with client.stream("GET", "/stall") as r:
+                    assert r.status_code == 200
+                    async for _ in r.aiter_raw():
+                        pass
+            assert time.monotonic() - t0 < 10  # the backend would stall for 30 s
