@@ -94,6 +94,7 @@ class Sample:
     phase: int
     backend: str
     migrating: bool  # the request went through a route the migration splits (x-facade-step != stable)
+    group: str  # first path segment ("catalog"): which part of the shop, split or not
     requests: int
     failures: int
     latency_ms: Mapping[int, int]
@@ -165,6 +166,7 @@ def parse_samples(lines: Iterable[str]) -> list[Sample]:
                     phase=int(d["phase"]),
                     backend=str(d["backend"]),
                     migrating=bool(d["migrating"]),
+                    group=str(d.get("group", "")),
                     requests=int(d["requests"]),
                     failures=int(d["failures"]),
                     latency_ms={int(k): int(v) for k, v in d["latency_ms"].items()},
@@ -200,7 +202,16 @@ def _summary(samples: Sequence[Sample]) -> LatencySummary:
 
 def aggregate(samples: Sequence[Sample], phases: Sequence[Phase], *, old: str, new: str) -> list[StepRow]:
     """One row per phase: every request of the phase in the totals; old / new latency only from the
-    requests on the migrated route(s), split by the backend that served them."""
+    requests on the migrated route(s), split by the backend that served them.
+
+    A request is on a migrated route when the facade marked it with a migration step, or when its
+    path group (``/catalog/...``) was marked in any phase: that keeps the baseline and the phase
+    after a rollback, where no split marks anything, comparable with the steps."""
+    migrated = {s.group for s in samples if s.migrating}
+
+    def on_route(s: Sample) -> bool:
+        return s.migrating or s.group in migrated
+
     rows = []
     for phase in phases:
         mine = [s for s in samples if s.phase == phase.index]
@@ -212,8 +223,8 @@ def aggregate(samples: Sequence[Sample], phases: Sequence[Phase], *, old: str, n
                 phase=phase,
                 requests=sum(s.requests for s in mine),
                 failures=sum(s.failures for s in mine),
-                old=_summary([s for s in mine if s.migrating and s.backend == old]),
-                new=_summary([s for s in mine if s.migrating and s.backend == new]),
+                old=_summary([s for s in mine if on_route(s) and s.backend == old]),
+                new=_summary([s for s in mine if on_route(s) and s.backend == new]),
                 errors=dict(errors),
             )
         )
@@ -368,6 +379,7 @@ class Rehearsal:
             self._phase("baseline (all on " + self.status["from"] + ")", step=0)
             ramp = min(self.s.users / max(self.s.spawn_rate, 0.1), 30.0) + 1.0
             self._dwell(max(ramp, self.s.step_duration / 2))
+            self._close_phase("started")
             self.status = self._act("start")
             self._enter_step()
             self._drive()
@@ -395,6 +407,7 @@ class Rehearsal:
             step = int(self.status["step"])
             self._dwell(self.s.step_duration)
             if self.s.rollback_at is not None and step == self.s.rollback_at:
+                self._record_gates()
                 self._close_phase("rolled back")
                 self.status = self._act("rollback", to=0)
                 self._phase(f"after rollback (all on {self.status['from']})", step=0)
@@ -495,7 +508,7 @@ class Rehearsal:
         argv = [
             sys.executable, "-m", "locust", "-f", str(self.s.locustfile), "--headless", "--host", self.s.host,
             "--csv", str(out / "locust"), "--html", str(out / "locust.html"), "--only-summary",
-            "--loglevel", "WARNING", "--exit-code-on-error", "0",
+            "--loglevel", "WARNING", "--exit-code-on-error", "0", "--stop-timeout", "5",
         ]  # fmt: skip
         env = {
             **os.environ,

@@ -600,13 +600,17 @@ def serve_has_state_dir() -> bool:
 
 
 def has_mesh_sidecar() -> bool:
-    """Whether this build has the mesh sidecar (``mesh.sidecar``, ``facade mesh sidecar``)."""
-    import importlib.util
+    """Whether this build's CLI has ``facade mesh sidecar`` (the command ``facade up`` would run)."""
+    from .cli import build_parser
 
-    try:
-        return importlib.util.find_spec("mesh.sidecar") is not None
-    except ModuleNotFoundError:
-        return False
+    def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+        for action in parser._actions:  # argparse keeps subparsers only here
+            if isinstance(action, argparse._SubParsersAction):
+                return dict(action.choices)
+        return {}
+
+    mesh = subcommands(build_parser()).get("mesh")
+    return mesh is not None and "sidecar" in subcommands(mesh)
 
 
 def _pythonpath() -> str:

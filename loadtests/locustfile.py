@@ -9,7 +9,7 @@ sticky-cohort cookie (``session_id``) keeps a user on one side of a split, the w
 Every request's name ends with the backend that served it, from the facade's ``x-facade-backend``
 response header (``mark_responses: true``): ``GET /catalog/products/[id] [catalog]``, so locust's own
 CSV and HTML split old from new. For ``facade loadtest`` the module also writes, every second, one
-JSON line per (phase, backend, migrating?) to ``$LOADTEST_SAMPLES``: request and failure counts and
+JSON line per (phase, backend, migrating?, path group) to ``$LOADTEST_SAMPLES``: request and failure counts and
 a latency histogram; the phase is the rehearsal step the driver announces in ``$LOADTEST_CONTROL``.
 """
 
@@ -22,6 +22,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import gevent
 from locust import FastHttpUser, between, events, task
@@ -55,6 +56,13 @@ def histogram_key(ms: float) -> int:
     return int(round(ms, -2))
 
 
+def path_group(url: str) -> str:
+    """``http://h/catalog/products/1?x`` -> ``"catalog"``: the part of the shop a request is about, so
+    the report can tell a migrated route's requests from the rest even when no split marks them."""
+    path = urlsplit(url).path
+    return path.split("/", 2)[1] if path.count("/") >= 1 else ""
+
+
 @dataclass
 class Bucket:
     requests: int = 0
@@ -69,7 +77,7 @@ class Sampler:
     def __init__(self, path: str | None, control: str | None) -> None:
         self.path = path
         self.control = control
-        self.buckets: dict[tuple[int, str, bool], Bucket] = {}
+        self.buckets: dict[tuple[int, str, bool, str], Bucket] = {}
         self.phase = 0
         self._phase_read = 0.0
 
@@ -82,8 +90,8 @@ class Sampler:
                 self.phase = phase
         return self.phase
 
-    def record(self, backend: str, migrating: bool, ms: float, error: str | None) -> None:
-        key = (self.current_phase(), backend, migrating)
+    def record(self, backend: str, migrating: bool, group: str, ms: float, error: str | None) -> None:
+        key = (self.current_phase(), backend, migrating, group)
         bucket = self.buckets.get(key)
         if bucket is None:
             bucket = self.buckets[key] = Bucket()
@@ -105,13 +113,14 @@ class Sampler:
                     "phase": phase,
                     "backend": backend,
                     "migrating": migrating,
+                    "group": group,
                     "requests": b.requests,
                     "failures": b.failures,
                     "latency_ms": {str(k): v for k, v in sorted(b.latency.items())},
                     "errors": dict(b.errors),
                 }
             )
-            for (phase, backend, migrating), b in self.buckets.items()
+            for (phase, backend, migrating, group), b in self.buckets.items()
         ]
         self.buckets.clear()
         with open(self.path, "a", encoding="utf-8") as fh:
@@ -138,13 +147,19 @@ def _final_flush(environment: Environment, **_: Any) -> None:
 
 @events.request.add_listener
 def _sample(
-    request_type: str, name: str, response_time: float, response: Any, exception: BaseException | None, **_: Any
+    request_type: str,
+    name: str,
+    response_time: float,
+    response: Any,
+    exception: BaseException | None,
+    url: str = "",
+    **_: Any,
 ) -> None:
     headers = getattr(response, "headers", None) or {}
     backend = headers.get(BACKEND_HEADER) or "-"
     step = headers.get(STEP_HEADER) or STABLE
     error = None if exception is None else f"{request_type} {name.rsplit(' [', 1)[0]}: {exception}"
-    SAMPLER.record(backend, step != STABLE, response_time or 0.0, error)
+    SAMPLER.record(backend, step != STABLE, path_group(url), response_time or 0.0, error)
 
 
 class ShopUser(FastHttpUser):
