@@ -47,7 +47,7 @@ from .gates import GateReport, GateResult, GateStatus, evaluate_gates
 from .plan import Plan, load_plans
 from .store import DEFAULT_STORE_FILE, MigrationStore
 
-__all__ = ["STABLE_STEP", "MigrationController", "check_plans", "combine_reports", "step_label"]
+__all__ = ["STABLE_STEP", "MigrationController", "check_plans", "combine_reports", "shadow_min_requests", "step_label"]
 
 logger = logging.getLogger("facade.migration")
 
@@ -72,13 +72,29 @@ def combine_reports(reports: Sequence[tuple[str, GateReport]]) -> GateReport:
     results: list[GateResult] = []
     for route, report in reports:
         results.extend(replace(r, name=f"{route}:{r.name}", message=f"{route}: {r.message}") for r in report.results)
-    statuses = {report.status for _, report in reports}
-    status = GateStatus.PASS
+    return GateReport(_worst({report.status for _, report in reports}), tuple(results))
+
+
+def shadow_min_requests(report: GateReport, minimum: int, compared: int) -> GateReport:
+    """Count ``min_requests`` of a shadow step in mirrored comparisons, not client requests.
+
+    In a shadow step the candidate answers no client, so its request count stays 0 and the
+    ``min_requests`` gate could never pass; the evidence there is the comparisons (what
+    ``diff_rate`` reads). Every other gate's verdict is kept as evaluated.
+    """
+    status = GateStatus.PASS if compared >= minimum else GateStatus.INCONCLUSIVE
+    counted = GateResult("min_requests", status, float(compared), float(minimum),
+                         f"min_requests: {compared} of {minimum} shadow comparisons", new=float(compared))
+    results = tuple(counted if r.name == "min_requests" else r for r in report.results)
+    return GateReport(_worst({r.status for r in results}), results)
+
+
+def _worst(statuses: set[GateStatus]) -> GateStatus:
     if GateStatus.FAIL in statuses:
-        status = GateStatus.FAIL
-    elif GateStatus.INCONCLUSIVE in statuses:
-        status = GateStatus.INCONCLUSIVE
-    return GateReport(status, tuple(results))
+        return GateStatus.FAIL
+    if GateStatus.INCONCLUSIVE in statuses:
+        return GateStatus.INCONCLUSIVE
+    return GateStatus.PASS
 
 
 def check_plans(
@@ -229,20 +245,16 @@ class MigrationController:
         """The current step's gates evaluated now over the step's telemetry window (None if no step is live)."""
         if state.phase not in _ACTIVE or state.step >= len(plan.steps):
             return None
-        gates = plan.steps[state.step].gates
+        step = plan.steps[state.step]
         telemetry = self.runtime.telemetry
-        reports = [
-            (
-                route,
-                evaluate_gates(
-                    gates,
-                    telemetry.side_stats(route, plan.from_service),
-                    telemetry.side_stats(route, plan.to_service),
-                    telemetry.diff_counts(route),
-                ),
-            )
-            for route in plan.routes
-        ]
+        reports = []
+        for route in plan.routes:
+            diffs = telemetry.diff_counts(route)
+            old, new = telemetry.side_stats(route, plan.from_service), telemetry.side_stats(route, plan.to_service)
+            report = evaluate_gates(step.gates, old, new, diffs)
+            if step.kind == "shadow" and step.gates.min_requests:
+                report = shadow_min_requests(report, step.gates.min_requests, diffs.compared)
+            reports.append((route, report))
         return combine_reports(reports)
 
     async def status(self, name: str, *, journal: int = DEFAULT_JOURNAL) -> dict[str, Any] | None:

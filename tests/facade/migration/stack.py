@@ -31,7 +31,10 @@ TOKEN = "s3cret"
 
 
 class Switchable:
-    """An EchoApp that can be told to fail: every HTTP request then gets a 500."""
+    """An EchoApp that can be told to fail: every HTTP request then gets a 500.
+
+    ``/catalog/same...`` answers the same JSON on every backend (for shadow comparisons that agree).
+    """
 
     def __init__(self, name: str) -> None:
         self.app = EchoApp(name)
@@ -43,6 +46,11 @@ class Switchable:
             await send({"type": "http.response.start", "status": 500,
                         "headers": [(b"content-type", b"application/json"), (b"x-served-by", self.app.name.encode())]})
             await send({"type": "http.response.body", "body": body})
+            return
+        if scope["type"] == "http" and scope["path"].startswith("/catalog/same"):
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json"), (b"x-served-by", self.app.name.encode())]})
+            await send({"type": "http.response.body", "body": b'{"ok": true}'})
             return
         await self.app(scope, receive, send)
 

@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -17,6 +18,7 @@ from facade.errors import ConfigError
 from facade.features import attach_features
 from facade.migration.controller import MigrationController
 from facade.migration.engine import Phase
+from facade.migration.gates import GateStatus
 from facade.runtime import FacadeRuntime
 from tests.facade.migration.stack import TOKEN, Stack, config_text, migration_stack
 
@@ -86,6 +88,46 @@ async def test_gates_inconclusive_pass_and_fail_on_real_traffic(tmp_path: Path) 
         left = last["summary"]["catalog"]
         assert left["step"] == "shop step 1: weight 50"
         assert left["backends"]["catalog"]["errors"] > 0 and left["backends"]["monolith"]["errors"] == 0
+
+
+async def test_shadow_step_diff_rate_gate_on_mirrored_traffic(tmp_path: Path) -> None:
+    plan = """\
+        name: shop
+        route: catalog
+        from: monolith
+        to: catalog
+        steps:
+          - shadow: {percent: 100}
+            gates: {diff_rate: {max: 10%}, min_requests: 10}
+          - weight: 100
+        """
+
+    async def wait_for_comparisons(n: int) -> dict[str, Any]:
+        for _ in range(100):  # bounded: mirroring is asynchronous, after each primary response
+            status = await s.status("shop", journal=0)
+            compared = [g for g in status["gates"]["results"] if g["name"] == "diff_rate.max"]
+            if s.runtime.telemetry.diff_counts("catalog").compared >= n:
+                return dict(compared[0])
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"fewer than {n} shadow comparisons arrived")
+
+    async with migration_stack(tmp_path, plan) as s:
+        await s.act("shop", "start")
+        # Every client answer still comes from the monolith; copies go to the candidate.
+        assert await _traffic(s, 20, "/catalog/same/x") == Counter({"monolith": 20})
+        await wait_for_comparisons(20)
+        status = await s.status("shop", journal=0)
+        gate = next(g for g in status["gates"]["results"] if g["name"] == "diff_rate.max")
+        assert (status["gates"]["status"], gate["value"]) == ("pass", 0.0)
+
+        # The candidate answers differently (its echo names itself): the diff rate breaks the gate.
+        await _traffic(s, 20)
+        await wait_for_comparisons(40)
+        status = await s.status("shop", journal=0)
+        gate = next(g for g in status["gates"]["results"] if g["name"] == "diff_rate.max")
+        assert status["gates"]["status"] == "fail" and gate["value"] >= 40.0
+        refused = await s.act("shop", "next")
+        assert (refused.status_code, refused.json()["code"]) == (409, "gate_failed")
 
 
 async def test_admin_api_contract(tmp_path: Path) -> None:
@@ -412,3 +454,20 @@ def test_check_plans_guards_running_and_completed_plans() -> None:
     for phase in (Phase.PENDING, Phase.ROLLED_BACK, Phase.ABORTED):
         assert check_plans({}, {PLAN.name: replace(running, phase=phase)}, previous=previous,
                            route_backends=backends, where="m/") == []
+
+
+def test_shadow_min_requests_counts_comparisons() -> None:
+    from facade.migration.controller import shadow_min_requests
+    from facade.migration.gates import evaluate_gates
+    from facade.migration.plan import Gate, Gates
+    from facade.stats import DiffCounts, SideStats
+
+    gates = Gates((Gate("diff_rate", "max", 1.0),), min_requests=10)
+    agree = DiffCounts(compared=12, differing=0)
+    plain = evaluate_gates(gates, SideStats(requests=50), SideStats(), agree)
+    assert plain.status is GateStatus.INCONCLUSIVE  # the candidate served no client
+    counted = shadow_min_requests(plain, 10, agree.compared)
+    assert counted.status is GateStatus.PASS
+    assert (counted.results[0].name, counted.results[0].status, counted.results[0].value) == ("min_requests", GateStatus.PASS, 12.0)
+    few = shadow_min_requests(evaluate_gates(gates, SideStats(), SideStats(), DiffCounts(3, 0)), 10, 3)
+    assert few.status is GateStatus.INCONCLUSIVE and "3 of 10 shadow comparisons" in few.results[0].message
