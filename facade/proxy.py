@@ -463,6 +463,11 @@ async def _stream_response(
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return 0
     first = content.read_nowait()  # what already arrived with the headers; never waits
+    if not first and not content.at_eof():
+        # Backends often write headers and body separately: wait for the first chunk with a timer
+        # only (a watcher task per request would cost more than the whole routing decision).
+        async with asyncio.timeout(idle_timeout):
+            first = await content.readany()
     if tee is not None and first:
         tee.add(first)
     if content.at_eof():
