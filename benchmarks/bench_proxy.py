@@ -2,6 +2,8 @@
 
     python benchmarks/bench_proxy.py [--duration 10] [--connections 1,32] [--repeat 3] [--json OUT]
 
+Contenders: direct (no proxy), facade, minimal (benchmarks/minimal_proxy.py: raw ASGI + aiohttp
+with none of the facade's work: the floor of the chosen stack), nginx, haproxy.
 Every contender proxies to the same backend (uvicorn + httptools + uvloop, a raw ASGI app
 answering a small body). Load comes from wrk (Debian package) when present, else from a
 bounded aiohttp client. nginx and haproxy run only when installed; each runs ONE worker
@@ -181,7 +183,7 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per measurement (default 8)")
     parser.add_argument("--connections", default="1,32", help="comma list (default 1,32)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per configuration; the median is kept")
-    parser.add_argument("--only", default="", help="comma list of contenders (direct,facade,nginx,haproxy)")
+    parser.add_argument("--only", default="", help="comma list of contenders (direct,facade,minimal,nginx,haproxy)")
     parser.add_argument("--json", help="write the raw results here")
     args = parser.parse_args()
     conns = [int(c) for c in args.connections.split(",")]
@@ -197,6 +199,10 @@ def main() -> int:
     fport, aport = free_port(), free_port()
     contenders["facade"] = ([sys.executable, "-m", "facade", "serve", "-c", str(facade_conf(tmp, fport, aport, backend)),
                              "--no-watch", "--log-level", "warning"], fport)
+    mport = free_port()
+    contenders["minimal"] = ([sys.executable, "-m", "uvicorn", "benchmarks.minimal_proxy:app", "--port", str(mport),
+                              "--http", "httptools", "--loop", "uvloop", "--no-access-log", "--log-level", "warning",
+                              "--no-server-header", "--no-date-header"], mport)
     if shutil.which("nginx"):
         nport = free_port()
         contenders["nginx"] = (["nginx", "-c", str(nginx_conf(tmp, nport, backend)), "-p", str(tmp)], nport)
@@ -210,7 +216,8 @@ def main() -> int:
     results: dict[str, dict[int, dict[str, float]]] = {}
     with process(backend_argv, backend, tmp / "backend.log"):
         for name, (argv, port) in contenders.items():
-            ctx = process(argv, port, tmp / f"{name}.log") if argv else contextlib.nullcontext()
+            env = dict(os.environ, BACKEND=f"http://127.0.0.1:{backend}")
+            ctx = process(argv, port, tmp / f"{name}.log", env) if argv else contextlib.nullcontext()
             with ctx:
                 url = f"http://127.0.0.1:{port}/bench"
                 load(url, 8, 1.0)  # warm-up: pools, JIT-free but caches and connections
