@@ -1,5 +1,7 @@
-"""``facade mesh ...`` commands: the CA (``ca init``, ``ca issue``, ``ca show``).
+"""``facade mesh ...`` commands: the CA (``ca init``, ``ca issue``, ``ca show``) and the sidecar.
 
+    facade mesh sidecar --service catalog --control-plane http://127.0.0.1:9901 --bootstrap-token T \
+        [--inbound 127.0.0.1:15101 --app http://127.0.0.1:8002] [--outbound 127.0.0.1:15001] [--admin 127.0.0.1:15000]
     facade mesh ca init  --state-dir .facade --trust-domain shop.local [--force]
     facade mesh ca issue --state-dir .facade --id spiffe://shop.local/ns/shop/sa/catalog --out certs/catalog
     facade mesh ca show  --state-dir .facade [--json]
@@ -12,6 +14,10 @@ Sidecars obtain their certificates with a bootstrap token instead (``POST /mesh/
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import os
+import signal
 import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,6 +28,7 @@ from facade.console import (
     EXIT_NOT_FOUND,
     EXIT_OK,
     EXIT_REFUSED,
+    EXIT_UNREACHABLE,
     add_json_option,
     print_json,
     render_table,
@@ -35,6 +42,7 @@ from .spiffe import InvalidSpiffeId, SpiffeId
 __all__ = ["register"]
 
 DEFAULT_STATE_DIR = ".facade"
+ENV_BOOTSTRAP_TOKEN = "FACADE_MESH_TOKEN"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -60,6 +68,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--ttl", default="24h", help="certificate lifetime (default 24h)")
     add_json_option(p)
     p.set_defaults(func=_cmd_issue)
+
+    p = mesh_sub.add_parser("sidecar", help="run a service's sidecar: inbound mTLS + policy, outbound mTLS, admin")
+    p.add_argument("--service", required=True, help="the service this sidecar fronts (a name in facade.yaml)")
+    p.add_argument("--control-plane", required=True, help="the facade's admin URL, e.g. http://127.0.0.1:9901")
+    p.add_argument(
+        "--bootstrap-token",
+        default=os.environ.get(ENV_BOOTSTRAP_TOKEN),
+        help=f"one-use token from POST /mesh/tokens (default: ${ENV_BOOTSTRAP_TOKEN})",
+    )
+    p.add_argument("--inbound", metavar="HOST:PORT", help="inbound listener (mTLS per the service's mode); needs --app")
+    p.add_argument("--app", metavar="URL", help="the local app the inbound listener forwards to")
+    p.add_argument("--outbound", metavar="HOST:PORT", help="outbound listener for the app's calls (Host: <service>)")
+    p.add_argument("--admin", metavar="HOST:PORT", help="admin listener: /healthz, /metrics, /config")
+    p.add_argument("--poll-wait", default="30s", help="control-plane long-poll wait (default 30s)")
+    add_json_option(p)
+    p.set_defaults(func=_cmd_sidecar)
 
     p = ca_sub.add_parser("show", help="show the CA: trust domain, fingerprint, validity")
     _add_state_dir(p)
@@ -176,3 +200,57 @@ def _cmd_show(args: argparse.Namespace) -> int:
     info["expired"] = ca.certificate.not_valid_after_utc <= datetime.now(UTC)
     _print_ca(info, args.json)
     return EXIT_OK
+
+
+def _cmd_sidecar(args: argparse.Namespace) -> int:
+    from .sidecar import ControlPlaneError, Sidecar, SidecarOptions
+
+    if not args.bootstrap_token:
+        return _fail(f"--bootstrap-token (or ${ENV_BOOTSTRAP_TOKEN}) is required", EXIT_INVALID)
+    if not (args.inbound or args.outbound):
+        return _fail("give --inbound (with --app) and/or --outbound", EXIT_INVALID)
+    try:
+        options = SidecarOptions(
+            service=args.service,
+            control_plane=args.control_plane,
+            bootstrap_token=args.bootstrap_token,
+            inbound=args.inbound,
+            app=args.app,
+            outbound=args.outbound,
+            admin=args.admin,
+            poll_wait=parse_duration(args.poll_wait),
+        )
+    except ValueError as exc:
+        return _fail(str(exc), EXIT_INVALID)
+
+    async def run() -> int:
+        sidecar = Sidecar(options)
+        try:
+            await sidecar.start()
+        except ControlPlaneError as exc:
+            await sidecar.stop()
+            return _fail(str(exc), EXIT_REFUSED if exc.status in (401, 403, 404) else EXIT_UNREACHABLE)
+        except OSError as exc:
+            await sidecar.stop()
+            return _fail(str(exc), EXIT_FAILURE)
+        ready = {
+            "service": sidecar.service,
+            "spiffe_id": str(sidecar.spiffe_id),
+            "inbound": sidecar.inbound_url or None,
+            "outbound": sidecar.outbound_url or None,
+            "admin": sidecar.admin_url or None,
+        }
+        if args.json:
+            print(json.dumps(ready), flush=True)  # one line: `facade up` and tests read it as the ready signal
+        else:
+            print(" ".join(f"{k}={v}" for k, v in ready.items() if v), flush=True)
+        sys.stdout.flush()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await sidecar.stop()
+        return EXIT_OK
+
+    return asyncio.run(run())
