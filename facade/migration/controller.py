@@ -161,6 +161,7 @@ class MigrationController:
         self._lock = asyncio.Lock()  # one transition at a time in this process
         self._auto: dict[str, asyncio.Task[None]] = {}
         self._pending: _Loaded | None = None  # what check_config accepted, for config_changed to install
+        self._watcher: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"MigrationController(plans={sorted(self.plans)}, store={self.store!r})"
@@ -187,12 +188,17 @@ class MigrationController:
                         self.runtime.telemetry.begin_step(route, step_label(split))
             self.runtime.swap(splits=self._splits())
             self._sync_auto()
+        if self.runtime.watch_interval:
+            self._watcher = asyncio.create_task(self._watch_plans(self._fingerprint()), name="migration-plans-watch")
         for name, state in self.states.items():
             if name in self.plans and state.phase is not Phase.PENDING:
                 logger.info("migration %s: %s at step %d", name, state.phase.value, state.step + 1)
 
     async def stop(self) -> None:
         tasks = list(self._auto.values())
+        if self._watcher is not None:
+            tasks.append(self._watcher)
+            self._watcher = None
         self._auto.clear()
         for task in tasks:
             task.cancel()
@@ -238,6 +244,48 @@ class MigrationController:
             # The runtime's own swap (with the new config) follows this hook and takes these splits.
             self.runtime.splits = self._splits()
             self._sync_auto()
+
+    async def reload_plans(self, trigger: str = "api") -> list[Problem]:
+        """Re-read the plans of the running config (a plan file changed, the config did not).
+
+        Returns [] when the plans were applied; else every problem, and nothing changed (the same
+        checks as a config reload: an applied step cannot be rewritten).
+        """
+        config = self.runtime.config
+        try:
+            loaded = await asyncio.to_thread(self._load, config, self.plans)
+        except ConfigError as exc:
+            for problem in exc.errors:
+                logger.error("plan reload (%s) rejected: %s", trigger, problem)
+            return list(exc.problems)
+        self._pending = loaded
+        await self.config_changed(config)
+        self.runtime.swap(splits=self.runtime.splits)
+        logger.info("plan reload (%s): %d plan(s) in force", trigger, len(self.plans))
+        return []
+
+    def _fingerprint(self) -> tuple[tuple[str, int, int], ...] | None:
+        directory = self.runtime.config.migrations_dir
+        if not directory:
+            return None
+        try:
+            names = sorted(n for n in os.listdir(directory) if n.endswith((".yaml", ".yml")))
+            stats = [(n, os.stat(os.path.join(directory, n))) for n in names]
+        except OSError:
+            return None
+        return tuple((n, st.st_mtime_ns, st.st_size) for n, st in stats)
+
+    async def _watch_plans(self, seen: tuple[tuple[str, int, int], ...] | None) -> None:
+        """Reload the plans when a file of the migrations folder changes (the runtime watches only the config)."""
+        while True:
+            await asyncio.sleep(self.runtime.watch_interval or 1.0)
+            now = await asyncio.to_thread(self._fingerprint)
+            if now != seen:
+                seen = now
+                try:
+                    await self.reload_plans("file-change")
+                except Exception:  # keep watching: the next change may be loadable
+                    logger.exception("plan reload failed")
 
     # -- reading -----------------------------------------------------------------------------------
 

@@ -112,7 +112,7 @@ class Stack:
 
 
 @contextlib.asynccontextmanager
-async def migration_stack(tmp_path: Path, plan: str) -> AsyncIterator[Stack]:
+async def migration_stack(tmp_path: Path, plan: str, *, watch_interval: float | None = None) -> AsyncIterator[Stack]:
     old, new = Switchable("monolith"), Switchable("catalog")
     (tmp_path / "migrations").mkdir(exist_ok=True)
     (tmp_path / "migrations" / "001-plan.yaml").write_text(textwrap.dedent(plan))
@@ -120,7 +120,7 @@ async def migration_stack(tmp_path: Path, plan: str) -> AsyncIterator[Stack]:
         text = config_text(old_url, new_url)
         auth = {"authorization": f"Bearer {TOKEN}"}
         async with (
-            run_facade(tmp_path, text, features=True) as rt,
+            run_facade(tmp_path, text, features=True, watch_interval=watch_interval) as rt,
             httpx.AsyncClient(base_url=rt.url, timeout=10) as client,
             httpx.AsyncClient(base_url=rt.admin_url, timeout=10, headers=auth) as admin,
         ):

@@ -354,6 +354,36 @@ async def test_reload_that_edits_an_applied_step_is_rejected(tmp_path: Path) -> 
         assert s.runtime.holder.current.splits["catalog"].weight_bps == 4000
 
 
+async def test_plan_file_edits_are_picked_up_without_a_config_change(tmp_path: Path) -> None:
+    plan = """\
+        name: shop
+        route: catalog
+        from: monolith
+        to: catalog
+        steps: [{weight: 10}, {weight: 20}, {weight: 30}]
+        """
+    async with migration_stack(tmp_path, plan, watch_interval=0.05) as s:
+        await s.act("shop", "start")
+
+        async def settle(condition: Any) -> bool:
+            for _ in range(100):  # bounded: the watcher polls every 50 ms
+                if condition():
+                    return True
+                await asyncio.sleep(0.05)
+            return False
+
+        s.write_plan(plan.replace("{weight: 30}", "{weight: 35}"))
+        assert await settle(lambda: s.controller.plans["shop"].steps[2].weight == 35)
+        # An edit of the applied step is rejected by the watcher's reload too: the old plan stays.
+        assert await s.controller.reload_plans("test") == []
+        s.write_plan(plan.replace("{weight: 10}", "{weight: 15}"))
+        problems = await s.controller.reload_plans("test")
+        assert any("step 1 was already applied" in p.message for p in problems), problems
+        await asyncio.sleep(0.2)  # the watcher sees the same edit and rejects it as well
+        assert s.controller.plans["shop"].steps[0].weight == 10
+        assert s.runtime.holder.current.splits["catalog"].weight_bps == 1000
+
+
 def _runtime(tmp_path: Path, old: str = "http://127.0.0.1:9", new: str = "http://127.0.0.1:9") -> FacadeRuntime:
     path = tmp_path / "facade.yaml"
     path.write_text(config_text(old, new))
