@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 from dataclasses import replace
@@ -127,7 +128,10 @@ class MeshFeature:
                 raise ConfigError(
                     [
                         Problem(
-                            config.source, 1, 1, "mesh.trust_domain",
+                            config.source,
+                            1,
+                            1,
+                            "mesh.trust_domain",
                             f"the CA in {ca.directory} is for trust domain {ca.trust_domain!r}, not "
                             f"{mesh.trust_domain!r}; use another mesh.ca.state_dir or re-init the CA",
                         )
@@ -167,7 +171,10 @@ class MeshFeature:
                 if s.identity and m is not None and m.identity is not None and str(m.identity) != s.identity:
                     problems.append(
                         Problem(
-                            config.source, 1, 1, f"mesh.services.{s.name}.identity",
+                            config.source,
+                            1,
+                            1,
+                            f"mesh.services.{s.name}.identity",
                             f"{m.identity} contradicts services.{s.name}.identity {s.identity}",
                         )
                     )
@@ -203,10 +210,8 @@ class MeshFeature:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
-            except (asyncio.CancelledError, Exception):
-                pass
         self._tasks.clear()
 
     # -- distribution -------------------------------------------------------------------------

@@ -184,7 +184,7 @@ def policy_from_json(data: Mapping[str, Any]) -> AuthorizationPolicy:
     )
 
 
-def _fields(value: Source | Operation, cls: type[Source] | type[Operation]) -> dict[str, list[str]]:
+def _fields(value: Source | Operation, cls: type[Source | Operation]) -> dict[str, list[str]]:
     return {name: list(getattr(value, name)) for name in cls.__dataclass_fields__ if getattr(value, name)}
 
 

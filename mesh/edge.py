@@ -29,6 +29,7 @@ __all__ = ["EdgeIdentity"]
 
 logger = logging.getLogger("mesh.edge")
 
+
 class EdgeIdentity:
     """The facade's SVID and its rotating client context."""
 

@@ -40,7 +40,7 @@ Scope = dict[str, Any]
 class GateState:
     """What the gate reads per request; replaced whole, never mutated."""
 
-    __slots__ = ("policies", "normalize")
+    __slots__ = ("normalize", "policies")
 
     def __init__(self, policies: tuple[AuthorizationPolicy, ...], normalize: NormalizeSpec) -> None:
         self.policies = policies
@@ -93,10 +93,14 @@ class PolicyGate:
             method = scope.get("method", "GET")
             result = evaluate(
                 state.policies,
-                RequestAttributes.of(peer.spiffe_id if peer else None, path=path, method=method, host=host, headers=headers),
+                RequestAttributes.of(
+                    peer.spiffe_id if peer else None, path=path, method=method, host=host, headers=headers
+                ),
             )
             if result.audit:
-                logger.info("audit: %s %s from %s matched %s", method, path, peer and peer.spiffe_id, result.audit_policies)
+                logger.info(
+                    "audit: %s %s from %s matched %s", method, path, peer and peer.spiffe_id, result.audit_policies
+                )
             if not result.allowed:
                 decision = "deny"
                 status = 403

@@ -67,8 +67,12 @@ class InboundCounters:
             self.on_connection(kind)
 
     def view(self) -> dict[str, int]:
-        return {"tls": self.tls, "plaintext": self.plaintext, "handshake_failed": self.handshake_failed,
-                "peer_rejected": self.peer_rejected}
+        return {
+            "tls": self.tls,
+            "plaintext": self.plaintext,
+            "handshake_failed": self.handshake_failed,
+            "peer_rejected": self.peer_rejected,
+        }
 
 
 def _mesh_protocol(limits: HeadLimits, trust_domain: Callable[[], str], counters: InboundCounters) -> type[Any]:
@@ -88,7 +92,7 @@ def _mesh_protocol(limits: HeadLimits, trust_domain: Callable[[], str], counters
                 self._mesh_peer = Peer(verify_peer(der, trust_domain=trust_domain()), der)
             except PeerRejected as exc:
                 counters.count("peer_rejected")
-                client = "%s:%d" % self.client if self.client else "?"
+                client = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
                 logger.warning("inbound: rejected peer from %s: %s", client, exc.reason)
                 transport.abort()
                 return
@@ -189,7 +193,7 @@ class InboundListener:
             await loop.connect_accepted_socket(
                 self._protocol, conn, ssl=ctx, ssl_handshake_timeout=self._handshake_timeout if ctx else None
             )
-        except (OSError, ssl.SSLError, TimeoutError, asyncio.TimeoutError, ConnectionError) as exc:
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
             self.counters.count("handshake_failed")
             logger.info("inbound: connection closed before HTTP: %r", exc)
             conn.close()
@@ -212,7 +216,12 @@ async def _peek(conn: socket.socket, timeout: float) -> bytes:
     loop = asyncio.get_running_loop()
     readable = loop.create_future()
     fd = conn.fileno()
-    loop.add_reader(fd, lambda: readable.done() or readable.set_result(None))
+
+    def on_readable() -> None:
+        if not readable.done():
+            readable.set_result(None)
+
+    loop.add_reader(fd, on_readable)
     try:
         async with asyncio.timeout(timeout):
             await readable

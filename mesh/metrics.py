@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from facade.telemetry import CONTENT_TYPE, status_class
 
-__all__ = ["CONTENT_TYPE", "SidecarMetrics", "UNAUTHENTICATED"]
+__all__ = ["CONTENT_TYPE", "UNAUTHENTICATED", "SidecarMetrics"]
 
 UNAUTHENTICATED = "unauthenticated"
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -22,9 +22,7 @@ class SidecarMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.service = service
         labels = ("direction", "source_principal", "destination", "status_class", "decision")
-        self.requests = Counter(
-            "mesh_sidecar_requests", "Requests through the sidecar", labels, registry=self.registry
-        )
+        self.requests = Counter("mesh_sidecar_requests", "Requests through the sidecar", labels, registry=self.registry)
         self.latency = Histogram(
             "mesh_sidecar_request_duration_seconds",
             "Request latency through the sidecar (first byte in to last byte out)",
@@ -37,7 +35,9 @@ class SidecarMetrics:
         )
         self.config_version = Gauge("mesh_sidecar_config_version", "Config version in force", registry=self.registry)
         self.control_plane_up = Gauge(
-            "mesh_sidecar_control_plane_reachable", "1 when the last control-plane call succeeded", registry=self.registry
+            "mesh_sidecar_control_plane_reachable",
+            "1 when the last control-plane call succeeded",
+            registry=self.registry,
         )
         self.cert_expiry = Gauge(
             "mesh_sidecar_certificate_expiry_timestamp_seconds", "When the current SVID expires", registry=self.registry

@@ -184,7 +184,9 @@ class Sidecar:
 
     def __repr__(self) -> str:
         version = self.doc.version if self.doc else None
-        return f"<Sidecar {self.service} v{version} inbound={self.inbound_url or '-'} outbound={self.outbound_url or '-'}>"
+        return (
+            f"<Sidecar {self.service} v{version} inbound={self.inbound_url or '-'} outbound={self.outbound_url or '-'}>"
+        )
 
     @property
     def spiffe_id(self) -> SpiffeId:
@@ -206,7 +208,9 @@ class Sidecar:
         assert self.identity is not None
         bundle = doc.bundle_pem.encode()
         # Always a CERT_REQUIRED context; the listener decides per connection whether to use it.
-        self.server_tls = RotatingContext(server_context(self.identity, bundle, trust_domain=doc.trust_domain))
+        server = server_context(self.identity, bundle, trust_domain=doc.trust_domain)
+        assert server is not None  # mode STRICT (the default) always builds a context
+        self.server_tls = RotatingContext(server)
         self.client_tls = RotatingContext(client_context(self.identity, bundle))
         self._install(doc, self._outbound_upstreams_for(doc))
 
@@ -251,7 +255,12 @@ class Sidecar:
         self._tasks.append(asyncio.create_task(self._rotate_forever()))
         logger.info(
             "sidecar %s (%s) up: inbound %s (%s), outbound %s, admin %s",
-            self.service, self.spiffe_id, self.inbound_url or "-", doc.mode, self.outbound_url or "-", self.admin_url or "-",
+            self.service,
+            self.spiffe_id,
+            self.inbound_url or "-",
+            doc.mode,
+            self.outbound_url or "-",
+            self.admin_url or "-",
         )
 
     async def stop(self) -> None:
@@ -304,7 +313,9 @@ class Sidecar:
                 doc = await self.cp.document(self.service, version=0, wait=0)
             except (ControlPlaneError, DocumentError) as exc:
                 if getattr(exc, "status", 0) == 404 or time.monotonic() >= deadline:
-                    raise ControlPlaneError(f"sidecar {self.service}: no config from the control plane: {exc}") from None
+                    raise ControlPlaneError(
+                        f"sidecar {self.service}: no config from the control plane: {exc}"
+                    ) from None
                 self._unreachable(str(exc))
                 await asyncio.sleep(self.options.retry_interval)
                 continue
@@ -376,7 +387,9 @@ class Sidecar:
         assert self._out_upstreams is not None and self._out_holder is not None
         await self._out_upstreams.update(specs)
         # 2. Build both snapshots, then swap everything in one synchronous step.
-        out_snapshot = build_snapshot(_outbound_config(self.service, doc, specs), self._out_upstreams, version=doc.version)
+        out_snapshot = build_snapshot(
+            _outbound_config(self.service, doc, specs), self._out_upstreams, version=doc.version
+        )
         in_snapshot = None
         if self._in_holder is not None and self.options.app is not None:
             assert self._in_upstreams is not None
@@ -390,8 +403,13 @@ class Sidecar:
             self._in_holder.current = in_snapshot
         self.last_good_at = time.time()
         self.metrics.config_version.set(doc.version)
-        logger.info("sidecar %s: config v%d applied (mode %s, %d policies)", self.service, doc.version, doc.mode,
-                    len(doc.policies))
+        logger.info(
+            "sidecar %s: config v%d applied (mode %s, %d policies)",
+            self.service,
+            doc.version,
+            doc.mode,
+            len(doc.policies),
+        )
 
     async def _watch(self) -> None:
         """Long-poll the control plane forever; keep the last good document through outages."""

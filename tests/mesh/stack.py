@@ -1,9 +1,9 @@
 """A real mesh on loopback for tests: the facade (control plane on its admin listener) and sidecars.
 
-    socks = Sockets()                                  # bind first: ports go into facade.yaml
-    async with mesh_facade(tmp_path, yaml) as (rt, feature):
-        async with run_sidecar(feature, rt, "catalog", app=url, inbound_sock=socks["catalog"]) as sc:
-            ...
+socks = Sockets()                                  # bind first: ports go into facade.yaml
+async with mesh_facade(tmp_path, yaml) as (rt, feature):
+    async with run_sidecar(feature, rt, "catalog", app=url, inbound_sock=socks["catalog"]) as sc:
+        ...
 """
 
 from __future__ import annotations

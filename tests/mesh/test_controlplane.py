@@ -73,9 +73,12 @@ async def env(tmp_path: Path, **kwargs: str) -> AsyncIterator[Env]:
     app = EchoApp("catalog")
     sock = bind_loopback()
     port = port_of(sock)
-    async with serve_app(app) as app_url, mesh_facade(tmp_path, config_text(tmp_path, port, **kwargs)) as (rt, feature):
-        async with run_sidecar(feature, rt, "catalog", app=app_url, inbound_sock=sock, poll_wait=5.0) as sidecar:
-            yield Env(rt, feature, sidecar, app, port, tmp_path / "facade.yaml")
+    async with (
+        serve_app(app) as app_url,
+        mesh_facade(tmp_path, config_text(tmp_path, port, **kwargs)) as (rt, feature),
+        run_sidecar(feature, rt, "catalog", app=app_url, inbound_sock=sock, poll_wait=5.0) as sidecar,
+    ):
+        yield Env(rt, feature, sidecar, app, port, tmp_path / "facade.yaml")
 
 
 async def until(predicate: object, *, timeout: float = 5.0) -> None:
@@ -92,7 +95,9 @@ async def test_long_poll_returns_the_new_version_at_once_and_the_sidecar_applies
         assert e.sidecar.doc is not None and e.sidecar.doc.version == 1
         assert (await request(e.port, None, "/admin/x")).status == 200
         async with httpx.AsyncClient(base_url=e.runtime.admin_url) as client:
-            poll = asyncio.create_task(client.get("/mesh/config", params={"service": "catalog", "version": 1, "wait": "10s"}))
+            poll = asyncio.create_task(
+                client.get("/mesh/config", params={"service": "catalog", "version": 1, "wait": "10s"})
+            )
             await asyncio.sleep(0.1)
             assert not poll.done()  # it waits
             assert await e.rewrite(config_text(tmp_path, e.port, policies=DENY_ADMIN))
@@ -161,20 +166,19 @@ async def test_mode_override_for_the_mtls_migration_step_reaches_the_sidecar(tmp
 
 
 async def test_tokens_need_the_admin_token_and_are_single_use(tmp_path: Path) -> None:
-    async with env(tmp_path) as e:
-        async with httpx.AsyncClient(base_url=e.runtime.admin_url) as client:
-            assert (await client.post("/mesh/tokens", json={"service": "catalog"})).status_code == 401
-            auth = {"authorization": f"Bearer {ADMIN}"}
-            assert (await client.post("/mesh/tokens", json={"service": "nope"}, headers=auth)).status_code == 404
-            r = await client.post("/mesh/tokens", json={"service": "catalog", "ttl": "5m"}, headers=auth)
-            assert r.status_code == 200
-            assert r.json()["spiffe_id"] == str(CATALOG)
-            _, csr = WorkloadIdentity.new_csr(CATALOG)
-            body = {"token": r.json()["token"], "csr": csr.decode()}
-            signed = await client.post("/mesh/ca/sign", json=body)
-            assert signed.status_code == 200
-            assert signed.json()["spiffe_id"] == str(CATALOG)
-            assert (await client.post("/mesh/ca/sign", json=body)).status_code == 401
+    async with env(tmp_path) as e, httpx.AsyncClient(base_url=e.runtime.admin_url) as client:
+        assert (await client.post("/mesh/tokens", json={"service": "catalog"})).status_code == 401
+        auth = {"authorization": f"Bearer {ADMIN}"}
+        assert (await client.post("/mesh/tokens", json={"service": "nope"}, headers=auth)).status_code == 404
+        r = await client.post("/mesh/tokens", json={"service": "catalog", "ttl": "5m"}, headers=auth)
+        assert r.status_code == 200
+        assert r.json()["spiffe_id"] == str(CATALOG)
+        _, csr = WorkloadIdentity.new_csr(CATALOG)
+        body = {"token": r.json()["token"], "csr": csr.decode()}
+        signed = await client.post("/mesh/ca/sign", json=body)
+        assert signed.status_code == 200
+        assert signed.json()["spiffe_id"] == str(CATALOG)
+        assert (await client.post("/mesh/ca/sign", json=body)).status_code == 401
 
 
 async def test_renewal_needs_a_valid_svid_and_proof_of_its_key(tmp_path: Path) -> None:
@@ -186,7 +190,11 @@ async def test_renewal_needs_a_valid_svid_and_proof_of_its_key(tmp_path: Path) -
 
         def body(identity: WorkloadIdentity, signer: ec.EllipticCurvePrivateKey) -> dict[str, str]:
             sig = signer.sign(csr, ec.ECDSA(hashes.SHA256()))
-            return {"certificate": identity.cert_pem.decode(), "csr": csr.decode(), "signature": base64.b64encode(sig).decode()}
+            return {
+                "certificate": identity.cert_pem.decode(),
+                "csr": csr.decode(),
+                "signature": base64.b64encode(sig).decode(),
+            }
 
         async with httpx.AsyncClient(base_url=e.runtime.admin_url) as client:
             ok = await client.post("/mesh/ca/renew", json=body(current, current.key))

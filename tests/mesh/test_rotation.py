@@ -52,58 +52,59 @@ async def test_rotation_under_concurrent_load_fails_no_request(tmp_path: Path) -
     failures: list[str] = []
     served = 0
     server_certs: set[bytes] = set()
-    async with serve_app(EchoApp("catalog")) as app_url, mesh_facade(tmp_path, text) as (rt, feature):
-        async with (
-            run_sidecar(feature, rt, "catalog", app=app_url, inbound_sock=catalog_sock) as catalog,
-            run_sidecar(feature, rt, "web", outbound=True) as web,
-        ):
-            assert feature.edge is not None
-            fresh_ctx = mesh_client_context(feature.edge.rotating, expected=CATALOG, trust_domain=TD)
-            deadline = time.monotonic() + DURATION_S
+    async with (
+        serve_app(EchoApp("catalog")) as app_url,
+        mesh_facade(tmp_path, text) as (rt, feature),
+        run_sidecar(feature, rt, "catalog", app=app_url, inbound_sock=catalog_sock) as catalog,
+        run_sidecar(feature, rt, "web", outbound=True) as web,
+    ):
+        assert feature.edge is not None
+        fresh_ctx = mesh_client_context(feature.edge.rotating, expected=CATALOG, trust_domain=TD)
+        deadline = time.monotonic() + DURATION_S
 
-            async def pooled(client: httpx.AsyncClient, url: str, host: str | None) -> None:
-                nonlocal served
-                for _ in range(MAX_REQUESTS_PER_WORKER):
-                    if time.monotonic() > deadline:
-                        return
-                    try:
-                        r = await client.get(url, headers={"host": host} if host else None)
-                        if r.status_code != 200:
-                            failures.append(f"{url}: {r.status_code} {r.text[:200]}")
-                        served += 1
-                    except httpx.HTTPError as exc:
-                        failures.append(f"{url}: {exc!r}")
+        async def pooled(client: httpx.AsyncClient, url: str, host: str | None) -> None:
+            nonlocal served
+            for _ in range(MAX_REQUESTS_PER_WORKER):
+                if time.monotonic() > deadline:
+                    return
+                try:
+                    r = await client.get(url, headers={"host": host} if host else None)
+                    if r.status_code != 200:
+                        failures.append(f"{url}: {r.status_code} {r.text[:200]}")
+                    served += 1
+                except httpx.HTTPError as exc:
+                    failures.append(f"{url}: {exc!r}")
 
-            async def fresh_handshakes() -> None:
-                nonlocal served
-                for _ in range(MAX_REQUESTS_PER_WORKER):
-                    if time.monotonic() > deadline:
-                        return
-                    try:
-                        reader, writer = await asyncio.wait_for(
-                            asyncio.open_connection("127.0.0.1", port_of(catalog_sock), ssl=fresh_ctx, server_hostname=""),
-                            timeout=5,
-                        )
-                        server_certs.add(writer.get_extra_info("ssl_object").getpeercert(binary_form=True))
-                        writer.write(b"GET /fresh HTTP/1.1\r\nhost: catalog\r\nconnection: close\r\n\r\n")
-                        data = await asyncio.wait_for(reader.read(), timeout=5)
-                        writer.close()
-                        with contextlib.suppress(OSError):
-                            await writer.wait_closed()
-                        if not data.startswith(b"HTTP/1.1 200"):
-                            failures.append(f"fresh: {data[:100]!r}")
-                        served += 1
-                    except (OSError, TimeoutError) as exc:
-                        failures.append(f"fresh: {exc!r}")
-                    await asyncio.sleep(0.02)
+        async def fresh_handshakes() -> None:
+            nonlocal served
+            for _ in range(MAX_REQUESTS_PER_WORKER):
+                if time.monotonic() > deadline:
+                    return
+                try:
+                    reader, writer = await asyncio.wait_for(
+                        asyncio.open_connection("127.0.0.1", port_of(catalog_sock), ssl=fresh_ctx, server_hostname=""),
+                        timeout=5,
+                    )
+                    server_certs.add(writer.get_extra_info("ssl_object").getpeercert(binary_form=True))
+                    writer.write(b"GET /fresh HTTP/1.1\r\nhost: catalog\r\nconnection: close\r\n\r\n")
+                    data = await asyncio.wait_for(reader.read(), timeout=5)
+                    writer.close()
+                    with contextlib.suppress(OSError):
+                        await writer.wait_closed()
+                    if not data.startswith(b"HTTP/1.1 200"):
+                        failures.append(f"fresh: {data[:100]!r}")
+                    served += 1
+                except (OSError, TimeoutError) as exc:
+                    failures.append(f"fresh: {exc!r}")
+                await asyncio.sleep(0.02)
 
-            async with httpx.AsyncClient(timeout=10) as client:
-                await asyncio.gather(
-                    *(pooled(client, rt.url + "/via-edge", None) for _ in range(3)),
-                    *(pooled(client, web.outbound_url + "/via-web", "catalog") for _ in range(3)),
-                    fresh_handshakes(),
-                )
-            rotations = (feature.edge.rotations, web.rotations, catalog.rotations)
+        async with httpx.AsyncClient(timeout=10) as client:
+            await asyncio.gather(
+                *(pooled(client, rt.url + "/via-edge", None) for _ in range(3)),
+                *(pooled(client, web.outbound_url + "/via-web", "catalog") for _ in range(3)),
+                fresh_handshakes(),
+            )
+        rotations = (feature.edge.rotations, web.rotations, catalog.rotations)
 
     assert failures == []
     assert served > 100

@@ -38,8 +38,16 @@ async def spawn(*args: str) -> asyncio.subprocess.Process:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     env.pop("FACADE_MESH_TOKEN", None)
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "facade", "mesh", "sidecar", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd=str(REPO),
+        sys.executable,
+        "-m",
+        "facade",
+        "mesh",
+        "sidecar",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+        cwd=str(REPO),
     )
 
 
@@ -47,8 +55,21 @@ async def test_sidecar_process_bootstraps_serves_and_stops_on_sigterm(tmp_path: 
     async with serve_app(EchoApp("catalog")) as app_url, mesh_facade(tmp_path, yaml(tmp_path)) as (rt, feature):
         token, _ = feature.issue_token("catalog")
         proc = await spawn(
-            "--service", "catalog", "--control-plane", rt.admin_url, "--bootstrap-token", token,
-            "--inbound", "127.0.0.1:0", "--app", app_url, "--admin", "127.0.0.1:0", "--poll-wait", "1s", "--json",
+            "--service",
+            "catalog",
+            "--control-plane",
+            rt.admin_url,
+            "--bootstrap-token",
+            token,
+            "--inbound",
+            "127.0.0.1:0",
+            "--app",
+            app_url,
+            "--admin",
+            "127.0.0.1:0",
+            "--poll-wait",
+            "1s",
+            "--json",
         )
         try:
             assert proc.stdout is not None
@@ -67,8 +88,16 @@ async def test_sidecar_process_bootstraps_serves_and_stops_on_sigterm(tmp_path: 
 
 async def test_a_used_or_wrong_token_is_refused_and_missing_options_are_usage_errors(tmp_path: Path) -> None:
     async with mesh_facade(tmp_path, yaml(tmp_path)) as (rt, _):
-        proc = await spawn("--service", "catalog", "--control-plane", rt.admin_url, "--bootstrap-token", "v1.x.y",
-                           "--outbound", "127.0.0.1:0")
+        proc = await spawn(
+            "--service",
+            "catalog",
+            "--control-plane",
+            rt.admin_url,
+            "--bootstrap-token",
+            "v1.x.y",
+            "--outbound",
+            "127.0.0.1:0",
+        )
         _, err = await asyncio.wait_for(proc.communicate(), timeout=20)
         assert proc.returncode == EXIT_REFUSED
         assert b"401" in err
@@ -79,8 +108,9 @@ async def test_a_used_or_wrong_token_is_refused_and_missing_options_are_usage_er
 
 @pytest.mark.parametrize("flag", ["--inbound"])
 async def test_inbound_without_app_is_a_usage_error(flag: str) -> None:
-    proc = await spawn("--service", "catalog", "--control-plane", "http://127.0.0.1:1", "--bootstrap-token", "t",
-                       flag, "127.0.0.1:0")
+    proc = await spawn(
+        "--service", "catalog", "--control-plane", "http://127.0.0.1:1", "--bootstrap-token", "t", flag, "127.0.0.1:0"
+    )
     _, err = await asyncio.wait_for(proc.communicate(), timeout=20)
     assert proc.returncode == EXIT_INVALID
     assert b"--app" in err

@@ -79,10 +79,12 @@ class Stack:
 async def stack(tmp_path: Path, mode: str) -> AsyncIterator[Stack]:
     app = EchoApp("catalog")
     sock = bind_loopback()
-    async with serve_app(app) as app_url:
-        async with mesh_facade(tmp_path, facade_yaml(tmp_path, port_of(sock), mode)) as (rt, feature):
-            async with run_sidecar(feature, rt, "catalog", app=app_url, inbound_sock=sock) as sidecar:
-                yield Stack(rt.url, feature, sidecar, app, port_of(sock))
+    async with (
+        serve_app(app) as app_url,
+        mesh_facade(tmp_path, facade_yaml(tmp_path, port_of(sock), mode)) as (rt, feature),
+        run_sidecar(feature, rt, "catalog", app=app_url, inbound_sock=sock) as sidecar,
+    ):
+        yield Stack(rt.url, feature, sidecar, app, port_of(sock))
 
 
 @dataclass
@@ -275,5 +277,3 @@ async def test_sidecar_metrics_count_principal_destination_status_and_decision(t
         ) in text
         assert "mesh_sidecar_request_duration_seconds_bucket" in text
         assert 'mesh_sidecar_inbound_connections_total{kind="plaintext"} 1.0' in text
-
-

@@ -46,31 +46,32 @@ async def test_app_to_sidecar_to_sidecar_to_app_with_the_caller_as_principal(tmp
     text = mesh_yaml(tmp_path, web=port_of(web_sock), catalog=port_of(catalog_sock), orders=port_of(orders_sock))
     web_sock.close()  # only reserved ports: web has no inbound here, orders is not running
     orders_sock.close()
-    async with serve_app(catalog_app) as catalog_url, mesh_facade(tmp_path, text) as (rt, feature):
-        async with (
-            run_sidecar(feature, rt, "catalog", app=catalog_url, inbound_sock=catalog_sock),
-            run_sidecar(feature, rt, "web", outbound=True) as web,
-        ):
-            async with httpx.AsyncClient() as client:
-                r = await client.get(web.outbound_url + "/catalog/items?x=1", headers={"host": "catalog"})
-                assert r.status_code == 200, r.text
-                body = r.json()
-                assert body["raw_path"] == "/catalog/items"
-                [xfcc] = [v for k, v in body["headers"] if k == "x-forwarded-client-cert"]
-                assert parse_xfcc(xfcc)[0]["URI"] == str(WEB)
-                assert parse_xfcc(xfcc)[0]["By"] == str(CATALOG)
+    async with (
+        serve_app(catalog_app) as catalog_url,
+        mesh_facade(tmp_path, text) as (rt, feature),
+        run_sidecar(feature, rt, "catalog", app=catalog_url, inbound_sock=catalog_sock),
+        run_sidecar(feature, rt, "web", outbound=True) as web,
+        httpx.AsyncClient() as client,
+    ):
+        r = await client.get(web.outbound_url + "/catalog/items?x=1", headers={"host": "catalog"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["raw_path"] == "/catalog/items"
+        [xfcc] = [v for k, v in body["headers"] if k == "x-forwarded-client-cert"]
+        assert parse_xfcc(xfcc)[0]["URI"] == str(WEB)
+        assert parse_xfcc(xfcc)[0]["By"] == str(CATALOG)
 
-                # The catalog's ALLOW policy admits web on /catalog/* only; the edge (facade) is not web.
-                denied = await client.get(web.outbound_url + "/other", headers={"host": "catalog"})
-                assert denied.status_code == 403
-                edge = await client.get(rt.url + "/catalog/items")
-                assert edge.status_code == 403
+        # The catalog's ALLOW policy admits web on /catalog/* only; the edge (facade) is not web.
+        denied = await client.get(web.outbound_url + "/other", headers={"host": "catalog"})
+        assert denied.status_code == 403
+        edge = await client.get(rt.url + "/catalog/items")
+        assert edge.status_code == 403
 
-                # A host that is no mesh service has no route.
-                unknown = await client.get(web.outbound_url + "/x", headers={"host": "nowhere"})
-                assert unknown.status_code == 404
-                metrics = (await client.get(web.admin_url + "/metrics")).text
-                assert 'direction="outbound"' in metrics and 'destination="catalog"' in metrics
+        # A host that is no mesh service has no route.
+        unknown = await client.get(web.outbound_url + "/x", headers={"host": "nowhere"})
+        assert unknown.status_code == 404
+        metrics = (await client.get(web.admin_url + "/metrics")).text
+        assert 'direction="outbound"' in metrics and 'destination="catalog"' in metrics
 
 
 async def test_a_server_with_the_wrong_identity_gets_no_request(tmp_path: Path) -> None:
@@ -79,19 +80,20 @@ async def test_a_server_with_the_wrong_identity_gets_no_request(tmp_path: Path) 
     web_sock, orders_sock = bind_loopback(), bind_loopback()
     text = mesh_yaml(tmp_path, web=port_of(web_sock), catalog=port_of(orders_sock), orders=port_of(orders_sock))
     web_sock.close()
-    async with serve_app(orders_app) as orders_url, mesh_facade(tmp_path, text) as (rt, feature):
-        async with (
-            run_sidecar(feature, rt, "orders", app=orders_url, inbound_sock=orders_sock),
-            run_sidecar(feature, rt, "web", outbound=True) as web,
-        ):
-            async with httpx.AsyncClient() as client:
-                r = await client.get(web.outbound_url + "/catalog/items", headers={"host": "catalog"})
-                assert r.status_code in (502, 503), r.text
-                assert "expected " + str(CATALOG) in r.json()["detail"]
-                # The edge checks too: the facade's route to catalog lands on orders' sidecar.
-                edge = await client.get(rt.url + "/catalog/items")
-                assert edge.status_code in (502, 503), edge.text
-                # The right name through the same sidecar works.
-                ok = await client.get(web.outbound_url + "/catalog/items", headers={"host": "orders"})
-                assert ok.status_code == 200
-            assert [req["raw_path"] for req in orders_app.requests] == ["/catalog/items"]
+    async with (
+        serve_app(orders_app) as orders_url,
+        mesh_facade(tmp_path, text) as (rt, feature),
+        run_sidecar(feature, rt, "orders", app=orders_url, inbound_sock=orders_sock),
+        run_sidecar(feature, rt, "web", outbound=True) as web,
+    ):
+        async with httpx.AsyncClient() as client:
+            r = await client.get(web.outbound_url + "/catalog/items", headers={"host": "catalog"})
+            assert r.status_code in (502, 503), r.text
+            assert "expected " + str(CATALOG) in r.json()["detail"]
+            # The edge checks too: the facade's route to catalog lands on orders' sidecar.
+            edge = await client.get(rt.url + "/catalog/items")
+            assert edge.status_code in (502, 503), edge.text
+            # The right name through the same sidecar works.
+            ok = await client.get(web.outbound_url + "/catalog/items", headers={"host": "orders"})
+            assert ok.status_code == 200
+        assert [req["raw_path"] for req in orders_app.requests] == ["/catalog/items"]
