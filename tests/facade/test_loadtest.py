@@ -1,0 +1,323 @@
+"""``facade loadtest``: the pure per-step report, and rehearsals end to end against a ``facade up``
+style stack (monolith, catalog, orders, ``facade serve`` as processes on free loopback ports) with
+locust in its subprocess."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from facade.loadtest import (
+    Phase,
+    Sample,
+    aggregate,
+    find_locustfile,
+    parse_samples,
+    percentile,
+    plan_name,
+    render_steps,
+    rows_to_csv,
+    settings_from_args,
+)
+from facade.up import Stack, load_stack_config, plan_stack
+from tests.facade.test_up import free_ports
+
+PY = sys.executable
+TOKEN = "loadtest-token"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# -- pure ----------------------------------------------------------------------------------------
+
+
+def sample(phase: int, backend: str, migrating: bool, group: str, latency: dict[int, int], failures: int = 0) -> Sample:
+    return Sample(t=0.0, phase=phase, backend=backend, migrating=migrating, group=group,
+                  requests=sum(latency.values()), failures=failures, latency_ms=latency, errors={})  # fmt: skip
+
+
+def test_percentile_is_nearest_rank_over_the_histogram() -> None:
+    hist = {1: 50, 2: 45, 10: 4, 100: 1}
+    assert [percentile(hist, q) for q in (0.5, 0.95, 0.99, 1.0)] == [1.0, 2.0, 10.0, 100.0]
+    assert percentile({5: 1}, 0.99) == 5.0
+    assert percentile({}, 0.5) is None
+
+
+def test_parse_samples_skips_a_torn_line() -> None:
+    good = json.dumps({"t": 1.5, "phase": 2, "backend": "catalog", "migrating": True, "group": "catalog",
+                       "requests": 3, "failures": 1, "latency_ms": {"4": 3}, "errors": {"GET /x: 502": 1}})  # fmt: skip
+    parsed = parse_samples([good, "", '{"t": 2, "phase": 3, "back'])
+    assert parsed == [Sample(1.5, 2, "catalog", True, "catalog", 3, 1, {4: 3}, {"GET /x: 502": 1})]
+
+
+def test_aggregate_splits_old_and_new_on_the_migrated_route_only() -> None:
+    phases = [Phase(0, "baseline", 0, 0.0, 1.0), Phase(1, "step 1/2: weight 50", 1, 1.0, 2.0, {"status": "pass"})]
+    samples = [
+        sample(0, "monolith", False, "catalog", {3: 10}),  # baseline: no split marks it, its path group does
+        sample(0, "monolith", False, "users", {50: 10}),  # never migrated: totals only
+        sample(1, "monolith", True, "catalog", {2: 8, 9: 2}),
+        sample(1, "catalog", True, "catalog", {4: 9, 40: 1}, failures=1),
+        sample(1, "monolith", False, "users", {50: 5}),
+    ]
+    base, step = aggregate(samples, phases, old="monolith", new="catalog")
+    assert (base.requests, base.failures, base.old.requests, base.old.p99, base.new.requests) == (20, 0, 10, 3.0, 0)
+    assert (step.requests, step.failures) == (25, 1)
+    assert (step.old.requests, step.old.p50, step.old.p95) == (10, 2.0, 9.0)
+    assert (step.new.requests, step.new.failures, step.new.p50, step.new.p99) == (10, 1, 4.0, 40.0)
+    table = render_steps([base, step], old="monolith", new="catalog")
+    assert "OLD (monolith) p50/p95/p99" in table and "10 @ 4/40/40" in table and "pass" in table
+    lines = rows_to_csv([base, step]).splitlines()
+    assert lines[0].startswith("phase,label,step,started,ended,outcome,requests,failures,gates,old_requests")
+    assert lines[2].split(",")[6:9] == ["25", "1", "pass"]
+
+
+def test_plan_is_a_name_or_a_plan_file(tmp_path: Path) -> None:
+    assert plan_name("extract-catalog") == "extract-catalog"
+    assert plan_name(str(ROOT / "migrations" / "002-extract-orders.yaml")) == "extract-orders"
+    nameless = tmp_path / "x.yaml"
+    nameless.write_text("steps: []\n")
+    with pytest.raises(Exception, match="no 'name' field"):
+        plan_name(str(nameless))
+
+
+def test_locustfile_is_found_and_quick_settings_are_short(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # from any directory
+    assert find_locustfile().name == "locustfile.py" and (find_locustfile().parent / "shape.py").is_file()
+    from facade.cli import build_parser
+
+    args = build_parser().parse_args(["loadtest", "extract-catalog", "--quick", "--out", "o"])
+    s = settings_from_args(args)
+    assert (s.users, s.step_duration, s.gates, s.host) == (6, 2.0, False, "http://127.0.0.1:8080")  # shipped config
+    assert 7 * s.step_duration + s.users / s.spawn_rate + 2 < 30
+    args = build_parser().parse_args(["loadtest", "x", "--step-duration", "1m", "--host", "http://h:1/", "--gates"])
+    s = settings_from_args(args)
+    assert (s.step_duration, s.gate_timeout, s.host, s.users) == (60.0, 180.0, "http://h:1", 20)
+    bad = build_parser().parse_args(["loadtest", "x", "--step-duration", "soon"])
+    with pytest.raises(Exception, match="--step-duration: expected a duration"):
+        settings_from_args(bad)
+
+
+# -- end to end ----------------------------------------------------------------------------------
+
+QUICK_PLAN = """\
+name: extract-catalog
+route: catalog
+from: monolith
+to: catalog
+sticky: {cookie: session_id}
+steps:
+  - shadow: {percent: 100}
+    gates: {diff_rate: {max: 0.5%}, min_requests: 20}
+  - canary: {header: {x-canary: "1"}}
+  - weight: 25
+  - weight: 50
+  - pause: approve
+  - weight: 100
+"""
+
+
+@dataclass
+class Shop:
+    stack: Stack
+    config: Path
+    url: str
+    admin: str
+    tmp: Path
+
+
+def write_config(tmp: Path, ports: list[int]) -> Path:
+    facade, admin, monolith, catalog, orders = ports
+    (tmp / "migrations").mkdir(parents=True, exist_ok=True)
+    (tmp / "migrations" / "001-extract-catalog.yaml").write_text(QUICK_PLAN)
+    shutil.copy(ROOT / "sample_monolith" / "migrations" / "002-extract-orders.yaml", tmp / "migrations")
+    config = tmp / "facade.yaml"
+    config.write_text(
+        textwrap.dedent(f"""\
+        listen: 127.0.0.1:{facade}
+        admin: {{listen: 127.0.0.1:{admin}, token: {TOKEN}}}
+        state_dir: {tmp / "state"}
+        migrations: migrations/
+        mark_responses: true
+        services:
+          monolith: {{endpoints: [http://127.0.0.1:{monolith}], health_check: {{path: /healthz, interval: 1s}}}}
+          catalog: {{endpoints: [http://127.0.0.1:{catalog}], health_check: {{path: /healthz, interval: 1s}}}}
+          orders: {{endpoints: [http://127.0.0.1:{orders}], health_check: {{path: /healthz, interval: 1s}}}}
+        routes:
+          - {{name: catalog, match: {{path: {{prefix: /catalog}}}}, backend: monolith}}
+          - {{name: orders, match: {{path: {{prefix: /orders}}}}, backend: monolith}}
+          - {{name: default, match: {{path: {{prefix: /}}}}, backend: monolith}}
+        """)
+    )
+    return config
+
+
+def start_shop(tmp: Path, *, fix_price: bool = False) -> Shop:
+    config = write_config(tmp, free_ports(5))
+    plan = plan_stack(load_stack_config(str(config)), config_path=str(config), state_dir=str(tmp / "st"),
+                      python=PY, admin_token=None, pythonpath=str(ROOT))  # fmt: skip
+    specs = [
+        replace(s, env=(*s.env, ("CATALOG_FIX_PRICE", "1"))) if s.name == "catalog" and fix_price else s
+        for s in plan.specs
+    ]
+    (tmp / "st" / "data").mkdir(parents=True)
+    stack = Stack(specs, log_dir=tmp / "st" / "logs", out=io.StringIO())
+    try:
+        stack.start()
+    except BaseException:
+        stack.stop(grace=1.0)
+        raise
+    return Shop(stack, config, plan.facade_url, plan.admin_url, tmp)
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
+    running = start_shop(tmp_path_factory.mktemp("shop"))
+    pids = list(running.stack.pids.values())
+    yield running
+    running.stack.stop()
+    assert all(gone(pid) for pid in pids)  # no orphan of the stack
+
+
+def gone(pid: int) -> bool:
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
+
+
+def loadtest(shop: Shop, out: Path, *extra: str, timeout: float = 60) -> tuple[int, str, dict[str, Any]]:
+    proc = subprocess.run(
+        [PY, "-m", "facade", "loadtest", *extra, "-c", str(shop.config), "--out", str(out), "--reset"],
+        check=False, capture_output=True, text=True, timeout=timeout, cwd=shop.tmp,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    report = json.loads((out / "steps.json").read_text()) if (out / "steps.json").exists() else {}
+    return proc.returncode, proc.stdout + proc.stderr, report
+
+
+def locust_processes(out: Path) -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmdline = p.info["cmdline"] or []
+        if "locust" in cmdline and str(out / "locust") in cmdline:
+            found.append(p)
+    return found
+
+
+def shadow_is_wired(shop: Shop) -> bool:
+    return httpx.get(shop.admin + "/shadow", trust_env=False, timeout=5).status_code == 200
+
+
+@pytest.mark.slow
+def test_quick_rehearsal_through_every_step_loses_no_request(shop: Shop, tmp_path: Path) -> None:
+    code, output, report = loadtest(shop, tmp_path / "out", "extract-catalog", "--quick")
+    assert code == 0, output
+    assert report["final_state"] == "completed" and report["failures"] == 0 and report["requests"] > 100
+    labels = [s["label"] for s in report["steps"]]
+    assert labels[0].startswith("baseline") and labels[-1].startswith("completed")
+    assert [s["step"] for s in report["steps"][1:-1]] == [1, 2, 3, 4, 5, 6]
+    by_step = {s["step"]: s for s in report["steps"]}
+    assert by_step[1]["old"]["requests"] > 0 and by_step[1]["new"]["requests"] == 0  # shadow: all on old
+    assert by_step[6]["new"]["requests"] > 0 and by_step[6]["old"]["requests"] == 0  # weight 100
+    assert by_step[6]["new"]["p99_ms"] is not None
+    for name in ("steps.csv", "locust.html", "locust_stats.csv", "samples.jsonl"):
+        assert (tmp_path / "out" / name).stat().st_size > 0, name
+    # locust's own stats are split by the backend that answered
+    stats = (tmp_path / "out" / "locust_stats.csv").read_text()
+    assert "GET /catalog/products/[id] [catalog]" in stats and "GET /catalog/products/[id] [monolith]" in stats
+    assert "PHASE" in output and "0 failed" in output
+    assert locust_processes(tmp_path / "out") == []
+
+
+@pytest.mark.slow
+def test_rollback_at_a_step_loses_no_request(shop: Shop, tmp_path: Path) -> None:
+    code, output, report = loadtest(shop, tmp_path / "out", "extract-catalog", "--quick", "--rollback-at", "3")
+    assert code == 0, output
+    assert report["final_state"] == "rolled_back" and report["failures"] == 0
+    *_, at_rollback, after = report["steps"]
+    assert at_rollback["step"] == 3 and at_rollback["outcome"] == "rolled back"
+    assert at_rollback["new"]["requests"] > 0  # weight 25 had moved some users
+    assert after["label"].startswith("after rollback") and after["requests"] > 0
+    assert after["new"]["requests"] == 0 and after["old"]["requests"] > 0
+    status = httpx.get(f"{shop.admin}/migrations/extract-catalog", trust_env=False, timeout=5).json()
+    assert (status["state"], status["step"]) == ("rolled_back", 0)
+
+
+@pytest.mark.slow
+def test_orders_rehearsal_through_the_carved_orders_service(shop: Shop, tmp_path: Path) -> None:
+    code, output, report = loadtest(shop, tmp_path / "out", "extract-orders", "--quick", "--users", "8")
+    assert code == 0, output
+    assert report["failures"] == 0 and report["to"] == "orders"
+    assert report["steps"][-1]["new"]["requests"] > 0
+
+
+@pytest.mark.slow
+def test_locust_killed_mid_run_is_reported(shop: Shop, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [PY, "-m", "facade", "loadtest", "extract-catalog", "--quick", "-c", str(shop.config), "--out", str(out),
+         "--reset"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=shop.tmp,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while not locust_processes(out) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        (victim,) = locust_processes(out)
+        time.sleep(1.0)
+        victim.send_signal(signal.SIGKILL)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1
+    assert f"locust exited early with code {-signal.SIGKILL}; see {out}/locust.log" in err
+    assert json.loads((out / "steps.json").read_text())["error"].startswith("locust exited early")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fix_price", [False, True], ids=["faulty-catalog", "fixed-catalog"])
+def test_diff_gate_stops_the_faulty_catalog_and_passes_the_fixed_one(tmp_path: Path, fix_price: bool) -> None:
+    running = start_shop(tmp_path / "shop", fix_price=fix_price)
+    try:
+        if not shadow_is_wired(running):
+            pytest.skip("the running facade has no shadow feature (admin /shadow): diff gates cannot be evaluated")
+        code, output, report = loadtest(running, tmp_path / "out", "extract-catalog", "--quick", "--gates",
+                                        "--gate-timeout", "15s")  # fmt: skip
+    finally:
+        running.stack.stop()
+    assert report["failures"] == 0, output
+    shadow = report["steps"][1]
+    if fix_price:
+        assert code == 0, output
+        assert shadow["gates"]["status"] == "pass" and report["final_state"] == "completed"
+    else:
+        assert code == 5, output
+        assert shadow["outcome"] == "gate failed" and shadow["gates"]["status"] == "fail"
+        assert report["final_state"] == "running" and report["final_step"] == 1
+        assert "diff_rate" in report["gate_failure"]
+
+
+def test_cli_parses_every_documented_option() -> None:
+    from facade.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["loadtest", "p.yaml", "--users", "3", "--spawn-rate", "2", "--step-duration", "5s", "--rollback-at", "2",
+         "--out", "d", "--quick", "--host", "http://x:1", "-c", "c.yaml", "--admin", "http://y:2", "--gates"]
+    )  # fmt: skip
+    assert isinstance(args, argparse.Namespace)
+    assert (args.users, args.spawn_rate, args.rollback_at, args.admin) == (3, 2.0, 2, "http://y:2")
