@@ -130,7 +130,7 @@ class Sampler:
 SAMPLER = Sampler(os.environ.get("LOADTEST_SAMPLES"), os.environ.get("LOADTEST_CONTROL"))
 
 
-@events.init.add_listener
+@events.init.add_listener  # type: ignore[untyped-decorator]  # locust is untyped
 def _start_flushing(environment: Environment, **_: Any) -> None:
     def loop() -> None:
         while True:
@@ -140,12 +140,12 @@ def _start_flushing(environment: Environment, **_: Any) -> None:
     gevent.spawn(loop)
 
 
-@events.quitting.add_listener
+@events.quitting.add_listener  # type: ignore[untyped-decorator]  # locust is untyped
 def _final_flush(environment: Environment, **_: Any) -> None:
     SAMPLER.flush()
 
 
-@events.request.add_listener
+@events.request.add_listener  # type: ignore[untyped-decorator]  # locust is untyped
 def _sample(
     request_type: str,
     name: str,

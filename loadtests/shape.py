@@ -40,7 +40,7 @@ class CutoverShape(LoadTestShape):
     """Ramp to ``LOADTEST_USERS`` at ``LOADTEST_SPAWN_RATE``, hold, stop when told (or at the cap)."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # locust is untyped
         self.users = int(os.environ.get("LOADTEST_USERS", "10"))
         self.spawn_rate = float(os.environ.get("LOADTEST_SPAWN_RATE", "10"))
         self.max_seconds = float(os.environ.get("LOADTEST_MAX_SECONDS", "600"))
@@ -49,7 +49,7 @@ class CutoverShape(LoadTestShape):
         self._stop = False
 
     def tick(self) -> tuple[int, float] | None:
-        if self.get_run_time() > self.max_seconds:
+        if self.get_run_time() > self.max_seconds:  # type: ignore[no-untyped-call]
             return None
         now = time.monotonic()
         if now - self._checked >= _CONTROL_EVERY:
