@@ -253,4 +253,8 @@ def _cmd_sidecar(args: argparse.Namespace) -> int:
         await sidecar.stop()
         return EXIT_OK
 
-    return asyncio.run(run())
+    try:
+        import uvloop  # uvicorn[standard] brings it; the data path is I/O-bound on the loop
+    except ImportError:  # pragma: no cover
+        return asyncio.run(run())
+    return int(uvloop.run(run()))

@@ -88,9 +88,14 @@ class MeshFeature:
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._config: Config | None = None
+        # A CA that cannot be loaded is reported by start(), inside the runtime's start-up error handling.
+        self._startup_error: ConfigError | None = None
         if runtime.config.mesh is not None:
-            self._prepare(runtime.config)
-            self._publish(runtime.config)
+            try:
+                self._prepare(runtime.config)
+                self._publish(runtime.config)
+            except ConfigError as exc:
+                self._startup_error = exc
 
     def __repr__(self) -> str:
         return f"<MeshFeature v{self.version} services={sorted(self.documents)} edge={self.edge!r}>"
@@ -188,6 +193,8 @@ class MeshFeature:
             self._publish(config)
 
     async def start(self) -> None:
+        if self._startup_error is not None:
+            raise self._startup_error
         if self.edge is not None:
             self._tasks.append(asyncio.create_task(self._rotate_edge()))
 
