@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_proxy import free_port, process, run_python_load, run_wrk, wait_port  # noqa: E402
+from benchmarks.bench_proxy import free_port, process, run_python_load, run_wrk, wait_port
 
 TD = "bench.local"
 APP_ID = f"spiffe://{TD}/ns/default/sa/app"
