@@ -28,7 +28,7 @@ import pytest
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.backends import EchoApp
+from tests.backends import EchoApp, raw_server
 from tests.harness import run_facade
 from tests.servers import bind_loopback, serve_app
 
@@ -620,6 +620,26 @@ async def test_per_try_timeout_retries_on_the_fast_endpoint(tmp_path: Path) -> N
             id="transfer-encoding+content-length",
         ),
         pytest.param(b"GET /folded HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n  b\r\n\r\n", id="obs-fold"),
+        pytest.param(
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 40\r\n\r\nabc",
+            id="two-different-content-lengths",
+        ),
+        pytest.param(
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            id="chunked-not-last",
+        ),
+        pytest.param(
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            id="unknown-transfer-coding",
+        ),
+        pytest.param(
+            b"POST /upload HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\nabc",
+            id="transfer-encoding-in-http/1.0",
+        ),
+        pytest.param(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: +3\r\n\r\nabc", id="signed-content-length"),
+        pytest.param(b"GET /a HTTP/1.1\r\nHost: x\r\nX-A : 1\r\n\r\n", id="space-before-colon"),
+        pytest.param(b"GET /a HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n", id="bare-cr-in-value"),
+        pytest.param(b"GET /a HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n", id="nul-in-value"),
     ],
 )
 async def test_ambiguous_framing_and_obs_fold_get_400_and_never_reach_the_backend(
@@ -736,3 +756,164 @@ async def test_encoded_query_strings_reach_the_backend_byte_identical(tmp_path: 
         assert status == 200
         seen = json.loads(body)
         assert seen["raw_path"] == "/search" and seen["query"] == query
+
+
+# -- the request line and Host (RFC 9112 section 3.2) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        pytest.param(
+            b"GET /a HTTP/1.1\r\nHost: public.local\r\nHost: admin.local\r\n\r\n",
+            id="two-host-headers",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="proxy.py _handle keeps the first Host and ignores the rest; RFC 9112 3.2 (and nginx, "
+                "Envoy) answer 400",
+            ),
+        ),
+        pytest.param(
+            b"GET /a HTTP/1.1\r\n\r\n",
+            id="http/1.1-without-host",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="proxy.py _handle falls back to the listen address; RFC 9112 3.2 requires 400 for HTTP/1.1",
+            ),
+        ),
+        pytest.param(
+            b"GET /a#frag HTTP/1.1\r\nHost: x\r\n\r\n",
+            id="fragment-in-target",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="uvicorn's URL parser strips the fragment before raw_path, so normalize_path never sees the "
+                "'#' it rejects; the request is forwarded as /a",
+            ),
+        ),
+        pytest.param(b"GET /a HTTP/1.1\r\nHost: evil@shop.local\r\n\r\n", id="userinfo-in-host"),
+        pytest.param(b"GET /a HTTP/1.1\r\nHost: a b\r\n\r\n", id="space-in-host"),
+    ],
+)
+async def test_ambiguous_host_or_target_gets_400_and_never_reaches_the_backend(
+    tmp_path: Path, request_bytes: bytes
+) -> None:
+    echo = EchoApp()
+    async with serve_app(echo) as url, run_facade(tmp_path, _cfg(f"  svc: {{endpoints: [{url}]}}", ALL_TO_SVC)) as rt:
+        async with RawConnection.open(rt.url) as conn:
+            await conn.send(request_bytes)
+            status, _, _ = await conn.response()
+        assert status == 400
+        assert echo.requests == []
+
+
+async def test_http_1_0_without_host_is_routed_by_the_default_route(tmp_path: Path) -> None:
+    echo = EchoApp()
+    async with serve_app(echo) as url, run_facade(tmp_path, _cfg(f"  svc: {{endpoints: [{url}]}}", ALL_TO_SVC)) as rt:
+        async with RawConnection.open(rt.url) as conn:
+            await conn.send(b"GET /old-client HTTP/1.0\r\n\r\n")
+            status, _, body = await conn.response()
+        assert status == 200 and json.loads(body)["raw_path"] == "/old-client"
+
+
+# -- responses the proxy must frame exactly as the backend did ----------------------------------------------------
+
+
+def _answer_with(response: bytes) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    """A raw backend that answers every request on a connection with ``response`` (bytes as given)."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            for _ in range(100):  # bounded: one connection serves at most 100 requests
+                await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                writer.write(response)
+                await writer.drain()
+                if b"connection: close" in response.lower() or b"HTTP/1.0" in response[:8]:
+                    break
+        writer.close()
+
+    return handler
+
+
+_GZIP_CHUNKS = gzip.compress(b"streamed and compressed " * 40, mtime=0)
+
+
+@pytest.mark.parametrize(
+    ("upstream", "status", "body", "expect_headers"),
+    [
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the backend closes",
+            200,
+            b"until the backend closes",
+            [],
+            id="close-delimited",
+        ),
+        pytest.param(b"HTTP/1.0 200 OK\r\n\r\nold backend", 200, b"old backend", [], id="http/1.0-backend"),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"%x\r\n" % 10
+            + _GZIP_CHUNKS[:10]
+            + b"\r\n"
+            + b"%x\r\n" % (len(_GZIP_CHUNKS) - 10)
+            + _GZIP_CHUNKS[10:]
+            + b"\r\n0\r\n\r\n",
+            200,
+            _GZIP_CHUNKS,
+            [("content-encoding", "gzip")],
+            id="chunked-gzip",
+        ),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1; Path=/\r\nSet-Cookie: b=2, c=3\r\nContent-Length: 2\r\n\r\nok",
+            200,
+            b"ok",
+            [("set-cookie", "a=1; Path=/"), ("set-cookie", "b=2, c=3")],
+            id="two-set-cookies",
+        ),
+        pytest.param(
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            200,
+            b"ok",
+            [],
+            id="informational-then-final",
+        ),
+        pytest.param(
+            b'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\nContent-Length: 120\r\n\r\n',
+            304,
+            b"",
+            [("etag", '"v1"')],
+            id="304-with-content-length",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="a 304 may carry the representation's Content-Length (RFC 9110 8.6); the proxy forwards it "
+                "and uvicorn then expects 120 body bytes, raises 'Response content shorter than Content-Length' "
+                "and drops the client's keep-alive connection",
+            ),
+        ),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 12000 + b"\r\nContent-Length: 2\r\n\r\nok",
+            200,
+            b"ok",
+            [("x-big", "a" * 12000)],
+            id="12k-response-header",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="aiohttp's client refuses response header fields over 8190 bytes (max_field_size) and the "
+                "proxy answers 502 'reset the connection'; Envoy allows 60 KiB of response headers",
+            ),
+        ),
+    ],
+)
+async def test_upstream_response_framing_reaches_the_client_intact(
+    tmp_path: Path, upstream: bytes, status: int, body: bytes, expect_headers: list[tuple[str, str]]
+) -> None:
+    async with raw_server(_answer_with(upstream)) as url:
+        cfg = _cfg(f"  svc: {{endpoints: [{url}], retries: {{attempts: 0}}}}", ALL_TO_SVC)
+        async with run_facade(tmp_path, cfg) as rt, RawConnection.open(rt.url) as conn:
+            await conn.send(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
+            got_status, headers, got_body = await conn.response()
+            assert (got_status, got_body) == (status, body)
+            for header in expect_headers:
+                assert header in headers
+            # The client's connection is still usable: the response was framed right.
+            await conn.send(b"GET /second HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await conn.response())[0] == status
