@@ -419,8 +419,12 @@ class Sidecar:
                 self._reachable()
                 if doc is not None and doc.version != self._doc().version:
                     await self.apply(doc)
-            except (ControlPlaneError, DocumentError) as exc:
-                self._unreachable(str(exc))
+            except ControlPlaneError as exc:
+                # An HTTP error (e.g. 404: this service was removed) means reachable but refusing.
+                self._unreachable(str(exc), reachable=exc.status != 0)
+                await asyncio.sleep(self.options.retry_interval)
+            except DocumentError as exc:
+                self._unreachable(str(exc), reachable=True)
                 await asyncio.sleep(self.options.retry_interval)
 
     def _reachable(self) -> None:
@@ -430,13 +434,14 @@ class Sidecar:
         self.last_error = None
         self.metrics.control_plane_up.set(1)
 
-    def _unreachable(self, error: str) -> None:
-        if self.control_plane_reachable or self.last_error is None:
+    def _unreachable(self, error: str, *, reachable: bool = False) -> None:
+        """Keep the last good config; log once per change of trouble, not once per retry."""
+        if error != self.last_error:
             version = self.doc.version if self.doc else None
             logger.warning("sidecar %s: %s; keeping last good config v%s", self.service, error, version)
-        self.control_plane_reachable = False
+        self.control_plane_reachable = reachable
         self.last_error = error
-        self.metrics.control_plane_up.set(0)
+        self.metrics.control_plane_up.set(1 if reachable else 0)
 
     # -- rotation ------------------------------------------------------------------------------
 
@@ -470,7 +475,8 @@ class Sidecar:
                 await self.rotate()
             except (ControlPlaneError, ValueError) as exc:
                 # The current SVID is still valid for the rest of its lifetime: retry, bounded by that.
-                self._unreachable(f"rotation failed: {exc}")
+                reachable = isinstance(exc, ControlPlaneError) and exc.status != 0
+                self._unreachable(f"rotation failed: {exc}", reachable=reachable)
                 await asyncio.sleep(self.options.retry_interval)
 
     # -- admin -------------------------------------------------------------------------------
