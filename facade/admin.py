@@ -149,7 +149,12 @@ def build_admin_app(runtime: FacadeRuntime) -> Starlette:
     async def metrics(request: Request) -> Response:
         from .telemetry import CONTENT_TYPE
 
-        return Response(runtime.telemetry.prometheus_text(), media_type=CONTENT_TYPE)
+        text = runtime.telemetry.prometheus_text()
+        for source in (runtime.shadow, *runtime.extensions):
+            extra = getattr(source, "prometheus_text", None)
+            if extra is not None and source is not runtime.telemetry:
+                text += extra()
+        return Response(text, media_type=CONTENT_TYPE)
 
     endpoints: list[BaseRoute] = [
         Route("/metrics", metrics),

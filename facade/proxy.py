@@ -297,6 +297,8 @@ class Proxy:
                 resp.release()
         except ProxyError as exc:
             if response_started:
+                if ticket is not None:
+                    snap.shadow.cancel(ticket)
                 raise DownstreamAborted(str(exc)) from None
             status = exc.status
             if body is not None and isinstance(body.error, _BodyTooLarge):
@@ -309,6 +311,8 @@ class Proxy:
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             # Failure while streaming the response body: abort, never truncate silently.
             logger.warning("upstream %s failed mid-response on route %s: %r", backend, route.name, exc)
+            if ticket is not None:
+                snap.shadow.cancel(ticket)
             raise DownstreamAborted(f"upstream {backend} failed mid-response") from None
         finally:
             duration = time.perf_counter() - started

@@ -82,6 +82,7 @@ class Split:
     canary: CanarySpec | None = None
     shadow_percent: float = 0.0
     step_label: str = ""
+    shadow_unsafe: bool = False  # mirror POST/PUT/PATCH/DELETE too (the plan must say so explicitly)
 
     def __post_init__(self) -> None:
         assert 0 <= self.weight_bps <= BUCKETS, f"weight_bps out of range: {self.weight_bps}"
