@@ -345,9 +345,9 @@ class MigrationController:
             result = apply(seen, action, plan=plan, now=self._clock(), gate_report=self.gate_report(plan, seen))
             if isinstance(result, Refusal):
                 return result
-            return await self._commit(plan, seen, result)
+            return await self._commit(plan, result)
 
-    async def _commit(self, plan: Plan, before: MigrationState, transition: Transition) -> MigrationState | Refusal:
+    async def _commit(self, plan: Plan, transition: Transition) -> MigrationState | Refusal:
         """Commit one transition and put its routing in force. Call with ``self._lock`` held."""
         assert self.store is not None
         telemetry = self.runtime.telemetry
@@ -360,18 +360,20 @@ class MigrationController:
             # Someone else moved this plan (another process, or auto mode): serve what is committed.
             fresh = await asyncio.to_thread(self.store.state, plan.name)
             if fresh is not None and fresh.version != self._state(plan.name).version:
-                self._route(plan, self._state(plan.name), fresh)
+                self._route(plan, fresh)
             return committed
         # 3. Put the new routing in force: telemetry windows first, so no request routed by the
         #    new split is counted in the old step's window; then the one-reference swap.
-        self._route(plan, before, committed)
+        self._route(plan, committed)
         logger.info("migration %s: %s by %s: %s:%d -> %s:%d%s", plan.name, transition.action, transition.actor,
                     transition.from_phase.value, transition.from_step + 1, transition.to_phase.value,
                     transition.to_step + 1, f" ({transition.reason})" if transition.reason else "")
         self._sync_auto()
         return committed
 
-    def _route(self, plan: Plan, before: MigrationState, after: MigrationState) -> None:
+    def _route(self, plan: Plan, after: MigrationState) -> None:
+        """Put ``after``'s routing in force (the cached state is the routing in force until now)."""
+        before = self._state(plan.name)
         old = effective_split(plan, before)
         for route, split in effective_split(plan, after).items():
             label = step_label(split)
@@ -424,7 +426,7 @@ class MigrationController:
                 return
             transition = auto_tick(state, plan=plan, now=self._clock(), gate_report=report)
             if transition is not None:
-                await self._commit(plan, state, transition)
+                await self._commit(plan, transition)
 
     # -- internals ---------------------------------------------------------------------------------
 
