@@ -54,6 +54,10 @@ routes:
 ALL_TO_SVC = "  - name: all\n    backend: svc"
 
 
+def _one_service(url: str) -> str:
+    return f"  svc: {{endpoints: [{url}]}}"
+
+
 # -- small backends with one behaviour each ---------------------------------------------------------
 
 
@@ -349,7 +353,13 @@ async def test_sighup_reloads_a_serving_process_and_sigterm_stops_it(tmp_path: P
                 for _ in range(5):
                     assert (await client.get("/")).json()["name"] == "b"
 
-            proc.send_signal(signal.SIGTERM)
+                # SIGTERM drains: a request in flight finishes, then the process exits 0.
+                in_flight = asyncio.create_task(client.get("/slow?ms=600"))
+                await asyncio.sleep(0.2)
+                proc.send_signal(signal.SIGTERM)
+                r = await in_flight
+                assert r.status_code == 200 and r.json() == {"name": "b", "slow": True}
+
             assert await asyncio.to_thread(proc.wait, 10) == 0, log_path.read_text()
         finally:
             if proc.poll() is None:
@@ -408,6 +418,8 @@ async def test_two_cluster_shift_failover_and_return(tmp_path: Path) -> None:
             path.write_text(_two_clusters(a, b, 0, 100))
             assert (await admin.post("/reload", headers=AUTH)).json()["ok"] is True
             assert set(await _served_by(client, 10)) == {"west"}
+            pool = (await admin.get("/routes")).json()["routes"][0]["backends"][0]["pool"]
+            assert [(g["name"], g["weight"]) for g in pool["groups"]] == [("east", 0), ("west", 100)]
             path.write_text(_two_clusters(a, b, 100, 0))
             assert (await admin.post("/reload", headers=AUTH)).json()["ok"] is True
             assert set(await _served_by(client, 10)) == {"east"}
@@ -714,13 +726,30 @@ async def test_expect_100_continue_upload(tmp_path: Path) -> None:
             assert json.loads(body) == {"size": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
 
 
+async def test_expect_100_continue_over_the_body_limit_gets_413_without_inviting_the_body(tmp_path: Path) -> None:
+    echo = EchoApp()
+    async with (
+        serve_app(echo) as url,
+        run_facade(tmp_path, _cfg(_one_service(url), ALL_TO_SVC, extra="limits: {max_request_body: 1KiB}")) as rt,
+    ):
+        async with RawConnection.open(rt.url) as conn:
+            await conn.send(
+                b"POST /upload HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 999999\r\n\r\n"
+            )
+            status, _, body = await conn.response()
+        assert status == 413 and json.loads(body)["limit"] == 1024  # a final answer, not "100 Continue"
+        assert echo.requests == []
+
+
 # -- 10. many headers, 431, encoded query strings -------------------------------------------------------------
 
 
 async def test_many_small_headers_pass_in_order_and_too_many_get_431(tmp_path: Path) -> None:
     echo = EchoApp()
-    cfg = _cfg(f"  svc: {{endpoints: [{'URL'}]}}", ALL_TO_SVC, extra="limits: {max_request_headers: 8KiB}")
-    async with serve_app(echo) as url, run_facade(tmp_path, cfg.replace("URL", url)) as rt:
+    async with (
+        serve_app(echo) as url,
+        run_facade(tmp_path, _cfg(_one_service(url), ALL_TO_SVC, extra="limits: {max_request_headers: 8KiB}")) as rt,
+    ):
         async with RawConnection.open(rt.url) as conn:
             many = "".join(f"X-H{i:03d}: v{i}\r\n" for i in range(150))  # ~2 KiB in 150 headers
             await conn.send(f"GET /many HTTP/1.1\r\nHost: x\r\n{many}\r\n".encode())
