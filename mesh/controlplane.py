@@ -146,7 +146,9 @@ class MeshFeature:
         assert self.ca is not None
         edge_id = mesh.edge()
         if self.edge is None or self.edge.spiffe_id != edge_id or self.edge.ca is not self.ca:
-            self.edge = EdgeIdentity(self.ca, edge_id, ttl=mesh.ca.svid_ttl)
+            # The same RotatingContext: pools already built on it present the new identity from now on.
+            previous = self.edge.rotating if self.edge is not None else None
+            self.edge = EdgeIdentity(self.ca, edge_id, ttl=mesh.ca.svid_ttl, rotating=previous)
         else:
             self.edge.ttl = mesh.ca.svid_ttl
 

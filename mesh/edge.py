@@ -33,13 +33,21 @@ logger = logging.getLogger("mesh.edge")
 class EdgeIdentity:
     """The facade's SVID and its rotating client context."""
 
-    def __init__(self, ca: CertificateAuthority, spiffe_id: SpiffeId, *, ttl: float) -> None:
+    def __init__(
+        self, ca: CertificateAuthority, spiffe_id: SpiffeId, *, ttl: float, rotating: RotatingContext | None = None
+    ) -> None:
+        """``rotating``: keep using this holder (a previous edge identity's), so pools built on it follow."""
         self.ca = ca
         self.spiffe_id = spiffe_id
         self.ttl = ttl
         self.identity = self._issue()
         self.issued_at = datetime.now(UTC)
-        self.rotating = RotatingContext(client_context(self.identity, ca.trust_bundle_pem))
+        context = client_context(self.identity, ca.trust_bundle_pem)
+        if rotating is None:
+            rotating = RotatingContext(context)
+        else:
+            rotating.swap(context)
+        self.rotating = rotating
         self.rotations = 0
 
     def __repr__(self) -> str:

@@ -63,3 +63,13 @@ async def test_attach_rebuilds_the_pools_with_the_mesh_factory_and_creates_the_c
     # A second start finds the same CA instead of making a new one.
     again = CertificateAuthority.load(tmp_path / "state")
     assert again.certificate == feature.ca.certificate  # type: ignore[union-attr]
+
+
+def test_a_new_edge_identity_reuses_the_rotating_holder_so_existing_pools_follow() -> None:
+    ca = CertificateAuthority.create(TD)
+    first = EdgeIdentity(ca, EDGE, ttl=3600)
+    pooled = first.ssl_context_factory(spec("https://127.0.0.1:1", identity=CATALOG))
+    renamed = SpiffeId.workload(TD, "edge", "gateway")
+    second = EdgeIdentity(ca, renamed, ttl=3600, rotating=first.rotating)
+    assert second.rotating is first.rotating
+    assert isinstance(pooled, MeshClientContext) and pooled.rotating.current is second.rotating.current
