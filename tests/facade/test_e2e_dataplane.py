@@ -594,6 +594,38 @@ async def test_route_timeout_and_retries_override_the_services(tmp_path: Path) -
             assert retried == [200] * 4  # the route's retries move a 503 to the other endpoint
 
 
+async def test_route_without_retries_overrides_a_retrying_service(tmp_path: Path) -> None:
+    async with raw_server(_answer_with(b"")) as dead:
+        pass  # closed: its port now refuses connections
+    async with serve_app(FixedApp("live")) as live:
+        services = f"  svc: {{endpoints: [{dead}, {live}], retries: {{attempts: 2, retry_on: [connect-failure]}}}}"
+        routes = (
+            "  - name: once\n    match: {path: {prefix: /once}}\n    backend: svc\n    retries: {attempts: 0}\n"
+            + ALL_TO_SVC
+        )
+        async with (
+            run_facade(tmp_path, _cfg(services, routes)) as rt,
+            httpx.AsyncClient(base_url=rt.url, timeout=10) as client,
+        ):
+            assert [(await client.get("/any")).status_code for _ in range(4)] == [200] * 4  # the service retries
+            once = [(await client.get("/once")).status_code for _ in range(4)]
+            assert sorted(once) == [200, 200, 502, 502]  # the route's attempts: 0 wins
+
+
+async def test_per_try_timeout_without_a_retry_answers_504_at_the_per_try_bound(tmp_path: Path) -> None:
+    async with serve_app(FixedApp("slow", delay=1.5)) as url:
+        services = f"  svc: {{endpoints: [{url}], timeouts: {{request: 5s}}}}"
+        routes = "  - name: all\n    backend: svc\n    retries: {attempts: 0, per_try_timeout: 200ms}"
+        async with (
+            run_facade(tmp_path, _cfg(services, routes)) as rt,
+            httpx.AsyncClient(base_url=rt.url, timeout=10) as client,
+        ):
+            t0 = time.monotonic()
+            r = await client.get("/")
+            assert r.status_code == 504 and r.json()["route"] == "all"
+            assert time.monotonic() - t0 < 1.2  # the 200 ms per-try bound, not the slow 1.5 s nor the 5 s request
+
+
 async def test_per_try_timeout_retries_on_the_fast_endpoint(tmp_path: Path) -> None:
     slow, fast = FixedApp("slow", delay=1.2), FixedApp("fast")
     async with serve_app(slow) as us, serve_app(fast) as uf:
