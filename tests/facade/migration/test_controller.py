@@ -311,6 +311,14 @@ async def test_zero_failed_requests_across_every_transition(tmp_path: Path) -> N
         assert (await s.status("shop"))["state"] == "completed"
         assert set(statuses) == {200}, statuses
         assert sides["monolith"] > 0 and sides["catalog"] > 0
+        # Traffic really flowed on every step (telemetry counts each step's requests under its label).
+        journal = (await s.status("shop"))["journal"]
+        labels = [e["summary"]["catalog"]["step"] for e in journal[1:]]
+        assert labels == ["shop step 1: shadow 100%", "shop step 2: canary header x-canary=1", "shop step 3: weight 5",
+                          "shop step 4: weight 25", "shop step 5: weight 50", "shop step 6: weight 100"]
+        for entry in journal[1:]:
+            served = entry["summary"]["catalog"]["backends"]
+            assert sum(b["requests"] for b in served.values()) > 0, entry["summary"]
         assert await _traffic(s, 10) == Counter({"catalog": 10})
 
 
