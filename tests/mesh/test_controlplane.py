@@ -224,3 +224,22 @@ async def test_unreachable_control_plane_keeps_the_last_good_config_and_says_so(
         assert "mesh_sidecar_control_plane_reachable 0.0" in metrics
         assert (await request(e.port, None, "/admin/x")).status == 403  # the last good policy still holds
         assert (await request(e.port, None, "/items")).status == 200
+
+
+async def test_a_service_removed_from_the_config_keeps_its_last_good_document_and_says_why(tmp_path: Path) -> None:
+    async with env(tmp_path, policies=DENY_ADMIN) as e:
+        text = (
+            config_text(tmp_path, e.port, policies=DENY_ADMIN)
+            .replace(
+                f'catalog: {{endpoints: ["https://127.0.0.1:{e.port}"], identity: "{CATALOG}"}}',
+                'monolith: {endpoints: ["http://127.0.0.1:1"]}',
+            )
+            .replace("backend: catalog", "backend: monolith")
+        )
+        assert await e.rewrite(text)
+        await until(lambda: e.sidecar.last_error is not None)
+        view = e.sidecar.config_view()
+        assert view["control_plane"]["reachable"] is True  # reachable, but refusing this service
+        assert "404" in view["control_plane"]["last_error"]
+        assert view["version"] == 1
+        assert (await request(e.port, None, "/admin/x")).status == 403

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import ssl
+import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,6 +194,19 @@ async def test_strict_disconnects_peers_that_break_svid_rules_after_the_handshak
         # ... and the same CA's valid SVID is served on the same port.
         ok = await request(s.port, tls(s.ca, issue(s.ca, WEB)), "/items")
         assert ok.status == 200
+
+
+async def test_strict_refuses_a_tls_1_1_client_and_serves_the_same_client_on_tls_1_2(tmp_path: Path) -> None:
+    async with stack(tmp_path, "STRICT") as s:
+        identity = issue(s.ca, WEB)
+        old = tls(s.ca, identity)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # setting TLS 1.1 is deprecated, which is the point
+            old.minimum_version = ssl.TLSVersion.TLSv1
+            old.maximum_version = ssl.TLSVersion.TLSv1_1
+        assert (await request(s.port, old, "/items")).status is None
+        assert (await request(s.port, tls(s.ca, identity), "/items")).status == 200
+        assert [r["raw_path"] for r in s.app.requests] == ["/items"]
 
 
 # -- PERMISSIVE -------------------------------------------------------------------------------------
