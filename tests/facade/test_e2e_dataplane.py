@@ -739,6 +739,25 @@ async def test_head_204_and_304_have_no_body_on_a_kept_alive_connection(tmp_path
             assert (status, body) == (200, b"after")
 
 
+async def test_head_on_answers_the_facade_makes_itself_has_no_body(tmp_path: Path) -> None:
+    routes = (
+        "  - name: ping\n    match: {path: {exact: /ping}}\n    direct_response: {status: 200, body: pong}\n"
+        "  - name: old\n    match: {path: {prefix: /old}}\n    redirect: {prefix: /new}\n"
+        "  - name: api\n    match: {path: {prefix: /api}}\n    backend: svc"
+    )
+    async with (
+        serve_app(EchoApp()) as url,
+        run_facade(tmp_path, _cfg(_one_service(url), routes)) as rt,
+        RawConnection.open(rt.url) as conn,
+    ):
+        for target, status in (("/ping", 200), ("/old/x", 301), ("/nothing", 404)):
+            await conn.send(f"HEAD {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            got, _, _ = await conn.response(head=True)
+            assert got == status
+        await conn.send(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")  # framing intact after three HEADs
+        assert (await conn.response())[::2] == (200, b"pong")
+
+
 async def test_expect_100_continue_upload(tmp_path: Path) -> None:
     async with (
         serve_app(EchoApp()) as url,
