@@ -88,6 +88,9 @@ async def test_gates_inconclusive_pass_and_fail_on_real_traffic(tmp_path: Path) 
         left = last["summary"]["catalog"]
         assert left["step"] == "shop step 1: weight 50"
         assert left["backends"]["catalog"]["errors"] > 0 and left["backends"]["monolith"]["errors"] == 0
+        # status and list render what the real API answers.
+        assert await asyncio.to_thread(main, ["migrate", "status", "shop", *cli]) == EXIT_OK
+        assert await asyncio.to_thread(main, ["migrate", "list", *cli]) == EXIT_OK
 
 
 async def test_shadow_step_diff_rate_gate_on_mirrored_traffic(tmp_path: Path) -> None:
