@@ -25,8 +25,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from types import FrameType
@@ -49,7 +49,9 @@ __all__ = [
     "StackError",
     "StackPlan",
     "default_config_path",
+    "fetch_bootstrap_token",
     "find_taken_ports",
+    "free_loopback_ports",
     "has_mesh_sidecar",
     "install_stop_handlers",
     "plan_stack",
@@ -86,11 +88,12 @@ class Listen:
     label: str
     host: str
     port: int
+    scheme: str = "http"  # "https": a sidecar's mTLS inbound listener
 
     @property
     def url(self) -> str:
         host = "127.0.0.1" if self.host in {"0.0.0.0", ""} else ("::1" if self.host == "::" else self.host)
-        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+        return f"{self.scheme}://[{host}]:{self.port}" if ":" in host else f"{self.scheme}://{host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +107,7 @@ class ChildSpec:
     health_url: str
     listens: tuple[Listen, ...]
     stage: int = 0
+    bootstrap: str | None = None  # a mesh sidecar of this service: needs a bootstrap token when it starts
 
     def __post_init__(self) -> None:
         assert self.listens, "a child spec needs at least one listen socket"
@@ -147,19 +151,32 @@ def plan_stack(
     pythonpath: str | None = None,
     facade_state_dir: str | None = None,
     sidecars: bool = False,
+    internal_ports: Iterator[int] | None = None,
 ) -> StackPlan:
     """The children ``facade up`` runs for ``config``: the shop apps behind each service's loopback
-    ``http://`` endpoints (stage 0), then the facade (stage 1). Pure: no files, ports or processes.
+    ``http://`` endpoints (stage 0), then the facade (stage 1), then mesh sidecars (stage 2).
+    Pure: no files, ports or processes.
 
     ``facade_state_dir`` is passed as ``facade serve --state-dir`` (None: the config's own
     ``state_dir``). ``sidecars`` says whether this build has ``facade mesh sidecar``; without it
     the services talk plain HTTP on loopback and the plan says so in a note.
+
+    With sidecars and a ``mesh:`` section, a shop service whose endpoint is a loopback ``https://``
+    URL with an ``identity`` is meshed: the endpoint is its sidecar's inbound listener, the app
+    runs on a port from ``internal_ports`` (as do the sidecar's admin and, for ``orders``, its
+    outbound listener, through which orders reaches the catalog with ``Host: catalog``).
     """
     common_env: list[tuple[str, str]] = [("PYTHONUNBUFFERED", "1")]
     if pythonpath:
         common_env.append(("PYTHONPATH", pythonpath))
     specs: list[ChildSpec] = []
     notes: list[str] = []
+    meshed = _meshed_services(config) if sidecars else {}
+    if meshed and internal_ports is None:
+        raise StackError("a meshed stack needs internal_ports for the apps behind the sidecars")
+    ports = internal_ports or iter(())
+    admin_url = Listen("admin", *_parse_listen(config.admin.listen, what="admin.listen")).url
+    mesh = _plan_mesh(meshed, ports, python=python, control_plane=admin_url, env=tuple(common_env))
     for service in config.services:
         app = SHOP_APPS.get(service.name)
         endpoints = [e for group in service.groups for e in group.endpoints]
@@ -172,7 +189,9 @@ def plan_stack(
         health_path = service.health_check.path if service.health_check else "/healthz"
         for i, endpoint in enumerate(endpoints):
             parts = urlsplit(endpoint)
-            if parts.scheme != "http" or parts.hostname not in _LOOPBACK or parts.port is None:
+            if service.name in mesh.app_ports and i == 0:
+                parts = urlsplit(f"http://127.0.0.1:{mesh.app_ports[service.name]}")
+            elif parts.scheme != "http" or parts.hostname not in _LOOPBACK or parts.port is None:
                 notes.append(f"{service.name}: {endpoint} is not a loopback http:// endpoint with a port; not started")
                 continue
             name = service.name if len(endpoints) == 1 else f"{service.name}-{i + 1}"
@@ -185,7 +204,9 @@ def plan_stack(
             # Replicas of one service share its database (SQLite WAL handles several processes).
             child_env: tuple[tuple[str, str], ...] = (*common_env, ("SHOP_DB", db), ("CATALOG_DB", db))
             if service.name == "orders":
-                price_source = _price_source(config)
+                price_source = mesh.catalog_via or _price_source(config)
+                if mesh.catalog_via:
+                    child_env = (*child_env, ("ORDERS_CATALOG_HOST", "catalog"))
                 if price_source is None:
                     notes.append("orders: no catalog or monolith service with a loopback http:// endpoint to price "
                                  "orders from; its POST /orders will answer 503")  # fmt: skip
@@ -206,6 +227,9 @@ def plan_stack(
     if not sidecars and any(s.name in SHOP_APPS for s in config.services):
         notes.append("mesh: this build has no `facade mesh sidecar`; services talk plain HTTP on loopback "
                      "(no mTLS or policy between them)")  # fmt: skip
+    elif sidecars and not meshed and any(s.name in SHOP_APPS for s in config.services):
+        notes.append("mesh: no sidecars in this config (no mesh: section or no https:// service with an identity); "
+                     "`facade up --mesh` runs the shop behind sidecars")  # fmt: skip
     specs.append(
         ChildSpec(
             "facade",
@@ -216,8 +240,64 @@ def plan_stack(
             stage=1,
         )
     )
+    specs.extend(mesh.sidecars)
     _check_distinct_ports(specs)
     return StackPlan(tuple(specs), tuple(notes), admin_url=admin_listen.url, facade_url=facade_listen.url)
+
+
+@dataclass(frozen=True, slots=True)
+class _MeshPlan:
+    app_ports: dict[str, int]  # meshed service -> the port its app listens on, behind the sidecar
+    sidecars: tuple[ChildSpec, ...]
+    catalog_via: str | None  # orders' sidecar outbound URL when both orders and catalog are meshed
+
+
+def _meshed_services(config: Config) -> dict[str, Listen]:
+    """Shop services that run behind a sidecar: service -> the sidecar's inbound listener."""
+    if config.mesh is None:
+        return {}
+    meshed = {}
+    for service in config.services:
+        endpoints = [e for group in service.groups for e in group.endpoints]
+        if service.name not in SHOP_APPS or service.identity is None or len(endpoints) != 1:
+            continue
+        parts = urlsplit(endpoints[0])
+        if parts.scheme == "https" and parts.hostname in _LOOPBACK and parts.port is not None:
+            meshed[service.name] = Listen(f"{service.name}-sidecar", parts.hostname, parts.port, "https")
+    return meshed
+
+
+def _plan_mesh(
+    meshed: dict[str, Listen],
+    ports: Iterator[int],
+    *,
+    python: str,
+    control_plane: str,
+    env: tuple[tuple[str, str], ...],
+) -> _MeshPlan:
+    app_ports: dict[str, int] = {}
+    sidecars: list[ChildSpec] = []
+    catalog_via = None
+    for name, inbound in meshed.items():
+        app_ports[name] = next(ports)
+        admin = Listen(f"{name}-sidecar-admin", "127.0.0.1", next(ports))
+        argv: tuple[str, ...] = (
+            python, "-m", "facade", "mesh", "sidecar", "--service", name, "--control-plane", control_plane,
+            "--inbound", f"{inbound.host}:{inbound.port}", "--app", f"http://127.0.0.1:{app_ports[name]}",
+            "--admin", f"{admin.host}:{admin.port}",
+        )  # fmt: skip
+        listens = [inbound]
+        if name == "orders" and "catalog" in meshed:
+            # The orders app calls the catalog through its own sidecar: plain HTTP on loopback in,
+            # mTLS to the catalog's sidecar out, where the catalog's policy decides.
+            outbound = Listen("orders-outbound", "127.0.0.1", next(ports))
+            argv += ("--outbound", f"{outbound.host}:{outbound.port}")
+            listens.append(outbound)
+            catalog_via = outbound.url
+        listens.append(admin)
+        sidecars.append(ChildSpec(f"{name}-sidecar", argv, env, admin.url + "/healthz", tuple(listens), stage=2,
+                                  bootstrap=name))  # fmt: skip
+    return _MeshPlan(app_ports, tuple(sidecars), catalog_via)
 
 
 def _price_source(config: Config) -> str | None:
@@ -345,8 +425,12 @@ class Stack:
         log_dir: Path,
         health_timeout: float = DEFAULT_HEALTH_TIMEOUT,
         out: TextIO | None = None,
+        prepare: Callable[[ChildSpec], ChildSpec] | None = None,
     ) -> None:
         self.specs = tuple(specs)
+        # Called just before a child starts (a sidecar's bootstrap token exists only once the
+        # facade runs); raises StackError to stop the startup.
+        self.prepare = prepare or (lambda spec: spec)
         self.log_dir = log_dir
         self.health_timeout = health_timeout
         self.out = out or sys.stdout
@@ -372,7 +456,7 @@ class Stack:
         for stage in sorted({s.stage for s in self.specs}):
             group = [s for s in self.specs if s.stage == stage]
             for spec in group:
-                self._spawn(spec)
+                self._spawn(self.prepare(spec))
             if wait:
                 self._wait_healthy(group, deadline)
 
@@ -390,7 +474,7 @@ class Stack:
     def _wait_healthy(self, group: Sequence[ChildSpec], deadline: float) -> None:
         import httpx
 
-        pending = {s.name for s in group}
+        pending = {s.name for s in group if s.name in self.running}
         with httpx.Client(timeout=1.0, trust_env=False) as client:
             while pending:
                 for name in sorted(pending):
@@ -491,9 +575,9 @@ def _group_alive(running: _Running) -> bool:
 # -- the command ----------------------------------------------------------------------------
 
 
-def default_config_path() -> str:
-    """The shipped demo config, wherever the ``sample_monolith`` package is installed."""
-    return str(resources.files("sample_monolith").joinpath("facade.yaml"))
+def default_config_path(*, mesh: bool = False) -> str:
+    """The shipped demo config (``mesh``: the one behind sidecars), wherever ``sample_monolith`` is installed."""
+    return str(resources.files("sample_monolith").joinpath("facade-mesh.yaml" if mesh else "facade.yaml"))
 
 
 def register(sub: Any) -> None:
@@ -504,12 +588,17 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--state-dir", default=DEFAULT_STATE_DIR, help=f"logs and databases (default: ./{DEFAULT_STATE_DIR})"
     )
+    p.add_argument(
+        "--mesh",
+        action="store_true",
+        help="the shipped demo behind mesh sidecars (sample_monolith/facade-mesh.yaml; mTLS + policy)",
+    )
     p.add_argument("--no-wait", action="store_true", help="do not wait for health checks before printing the table")
     p.set_defaults(func=cmd_up)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    config_path = os.path.abspath(args.config or default_config_path())
+    config_path = os.path.abspath(args.config or default_config_path(mesh=args.mesh))
     state_dir = Path(args.state_dir).resolve()
     try:
         config = load_stack_config(config_path)
@@ -521,7 +610,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             config, config_path=config_path, state_dir=str(state_dir), python=sys.executable, admin_token=token,
             pythonpath=_pythonpath(),
             facade_state_dir=str(state_dir / "facade") if serve_has_state_dir() else None,
-            sidecars=has_mesh_sidecar(),
+            sidecars=has_mesh_sidecar(), internal_ports=free_loopback_ports(),
         )  # fmt: skip
     except ConfigError as exc:
         for problem in exc.problems:
@@ -542,7 +631,15 @@ def cmd_up(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
 
     (state_dir / "data").mkdir(parents=True, exist_ok=True)
-    stack = Stack(plan.specs, log_dir=state_dir / "logs")
+    admin_token = token or config.admin.token
+
+    def prepare(spec: ChildSpec) -> ChildSpec:
+        if spec.bootstrap is None:
+            return spec
+        bootstrap = fetch_bootstrap_token(plan.admin_url, admin_token, spec.bootstrap)
+        return replace(spec, env=(*spec.env, ("FACADE_MESH_TOKEN", bootstrap)))
+
+    stack = Stack(plan.specs, log_dir=state_dir / "logs", prepare=prepare)
     restore = install_stop_handlers(stack.request_stop)
     try:
         return _run(stack, plan, args, config_path=config_path, token=token)
@@ -563,6 +660,9 @@ def _run(stack: Stack, plan: StackPlan, args: argparse.Namespace, *, config_path
     except Interrupted:
         print("facade up: interrupted during startup; stopping", file=sys.stderr, flush=True)
         return EXIT_OK
+    except StackError as exc:  # a sidecar's bootstrap token could not be had
+        print(f"facade up: {exc}; stopping the rest", file=sys.stderr, flush=True)
+        return EXIT_FAILURE
     # 4. Tell the user where everything is.
     print(render_ready(plan, stack.pids, config_path=config_path, token=token, log_dir=str(stack.log_dir)))
     print("facade up: ready (Ctrl-C stops everything)", flush=True)
@@ -587,6 +687,33 @@ def install_stop_handlers(on_signal: Callable[[int], None]) -> Callable[[], None
             signal.signal(s, h)
 
     return restore
+
+
+def fetch_bootstrap_token(admin_url: str, admin_token: str | None, service: str) -> str:
+    """A one-use bootstrap token for ``service``'s sidecar from the facade (``POST /mesh/tokens``)."""
+    import httpx
+
+    headers = {"authorization": f"Bearer {admin_token}"} if admin_token else {}
+    try:
+        response = httpx.post(f"{admin_url}/mesh/tokens", json={"service": service}, headers=headers, timeout=5.0,
+                              trust_env=False)  # fmt: skip
+    except httpx.HTTPError as exc:
+        raise StackError(f"cannot get a bootstrap token for {service}'s sidecar from {admin_url}: {exc}") from None
+    if response.status_code != 200:
+        raise StackError(f"cannot get a bootstrap token for {service}'s sidecar: POST /mesh/tokens answered "
+                         f"{response.status_code} {response.text[:200]}")  # fmt: skip
+    token = response.json().get("token")
+    if not isinstance(token, str):
+        raise StackError(f"POST /mesh/tokens answered without a token: {response.text[:200]}")
+    return token
+
+
+def free_loopback_ports() -> Iterator[int]:
+    """Ports the OS hands out on 127.0.0.1, for the processes behind sidecars (nobody else dials them)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            yield int(sock.getsockname()[1])
 
 
 def serve_has_state_dir() -> bool:

@@ -147,8 +147,9 @@ def test_plan_runs_one_child_per_endpoint_and_notes_what_it_cannot_run() -> None
     # Replicas share their service's database.
     assert dict(plan.specs[0].env)["SHOP_DB"] == dict(plan.specs[1].env)["SHOP_DB"]
     assert "FACADE_ADMIN_TOKEN" not in dict(plan.specs[-1].env)
-    assert len(plan.notes) == 2
-    assert "https://127.0.0.1:15101" in plan.notes[0] and "payments" in plan.notes[1]
+    notes = [n for n in plan.notes if not n.startswith("mesh:")]
+    assert len(notes) == 2
+    assert "https://127.0.0.1:15101" in notes[0] and "payments" in notes[1]
 
 
 def test_plan_rejects_two_children_on_one_port() -> None:
@@ -231,7 +232,41 @@ def test_facade_state_dir_and_the_sidecar_note() -> None:
     assert plan.specs[-1].argv == ("py", "-m", "facade", "serve", "-c", "c", "--state-dir", "/s/facade")
     assert any("no `facade mesh sidecar`" in note for note in plan.notes)
     plan = plan_stack(config, config_path="c", state_dir="/s", python="py", admin_token=None, sidecars=True)
-    assert not any("sidecar" in note for note in plan.notes)
+    assert not any("no `facade mesh sidecar`" in note for note in plan.notes)
+    assert any("`facade up --mesh` runs the shop behind sidecars" in note for note in plan.notes)
+    assert [s.name for s in plan.specs] == ["monolith", "catalog", "facade"]  # no mesh section: no sidecars
+
+
+def test_mesh_config_puts_apps_behind_sidecars_started_last() -> None:
+    path = default_config_path(mesh=True)
+    config = load_stack_config(path)
+    ports = iter(range(40001, 40100))
+    plan = plan_stack(config, config_path=path, state_dir="/s", python="py", admin_token="tok", sidecars=True,
+                      internal_ports=ports)  # fmt: skip
+    by_name = {s.name: s for s in plan.specs}
+    assert [(s.name, s.stage) for s in plan.specs] == [
+        ("monolith", 0), ("catalog", 0), ("orders", 0), ("facade", 1), ("catalog-sidecar", 2), ("orders-sidecar", 2),
+    ]  # fmt: skip
+    catalog_sidecar, orders_sidecar = by_name["catalog-sidecar"], by_name["orders-sidecar"]
+    # The config's endpoints are the sidecars' mTLS inbound listeners; the apps run on internal ports.
+    assert catalog_sidecar.url == "https://127.0.0.1:15102" and orders_sidecar.url == "https://127.0.0.1:15103"
+    assert by_name["catalog"].port == 40001 and by_name["orders"].port == 40003
+    argv = catalog_sidecar.argv
+    assert argv[:6] == ("py", "-m", "facade", "mesh", "sidecar", "--service")
+    assert argv[argv.index("--app") + 1] == "http://127.0.0.1:40001"
+    assert argv[argv.index("--control-plane") + 1] == "http://127.0.0.1:9901"
+    assert "--outbound" not in argv and catalog_sidecar.bootstrap == "catalog"
+    assert catalog_sidecar.health_url == "http://127.0.0.1:40002/healthz"
+    # Orders reaches the catalog through its own sidecar's outbound listener, Host: catalog.
+    outbound = orders_sidecar.argv[orders_sidecar.argv.index("--outbound") + 1]
+    env = dict(by_name["orders"].env)
+    assert env["ORDERS_CATALOG_URL"] == f"http://{outbound}" and env["ORDERS_CATALOG_HOST"] == "catalog"
+    assert not any(n.startswith("mesh:") for n in plan.notes)
+    with pytest.raises(StackError, match="needs internal_ports"):
+        plan_stack(config, config_path=path, state_dir="/s", python="py", admin_token=None, sidecars=True)
+    # Without the sidecar command, https:// services are left out with a note, as before.
+    plan = plan_stack(config, config_path=path, state_dir="/s", python="py", admin_token=None, sidecars=False)
+    assert [s.name for s in plan.specs] == ["monolith", "facade"]
 
 
 def test_this_build_serve_takes_a_state_dir() -> None:
@@ -478,3 +513,51 @@ def test_up_serves_the_shop_through_the_facade_and_stops_cleanly_on_a_signal(tmp
     assert all(gone(pid) for pid in pids.values())
     assert f"facade up: stopping (signal {int(signum)})" in out
     assert "did not stop" not in out  # everything stopped on SIGTERM, nothing needed SIGKILL
+
+
+@pytest.mark.slow
+def test_up_mesh_runs_the_shop_behind_sidecars_with_mtls_and_policy(tmp_path: Path) -> None:
+    facade, admin, monolith, catalog_in, orders_in = free_ports(5)
+    text = Path(default_config_path(mesh=True)).read_text()
+    for old, new in (("8080", facade), ("9901", admin), ("8001", monolith), ("15102", catalog_in),
+                     ("15103", orders_in)):  # fmt: skip
+        text = text.replace(f"127.0.0.1:{old}", f"127.0.0.1:{new}")
+    text = text.replace("migrations: migrations/", f"migrations: {Path(default_config_path()).parent / 'migrations'}")
+    config = tmp_path / "facade-mesh.yaml"
+    config.write_text(text.replace("state_dir: .facade", f"state_dir: {tmp_path / '.facade'}"))
+    with run_up(config, tmp_path / "st") as proc:
+        try:
+            out = read_until(proc, "facade up: ready", timeout=60)
+            assert "facade up: ready" in out, out
+            pids = started_pids(out)
+            assert set(pids) == {"monolith", "catalog", "orders", "facade", "catalog-sidecar", "orders-sidecar"}
+            urls = dict(re.findall(r"^(\S+)\s+(https?://\S+)\s+\d+$", out, re.MULTILINE))
+            assert urls["catalog-sidecar"] == f"https://127.0.0.1:{catalog_in}"
+            token = re.search(r"export FACADE_ADMIN_TOKEN=(\S+)", out)
+            assert token, out
+            auth = {"authorization": f"Bearer {token.group(1)}"}
+            with httpx.Client(trust_env=False, timeout=10) as client:
+                # orders -> its sidecar's outbound -> mTLS -> catalog's sidecar (policy: orders may read products)
+                order = {"user_id": 1, "items": [{"product_id": 1, "quantity": 2}]}
+                r = client.post(urls["orders"] + "/orders", json=order)
+                assert r.status_code == 201, r.text
+                assert r.json()["total"]["amount"] == "39.98"
+                denied = client.get(urls["orders-outbound"] + "/catalog/categories", headers={"host": "catalog"})
+                assert denied.status_code == 403 and "RBAC" in denied.text
+                # The facade -> the catalog's sidecar over mTLS, once the route is moved to the catalog.
+                admin_url = f"http://127.0.0.1:{admin}/migrations/extract-catalog"
+                assert client.post(admin_url + "/start", headers=auth, json={}).status_code == 200
+                for _ in range(8):
+                    status = client.post(admin_url + "/next", headers=auth, json={"force": True, "reason": "test"})
+                    if status.json().get("state") == "completed":
+                        break
+                assert status.json()["state"] == "completed", status.text
+                r = client.get(f"http://127.0.0.1:{facade}/catalog/products/1")
+                assert r.status_code == 200, r.text
+                assert r.headers["x-served-by"] == "catalog" and r.headers["x-facade-backend"] == "catalog"
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=20)
+        finally:
+            proc.kill()
+    assert proc.returncode == 0
+    assert all(gone(pid) for pid in pids.values())
