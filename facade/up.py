@@ -188,14 +188,15 @@ def plan_stack(
         db = os.path.join(state_dir, "data", f"{service.name}.db")
         health_path = service.health_check.path if service.health_check else "/healthz"
         for i, endpoint in enumerate(endpoints):
+            name = service.name if len(endpoints) == 1 else f"{service.name}-{i + 1}"
             parts = urlsplit(endpoint)
-            if service.name in mesh.app_ports and i == 0:
-                parts = urlsplit(f"http://127.0.0.1:{mesh.app_ports[service.name]}")
-            elif parts.scheme != "http" or parts.hostname not in _LOOPBACK or parts.port is None:
+            if service.name in mesh.app_ports:  # behind its sidecar, on an internal port
+                listen = Listen(name, "127.0.0.1", mesh.app_ports[service.name])
+            elif parts.scheme == "http" and parts.hostname in _LOOPBACK and parts.port is not None:
+                listen = Listen(name, parts.hostname, parts.port)
+            else:
                 notes.append(f"{service.name}: {endpoint} is not a loopback http:// endpoint with a port; not started")
                 continue
-            name = service.name if len(endpoints) == 1 else f"{service.name}-{i + 1}"
-            listen = Listen(name, parts.hostname, parts.port)
             argv = (
                 python, "-m", "uvicorn", app,
                 "--host", listen.host, "--port", str(listen.port),
