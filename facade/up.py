@@ -1,16 +1,21 @@
 """``facade up``: the whole demo stack on one laptop, in the foreground.
 
-    facade up                      # the shipped sample shop: monolith, catalog service, facade
+    facade up                      # the shipped sample shop: monolith, catalog and orders services, facade
+    facade up --mesh               # the same with catalog and orders behind mesh sidecars (mTLS, policy)
     facade up -c my.yaml --state-dir /tmp/demo
 
 The stack is a list of ``ChildSpec`` values built by a pure function from the config
 (``plan_stack``): one child per loopback ``http://`` endpoint of a service the sample shop
-knows how to run (``monolith``, ``catalog``), then the facade itself (``facade serve``).
-Ports come from the config, so any config with free ports works. Later pieces (sidecars,
-the CA) join by adding specs; ``Stack`` only knows how to start, probe and stop specs.
+knows how to run (``monolith``, ``catalog``, ``orders``), then the facade itself (``facade
+serve --state-dir <state-dir>/facade``), then, with a ``mesh:`` section, one sidecar per meshed
+service (its config endpoint is the sidecar's inbound listener; the app runs on an internal port).
+Ports come from the config, so any config with free ports works; ``Stack`` only knows how to
+start, probe and stop specs.
 
-Children start in ``stage`` order (backends, then the facade) and each stage must be
-healthy before the next starts, so the facade's first health checks find live backends.
+Children start in ``stage`` order (backends, the facade, sidecars) and each stage must be
+healthy before the next starts, so the facade's first health checks find live backends and
+the sidecars find their control plane. A sidecar's one-use bootstrap token is fetched from the
+facade (``POST /mesh/tokens``) just before it starts (``Stack(prepare=...)``).
 Every child runs in its own process group; stopping sends SIGTERM to each group, waits up
 to ``STOP_GRACE`` seconds, then SIGKILLs what is left, so no process outlives ``facade up``.
 """
