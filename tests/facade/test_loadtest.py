@@ -8,6 +8,7 @@ import argparse
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -241,12 +242,15 @@ def test_quick_rehearsal_through_every_step_loses_no_request(shop: Shop, tmp_pat
     stats = (tmp_path / "out" / "locust_stats.csv").read_text()
     assert "GET /catalog/products/[id] [catalog]" in stats and "GET /catalog/products/[id] [monolith]" in stats
     assert "PHASE" in output and "0 failed" in output
+    # progress on stderr while it ran: phase, elapsed, requests, failures
+    assert re.search(r"\[\s*\d+\.\ds\] step \d/6: .* \| \d+ requests \| 0 failures", output), output
     assert locust_processes(tmp_path / "out") == []
 
 
 @pytest.mark.slow
 def test_rollback_at_a_step_loses_no_request(shop: Shop, tmp_path: Path) -> None:
-    code, output, report = loadtest(shop, tmp_path / "out", "extract-catalog", "--quick", "--rollback-at", "3")
+    plan_file = str(shop.tmp / "migrations" / "001-extract-catalog.yaml")  # a plan file works as well as a name
+    code, output, report = loadtest(shop, tmp_path / "out", plan_file, "--quick", "--rollback-at", "3")
     assert code == 0, output
     assert report["final_state"] == "rolled_back" and report["failures"] == 0
     *_, at_rollback, after = report["steps"]

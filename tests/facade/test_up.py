@@ -29,6 +29,7 @@ from facade.up import (
     Stack,
     StackError,
     default_config_path,
+    fetch_bootstrap_token,
     find_taken_ports,
     install_stop_handlers,
     load_stack_config,
@@ -267,6 +268,12 @@ def test_mesh_config_puts_apps_behind_sidecars_started_last() -> None:
     # Without the sidecar command, https:// services are left out with a note, as before.
     plan = plan_stack(config, config_path=path, state_dir="/s", python="py", admin_token=None, sidecars=False)
     assert [s.name for s in plan.specs] == ["monolith", "facade"]
+
+
+def test_bootstrap_token_failures_are_stack_errors() -> None:
+    (port,) = free_ports(1)  # nothing listens there
+    with pytest.raises(StackError, match="cannot get a bootstrap token for catalog's sidecar"):
+        fetch_bootstrap_token(f"http://127.0.0.1:{port}", "tok", "catalog")
 
 
 def test_this_build_serve_takes_a_state_dir() -> None:
