@@ -388,6 +388,9 @@ class Rehearsal:
 
     def _prepare(self) -> dict[str, Any]:
         status: dict[str, Any] = self.admin.get(f"/migrations/{self.s.name}", journal=0)
+        steps = int(status["steps"])
+        if self.s.rollback_at is not None and not 1 <= self.s.rollback_at <= steps:
+            raise LoadtestError(f"--rollback-at {self.s.rollback_at}: {self.s.name} has steps 1-{steps}", EXIT_INVALID)
         if status["state"] in ("pending", "rolled_back"):
             return status
         if not self.s.reset:
