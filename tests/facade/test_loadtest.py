@@ -325,3 +325,12 @@ def test_cli_parses_every_documented_option() -> None:
     )  # fmt: skip
     assert isinstance(args, argparse.Namespace)
     assert (args.users, args.spawn_rate, args.rollback_at, args.admin) == (3, 2.0, 2, "http://y:2")
+
+
+@pytest.mark.slow
+def test_bad_rollback_step_and_unknown_plan_are_refused_before_any_load(shop: Shop, tmp_path: Path) -> None:
+    code, output, _ = loadtest(shop, tmp_path / "a", "extract-catalog", "--quick", "--rollback-at", "9")
+    assert code == 2 and "--rollback-at 9: extract-catalog has steps 1-6" in output
+    code, output, _ = loadtest(shop, tmp_path / "b", "extract-nothing", "--quick")
+    assert code == 3 and "extract-nothing" in output
+    assert not (tmp_path / "a" / "locust.log").exists() and not (tmp_path / "b" / "locust.log").exists()
