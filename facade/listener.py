@@ -50,6 +50,7 @@ def _plain_response(status_line: bytes, message: str) -> bytes:
 
 
 _RESPONSE_431 = _plain_response(b"HTTP/1.1 431 Request Header Fields Too Large\r\n", "request header fields too large")
+_RESPONSE_400_FRAGMENT = _plain_response(b"HTTP/1.1 400 Bad Request\r\n", "fragment in request target")
 _RESPONSE_408 = _plain_response(b"HTTP/1.1 408 Request Timeout\r\n", "request header timeout")
 
 
@@ -60,7 +61,7 @@ def guarded_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
         _in_body: bool
         _head_bytes: int
         _head_timer: asyncio.TimerHandle | None
-        _too_large: bool = False
+        _refusal: bytes | None = None  # a response decided mid-parse, sent once the parser returns
 
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -77,7 +78,9 @@ def guarded_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
             super().data_received(data)
             if self.transport.is_closing():
                 return
-            if self._too_large or (counted and not self._in_body and self._head_bytes > limits.max_head_bytes):
+            if self._refusal is not None:
+                self._reject(self._refusal, "%s", self._refusal.split(b"\r\n", 1)[0].decode())
+            elif counted and not self._in_body and self._head_bytes > limits.max_head_bytes:
                 self._reject(_RESPONSE_431, "request head over %d bytes", limits.max_head_bytes)
 
         def on_message_begin(self) -> None:
@@ -97,17 +100,25 @@ def guarded_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
             if seen > limits.max_head_bytes:
                 size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
                 if size > limits.max_head_bytes:
-                    self._too_large = True  # answered by data_received once the parser returns
-                    return
+                    self._refusal = _RESPONSE_431  # answered by data_received once the parser returns
+            if self._refusal is not None:
+                return
             super().on_headers_complete()
 
+        def on_url(self, url: bytes) -> None:
+            super().on_url(url)
+            if b"#" in url:
+                # A fragment is never sent by a correct client (RFC 9112 3.2), and the parser would drop
+                # it silently before the proxy could see it: refuse the request instead.
+                self._refusal = _RESPONSE_400_FRAGMENT
+
         def on_body(self, body: bytes) -> None:
-            if not self._too_large:
+            if self._refusal is None:
                 super().on_body(body)
 
         def on_message_complete(self) -> None:
             self._in_body = False
-            if not self._too_large:
+            if self._refusal is None:
                 super().on_message_complete()
 
         def connection_lost(self, exc: Exception | None) -> None:

@@ -51,6 +51,8 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 # "Expect: 100-continue" itself when the proxy starts reading the body.
 _DROP_UPSTREAM = frozenset({"expect"})
 _JSON = [(b"content-type", b"application/json")]
+_BODYLESS = frozenset({204, 304})
+_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 _RETRY_BACKOFF = 0.025  # Envoy's base retry interval
 _STREAM_CHUNK = 64 * 1024
 
@@ -172,10 +174,11 @@ class Proxy:
         host_header: bytes | None = None
         content_length: bytes | None = None
         chunked = False
+        hosts = 0
         for name, value in headers:
             if name == b"host":
-                if host_header is None:
-                    host_header = value
+                hosts += 1
+                host_header = value
             elif name == b"content-length":
                 content_length = value
             elif name == b"transfer-encoding":
@@ -187,7 +190,11 @@ class Proxy:
                 reject_encoded_slash=norm.reject_encoded_slash,
                 semicolons=norm.semicolons,
             )
+            if hosts > 1:
+                raise HostRejected("more than one Host header")  # RFC 9112 3.2: which one would we route on?
             if host_header is None:
+                if scope.get("http_version") != "1.0":
+                    raise HostRejected("HTTP/1.1 request without a Host header")  # RFC 9112 3.2
                 server = scope.get("server")
                 host = normalize_host(server[0]) if server else ""
                 host_header = b""
@@ -281,6 +288,9 @@ class Proxy:
             status = resp.status
             try:
                 out_headers = filter_response_headers(resp.raw_headers)
+                if status in _BODYLESS:
+                    # A 304 may carry the representation's Content-Length (RFC 9110 8.6); no body follows.
+                    out_headers = [(k, v) for k, v in out_headers if k not in _FRAMING]
                 if ticket is not None:
                     primary_headers = list(out_headers)
                 if not route.response_headers.empty:
@@ -389,6 +399,11 @@ class Proxy:
                 outcome, error = Outcome.TIMEOUT, UpstreamTimeout(f"no response from {endpoint.url} within {timeout:.3g}s")
                 if pool_exhausted(pool):
                     error = UpstreamUnavailable(f"connection pool of service {spec.name} exhausted")
+            except aiohttp.ClientResponseError as exc:
+                # The upstream answered something that is not valid HTTP: not a reset, not retried.
+                endpoint.end()
+                pool.report(endpoint, Outcome.GATEWAY_ERROR)
+                raise UpstreamConnectError(f"invalid response from {endpoint.url}: {exc.message}") from None
             except (aiohttp.ClientError, OSError) as exc:
                 if body is not None and body.error is not None:
                     endpoint.end()

@@ -409,6 +409,9 @@ def _new_session(spec: ServiceSpec, ssl_context: ssl.SSLContext | None) -> aioht
         connector=connector,
         request_class=ProxyClientRequest,
         auto_decompress=False,
+        # Envoy accepts 60 KiB of response headers; aiohttp's default refuses fields over 8 KiB.
+        max_line_size=65536,
+        max_field_size=65536,
         cookie_jar=aiohttp.DummyCookieJar(),
         trust_env=False,
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=spec.timeouts.connect),

@@ -847,28 +847,14 @@ async def test_encoded_query_strings_reach_the_backend_byte_identical(tmp_path: 
         pytest.param(
             b"GET /a HTTP/1.1\r\nHost: public.local\r\nHost: admin.local\r\n\r\n",
             id="two-host-headers",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="proxy.py _handle keeps the first Host and ignores the rest; RFC 9112 3.2 (and nginx, "
-                "Envoy) answer 400",
-            ),
         ),
         pytest.param(
             b"GET /a HTTP/1.1\r\n\r\n",
             id="http/1.1-without-host",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="proxy.py _handle falls back to the listen address; RFC 9112 3.2 requires 400 for HTTP/1.1",
-            ),
         ),
         pytest.param(
             b"GET /a#frag HTTP/1.1\r\nHost: x\r\n\r\n",
             id="fragment-in-target",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="uvicorn's URL parser strips the fragment before raw_path, so normalize_path never sees the "
-                "'#' it rejects; the request is forwarded as /a",
-            ),
         ),
         pytest.param(b"GET /a HTTP/1.1\r\nHost: evil@shop.local\r\n\r\n", id="userinfo-in-host"),
         pytest.param(b"GET /a HTTP/1.1\r\nHost: a b\r\n\r\n", id="space-in-host"),
@@ -962,12 +948,6 @@ _GZIP_CHUNKS = gzip.compress(b"streamed and compressed " * 40, mtime=0)
             b"",
             [("etag", '"v1"')],
             id="304-with-content-length",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="a 304 may carry the representation's Content-Length (RFC 9110 8.6); the proxy forwards it "
-                "and uvicorn then expects 120 body bytes, raises 'Response content shorter than Content-Length' "
-                "and drops the client's keep-alive connection",
-            ),
         ),
         pytest.param(
             b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 12000 + b"\r\nContent-Length: 2\r\n\r\nok",
@@ -975,11 +955,6 @@ _GZIP_CHUNKS = gzip.compress(b"streamed and compressed " * 40, mtime=0)
             b"ok",
             [("x-big", "a" * 12000)],
             id="12k-response-header",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="aiohttp's client refuses response header fields over 8190 bytes (max_field_size) and the "
-                "proxy answers 502 'reset the connection'; Envoy allows 60 KiB of response headers",
-            ),
         ),
     ],
 )
