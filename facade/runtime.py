@@ -257,7 +257,15 @@ class FacadeRuntime:
                 return self.last_reload
             current = self.holder.current.config
             if config.sha256 == current.sha256:
-                self.last_reload = ReloadResult(True, self.version, trigger, time.time(), tuple(problems), False)
+                # The config is unchanged, but the files it points at (migration plans) may not be:
+                # features re-read their own sources and may refuse them, changing nothing.
+                found: list[Problem] = list(problems)
+                for ext in self.extensions:
+                    reread = getattr(ext, "reload_sources", None)
+                    if reread is not None:
+                        found.extend(await reread(trigger))
+                ok = not any(p.severity == "error" for p in found)
+                self.last_reload = ReloadResult(ok, self.version, trigger, time.time(), tuple(found), False)
                 return self.last_reload
             # 2. Compile the new table first: if anything fails here nothing was touched yet.
             try:

@@ -264,6 +264,10 @@ class MigrationController:
         logger.info("plan reload (%s): %d plan(s) in force", trigger, len(self.plans))
         return []
 
+    async def reload_sources(self, trigger: str) -> list[Problem]:
+        """Runtime hook: a reload whose config did not change re-reads the plans (SIGHUP, POST /reload)."""
+        return await self.reload_plans(trigger)
+
     def _fingerprint(self) -> tuple[tuple[str, int, int], ...] | None:
         directory = self.runtime.config.migrations_dir
         if not directory:
