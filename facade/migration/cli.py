@@ -143,7 +143,14 @@ def _cmd_action(args: argparse.Namespace) -> int:
     payload = {"force": args.force, "reason": args.reason, "to": getattr(args, "to", None), "actor": _actor()}
     try:
         client = AdminClient.from_args(args)
-        body = client.post(f"/migrations/{quote(args.name, safe='')}/{action}", payload)
+        path = f"/migrations/{quote(args.name, safe='')}"
+        # Optimistic concurrency: act on the state this command saw. If someone else moved the plan
+        # in between (a second `next` at the same moment), the facade refuses with a conflict
+        # instead of advancing twice.
+        seen = client.get(path)
+        if isinstance(seen, dict) and isinstance(seen.get("version"), int):
+            payload["version"] = seen["version"]
+        body = client.post(f"{path}/{action}", payload)
     except AdminError as exc:
         return _fail(exc, args)
     if args.json:

@@ -142,7 +142,8 @@ async def test_actions_exit_codes_and_output(
         common = ["--admin", url, "--token", "secret", "-c", os.devnull]
         assert await run_cli("migrate", "start", "shop", "--reason", "kick-off", *common) == EXIT_OK
         assert "shop: running at 1/4 shadow 50% -> catalog: 0% -> catalog, shadow 50%" in capsys.readouterr().out
-        assert seen[-1] == {"action": "start", "force": False, "reason": "kick-off", "to": None, "actor": "ann"}
+        assert seen[-1] == {"action": "start", "force": False, "reason": "kick-off", "to": None, "actor": "ann",
+                            "version": 0}  # the state the CLI saw: a concurrent move is a conflict
 
         assert await run_cli("migrate", "next", "shop", *common) == EXIT_OK  # step 1 has no gates
         capsys.readouterr()
