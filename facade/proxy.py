@@ -141,29 +141,22 @@ class Proxy:
         self._rand = random.random
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "http":
-            await self._http(scope, receive, send)
-        elif kind == "websocket":
+        if scope["type"] == "http":
+            snap = self._holder.current  # the one read of the routing state for this request
+            if self._active >= snap.config.limits.max_concurrent_requests:
+                await _json_response(send, 503, {"error": "too many concurrent requests"})
+                return
+            self._active += 1
+            try:
+                await self._handle(snap, scope, receive, send)
+            finally:
+                self._active -= 1
+        elif scope["type"] == "websocket":
             from .websocket import proxy_websocket
 
             await proxy_websocket(self._holder.current, scope, receive, send)
-        elif kind == "lifespan":
+        elif scope["type"] == "lifespan":
             await _lifespan(receive, send)
-
-    # -- HTTP ------------------------------------------------------------------------------
-
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        snap = self._holder.current
-        limits = snap.config.limits
-        if self._active >= limits.max_concurrent_requests:
-            await _json_response(send, 503, {"error": "too many concurrent requests"})
-            return
-        self._active += 1
-        try:
-            await self._handle(snap, scope, receive, send)
-        finally:
-            self._active -= 1
 
     async def _handle(self, snap: Snapshot, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -283,7 +276,7 @@ class Proxy:
         response_started = False
         try:
             t0 = time.perf_counter()
-            resp = await self._forward(snap, pool, route, method, target, up_headers, body)
+            resp, first = await self._forward(snap, pool, route, method, target, up_headers, body)
             upstream_s = time.perf_counter() - t0
             status = resp.status
             try:
@@ -302,7 +295,7 @@ class Proxy:
                     out_headers.append((b"x-facade-step", step.encode("latin-1")))
                 await send({"type": "http.response.start", "status": status, "headers": out_headers})
                 response_started = True
-                bytes_out = await _stream_response(resp, receive, send, method, resp_tee, idle_timeout)
+                bytes_out = await _stream_response(resp, first, receive, send, method, resp_tee, idle_timeout)
             finally:
                 resp.release()
         except ProxyError as exc:
@@ -360,8 +353,13 @@ class Proxy:
         target: str,
         headers: list[tuple[str, str]],
         body: RequestBody | None,
-    ) -> aiohttp.ClientResponse:
-        """Send the request, retrying what is safe to retry; return the response (headers read)."""
+    ) -> tuple[aiohttp.ClientResponse, bytes]:
+        """Send the request, retrying what is safe to retry.
+
+        Returns the response (headers read) and the first chunk of its body, read under the same
+        per-try timer: backends often write headers and body separately, and one timer per
+        request is cheaper than two.
+        """
         spec = pool.spec
         retries = route.retries or spec.retries
         request_timeout = route.timeout if route.timeout is not None else spec.timeouts.request
@@ -391,6 +389,12 @@ class Proxy:
                         allow_redirects=False,
                         compress=False,
                     )
+                    content = resp.content
+                    first = content.read_nowait()
+                    if not first and not content.at_eof() and resp.content_type != "text/event-stream":
+                        # (An event stream may stay silent for long: its headers go out now and the
+                        # stream is watched by _stream_response under the idle timeout instead.)
+                        first = await content.readany()
             except aiohttp.ClientConnectorError as exc:
                 outcome, error = Outcome.CONNECT_FAILURE, UpstreamConnectError(f"connect to {endpoint.url}: {exc.os_error}")
                 if pool_exhausted(pool):
@@ -425,7 +429,7 @@ class Proxy:
                     attempt += 1
                     await _backoff(attempt)
                     continue
-                return resp
+                return resp, first
             endpoint.end()
             pool.report(endpoint, outcome)
             body_replayable = body is None or not body.started
@@ -464,6 +468,7 @@ async def _backoff(attempt: int) -> None:
 
 async def _stream_response(
     resp: aiohttp.ClientResponse,
+    first: bytes,
     receive: Receive,
     send: Send,
     method: str,
@@ -472,21 +477,16 @@ async def _stream_response(
 ) -> int:
     """Copy the upstream body to the client as it arrives (SSE flushes per chunk); return bytes sent.
 
-    The common case, a small body already buffered with the headers, goes out in one message with
-    no task or timer. Anything longer is read under watch: a client disconnect stops the upstream
-    read, and an upstream that sends nothing for ``idle_timeout`` aborts the response (Envoy's
-    stream idle timeout) instead of holding the client forever.
+    ``first`` is the body's first chunk (read by ``_forward``). The common case, a small body
+    complete in that chunk, goes out in one message with no task or timer. Anything longer is
+    read under watch: a client disconnect stops the upstream read, and an upstream that sends
+    nothing for ``idle_timeout`` aborts the response (Envoy's stream idle timeout) instead of
+    holding the client forever.
     """
     content = resp.content
     if method == "HEAD":
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return 0
-    first = content.read_nowait()  # what already arrived with the headers; never waits
-    if not first and not content.at_eof():
-        # Backends often write headers and body separately: wait for the first chunk with a timer
-        # only (a watcher task per request would cost more than the whole routing decision).
-        async with asyncio.timeout(idle_timeout):
-            first = await content.readany()
     if tee is not None and first:
         tee.add(first)
     if content.at_eof():
