@@ -278,35 +278,12 @@ def _find_plan(name: str, plans_dir: str | None, routes: set[str], services: set
 
 
 def _plan_context(config_path: str) -> tuple[set[str], set[str], str | None]:
-    """Route names, service names and the migrations folder of a config file."""
-    try:
-        from ..config import load_config
-    except ImportError:
-        return _plan_context_from_yaml(config_path)
+    """Route names, service names and the migrations folder of a config file.
+
+    ``load_config`` already resolves ``migrations`` against the config file's folder.
+    """
+    from ..config import load_config
+
     config = load_config(config_path)
-    base = os.path.dirname(os.path.abspath(config_path))
-    plans_dir = config.migrations_dir
-    if plans_dir is not None and not os.path.isabs(plans_dir):
-        plans_dir = os.path.join(base, plans_dir)
+    plans_dir = os.path.abspath(config.migrations_dir) if config.migrations_dir is not None else None
     return {r.name for r in config.routes}, {s.name for s in config.services}, plans_dir
-
-
-def _plan_context_from_yaml(config_path: str) -> tuple[set[str], set[str], str | None]:
-    # Until the config loader lands: read just the names this command needs, with positions for errors.
-    doc = YamlDocument.read(config_path)
-    root = doc.root
-    routes: set[str] = set()
-    node = root.get("routes")
-    for element in node.elements() if node is not None else []:
-        name = element.get("name")
-        if name is not None and name.is_scalar:
-            routes.add(str(name.value))
-    services_node = root.get("services")
-    services = {key for key, _ in services_node.items()} if services_node is not None else set()
-    migrations = root.get("migrations")
-    plans_dir = None
-    if migrations is not None and migrations.is_scalar and isinstance(migrations.value, str):
-        plans_dir = migrations.value
-        if not os.path.isabs(plans_dir):
-            plans_dir = os.path.join(os.path.dirname(os.path.abspath(config_path)), plans_dir)
-    return routes, services, plans_dir
