@@ -6,8 +6,17 @@ Endpoints (admin listener):
 
     POST /mesh/ca/sign      {"token", "csr"} -> SVID + bundle        (the bootstrap token authorises)
     POST /mesh/ca/renew     {"certificate", "csr", "signature"}       (the current SVID's key authorises)
-    GET  /mesh/config?service=X&version=N&wait=30s                     versioned long-poll
+    GET  /mesh/config?service=X&version=N&wait=30s[&epoch=E]           versioned long-poll
     POST /mesh/tokens       {"service", "ttl"?} -> bootstrap token     (admin bearer token)
+    POST /mesh/report       {"certificate", "report", "signature"}     (the SVID's key signs the report)
+
+Every answer of ``/mesh/config`` carries ``x-mesh-epoch``, random per control-plane start: a
+sidecar polling with another epoch gets the current document at once (versions count from 1
+again after a restart, so a version number alone could hide a new document).
+
+Reports: sidecars send their inbound counters per document (``mesh.reports``); the ``mtls:
+strict`` migration step reads ``plaintext_seen(service, since=step_start)``. A report is
+accepted only from the holder of a valid SVID of this CA, and only about its own service.
 
 Config distribution: on start and after every accepted reload, the documents of every service
 are rebuilt (pure: ``mesh.document.build_document``). When any changed, the version goes up by
@@ -27,6 +36,8 @@ import base64
 import contextlib
 import json
 import logging
+import secrets
+import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -50,16 +61,19 @@ from .ca_http import MAX_SIGN_REQUEST_BYTES, ca_routes
 from .config import MeshSpec
 from .document import SidecarDocument, build_document
 from .edge import EdgeIdentity
+from .reports import InboundReports, ReportError, parse_report
 from .spiffe import SpiffeId
 from .tls import MTLS_MODES, MtlsMode, PeerRejected, verify_peer
 
-__all__ = ["CONFIG_PATH", "MAX_WAIT_S", "RENEW_PATH", "TOKENS_PATH", "MeshFeature"]
+__all__ = ["CONFIG_PATH", "MAX_WAIT_S", "RENEW_PATH", "REPORT_PATH", "TOKENS_PATH", "MeshFeature"]
 
 logger = logging.getLogger("mesh.controlplane")
 
 CONFIG_PATH = "/mesh/config"
 RENEW_PATH = "/mesh/ca/renew"
 TOKENS_PATH = "/mesh/tokens"
+REPORT_PATH = "/mesh/report"
+MAX_PUBLISHED = 4096  # version -> publication time entries kept
 MAX_WAIT_S = 60.0
 DEFAULT_TOKEN_TTL_S = 3600.0
 
@@ -85,6 +99,9 @@ class MeshFeature:
         self.version = 0
         self.documents: dict[str, SidecarDocument] = {}
         self.mode_overrides: dict[str, MtlsMode] = {}
+        self.epoch = secrets.token_hex(8)
+        self.reports = InboundReports(self.epoch)
+        self._published: dict[int, float] = {}  # version -> wall-clock time it was published
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._config: Config | None = None
@@ -229,18 +246,33 @@ class MeshFeature:
         """Override ``service``'s mTLS mode (the ``mtls: strict`` migration step); None removes it.
 
         Returns the document version in force afterwards. Sidecars long-polling pick it up at once.
+        Every call that sets a mode publishes a new version, even when no document changes: an
+        mtls step's window is "documents published since the step started" (``plaintext_seen``).
         """
         if mode is not None and mode not in MTLS_MODES:
             raise ValueError(f"mode must be one of {', '.join(MTLS_MODES)}, got {mode!r}")
+        if mode is None and service not in self.mode_overrides:
+            return self.version
         if mode is None:
             self.mode_overrides.pop(service, None)
         else:
             self.mode_overrides[service] = mode
         if self._config is not None:
-            self._publish(self._config)
+            # A new version even when no document changed (the config already said STRICT): the
+            # step's window is "documents published since the step started", so it needs one.
+            self._publish(self._config, force=True)
         return self.version
 
-    def _publish(self, config: Config) -> None:
+    def plaintext_seen(self, service: str, *, since: float) -> int | None:
+        """Plaintext attempts at ``service``'s sidecars under documents published at or after ``since``.
+
+        ``since`` is a wall-clock time (``time.time()``). None when no sidecar of the service has
+        reported under such a document yet (or one still runs an older one): unknown, not zero.
+        """
+        versions = [v for v, at in self._published.items() if at >= since]
+        return self.reports.plaintext_seen(service, versions, since=since, now=time.time())
+
+    def _publish(self, config: Config, *, force: bool = False) -> None:
         """Rebuild every document; bump the version and wake long-polls when any changed."""
         assert self.ca is not None
         self._config = config
@@ -254,9 +286,12 @@ class MeshFeature:
         same = fresh.keys() == self.documents.keys() and all(
             fresh[name].same_content(self.documents[name]) for name in fresh
         )
-        if same and self.version:
+        if same and self.version and not force:
             return
         self.version += 1
+        self._published[self.version] = time.time()
+        for old in sorted(self._published)[:-MAX_PUBLISHED]:
+            del self._published[old]
         # One assignment: a long-poll never sees half of a new version.
         self.documents = {name: replace(doc, version=self.version) for name, doc in fresh.items()}
         changed, self._changed = self._changed, asyncio.Event()
@@ -300,14 +335,40 @@ class MeshFeature:
                 return _error(400, f"bad version or wait: {exc}")
             if service not in self.documents:
                 return _error(404, f"unknown service {service!r}")
+            if request.query_params.get("epoch", self.epoch) != self.epoch:
+                known = -1  # a document of a previous control-plane run: answer with the current one
             if known == self.version and wait > 0:
                 await self._wait_for_change(request, wait)
             doc = self.documents.get(service)
             if doc is None:
                 return _error(404, f"service {service!r} is no longer configured")
+            headers = {"x-mesh-version": str(doc.version), "x-mesh-epoch": self.epoch}
             if doc.version == known:
-                return Response(status_code=304, headers={"x-mesh-version": str(doc.version)})
-            return JSONResponse(doc.to_json(), headers={"x-mesh-version": str(doc.version)})
+                return Response(status_code=304, headers=headers)
+            return JSONResponse(doc.to_json(), headers=headers)
+
+        async def report(request: Request) -> Response:
+            if self.ca is None or self._config is None:
+                return _error(404, "no mesh: section in the config")
+            body = await _read_json(request)
+            if isinstance(body, Response):
+                return body
+            text = body.get("report")
+            if not isinstance(text, str):
+                return _error(400, 'body must be {"certificate": PEM, "report": JSON text, "signature": base64}')
+            holder = self._verify_holder(body, text.encode())
+            if isinstance(holder, Response):
+                return holder
+            try:
+                parsed = parse_report(json.loads(text))
+            except (ValueError, ReportError) as exc:
+                return _error(400, f"bad report: {exc}")
+            doc = self.documents.get(parsed.service)
+            if doc is None or doc.identity != holder:
+                # A sidecar speaks for its own service only: the signature proves which one it is.
+                return _error(403, f"{holder} may not report for service {parsed.service!r}")
+            self.reports.record(parsed, now=time.time())
+            return Response(status_code=204)
 
         async def tokens(request: Request) -> Response:
             denied = require_token(self.runtime, request)
@@ -335,6 +396,7 @@ class MeshFeature:
             Route(RENEW_PATH, renew, methods=["POST"]),
             Route(CONFIG_PATH, config, methods=["GET"]),
             Route(TOKENS_PATH, tokens, methods=["POST"]),
+            Route(REPORT_PATH, report, methods=["POST"]),
         ]
 
     async def _wait_for_change(self, request: Request, wait: float) -> None:
@@ -357,9 +419,37 @@ class MeshFeature:
     def _renew(self, body: dict[str, Any]) -> Response:
         """Sign a new CSR for the holder of a valid SVID: the signature over the CSR proves the old key."""
         assert self.ca is not None and self._config is not None
-        cert_pem, csr_pem, signature = body.get("certificate"), body.get("csr"), body.get("signature")
-        if not all(isinstance(v, str) for v in (cert_pem, csr_pem, signature)):
+        csr_pem = body.get("csr")
+        if not isinstance(csr_pem, str):
             return _error(400, 'body must be {"certificate": PEM, "csr": PEM, "signature": base64}')
+        spiffe_id = self._verify_holder(body, csr_pem.encode())
+        if isinstance(spiffe_id, Response):
+            return spiffe_id
+        try:
+            new_pem = self.ca.sign_csr(
+                csr_pem.encode(),
+                spiffe_id=spiffe_id,
+                ttl=timedelta(seconds=self._config.mesh.ca.svid_ttl),
+            )
+        except CsrRejected as exc:
+            return _error(422, str(exc))
+        leaf = x509.load_pem_x509_certificate(new_pem)
+        return JSONResponse(
+            {
+                "spiffe_id": str(spiffe_id),
+                "certificate": new_pem.decode("ascii"),
+                "bundle": self.ca.trust_bundle_pem.decode("ascii"),
+                "expires": leaf.not_valid_after_utc.isoformat(),
+            }
+        )
+
+    def _verify_holder(self, body: dict[str, Any], signed: bytes) -> SpiffeId | Response:
+        """The SPIFFE ID of ``body["certificate"]`` when it is a valid SVID of this CA and
+        ``body["signature"]`` is its key's signature over ``signed``; else the error response."""
+        assert self.ca is not None
+        cert_pem, signature = body.get("certificate"), body.get("signature")
+        if not all(isinstance(v, str) for v in (cert_pem, signature)):
+            return _error(400, 'body needs "certificate" (PEM) and "signature" (base64)')
         try:
             cert = x509.load_pem_x509_certificate(cert_pem.encode())  # type: ignore[union-attr]
             sig = base64.b64decode(signature, validate=True)  # type: ignore[arg-type]
@@ -381,28 +471,12 @@ class MeshFeature:
             spiffe_id = verify_peer(cert.public_bytes(Encoding.DER), trust_domain=self.ca.trust_domain)
             key = cert.public_key()
             assert isinstance(key, ec.EllipticCurvePublicKey)
-            key.verify(sig, csr_pem.encode(), ec.ECDSA(hashes.SHA256()))  # type: ignore[union-attr]
+            key.verify(sig, signed, ec.ECDSA(hashes.SHA256()))
         except PeerRejected as exc:
             return _error(401, exc.reason)
         except (InvalidSignature, AssertionError):
-            return _error(401, "signature over the CSR does not verify with the certificate's key")
-        try:
-            new_pem = self.ca.sign_csr(
-                csr_pem.encode(),  # type: ignore[union-attr]
-                spiffe_id=spiffe_id,
-                ttl=timedelta(seconds=self._config.mesh.ca.svid_ttl),
-            )
-        except CsrRejected as exc:
-            return _error(422, str(exc))
-        leaf = x509.load_pem_x509_certificate(new_pem)
-        return JSONResponse(
-            {
-                "spiffe_id": str(spiffe_id),
-                "certificate": new_pem.decode("ascii"),
-                "bundle": self.ca.trust_bundle_pem.decode("ascii"),
-                "expires": leaf.not_valid_after_utc.isoformat(),
-            }
-        )
+            return _error(401, "signature does not verify with the certificate's key")
+        return spiffe_id
 
 
 async def _disconnected(request: Request) -> None:

@@ -3,8 +3,10 @@
 Per accepted connection, in order:
 
 1. Decide TLS or plaintext by the mode in force *now* (a mode change applies to new connections):
-   STRICT -> TLS; DISABLE -> plaintext; PERMISSIVE -> peek at the first bytes without consuming
-   them (``recv(MSG_PEEK)``) and choose TLS when they are a TLS record (``looks_like_tls``).
+   DISABLE -> plaintext; PERMISSIVE and STRICT -> peek at the first bytes without consuming
+   them (``recv(MSG_PEEK)``): a TLS record (``looks_like_tls``) gets TLS; anything else is
+   plaintext under PERMISSIVE and refused under STRICT (closed, counted as ``plaintext_refused``:
+   the ``mtls: strict`` migration step's gate counts these attempts).
 2. Hand the socket to the event loop with the current server context (``connect_accepted_socket``);
    OpenSSL checks the client's chain against the bundle (STRICT and the TLS branch of PERMISSIVE
    require a client certificate).
@@ -53,12 +55,20 @@ class Peer:
 
 @dataclass(slots=True)
 class InboundCounters:
-    """Connections by outcome; ``on_connection(kind)`` hears each one too (for metrics)."""
+    """Connections by outcome, and requests by transport; ``on_connection(kind)`` hears each connection too.
+
+    ``plaintext_refused``: plaintext connections closed because the mode was STRICT.
+    ``plaintext_requests`` / ``tls_requests``: HTTP requests read on plaintext / mTLS connections
+    (a plaintext keep-alive connection accepted before a switch to STRICT still counts here).
+    """
 
     tls: int = 0
     plaintext: int = 0
     handshake_failed: int = 0
     peer_rejected: int = 0
+    plaintext_refused: int = 0
+    plaintext_requests: int = 0
+    tls_requests: int = 0
     on_connection: Callable[[str], None] | None = None
 
     def count(self, kind: str) -> None:
@@ -72,6 +82,9 @@ class InboundCounters:
             "plaintext": self.plaintext,
             "handshake_failed": self.handshake_failed,
             "peer_rejected": self.peer_rejected,
+            "plaintext_refused": self.plaintext_refused,
+            "plaintext_requests": self.plaintext_requests,
+            "tls_requests": self.tls_requests,
         }
 
 
@@ -101,7 +114,10 @@ def _mesh_protocol(limits: HeadLimits, trust_domain: Callable[[], str], counters
         def on_message_begin(self) -> None:
             super().on_message_begin()
             if self._mesh_peer is not None:
+                counters.tls_requests += 1
                 self.scope["extensions"] = {PEER_EXTENSION: self._mesh_peer}
+            else:
+                counters.plaintext_requests += 1
 
     return MeshHttpProtocol
 
@@ -182,13 +198,19 @@ class InboundListener:
         try:
             mode = self._mode()
             use_tls = mode == "STRICT"
-            if mode == "PERMISSIVE":
+            if mode in ("PERMISSIVE", "STRICT"):
                 first = await _peek(conn, self._handshake_timeout)
                 if not first:
                     conn.close()
                     return
                 # One byte 0x16 is already no HTTP method; two bytes decide like Envoy's tls_inspector.
                 use_tls = looks_like_tls(first) or first == b"\x16"
+                if not use_tls and mode == "STRICT":
+                    # Refused before any byte is read: counted apart from failed handshakes, because
+                    # "someone still talks plaintext to this service" is what an mtls step waits on.
+                    self.counters.count("plaintext_refused")
+                    conn.close()
+                    return
             ctx = self._server_context() if use_tls else None
             await loop.connect_accepted_socket(
                 self._protocol, conn, ssl=ctx, ssl_handshake_timeout=self._handshake_timeout if ctx else None

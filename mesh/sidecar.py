@@ -17,7 +17,8 @@ Start-up, in order:
    service per peer, routed by ``Host``, originating mTLS that checks the peer's SPIFFE ID).
 4. Serve inbound (``mesh.listener``: TLS/plaintext per mode, peer verified), outbound (plain HTTP
    on loopback for the app) and admin (``/healthz``, ``/metrics``, ``/config``).
-5. Watch the control plane (long-poll); rotate the SVID at ~50 % of its lifetime.
+5. Watch the control plane (long-poll); rotate the SVID at ~50 % of its lifetime; report the
+   inbound counters (below).
 
 Config updates apply atomically: the outbound pools are brought in line first (the only await),
 then the document, the gate state and both snapshots are swapped in one synchronous step. When
@@ -27,6 +28,13 @@ the control plane is unreachable the sidecar keeps serving its last good documen
 Rotation: a new key and CSR, authorised by a signature with the current key (``POST
 /mesh/ca/renew``); the new contexts are built completely, then swapped. Connections open at the
 swap finish on the old certificate (still valid for the other half of its lifetime).
+
+Reports (for the ``mtls: strict`` migration step): every ``report_interval`` and right after a
+new document applies, ``POST /mesh/report`` sends the inbound counters (plaintext requests, mTLS
+requests, plaintext connections refused under STRICT) split by the document they were counted
+under (control-plane epoch + version), signed with the SVID's key like a renewal. Counts are
+cumulative per document, so a lost or repeated report is harmless; only the last
+``MAX_SEGMENTS`` documents are kept.
 """
 
 from __future__ import annotations
@@ -34,9 +42,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import logging
+import secrets
 import socket
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -81,6 +92,10 @@ logger = logging.getLogger("mesh.sidecar")
 DEFAULT_POLL_WAIT = 30.0
 DEFAULT_RETRY_INTERVAL = 1.0
 DEFAULT_BOOTSTRAP_TIMEOUT = 30.0
+DEFAULT_REPORT_INTERVAL = 5.0
+MAX_SEGMENTS = 8  # documents whose counts a report still carries
+REPORT_PATH = "/mesh/report"
+_REPORTED = ("plaintext_requests", "tls_requests", "plaintext_refused")
 
 
 class ControlPlaneError(Exception):
@@ -103,6 +118,7 @@ class SidecarOptions:
     poll_wait: float = DEFAULT_POLL_WAIT
     retry_interval: float = DEFAULT_RETRY_INTERVAL
     bootstrap_timeout: float = DEFAULT_BOOTSTRAP_TIMEOUT
+    report_interval: float = DEFAULT_REPORT_INTERVAL
 
     def __post_init__(self) -> None:
         if (self.inbound is None) != (self.app is None):
@@ -114,6 +130,7 @@ class ControlPlaneClient:
 
     def __init__(self, base_url: str, *, poll_wait: float) -> None:
         self._client = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=httpx.Timeout(poll_wait + 10.0))
+        self.epoch = ""  # the control plane's x-mesh-epoch of the last document received
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -121,10 +138,16 @@ class ControlPlaneClient:
     async def document(self, service: str, *, version: int, wait: float) -> SidecarDocument | None:
         """The document when its version differs from ``version``; None when unchanged after ``wait``."""
         params = {"service": service, "version": str(version), "wait": f"{wait:g}s"}
+        if self.epoch:
+            # A restarted control plane counts versions from 1 again: a different epoch means
+            # "send the document now", whatever its version number.
+            params["epoch"] = self.epoch
         resp = await self._call("GET", "/mesh/config", params=params)
         if resp.status_code == 304:
             return None
-        return SidecarDocument.from_json(resp.json())
+        doc = SidecarDocument.from_json(resp.json())
+        self.epoch = resp.headers.get("x-mesh-epoch", "")
+        return doc
 
     async def sign(self, token: str, csr_pem: bytes) -> dict[str, Any]:
         return (await self._call("POST", "/mesh/ca/sign", json={"token": token, "csr": csr_pem.decode()})).json()  # type: ignore[no-any-return]
@@ -137,6 +160,17 @@ class ControlPlaneClient:
             "signature": base64.b64encode(signature).decode(),
         }
         return (await self._call("POST", "/mesh/ca/renew", json=body)).json()  # type: ignore[no-any-return]
+
+    async def report(self, current: WorkloadIdentity, report: dict[str, Any]) -> None:
+        """Send inbound counters, signed with the current SVID's key (the control plane checks both)."""
+        text = json.dumps(report, sort_keys=True, separators=(",", ":")).encode()
+        signature = current.key.sign(text, ec.ECDSA(hashes.SHA256()))
+        body = {
+            "certificate": current.cert_pem.decode(),
+            "report": text.decode(),
+            "signature": base64.b64encode(signature).decode(),
+        }
+        await self._call("POST", REPORT_PATH, json=body)
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
@@ -181,6 +215,10 @@ class Sidecar:
         self._out_upstreams: Upstreams | None = None
         self._servers: list[tuple[uvicorn.Server, socket.socket]] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self.instance = secrets.token_hex(8)  # tells this process's counters from a restarted one's
+        self._segments: deque[_Segment] = deque(maxlen=MAX_SEGMENTS)
+        self._report_now = asyncio.Event()
+        self.reports_sent = 0
 
     def __repr__(self) -> str:
         version = self.doc.version if self.doc else None
@@ -253,6 +291,9 @@ class Sidecar:
             self.admin_url = _url(sock)
         self._tasks.append(asyncio.create_task(self._watch()))
         self._tasks.append(asyncio.create_task(self._rotate_forever()))
+        if self._inbound is not None:
+            self._open_segment(doc)
+            self._tasks.append(asyncio.create_task(self._report_forever()))
         logger.info(
             "sidecar %s (%s) up: inbound %s (%s), outbound %s, admin %s",
             self.service,
@@ -403,6 +444,9 @@ class Sidecar:
             self._in_holder.current = in_snapshot
         self.last_good_at = time.time()
         self.metrics.config_version.set(doc.version)
+        if self._inbound is not None:
+            self._open_segment(doc)
+            self._report_now.set()
         logger.info(
             "sidecar %s: config v%d applied (mode %s, %d policies)",
             self.service,
@@ -442,6 +486,43 @@ class Sidecar:
         self.control_plane_reachable = reachable
         self.last_error = error
         self.metrics.control_plane_up.set(1 if reachable else 0)
+
+    # -- reports -------------------------------------------------------------------------------
+
+    def _counts(self) -> dict[str, int]:
+        assert self._inbound is not None
+        counters = self._inbound.counters
+        return {name: int(getattr(counters, name)) for name in _REPORTED}
+
+    def _open_segment(self, doc: SidecarDocument) -> None:
+        """From now on, inbound counts belong to ``doc`` (called in the same step that installs it)."""
+        self._segments.append(_Segment(self.cp.epoch, doc.version, doc.mode, self._counts()))
+
+    def report_body(self) -> dict[str, Any]:
+        """Counts per document since it was installed (cumulative: a repeated report changes nothing)."""
+        now = self._counts()
+        segments = list(self._segments)
+        out = []
+        for index, segment in enumerate(segments):
+            end = segments[index + 1].base if index + 1 < len(segments) else now
+            counts = {name: end[name] - segment.base[name] for name in _REPORTED}
+            out.append({"epoch": segment.epoch, "version": segment.version, "mode": segment.mode, **counts})
+        return {"service": self.service, "instance": self.instance, "segments": out}
+
+    async def _report_forever(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.options.report_interval):
+                    await self._report_now.wait()
+            self._report_now.clear()
+            assert self.identity is not None
+            try:
+                await self.cp.report(self.identity, self.report_body())
+                self.reports_sent += 1
+            except ControlPlaneError as exc:
+                # The watch loop says whether the control plane is reachable; a report is retried
+                # with the next one (counts are cumulative, nothing is lost by skipping one).
+                logger.debug("sidecar %s: report not delivered: %s", self.service, exc)
 
     # -- rotation ------------------------------------------------------------------------------
 
@@ -517,6 +598,16 @@ class Sidecar:
         return Starlette(
             routes=[HttpRoute("/healthz", healthz), HttpRoute("/metrics", metrics), HttpRoute("/config", config)]
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Segment:
+    """The inbound counters' values when a document was installed."""
+
+    epoch: str
+    version: int
+    mode: str
+    base: dict[str, int]
 
 
 class _OutboundRecorder:

@@ -11,7 +11,12 @@ It connects the pure core to the running process:
 - every transition is: evaluate gates, ``engine.apply``, one ``store.commit`` (with the telemetry
   summary of the step being left), a new telemetry window, then the swap;
 - auto mode runs one background task per plan that calls ``engine.auto_tick`` every ``interval``;
-- a config reload re-reads the plans and refuses one that rewrites steps already applied.
+- a config reload re-reads the plans and refuses one that rewrites steps already applied;
+- ``mtls`` steps: whenever the state in force changes (and at start, from the durable state), the
+  services ``strict_services`` names are put in STRICT through the mesh feature
+  (``set_mode(service, "STRICT")``) and the ones no longer named get their configured mode back
+  (``set_mode(service, None)``); the ``plaintext_requests`` gate reads
+  ``mesh.plaintext_seen(service, since=step_started_at)``.
 
 The admin API over this lives in ``facade.migration.api``.
 """
@@ -42,6 +47,7 @@ from .engine import (
     check_plan_edit,
     effective_split,
     migration_status,
+    strict_services,
 )
 from .gates import GateReport, GateResult, GateStatus, evaluate_gates
 from .plan import Plan, load_plans
@@ -162,6 +168,7 @@ class MigrationController:
         self._auto: dict[str, asyncio.Task[None]] = {}
         self._pending: _Loaded | None = None  # what check_config accepted, for config_changed to install
         self._watcher: asyncio.Task[None] | None = None
+        self._strict: frozenset[str] = frozenset()  # services this controller holds in STRICT mTLS
 
     def __repr__(self) -> str:
         return f"MigrationController(plans={sorted(self.plans)}, store={self.store!r})"
@@ -187,6 +194,7 @@ class MigrationController:
                     if split is not None:
                         self.runtime.telemetry.begin_step(route, step_label(split))
             self.runtime.swap(splits=self._splits())
+            self._sync_mtls()  # after a restart: the step's STRICT mode comes back from the durable state
             self._sync_auto()
         if self.runtime.watch_interval:
             self._watcher = asyncio.create_task(self._watch_plans(self._fingerprint()), name="migration-plans-watch")
@@ -243,6 +251,7 @@ class MigrationController:
                         self.runtime.telemetry.begin_step(route, label)
             # The runtime's own swap (with the new config) follows this hook and takes these splits.
             self.runtime.splits = self._splits()
+            self._sync_mtls()
             self._sync_auto()
 
     async def reload_plans(self, trigger: str = "api") -> list[Problem]:
@@ -303,7 +312,8 @@ class MigrationController:
         for route in plan.routes:
             diffs = telemetry.diff_counts(route)
             old, new = telemetry.side_stats(route, plan.from_service), telemetry.side_stats(route, plan.to_service)
-            report = evaluate_gates(step.gates, old, new, diffs)
+            plaintext = self._plaintext_seen(step.mtls_service, state) if step.kind == "mtls" else None
+            report = evaluate_gates(step.gates, old, new, diffs, plaintext=plaintext)
             if step.kind == "shadow" and step.gates.min_requests:
                 report = shadow_min_requests(report, step.gates.min_requests, diffs.compared)
             reports.append((route, report))
@@ -385,6 +395,49 @@ class MigrationController:
                 self.runtime.telemetry.begin_step(route, label)
         self.states[plan.name] = after
         self.runtime.swap(splits=self._splits())
+        entered: frozenset[str] = frozenset()
+        on_mtls = after.phase in _ACTIVE and after.step < len(plan.steps) and plan.steps[after.step].kind == "mtls"
+        if on_mtls and (before.step != after.step or before.phase not in _ACTIVE):
+            entered = frozenset({plan.steps[after.step].mtls_service})
+        self._sync_mtls(entered)
+
+    # -- mtls steps --------------------------------------------------------------------------------
+
+    def _mesh(self) -> Any:
+        """The mesh control-plane feature of the runtime, or None (found by what it offers)."""
+        for extension in self.runtime.extensions:
+            if hasattr(extension, "set_mode") and hasattr(extension, "plaintext_seen"):
+                return extension
+        return None
+
+    def _sync_mtls(self, entered: frozenset[str] = frozenset()) -> None:
+        """Hold in STRICT exactly the services the plans' states call for; release the others.
+
+        ``entered``: services whose mtls step was just (re-)entered; they get a fresh document
+        version even when already STRICT, so the step's window starts now.
+        """
+        wanted = frozenset().union(*(strict_services(plan, self._state(name)) for name, plan in self.plans.items()))
+        if wanted == self._strict and not entered:
+            return
+        mesh = self._mesh()
+        if mesh is None:
+            # Plan validation refuses mtls steps without a mesh section; nothing to switch here.
+            logger.error("mtls steps want %s in STRICT but the facade runs no mesh", ", ".join(sorted(wanted)))
+            return
+        for service in sorted((wanted - self._strict) | (entered & wanted)):
+            version = mesh.set_mode(service, "STRICT")
+            logger.info("mtls: %s sidecars STRICT (mesh config v%d)", service, version)
+        for service in sorted(self._strict - wanted):
+            version = mesh.set_mode(service, None)
+            logger.info("mtls: %s sidecars back to their configured mode (mesh config v%d)", service, version)
+        self._strict = wanted
+
+    def _plaintext_seen(self, service: str, state: MigrationState) -> int | None:
+        mesh = self._mesh()
+        if mesh is None or state.step_started_at is None:
+            return None
+        seen: int | None = mesh.plaintext_seen(service, since=state.step_started_at)
+        return seen
 
     # -- auto mode ---------------------------------------------------------------------------------
 
@@ -457,6 +510,7 @@ class MigrationController:
                 config.migrations_dir,
                 routes=[r.name for r in config.routes],
                 services=[s.name for s in config.services],
+                mesh=getattr(config, "mesh", None) is not None,
             )
         if any(p.severity == "error" for p in problems):
             raise ConfigError(problems)

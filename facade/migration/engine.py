@@ -49,6 +49,7 @@ __all__ = [
     "effective_split",
     "frame_hash",
     "migration_status",
+    "strict_services",
 ]
 
 ActionName = Literal["start", "next", "pause", "resume", "rollback", "abort", "promote", "auto", "manual"]
@@ -434,9 +435,9 @@ def effective_split(plan: Plan, state: MigrationState) -> dict[str, Split | None
 
 
 def _step_split(plan: Plan, index: int) -> Split | None:
-    # A pause step keeps the routing of the step before it.
+    # A pause or mtls step keeps the routing of the step before it.
     routing = index
-    while routing >= 0 and plan.steps[routing].kind == "pause":
+    while routing >= 0 and plan.steps[routing].kind in ("pause", "mtls"):
         routing -= 1
     if routing < 0:
         return None
@@ -448,6 +449,22 @@ def _step_split(plan: Plan, index: int) -> Split | None:
     if step.kind == "canary":
         return Split(old, new, canary=step.canary, step_label=label)
     return Split(old, new, weight_bps=step.weight * (BUCKETS // 100), sticky=plan.sticky, step_label=label)
+
+
+def strict_services(plan: Plan, state: MigrationState) -> frozenset[str]:
+    """Services whose sidecars this plan holds in STRICT mTLS now (``mtls`` steps).
+
+    From entering an ``mtls`` step on, while running or paused on it or any later step, and once
+    completed (completing keeps STRICT); leaving it backwards (rollback before it, rolled_back,
+    aborted, pending) releases it, and the service goes back to its configured mode.
+    """
+    if state.phase is Phase.COMPLETED:
+        reached = len(plan.steps)
+    elif state.phase in _ACTIVE:
+        reached = min(state.step, len(plan.steps) - 1) + 1
+    else:
+        return frozenset()
+    return frozenset(s.mtls_service for s in plan.steps[:reached] if s.kind == "mtls")
 
 
 def check_plan_edit(state: MigrationState, old_step_hashes: tuple[str, ...], new_plan: Plan) -> Problem | None:

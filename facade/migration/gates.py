@@ -8,7 +8,10 @@ never a failure, only *inconclusive* (Flagger waits for data instead of rolling 
   shadow comparisons), when the measured value is missing, or when a relative check has no
   baseline on the old side;
 - the report is FAIL if any gate fails, else INCONCLUSIVE if any is inconclusive, else PASS;
-  a step without gates passes.
+  a step without gates passes;
+- ``plaintext_requests`` (an ``mtls`` step) reads the count of plaintext attempts the service's
+  sidecars reported since the step started: ``None`` (no sidecar has reported on the step's
+  config yet) is inconclusive; ``min_requests`` does not apply to it (zero is the point).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from enum import Enum
 from typing import Any
 
 from ..stats import DiffCounts, SideStats
-from .plan import Gate, Gates
+from .plan import MTLS_GATE, Gate, Gates
 
 __all__ = ["GateReport", "GateResult", "GateStatus", "evaluate_gates"]
 
@@ -86,13 +89,22 @@ class GateReport:
 PASSING = GateReport(GateStatus.PASS)
 
 
-def evaluate_gates(gates: Gates, old: SideStats, new: SideStats, diffs: DiffCounts) -> GateReport:
-    """Evaluate every gate of a step over one window of statistics."""
+def evaluate_gates(
+    gates: Gates, old: SideStats, new: SideStats, diffs: DiffCounts, *, plaintext: int | None = None
+) -> GateReport:
+    """Evaluate every gate of a step over one window of statistics.
+
+    ``plaintext`` is the number of plaintext attempts at the step's service since the step
+    started (``mtls`` steps), None when unknown.
+    """
     results: list[GateResult] = []
     if gates.min_requests:
         results.append(_min_requests(gates.min_requests, new))
     for gate in gates.checks:
-        results.append(_evaluate(gate, gates.min_requests, old, new, diffs))
+        if gate.metric == MTLS_GATE:
+            results.append(_plaintext(gate, plaintext))
+        else:
+            results.append(_evaluate(gate, gates.min_requests, old, new, diffs))
     return GateReport(_overall(results), tuple(results))
 
 
@@ -135,6 +147,8 @@ def _verdict(gate: Gate, value: float, shown: str, old: float | None, new: float
 
 
 def _limit(gate: Gate) -> str:
+    if gate.metric == MTLS_GATE:
+        return f"{gate.limit:g}"
     if gate.check in ("max", "max_delta"):
         return f"{gate.limit:g}%"
     if gate.check == "max_ms":
@@ -172,3 +186,9 @@ def _diff_rate(gate: Gate, minimum: int, diffs: DiffCounts) -> GateResult:
         return _inconclusive(gate, f"only {diffs.compared} of {max(minimum, 1)} shadow comparisons")
     rate = (diffs.diff_rate or 0.0) * 100.0
     return _verdict(gate, rate, f"{rate:.3g}% ({diffs.differing}/{diffs.compared} differ)", None, rate)
+
+
+def _plaintext(gate: Gate, seen: int | None) -> GateResult:
+    if seen is None:
+        return _inconclusive(gate, "no sidecar of the service has reported on the step's mTLS config yet")
+    return _verdict(gate, float(seen), f"{seen} plaintext attempts", None, float(seen))

@@ -16,6 +16,9 @@ A plan moves one or more routes from a ``from`` service to a ``to`` service in o
       - weight: 5
       - pause: approve before full cutover
       - weight: 100
+      - mtls: strict                 # the carved service's sidecars refuse plaintext from here on
+        hold: 10m
+        gates: {plaintext_requests: {max: 0}}     # the default gate of an mtls step
 
 Validation collects every problem as ``file:line:col: field.path: message``; a plan with an
 error is never returned.  Rates and percentages are kept in percent (0-100) as written.
@@ -47,9 +50,11 @@ from ..yamlfile import (
 )
 
 __all__ = [
+    "COUNT_METRICS",
     "DEFAULT_INTERVAL",
     "DEFAULT_THRESHOLD",
     "GATE_METRICS",
+    "MTLS_GATE",
     "Gate",
     "Gates",
     "Plan",
@@ -62,7 +67,7 @@ __all__ = [
 DEFAULT_THRESHOLD = 5  # Flagger's usual analysis.threshold
 DEFAULT_INTERVAL = 60.0  # Flagger's usual analysis.interval (1m)
 
-StepKind = Literal["shadow", "canary", "weight", "pause"]
+StepKind = Literal["shadow", "canary", "weight", "pause", "mtls"]
 GateCheck = Literal["max", "max_delta", "max_ms", "max_ratio"]
 
 # metric -> the checks it supports. Rates in percent, latencies in ms, ratios new/old.
@@ -72,8 +77,11 @@ GATE_METRICS: dict[str, tuple[GateCheck, ...]] = {
     "latency_p95": ("max_ms", "max_ratio"),
     "latency_p99": ("max_ms", "max_ratio"),
     "diff_rate": ("max",),
+    "plaintext_requests": ("max",),  # a count (mtls steps only): plaintext attempts at the sidecars
 }
-_STEP_KINDS: tuple[StepKind, ...] = ("shadow", "canary", "weight", "pause")
+COUNT_METRICS = frozenset({"plaintext_requests"})  # limits are counts, not percentages
+MTLS_GATE = "plaintext_requests"
+_STEP_KINDS: tuple[StepKind, ...] = ("shadow", "canary", "weight", "pause", "mtls")
 _NAME_RE = re.compile(r"^[a-z0-9-]+$")
 
 
@@ -94,6 +102,8 @@ class Gate:
         return f"{self.metric}.{self.check}"
 
     def describe(self) -> str:
+        if self.metric in COUNT_METRICS:
+            return f"{self.metric} <= {self.limit:g}"
         if self.check == "max":
             return f"{self.metric} <= {self.limit:g}%"
         if self.check == "max_delta":
@@ -129,13 +139,18 @@ class Gates:
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """One step; exactly one of shadow / canary / weight / pause (``kind``)."""
+    """One step; exactly one of shadow / canary / weight / pause / mtls (``kind``).
+
+    An ``mtls`` step keeps the routing of the step before it and puts ``mtls_service``'s sidecars
+    in STRICT mode (PeerAuthentication PERMISSIVE -> STRICT) while the plan is on it or past it.
+    """
 
     kind: StepKind
     weight: int = 0  # weight steps: percent of traffic to ``to``
     shadow_percent: float = 0.0  # shadow steps
     canary: CanarySpec | None = None  # canary steps
     pause_reason: str = ""  # pause steps
+    mtls_service: str = ""  # mtls steps: the service whose sidecars go STRICT
     hold: float = 0.0  # seconds; minimum time on the step
     gates: Gates = field(default_factory=Gates)
     rollback: bool = False  # explicitly allowed to move traffic back towards ``from``
@@ -150,6 +165,8 @@ class Step:
         if self.kind == "canary":
             assert self.canary is not None
             return f"canary {self.canary}"
+        if self.kind == "mtls":
+            return f"mtls strict ({self.mtls_service})"
         return f"pause ({self.pause_reason})" if self.pause_reason else "pause"
 
     def to_json(self) -> dict[str, Any]:
@@ -161,6 +178,9 @@ class Step:
         elif self.kind == "canary":
             assert self.canary is not None
             out["canary"] = {"kind": self.canary.kind, "name": self.canary.name, "value": self.canary.value}
+        elif self.kind == "mtls":
+            out["mtls"] = "strict"
+            out["service"] = self.mtls_service
         else:
             out["reason"] = self.pause_reason
         out["hold"] = self.hold
@@ -217,14 +237,16 @@ def _sha256_json(value: Any) -> str:
 # -- parsing ---------------------------------------------------------------------------------
 
 _PLAN_FIELDS = ("name", "route", "routes", "from", "to", "sticky", "threshold", "interval", "steps")
-_STEP_FIELDS = (*_STEP_KINDS, "hold", "gates", "rollback")
+_STEP_FIELDS = (*_STEP_KINDS, "service", "hold", "gates", "rollback")
 
 
 def parse_plan(
-    doc: YamlDocument, *, routes: Collection[str], services: Collection[str]
+    doc: YamlDocument, *, routes: Collection[str], services: Collection[str], mesh: bool | None = None
 ) -> tuple[Plan | None, list[Problem]]:
     """Validate one plan document against the config's route and service names.
 
+    ``mesh`` says whether the config has a ``mesh:`` section (an ``mtls`` step needs one);
+    None leaves that unchecked (a caller that does not know the config).
     Returns the plan (None when there is any error) and every problem found, warnings included.
     """
     problems = Problems(doc.file)
@@ -245,7 +267,7 @@ def parse_plan(
     sticky = _read_sticky(fields.get("sticky"), problems)
     threshold = read_int(fields.get("threshold"), problems, default=DEFAULT_THRESHOLD, min=1)
     interval = read_duration(fields.get("interval"), problems, default=DEFAULT_INTERVAL, min=0.001)
-    steps = _read_steps(fields.get("steps"), problems)
+    steps = _read_steps(fields.get("steps"), problems, _StepContext(services, to_service, mesh))
 
     if problems.errors or name is None or from_service is None or to_service is None or steps is None:
         return None, problems.sorted()
@@ -324,7 +346,16 @@ def _read_sticky(node: Node | None, problems: Problems) -> StickySpec | None:
     return StickySpec("cookie", name) if kind == "cookie" else StickySpec("header", name.lower())
 
 
-def _read_steps(node: Node | None, problems: Problems) -> list[Step] | None:
+@dataclass(frozen=True, slots=True)
+class _StepContext:
+    """What a step is validated against besides itself."""
+
+    services: Collection[str]
+    to_service: str | None
+    mesh: bool | None
+
+
+def _read_steps(node: Node | None, problems: Problems, context: _StepContext) -> list[Step] | None:
     if node is None:
         return None
     if not node.is_list:
@@ -337,7 +368,7 @@ def _read_steps(node: Node | None, problems: Problems) -> list[Step] | None:
     steps: list[Step] = []
     share = 0.0  # the candidate's share of traffic after the previous step
     for element in elements:
-        step = _read_step(element, problems)
+        step = _read_step(element, problems, context)
         if step is None:
             continue
         new_share = _share(step, share)
@@ -361,12 +392,12 @@ def _share(step: Step, previous: float) -> float:
     # The percentage of ordinary traffic the candidate serves on this step (a canary is opt-in only).
     if step.kind == "weight":
         return float(step.weight)
-    if step.kind == "pause":
+    if step.kind in ("pause", "mtls"):
         return previous
     return 0.0
 
 
-def _read_step(node: Node, problems: Problems) -> Step | None:
+def _read_step(node: Node, problems: Problems, context: _StepContext) -> Step | None:
     fields = node.fields(problems, _STEP_FIELDS)
     if not node.is_mapping:
         return None
@@ -377,8 +408,10 @@ def _read_step(node: Node, problems: Problems) -> Step | None:
         return None
     kind = kinds[0]
     value = fields[kind]
+    if kind != "mtls" and "service" in fields:
+        problems.error(fields["service"], "only an 'mtls' step names a service")
     hold = read_duration(fields.get("hold"), problems, default=0.0, min=0.0)
-    gates = _read_gates(fields.get("gates"), problems)
+    gates = _read_gates(fields.get("gates"), problems, mtls=kind == "mtls")
     rollback = read_bool(fields.get("rollback"), problems, default=False)
     common: dict[str, Any] = {"hold": hold, "gates": gates, "rollback": rollback, "line": node.line, "col": node.col}
     if kind == "weight":
@@ -390,8 +423,30 @@ def _read_step(node: Node, problems: Problems) -> Step | None:
     if kind == "canary":
         canary = _read_canary(value, problems)
         return None if canary is None else Step("canary", canary=canary, **common)
+    if kind == "mtls":
+        service = _read_mtls(value, fields.get("service"), problems, context)
+        if service is None:
+            return None
+        if gates.empty:  # the step's point: nobody is still talking plaintext to the service
+            common["gates"] = Gates((Gate(MTLS_GATE, "max", 0.0),))
+        return Step("mtls", mtls_service=service, **common)
     reason = read_str(value, problems, default="") if not value.is_null else ""
     return Step("pause", pause_reason=reason, **common)
+
+
+def _read_mtls(value: Node, service_node: Node | None, problems: Problems, context: _StepContext) -> str | None:
+    mode = read_str(value, problems)
+    if mode is None:
+        return None
+    if mode != "strict":
+        problems.error(value, f"must be 'strict' (PERMISSIVE -> STRICT is the migration step), got {mode!r}")
+        return None
+    if context.mesh is False:
+        problems.error(value, "an mtls step needs a 'mesh:' section in the facade config (sidecars to switch)")
+        return None
+    if service_node is None:
+        return context.to_service  # None when 'to' is itself invalid (already reported)
+    return _read_service(service_node, problems, context.services)
 
 
 def _read_canary(node: Node, problems: Problems) -> CanarySpec | None:
@@ -417,10 +472,13 @@ def _read_canary(node: Node, problems: Problems) -> CanarySpec | None:
     return CanarySpec("cookie", name, value)
 
 
-def _read_gates(node: Node | None, problems: Problems) -> Gates:
+def _read_gates(node: Node | None, problems: Problems, *, mtls: bool = False) -> Gates:
     if node is None or node.is_null:
         return Gates()
     fields = node.fields(problems, (*GATE_METRICS, "min_requests"))
+    if not mtls and MTLS_GATE in fields:
+        problems.error(fields[MTLS_GATE], f"{MTLS_GATE} is measured on an 'mtls' step only")
+        del fields[MTLS_GATE]
     min_requests = read_int(fields.get("min_requests"), problems, default=0, min=0)
     checks: list[Gate] = []
     for metric, allowed in GATE_METRICS.items():
@@ -431,13 +489,16 @@ def _read_gates(node: Node | None, problems: Problems) -> Gates:
         if spec.is_mapping and not spec.items():
             problems.error(spec, f"needs one of {', '.join(allowed)}")
         for check, limit_node in spec_fields.items():
-            limit = _read_limit(check, limit_node, problems)
+            limit = _read_limit(metric, check, limit_node, problems)
             if limit is not None:
                 checks.append(Gate(metric, check, limit))  # type: ignore[arg-type]
     return Gates(tuple(checks), min_requests)
 
 
-def _read_limit(check: str, node: Node, problems: Problems) -> float | None:
+def _read_limit(metric: str, check: str, node: Node, problems: Problems) -> float | None:
+    if metric in COUNT_METRICS:
+        count = read_int(node, problems, min=0)
+        return None if count is None else float(count)
     if check in ("max", "max_delta"):
         return read_percent(node, problems)
     if check == "max_ms":
@@ -452,7 +513,7 @@ def _read_limit(check: str, node: Node, problems: Problems) -> float | None:
 
 
 def load_plans(
-    directory: str, *, routes: Collection[str], services: Collection[str]
+    directory: str, *, routes: Collection[str], services: Collection[str], mesh: bool | None = None
 ) -> tuple[dict[str, Plan], list[Problem]]:
     """Every ``*.yaml`` / ``*.yml`` plan in ``directory`` (sorted by file name), and all problems.
 
@@ -475,7 +536,7 @@ def load_plans(
         except ConfigError as exc:
             problems.extend(exc.problems)
             continue
-        plan, found = parse_plan(doc, routes=routes, services=services)
+        plan, found = parse_plan(doc, routes=routes, services=services, mesh=mesh)
         problems.extend(found)
         if plan is None:
             continue
@@ -539,6 +600,9 @@ def _routing(plan: Plan, step: Step, previous: float) -> str:
         return f"requests with {step.canary} -> {new}; all other traffic -> {old}"
     if step.kind == "pause":
         return f"waits for a human 'next' or 'resume'; routing stays as before ({previous:g} % -> {new})"
+    if step.kind == "mtls":
+        return (f"{step.mtls_service}'s sidecars refuse plaintext (STRICT mTLS); routing stays as before "
+                f"({previous:g} % -> {new})")
     sticky = f" (sticky by {plan.sticky})" if plan.sticky else " (per request)"
     return f"{step.weight} % of {routes} -> {new}{sticky}, {100 - step.weight} % -> {old}"
 

@@ -124,11 +124,11 @@ def test_step_needs_exactly_one_kind() -> None:
     text = GOOD.replace("  - weight: 25\n", "  - weight: 25\n    pause: both\n")
     found = errors(text)
     assert found == [
-        "plan.yaml:16:5: steps[3]: needs exactly one of shadow, canary, weight, pause (found: weight, pause)"
+        "plan.yaml:16:5: steps[3]: needs exactly one of shadow, canary, weight, pause, mtls (found: weight, pause)"
     ]
     none = GOOD.replace("  - weight: 25\n", "  - hold: 1m\n")
     assert errors(none) == [
-        "plan.yaml:16:5: steps[3]: needs exactly one of shadow, canary, weight, pause (found: none)"
+        "plan.yaml:16:5: steps[3]: needs exactly one of shadow, canary, weight, pause, mtls (found: none)"
     ]
 
 
@@ -220,3 +220,72 @@ def test_load_plans_one_plan_per_route(tmp_path: Path) -> None:
         (f"{tmp_path}/002-b.yaml:2:9: routes: route 'catalog' is already migrated by plan 'extract-catalog' "
         f"({tmp_path}/001-a.yaml); one plan per route")
     ]
+
+
+# -- mtls steps ---------------------------------------------------------------------------------
+
+MTLS = """\
+name: mesh-it
+route: catalog
+from: monolith
+to: catalog
+steps:
+  - weight: 100
+  - mtls: strict
+    hold: 10m
+  - mtls: strict
+    service: orders
+    gates: {plaintext_requests: {max: 3}, error_rate: {max: 1%}}
+"""
+
+
+def parse_mesh(text: str, mesh: bool | None = True) -> tuple[Plan | None, list[Problem]]:
+    return parse_plan(YamlDocument.load(text, "plan.yaml"), routes=ROUTES, services=SERVICES, mesh=mesh)
+
+
+def mesh_errors(text: str, mesh: bool | None = True) -> list[str]:
+    plan, problems = parse_mesh(text, mesh)
+    found = [str(p) for p in problems if p.severity == "error"]
+    assert plan is None if found else plan is not None
+    return found
+
+
+def test_mtls_step_defaults_service_to_the_plans_to_and_gate_to_zero_plaintext() -> None:
+    plan, problems = parse_mesh(MTLS)
+    assert problems == [] and plan is not None
+    first, second = plan.steps[1], plan.steps[2]
+    assert (first.kind, first.mtls_service, first.hold) == ("mtls", "catalog", 600.0)
+    assert first.gates.checks == (Gate("plaintext_requests", "max", 0.0),)
+    assert second.mtls_service == "orders"
+    assert second.gates.checks == (Gate("error_rate", "max", 1.0), Gate("plaintext_requests", "max", 3.0))
+    rendered = render_plan(plan)
+    assert ("step 2 mtls strict (catalog): catalog's sidecars refuse plaintext (STRICT mTLS); routing stays as "
+            "before (100 % -> catalog)") in rendered
+    assert "gates: plaintext_requests <= 0" in rendered
+    assert plan.steps[1].to_json()["service"] == "catalog"
+
+
+def test_mtls_step_errors_with_positions() -> None:
+    assert mesh_errors(MTLS.replace("  - mtls: strict\n    hold", "  - mtls: permissive\n    hold")) == [
+        ("plan.yaml:7:11: steps[1].mtls: must be 'strict' (PERMISSIVE -> STRICT is the migration step), "
+         "got 'permissive'")
+    ]
+    assert mesh_errors(MTLS.replace("service: orders", "service: ordres")) == [
+        "plan.yaml:10:14: steps[2].service: unknown service 'ordres'; did you mean 'orders'?"
+    ]
+    assert mesh_errors(MTLS.replace("  - weight: 100\n", "  - weight: 100\n    service: orders\n")) == [
+        "plan.yaml:7:14: steps[0].service: only an 'mtls' step names a service"
+    ]
+    assert mesh_errors(MTLS.replace("{max: 3}", "{max: -1}")) == [
+        "plan.yaml:11:39: steps[2].gates.plaintext_requests.max: must be at least 0, got -1"
+    ]
+    text = MTLS.replace("  - weight: 100\n", "  - weight: 100\n    gates: {plaintext_requests: {max: 0}}\n")
+    assert mesh_errors(text) == [
+        "plan.yaml:7:33: steps[0].gates.plaintext_requests: plaintext_requests is measured on an 'mtls' step only"
+    ]
+
+
+def test_mtls_step_needs_a_mesh_section() -> None:
+    why = "an mtls step needs a 'mesh:' section in the facade config (sidecars to switch)"
+    assert mesh_errors(MTLS, mesh=False) == [f"plan.yaml:7:11: steps[1].mtls: {why}", f"plan.yaml:9:11: steps[2].mtls: {why}"]
+    assert mesh_errors(MTLS, mesh=None) == []  # a caller that does not know the config does not check
