@@ -589,15 +589,18 @@ def default_config_path(*, mesh: bool = False) -> str:
 def register(sub: Any) -> None:
     p = sub.add_parser("up", help="run the demo stack (sample shop + facade) in the foreground; Ctrl-C stops it")
     p.add_argument(
-        "-c", "--config", default=None, help="config file (default: the shipped sample_monolith/facade.yaml)"
+        "-c", "--config", default=None, help="config file (default: the shipped demo config, see --mesh)"
     )
     p.add_argument(
         "--state-dir", default=DEFAULT_STATE_DIR, help=f"logs and databases (default: ./{DEFAULT_STATE_DIR})"
     )
     p.add_argument(
         "--mesh",
-        action="store_true",
-        help="the shipped demo behind mesh sidecars (sample_monolith/facade-mesh.yaml; mTLS + policy)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with the shipped config: the shop's carved services behind mTLS sidecars, with the CA and "
+        "policy (sample_monolith/facade-mesh.yaml; the default); --no-mesh: plain HTTP "
+        "(sample_monolith/facade.yaml)",
     )
     p.add_argument("--no-wait", action="store_true", help="do not wait for health checks before printing the table")
     p.set_defaults(func=cmd_up)
