@@ -12,6 +12,10 @@ It connects the pure core to the running process:
   summary of the step being left), a new telemetry window, then the swap;
 - auto mode runs one background task per plan that calls ``engine.auto_tick`` every ``interval``;
 - a config reload re-reads the plans and refuses one that rewrites steps already applied;
+- mirroring steps (``shadow``, ``weight`` with ``mirror``): whenever the state in force or the plans
+  change, each route's comparison options are set on the shadow sender
+  (``runtime.shadow.configure_route(route, ShadowOptions | None)``); ``unsafe_methods`` rides on
+  the split (``Split.shadow_unsafe``);
 - ``mtls`` steps: whenever the state in force changes (and at start, from the durable state), the
   services ``strict_services`` names are put in STRICT through the mesh feature
   (``set_mode(service, "STRICT")``) and the ones no longer named get their configured mode back
@@ -47,6 +51,7 @@ from .engine import (
     check_plan_edit,
     effective_split,
     migration_status,
+    mirroring_step,
     strict_services,
 )
 from .gates import GateReport, GateResult, GateStatus, evaluate_gates
@@ -194,6 +199,7 @@ class MigrationController:
                     if split is not None:
                         self.runtime.telemetry.begin_step(route, step_label(split))
             self.runtime.swap(splits=self._splits())
+            self._sync_shadow()
             self._sync_mtls()  # after a restart: the step's STRICT mode comes back from the durable state
             self._sync_auto()
         if self.runtime.watch_interval:
@@ -251,6 +257,7 @@ class MigrationController:
                         self.runtime.telemetry.begin_step(route, label)
             # The runtime's own swap (with the new config) follows this hook and takes these splits.
             self.runtime.splits = self._splits()
+            self._sync_shadow(old_plans)
             self._sync_mtls()
             self._sync_auto()
 
@@ -394,12 +401,44 @@ class MigrationController:
             if label != step_label(old[route]) or before.step != after.step:
                 self.runtime.telemetry.begin_step(route, label)
         self.states[plan.name] = after
+        self._sync_shadow()  # comparison options first: the first mirrored copy of the step uses them
         self.runtime.swap(splits=self._splits())
         entered: frozenset[str] = frozenset()
         on_mtls = after.phase in _ACTIVE and after.step < len(plan.steps) and plan.steps[after.step].kind == "mtls"
         if on_mtls and (before.step != after.step or before.phase not in _ACTIVE):
             entered = frozenset({plan.steps[after.step].mtls_service})
         self._sync_mtls(entered)
+
+    # -- shadow options ----------------------------------------------------------------------------
+
+    def _sync_shadow(self, previous: Mapping[str, Plan] | None = None) -> None:
+        """Each migrated route compares mirrored answers as its mirroring step says (else the defaults)."""
+        sender = getattr(self.runtime, "shadow", None)
+        if sender is None:
+            return
+        from ..shadow import ShadowOptions
+
+        # Routes of plans that a reload removed go back to the sender's defaults (first: a route may
+        # have moved to another plan).
+        for name, plan in (previous or {}).items():
+            if name not in self.plans:
+                for route in plan.routes:
+                    sender.configure_route(route, None)
+        for name, plan in self.plans.items():
+            step = mirroring_step(plan, self._state(name))
+            options = None
+            if step is not None and step.shadow is not None and not step.shadow.compares_by_default:
+                base = sender.options
+                settings = step.shadow
+                # Validated when the plan was read, so parsing cannot fail here.
+                options = ShadowOptions.of(
+                    ignore=(*base.ignore.texts, *settings.ignore),  # the facade's rules plus the plan's
+                    compare_headers=settings.compare_headers if settings.compare_headers is not None
+                    else base.compare_headers,
+                    learn_noise=settings.learn_noise if settings.learn_noise is not None else base.learn_noise,
+                )
+            for route in plan.routes:
+                sender.configure_route(route, options)
 
     # -- mtls steps --------------------------------------------------------------------------------
 

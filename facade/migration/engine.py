@@ -34,7 +34,7 @@ from typing import Any, Literal
 from ..errors import Problem
 from ..split import BUCKETS, Split
 from .gates import GateReport, GateStatus
-from .plan import Plan
+from .plan import Plan, Step
 
 __all__ = [
     "ACTIONS",
@@ -49,6 +49,7 @@ __all__ = [
     "effective_split",
     "frame_hash",
     "migration_status",
+    "mirroring_step",
     "strict_services",
 ]
 
@@ -444,11 +445,30 @@ def _step_split(plan: Plan, index: int) -> Split | None:
     step = plan.steps[routing]
     label = f"{plan.name} step {index + 1}: {plan.steps[index].summary()}"
     old, new = plan.from_service, plan.to_service
+    unsafe = step.shadow is not None and step.shadow.unsafe_methods
     if step.kind == "shadow":
-        return Split(old, new, shadow_percent=step.shadow_percent, step_label=label)
+        return Split(old, new, shadow_percent=step.shadow_percent, step_label=label, shadow_unsafe=unsafe)
     if step.kind == "canary":
         return Split(old, new, canary=step.canary, step_label=label)
-    return Split(old, new, weight_bps=step.weight * (BUCKETS // 100), sticky=plan.sticky, step_label=label)
+    return Split(old, new, weight_bps=step.weight * (BUCKETS // 100), sticky=plan.sticky, step_label=label,
+                 shadow_percent=step.mirror_percent, shadow_unsafe=unsafe)
+
+
+def mirroring_step(plan: Plan, state: MigrationState) -> Step | None:
+    """The step whose mirroring is in force now (a shadow step, or a weight step with ``mirror``), or None.
+
+    A pause or mtls step keeps the routing, and so the mirroring, of the step before it.
+    """
+    if state.phase not in _ACTIVE or not plan.steps:
+        return None
+    routing = min(state.step, len(plan.steps) - 1)
+    while routing >= 0 and plan.steps[routing].kind in ("pause", "mtls"):
+        routing -= 1
+    if routing < 0:
+        return None
+    step = plan.steps[routing]
+    mirrors = step.kind == "shadow" or (step.kind == "weight" and step.mirror_percent > 0)
+    return step if mirrors else None
 
 
 def strict_services(plan: Plan, state: MigrationState) -> frozenset[str]:

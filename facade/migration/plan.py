@@ -8,12 +8,14 @@ A plan moves one or more routes from a ``from`` service to a ``to`` service in o
     from: monolith
     to: catalog
     sticky: {cookie: session_id}
+    shadow: {ignore: ["$.generated_at"], learn_noise: true}   # defaults of every step that mirrors
     steps:
-      - shadow: {percent: 100}
+      - shadow: {percent: 100, ignore: ["$.items[*].etag"], compare_headers: [content-type]}
         hold: 2m
         gates: {diff_rate: {max: 0.5%}, min_requests: 200}
       - canary: {header: {x-canary: "1"}}
       - weight: 5
+        mirror: 100                  # the 95 % still served by ``from`` are mirrored to ``to`` too
       - pause: approve before full cutover
       - weight: 100
       - mtls: strict                 # the carved service's sidecars refuse plaintext from here on
@@ -34,6 +36,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..diff import IgnoreRules
 from ..errors import ConfigError, Problem
 from ..split import CanarySpec, StickySpec
 from ..yamlfile import (
@@ -58,6 +61,7 @@ __all__ = [
     "Gate",
     "Gates",
     "Plan",
+    "ShadowSettings",
     "Step",
     "load_plans",
     "parse_plan",
@@ -138,6 +142,50 @@ class Gates:
 
 
 @dataclass(frozen=True, slots=True)
+class ShadowSettings:
+    """How a mirroring step's copies are sent and compared (plan ``shadow:`` block + the step's own keys).
+
+    ``unsafe_methods`` changes what reaches the candidate (POST/PUT/PATCH/DELETE are replayed);
+    the others only change how answers are compared. ``compare_headers`` / ``learn_noise`` None:
+    the facade's ``shadow:`` defaults.
+    """
+
+    unsafe_methods: bool = False
+    ignore: tuple[str, ...] = ()
+    compare_headers: tuple[str, ...] | None = None
+    learn_noise: bool | None = None
+
+    @property
+    def compares_by_default(self) -> bool:
+        return not self.ignore and self.compare_headers is None and self.learn_noise is None
+
+    @property
+    def is_default(self) -> bool:
+        return not self.unsafe_methods and self.compares_by_default
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "unsafe_methods": self.unsafe_methods,
+            "ignore": list(self.ignore),
+            "compare_headers": list(self.compare_headers) if self.compare_headers is not None else None,
+            "learn_noise": self.learn_noise,
+        }
+
+    def describe(self) -> str:
+        parts = ["unsafe methods mirrored" if self.unsafe_methods else "safe methods only"]
+        if self.ignore:
+            parts.append("ignore " + ", ".join(self.ignore))
+        if self.compare_headers is not None:
+            parts.append("compare headers " + (", ".join(self.compare_headers) or "none"))
+        if self.learn_noise is not None:
+            parts.append("noise learning " + ("on" if self.learn_noise else "off"))
+        return "; ".join(parts)
+
+
+_COMPARISON_KEYS = ("ignore", "compare_headers", "learn_noise")
+
+
+@dataclass(frozen=True, slots=True)
 class Step:
     """One step; exactly one of shadow / canary / weight / pause / mtls (``kind``).
 
@@ -151,6 +199,8 @@ class Step:
     canary: CanarySpec | None = None  # canary steps
     pause_reason: str = ""  # pause steps
     mtls_service: str = ""  # mtls steps: the service whose sidecars go STRICT
+    mirror_percent: float = 0.0  # weight steps: share of the requests ``from`` serves also mirrored to ``to``
+    shadow: ShadowSettings | None = None  # steps that mirror (shadow, weight with mirror): how
     hold: float = 0.0  # seconds; minimum time on the step
     gates: Gates = field(default_factory=Gates)
     rollback: bool = False  # explicitly allowed to move traffic back towards ``from``
@@ -159,7 +209,7 @@ class Step:
 
     def summary(self) -> str:
         if self.kind == "weight":
-            return f"weight {self.weight}"
+            return f"weight {self.weight}" + (f" + mirror {self.mirror_percent:g}%" if self.mirror_percent else "")
         if self.kind == "shadow":
             return f"shadow {self.shadow_percent:g}%"
         if self.kind == "canary":
@@ -173,6 +223,8 @@ class Step:
         out: dict[str, Any] = {"kind": self.kind}
         if self.kind == "weight":
             out["weight"] = self.weight
+            if self.mirror_percent:
+                out["mirror"] = self.mirror_percent
         elif self.kind == "shadow":
             out["percent"] = self.shadow_percent
         elif self.kind == "canary":
@@ -186,11 +238,21 @@ class Step:
         out["hold"] = self.hold
         out["gates"] = self.gates.to_json()
         out["rollback"] = self.rollback
+        # Only present when set: the hashes of plans written before these keys existed stay the same.
+        if self.shadow is not None and not self.shadow.is_default:
+            out["shadow"] = self.shadow.to_json()
         return out
 
     @property
     def hash(self) -> str:
-        return _sha256_json(self.to_json())
+        """What may not change once the step was applied: everything but how answers are compared
+        (ignore rules, compared headers and noise learning may be tuned on a running shadow step)."""
+        data = self.to_json()
+        if "shadow" in data:
+            data["shadow"] = {k: v for k, v in data["shadow"].items() if k not in _COMPARISON_KEYS}
+            if not data["shadow"]["unsafe_methods"]:
+                del data["shadow"]
+        return _sha256_json(data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,8 +298,9 @@ def _sha256_json(value: Any) -> str:
 
 # -- parsing ---------------------------------------------------------------------------------
 
-_PLAN_FIELDS = ("name", "route", "routes", "from", "to", "sticky", "threshold", "interval", "steps")
-_STEP_FIELDS = (*_STEP_KINDS, "service", "hold", "gates", "rollback")
+_PLAN_FIELDS = ("name", "route", "routes", "from", "to", "sticky", "threshold", "interval", "shadow", "steps")
+_STEP_FIELDS = (*_STEP_KINDS, "service", "mirror", "hold", "gates", "rollback")
+_SHADOW_OPTION_FIELDS = ("unsafe_methods", "ignore", "compare_headers", "learn_noise")
 
 
 def parse_plan(
@@ -267,7 +330,8 @@ def parse_plan(
     sticky = _read_sticky(fields.get("sticky"), problems)
     threshold = read_int(fields.get("threshold"), problems, default=DEFAULT_THRESHOLD, min=1)
     interval = read_duration(fields.get("interval"), problems, default=DEFAULT_INTERVAL, min=0.001)
-    steps = _read_steps(fields.get("steps"), problems, _StepContext(services, to_service, mesh))
+    shadow_defaults = _read_shadow_options(fields.get("shadow"), problems)
+    steps = _read_steps(fields.get("steps"), problems, _StepContext(services, to_service, mesh, shadow_defaults))
 
     if problems.errors or name is None or from_service is None or to_service is None or steps is None:
         return None, problems.sorted()
@@ -353,6 +417,7 @@ class _StepContext:
     services: Collection[str]
     to_service: str | None
     mesh: bool | None
+    shadow: dict[str, Any]  # the plan's ``shadow:`` block: keys given -> values
 
 
 def _read_steps(node: Node | None, problems: Problems, context: _StepContext) -> list[Step] | None:
@@ -410,16 +475,28 @@ def _read_step(node: Node, problems: Problems, context: _StepContext) -> Step | 
     value = fields[kind]
     if kind != "mtls" and "service" in fields:
         problems.error(fields["service"], "only an 'mtls' step names a service")
+    if kind != "weight" and "mirror" in fields:
+        problems.error(fields["mirror"], "only a 'weight' step mirrors (a shadow step has its own percent)")
     hold = read_duration(fields.get("hold"), problems, default=0.0, min=0.0)
     gates = _read_gates(fields.get("gates"), problems, mtls=kind == "mtls")
     rollback = read_bool(fields.get("rollback"), problems, default=False)
     common: dict[str, Any] = {"hold": hold, "gates": gates, "rollback": rollback, "line": node.line, "col": node.col}
     if kind == "weight":
         weight = read_int(value, problems, min=0, max=100)
-        return None if weight is None else Step("weight", weight=weight, **common)
+        mirror = read_percent(fields.get("mirror"), problems, default=0.0)
+        if weight is None or mirror is None:
+            return None
+        if mirror and weight == 100:
+            problems.warn(fields["mirror"], "weight 100 leaves no request on 'from' to mirror")
+        settings = _shadow_settings(context.shadow, {}) if mirror else None
+        return Step("weight", weight=weight, mirror_percent=mirror, shadow=settings, **common)
     if kind == "shadow":
-        percent = read_percent(value.fields(problems, ("percent",), required=("percent",)).get("percent"), problems)
-        return None if percent is None else Step("shadow", shadow_percent=percent, **common)
+        shadow_fields = value.fields(problems, ("percent", *_SHADOW_OPTION_FIELDS), required=("percent",))
+        percent = read_percent(shadow_fields.get("percent"), problems)
+        own = _read_shadow_options(value, problems, fields=shadow_fields)
+        if percent is None:
+            return None
+        return Step("shadow", shadow_percent=percent, shadow=_shadow_settings(context.shadow, own), **common)
     if kind == "canary":
         canary = _read_canary(value, problems)
         return None if canary is None else Step("canary", canary=canary, **common)
@@ -432,6 +509,49 @@ def _read_step(node: Node, problems: Problems, context: _StepContext) -> Step | 
         return Step("mtls", mtls_service=service, **common)
     reason = read_str(value, problems, default="") if not value.is_null else ""
     return Step("pause", pause_reason=reason, **common)
+
+
+def _read_shadow_options(
+    node: Node | None, problems: Problems, *, fields: dict[str, Node] | None = None
+) -> dict[str, Any]:
+    """The shadow option keys given in ``node`` (a plan's ``shadow:`` block or a shadow step's mapping)."""
+    if node is None or node.is_null:
+        return {}
+    if fields is None:
+        fields = node.fields(problems, _SHADOW_OPTION_FIELDS)
+    given: dict[str, Any] = {}
+    for key in ("unsafe_methods", "learn_noise"):
+        flag = read_bool(fields.get(key), problems)
+        if flag is not None:
+            given[key] = flag
+    ignore_node = fields.get("ignore")
+    if ignore_node is not None:
+        if not ignore_node.is_list:
+            problems.error(ignore_node, f"must be a list of rules like \"$.generated_at\", got {ignore_node.kind}")
+        else:
+            rules = []
+            for element in ignore_node.elements():
+                rule = read_str(element, problems)
+                if rule is None:
+                    continue
+                try:
+                    IgnoreRules.parse([rule])
+                except ValueError as exc:  # the diff engine's own message, at the rule's position
+                    problems.error(element, str(exc))
+                    continue
+                rules.append(rule)
+            given["ignore"] = tuple(rules)
+    headers_node = fields.get("compare_headers")
+    if headers_node is not None:
+        headers = read_str_list(headers_node, problems, default=None, allow_scalar=False)
+        if headers is not None:
+            given["compare_headers"] = tuple(h.lower() for h in headers)
+    return given
+
+
+def _shadow_settings(defaults: dict[str, Any], own: dict[str, Any]) -> ShadowSettings:
+    # A step's own key replaces the plan's default for that key (ignore lists are not merged).
+    return ShadowSettings(**(defaults | own))
 
 
 def _read_mtls(value: Node, service_node: Node | None, problems: Problems, context: _StepContext) -> str | None:
@@ -583,6 +703,8 @@ def render_plan(plan: Plan) -> str:
             details.append(f"gates: {step.gates.describe()}")
         if step.rollback:
             details.append("rollback step")
+        if step.shadow is not None and not step.shadow.is_default:
+            details.append(f"shadow: {step.shadow.describe()}")
         if details:
             lines.append("    " + "; ".join(details))
         share = _share(step, share)
@@ -604,7 +726,8 @@ def _routing(plan: Plan, step: Step, previous: float) -> str:
         return (f"{step.mtls_service}'s sidecars refuse plaintext (STRICT mTLS); routing stays as before "
                 f"({previous:g} % -> {new})")
     sticky = f" (sticky by {plan.sticky})" if plan.sticky else " (per request)"
-    return f"{step.weight} % of {routes} -> {new}{sticky}, {100 - step.weight} % -> {old}"
+    mirror = f"; {step.mirror_percent:g} % of those mirrored to {new}" if step.mirror_percent else ""
+    return f"{step.weight} % of {routes} -> {new}{sticky}, {100 - step.weight} % -> {old}{mirror}"
 
 
 def _duration(seconds: float) -> str:

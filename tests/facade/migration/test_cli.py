@@ -59,7 +59,9 @@ def test_plan_dry_run_offline(project: Path, capsys: pytest.CaptureFixture[str])
     out = capsys.readouterr().out
     assert code == EXIT_OK
     assert out.startswith("plan extract-catalog: catalog from monolith to catalog")
-    assert "step 3 weight 5: 5 % of catalog -> catalog (sticky by cookie session_id), 95 % -> monolith" in out
+    assert ("step 3 weight 5 + mirror 25%: 5 % of catalog -> catalog (sticky by cookie session_id), 95 % -> monolith; "
+            "25 % of those mirrored to catalog") in out
+    assert "shadow: safe methods only; ignore $.generated_at" in out  # the plan's shadow: block, on mirroring steps
     assert out.rstrip().endswith("completed: 100 % -> catalog")
 
 

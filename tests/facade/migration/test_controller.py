@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -512,3 +513,64 @@ def test_shadow_min_requests_counts_comparisons() -> None:
     assert (counted.results[0].name, counted.results[0].status, counted.results[0].value) == ("min_requests", GateStatus.PASS, 12.0)
     few = shadow_min_requests(evaluate_gates(gates, SideStats(), SideStats(), DiffCounts(3, 0)), 10, 3)
     assert few.status is GateStatus.INCONCLUSIVE and "3 of 10 shadow comparisons" in few.results[0].message
+
+
+async def test_plan_shadow_options_reach_the_sender_and_decide_what_counts_as_a_diff(tmp_path: Path) -> None:
+    # The echo backends differ in $.name and in the echoed request $.headers (the copy's marker and Host).
+    plan = """\
+        name: shop
+        route: catalog
+        from: monolith
+        to: catalog
+        shadow: {ignore: ["$.headers"], learn_noise: false}
+        steps:
+          - shadow: {percent: 100, ignore: ["$.headers", "$.name"], unsafe_methods: true}
+          - shadow: {percent: 100}
+          - weight: 50
+            mirror: 100
+        """
+
+    async def compared(n: int) -> tuple[int, int]:
+        for _ in range(200):  # bounded: copies are sent after each primary response
+            counts = s.runtime.telemetry.diff_counts("catalog")
+            if counts.compared >= n:
+                return counts.compared, counts.differing
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"fewer than {n} comparisons")
+
+    async with migration_stack(tmp_path, plan) as s:
+        sender = s.runtime.shadow
+        assert sender is not None
+        await s.act("shop", "start")
+        split = s.runtime.splits["catalog"]
+        assert split.shadow_unsafe and split.shadow_percent == 100.0
+        assert sender.options_for("catalog").ignore.texts == ("$.headers", "$.name")
+        assert sender.options_for("catalog").learn_noise is False
+        await _traffic(s, 10)
+        assert (await s.client.post("/catalog/item", content=b"{}")).status_code == 200  # unsafe, but allowed
+        # $.name differs but is ignored: nothing counts as a diff.
+        assert await compared(11) == (11, 0)
+
+        # The next step ignores only $.headers (the plan's default): the same $.name now differs.
+        await s.act("shop", "next", force=True, reason="test")
+        assert not s.runtime.splits["catalog"].shadow_unsafe
+        assert sender.options_for("catalog").ignore.texts == ("$.headers",)
+        skipped = sender.skipped_unsafe["catalog"]
+        assert (await s.client.post("/catalog/item", content=b"{}")).status_code == 200
+        assert sender.skipped_unsafe["catalog"] == skipped + 1  # unsafe methods are not mirrored here
+        await _traffic(s, 10)
+        assert await compared(10) == (10, 10)
+        diffs = (await s.admin.get("/diffs", params={"route": "catalog"})).json()
+        assert "$.name" in json.dumps(diffs)
+
+        # A weight step with `mirror`: the monolith's share is mirrored too, with the plan's defaults.
+        await s.act("shop", "next", force=True, reason="test")
+        split = s.runtime.splits["catalog"]
+        assert (split.weight_bps, split.shadow_percent) == (5000, 100.0)
+        assert sender.options_for("catalog").ignore.texts == ("$.headers",)
+        seen = await _traffic(s, 20)
+        await compared(seen["monolith"])
+
+        # Rolled back: the route compares with the sender's defaults again.
+        await s.act("shop", "rollback", to=0)
+        assert sender.options_for("catalog") is sender.options

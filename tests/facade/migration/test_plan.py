@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from facade.errors import Problem
-from facade.migration.plan import Gate, Plan, load_plans, parse_plan, render_plan
+from facade.migration.plan import Gate, Plan, ShadowSettings, load_plans, parse_plan, render_plan
 from facade.split import CanarySpec, StickySpec
 from facade.yamlfile import YamlDocument
 
@@ -289,3 +289,72 @@ def test_mtls_step_needs_a_mesh_section() -> None:
     why = "an mtls step needs a 'mesh:' section in the facade config (sidecars to switch)"
     assert mesh_errors(MTLS, mesh=False) == [f"plan.yaml:7:11: steps[1].mtls: {why}", f"plan.yaml:9:11: steps[2].mtls: {why}"]
     assert mesh_errors(MTLS, mesh=None) == []  # a caller that does not know the config does not check
+
+
+# -- shadow options -----------------------------------------------------------------------------
+
+SHADOWED = """\
+name: a
+route: catalog
+from: monolith
+to: catalog
+shadow: {ignore: ["$.generated_at"], learn_noise: false}
+steps:
+  - shadow:
+      percent: 100
+      unsafe_methods: true
+      ignore: ["$.generated_at", "$.items[*].etag"]
+      compare_headers: [Content-Type]
+  - shadow: {percent: 50}
+  - weight: 5
+    mirror: 25
+  - weight: 100
+"""
+
+
+def test_shadow_options_step_over_plan_defaults() -> None:
+    plan, problems = parse(SHADOWED)
+    assert problems == [] and plan is not None
+    first, second, five, full = plan.steps
+    assert first.shadow == ShadowSettings(True, ("$.generated_at", "$.items[*].etag"), ("content-type",), False)
+    assert second.shadow == ShadowSettings(False, ("$.generated_at",), None, False)
+    assert (five.mirror_percent, five.shadow) == (25.0, second.shadow)
+    assert full.shadow is None and full.mirror_percent == 0.0
+    out = render_plan(plan)
+    assert ("shadow: unsafe methods mirrored; ignore $.generated_at, $.items[*].etag; compare headers content-type; "
+            "noise learning off") in out
+    assert "95 % -> monolith; 25 % of those mirrored to catalog" in out
+
+
+def test_comparison_options_do_not_change_a_step_hash_but_unsafe_and_mirror_do() -> None:
+    plan, _ = parse(SHADOWED)
+    bare, _ = parse(SHADOWED.replace('shadow: {ignore: ["$.generated_at"], learn_noise: false}\n', ""))
+    assert plan is not None and bare is not None
+    assert plan.steps[1].hash == bare.steps[1].hash  # only comparison options differ
+    assert plan.content_hash != bare.content_hash
+    safe, _ = parse(SHADOWED.replace("unsafe_methods: true", "unsafe_methods: false"))
+    assert safe is not None and safe.steps[0].hash != plan.steps[0].hash
+    less, _ = parse(SHADOWED.replace("mirror: 25", "mirror: 20"))
+    assert less is not None and less.steps[2].hash != plan.steps[2].hash
+    # Plans written before these keys existed keep their hashes (durable state compares them).
+    old, _ = parse("name: a\nroute: catalog\nfrom: monolith\nto: catalog\nsteps: [{shadow: {percent: 100}}]\n")
+    assert old is not None and "shadow" not in old.steps[0].to_json()
+
+
+def test_shadow_option_errors_with_positions() -> None:
+    text = SHADOWED.replace('"$.items[*].etag"', '"$.items["').replace("compare_headers: [Content-Type]",
+                                                                     "compare_headers: text/plain")
+    assert errors(text) == [
+        "plan.yaml:10:34: steps[0].shadow.ignore[1]: bad rule '$.items[': unclosed '[' at column 8",
+        "plan.yaml:11:24: steps[0].shadow.compare_headers: must be a list of strings, got scalar",
+    ]
+    assert errors(SHADOWED.replace("learn_noise: false}", "learn_noise: false, percent: 5}")) == [
+        ("plan.yaml:5:58: shadow.percent: unknown field 'percent' (expected one of: compare_headers, ignore, "
+         "learn_noise, unsafe_methods)")
+    ]
+    assert errors(SHADOWED.replace("  - shadow: {percent: 50}", "  - shadow: {percent: 50}\n    mirror: 5")) == [
+        "plan.yaml:13:13: steps[1].mirror: only a 'weight' step mirrors (a shadow step has its own percent)"
+    ]
+    assert errors(SHADOWED.replace("mirror: 25", "mirror: 250")) == [
+        "plan.yaml:14:13: steps[2].mirror: must be 0-100, got 250"
+    ]
