@@ -50,6 +50,7 @@ __all__ = [
     "Route",
     "RouteMatch",
     "ServiceSpec",
+    "ShadowSpec",
     "StringMatch",
     "TLSListener",
     "Timeouts",
@@ -267,6 +268,27 @@ class NormalizeSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class ShadowSpec:
+    """The ``shadow:`` section: limits and defaults of the shadow sender (``facade.shadow``).
+
+    None everywhere means "the sender's default" (``facade.shadow.DEFAULT_*``), so the defaults
+    live in one place. ``redact_headers`` are redacted *in addition to* the built-in ones
+    (Authorization, Cookie, Set-Cookie, Proxy-Authorization): a config cannot un-redact them.
+    """
+
+    concurrency: int | None = None
+    queue_size: int | None = None
+    max_body: int | None = None  # bytes
+    timeout: float | None = None  # seconds
+    max_queued_bytes: int | None = None
+    host_suffix: bool | None = None
+    learn_noise: bool | None = None
+    ring_size: int | None = None
+    redact_headers: tuple[str, ...] = ()
+    redact_fields: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: str  # the file path it was read from
     sha256: str  # of the file's bytes
@@ -283,6 +305,7 @@ class Config:
     access_log: bool = False
     mark_responses: bool = False  # add x-facade-backend / x-facade-step to responses (load tests, demos)
     mesh: Any = None  # mesh.config.MeshSpec when the config has a ``mesh:`` section
+    shadow: ShadowSpec = field(default_factory=ShadowSpec)
     warnings: tuple[Problem, ...] = ()  # non-fatal findings (shadowed routes, no routes, ...)
 
     def service(self, name: str) -> ServiceSpec | None:
@@ -313,7 +336,22 @@ _TOP_FIELDS = (
     "routes",
     "mesh",
     "mark_responses",
+    "shadow",
 )
+_SHADOW_FIELDS = (
+    "concurrency",
+    "queue_size",
+    "max_body",
+    "timeout",
+    "max_queued_bytes",
+    "host_suffix",
+    "learn_noise",
+    "ring_size",
+    "redact",
+)
+_SHADOW_MAX_CONCURRENCY = 1024
+_SHADOW_MAX_QUEUE = 100_000
+_SHADOW_MAX_RING = 100_000
 _SERVICE_FIELDS = (
     "endpoints",
     "groups",
@@ -402,6 +440,7 @@ def parse_config(doc: YamlDocument, *, env: Mapping[str, str] | None = None) -> 
     declared = [name for name, _ in services_node.items()] if services_node is not None else []
     routes = _read_routes(f.get("routes"), ctx, declared, doc.root)
     mesh = _read_mesh(f.get("mesh"), problems, declared, ctx)
+    shadow_spec = _read_shadow(f.get("shadow"), problems)
 
     if not problems.errors:
         for later, earlier in unreachable_routes([r for r, _ in routes]):
@@ -430,9 +469,54 @@ def parse_config(doc: YamlDocument, *, env: Mapping[str, str] | None = None) -> 
         access_log=access_log,
         mark_responses=mark_responses,
         mesh=mesh,
+        shadow=shadow_spec,
         warnings=tuple(p for p in found if p.severity == "warning"),
     )
     return config, found
+
+
+def _read_shadow(node: Node | None, problems: Problems) -> ShadowSpec:
+    """The ``shadow:`` section (sender limits and defaults); ranges checked with positions."""
+    if node is None or node.is_null:
+        return ShadowSpec()
+    f = node.fields(problems, _SHADOW_FIELDS)
+    redact = f.get("redact")
+    redact_fields: dict[str, Node] = {}
+    if redact is not None and not redact.is_null:
+        redact_fields = redact.fields(problems, ("headers", "fields"))
+    headers = read_str_list(redact_fields.get("headers"), problems, default=[])
+    for element, name in zip((redact_fields["headers"].elements() if "headers" in redact_fields else []), headers,
+                             strict=False):
+        if not _TOKEN_RE.match(name):
+            problems.error(element, f"not a header name: {name!r}")
+    fields = read_str_list(redact_fields.get("fields"), problems, default=[])
+    from .diff import Redaction  # pure; imported here so reading a config stays light
+
+    for element, name in zip((redact_fields["fields"].elements() if "fields" in redact_fields else []), fields,
+                             strict=False):
+        try:
+            if not name:
+                raise ValueError("must not be empty")
+            Redaction.of(fields=[name])
+        except ValueError as exc:  # the diff engine's own message, at the field's position
+            problems.error(element, str(exc))
+    max_body = read_size(f.get("max_body"), problems)
+    max_queued = read_size(f.get("max_queued_bytes"), problems)
+    if max_body is not None and max_queued is not None and 0 < max_queued < max_body:
+        problems.warn(f["max_queued_bytes"], f"smaller than max_body ({max_body} bytes): a full-size copy never fits")
+    timeout = read_duration(f.get("timeout"), problems, min=0.001)
+    return ShadowSpec(
+        concurrency=read_int(f.get("concurrency"), problems, min=1, max=_SHADOW_MAX_CONCURRENCY),
+        queue_size=read_int(f.get("queue_size"), problems, min=0, max=_SHADOW_MAX_QUEUE),
+        max_body=max_body,
+        timeout=timeout,
+        max_queued_bytes=max_queued,
+        host_suffix=read_bool(f.get("host_suffix"), problems),
+        learn_noise=read_bool(f.get("learn_noise"), problems),
+        ring_size=read_int(f.get("ring_size"), problems, min=1, max=_SHADOW_MAX_RING),
+        redact_headers=tuple(h.lower() for h in headers),
+        redact_fields=tuple(fields),
+    )
 
 
 def _read_mesh(node: Node | None, problems: Problems, services: list[str], ctx: _Ctx) -> Any:

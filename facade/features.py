@@ -36,7 +36,8 @@ def attach_features(runtime: Any) -> None:
         mesh.MeshFeature.attach(runtime)
     shadow = _feature("facade.shadow")
     if shadow is not None:
-        shadow.ShadowFeature.attach(runtime)
+        # The config's shadow: section (limits, host suffix, noise learning, redaction) sizes the sender.
+        shadow.ShadowFeature.attach(runtime, **shadow.sender_options(getattr(runtime.config, "shadow", None)))
     from .migration.controller import MigrationController
 
     runtime.extensions.append(MigrationController(runtime))

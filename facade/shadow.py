@@ -81,6 +81,7 @@ __all__ = [
     "mirrored_headers",
     "parse_window",
     "resolve_step",
+    "sender_options",
     "shadow_host",
 ]
 
@@ -197,6 +198,27 @@ class ShadowOptions:
     ) -> ShadowOptions:
         """Validate rule texts (``$.generated_at``, ``headers.date``); raises ValueError naming a bad one."""
         return cls(IgnoreRules.parse(list(ignore)), tuple(h.lower() for h in compare_headers), learn_noise)
+
+
+def sender_options(spec: Any) -> dict[str, Any]:
+    """``ShadowSender`` keyword arguments from the config's ``shadow:`` section (a ``ShadowSpec``).
+
+    Keys the section leaves out keep the sender's defaults; configured ``redact.headers`` are
+    redacted in addition to the built-in ones (a config cannot un-redact Authorization).
+    """
+    options: dict[str, Any] = {}
+    if spec is None:
+        return options
+    for name in ("concurrency", "queue_size", "max_body", "timeout", "max_queued_bytes", "host_suffix",
+                 "learn_noise", "ring_size"):
+        value = getattr(spec, name)
+        if value is not None:
+            options[name] = value
+    if spec.redact_headers:
+        options["redact_headers"] = tuple(dict.fromkeys((*DEFAULT_REDACT_HEADERS, *spec.redact_headers)))
+    if spec.redact_fields:
+        options["redact_fields"] = tuple(spec.redact_fields)
+    return options
 
 
 class ShadowTicket:
@@ -745,6 +767,7 @@ class ShadowFeature:
     def __init__(self, runtime: FacadeRuntime, sender: ShadowSender) -> None:
         self.runtime = runtime
         self.sender = sender
+        self._spec = getattr(runtime.config, "shadow", None)  # the shadow: section the sender was built from
 
     def __repr__(self) -> str:
         return f"ShadowFeature({self.sender!r})"
@@ -773,6 +796,10 @@ class ShadowFeature:
 
     async def config_changed(self, config: Any) -> None:
         self.sender.upstreams = self.runtime.upstreams
+        spec = getattr(config, "shadow", None)
+        if spec != self._spec:
+            # The sender's workers, queue and ring are sized at start: a changed section needs a restart.
+            logger.warning("shadow: section changed; the new limits apply at the next start of the facade")
 
     def admin_routes(self) -> list[BaseRoute]:
         runtime, sender = self.runtime, self.sender
