@@ -240,12 +240,12 @@ def _render_status(status: dict[str, Any], *, journal: int) -> str:
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     try:
-        routes, services, plans_dir = _plan_context(args.config)
+        routes, services, plans_dir, mesh = _plan_context(args.config)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return EXIT_INVALID
-    plan, problems = _find_plan(args.name, args.plans or plans_dir, routes, services)
+    plan, problems = _find_plan(args.name, args.plans or plans_dir, routes, services, mesh)
     for problem in problems:
         print(problem, file=sys.stderr)
     if plan is None:
@@ -261,24 +261,26 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _find_plan(name: str, plans_dir: str | None, routes: set[str], services: set[str]) -> tuple[Plan | None, list[Problem]]:
+def _find_plan(
+    name: str, plans_dir: str | None, routes: set[str], services: set[str], mesh: bool
+) -> tuple[Plan | None, list[Problem]]:
     if name.endswith((".yaml", ".yml")) or os.sep in name:
         try:
             doc = YamlDocument.read(name)
         except ConfigError as exc:
             return None, exc.problems
-        return parse_plan(doc, routes=routes, services=services)
+        return parse_plan(doc, routes=routes, services=services, mesh=mesh)
     if plans_dir is None:
         return None, [Problem("", 1, 1, "", "the config has no 'migrations' folder; pass --plans DIR")]
-    plans, problems = load_plans(plans_dir, routes=routes, services=services)
+    plans, problems = load_plans(plans_dir, routes=routes, services=services, mesh=mesh)
     plan = plans.get(name)
     if plan is not None:  # only this plan's own problems matter for its dry run
         problems = [p for p in problems if p.file == plan.source]
     return plan, problems
 
 
-def _plan_context(config_path: str) -> tuple[set[str], set[str], str | None]:
-    """Route names, service names and the migrations folder of a config file.
+def _plan_context(config_path: str) -> tuple[set[str], set[str], str | None, bool]:
+    """Route names, service names, the migrations folder of a config file and whether it has a mesh.
 
     ``load_config`` already resolves ``migrations`` against the config file's folder.
     """
@@ -286,4 +288,5 @@ def _plan_context(config_path: str) -> tuple[set[str], set[str], str | None]:
 
     config = load_config(config_path)
     plans_dir = os.path.abspath(config.migrations_dir) if config.migrations_dir is not None else None
-    return {r.name for r in config.routes}, {s.name for s in config.services}, plans_dir
+    routes, services = {r.name for r in config.routes}, {s.name for s in config.services}
+    return routes, services, plans_dir, config.mesh is not None

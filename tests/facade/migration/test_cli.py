@@ -183,3 +183,11 @@ async def test_actions_exit_codes_and_output(
         assert await run_cli("migrate", "start", "shop", "--admin", url, "--token", "wrong", "-c", os.devnull) == EXIT_REFUSED
     # The listener is gone now: unreachable.
     assert await run_cli("migrate", "list", "--admin", url, "-c", os.devnull) == EXIT_UNREACHABLE
+
+
+def test_plan_with_an_mtls_step_needs_a_mesh_section(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plan = project / "mtls.yaml"
+    plan.write_text("name: m\nroute: catalog\nfrom: monolith\nto: catalog\nsteps:\n  - weight: 100\n  - mtls: strict\n")
+    assert main(["migrate", "plan", str(plan), "-c", str(project / "facade.yaml")]) == EXIT_INVALID
+    err = capsys.readouterr().err
+    assert f"{plan}:7:11: steps[1].mtls: an mtls step needs a 'mesh:' section in the facade config" in err
