@@ -98,6 +98,9 @@ _KIND.update(
     {
         b"connection": _CONNECTION,
         b"host": _DROP,  # re-added from ctx.host_header, once
+        # The facade's listener answers "Expect: 100-continue" itself (uvicorn sends 100 when the
+        # body is first read); forwarding it would make the upstream expect a second handshake.
+        b"expect": _DROP,
         b"x-forwarded-for": _XFF,
         b"x-forwarded-proto": _XFP,
         b"x-forwarded-host": _XFH,

@@ -29,7 +29,13 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from .errors import ProxyError, UpstreamConnectError, UpstreamTimeout, UpstreamUnavailable
-from .headers import ForwardContext, apply_header_ops, build_upstream_headers, filter_response_headers
+from .headers import (
+    ForwardContext,
+    apply_header_ops,
+    apply_header_ops_bytes,
+    build_upstream_headers,
+    filter_response_headers,
+)
 from .normalize import HostRejected, PathRejected, normalize_host, normalize_path
 from .upstream import Outcome
 
@@ -47,9 +53,6 @@ logger = logging.getLogger("facade.proxy")
 access_logger = logging.getLogger("facade.access")
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-# Headers the facade never forwards upstream besides hop-by-hop ones: uvicorn answers
-# "Expect: 100-continue" itself when the proxy starts reading the body.
-_DROP_UPSTREAM = frozenset({"expect"})
 _JSON = [(b"content-type", b"application/json")]
 _BODYLESS = frozenset({204, 304})
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
@@ -254,8 +257,6 @@ class Proxy:
             listener_by=None,
         )
         up_headers, ids = build_upstream_headers(headers, ctx)
-        if _DROP_UPSTREAM:
-            up_headers = [(k, v) for k, v in up_headers if k not in _DROP_UPSTREAM]
         if not route.request_headers.empty:
             up_headers = apply_header_ops(up_headers, route.request_headers)
         extensions = scope.get("extensions")
@@ -287,7 +288,7 @@ class Proxy:
                 if ticket is not None:
                     primary_headers = list(out_headers)
                 if not route.response_headers.empty:
-                    out_headers = _apply_response_ops(out_headers, route.response_headers)
+                    out_headers = apply_header_ops_bytes(out_headers, route.response_headers)
                 if set_cookie is not None:
                     out_headers.append((b"set-cookie", set_cookie))
                 if snap.config.mark_responses:
@@ -300,6 +301,7 @@ class Proxy:
                 resp.release()
         except ProxyError as exc:
             if response_started:
+                status = 502  # the client got a truncated response: count it as the failure it is
                 if ticket is not None:
                     snap.shadow.cancel(ticket)
                 raise DownstreamAborted(str(exc)) from None
@@ -314,6 +316,7 @@ class Proxy:
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             # Failure while streaming the response body: abort, never truncate silently.
             logger.warning("upstream %s failed mid-response on route %s: %r", backend, route.name, exc)
+            status = 502  # the client got a truncated response: count it as the failure it is
             if ticket is not None:
                 snap.shadow.cancel(ticket)
             raise DownstreamAborted(f"upstream {backend} failed mid-response") from None
@@ -529,18 +532,6 @@ async def _wait_disconnect(receive: Receive) -> None:
             return
 
 
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    for k, v in headers:
-        if k == name:
-            return v
-    return None
-
-
-def _apply_response_ops(headers: list[tuple[bytes, bytes]], ops: Any) -> list[tuple[bytes, bytes]]:
-    as_str = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]
-    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in apply_header_ops(as_str, ops)]
-
-
 async def _json_response(send: Send, status: int, body: dict[str, Any], extra: list[tuple[bytes, bytes]] | None = None) -> None:
     payload = json.dumps(body).encode()
     headers = [*_JSON, (b"content-length", str(len(payload)).encode()), *(extra or [])]
@@ -563,7 +554,7 @@ async def _direct(send: Send, route: Any) -> None:
     body = dr.body.encode()
     headers = [(b"content-type", dr.content_type.encode("latin-1")), (b"content-length", str(len(body)).encode())]
     if not route.response_headers.empty:
-        headers = _apply_response_ops(headers, route.response_headers)
+        headers = apply_header_ops_bytes(headers, route.response_headers)
     await send({"type": "http.response.start", "status": dr.status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
