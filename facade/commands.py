@@ -65,6 +65,7 @@ def validate_all(config_path: str) -> tuple[Any, list[Any]]:
                 config.migrations_dir,
                 routes=[r.name for r in config.routes],
                 services=[s.name for s in config.services],
+                mesh=config.mesh is not None,
             )
             problems = [*problems, *plan_problems]
     return config, problems

@@ -529,7 +529,7 @@ def test_up_mesh_runs_the_shop_behind_sidecars_with_mtls_and_policy(tmp_path: Pa
     for old, new in (("8080", facade), ("9901", admin), ("8001", monolith), ("15102", catalog_in),
                      ("15103", orders_in)):  # fmt: skip
         text = text.replace(f"127.0.0.1:{old}", f"127.0.0.1:{new}")
-    text = text.replace("migrations: migrations/", f"migrations: {Path(default_config_path()).parent / 'migrations'}")
+    text = text.replace("migrations: migrations-mesh/", f"migrations: {Path(default_config_path()).parent / 'migrations-mesh'}")
     config = tmp_path / "facade-mesh.yaml"
     config.write_text(text.replace("state_dir: .facade", f"state_dir: {tmp_path / '.facade'}"))
     with run_up(config, tmp_path / "st") as proc:
