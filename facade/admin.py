@@ -20,7 +20,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from .config import Config, Route as ConfigRoute, RouteMatch
+from .config import Config, RouteMatch
+from .config import Route as ConfigRoute
 
 if TYPE_CHECKING:
     from .runtime import FacadeRuntime
@@ -101,7 +102,7 @@ def route_view(runtime: FacadeRuntime, route: ConfigRoute) -> dict[str, Any]:
         if len(backends) == 1:
             backends[0]["weight"] = 100
     for b in backends:
-        pool = snap.upstreams.get(b["service"])
+        pool = snap.upstreams.get(str(b["service"]))
         b["pool"] = pool.snapshot() if pool is not None else None
     view["backends"] = backends
     if route.rewrite_prefix is not None:

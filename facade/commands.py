@@ -125,7 +125,7 @@ def _run(coro: Any) -> int:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
-        return asyncio.run(coro)
+        return int(asyncio.run(coro))
     return int(uvloop.run(coro))
 
 
@@ -179,7 +179,7 @@ def _describe_match(m: dict[str, Any]) -> str:
     if "hosts" in m:
         parts.append(",".join(m["hosts"]))
     kind, value = next(iter(m["path"].items()))
-    parts.append(value + ("*" if kind == "prefix" else "" if kind == "exact" else f" (regex)"))
+    parts.append(value + ("*" if kind == "prefix" else "" if kind == "exact" else " (regex)"))
     if "methods" in m:
         parts.append("[" + ",".join(m["methods"]) + "]")
     if "headers" in m:

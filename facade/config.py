@@ -689,7 +689,10 @@ def _read_normalize(node: Node | None, problems: Problems) -> NormalizeSpec:
     return NormalizeSpec(
         merge_slashes=read_bool(f.get("merge_slashes"), problems, default=d.merge_slashes),
         reject_encoded_slash=read_bool(f.get("reject_encoded_slash"), problems, default=d.reject_encoded_slash),
-        semicolons=read_str(f.get("semicolons"), problems, default=d.semicolons, choices=("reject", "keep")),
+        semicolons=cast(
+            Literal["reject", "keep"],
+            read_str(f.get("semicolons"), problems, default=d.semicolons, choices=("reject", "keep")),
+        ),
     )
 
 

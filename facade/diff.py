@@ -203,7 +203,7 @@ def _parse_rule(text: str) -> _Rule:
             elif inner.isdigit():
                 segments.append(("index", int(inner)))
             elif len(inner) >= 2 and inner[0] == inner[-1] and inner[0] in "'\"":
-                segments.append(("key", re.sub(r"\\(.)", r"\1", inner[1:-1], flags=re.S)))
+                segments.append(("key", re.sub(r"\\(.)", r"\1", inner[1:-1], flags=re.DOTALL)))
             else:
                 raise bad(f"expected [*], [n] or ['key'] at column {i + 1}, got [{inner}]")
             i = close + 1

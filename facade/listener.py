@@ -28,7 +28,7 @@ logger = logging.getLogger("facade.listener")
 class HeadLimits:
     """Mutable holder so a hot reload can change the limits of the running listener."""
 
-    __slots__ = ("max_head_bytes", "header_timeout")
+    __slots__ = ("header_timeout", "max_head_bytes")
 
     def __init__(self, *, max_head_bytes: int, header_timeout: float) -> None:
         self.max_head_bytes = max_head_bytes
@@ -63,7 +63,7 @@ def guarded_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
         _head_timer: asyncio.TimerHandle | None
         _refusal: bytes | None = None  # a response decided mid-parse, sent once the parser returns
 
-        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             # A new connection must send its first request head in time, even if it sends nothing at all.
             self._in_body = False

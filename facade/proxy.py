@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from .runtime import Snapshot, SnapshotHolder
     from .upstream import Endpoint, ServicePool
 
-__all__ = ["Proxy", "DownstreamAborted"]
+__all__ = ["DownstreamAborted", "Proxy"]
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -75,7 +75,7 @@ class _BodyTooLarge(Exception):
 class BodyTee:
     """Keeps the first ``limit`` bytes of a streamed body for shadow comparison (never more)."""
 
-    __slots__ = ("limit", "chunks", "size", "truncated")
+    __slots__ = ("chunks", "limit", "size", "truncated")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -102,7 +102,7 @@ class BodyTee:
 class RequestBody:
     """The client's request body as an async iterator, bounded by ``limit`` bytes."""
 
-    __slots__ = ("_receive", "_limit", "started", "received", "error", "tee")
+    __slots__ = ("_limit", "_receive", "error", "received", "started", "tee")
 
     def __init__(self, receive: Receive, limit: int | None, tee: BodyTee | None = None) -> None:
         self._receive = receive
@@ -313,7 +313,7 @@ class Proxy:
                 status = 499  # nginx's "client closed request"; nothing to send
             else:
                 await _error_response(send, exc, route.name, backend, ids.request_id)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             # Failure while streaming the response body: abort, never truncate silently.
             logger.warning("upstream %s failed mid-response on route %s: %r", backend, route.name, exc)
             status = 502  # the client got a truncated response: count it as the failure it is
@@ -402,7 +402,7 @@ class Proxy:
                 outcome, error = Outcome.CONNECT_FAILURE, UpstreamConnectError(f"connect to {endpoint.url}: {exc.os_error}")
                 if pool_exhausted(pool):
                     error = UpstreamUnavailable(f"connection pool of service {spec.name} exhausted")
-            except (TimeoutError, asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+            except (TimeoutError, aiohttp.ServerTimeoutError):
                 outcome, error = Outcome.TIMEOUT, UpstreamTimeout(f"no response from {endpoint.url} within {timeout:.3g}s")
                 if pool_exhausted(pool):
                     error = UpstreamUnavailable(f"connection pool of service {spec.name} exhausted")
@@ -508,7 +508,7 @@ async def _stream_response(
                 reader.cancel()
                 if watcher in done:
                     raise _ClientGone()
-                raise asyncio.TimeoutError(f"upstream sent nothing for {idle_timeout:g}s mid-body")
+                raise TimeoutError(f"upstream sent nothing for {idle_timeout:g}s mid-body")
             chunk = reader.result()
             if not chunk:
                 break

@@ -94,7 +94,7 @@ async def proxy_websocket(snap: Snapshot, scope: Scope, receive: Receive, send: 
             endpoint.url_for(target), headers=up_headers, protocols=tuple(scope.get("subprotocols") or ()),
             autoclose=False, autoping=True, timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
         )
-    except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         logger.warning("websocket upstream %s failed on route %s: %r", backend, route.name, exc)
         await _refuse(scope, send, 502, "upstream websocket connect failed")
         return
@@ -118,9 +118,7 @@ async def proxy_websocket(snap: Snapshot, scope: Scope, receive: Receive, send: 
                 await send({"type": "websocket.send", "text": msg.data})
             elif msg.type == aiohttp.WSMsgType.BINARY:
                 await send({"type": "websocket.send", "bytes": msg.data})
-            elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
-                break
-            elif msg.type == aiohttp.WSMsgType.ERROR:
+            elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED) or msg.type == aiohttp.WSMsgType.ERROR:
                 break
         code = upstream.close_code or 1000
         with contextlib.suppress(Exception):

@@ -93,7 +93,7 @@ class Problems:
 class Node:
     """A YAML node with its field path and 1-based position."""
 
-    __slots__ = ("_node", "_loader", "path", "file")
+    __slots__ = ("_loader", "_node", "file", "path")
 
     def __init__(self, node: yaml.Node, loader: yaml.SafeLoader, path: str, file: str) -> None:
         self._node = node

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
-__all__ = ["EchoApp", "raw_server", "close_immediately", "never_answer"]
+__all__ = ["EchoApp", "close_immediately", "never_answer", "raw_server"]
 
 
 class EchoApp:
