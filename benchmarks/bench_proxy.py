@@ -183,7 +183,7 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per measurement (default 8)")
     parser.add_argument("--connections", default="1,32", help="comma list (default 1,32)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per configuration; the median is kept")
-    parser.add_argument("--only", default="", help="comma list of contenders (direct,facade,minimal,nginx,haproxy)")
+    parser.add_argument("--only", default="", help="comma list of contenders (direct,facade,minimal,lean,nginx,haproxy)")
     parser.add_argument("--json", help="write the raw results here")
     args = parser.parse_args()
     conns = [int(c) for c in args.connections.split(",")]
@@ -203,6 +203,10 @@ def main() -> int:
     contenders["minimal"] = ([sys.executable, "-m", "uvicorn", "benchmarks.minimal_proxy:app", "--port", str(mport),
                               "--http", "httptools", "--loop", "uvloop", "--no-access-log", "--log-level", "warning",
                               "--no-server-header", "--no-date-header"], mport)
+    lport = free_port()
+    contenders["lean"] = ([sys.executable, "-m", "uvicorn", "benchmarks.lean_proxy:app", "--port", str(lport),
+                           "--http", "httptools", "--loop", "uvloop", "--no-access-log", "--log-level", "warning",
+                           "--no-server-header", "--no-date-header"], lport)
     if shutil.which("nginx"):
         nport = free_port()
         contenders["nginx"] = (["nginx", "-c", str(nginx_conf(tmp, nport, backend)), "-p", str(tmp)], nport)
