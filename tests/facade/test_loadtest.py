@@ -250,12 +250,14 @@ def test_quick_rehearsal_through_every_step_loses_no_request(shop: Shop, tmp_pat
 @pytest.mark.slow
 def test_rollback_at_a_step_loses_no_request(shop: Shop, tmp_path: Path) -> None:
     plan_file = str(shop.tmp / "migrations" / "001-extract-catalog.yaml")  # a plan file works as well as a name
-    code, output, report = loadtest(shop, tmp_path / "out", plan_file, "--quick", "--rollback-at", "3")
+    # Sticky cohorts: each user keeps one cookie, so whether anyone moved is a draw per user.
+    # 16 users at weight 50: P(nobody moved) = 0.5**16 ~ 1.5e-5 (6 users at 25 % was 18 %: flaky).
+    code, output, report = loadtest(shop, tmp_path / "out", plan_file, "--quick", "--users", "16", "--rollback-at", "4")
     assert code == 0, output
     assert report["final_state"] == "rolled_back" and report["failures"] == 0
     *_, at_rollback, after = report["steps"]
-    assert at_rollback["step"] == 3 and at_rollback["outcome"] == "rolled back"
-    assert at_rollback["new"]["requests"] > 0  # weight 25 had moved some users
+    assert at_rollback["step"] == 4 and at_rollback["outcome"] == "rolled back"
+    assert at_rollback["new"]["requests"] > 0  # weight 50 had moved some users
     assert after["label"].startswith("after rollback") and after["requests"] > 0
     assert after["new"]["requests"] == 0 and after["old"]["requests"] > 0
     status = httpx.get(f"{shop.admin}/migrations/extract-catalog", trust_env=False, timeout=5).json()
