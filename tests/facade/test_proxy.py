@@ -351,3 +351,31 @@ async def test_an_upstream_silent_mid_body_is_cut_off_after_the_route_timeout(tm
                     async for _ in r.aiter_raw():
                         pass
             assert time.monotonic() - t0 < 10  # the backend would stall for 30 s
+
+
+async def test_access_log_writes_one_json_line_per_request(tmp_path, caplog):
+    import logging
+
+    async with serve_app(EchoApp("a")) as url:
+        cfg = _cfg(f"  svc: {{endpoints: [{url}]}}", "  - name: all\n    backend: svc", extra="access_log: true")
+        async with run_facade(tmp_path, cfg) as rt, httpx.AsyncClient(base_url=rt.url) as client:
+            with caplog.at_level(logging.INFO, logger="facade.access"):
+                r = await client.get("/items?x=1", headers={"x-request-id": "req-42"})
+    lines = [json.loads(rec.getMessage()) for rec in caplog.records if rec.name == "facade.access"]
+    assert len(lines) == 1
+    line = lines[0]
+    assert (line["route"], line["backend"], line["step"], line["status"], line["request_id"]) == (
+        "all", "svc", "stable", 200, "req-42")
+    assert line["path"] == "/items" and line["latency_ms"] > 0 and len(line["trace_id"]) == 32
+    assert dict(r.json()["headers"])["x-request-id"] == "req-42"
+
+
+async def test_no_access_log_by_default(tmp_path, caplog):
+    import logging
+
+    async with serve_app(EchoApp("a")) as url:
+        cfg = _cfg(f"  svc: {{endpoints: [{url}]}}", "  - name: all\n    backend: svc")
+        async with run_facade(tmp_path, cfg) as rt, httpx.AsyncClient(base_url=rt.url) as client:
+            with caplog.at_level(logging.INFO, logger="facade.access"):
+                await client.get("/items")
+    assert [rec for rec in caplog.records if rec.name == "facade.access"] == []
