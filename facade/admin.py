@@ -131,6 +131,7 @@ def build_admin_app(runtime: FacadeRuntime) -> Starlette:
         return JSONResponse(
             {
                 "version": snap.version,
+                "config_version": runtime.config_version,
                 "sha256": config.sha256,
                 "source": os.path.abspath(config.source),
                 "built_at": snap.built_at,

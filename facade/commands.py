@@ -210,5 +210,5 @@ def cmd_reload(args: argparse.Namespace) -> int:
         print_json(data)
     else:
         state = "applied" if data.get("changed", True) else "unchanged"
-        print(f"reload {state}: config version {data['version']}")
+        print(f"reload {state}: config version {data.get('config_version', data['version'])}")
     return EXIT_OK

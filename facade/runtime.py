@@ -134,11 +134,13 @@ class ReloadResult:
     at: float
     problems: tuple[Problem, ...] = ()
     changed: bool = True
+    config_version: int = 1
 
     def to_json(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
             "version": self.version,
+            "config_version": self.config_version,
             "trigger": self.trigger,
             "at": self.at,
             "changed": self.changed,
@@ -202,6 +204,9 @@ class FacadeRuntime:
         self.head_limits = HeadLimits(
             max_head_bytes=config.limits.max_request_headers, header_timeout=config.limits.header_timeout
         )
+        # Snapshot versions count every swap (reloads and migration steps); config_version counts
+        # only configs applied from the file, which is what an operator means by "which config".
+        self.config_version = 1
         self.last_reload: ReloadResult = ReloadResult(True, 1, "start", time.time())
         self.splits: dict[str, Split] = {}
         self.draining = False
@@ -253,7 +258,9 @@ class FacadeRuntime:
             if config is None or errors:
                 for p in errors:
                     logger.error("reload (%s) rejected: %s", trigger, p)
-                self.last_reload = ReloadResult(False, self.version, trigger, time.time(), errors or tuple(problems))
+                self.last_reload = ReloadResult(
+                    False, self.version, trigger, time.time(), errors or tuple(problems), config_version=self.config_version
+                )
                 return self.last_reload
             current = self.holder.current.config
             if config.sha256 == current.sha256:
@@ -265,7 +272,9 @@ class FacadeRuntime:
                     if reread is not None:
                         found.extend(await reread(trigger))
                 ok = not any(p.severity == "error" for p in found)
-                self.last_reload = ReloadResult(ok, self.version, trigger, time.time(), tuple(found), False)
+                self.last_reload = ReloadResult(
+                    ok, self.version, trigger, time.time(), tuple(found), False, config_version=self.config_version
+                )
                 return self.last_reload
             # 2. Compile the new table first: if anything fails here nothing was touched yet.
             try:
@@ -275,7 +284,9 @@ class FacadeRuntime:
                     if check is not None:
                         check(config)
             except ConfigError as exc:
-                self.last_reload = ReloadResult(False, self.version, trigger, time.time(), tuple(exc.problems))
+                self.last_reload = ReloadResult(
+                    False, self.version, trigger, time.time(), tuple(exc.problems), config_version=self.config_version
+                )
                 return self.last_reload
             if config.listen != current.listen or config.admin.listen != current.admin.listen:
                 logger.warning("reload: listen addresses changed; they take effect on restart")
@@ -289,8 +300,14 @@ class FacadeRuntime:
                 if hook is not None:
                     await hook(config)
             snapshot = self.swap(config)
-            logger.info("reload (%s): config %s applied as version %d", trigger, config.sha256[:12], snapshot.version)
-            self.last_reload = ReloadResult(True, snapshot.version, trigger, time.time(), tuple(problems))
+            self.config_version += 1
+            logger.info(
+                "reload (%s): config %s applied as config version %d (snapshot %d)",
+                trigger, config.sha256[:12], self.config_version, snapshot.version,
+            )
+            self.last_reload = ReloadResult(
+                True, snapshot.version, trigger, time.time(), tuple(problems), config_version=self.config_version
+            )
             return self.last_reload
 
     # -- serving -----------------------------------------------------------------------------

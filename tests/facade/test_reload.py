@@ -60,6 +60,7 @@ async def test_a_valid_change_is_applied_and_an_invalid_one_changes_nothing(tmp_
                 assert (await client.get("/")).json()["name"] == "b"
                 cfg = (await admin.get("/config")).json()
                 assert cfg["version"] == 2 and cfg["last_reload"]["ok"] is False
+                assert cfg["config_version"] == 2  # one config applied since start; the rejected one does not count
 
 
 async def test_a_file_change_is_picked_up_by_the_watcher(tmp_path):
