@@ -67,11 +67,7 @@ class WorkloadIdentity:
         leaf = chain[0]
         if leaf.public_key().public_numbers() != key.public_key().public_numbers():  # type: ignore[union-attr]
             raise IdentityError("the certificate was not issued for this private key")
-        try:
-            san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-            uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-        except x509.ExtensionNotFound:
-            uris = []
+        uris = uri_sans(leaf)
         if len(uris) != 1:
             raise IdentityError(f"an SVID has exactly one URI SAN, this certificate has {len(uris)}")
         try:
@@ -157,3 +153,12 @@ def _write_private(path: Path, data: bytes) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
+
+
+def uri_sans(cert: x509.Certificate) -> list[str]:
+    """The certificate's URI SANs (an X.509-SVID has exactly one: its SPIFFE ID)."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return list(san.get_values_for_type(x509.UniformResourceIdentifier))

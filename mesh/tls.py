@@ -28,7 +28,7 @@ from typing import Literal
 
 from cryptography import x509
 
-from .identity import WorkloadIdentity
+from .identity import WorkloadIdentity, uri_sans
 from .spiffe import InvalidSpiffeId, SpiffeId
 
 __all__ = [
@@ -143,11 +143,7 @@ def verify_peer(der_cert: bytes | None, *, trust_domain: str, expected: SpiffeId
         usage = None
     if usage is not None and (usage.key_cert_sign or usage.crl_sign):
         raise PeerRejected("peer certificate may sign certificates (keyCertSign/cRLSign), not a leaf SVID")
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-    except x509.ExtensionNotFound:
-        uris = []
+    uris = uri_sans(cert)
     if len(uris) != 1:
         raise PeerRejected(f"peer certificate must have exactly one URI SAN, it has {len(uris)}")
     try:
