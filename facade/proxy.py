@@ -26,8 +26,6 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-
 from .errors import ProxyError, UpstreamConnectError, UpstreamTimeout, UpstreamUnavailable
 from .headers import (
     ForwardContext,
@@ -38,6 +36,14 @@ from .headers import (
 )
 from .normalize import HostRejected, PathRejected, normalize_host, normalize_path
 from .upstream import Outcome
+from .upstream.h1 import (
+    BodyAborted,
+    ConnectFailed,
+    ConnectTimeout,
+    ResponseInvalid,
+    UpstreamError,
+    UpstreamResponse,
+)
 
 if TYPE_CHECKING:
     from .runtime import Snapshot, SnapshotHolder
@@ -313,7 +319,7 @@ class Proxy:
                 status = 499  # nginx's "client closed request"; nothing to send
             else:
                 await _error_response(send, exc, route.name, backend, ids.request_id)
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        except (TimeoutError, UpstreamError, OSError) as exc:
             # Failure while streaming the response body: abort, never truncate silently.
             logger.warning("upstream %s failed mid-response on route %s: %r", backend, route.name, exc)
             status = 502  # the client got a truncated response: count it as the failure it is
@@ -356,7 +362,7 @@ class Proxy:
         target: str,
         headers: list[tuple[str, str]],
         body: RequestBody | None,
-    ) -> tuple[aiohttp.ClientResponse, bytes]:
+    ) -> tuple[UpstreamResponse, bytes]:
         """Send the request, retrying what is safe to retry.
 
         Returns the response (headers read) and the first chunk of its body, read under the same
@@ -370,6 +376,7 @@ class Proxy:
         deadline = time.monotonic() + request_timeout if request_timeout else None
         retry_on = retries.retry_on
         idempotent = method in IDEMPOTENT
+        client = pool.h1
         tried: list[Endpoint] = []
         attempt = 0
         while True:
@@ -384,38 +391,39 @@ class Proxy:
             endpoint.begin()
             try:
                 async with asyncio.timeout(timeout if timeout and timeout > 0 else None):
-                    resp = await pool.session.request(
+                    resp = await client.request(
+                        endpoint.address,
                         method,
-                        endpoint.url_for(target),
-                        headers=headers,
-                        data=body,
-                        allow_redirects=False,
-                        compress=False,
+                        endpoint.target_for(target) if endpoint.path_prefix else target,
+                        headers,
+                        body,
+                        idempotent=idempotent,
                     )
-                    content = resp.content
-                    first = content.read_nowait()
-                    if not first and not content.at_eof() and resp.content_type != "text/event-stream":
+                    first = resp.read_nowait()
+                    if not first and not resp.at_eof() and resp.content_type != "text/event-stream":
                         # (An event stream may stay silent for long: its headers go out now and the
                         # stream is watched by _stream_response under the idle timeout instead.)
-                        first = await content.readany()
-            except aiohttp.ClientConnectorError as exc:
-                outcome, error = Outcome.CONNECT_FAILURE, UpstreamConnectError(f"connect to {endpoint.url}: {exc.os_error}")
-                if pool_exhausted(pool):
+                        first = await resp.readany()
+            except ConnectTimeout as exc:
+                outcome, error = Outcome.CONNECT_FAILURE, UpstreamTimeout(str(exc))
+            except ConnectFailed as exc:
+                outcome, error = Outcome.CONNECT_FAILURE, UpstreamConnectError(str(exc))
+                if client.exhausted and "pool is closed" not in str(exc):
                     error = UpstreamUnavailable(f"connection pool of service {spec.name} exhausted")
-            except (TimeoutError, aiohttp.ServerTimeoutError):
+            except TimeoutError:
                 outcome, error = Outcome.TIMEOUT, UpstreamTimeout(f"no response from {endpoint.url} within {timeout:.3g}s")
-                if pool_exhausted(pool):
+                if client.exhausted:
                     error = UpstreamUnavailable(f"connection pool of service {spec.name} exhausted")
-            except aiohttp.ClientResponseError as exc:
+            except ResponseInvalid as exc:
                 # The upstream answered something that is not valid HTTP: not a reset, not retried.
                 endpoint.end()
                 pool.report(endpoint, Outcome.GATEWAY_ERROR)
-                raise UpstreamConnectError(f"invalid response from {endpoint.url}: {exc.message}") from None
-            except (aiohttp.ClientError, OSError) as exc:
-                if body is not None and body.error is not None:
+                raise UpstreamConnectError(f"invalid response from {endpoint.url}: {exc}") from None
+            except (UpstreamError, OSError) as exc:
+                if isinstance(exc, BodyAborted) or (body is not None and body.error is not None):
                     endpoint.end()
                     raise UpstreamConnectError("request body aborted") from None
-                outcome, error = Outcome.RESET, UpstreamConnectError(f"{endpoint.url} reset the connection: {exc!r}")
+                outcome, error = Outcome.RESET, UpstreamConnectError(f"{endpoint.url} reset the connection: {exc}")
             else:
                 endpoint.end()
                 status = resp.status
@@ -452,13 +460,6 @@ class Proxy:
             await _backoff(attempt)
 
 
-def pool_exhausted(pool: ServicePool) -> bool:
-    connector = pool.session.connector
-    limit = getattr(connector, "limit", 0)
-    acquired = getattr(connector, "_acquired", ())
-    return bool(limit) and len(acquired) >= limit
-
-
 def _time_left(deadline: float | None) -> bool:
     return deadline is None or deadline - time.monotonic() > 0.001
 
@@ -470,7 +471,7 @@ async def _backoff(attempt: int) -> None:
 
 
 async def _stream_response(
-    resp: aiohttp.ClientResponse,
+    resp: UpstreamResponse,
     first: bytes,
     receive: Receive,
     send: Send,
@@ -486,7 +487,7 @@ async def _stream_response(
     nothing for ``idle_timeout`` aborts the response (Envoy's stream idle timeout) instead of
     holding the client forever.
     """
-    content = resp.content
+    content = resp
     if method == "HEAD":
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return 0

@@ -23,6 +23,7 @@ import yarl
 from ..config import EndpointGroup, ServiceSpec
 from ..errors import UpstreamUnavailable
 from . import balancer, outlier
+from .h1 import Address, H1Client
 from .health import HealthState, run_checks
 from .outcome import Outcome
 
@@ -34,7 +35,10 @@ DEFAULT_DNS_CACHE_TTL = 10  # seconds; aiohttp's default, stated so it is a deci
 class Endpoint:
     """The mutable runtime state of one endpoint (touched only from the event loop thread)."""
 
-    __slots__ = ("_prefix", "group", "health", "in_flight", "last_checked", "origin", "outcomes", "outlier", "url")
+    __slots__ = (
+        "_prefix", "address", "group", "health", "in_flight", "last_checked", "origin", "outcomes", "outlier",
+        "path_prefix", "url",
+    )
 
     def __init__(self, url: str, group: str) -> None:
         parsed = yarl.URL(url)
@@ -49,7 +53,9 @@ class Endpoint:
         self.outcomes: Counter[str] = Counter()
         self.last_checked: float | None = None
         # An endpoint may carry a base path ("http://h:1/v2"): requests go below it.
-        self._prefix = str(self.origin) + parsed.raw_path.rstrip("/")
+        self.path_prefix = parsed.raw_path.rstrip("/")
+        self._prefix = str(self.origin) + self.path_prefix
+        self.address: Address = (parsed.host, parsed.port or (443 if parsed.scheme == "https" else 80), parsed.scheme == "https")
 
     def __repr__(self) -> str:
         state = "available" if self.available else ("ejected" if self.outlier.ejected else "unhealthy")
@@ -90,6 +96,10 @@ class Endpoint:
         bytes the router matched are the bytes sent (DESIGN.md, Invariants).
         """
         return yarl.URL(self._prefix + raw_path_and_query, encoded=True)
+
+    def target_for(self, raw_path_and_query: str) -> str:
+        """The request target for the proxy's HTTP/1.1 client: the base path + the path as matched."""
+        return self.path_prefix + raw_path_and_query if self.path_prefix else raw_path_and_query
 
     def adopt_state(self, other: Endpoint) -> None:
         """Carry health and ejection state over from the same endpoint of a previous pool."""
@@ -162,6 +172,7 @@ class ServicePool:
         *,
         ssl_context: ssl.SSLContext | None = None,
         session: aiohttp.ClientSession | None = None,
+        h1: H1Client | None = None,
         previous: ServicePool | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -169,6 +180,7 @@ class ServicePool:
         self.spec = spec
         self.ssl_context = ssl_context
         self._session = session
+        self._h1 = h1
         self._owns_session = True
         self._rng = rng if rng is not None else random.Random()
         self._clock = clock
@@ -181,7 +193,7 @@ class ServicePool:
             eps = []
             for url in g.endpoints:
                 prior = old.get(url)
-                if prior is not None and session is not None and prior.group == g.name:
+                if prior is not None and (session is not None or h1 is not None) and prior.group == g.name:
                     eps.append(prior)  # same object: in-flight counts and late reports stay true
                     continue
                 ep = Endpoint(url, g.name)
@@ -211,6 +223,32 @@ class ServicePool:
         return self._session
 
     @property
+    def h1(self) -> H1Client:
+        """The proxy's HTTP/1.1 client for this service (facade.upstream.h1), created on first use."""
+        if self._h1 is None:
+            if self._closed:
+                raise UpstreamUnavailable(f"service {self.spec.name} was reconfigured; retry the request")
+            pool = self.spec.connection_pool
+            self._h1 = H1Client(
+                limit=pool.max_connections,
+                idle_timeout=pool.idle_timeout,
+                connect_timeout=self.spec.timeouts.connect,
+                ssl_context=self.ssl_context,
+            )
+        return self._h1
+
+    @property
+    def live_h1(self) -> H1Client | None:
+        """The HTTP/1.1 client if it was created already (never creates one)."""
+        return self._h1
+
+    def shares_clients_with(self, other: ServicePool) -> bool:
+        """``other`` was handed this pool's session or HTTP/1.1 client (a reload kept the connections)."""
+        return (self._session is not None and other._session is self._session) or (
+            self._h1 is not None and other._h1 is self._h1
+        )
+
+    @property
     def connector(self) -> aiohttp.TCPConnector:
         """The session's connector, for connection pool statistics."""
         conn = self.session.connector
@@ -223,12 +261,13 @@ class ServicePool:
         return self._session
 
     def release_session(self) -> None:
-        """The session now belongs to a successor pool: this pool will not close it."""
+        """The session and the HTTP/1.1 client now belong to a successor pool: this pool will not close them."""
         self._owns_session = False
 
     @property
     def owns_session(self) -> bool:
-        return self._owns_session and self._session is not None
+        """This pool will close a session or HTTP/1.1 client of its own when it closes."""
+        return self._owns_session and (self._session is not None or self._h1 is not None)
 
     # -- decisions ------------------------------------------------------------------------
 
@@ -358,15 +397,18 @@ class ServicePool:
         """Stop health checks and close the session (unless it was handed over)."""
         self._closed = True
         await self.stop_health_checks()
-        if self._owns_session and self._session is not None:
-            await self._session.close()
+        if self._owns_session:
+            if self._h1 is not None:
+                await self._h1.close()
+            if self._session is not None:
+                await self._session.close()
 
     def snapshot(self, *, now: float | None = None) -> dict[str, Any]:
         """JSON-able state: groups with their endpoints, health, ejections, in-flight counts, stats."""
         now = self._clock() if now is None else now
         conn: dict[str, Any] = {"limit": self.spec.connection_pool.max_connections}
-        if self._session is not None and isinstance(self._session.connector, aiohttp.TCPConnector):
-            conn["in_use"] = len(getattr(self._session.connector, "_acquired", ()))
+        if self._h1 is not None:
+            conn["in_use"] = self._h1.in_use
         return {
             "service": self.spec.name,
             "load_balancer": self.spec.load_balancer,

@@ -66,7 +66,10 @@ class Upstreams:
         pool of the reload was built, so a failed reload leaves the running pools intact.
         """
         if previous is not None and _session_key(previous.spec) == _session_key(spec):
-            return ServicePool(spec, ssl_context=previous.ssl_context, session=previous.live_session, previous=previous)
+            return ServicePool(
+                spec, ssl_context=previous.ssl_context, session=previous.live_session, h1=previous.live_h1,
+                previous=previous,
+            )
         return ServicePool(spec, ssl_context=self._ssl_context(spec), previous=previous)
 
     async def start(self) -> None:
@@ -99,7 +102,7 @@ class Upstreams:
         replaced = [p for name, p in self._pools.items() if fresh.get(name) is not p]
         for pool in replaced:
             successor = fresh.get(pool.spec.name)
-            if successor is not None and pool.live_session is not None and successor.live_session is pool.live_session:
+            if successor is not None and pool.shares_clients_with(successor):
                 pool.release_session()
         self._pools = fresh
         if self._started:
