@@ -1,0 +1,874 @@
+"""The proxy's HTTP/1.1 upstream client (facade.upstream.h1) against real servers on loopback.
+
+Most backends here are byte-level (asyncio.start_server through tests.backends.raw_server) so a
+test controls exactly what goes on the wire: framing, resets, 1xx, invalid bytes, slow bodies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from facade.config import UpstreamTLS
+from facade.upstream import client_ssl_context
+from facade.upstream.h1 import (
+    HIGH_WATER,
+    Address,
+    BodyAborted,
+    ConnectFailed,
+    ConnectionReset,
+    ConnectTimeout,
+    H1Client,
+    ResponseInvalid,
+    UpstreamError,
+    UpstreamResponse,
+    _Conn,
+)
+from tests.backends import EchoApp, close_immediately, raw_server
+from tests.servers import serve_app
+
+from .test_upstream_session import pki  # noqa: F401 - the module's real CA / server certificate fixture
+
+# -- a scripted byte-level upstream ------------------------------------------------------------
+
+
+@dataclass
+class Seen:
+    """One request as the server read it."""
+
+    conn: int  # which accepted connection (0-based)
+    head: bytes
+    body: bytes
+
+    @property
+    def header_lines(self) -> list[bytes]:
+        return [line.lower() for line in self.head.split(b"\r\n")[1:] if line]
+
+
+Reply = tuple[bytes, bool] | None  # (bytes to write, close afterwards), or None: close without answering
+Answer = Callable[["Scripted", Seen], Awaitable[Reply]]
+
+
+@dataclass
+class Scripted:
+    """Reads HTTP/1.1 requests (Content-Length or chunked bodies) and answers what ``answer`` says."""
+
+    answer: Answer
+    connections: int = 0
+    open: int = 0
+    max_open: int = 0
+    active: int = 0  # requests being answered right now
+    max_active: int = 0
+    eofs: int = 0  # connections the client closed while the server waited for a request
+    raw_bytes: list[int] = field(default_factory=list)  # bytes received per connection
+    requests: list[Seen] = field(default_factory=list)
+    writers: list[asyncio.StreamWriter] = field(default_factory=list)
+
+    def close_all(self) -> None:
+        """Close every connection from the server's side (as an upstream's own idle timeout would)."""
+        for writer in self.writers:
+            writer.close()
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        index = self.connections
+        self.connections += 1
+        self.writers.append(writer)
+        self.raw_bytes.append(0)
+        self.open += 1
+        self.max_open = max(self.max_open, self.open)
+        try:
+            while True:
+                seen = await _read_request(reader, index)
+                if seen is None:
+                    self.eofs += 1
+                    return
+                self.raw_bytes[index] += len(seen.head) + len(seen.body)
+                self.requests.append(seen)
+                self.active += 1
+                self.max_active = max(self.max_active, self.active)
+                try:
+                    reply = await self.answer(self, seen)
+                finally:
+                    self.active -= 1
+                if reply is None:
+                    return
+                data, close = reply
+                writer.write(data)
+                await writer.drain()
+                if close:
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            return
+        except asyncio.CancelledError:
+            return  # raw_server cancels what is still open when the test ends; nothing to report
+        finally:
+            self.open -= 1
+            writer.close()
+
+
+async def _read_request(reader: asyncio.StreamReader, conn: int) -> Seen | None:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError:
+        return None
+    fields = {
+        name.strip().lower(): value.strip()
+        for name, _, value in (line.partition(b":") for line in head.split(b"\r\n")[1:] if line)
+    }
+    body = b""
+    if b"content-length" in fields:
+        body = await reader.readexactly(int(fields[b"content-length"]))
+    elif fields.get(b"transfer-encoding") == b"chunked":
+        parts = []
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+            data = await reader.readexactly(size + 2)
+            if size == 0:
+                break
+            parts.append(data[:-2])
+        body = b"".join(parts)
+    return Seen(conn, head, body)
+
+
+def ok(body: bytes = b"ok", *extra: bytes) -> bytes:
+    lines = [b"HTTP/1.1 200 OK", b"Content-Length: %d" % len(body), *extra]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def answering(data: bytes, close: bool = False) -> Answer:
+    async def answer(server: Scripted, seen: Seen) -> Reply:
+        return data, close
+
+    return answer
+
+
+@contextlib.asynccontextmanager
+async def upstream(answer: Answer) -> AsyncIterator[tuple[Scripted, Address]]:
+    server = Scripted(answer)
+    async with raw_server(server) as url:
+        yield server, _address(url)
+
+
+def _address(url: str) -> Address:
+    host, _, port = url.split("://", 1)[1].rpartition(":")
+    return host.strip("[]"), int(port), url.startswith("https")
+
+
+@contextlib.asynccontextmanager
+async def h1(**kwargs: Any) -> AsyncIterator[H1Client]:
+    settings: dict[str, Any] = {"limit": 8, "idle_timeout": 30.0, "connect_timeout": 2.0}
+    client = H1Client(**(settings | kwargs))
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def fetch(client: H1Client, address: Address, method: str = "GET", target: str = "/", **kw: Any) -> bytes:
+    """One whole exchange: the body, the response released."""
+    resp = await client.request(address, method, target, kw.pop("headers", []), **kw)
+    try:
+        return await read_all(resp)
+    finally:
+        resp.release()
+
+
+async def read_all(resp: UpstreamResponse) -> bytes:
+    parts = [resp.read_nowait()]
+    for _ in range(100_000):
+        if resp.at_eof():
+            break
+        parts.append(await resp.readany())
+    return b"".join(parts)
+
+
+class Body:
+    """A request body (the proxy's BodySource): chunks, optionally failing at chunk ``fail_at``."""
+
+    def __init__(self, chunks: list[bytes], fail_at: int | None = None) -> None:
+        self.chunks = chunks
+        self.fail_at = fail_at
+        self.started = False
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[bytes]:
+        self.started = True
+        for i, chunk in enumerate(self.chunks):
+            if i == self.fail_at:
+                raise RuntimeError("client went away (test)")
+            await asyncio.sleep(0)
+            yield chunk
+        if self.fail_at is not None and self.fail_at >= len(self.chunks):
+            raise RuntimeError("client went away (test)")
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+# -- 1. keep-alive ------------------------------------------------------------------------------
+
+
+async def test_sequential_requests_reuse_one_connection() -> None:
+    async with upstream(answering(ok(b"hello"))) as (server, address), h1() as client:
+        for _ in range(5):
+            assert await fetch(client, address) == b"hello"
+        assert server.connections == 1
+        assert len(server.requests) == 5
+        assert client.stats["connects"] == 1
+        assert client.in_use == 0
+
+
+async def test_connection_close_from_the_server_is_not_reused() -> None:
+    async with upstream(answering(ok(b"bye", b"Connection: close"))) as (server, address), h1() as client:
+        for _ in range(3):
+            assert await fetch(client, address) == b"bye"
+        assert server.connections == 3
+
+
+async def test_http10_response_without_keep_alive_is_not_reused() -> None:
+    reply = b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    async with upstream(answering(reply)) as (server, address), h1() as client:
+        for _ in range(3):
+            assert await fetch(client, address) == b"ok"
+        assert server.connections == 3
+
+
+async def test_echo_app_over_uvicorn_keeps_alive() -> None:
+    app = EchoApp("a")
+    async with serve_app(app) as url, h1() as client:
+        address = _address(url)
+        for i in range(3):
+            resp = await client.request(address, "GET", f"/x?i={i}", [("x-test", "1")])
+            assert resp.status == 200
+            assert resp.content_type == "application/json"
+            assert b'"raw_path": "/x"' in await read_all(resp)
+            resp.release()
+        assert client.stats["connects"] == 1
+        assert [r["query"] for r in app.requests] == ["i=0", "i=1", "i=2"]
+        assert ("host", f"127.0.0.1:{address[1]}") in app.requests[0]["headers"]
+
+
+# -- 2. body framing ----------------------------------------------------------------------------
+
+
+async def test_chunked_response_body_is_decoded_and_the_connection_reused() -> None:
+    reply = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    async with upstream(answering(reply)) as (server, address), h1() as client:
+        assert await fetch(client, address) == b"hello world"
+        assert await fetch(client, address) == b"hello world"
+        assert server.connections == 1
+
+
+async def test_close_delimited_body_is_read_to_the_end_and_not_reused() -> None:
+    async def answer(server: Scripted, seen: Seen) -> Reply:
+        return b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n" + b"z" * 100_000, True
+
+    async with upstream(answer) as (server, address), h1() as client:
+        resp = await client.request(address, "GET", "/", [])
+        assert await read_all(resp) == b"z" * 100_000
+        assert resp.keep_alive is False
+        resp.release()
+        assert await fetch(client, address) == b"z" * 100_000
+        assert server.connections == 2
+
+
+# -- 3. HEAD ------------------------------------------------------------------------------------
+
+
+async def test_head_response_with_content_length_has_no_body_and_the_connection_is_reused() -> None:
+    async def answer(server: Scripted, seen: Seen) -> Reply:
+        if seen.head.startswith(b"HEAD"):
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n", False
+        return ok(b"after head"), False
+
+    async with upstream(answer) as (server, address), h1() as client:
+        async with asyncio.timeout(2):
+            resp = await client.request(address, "HEAD", "/", [])
+            assert resp.status == 200
+            assert resp.at_eof()
+            assert await resp.readany() == b""
+            resp.release()
+            assert await fetch(client, address) == b"after head"  # a fresh parser: not 1000 bytes of body
+            assert await fetch(client, address, "HEAD") == b""
+            assert await fetch(client, address) == b"after head"
+        assert server.connections == 1
+
+
+# -- 4. bodiless statuses and 1xx ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [b"204 No Content", b"304 Not Modified"])
+async def test_bodiless_statuses_complete_at_once(status: bytes) -> None:
+    async with upstream(answering(b"HTTP/1.1 " + status + b"\r\nETag: x\r\n\r\n")) as (server, address), h1() as client:
+        async with asyncio.timeout(2):
+            for _ in range(2):
+                resp = await client.request(address, "GET", "/", [])
+                assert resp.status == int(status[:3])
+                assert resp.at_eof()
+                resp.release()
+        assert server.connections == 1
+
+
+async def test_100_continue_and_103_early_hints_are_skipped() -> None:
+    early_hints = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+    reply = b"HTTP/1.1 100 Continue\r\n\r\n" + early_hints + ok(b"final", b"X-Final: 1")
+    async with upstream(answering(reply)) as (server, address), h1() as client:
+        for _ in range(2):
+            resp = await client.request(address, "POST", "/", [], Body([b"data"]))
+            assert resp.status == 200
+            assert resp.headers == [(b"Content-Length", b"5"), (b"X-Final", b"1")]
+            assert await read_all(resp) == b"final"
+            resp.release()
+        assert server.connections == 1
+
+
+# -- 5. invalid responses -----------------------------------------------------------------------
+
+
+async def test_invalid_status_line_is_response_invalid() -> None:
+    async with upstream(answering(b"HTTX/1.1 200 OK\r\n\r\n")) as (_server, address), h1() as client:
+        with pytest.raises(ResponseInvalid, match="invalid HTTP response"):
+            await client.request(address, "GET", "/", [])
+        assert client.in_use == 0
+        assert client.stats["stale_retries"] == 0
+
+
+@pytest.mark.xfail(reason="101 was handed out as a response")
+async def test_switching_protocols_on_a_plain_request_is_response_invalid() -> None:
+    reply = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    async with upstream(answering(reply)) as (_server, address), h1() as client:
+        with pytest.raises(ResponseInvalid, match="switched protocols"):
+            resp = await client.request(address, "GET", "/", [])
+            resp.release()  # (only reached when the 101 was handed out as a response)
+        assert client.in_use == 0
+
+
+# -- 6. resets before the response, and the keep-alive race -------------------------------------
+
+
+async def test_reset_before_any_byte_on_a_fresh_connection_is_connection_reset() -> None:
+    async with raw_server(close_immediately) as url, h1() as client:
+        with pytest.raises(ConnectionReset, match="before a response"):
+            await client.request(_address(url), "GET", "/", [], idempotent=True)
+        assert client.stats["stale_retries"] == 0
+        assert client.in_use == 0
+
+
+def _closes_the_second_request_on_each_connection() -> Answer:
+    async def answer(server: Scripted, seen: Seen) -> Reply:
+        on_this_conn = sum(1 for s in server.requests if s.conn == seen.conn)
+        if on_this_conn == 2:
+            return None  # the upstream closed the idle connection as the request arrived
+        return ok(b"fine"), False
+
+    return answer
+
+
+async def test_idempotent_request_on_a_stale_connection_is_retried_once_on_a_new_one() -> None:
+    async with upstream(_closes_the_second_request_on_each_connection()) as (server, address), h1() as client:
+        assert await fetch(client, address) == b"fine"
+        assert await fetch(client, address, idempotent=True) == b"fine"
+        assert client.stats["stale_retries"] == 1
+        assert server.connections == 2
+        assert len(server.requests) == 3
+
+
+async def test_post_on_a_stale_connection_is_not_retried() -> None:
+    async with upstream(_closes_the_second_request_on_each_connection()) as (server, address), h1() as client:
+        assert await fetch(client, address, "POST", body=Body([b"once"])) == b"fine"
+        with pytest.raises(ConnectionReset):
+            await client.request(address, "POST", "/", [], Body([b"twice"]), idempotent=False)
+        assert client.stats["stale_retries"] == 0
+        assert server.connections == 1
+        assert client.in_use == 0
+
+
+async def test_idle_connection_closed_by_the_upstream_is_dropped_before_reuse() -> None:
+    async with upstream(answering(ok(b"one"), close=False)) as (server, address), h1() as client:
+        assert await fetch(client, address) == b"one"
+        server.answer = answering(ok(b"two"))
+        # The server side closes the idle connection; the client notices (connection_lost) and
+        # forgets it, so the next request neither fails nor needs the stale retry.
+        server.close_all()
+        await eventually(lambda: client.in_use == 0 and client._open == 0)
+        assert await fetch(client, address, idempotent=True) == b"two"
+        assert client.stats["stale_retries"] == 0
+        assert server.connections == 2
+
+
+# -- 7. reset mid-body --------------------------------------------------------------------------
+
+
+async def test_reset_mid_body_raises_connection_reset_from_readany() -> None:
+    async def answer(server: Scripted, seen: Seen) -> Reply:
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"s" * 10, True
+
+    async with upstream(answer) as (_server, address), h1() as client:
+        resp = await client.request(address, "GET", "/", [])
+        got = resp.read_nowait()
+        with pytest.raises(ConnectionReset, match="mid-body"):
+            async with asyncio.timeout(2):
+                for _ in range(100):
+                    got += await resp.readany()
+        assert got == b"s" * 10
+        assert not resp.at_eof()
+        resp.release()
+        assert client.in_use == 0 and client._open == 0
+
+
+# -- 8. connect failures ------------------------------------------------------------------------
+
+
+async def test_connect_refused_is_connect_failed() -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # bound, never listening: the port refuses
+    async with h1() as client:
+        with pytest.raises(ConnectFailed, match="failed") as info:
+            await client.request(("127.0.0.1", port, False), "GET", "/", [])
+        assert not isinstance(info.value, ConnectTimeout)
+        assert client._open == 0
+
+
+async def test_connect_to_a_full_backlog_times_out() -> None:
+    # A listener that never accepts, with listen(0): once its accept queue holds one connection,
+    # Linux drops further SYNs, so the next connect hangs until the client's connect timeout.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    fillers: list[socket.socket] = []
+    try:
+        address = ("127.0.0.1", listener.getsockname()[1], False)
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(address[:2])
+            fillers.append(filler)
+        await asyncio.sleep(0.05)
+        async with h1(connect_timeout=0.3) as client:
+            with pytest.raises(ConnectTimeout, match="timed out after 0.3s"):
+                async with asyncio.timeout(3):
+                    await client.request(address, "GET", "/", [])
+            assert client._open == 0
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+# -- TLS ----------------------------------------------------------------------------------------
+
+
+async def test_tls_handshake_with_the_services_context(pki: dict[str, str]) -> None:  # noqa: F811
+    app = EchoApp("tls")
+    async with serve_app(app, ssl_certfile=pki["server"], ssl_keyfile=pki["server_key"]) as url:
+        ctx = client_ssl_context(UpstreamTLS(ca_file=pki["ca"], server_name="catalog.internal"))
+        async with h1(ssl_context=ctx) as client:
+            address = _address(url)
+            assert address[2] is True
+            for _ in range(2):
+                resp = await client.request(address, "GET", "/secure", [])
+                assert resp.status == 200
+                assert b'"raw_path": "/secure"' in await read_all(resp)
+                resp.release()
+            assert client.stats["connects"] == 1
+
+
+def _other_ca_pem() -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "some other ca")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+async def test_tls_with_the_wrong_ca_is_connect_failed(pki: dict[str, str]) -> None:  # noqa: F811
+    async with serve_app(EchoApp("tls"), ssl_certfile=pki["server"], ssl_keyfile=pki["server_key"]) as url:
+        ctx = client_ssl_context(UpstreamTLS(server_name="catalog.internal"))
+        ctx.load_verify_locations(cadata=_other_ca_pem().decode())
+        async with h1(ssl_context=ctx) as client:
+            with pytest.raises(ConnectFailed, match="TLS handshake") as info:
+                await client.request(_address(url), "GET", "/", [])
+            assert not isinstance(info.value, ConnectTimeout)
+            assert client._open == 0
+        # No context: the system trust store does not know the test CA either.
+        async with h1() as client:
+            with pytest.raises(ConnectFailed, match="TLS handshake"):
+                await client.request(_address(url), "GET", "/", [])
+
+
+# -- 9. the pool limit --------------------------------------------------------------------------
+
+
+def _slow(delay: float) -> Answer:
+    async def answer(server: Scripted, seen: Seen) -> Reply:
+        await asyncio.sleep(delay)
+        return ok(b"slow"), False
+
+    return answer
+
+
+async def test_limit_bounds_open_connections_and_the_third_request_waits() -> None:
+    async with upstream(_slow(0.2)) as (server, address), h1(limit=2) as client:
+        tasks = [asyncio.create_task(fetch(client, address)) for _ in range(3)]
+        await eventually(lambda: server.connections == 2)
+        assert client.exhausted
+        await asyncio.sleep(0.05)
+        assert server.connections == 2 and not any(t.done() for t in tasks)
+        assert await asyncio.gather(*tasks) == [b"slow"] * 3
+        assert server.max_open == 2 and server.max_active == 2
+        assert server.connections == 2  # the third request took a released connection
+
+
+async def test_a_cancelled_waiter_does_not_leak_a_slot() -> None:
+    async with upstream(_slow(0.2)) as (server, address), h1(limit=2) as client:
+        busy = [asyncio.create_task(fetch(client, address)) for _ in range(2)]
+        await eventually(lambda: server.connections == 2)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await fetch(client, address)
+        await asyncio.gather(*busy)
+        assert client.in_use == 0
+        # Both slots are still there: two requests run at once (the server sees them overlap).
+        server.max_active = 0
+        before = len(server.requests)
+        async with asyncio.timeout(2):
+            await asyncio.gather(fetch(client, address), fetch(client, address))
+        assert len(server.requests) == before + 2
+        assert server.connections == 2
+        assert server.max_active == 2
+
+
+XFAIL_EXHAUSTED = "exhausted counts idle connections as taken"
+
+
+@pytest.mark.xfail(reason=XFAIL_EXHAUSTED)
+async def test_exhausted_only_while_every_connection_is_busy() -> None:
+    async with upstream(_slow(0.1)) as (server, address), h1(limit=2) as client:
+        first = [asyncio.create_task(fetch(client, address)) for _ in range(2)]
+        await eventually(lambda: server.connections == 2)
+        assert client.exhausted and client.in_use == 2
+        await asyncio.gather(*first)
+        # Two idle keep-alive connections: nothing is waiting and a request would go out at once.
+        assert client.in_use == 0
+        assert not client.exhausted
+
+
+# -- 10. idle expiry ----------------------------------------------------------------------------
+
+
+async def test_idle_connections_expire_and_the_next_request_opens_a_new_one() -> None:
+    async with upstream(answering(ok())) as (server, address), h1(idle_timeout=0.2) as client:
+        assert await fetch(client, address) == b"ok"
+        assert server.eofs == 0
+        await asyncio.sleep(0.4)
+        await eventually(lambda: server.eofs == 1, timeout=1.0)  # the client closed it
+        assert client._open == 0
+        assert await fetch(client, address) == b"ok"
+        assert server.connections == 2
+
+
+# -- 11. request bodies -------------------------------------------------------------------------
+
+
+async def test_body_with_content_length_is_sent_raw() -> None:
+    async with upstream(answering(ok())) as (server, address), h1() as client:
+        body = Body([b"hello ", b"world"])
+        await fetch(client, address, "PUT", headers=[("Content-Length", "11")], body=body)
+        seen = server.requests[0]
+        assert b"content-length: 11" in seen.header_lines
+        assert not any(line.startswith(b"transfer-encoding") for line in seen.header_lines)
+        assert seen.body == b"hello world"
+
+
+async def test_body_without_length_goes_chunked() -> None:
+    async with upstream(answering(ok())) as (server, address), h1() as client:
+        await fetch(client, address, "POST", body=Body([b"a" * 10, b"b" * 70_000, b"c"]))
+        await fetch(client, address, "POST", body=Body([]))
+        first, empty = server.requests
+        assert b"transfer-encoding: chunked" in first.header_lines
+        assert not any(line.startswith(b"content-length") for line in first.header_lines)
+        assert first.body == b"a" * 10 + b"b" * 70_000 + b"c"
+        assert empty.body == b""
+        assert server.connections == 1
+
+
+@pytest.mark.xfail(reason="an empty chunk ends a chunked body")
+async def test_chunked_body_with_an_empty_chunk_is_not_cut_short() -> None:
+    # An empty chunk framed as "0\r\n\r\n" would end the body early and the rest would be read
+    # by the upstream as the next request (a smuggled request).
+    async with upstream(answering(ok())) as (server, address), h1() as client:
+        await fetch(client, address, "POST", body=Body([b"abc", b"", b"GET /smuggled HTTP/1.1\r\n\r\n"]))
+        assert [s.body for s in server.requests] == [b"abcGET /smuggled HTTP/1.1\r\n\r\n"]
+        assert server.requests[0].head.startswith(b"POST / ")
+
+
+async def test_body_failing_before_its_first_chunk_sends_nothing() -> None:
+    async with upstream(answering(ok())) as (server, address), h1() as client:
+        with pytest.raises(BodyAborted, match="client went away"):
+            await client.request(address, "POST", "/", [], Body([b"never"], fail_at=0))
+        await eventually(lambda: server.open == 0)
+        assert server.raw_bytes == [0]  # connected, but not one byte arrived: not even the head
+        assert server.requests == []
+        assert client._open == 0
+
+
+async def test_body_failing_mid_way_aborts_and_the_connection_is_not_reused() -> None:
+    async with upstream(answering(ok())) as (server, address), h1() as client:
+        with pytest.raises((BodyAborted, ConnectionReset)):
+            await client.request(address, "POST", "/", [], Body([b"part", b"more"], fail_at=2))
+        assert client._open == 0
+        assert await fetch(client, address, "POST", body=Body([b"next"])) == b"ok"
+        assert server.connections == 2
+        assert [s.body for s in server.requests] == [b"next"]
+
+
+# -- 12. backpressure ---------------------------------------------------------------------------
+
+BIG = 20 * 1024 * 1024
+ONE_READ = 256 * 1024  # the most asyncio's socket transport reads at once
+
+
+async def test_a_slowly_read_big_response_stays_bounded_in_memory() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BIG)
+        block = b"x" * (1024 * 1024)
+        for _ in range(BIG // len(block)):
+            writer.write(block)
+            await writer.drain()
+        await reader.read()
+
+    async with raw_server(handler) as url, h1() as client:
+        resp = await client.request(_address(url), "GET", "/", [])
+        total, most, reads = 0, 0, 0
+        async with asyncio.timeout(10):
+            while not resp.at_eof():
+                await asyncio.sleep(0.002 if reads % 4 else 0.02)  # the proxy's client is slow
+                most = max(most, resp._buffered)
+                total += len(await resp.readany())
+                reads += 1
+        resp.release()
+        assert total == BIG
+        assert most <= HIGH_WATER + ONE_READ
+        assert most >= HIGH_WATER  # it did fill up: the bound above was actually tested
+
+
+class Capturing(H1Client):
+    """The client, keeping its connections for the test to look at."""
+
+    conns: list[_Conn]
+
+    async def _connect(self, address: Address) -> _Conn:
+        conn = await super()._connect(address)
+        self.conns = [*getattr(self, "conns", []), conn]
+        return conn
+
+
+async def test_a_big_upload_to_a_slow_reader_waits_for_drain() -> None:
+    received = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal received
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        while received < length:
+            data = await reader.read(256 * 1024)
+            if not data:
+                return
+            received += len(data)
+            await asyncio.sleep(0.005)
+        writer.write(ok(b"got it"))
+        await writer.drain()
+
+    chunk = b"u" * (64 * 1024)
+    most = 0
+    client = Capturing(limit=2, idle_timeout=30.0, connect_timeout=2.0)
+
+    class Upload:
+        started = False
+
+        def __aiter__(self) -> AsyncIterator[bytes]:
+            return self._iterate()
+
+        async def _iterate(self) -> AsyncIterator[bytes]:
+            nonlocal most
+            self.started = True
+            for _ in range(BIG // len(chunk)):
+                transport = client.conns[0].transport
+                assert transport is not None
+                most = max(most, transport.get_write_buffer_size())
+                yield chunk
+
+    async with raw_server(handler) as url:
+        try:
+            async with asyncio.timeout(10):
+                body = await fetch(client, _address(url), "PUT", headers=[("content-length", str(BIG))], body=Upload())
+        finally:
+            await client.close()
+    assert body == b"got it"
+    assert received == BIG
+    high_water = 64 * 1024  # asyncio's default write buffer limit
+    assert most <= high_water + len(chunk)
+
+
+# -- 13. serialization --------------------------------------------------------------------------
+
+
+async def test_cr_or_lf_in_a_header_is_refused_before_anything_is_sent() -> None:
+    async with upstream(answering(ok())) as (server, address), h1() as client:
+        for headers in ([("x-a", "1\r\nx-smuggled: 1")], [("x-a", "1\nx")], [("x-a\r\n", "1")]):
+            with pytest.raises(ValueError, match="CR or LF"):
+                await client.request(address, "GET", "/", headers)
+        with pytest.raises(ValueError, match="CR or LF"):
+            await client.request(address, "GET", "/ HTTP/1.1\r\nx: y", [])
+        assert server.connections == 0
+        assert client._open == 0
+
+
+async def test_host_is_added_from_the_address_when_absent() -> None:
+    async with upstream(answering(ok())) as (server, address), h1() as client:
+        await fetch(client, address)
+        await fetch(client, address, headers=[("Host", "shop.local")])
+        first, second = server.requests
+        assert f"host: 127.0.0.1:{address[1]}".encode() in first.header_lines
+        assert second.header_lines.count(b"host: shop.local") == 1
+        assert sum(line.startswith(b"host:") for line in second.header_lines) == 1
+
+
+async def test_host_for_ipv6_and_default_ports() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    app = EchoApp("v6")
+    try:
+        cm = serve_app(app, host="::1")
+        url = await cm.__aenter__()
+    except OSError as exc:
+        pytest.skip(f"::1 not available: {exc}")
+    try:
+        async with h1() as client:
+            address = _address(url)
+            assert address[0] == "::1"
+            await fetch(client, address)
+            assert ("host", f"[::1]:{address[1]}") in app.requests[0]["headers"]
+    finally:
+        await cm.__aexit__(None, None, None)
+
+
+async def test_post_without_body_says_content_length_zero_and_get_does_not() -> None:
+    async with upstream(answering(ok())) as (server, address), h1() as client:
+        await fetch(client, address, "POST")
+        await fetch(client, address, "GET")
+        await fetch(client, address, "DELETE")
+        post, get, delete = server.requests
+        assert b"content-length: 0" in post.header_lines
+        assert not any(line.startswith(b"content-length") for line in get.header_lines)
+        assert not any(line.startswith(b"content-length") for line in delete.header_lines)
+        assert get.head.startswith(b"GET / HTTP/1.1\r\n")
+
+
+# -- 14. release() and close() of a response ----------------------------------------------------
+
+
+async def test_releasing_an_incomplete_response_closes_its_connection() -> None:
+    async with upstream(answering(ok(b"y" * 2_000_000))) as (server, address), h1() as client:
+        resp = await client.request(address, "GET", "/", [])
+        assert not resp.at_eof()
+        resp.release()
+        assert client._open == 0
+        assert await fetch(client, address) == b"y" * 2_000_000
+        assert server.connections == 2
+
+
+async def test_close_always_closes_and_release_of_a_complete_response_reuses() -> None:
+    async with upstream(answering(ok())) as (server, address), h1() as client:
+        resp = await client.request(address, "GET", "/", [])
+        assert await read_all(resp) == b"ok"
+        resp.close()
+        assert client._open == 0
+        assert await fetch(client, address) == b"ok"
+        assert await fetch(client, address) == b"ok"
+        assert server.connections == 2
+        assert client._open == 1 and client.in_use == 0
+
+
+# -- 15. closing the client ---------------------------------------------------------------------
+
+
+async def test_close_closes_idle_connections_and_refuses_later_requests() -> None:
+    async with upstream(answering(ok())) as (server, address):
+        client = H1Client(limit=4, idle_timeout=30.0, connect_timeout=2.0)
+        assert await fetch(client, address) == b"ok"
+        await client.close()
+        await eventually(lambda: server.eofs == 1)
+        with pytest.raises(ConnectFailed, match="closed"):
+            await client.request(address, "GET", "/", [])
+        assert server.connections == 1
+
+
+@pytest.mark.xfail(reason="waiters connect on a closed pool")
+async def test_a_request_waiting_for_a_slot_when_the_client_closes_fails() -> None:
+    async with upstream(_slow(0.2)) as (server, address):
+        client = H1Client(limit=1, idle_timeout=30.0, connect_timeout=2.0)
+        busy = asyncio.create_task(fetch(client, address))
+        await eventually(lambda: server.connections == 1)
+        waiting = asyncio.create_task(fetch(client, address))
+        await asyncio.sleep(0.02)
+        await client.close()
+        assert await busy == b"slow"
+        with pytest.raises(ConnectFailed, match="closed"):
+            async with asyncio.timeout(2):
+                await waiting
+        assert server.connections == 1
+        assert client._open == 0
+
+
+def test_errors_are_one_hierarchy() -> None:
+    for error in (ConnectFailed, ConnectTimeout, ResponseInvalid, ConnectionReset, BodyAborted):
+        assert issubclass(error, UpstreamError)
+    assert issubclass(ConnectTimeout, TimeoutError) and issubclass(ConnectTimeout, ConnectFailed)
+
+
+@pytest.mark.xfail(reason="extra bytes poison the next response")
+async def test_bytes_after_a_complete_response_are_not_taken_for_the_next_response() -> None:
+    # An upstream that sends more than its framing said must not poison the next request on the
+    # connection with a response of its choosing (nginx: "upstream sent more data than specified").
+    async def answer(server: Scripted, seen: Seen) -> Reply:
+        if len(server.requests) == 1:
+            return ok(b"one") + b"HTTP/1.1 302 Found\r\nLocation: /evil\r\nX-Junk: ", False
+        return ok(b"two"), False
+
+    async with upstream(answer) as (server, address), h1() as client:
+        assert await fetch(client, address) == b"one"
+        resp = await client.request(address, "GET", "/", [])
+        assert (resp.status, await read_all(resp)) == (200, b"two")
+        resp.release()
+        assert server.connections == 2
