@@ -275,9 +275,14 @@ class _Conn(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         status: int = self._parser.get_status_code()
-        if 100 <= status < 200 and status != 101:
-            self._informational = True  # 100 Continue, 103 Early Hints: the real response follows
+        if 100 <= status < 200:
             self._headers = []
+            if status == 101:
+                # Refused here, before a response is handed out: the parser only raises its
+                # upgrade error after this callback, when the caller already has a 101.
+                self._protocol_error("the upstream switched protocols on a plain HTTP request")
+                return
+            self._informational = True  # 100 Continue, 103 Early Hints: the real response follows
             return
         headers, self._headers = self._headers, []
         for name, _ in headers:

@@ -349,9 +349,9 @@ async def test_invalid_status_line_is_response_invalid() -> None:
         assert client.stats["stale_retries"] == 0
 
 
-@pytest.mark.xfail(reason="101 was handed out as a response")
-async def test_switching_protocols_on_a_plain_request_is_response_invalid() -> None:
-    reply = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+@pytest.mark.parametrize("upgrade", [b"Upgrade: websocket\r\nConnection: Upgrade\r\n", b""])
+async def test_switching_protocols_on_a_plain_request_is_response_invalid(upgrade: bytes) -> None:
+    reply = b"HTTP/1.1 101 Switching Protocols\r\n" + upgrade + b"\r\n"
     async with upstream(answering(reply)) as (_server, address), h1() as client:
         with pytest.raises(ResponseInvalid, match="switched protocols"):
             resp = await client.request(address, "GET", "/", [])
