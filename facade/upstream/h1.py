@@ -342,6 +342,8 @@ class _Conn(asyncio.Protocol):
             async for chunk in body:
                 if self.closed:
                     return
+                if not chunk:
+                    continue  # chunked, an empty chunk would be the last-chunk marker: the body's end
                 data = b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk
                 if pending is not None:
                     data, pending = pending + data, None
