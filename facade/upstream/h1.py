@@ -59,6 +59,7 @@ Address = tuple[str, int, bool]
 HIGH_WATER = 256 * 1024  # buffered response bytes at which reading from the upstream pauses
 LOW_WATER = 64 * 1024  # ...and resumes once the proxy has taken the buffer below this
 
+_POOL_CLOSED = "the service's connection pool is closed (reconfigured); retry the request"
 _BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "TRACE", "CONNECT"})
 
 
@@ -519,7 +520,7 @@ class H1Client:
                 else:
                     return conn, True
         if self._closed:
-            raise ConnectFailed("the service's connection pool is closed (reconfigured); retry the request")
+            raise ConnectFailed(_POOL_CLOSED)
         while self.limit and self._open >= self.limit:
             if self._reclaim_idle():
                 continue
@@ -531,6 +532,8 @@ class H1Client:
                 if not waiter.cancelled() and waiter.done():
                     self._wake_next()  # pass on the wake-up this caller will not use
                 raise
+            if self._closed:
+                raise ConnectFailed(_POOL_CLOSED)  # woken by close(): no new connection on a closed pool
             idle = self._idle.get(address)
             if idle:
                 conn = idle.pop()

@@ -833,7 +833,6 @@ async def test_close_closes_idle_connections_and_refuses_later_requests() -> Non
         assert server.connections == 1
 
 
-@pytest.mark.xfail(reason="waiters connect on a closed pool")
 async def test_a_request_waiting_for_a_slot_when_the_client_closes_fails() -> None:
     async with upstream(_slow(0.2)) as (server, address):
         client = H1Client(limit=1, idle_timeout=30.0, connect_timeout=2.0)
