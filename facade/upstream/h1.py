@@ -301,10 +301,20 @@ class _Conn(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(response)
 
+    def on_message_begin(self) -> None:
+        response = self._response
+        if response is not None and response._done:
+            # Bytes after a complete response: the upstream sent more than its framing said. The
+            # connection is not reused, or they would be read as the next request's response.
+            response.keep_alive = False
+
     def on_body(self, body: bytes) -> None:
         response = self._response
-        if response is not None and not response._done:
-            response._feed(body)
+        if response is not None:
+            if not response._done:
+                response._feed(body)
+            else:
+                response.keep_alive = False  # a body after a HEAD response's head: as above
 
     def on_message_complete(self) -> None:
         if self._informational:
