@@ -478,7 +478,7 @@ class H1Client:
     @property
     def exhausted(self) -> bool:
         """Every connection slot is taken (requests are waiting for one)."""
-        return self._open >= self.limit > 0
+        return self.in_use >= self.limit > 0  # idle keep-alive connections are free to take
 
     async def request(
         self,

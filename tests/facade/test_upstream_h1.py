@@ -567,10 +567,6 @@ async def test_a_cancelled_waiter_does_not_leak_a_slot() -> None:
         assert server.max_active == 2
 
 
-XFAIL_EXHAUSTED = "exhausted counts idle connections as taken"
-
-
-@pytest.mark.xfail(reason=XFAIL_EXHAUSTED)
 async def test_exhausted_only_while_every_connection_is_busy() -> None:
     async with upstream(_slow(0.1)) as (server, address), h1(limit=2) as client:
         first = [asyncio.create_task(fetch(client, address)) for _ in range(2)]
