@@ -622,16 +622,18 @@ class H1Client:
 
     def _expire_idle(self) -> None:
         self._sweep = None
-        now = asyncio.get_running_loop().time()
-        left = False
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        due: float | None = None  # when the oldest connection left turns idle_timeout old
         for idle in self._idle.values():
             while idle and now - idle[0].idle_since >= self.idle_timeout:
                 conn = idle.popleft()
                 conn.close_idle()
                 self._open -= 1
-            left = left or bool(idle)
-        if left and not self._closed:
-            self._sweep = asyncio.get_running_loop().call_later(self.idle_timeout, self._expire_idle)
+            if idle and (due is None or idle[0].idle_since < due):
+                due = idle[0].idle_since
+        if due is not None and not self._closed:
+            self._sweep = loop.call_at(due + self.idle_timeout, self._expire_idle)
         self._wake_next()
 
     async def close(self) -> None:

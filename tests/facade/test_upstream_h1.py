@@ -880,3 +880,24 @@ async def test_a_body_sent_after_a_head_response_is_not_reused() -> None:
         resp.release()
         assert await fetch(client, address) == b"get"
         assert server.connections == 2
+
+
+async def test_each_idle_connection_expires_about_idle_timeout_after_its_release() -> None:
+    async def answer(server: Scripted, seen: Seen) -> Reply:
+        if b"/later" in seen.head.split(b"\r\n", 1)[0]:
+            await asyncio.sleep(0.1)
+        return ok(), False
+
+    async with upstream(answer) as (server, address), h1(idle_timeout=0.3) as client:
+        await asyncio.gather(fetch(client, address, target="/now"), fetch(client, address, target="/later"))
+        idle = client._idle[address]
+        assert len(idle) == 2
+        later_since = idle[-1].idle_since
+        assert later_since - idle[0].idle_since >= 0.05
+        await eventually(lambda: server.eofs == 1)  # the first sweep closed the older one
+        assert server.eofs == 1 and len(idle) == 1
+        # The next sweep is due when the younger one is idle_timeout old, not a whole period later
+        # (which left a connection open up to twice its idle timeout).
+        assert client._sweep is not None
+        assert client._sweep.when() <= later_since + 0.3 + 0.05
+        await eventually(lambda: server.eofs == 2)
