@@ -571,8 +571,9 @@ class H1Client:
                 _, protocol = await loop.create_connection(
                     lambda: _Conn(self, address), host, port, ssl=ctx, server_hostname=host if tls else None
                 )
-        except TimeoutError:
-            raise ConnectTimeout(f"connect to {host}:{port} timed out after {self.connect_timeout:g}s") from None
+        except TimeoutError:  # ours, or the kernel's (ETIMEDOUT) when there is no connect timeout
+            after = f" after {self.connect_timeout:g}s" if self.connect_timeout is not None else ""
+            raise ConnectTimeout(f"connect to {host}:{port} timed out{after}") from None
         except ssl.SSLError as exc:
             raise ConnectFailed(f"TLS handshake with {host}:{port} failed: {exc}") from None
         except OSError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import errno
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -901,3 +902,18 @@ async def test_each_idle_connection_expires_about_idle_timeout_after_its_release
         assert client._sweep is not None
         assert client._sweep.when() <= later_since + 0.3 + 0.05
         await eventually(lambda: server.eofs == 2)
+
+
+async def test_an_os_level_connect_timeout_without_a_configured_one_is_connect_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The kernel's own SYN timeout (ETIMEDOUT, minutes) cannot run in a test: the loop's connect
+    # is replaced by one that fails the way it does.
+    async def timed_out(*args: Any, **kwargs: Any) -> Any:
+        raise TimeoutError(errno.ETIMEDOUT, "Connection timed out")
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "create_connection", timed_out)
+    async with h1(connect_timeout=None) as client:
+        with pytest.raises(ConnectTimeout, match="connect to 127.0.0.1:9 timed out"):
+            await client.request(("127.0.0.1", 9, False), "GET", "/", [])
+        assert client._open == 0
