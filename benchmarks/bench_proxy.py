@@ -10,8 +10,8 @@ bounded aiohttp client. nginx and haproxy run only when installed; each runs ONE
 process, like the facade, so the comparison is per core. Each configuration runs ``--repeat``
 times and the median is reported, because this machine is shared and noisy.
 
-Prints a table (req/s, p50, p99 per contender and connection count) and the ratios the
-targets are stated in: facade throughput / nginx at 32 connections, and facade p50 - direct
+Prints a table (req/s, p50, p99 and CPU µs per request of the proxy's processes, per contender
+and connection count) and the ratios the targets are stated in: facade throughput / nginx at 32 connections, and facade p50 - direct
 p50 at 1 connection.
 """
 
@@ -31,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -64,6 +65,34 @@ def process(argv: list[str], port: int, log: Path, env: dict[str, str] | None = 
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """CPU time (user + system) of a process and its children so far; 0.0 without psutil.
+
+    CPU per request is steadier than req/s on a shared box: it does not depend on who else got the
+    cores during the run.
+    """
+    if pid is None:
+        return 0.0
+    try:
+        import psutil
+    except ImportError:
+        return 0.0
+    try:
+        procs = [psutil.Process(pid)]
+        procs += procs[0].children(recursive=True)  # nginx: master + worker
+        return sum(t.user + t.system for t in (p.cpu_times() for p in procs))
+    except psutil.Error:
+        return 0.0
+
+
+def measured(load: Any, pid: int | None, url: str, connections: int, duration: float) -> dict[str, float]:
+    before = cpu_seconds(pid)
+    r = load(url, connections, duration)
+    spent = cpu_seconds(pid) - before
+    r["cpu_us"] = spent / (r["rps"] * duration) * 1e6 if r["rps"] and spent else 0.0
+    return r
 
 
 def run_wrk(url: str, connections: int, duration: float) -> dict[str, float]:
@@ -218,30 +247,31 @@ def main() -> int:
         contenders = {k: v for k, v in contenders.items() if k in wanted}
 
     results: dict[str, dict[int, dict[str, float]]] = {}
-    with process(backend_argv, backend, tmp / "backend.log"):
+    with process(backend_argv, backend, tmp / "backend.log") as backend_proc:
         for name, (argv, port) in contenders.items():
             env = dict(os.environ, BACKEND=f"http://127.0.0.1:{backend}")
-            ctx = process(argv, port, tmp / f"{name}.log", env) if argv else contextlib.nullcontext()
-            with ctx:
+            ctx = process(argv, port, tmp / f"{name}.log", env) if argv else contextlib.nullcontext(backend_proc)
+            with ctx as proc:
                 url = f"http://127.0.0.1:{port}/bench"
                 load(url, 8, 1.0)  # warm-up: pools, JIT-free but caches and connections
                 results[name] = {}
                 for c in conns:
-                    runs = [load(url, c, args.duration) for _ in range(args.repeat)]
+                    runs = [measured(load, proc.pid, url, c, args.duration) for _ in range(args.repeat)]
                     results[name][c] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
                     r = results[name][c]
-                    print(f"  {name:8s} c={c:<3d} {r['rps']:9.0f} req/s  p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms",
-                          file=sys.stderr, flush=True)
+                    print(f"  {name:8s} c={c:<3d} {r['rps']:9.0f} req/s  p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms"
+                          f"  cpu {r['cpu_us']:.0f} us/req", file=sys.stderr, flush=True)
 
     print()
     print(f"machine: {os.cpu_count()} cores; {args.repeat} runs x {args.duration:g}s each, median; load: "
           f"{'wrk -t1' if load is run_wrk else 'python aiohttp'}")
-    print(f"{'contender':10s} {'conns':>5s} {'req/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} {'vs direct':>9s}")
+    print(f"{'contender':10s} {'conns':>5s} {'req/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} {'vs direct':>9s} {'cpu us/req':>10s}")
     for name, by_c in results.items():
         for c, r in by_c.items():
             base = results.get("direct", {}).get(c, {}).get("rps")
             ratio = f"{r['rps'] / base:.2f}x" if base else ""
-            print(f"{name:10s} {c:5d} {r['rps']:9.0f} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f} {ratio:>9s}")
+            print(f"{name:10s} {c:5d} {r['rps']:9.0f} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f} {ratio:>9s} {r['cpu_us']:10.0f}")
+    print("(cpu us/req: the contender's own processes; for direct, the backend's)")
     print()
     f, n, d = results.get("facade", {}), results.get("nginx", {}), results.get("direct", {})
     if f and n and 32 in f and 32 in n:

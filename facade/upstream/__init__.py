@@ -5,14 +5,14 @@
     ep = pool.pick(exclude=tried)                   # raises UpstreamUnavailable
     ep.begin()
     try:
-        resp = await pool.session.request(method, ep.url_for(path_and_query), ...)
+        resp = await pool.h1.request(ep.address, method, ep.target_for(path_and_query), headers, body)
     finally:
         ep.end()
     pool.report(ep, Outcome.from_status(resp.status))
 
 Modules: ``balancer`` (group and endpoint choice, pure), ``outlier`` (ejection bookkeeping,
 pure), ``health`` (threshold state machine + probe loop), ``tls`` (client contexts),
-``pool`` (one service), ``registry`` (all services, hot reload).
+``h1`` (the proxy's HTTP/1.1 client), ``pool`` (one service), ``registry`` (all services, hot reload).
 """
 
 from .balancer import GroupCandidates, choose_group, pick_least_request, pick_random, pick_round_robin

@@ -1,4 +1,4 @@
-"""One service's pool: its endpoints' runtime state, the pick and report decisions, its HTTP session.
+"""One service's pool: its endpoints' runtime state, the pick and report decisions, its HTTP clients.
 
 Everything here runs on the event loop thread; no locks. The decisions delegate to the pure
 modules (``balancer``, ``outlier``, ``health``); this module keeps the state and does the I/O.
@@ -157,10 +157,12 @@ class _Group:
 
 
 class ServicePool:
-    """The endpoints of one service, how to choose among them, and the session that reaches them.
+    """The endpoints of one service, how to choose among them, and the clients that reach them.
 
-    ``ssl_context`` is used for https:// endpoints (None = the system trust store). ``session``
-    lets a reload hand over a warm session; the pool then owns it. ``previous`` is the pool this
+    ``h1`` (facade.upstream.h1) carries proxied requests; ``session`` (aiohttp) carries health
+    checks, shadow requests and WebSocket upgrades. ``ssl_context`` is used for https:// endpoints
+    (None = the system trust store). ``session`` and ``h1`` let a reload hand over warm
+    connections; the pool then owns them. ``previous`` is the pool this
     one replaces: the state of endpoints with the same URL carries over (and the endpoint objects
     themselves when the session is handed over and the group is unchanged, so requests still in
     flight on the old pool keep counting).
