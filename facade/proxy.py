@@ -40,6 +40,7 @@ from .upstream.h1 import (
     BodyAborted,
     ConnectFailed,
     ConnectTimeout,
+    PoolExhausted,
     ResponseInvalid,
     UpstreamError,
     UpstreamResponse,
@@ -403,7 +404,15 @@ class Proxy:
                     if not first and not resp.at_eof() and resp.content_type != "text/event-stream":
                         # (An event stream may stay silent for long: its headers go out now and the
                         # stream is watched by _stream_response under the idle timeout instead.)
-                        first = await resp.readany()
+                        try:
+                            first = await resp.readany()
+                        except BaseException:
+                            resp.close()  # the connection's state is unknown: never back to the pool
+                            raise
+            except PoolExhausted as exc:
+                # The service is saturated, not this endpoint: no outlier report, no retry.
+                endpoint.end()
+                raise UpstreamUnavailable(f"connection pool of service {spec.name} exhausted: {exc}") from None
             except ConnectTimeout as exc:
                 outcome, error = Outcome.CONNECT_FAILURE, UpstreamTimeout(str(exc))
             except ConnectFailed as exc:

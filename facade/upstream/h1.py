@@ -23,6 +23,8 @@ Errors (all ``UpstreamError``):
 - ``ResponseInvalid``: the upstream answered something that is not HTTP/1.x.
 - ``ConnectionReset``: the connection closed before the response was complete.
 - ``BodyAborted``: reading the request body from the client failed (client gone, too large).
+- ``PoolExhausted``: every connection stayed busy for ``connect_timeout`` (the wait for a free
+  connection counts as connecting; Envoy answers a full pool with 503 as well).
 
 A connection that was reused from the pool and closes before a single response byte arrives
 was most likely closed by the upstream while idle (a keep-alive race): an idempotent request
@@ -48,6 +50,7 @@ __all__ = [
     "ConnectTimeout",
     "ConnectionReset",
     "H1Client",
+    "PoolExhausted",
     "ResponseInvalid",
     "UpstreamError",
     "UpstreamResponse",
@@ -85,6 +88,10 @@ class ConnectionReset(UpstreamError):
 
 class BodyAborted(UpstreamError):
     """The request body could not be read from the client."""
+
+
+class PoolExhausted(UpstreamError):
+    """Every connection was busy for the whole connect timeout: nothing was sent."""
 
 
 class BodySource(Protocol):
@@ -531,13 +538,23 @@ class H1Client:
                     return conn, True
         if self._closed:
             raise ConnectFailed(_POOL_CLOSED)
+        deadline: float | None = None
         while self.limit and self._open >= self.limit:
             if self._reclaim_idle():
                 continue
-            waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            if deadline is None and self.connect_timeout is not None:
+                deadline = loop.time() + self.connect_timeout  # the wait for a slot is part of connecting
+            waiter = loop.create_future()
             self._waiters.append(waiter)
             try:
-                await waiter
+                async with asyncio.timeout_at(deadline):
+                    await waiter
+            except TimeoutError:
+                self.stats["pool_exhausted"] += 1
+                raise PoolExhausted(
+                    f"all {self.limit} connections busy for {self.connect_timeout:g}s (connection_pool.max_connections)"
+                ) from None
             except BaseException:
                 if not waiter.cancelled() and waiter.done():
                     self._wake_next()  # pass on the wake-up this caller will not use

@@ -379,3 +379,66 @@ async def test_no_access_log_by_default(tmp_path, caplog):
             with caplog.at_level(logging.INFO, logger="facade.access"):
                 await client.get("/items")
     assert [rec for rec in caplog.records if rec.name == "facade.access"] == []
+
+
+async def _headers_then_silence(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while True:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.5)  # the body comes after the route's timeout
+        writer.write(b"x" * 100)
+
+
+async def test_a_timeout_waiting_for_the_first_body_bytes_gives_the_connection_back(tmp_path):
+    # With one connection allowed, a slot kept by the timed-out response would turn every later
+    # request into 503 "pool exhausted" instead of the 504 the upstream's silence deserves.
+    async with raw_server(_headers_then_silence) as url:
+        cfg = f"""
+listen: 127.0.0.1:0
+admin: {{listen: 127.0.0.1:0, token: t0ken}}
+services:
+  svc:
+    endpoints: [{url}]
+    timeouts: {{request: 0.3s}}
+    retries: {{attempts: 0}}
+    connection_pool: {{max_connections: 1}}
+routes:
+  - name: all
+    match: {{path: {{prefix: /}}}}
+    backend: svc
+"""
+        async with run_facade(tmp_path, cfg) as rt, httpx.AsyncClient(base_url=rt.url, trust_env=False) as client:
+            statuses = [(await client.get("/")).status_code for _ in range(3)]
+            assert statuses == [504, 504, 504]
+            h1 = rt.holder.current.upstreams.get("svc").live_h1
+            assert h1 is not None and h1.in_use == 0
+
+
+async def test_a_full_connection_pool_answers_503_after_the_connect_timeout(tmp_path):
+    async with raw_server(never_answer) as url:
+        cfg = f"""
+listen: 127.0.0.1:0
+admin: {{listen: 127.0.0.1:0, token: t0ken}}
+services:
+  svc:
+    endpoints: [{url}]
+    timeouts: {{connect: 0.2s, request: 3s}}
+    retries: {{attempts: 0}}
+    connection_pool: {{max_connections: 1}}
+routes:
+  - name: all
+    match: {{path: {{prefix: /}}}}
+    backend: svc
+"""
+        async with run_facade(tmp_path, cfg) as rt, httpx.AsyncClient(base_url=rt.url, trust_env=False) as client:
+            holder = asyncio.create_task(client.get("/slow"))  # takes the only connection for 3 s
+            await asyncio.sleep(0.1)
+            t0 = time.monotonic()
+            resp = await client.get("/next")
+            waited = time.monotonic() - t0
+            assert resp.status_code == 503 and "exhausted" in resp.json()["detail"]
+            assert waited < 2.0  # bounded by the connect timeout, not the 3 s request timeout
+            pool = rt.holder.current.upstreams.get("svc")
+            assert pool.endpoints[0].outcomes == {}  # a saturated service is not the endpoint's failure
+            assert (await holder).status_code == 504
