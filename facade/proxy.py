@@ -241,10 +241,14 @@ class Proxy:
         # Body: refuse early what is known to be too large.
         max_body = snap.config.limits.max_request_body
         has_body = chunked or (content_length is not None and content_length != b"0")
-        if max_body is not None and content_length is not None and content_length.isdigit():
-            if int(content_length) > max_body:
-                await _json_response(send, 413, {"error": "request body too large", "limit": max_body})
-                return
+        if (
+            max_body is not None
+            and content_length is not None
+            and content_length.isdigit()
+            and int(content_length) > max_body
+        ):
+            await _json_response(send, 413, {"error": "request body too large", "limit": max_body})
+            return
         # Shadow: the sender decides whether this request is mirrored (safe methods, capacity);
         # if so, the proxy keeps bounded copies of the request and primary response bodies.
         ticket = None
