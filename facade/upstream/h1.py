@@ -9,7 +9,7 @@
 
 Why not aiohttp's client here (DESIGN.md chose it; its table says to revisit with numbers):
 on this project's 2-core benchmark aiohttp's client was ~55 µs of the facade's ~156 µs of CPU
-per proxied request; this client does the same job in ~15 µs (benchmarks/RESULTS.md). It is
+per proxied request; with this client the facade costs ~85 µs (benchmarks/RESULTS.md). It is
 only what the proxy needs: one request at a time per connection (no pipelining), bodies
 streamed both ways with backpressure, keep-alive with idle expiry, TLS through any
 ``ssl.SSLContext`` (the mesh's SPIFFE-checking contexts included), and errors classified for
