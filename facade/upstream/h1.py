@@ -59,6 +59,7 @@ __all__ = [
 Address = tuple[str, int, bool]
 """(host, port, tls): where a connection goes; connections are pooled per address."""
 
+MAX_RESPONSE_HEAD = 64 * 1024  # status line + headers (+ any 1xx before them); Envoy allows 60 KiB
 HIGH_WATER = 256 * 1024  # buffered response bytes at which reading from the upstream pauses
 LOW_WATER = 64 * 1024  # ...and resumes once the proxy has taken the buffer below this
 
@@ -221,6 +222,7 @@ class _Conn(asyncio.Protocol):
         self._busy = False
         self._head = False  # the current request is HEAD: its response has no body whatever it says
         self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0  # bytes received for the current request before its response head completed
         self._framed = False  # the response has Content-Length or Transfer-Encoding
         self._informational = False
         self._replace_parser = False
@@ -259,6 +261,8 @@ class _Conn(asyncio.Protocol):
             self.abort()  # bytes nobody asked for: the connection cannot be trusted again
             return
         self.received = True
+        if self._response is None:
+            self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -268,6 +272,11 @@ class _Conn(asyncio.Protocol):
         if self._replace_parser:
             self._replace_parser = False
             self._parser = httptools.HttpResponseParser(self)
+        elif self._response is None and self._head_bytes > MAX_RESPONSE_HEAD and self._busy:
+            # Checked after feeding, so body bytes that arrived with a complete head never count:
+            # still no complete head after this many bytes means the head itself is too large
+            # (the parser would otherwise buffer a header that never ends).
+            self._protocol_error(f"response head larger than {MAX_RESPONSE_HEAD // 1024} KiB")
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -342,6 +351,7 @@ class _Conn(asyncio.Protocol):
         self._informational = False
         self._response = None
         self._headers = []
+        self._head_bytes = 0
         self.received = False
         waiter = self._head_waiter = asyncio.get_running_loop().create_future()
         if body is None:

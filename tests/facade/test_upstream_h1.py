@@ -25,6 +25,7 @@ from facade.config import UpstreamTLS
 from facade.upstream import client_ssl_context
 from facade.upstream.h1 import (
     HIGH_WATER,
+    MAX_RESPONSE_HEAD,
     Address,
     BodyAborted,
     ConnectFailed,
@@ -348,6 +349,23 @@ async def test_invalid_status_line_is_response_invalid() -> None:
             await client.request(address, "GET", "/", [])
         assert client.in_use == 0
         assert client.stats["stale_retries"] == 0
+
+
+async def test_a_response_head_over_the_limit_is_response_invalid() -> None:
+    # One header that never ends would otherwise grow the parser's buffer without bound.
+    endless = b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * (MAX_RESPONSE_HEAD + 1024)
+    async with upstream(answering(endless)) as (_server, address), h1() as client:
+        with pytest.raises(ResponseInvalid, match="response head larger than 64 KiB"):
+            await client.request(address, "GET", "/", [])
+        assert client.in_use == 0
+
+
+async def test_a_large_head_under_the_limit_and_a_large_body_with_it_pass() -> None:
+    # Body bytes arriving in the same reads as the head never count towards the head limit.
+    body = b"b" * (4 * MAX_RESPONSE_HEAD)
+    reply = ok(body, b"X-Big: " + b"a" * (MAX_RESPONSE_HEAD - 1024))
+    async with upstream(answering(reply)) as (_server, address), h1() as client:
+        assert await fetch(client, address) == body
 
 
 @pytest.mark.parametrize("upgrade", [b"Upgrade: websocket\r\nConnection: Upgrade\r\n", b""])
