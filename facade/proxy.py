@@ -109,7 +109,7 @@ class BodyTee:
 class RequestBody:
     """The client's request body as an async iterator, bounded by ``limit`` bytes."""
 
-    __slots__ = ("_limit", "_receive", "error", "received", "started", "tee")
+    __slots__ = ("_ended", "_limit", "_receive", "ended", "error", "received", "started", "tee")
 
     def __init__(self, receive: Receive, limit: int | None, tee: BodyTee | None = None) -> None:
         self._receive = receive
@@ -118,28 +118,43 @@ class RequestBody:
         self.received = 0
         self.error: Exception | None = None
         self.tee = tee
+        self.ended = False  # read to its end, or reading stopped (failed, cancelled)
+        self._ended: asyncio.Future[None] | None = None  # made by wait_ended() only: most bodies end first
 
     def __aiter__(self) -> Any:
         return self._iterate()
 
+    async def wait_ended(self) -> None:
+        """Until the body was read to its end, or reading it stopped (failed, cancelled)."""
+        if self.ended:
+            return
+        if self._ended is None:
+            self._ended = asyncio.get_running_loop().create_future()
+        await self._ended
+
     async def _iterate(self) -> Any:
         self.started = True
         more = True
-        while more:
-            message = await self._receive()
-            if message["type"] == "http.disconnect":
-                self.error = _ClientGone()
-                raise self.error
-            chunk = message.get("body", b"")
-            more = message.get("more_body", False)
-            self.received += len(chunk)
-            if self._limit is not None and self.received > self._limit:
-                self.error = _BodyTooLarge()
-                raise self.error
-            if chunk:
-                if self.tee is not None:
-                    self.tee.add(chunk)
-                yield chunk
+        try:
+            while more:
+                message = await self._receive()
+                if message["type"] == "http.disconnect":
+                    self.error = _ClientGone()
+                    raise self.error
+                chunk = message.get("body", b"")
+                more = message.get("more_body", False)
+                self.received += len(chunk)
+                if self._limit is not None and self.received > self._limit:
+                    self.error = _BodyTooLarge()
+                    raise self.error
+                if chunk:
+                    if self.tee is not None:
+                        self.tee.add(chunk)
+                    yield chunk
+        finally:
+            self.ended = True
+            if self._ended is not None and not self._ended.done():
+                self._ended.set_result(None)
 
 
 class Proxy:
@@ -307,7 +322,9 @@ class Proxy:
                     out_headers.append((b"x-facade-step", step.encode("latin-1")))
                 await send({"type": "http.response.start", "status": status, "headers": out_headers})
                 response_started = True
-                bytes_out = await _stream_response(resp, first, receive, send, method, resp_tee, idle_timeout)
+                bytes_out = await _stream_response(
+                    resp, first, receive, send, method, resp_tee, idle_timeout, body
+                )
             finally:
                 resp.release()
         except ProxyError as exc:
@@ -491,6 +508,7 @@ async def _stream_response(
     method: str,
     tee: BodyTee | None = None,
     idle_timeout: float | None = None,
+    body: RequestBody | None = None,
 ) -> int:
     """Copy the upstream body to the client as it arrives (SSE flushes per chunk); return bytes sent.
 
@@ -513,7 +531,7 @@ async def _stream_response(
     if first:
         await send({"type": "http.response.body", "body": first, "more_body": True})
         sent = len(first)
-    watcher = asyncio.ensure_future(_wait_disconnect(receive))
+    watcher = asyncio.ensure_future(_wait_disconnect(receive, body))
     try:
         while True:
             reader = asyncio.ensure_future(content.readany())
@@ -539,7 +557,13 @@ async def _stream_response(
     return sent
 
 
-async def _wait_disconnect(receive: Receive) -> None:
+async def _wait_disconnect(receive: Receive, body: RequestBody | None) -> None:
+    if body is not None and body.started:
+        # The body writer reads ``receive`` until the body ends; a second reader would take (and
+        # drop) body chunks meant for the upstream. Meanwhile the writer sees a disconnect itself.
+        await body.wait_ended()
+        if isinstance(body.error, _ClientGone):
+            return
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":

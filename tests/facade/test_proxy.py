@@ -442,3 +442,69 @@ routes:
             pool = rt.holder.current.upstreams.get("svc")
             assert pool.endpoints[0].outcomes == {}  # a saturated service is not the endpoint's failure
             assert (await holder).status_code == 504
+
+
+def _one_route_cfg(url: str, service_extra: str = "") -> str:
+    return f"""
+listen: 127.0.0.1:0
+admin: {{listen: 127.0.0.1:0, token: t0ken}}
+services:
+  svc:
+    endpoints: [{url}]
+    timeouts: {{request: 3s}}
+    retries: {{attempts: 0}}
+{service_extra}
+routes:
+  - name: all
+    match: {{path: {{prefix: /}}}}
+    backend: svc
+"""
+
+
+async def _answer_early_then_count_the_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    # Streams its response while the request body is still arriving (a bidirectional stream):
+    # headers and a first chunk at once, then the number of body bytes it received.
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n7\r\nstarted\r\n")
+    await writer.drain()
+    await asyncio.sleep(0.3)  # a slow reader: the facade's writes to it back up meanwhile
+    received = 0
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+        received += len(await reader.readexactly(size + 2)) - 2
+        if size == 0:
+            break
+    tail = b"got %d" % received
+    writer.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(tail), tail))
+    await writer.drain()
+    await reader.read()
+
+
+CHUNKS = 128  # 8 MiB: more than loopback's socket buffers take while the upstream does not read
+
+
+async def test_a_response_streamed_while_the_request_body_arrives_loses_no_body_bytes(tmp_path):
+    # The disconnect watcher of the response stream must not read the ASGI receive channel while
+    # the body writer still does: every chunk it takes is a chunk the upstream never gets.
+    async with raw_server(_answer_early_then_count_the_body) as url, run_facade(tmp_path, _one_route_cfg(url)) as rt:
+        host, port = rt.url.removeprefix("http://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"POST /up HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n")
+        writer.write(b"400\r\n" + b"a" * 1024 + b"\r\n")
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200")
+        chunk = b"10000\r\n" + b"b" * 65536 + b"\r\n"
+        for _ in range(CHUNKS):
+            writer.write(chunk)
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        data = b""
+        async with asyncio.timeout(5):
+            while not data.endswith(b"0\r\n\r\n"):
+                more = await reader.read(65536)
+                assert more, data
+                data += more
+        writer.close()
+        assert _dechunk(data) == b"started" + b"got %d" % (1024 + CHUNKS * 65536)
