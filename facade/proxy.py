@@ -536,10 +536,13 @@ async def _stream_response(
         while True:
             reader = asyncio.ensure_future(content.readany())
             done, _ = await asyncio.wait((reader, watcher), timeout=idle_timeout, return_when=asyncio.FIRST_COMPLETED)
+            if watcher in done:
+                # Checked first: while the upstream sends faster than the proxy forwards, the reader
+                # is done on every turn too, and the rest of the body would be read for nobody.
+                reader.cancel()
+                raise _ClientGone()
             if reader not in done:
                 reader.cancel()
-                if watcher in done:
-                    raise _ClientGone()
                 raise TimeoutError(f"upstream sent nothing for {idle_timeout:g}s mid-body")
             chunk = reader.result()
             if not chunk:

@@ -508,3 +508,39 @@ async def test_a_response_streamed_while_the_request_body_arrives_loses_no_body_
                 data += more
         writer.close()
         assert _dechunk(data) == b"started" + b"got %d" % (1024 + CHUNKS * 65536)
+
+
+class _Endless:
+    """An upstream streaming a chunked body as fast as it can, until its connection breaks (or 10 s)."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.broken = asyncio.Event()
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        block = b"%x\r\n%b\r\n" % (65536, b"x" * 65536)
+        deadline = time.monotonic() + 10
+        try:
+            while time.monotonic() < deadline:
+                writer.write(block)
+                self.sent += 65536
+                await writer.drain()
+        except ConnectionError:
+            self.broken.set()
+
+
+async def test_a_client_gone_mid_response_closes_the_upstream_connection_and_frees_its_slot(tmp_path):
+    endless = _Endless()
+    async with raw_server(endless) as url, run_facade(tmp_path, _one_route_cfg(url)) as rt:
+        host, port = rt.url.removeprefix("http://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /download HTTP/1.1\r\nHost: test\r\n\r\n")
+        await writer.drain()
+        await asyncio.wait_for(reader.readexactly(1024 * 1024), 5)
+        writer.transport.abort()  # the client goes away mid-body
+        # The facade must stop reading the upstream: not drain a body nobody will get.
+        await asyncio.wait_for(endless.broken.wait(), 3)
+        h1 = rt.holder.current.upstreams.get("svc").live_h1
+        assert h1 is not None and h1.in_use == 0 and h1._open == 0
