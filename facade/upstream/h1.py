@@ -561,6 +561,8 @@ class H1Client:
                 async with asyncio.timeout_at(deadline):
                     await waiter
             except TimeoutError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_next()  # woken in the turn the wait timed out: the slot goes to the next
                 self.stats["pool_exhausted"] += 1
                 raise PoolExhausted(
                     f"all {self.limit} connections busy for {self.connect_timeout:g}s (connection_pool.max_connections)"

@@ -11,6 +11,7 @@ import contextlib
 import datetime
 import errno
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -968,3 +969,27 @@ async def test_bytes_on_an_idle_connection_close_it() -> None:
         await eventually(lambda: client._open == 0)  # the client dropped it on the unasked bytes
         assert await fetch(client, address) == b"asked"
         assert server.connections == 2
+
+
+async def test_a_wake_up_that_races_a_waiters_timeout_goes_on_to_the_next_waiter() -> None:
+    # One connection, held by A; B and C wait for it. A's slot is freed in the same loop turn as
+    # B's wait times out: B gives up, so the wake-up it got must go to C (or C waits for nothing
+    # and fails with "all connections busy" while the only slot is free).
+    timeout = 1.0
+    big = answering(ok(b"y" * 2_000_000))
+    async with upstream(big) as (_, address), h1(limit=1, connect_timeout=timeout) as client:
+        loop = asyncio.get_running_loop()
+        held = await client.request(address, "GET", "/", [])
+        b = asyncio.create_task(fetch(client, address))
+        await eventually(lambda: len(client._waiters) == 1)
+        b_deadline = loop.time() + timeout  # B's own deadline is at most this
+        await asyncio.sleep(0.3)
+        c = asyncio.create_task(fetch(client, address))
+        await eventually(lambda: len(client._waiters) == 2)
+        loop.call_soon(held.close)  # runs in the turn that also runs B's expired timeout...
+        # ...as the loop is late for it (blocked on purpose):
+        time.sleep(max(0.0, b_deadline + 0.05 - loop.time()))  # noqa: ASYNC251
+        await asyncio.gather(b, return_exceptions=True)
+        async with asyncio.timeout(5):
+            assert await c == b"y" * 2_000_000
+        assert client.in_use == 0 and client._open == 1
