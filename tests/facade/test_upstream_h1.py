@@ -993,3 +993,105 @@ async def test_a_wake_up_that_races_a_waiters_timeout_goes_on_to_the_next_waiter
         async with asyncio.timeout(5):
             assert await c == b"y" * 2_000_000
         assert client.in_use == 0 and client._open == 1
+
+
+async def _by_target(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers each request with its target, except a few that misbehave (never read the body...)."""
+    while True:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        target = head.split(b" ", 2)[1]
+        if target == b"/early":
+            writer.write(ok(b"early"))  # answered without reading the body
+        elif target == b"/slowbody":
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"s" * 10)
+        elif target != b"/hang":
+            writer.write(ok(target))
+            continue
+        await asyncio.sleep(30)  # /hang, /early, /slowbody: then nothing more (the test ends first)
+        return
+
+
+class Forever:
+    """A request body that never ends (one 64 KiB chunk per ``pause``); ``closed`` once abandoned."""
+
+    def __init__(self, pause: float = 0.0) -> None:
+        self.pause = pause
+        self.started = False
+        self.closed = False
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[bytes]:
+        self.started = True
+        try:
+            for _ in range(100_000):
+                await asyncio.sleep(self.pause)
+                yield b"f" * 65536
+        finally:
+            self.closed = True
+
+
+async def _cancel_in_connect(client: H1Client, address: Address) -> None:
+    task = asyncio.create_task(client.request(address, "GET", "/never", []))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def _timeout_waiting_for_the_head(client: H1Client, address: Address) -> None:
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.1):
+            await client.request(address, "GET", "/hang", [])
+
+
+async def _timeout_mid_upload_to_a_non_reader(client: H1Client, address: Address) -> None:
+    body = Forever()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.3):
+            await client.request(address, "PUT", "/hang", [("content-length", str(1 << 40))], body)
+    await eventually(lambda: body.closed)  # the body writer did not outlive the request
+
+
+async def _early_answer_mid_upload(client: H1Client, address: Address) -> None:
+    body = Forever(pause=0.05)
+    assert await fetch(client, address, "POST", "/early", body=body) == b"early"
+    await eventually(lambda: body.closed)
+
+
+async def _timeout_mid_response_body(client: H1Client, address: Address) -> None:
+    resp = await client.request(address, "GET", "/slowbody", [])
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.1):
+            await read_all(resp)
+    resp.release()
+
+
+@pytest.mark.parametrize(
+    "interrupt",
+    [
+        _cancel_in_connect,
+        _timeout_waiting_for_the_head,
+        _timeout_mid_upload_to_a_non_reader,
+        _early_answer_mid_upload,
+        _timeout_mid_response_body,
+    ],
+)
+async def test_an_interrupted_request_frees_its_slot_once_and_its_connection_is_never_reused(
+    interrupt: Callable[[H1Client, Address], Awaitable[None]],
+) -> None:
+    async with raw_server(_by_target) as url, h1(limit=1) as client:
+        address = _address(url)
+        assert await fetch(client, address, "GET", "/before") == b"/before"
+        await interrupt(client, address)
+        assert client.in_use == 0 and client._open <= 1
+        # The next request gets its own response (nothing left of the interrupted exchange), on
+        # the only slot (a leaked slot would make this wait; a double free would open a second).
+        async with asyncio.timeout(2):
+            assert await fetch(client, address, "GET", "/after") == b"/after"
+            assert await fetch(client, address, "GET", "/again") == b"/again"
+        assert client.in_use == 0 and client._open == 1
