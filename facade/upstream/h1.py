@@ -223,6 +223,8 @@ class _Conn(asyncio.Protocol):
         self._head = False  # the current request is HEAD: its response has no body whatever it says
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0  # bytes received for the current request before its response head completed
+        self._framing_bytes = 0  # bytes of the current body's reads since the last one with body bytes
+        self._body_seen = False  # the read being parsed carried body bytes
         self._framed = False  # the response has Content-Length or Transfer-Encoding
         self._informational = False
         self._replace_parser = False
@@ -261,7 +263,8 @@ class _Conn(asyncio.Protocol):
             self.abort()  # bytes nobody asked for: the connection cannot be trusted again
             return
         self.received = True
-        if self._response is None:
+        response = self._response
+        if response is None:
             self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
@@ -277,6 +280,16 @@ class _Conn(asyncio.Protocol):
             # still no complete head after this many bytes means the head itself is too large
             # (the parser would otherwise buffer a header that never ends).
             self._protocol_error(f"response head larger than {MAX_RESPONSE_HEAD // 1024} KiB")
+        elif response is not None and not response._done and self._busy:
+            # Mid-body, reads without a body byte are chunk framing or trailers, which the parser
+            # buffers (a trailer value that never ends grew it without limit): same bound as a head.
+            if self._body_seen:
+                self._body_seen = False
+                self._framing_bytes = 0
+            else:
+                self._framing_bytes += len(data)
+                if self._framing_bytes > MAX_RESPONSE_HEAD:
+                    self._protocol_error(f"response trailers (or chunk framing) over {MAX_RESPONSE_HEAD // 1024} KiB")
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -325,6 +338,7 @@ class _Conn(asyncio.Protocol):
             response.keep_alive = False
 
     def on_body(self, body: bytes) -> None:
+        self._body_seen = True
         response = self._response
         if response is not None:
             if not response._done:
@@ -352,6 +366,8 @@ class _Conn(asyncio.Protocol):
         self._response = None
         self._headers = []
         self._head_bytes = 0
+        self._framing_bytes = 0
+        self._body_seen = False
         self.received = False
         waiter = self._head_waiter = asyncio.get_running_loop().create_future()
         if body is None:

@@ -1095,3 +1095,42 @@ async def test_an_interrupted_request_frees_its_slot_once_and_its_connection_is_
             assert await fetch(client, address, "GET", "/after") == b"/after"
             assert await fetch(client, address, "GET", "/again") == b"/again"
         assert client.in_use == 0 and client._open == 1
+
+
+async def test_a_trailer_that_never_ends_is_response_invalid_within_a_bounded_size() -> None:
+    # The parser buffers a header value until it ends: an endless trailer after the last chunk
+    # grew the facade's memory without limit (and quadratically in CPU), as an endless head did.
+    sent = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-Trailer: ")
+        with contextlib.suppress(ConnectionError):
+            for _ in range(256):  # 16 MiB at most
+                writer.write(b"t" * 65536)
+                sent += 65536
+                await writer.drain()
+        await asyncio.sleep(5)
+
+    async with raw_server(handler) as url, h1() as client:
+        resp = await client.request(_address(url), "GET", "/", [])
+        with pytest.raises(ResponseInvalid, match="trailers"):
+            async with asyncio.timeout(5):
+                await read_all(resp)
+        resp.release()
+        assert client._open == 0
+        assert sent <= 4 * 1024 * 1024  # stopped early (the rest sits in socket buffers at most)
+
+
+async def test_many_tiny_chunks_and_modest_trailers_pass() -> None:
+    # The bound counts framing bytes since the last body byte only: a body in one-byte chunks has
+    # far more framing than body, and trailers under the bound are fine.
+    body = b"".join(b"1\r\n%c\r\n" % (65 + i % 26) for i in range(50_000))
+    trailer = b"X-Checksum: " + b"c" * 30_000 + b"\r\n"
+    reply = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body + b"0\r\n" + trailer + b"\r\n"
+    async with upstream(answering(reply)) as (server, address), h1() as client:
+        got = await fetch(client, address)
+        assert len(got) == 50_000 and got.startswith(b"ABC")
+        assert await fetch(client, address) == got
+        assert server.connections == 1  # complete and reusable
