@@ -579,6 +579,7 @@ class H1Client:
             except TimeoutError:
                 if waiter.done() and not waiter.cancelled():
                     self._wake_next()  # woken in the turn the wait timed out: the slot goes to the next
+                self._prune_waiters()
                 self.stats["pool_exhausted"] += 1
                 raise PoolExhausted(
                     f"all {self.limit} connections busy for {self.connect_timeout:g}s (connection_pool.max_connections)"
@@ -586,6 +587,7 @@ class H1Client:
             except BaseException:
                 if not waiter.cancelled() and waiter.done():
                     self._wake_next()  # pass on the wake-up this caller will not use
+                self._prune_waiters()
                 raise
             if self._closed:
                 raise ConnectFailed(_POOL_CLOSED)  # woken by close(): no new connection on a closed pool
@@ -647,6 +649,14 @@ class H1Client:
             if not waiter.done():
                 waiter.set_result(None)
                 return
+
+    def _prune_waiters(self) -> None:
+        # Waiters that gave up leave from the front: with one connect timeout for all, they give
+        # up in the order they came, so the queue stays about as long as the live waiters are
+        # many (it kept every one until a slot freed: unbounded while long streams held them all).
+        waiters = self._waiters
+        while waiters and waiters[0].done():
+            waiters.popleft()
 
     def _reclaim_idle(self) -> bool:
         """Close one idle connection to another address, making room for a new one."""

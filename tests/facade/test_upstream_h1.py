@@ -33,6 +33,7 @@ from facade.upstream.h1 import (
     ConnectionReset,
     ConnectTimeout,
     H1Client,
+    PoolExhausted,
     ResponseInvalid,
     UpstreamError,
     UpstreamResponse,
@@ -1134,3 +1135,23 @@ async def test_many_tiny_chunks_and_modest_trailers_pass() -> None:
         assert len(got) == 50_000 and got.startswith(b"ABC")
         assert await fetch(client, address) == got
         assert server.connections == 1  # complete and reusable
+
+
+async def test_waiters_that_gave_up_are_not_kept() -> None:
+    # While every connection stays busy (long streams), each request that times out waiting
+    # left its future queued until a slot freed: memory grew with the request rate, unbounded.
+    async with upstream(answering(ok(b"y" * 2_000_000))) as (_, address), h1(limit=1, connect_timeout=0.01) as client:
+        held = await client.request(address, "GET", "/", [])
+        for _ in range(20):
+            with pytest.raises(PoolExhausted):
+                await client.request(address, "GET", "/", [])
+        for _ in range(20):
+            before = len(client._waiters)
+            task = asyncio.create_task(client.request(address, "GET", "/", []))
+            await eventually(lambda before=before: len(client._waiters) > before)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert len(client._waiters) == 0
+        held.close()
+        assert await fetch(client, address) == b"y" * 2_000_000
