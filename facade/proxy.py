@@ -444,6 +444,11 @@ class Proxy:
                 outcome, error = Outcome.TIMEOUT, UpstreamTimeout(f"no response from {endpoint.url} within {timeout:.3g}s")
                 if client.exhausted:
                     error = UpstreamUnavailable(f"connection pool of service {spec.name} exhausted")
+            except ValueError as exc:
+                # A header the client refuses to serialize (config header ops: not latin-1, CR/LF).
+                # Nothing was sent; the same request would fail on any endpoint.
+                endpoint.end()
+                raise ProxyError(f"request cannot be sent upstream: {exc}") from None
             except ResponseInvalid as exc:
                 # The upstream answered something that is not valid HTTP: not a reset, not retried.
                 endpoint.end()

@@ -544,3 +544,27 @@ async def test_a_client_gone_mid_response_closes_the_upstream_connection_and_fre
         await asyncio.wait_for(endless.broken.wait(), 3)
         h1 = rt.holder.current.upstreams.get("svc").live_h1
         assert h1 is not None and h1.in_use == 0 and h1._open == 0
+
+
+async def test_a_request_header_that_cannot_be_sent_is_a_502_and_leaves_no_request_in_flight(tmp_path):
+    # The config accepts any header value; one the HTTP/1.1 client refuses (not latin-1, a CR or
+    # LF) escaped _forward as a ValueError: a bare 500 and an endpoint counting one more request
+    # in flight forever (a reload then waited out its whole drain grace for it).
+    echo = EchoApp()
+    async with serve_app(echo) as url:
+        for value in ('"日本"', '"a\\r\\nx-smuggled: 1"'):
+            cfg = f"""
+listen: 127.0.0.1:0
+admin: {{listen: 127.0.0.1:0, token: t0ken}}
+services:
+  svc: {{endpoints: [{url}]}}
+routes:
+  - name: all
+    backend: svc
+    request_headers: {{set: {{x-tag: {value}}}}}
+"""
+            async with run_facade(tmp_path, cfg) as rt, httpx.AsyncClient(base_url=rt.url, trust_env=False) as client:
+                r = await client.get("/x")
+                assert r.status_code == 502 and r.json()["backend"] == "svc"
+                assert rt.holder.current.upstreams.get("svc").endpoints[0].in_flight == 0
+        assert echo.requests == []
