@@ -534,7 +534,7 @@ async def _stream_response(
         return len(first)
     sent = 0
     if first:
-        await send({"type": "http.response.body", "body": first, "more_body": True})
+        await _send_chunk(send, first, idle_timeout)
         sent = len(first)
     watcher = asyncio.ensure_future(_wait_disconnect(receive, body))
     try:
@@ -554,7 +554,7 @@ async def _stream_response(
                 break
             if tee is not None:
                 tee.add(chunk)
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await _send_chunk(send, chunk, idle_timeout)
             sent += len(chunk)
     except _ClientGone:
         resp.close()
@@ -563,6 +563,17 @@ async def _stream_response(
         watcher.cancel()
     await send({"type": "http.response.body", "body": b"", "more_body": False})
     return sent
+
+
+async def _send_chunk(send: Send, chunk: bytes, idle_timeout: float | None) -> None:
+    # A client that is connected but reads nothing blocks send() (flow control) for as long as it
+    # likes, holding an upstream connection: the idle timeout bounds that silence too (Envoy's
+    # stream idle timeout counts both directions).
+    try:
+        async with asyncio.timeout(idle_timeout):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    except TimeoutError:
+        raise TimeoutError(f"client read nothing for {idle_timeout:g}s mid-body") from None
 
 
 async def _wait_disconnect(receive: Receive, body: RequestBody | None) -> None:

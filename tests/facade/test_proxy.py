@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 import time
 
 import httpx
@@ -568,3 +570,48 @@ routes:
                 assert r.status_code == 502 and r.json()["backend"] == "svc"
                 assert rt.holder.current.upstreams.get("svc").endpoints[0].in_flight == 0
         assert echo.requests == []
+
+
+async def test_a_client_gone_mid_upload_closes_the_upstream_connection_and_frees_everything(tmp_path):
+    closed = asyncio.Event()
+
+    async def reads_until_closed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(65536):
+                pass
+        closed.set()
+
+    async with raw_server(reads_until_closed) as url, run_facade(tmp_path, _one_route_cfg(url)) as rt:
+        host, port = rt.url.removeprefix("http://").rsplit(":", 1)
+        _, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"PUT /up HTTP/1.1\r\nHost: test\r\nContent-Length: 1000000\r\n\r\n" + b"p" * 100_000)
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the facade is mid-upload
+        writer.transport.abort()
+        await asyncio.wait_for(closed.wait(), 3)  # the upstream never waits for the rest
+        pool = rt.holder.current.upstreams.get("svc")
+        await asyncio.sleep(0.05)
+        assert pool.live_h1 is not None and pool.live_h1._open == 0
+        assert pool.endpoints[0].in_flight == 0
+
+
+async def test_a_client_that_stops_reading_mid_response_is_cut_off_after_the_route_timeout(tmp_path):
+    # A client that keeps its connection open but reads nothing blocks the proxy's send forever
+    # (flow control): each such client held one upstream connection for good, and a handful of
+    # them exhausted the service's pool for everyone (Envoy's stream idle timeout counts silence
+    # in either direction).
+    endless = _Endless()
+    async with raw_server(endless) as url:
+        cfg = _one_route_cfg(url).replace("    backend: svc\n", "    backend: svc\n    timeout: 300ms\n")
+        async with run_facade(tmp_path, cfg) as rt:
+            host, port = rt.url.removeprefix("http://").rsplit(":", 1)
+            reader, writer = await asyncio.open_connection(host, int(port), limit=1024)
+            writer.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            writer.write(b"GET /download HTTP/1.1\r\nHost: test\r\n\r\n")
+            await writer.drain()
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            writer.transport.pause_reading()  # connected, reading nothing
+            await asyncio.wait_for(endless.broken.wait(), 5)
+            h1 = rt.holder.current.upstreams.get("svc").live_h1
+            assert h1 is not None and h1._open == 0
+            writer.close()
