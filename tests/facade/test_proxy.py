@@ -615,3 +615,50 @@ async def test_a_client_that_stops_reading_mid_response_is_cut_off_after_the_rou
             h1 = rt.holder.current.upstreams.get("svc").live_h1
             assert h1 is not None and h1._open == 0
             writer.close()
+
+
+class _SlowBodies:
+    """Keep-alive upstream: every response is 10 pieces of 1000 bytes, 50 ms apart."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10000\r\n\r\n")
+                for i in range(10):
+                    await asyncio.sleep(0.05)
+                    writer.write(b"%d" % i * 1000)
+                    await writer.drain()
+
+
+async def test_a_reload_hands_the_client_over_or_lets_the_replaced_one_finish_its_streams(tmp_path):
+    slow = _SlowBodies()
+    expected = b"".join(b"%d" % i * 1000 for i in range(10))
+    async with raw_server(slow) as url, run_facade(tmp_path, _one_route_cfg(url)) as rt:
+        path = tmp_path / "facade.yaml"
+        async with httpx.AsyncClient(base_url=rt.url, trust_env=False) as client:
+            assert (await client.get("/warm")).content == expected
+            old = rt.holder.current.upstreams.get("svc").live_h1
+            # 1. Retries changed, connections not: the HTTP/1.1 client and its warm connection carry over.
+            stream = asyncio.create_task(client.get("/a"))
+            await asyncio.sleep(0.1)
+            path.write_text(_one_route_cfg(url).replace("attempts: 0", "attempts: 1"))
+            assert (await rt.reload()).ok
+            assert rt.holder.current.upstreams.get("svc").live_h1 is old
+            assert (await stream).content == expected
+            assert (await client.get("/b")).content == expected
+            assert slow.connections == 1
+            # 2. The pool's size changed: a new client; the replaced one finishes its stream, then closes.
+            stream = asyncio.create_task(client.get("/c"))
+            await asyncio.sleep(0.1)
+            path.write_text(_one_route_cfg(url, "    connection_pool: {max_connections: 3}"))
+            assert (await rt.reload()).ok
+            assert rt.holder.current.upstreams.get("svc").live_h1 is not old
+            assert (await stream).content == expected
+            assert old is not None and old._closed and old._open == 0
+            assert (await client.get("/d")).content == expected
+            assert slow.connections == 2
