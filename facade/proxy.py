@@ -40,6 +40,7 @@ from .upstream.h1 import (
     BodyAborted,
     ConnectFailed,
     ConnectTimeout,
+    PoolClosed,
     PoolExhausted,
     ResponseInvalid,
     UpstreamError,
@@ -410,73 +411,78 @@ class Proxy:
                 timeout = min(timeout, remaining) if timeout else remaining
             outcome: Outcome
             error: ProxyError
+            retry_status = False
             endpoint.begin()
-            try:
-                async with asyncio.timeout(timeout if timeout and timeout > 0 else None):
-                    resp = await client.request(
-                        endpoint.address,
-                        method,
-                        endpoint.target_for(target) if endpoint.path_prefix else target,
-                        headers,
-                        body,
-                        idempotent=idempotent,
-                    )
-                    first = resp.read_nowait()
-                    if not first and not resp.at_eof() and resp.content_type != "text/event-stream":
-                        # (An event stream may stay silent for long: its headers go out now and the
-                        # stream is watched by _stream_response under the idle timeout instead.)
-                        try:
-                            first = await resp.readany()
-                        except BaseException:
-                            resp.close()  # the connection's state is unknown: never back to the pool
-                            raise
-            except PoolExhausted as exc:
-                # The service is saturated, not this endpoint: no outlier report, no retry.
+            try:  # in flight until this try ends, however it ends (cancellation included)
+                try:
+                    async with asyncio.timeout(timeout if timeout and timeout > 0 else None):
+                        resp = await client.request(
+                            endpoint.address,
+                            method,
+                            endpoint.target_for(target) if endpoint.path_prefix else target,
+                            headers,
+                            body,
+                            idempotent=idempotent,
+                        )
+                        first = resp.read_nowait()
+                        if not first and not resp.at_eof() and resp.content_type != "text/event-stream":
+                            # (An event stream may stay silent for long: its headers go out now and the
+                            # stream is watched by _stream_response under the idle timeout instead.)
+                            try:
+                                first = await resp.readany()
+                            except BaseException:
+                                resp.close()  # the connection's state is unknown: never back to the pool
+                                raise
+                except PoolExhausted as exc:
+                    # The service is saturated, not this endpoint: no outlier report, no retry.
+                    raise UpstreamUnavailable(f"connection pool of service {spec.name} exhausted: {exc}") from None
+                except PoolClosed:
+                    # A reload replaced the service while this request waited (between retries, for a
+                    # slot): not the endpoint's failure, and this pool will not accept it again.
+                    raise UpstreamUnavailable(f"service {spec.name} was reconfigured during the request; retry it") from None
+                except ConnectTimeout as exc:
+                    outcome, error = Outcome.CONNECT_FAILURE, UpstreamTimeout(str(exc))
+                except ConnectFailed as exc:
+                    outcome, error = Outcome.CONNECT_FAILURE, UpstreamConnectError(str(exc))
+                    if client.exhausted:
+                        error = UpstreamUnavailable(f"connection pool of service {spec.name} exhausted")
+                except TimeoutError:
+                    outcome, error = Outcome.TIMEOUT, UpstreamTimeout(f"no response from {endpoint.url} within {timeout:.3g}s")
+                    if client.exhausted:
+                        error = UpstreamUnavailable(f"connection pool of service {spec.name} exhausted")
+                except ValueError as exc:
+                    # A header the client refuses to serialize (config header ops: not latin-1, CR/LF).
+                    # Nothing was sent; the same request would fail on any endpoint.
+                    raise ProxyError(f"request cannot be sent upstream: {exc}") from None
+                except ResponseInvalid as exc:
+                    # The upstream answered something that is not valid HTTP: not a reset, not retried.
+                    pool.report(endpoint, Outcome.GATEWAY_ERROR)
+                    raise UpstreamConnectError(f"invalid response from {endpoint.url}: {exc}") from None
+                except (UpstreamError, OSError) as exc:
+                    if isinstance(exc, BodyAborted) or (body is not None and body.error is not None):
+                        raise UpstreamConnectError("request body aborted") from None
+                    outcome, error = Outcome.RESET, UpstreamConnectError(f"{endpoint.url} reset the connection: {exc}")
+                else:
+                    status = resp.status
+                    pool.report(endpoint, Outcome.from_status(status))
+                    if (
+                        status in (502, 503, 504)
+                        and str(status) in retry_on
+                        and attempt < retries.attempts
+                        and idempotent
+                        and (body is None or not body.started)
+                        and _time_left(deadline)
+                    ):
+                        resp.release()
+                        retry_status = True
+                    else:
+                        return resp, first
+            finally:
                 endpoint.end()
-                raise UpstreamUnavailable(f"connection pool of service {spec.name} exhausted: {exc}") from None
-            except ConnectTimeout as exc:
-                outcome, error = Outcome.CONNECT_FAILURE, UpstreamTimeout(str(exc))
-            except ConnectFailed as exc:
-                outcome, error = Outcome.CONNECT_FAILURE, UpstreamConnectError(str(exc))
-                if client.exhausted and "pool is closed" not in str(exc):
-                    error = UpstreamUnavailable(f"connection pool of service {spec.name} exhausted")
-            except TimeoutError:
-                outcome, error = Outcome.TIMEOUT, UpstreamTimeout(f"no response from {endpoint.url} within {timeout:.3g}s")
-                if client.exhausted:
-                    error = UpstreamUnavailable(f"connection pool of service {spec.name} exhausted")
-            except ValueError as exc:
-                # A header the client refuses to serialize (config header ops: not latin-1, CR/LF).
-                # Nothing was sent; the same request would fail on any endpoint.
-                endpoint.end()
-                raise ProxyError(f"request cannot be sent upstream: {exc}") from None
-            except ResponseInvalid as exc:
-                # The upstream answered something that is not valid HTTP: not a reset, not retried.
-                endpoint.end()
-                pool.report(endpoint, Outcome.GATEWAY_ERROR)
-                raise UpstreamConnectError(f"invalid response from {endpoint.url}: {exc}") from None
-            except (UpstreamError, OSError) as exc:
-                if isinstance(exc, BodyAborted) or (body is not None and body.error is not None):
-                    endpoint.end()
-                    raise UpstreamConnectError("request body aborted") from None
-                outcome, error = Outcome.RESET, UpstreamConnectError(f"{endpoint.url} reset the connection: {exc}")
-            else:
-                endpoint.end()
-                status = resp.status
-                pool.report(endpoint, Outcome.from_status(status))
-                if (
-                    status in (502, 503, 504)
-                    and str(status) in retry_on
-                    and attempt < retries.attempts
-                    and idempotent
-                    and (body is None or not body.started)
-                    and _time_left(deadline)
-                ):
-                    resp.release()
-                    attempt += 1
-                    await _backoff(attempt)
-                    continue
-                return resp, first
-            endpoint.end()
+            if retry_status:  # (the backoff is spent outside the try: not in flight on the endpoint)
+                attempt += 1
+                await _backoff(attempt)
+                continue
             pool.report(endpoint, outcome)
             body_replayable = body is None or not body.started
             retryable = (

@@ -23,6 +23,8 @@ Errors (all ``UpstreamError``):
 - ``ResponseInvalid``: the upstream answered something that is not HTTP/1.x.
 - ``ConnectionReset``: the connection closed before the response was complete.
 - ``BodyAborted``: reading the request body from the client failed (client gone, too large).
+- ``PoolClosed``: a reload replaced the service and closed this client before the request got
+  a connection (a ``ConnectFailed``: nothing was sent).
 - ``PoolExhausted``: every connection stayed busy for ``connect_timeout`` (the wait for a free
   connection counts as connecting; Envoy answers a full pool with 503 as well).
 
@@ -50,6 +52,7 @@ __all__ = [
     "ConnectTimeout",
     "ConnectionReset",
     "H1Client",
+    "PoolClosed",
     "PoolExhausted",
     "ResponseInvalid",
     "UpstreamError",
@@ -89,6 +92,10 @@ class ConnectionReset(UpstreamError):
 
 class BodyAborted(UpstreamError):
     """The request body could not be read from the client."""
+
+
+class PoolClosed(ConnectFailed):
+    """The client was closed (a reload replaced the service) before this request got a connection."""
 
 
 class PoolExhausted(UpstreamError):
@@ -563,7 +570,7 @@ class H1Client:
                 else:
                     return conn, True
         if self._closed:
-            raise ConnectFailed(_POOL_CLOSED)
+            raise PoolClosed(_POOL_CLOSED)
         deadline: float | None = None
         while self.limit and self._open >= self.limit:
             if self._reclaim_idle():
@@ -590,7 +597,7 @@ class H1Client:
                 self._prune_waiters()
                 raise
             if self._closed:
-                raise ConnectFailed(_POOL_CLOSED)  # woken by close(): no new connection on a closed pool
+                raise PoolClosed(_POOL_CLOSED)  # woken by close(): no new connection on a closed pool
             idle = self._idle.get(address)
             if idle:
                 conn = idle.pop()

@@ -662,3 +662,74 @@ async def test_a_reload_hands_the_client_over_or_lets_the_replaced_one_finish_it
             assert old is not None and old._closed and old._open == 0
             assert (await client.get("/d")).content == expected
             assert slow.connections == 2
+
+
+async def test_a_cancelled_request_is_no_longer_in_flight_on_its_endpoint(tmp_path):
+    # Server shutdown cancels request tasks: the endpoint's in-flight count (least_request, reload
+    # drain) must come back down however the try ends.
+    from facade.proxy import Proxy
+
+    async with raw_server(never_answer) as url:
+        cfg = f"""
+listen: 127.0.0.1:0
+admin: {{listen: 127.0.0.1:0, token: t0ken}}
+services:
+  svc: {{endpoints: [{url}], timeouts: {{request: 30s}}}}
+routes:
+  - name: all
+    match: {{path: {{prefix: /}}}}
+    backend: svc
+"""
+        async with run_facade(tmp_path, cfg) as rt:
+            sent: list[dict[str, object]] = []
+
+            async def receive() -> dict[str, object]:
+                await asyncio.sleep(60)
+                return {"type": "http.disconnect"}
+
+            async def send(message: dict[str, object]) -> None:
+                sent.append(message)
+
+            scope = {
+                "type": "http", "method": "GET", "path": "/x", "raw_path": b"/x", "query_string": b"",
+                "headers": [(b"host", b"shop.local")], "http_version": "1.1", "scheme": "http",
+                "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 80),
+            }  # fmt: skip
+            task = asyncio.create_task(Proxy(rt.holder)(scope, receive, send))
+            pool = rt.holder.current.upstreams.get("svc")
+            for _ in range(200):
+                if pool.endpoints[0].in_flight:
+                    break
+                await asyncio.sleep(0.01)
+            assert pool.endpoints[0].in_flight == 1
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert pool.endpoints[0].in_flight == 0
+            assert pool.live_h1 is not None and pool.live_h1.in_use == 0
+            assert sent == []
+
+
+async def test_a_request_left_on_a_closed_pool_gets_503_and_no_outlier_report(tmp_path):
+    # What a request sees when a reload closed its service's client between its retries: the
+    # endpoint did nothing wrong, so it is not counted against it.
+    echo = EchoApp()
+    async with serve_app(echo) as url:
+        cfg = f"""
+listen: 127.0.0.1:0
+admin: {{listen: 127.0.0.1:0, token: t0ken}}
+services:
+  svc: {{endpoints: [{url}]}}
+routes:
+  - name: all
+    match: {{path: {{prefix: /}}}}
+    backend: svc
+"""
+        async with run_facade(tmp_path, cfg) as rt, httpx.AsyncClient(base_url=rt.url, trust_env=False) as client:
+            assert (await client.get("/warm")).status_code == 200
+            pool = rt.holder.current.upstreams.get("svc")
+            assert pool.live_h1 is not None
+            await pool.live_h1.close()
+            resp = await client.get("/after")
+            assert resp.status_code == 503 and "reconfigured" in resp.json()["detail"]
+            assert dict(pool.endpoints[0].outcomes) == {"success": 1}
