@@ -1039,8 +1039,8 @@ def _read_route(node: Node, ctx: _Ctx, services: list[str], names: dict[str, int
         redirect=redirect,
         direct_response=direct,
         rewrite_prefix=rewrite,
-        request_headers=_read_header_ops(f.get("request_headers"), problems),
-        response_headers=_read_header_ops(f.get("response_headers"), problems),
+        request_headers=_read_header_ops(f.get("request_headers"), problems, _RESERVED_REQUEST_HEADERS),
+        response_headers=_read_header_ops(f.get("response_headers"), problems, _RESERVED_RESPONSE_HEADERS),
         timeout=timeout,
         retries=_read_retries(f.get("retries"), problems),
         line=node.line,
@@ -1127,10 +1127,27 @@ def _read_direct_response(node: Node, problems: Problems) -> DirectResponse | No
     )
 
 
-def _read_header_ops(node: Node | None, problems: Problems) -> HeaderOps:
+# Headers that frame the message or belong to one hop: a rule changing them would desynchronize
+# the connection (a Content-Length that lies about the body makes its tail a second request) or
+# break keep-alive. Host addresses the request; the upstream must see the one the router matched.
+_FRAMING_HEADERS = frozenset(
+    {"content-length", "transfer-encoding", "connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"}
+)
+_RESERVED_REQUEST_HEADERS = _FRAMING_HEADERS | {"host"}
+_RESERVED_RESPONSE_HEADERS = _FRAMING_HEADERS
+_BAD_VALUE_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # RFC 9110 5.5: no CTLs but HTAB
+
+
+def _read_header_ops(node: Node | None, problems: Problems, reserved: frozenset[str]) -> HeaderOps:
     if node is None or node.is_null:
         return HeaderOps()
     f = node.fields(problems, ("set", "add", "remove"))
+
+    def allowed(header: str | None, at: Node, path: str) -> str | None:
+        if header is not None and header in reserved:
+            problems.error(at, f"header {header!r} frames or addresses the message: the facade sets it, rules cannot", path=path)
+            return None
+        return header
 
     def pairs(n: Node | None) -> tuple[tuple[str, str], ...]:
         if n is None or n.is_null:
@@ -1140,8 +1157,19 @@ def _read_header_ops(node: Node | None, problems: Problems) -> HeaderOps:
             return ()
         out: list[tuple[str, str]] = []
         for key, value_node in n.items():
-            header = _header_name(key, n.key_node(key) or value_node, problems, value_node.path)
-            value = read_str(value_node, problems)
+            at = n.key_node(key) or value_node
+            header = allowed(_header_name(key, at, problems, value_node.path), at, value_node.path)
+            value: str | None = read_str(value_node, problems)
+            if value is not None:
+                if _BAD_VALUE_CHARS.search(value):
+                    problems.error(value_node, "header value contains a control character (CR, LF, NUL...)")
+                    value = None
+                elif not value.isascii():
+                    try:
+                        value.encode("latin-1")
+                    except UnicodeEncodeError:
+                        problems.error(value_node, "header value must be ASCII (or latin-1): percent-encode other text")
+                        value = None
             if header is not None and value is not None:
                 out.append((header, value))
         return tuple(out)
@@ -1151,6 +1179,7 @@ def _read_header_ops(node: Node | None, problems: Problems) -> HeaderOps:
     for element in rn.elements() if rn is not None else []:
         value = read_str(element, problems)
         header = _header_name(value, element, problems, element.path) if value is not None else None
+        header = allowed(header, element, element.path)
         if header is not None:
             remove.append(header)
     if rn is not None and not rn.is_list and not rn.is_null:

@@ -848,3 +848,26 @@ def test_every_reported_shadow_is_real_for_each_condition_alone() -> None:
             for b in options:
                 reported += _assert_shadows_are_real([_r("earlier", a), _r("later", b)])
     assert reported > 50  # the rules do fire; this is not a vacuous pass
+
+
+def test_header_rules_cannot_touch_framing_or_host_nor_smuggle_control_characters() -> None:
+    # A Content-Length set by a rule would make the tail of a body a second request upstream.
+    got = messages(
+        """
+        routes:
+          - name: r
+            request_headers: {set: {Content-Length: "0", x-ok: "a\\r\\nx-evil: 1"}, remove: [host], add: {x-u: "ü€"}}
+            response_headers: {set: {transfer-encoding: chunked, x-nul: "a\\u0000b"}, add: {x-tab: "a\\tb"}}
+            direct_response: {}
+        """
+    )
+    reserved = "frames or addresses the message: the facade sets it, rules cannot"
+    control = "header value contains a control character (CR, LF, NUL...)"
+    assert got == [
+        f"facade.yaml:3:29: routes[0].request_headers.set.Content-Length: header 'content-length' {reserved}",
+        f"facade.yaml:3:56: routes[0].request_headers.set.x-ok: {control}",
+        f"facade.yaml:3:84: routes[0].request_headers.remove[0]: header 'host' {reserved}",
+        "facade.yaml:3:102: routes[0].request_headers.add.x-u: header value must be ASCII (or latin-1): percent-encode other text",
+        f"facade.yaml:4:30: routes[0].response_headers.set.transfer-encoding: header 'transfer-encoding' {reserved}",
+        f"facade.yaml:4:65: routes[0].response_headers.set.x-nul: {control}",
+    ]

@@ -7,6 +7,7 @@ import contextlib
 import json
 import socket
 import time
+from typing import Any
 
 import httpx
 import pytest
@@ -549,27 +550,34 @@ async def test_a_client_gone_mid_response_closes_the_upstream_connection_and_fre
 
 
 async def test_a_request_header_that_cannot_be_sent_is_a_502_and_leaves_no_request_in_flight(tmp_path):
-    # The config accepts any header value; one the HTTP/1.1 client refuses (not latin-1, a CR or
-    # LF) escaped _forward as a ValueError: a bare 500 and an endpoint counting one more request
-    # in flight forever (a reload then waited out its whole drain grace for it).
+    # The config refuses such values (test_config); headers also reach the upstream request from an
+    # in-process caller (the sidecar's XFCC, through the scope extension). One the HTTP/1.1 client
+    # refuses (not latin-1, a CR or LF) once escaped _forward as a ValueError: a bare 500 and an
+    # endpoint counting one more request in flight forever.
+    from facade.proxy import Proxy
+
     echo = EchoApp()
-    async with serve_app(echo) as url:
-        for value in ('"日本"', '"a\\r\\nx-smuggled: 1"'):
-            cfg = f"""
-listen: 127.0.0.1:0
-admin: {{listen: 127.0.0.1:0, token: t0ken}}
-services:
-  svc: {{endpoints: [{url}]}}
-routes:
-  - name: all
-    backend: svc
-    request_headers: {{set: {{x-tag: {value}}}}}
-"""
-            async with run_facade(tmp_path, cfg) as rt, httpx.AsyncClient(base_url=rt.url, trust_env=False) as client:
-                r = await client.get("/x")
-                assert r.status_code == 502 and r.json()["backend"] == "svc"
-                assert rt.holder.current.upstreams.get("svc").endpoints[0].in_flight == 0
-        assert echo.requests == []
+    async with serve_app(echo) as url, run_facade(tmp_path, _one_route_cfg(url)) as rt:
+        for value in ("日本", "a\r\nx-smuggled: 1"):
+            sent: list[dict[str, Any]] = []
+
+            async def receive() -> dict[str, Any]:
+                return {"type": "http.request", "body": b"", "more_body": False}
+
+            async def send(message: dict[str, Any], sent: list[dict[str, Any]] = sent) -> None:
+                sent.append(message)
+
+            scope = {
+                "type": "http", "method": "GET", "path": "/x", "raw_path": b"/x", "query_string": b"",
+                "headers": [(b"host", b"test")], "http_version": "1.1", "scheme": "http",
+                "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 80),
+                "extensions": {"facade.upstream_headers": [("x-forwarded-client-cert", value)]},
+            }  # fmt: skip
+            await Proxy(rt.holder)(scope, receive, send)
+            assert sent[0]["status"] == 502
+            assert json.loads(sent[1]["body"])["backend"] == "svc"
+            assert rt.holder.current.upstreams.get("svc").endpoints[0].in_flight == 0
+    assert echo.requests == []
 
 
 async def test_a_client_gone_mid_upload_closes_the_upstream_connection_and_frees_everything(tmp_path):
