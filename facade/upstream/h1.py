@@ -312,7 +312,10 @@ class _Conn(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         status: int = self._parser.get_status_code()
-        if 100 <= status < 200:
+        if status < 100:
+            self._protocol_error(f"invalid status code {status:03d}")  # RFC 9110 15: 100-599
+            return
+        if status < 200:
             self._headers = []
             if status == 101:
                 # Refused here, before a response is handed out: the parser only raises its
@@ -322,10 +325,15 @@ class _Conn(asyncio.Protocol):
             self._informational = True  # 100 Continue, 103 Early Hints: the real response follows
             return
         headers, self._headers = self._headers, []
-        for name, _ in headers:
+        for name, value in headers:
             n = name.lower()
-            if n == b"content-length" or n == b"transfer-encoding":
+            if n == b"content-length":
                 self._framed = True
+                break
+            if n == b"transfer-encoding":
+                # Only chunked as the final coding delimits the body; any other coding in a
+                # response runs until the connection closes (RFC 9112 6.3).
+                self._framed = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
                 break
         response = self._response = UpstreamResponse(self, status, headers)
         if self._head:

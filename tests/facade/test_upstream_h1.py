@@ -292,6 +292,25 @@ async def test_close_delimited_body_is_read_to_the_end_and_not_reused() -> None:
         assert server.connections == 2
 
 
+async def test_a_body_with_a_non_chunked_transfer_coding_runs_to_the_close() -> None:
+    # RFC 9112 6.3: a response whose final transfer coding is not chunked is delimited by the close.
+    async def answer(server: Scripted, seen: Seen) -> Reply:
+        return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n" + b"g" * 5000, True
+
+    async with upstream(answer) as (_server, address), h1() as client:
+        resp = await client.request(address, "GET", "/", [])
+        assert await read_all(resp) == b"g" * 5000
+        assert resp.keep_alive is False
+        resp.release()
+
+
+async def test_a_status_below_100_is_response_invalid() -> None:
+    async with upstream(answering(b"HTTP/1.1 099 Odd\r\nContent-Length: 0\r\n\r\n")) as (_s, address), h1() as client:
+        with pytest.raises(ResponseInvalid, match="invalid status code 099"):
+            await client.request(address, "GET", "/", [])
+        assert client.in_use == 0
+
+
 # -- 3. HEAD ------------------------------------------------------------------------------------
 
 
