@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ipaddress
 import socket
 import ssl
 from typing import Any, Protocol, cast
@@ -507,8 +508,11 @@ class H1Client:
         idle_timeout: float,
         connect_timeout: float | None,
         ssl_context: ssl.SSLContext | None = None,
+        dns_ttl: float = 10.0,
     ) -> None:
         self.limit = limit
+        self.dns_ttl = dns_ttl  # aiohttp's default; endpoints named by DNS are resolved once per TTL
+        self._dns: dict[tuple[str, int], tuple[float, list[str]]] = {}
         self.idle_timeout = idle_timeout
         self.connect_timeout = connect_timeout
         self._ssl = ssl_context
@@ -630,9 +634,22 @@ class H1Client:
         self.stats["connects"] += 1
         try:
             async with asyncio.timeout(self.connect_timeout):
-                _, protocol = await loop.create_connection(
-                    lambda: _Conn(self, address), host, port, ssl=ctx, server_hostname=host if tls else None
-                )
+                ips = await self._resolve(host, port)
+                last: OSError | None = None
+                for ip in ips:  # in the resolver's order, the next on a refusal (IPv6 then IPv4...)
+                    try:
+                        _, protocol = await loop.create_connection(
+                            lambda: _Conn(self, address), ip, port, ssl=ctx, server_hostname=host if tls else None
+                        )
+                        break
+                    except ssl.SSLError:
+                        raise  # the peer answered: another address of the same name will not do better
+                    except OSError as exc:
+                        last = exc
+                else:
+                    self._dns.pop((host, port), None)  # every address failed: ask the resolver again next time
+                    assert last is not None
+                    raise last
         except TimeoutError:  # ours, or the kernel's (ETIMEDOUT) when there is no connect timeout
             after = f" after {self.connect_timeout:g}s" if self.connect_timeout is not None else ""
             raise ConnectTimeout(f"connect to {host}:{port} timed out{after}") from None
@@ -641,6 +658,24 @@ class H1Client:
         except OSError as exc:
             raise ConnectFailed(f"connect to {host}:{port} failed: {exc.strerror or exc}") from None
         return protocol
+
+    async def _resolve(self, host: str, port: int) -> list[str]:
+        """The addresses of ``host``, cached for ``dns_ttl`` seconds (an IP literal is its own answer)."""
+        if _is_ip(host):
+            return [host]
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        cached = self._dns.get((host, port))
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        self.stats["dns_lookups"] += 1
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        ips = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        if not ips:
+            raise OSError(f"{host} has no address")
+        if self.dns_ttl > 0:
+            self._dns[(host, port)] = (now + self.dns_ttl, ips)
+        return ips
 
     def _put(self, conn: _Conn) -> None:
         if self._closed:
@@ -798,3 +833,10 @@ def _default_context() -> ssl.SSLContext:
         _default_ctx = ctx
     return _default_ctx
 
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

@@ -236,6 +236,7 @@ class ServicePool:
                 idle_timeout=pool.idle_timeout,
                 connect_timeout=self.spec.timeouts.connect,
                 ssl_context=self.ssl_context,
+                dns_ttl=DEFAULT_DNS_CACHE_TTL,
             )
         return self._h1
 

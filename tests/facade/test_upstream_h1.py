@@ -245,6 +245,21 @@ async def test_connection_close_from_the_server_is_not_reused() -> None:
         assert server.connections == 3
 
 
+async def test_a_named_endpoint_is_resolved_once_per_ttl_and_every_address_is_tried() -> None:
+    # "localhost" may resolve to ::1 first while the server listens on 127.0.0.1 only: the refusal
+    # on one address moves on to the next. The answer is cached: two connections, one lookup.
+    async with upstream(answering(ok(b"bye", b"Connection: close"))) as (server, address), h1() as client:
+        named: Address = ("localhost", address[1], False)
+        for _ in range(2):
+            assert await fetch(client, named) == b"bye"
+        assert server.connections == 2
+        assert client.stats["dns_lookups"] == 1
+    async with upstream(answering(ok(b"bye", b"Connection: close"))) as (server, address), h1(dns_ttl=0) as client:
+        for _ in range(2):
+            assert await fetch(client, ("localhost", address[1], False)) == b"bye"
+        assert client.stats["dns_lookups"] == 2
+
+
 async def test_http10_response_without_keep_alive_is_not_reused() -> None:
     reply = b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"
     async with upstream(answering(reply)) as (server, address), h1() as client:
