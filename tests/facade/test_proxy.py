@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from facade.proxy import Proxy
 from tests.backends import EchoApp, close_immediately, never_answer, raw_server
 from tests.harness import run_facade
 from tests.servers import serve_app
@@ -397,20 +398,7 @@ async def test_a_timeout_waiting_for_the_first_body_bytes_gives_the_connection_b
     # With one connection allowed, a slot kept by the timed-out response would turn every later
     # request into 503 "pool exhausted" instead of the 504 the upstream's silence deserves.
     async with raw_server(_headers_then_silence) as url:
-        cfg = f"""
-listen: 127.0.0.1:0
-admin: {{listen: 127.0.0.1:0, token: t0ken}}
-services:
-  svc:
-    endpoints: [{url}]
-    timeouts: {{request: 0.3s}}
-    retries: {{attempts: 0}}
-    connection_pool: {{max_connections: 1}}
-routes:
-  - name: all
-    match: {{path: {{prefix: /}}}}
-    backend: svc
-"""
+        cfg = _one_route_cfg(url, "    connection_pool: {max_connections: 1}", timeouts="{request: 0.3s}")
         async with run_facade(tmp_path, cfg) as rt, httpx.AsyncClient(base_url=rt.url, trust_env=False) as client:
             statuses = [(await client.get("/")).status_code for _ in range(3)]
             assert statuses == [504, 504, 504]
@@ -420,20 +408,7 @@ routes:
 
 async def test_a_full_connection_pool_answers_503_after_the_connect_timeout(tmp_path):
     async with raw_server(never_answer) as url:
-        cfg = f"""
-listen: 127.0.0.1:0
-admin: {{listen: 127.0.0.1:0, token: t0ken}}
-services:
-  svc:
-    endpoints: [{url}]
-    timeouts: {{connect: 0.2s, request: 3s}}
-    retries: {{attempts: 0}}
-    connection_pool: {{max_connections: 1}}
-routes:
-  - name: all
-    match: {{path: {{prefix: /}}}}
-    backend: svc
-"""
+        cfg = _one_route_cfg(url, "    connection_pool: {max_connections: 1}", timeouts="{connect: 0.2s, request: 3s}")
         async with run_facade(tmp_path, cfg) as rt, httpx.AsyncClient(base_url=rt.url, trust_env=False) as client:
             holder = asyncio.create_task(client.get("/slow"))  # takes the only connection for 3 s
             await asyncio.sleep(0.1)
@@ -447,14 +422,14 @@ routes:
             assert (await holder).status_code == 504
 
 
-def _one_route_cfg(url: str, service_extra: str = "") -> str:
+def _one_route_cfg(url: str, service_extra: str = "", *, timeouts: str = "{request: 3s}") -> str:
     return f"""
 listen: 127.0.0.1:0
 admin: {{listen: 127.0.0.1:0, token: t0ken}}
 services:
   svc:
     endpoints: [{url}]
-    timeouts: {{request: 3s}}
+    timeouts: {timeouts}
     retries: {{attempts: 0}}
 {service_extra}
 routes:
@@ -462,6 +437,31 @@ routes:
     match: {{path: {{prefix: /}}}}
     backend: svc
 """
+
+
+class _Sent:
+    """An ASGI ``send`` that records the messages (for calling the Proxy app directly)."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        self.messages.append(message)
+
+
+async def _empty_body() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+def _http_scope(extensions: dict[str, Any] | None = None) -> dict[str, Any]:
+    scope: dict[str, Any] = {
+        "type": "http", "method": "GET", "path": "/x", "raw_path": b"/x", "query_string": b"",
+        "headers": [(b"host", b"test")], "http_version": "1.1", "scheme": "http",
+        "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 80),
+    }  # fmt: skip
+    if extensions is not None:
+        scope["extensions"] = extensions
+    return scope
 
 
 async def _answer_early_then_count_the_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -554,28 +554,14 @@ async def test_a_request_header_that_cannot_be_sent_is_a_502_and_leaves_no_reque
     # in-process caller (the sidecar's XFCC, through the scope extension). One the HTTP/1.1 client
     # refuses (not latin-1, a CR or LF) once escaped _forward as a ValueError: a bare 500 and an
     # endpoint counting one more request in flight forever.
-    from facade.proxy import Proxy
-
     echo = EchoApp()
     async with serve_app(echo) as url, run_facade(tmp_path, _one_route_cfg(url)) as rt:
         for value in ("日本", "a\r\nx-smuggled: 1"):
-            sent: list[dict[str, Any]] = []
-
-            async def receive() -> dict[str, Any]:
-                return {"type": "http.request", "body": b"", "more_body": False}
-
-            async def send(message: dict[str, Any], sent: list[dict[str, Any]] = sent) -> None:
-                sent.append(message)
-
-            scope = {
-                "type": "http", "method": "GET", "path": "/x", "raw_path": b"/x", "query_string": b"",
-                "headers": [(b"host", b"test")], "http_version": "1.1", "scheme": "http",
-                "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 80),
-                "extensions": {"facade.upstream_headers": [("x-forwarded-client-cert", value)]},
-            }  # fmt: skip
-            await Proxy(rt.holder)(scope, receive, send)
-            assert sent[0]["status"] == 502
-            assert json.loads(sent[1]["body"])["backend"] == "svc"
+            sent = _Sent()
+            scope = _http_scope({"facade.upstream_headers": [("x-forwarded-client-cert", value)]})
+            await Proxy(rt.holder)(scope, _empty_body, sent)
+            assert sent.messages[0]["status"] == 502
+            assert json.loads(sent.messages[1]["body"])["backend"] == "svc"
             assert rt.holder.current.upstreams.get("svc").endpoints[0].in_flight == 0
     assert echo.requests == []
 
@@ -675,35 +661,16 @@ async def test_a_reload_hands_the_client_over_or_lets_the_replaced_one_finish_it
 async def test_a_cancelled_request_is_no_longer_in_flight_on_its_endpoint(tmp_path):
     # Server shutdown cancels request tasks: the endpoint's in-flight count (least_request, reload
     # drain) must come back down however the try ends.
-    from facade.proxy import Proxy
-
     async with raw_server(never_answer) as url:
-        cfg = f"""
-listen: 127.0.0.1:0
-admin: {{listen: 127.0.0.1:0, token: t0ken}}
-services:
-  svc: {{endpoints: [{url}], timeouts: {{request: 30s}}}}
-routes:
-  - name: all
-    match: {{path: {{prefix: /}}}}
-    backend: svc
-"""
+        cfg = _one_route_cfg(url, timeouts="{request: 30s}")
         async with run_facade(tmp_path, cfg) as rt:
-            sent: list[dict[str, object]] = []
+            sent = _Sent()
 
-            async def receive() -> dict[str, object]:
+            async def silent_client() -> dict[str, object]:
                 await asyncio.sleep(60)
                 return {"type": "http.disconnect"}
 
-            async def send(message: dict[str, object]) -> None:
-                sent.append(message)
-
-            scope = {
-                "type": "http", "method": "GET", "path": "/x", "raw_path": b"/x", "query_string": b"",
-                "headers": [(b"host", b"shop.local")], "http_version": "1.1", "scheme": "http",
-                "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 80),
-            }  # fmt: skip
-            task = asyncio.create_task(Proxy(rt.holder)(scope, receive, send))
+            task = asyncio.create_task(Proxy(rt.holder)(_http_scope(), silent_client, sent))
             pool = rt.holder.current.upstreams.get("svc")
             for _ in range(200):
                 if pool.endpoints[0].in_flight:
@@ -715,7 +682,7 @@ routes:
                 await task
             assert pool.endpoints[0].in_flight == 0
             assert pool.live_h1 is not None and pool.live_h1.in_use == 0
-            assert sent == []
+            assert sent.messages == []
 
 
 async def test_a_request_left_on_a_closed_pool_gets_503_and_no_outlier_report(tmp_path):
@@ -723,16 +690,7 @@ async def test_a_request_left_on_a_closed_pool_gets_503_and_no_outlier_report(tm
     # endpoint did nothing wrong, so it is not counted against it.
     echo = EchoApp()
     async with serve_app(echo) as url:
-        cfg = f"""
-listen: 127.0.0.1:0
-admin: {{listen: 127.0.0.1:0, token: t0ken}}
-services:
-  svc: {{endpoints: [{url}]}}
-routes:
-  - name: all
-    match: {{path: {{prefix: /}}}}
-    backend: svc
-"""
+        cfg = _one_route_cfg(url)
         async with run_facade(tmp_path, cfg) as rt, httpx.AsyncClient(base_url=rt.url, trust_env=False) as client:
             assert (await client.get("/warm")).status_code == 200
             pool = rt.holder.current.upstreams.get("svc")
