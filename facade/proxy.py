@@ -419,7 +419,7 @@ class Proxy:
                         resp = await client.request(
                             endpoint.address,
                             method,
-                            endpoint.target_for(target) if endpoint.path_prefix else target,
+                            endpoint.target_for(target),
                             headers,
                             body,
                             idempotent=idempotent,
@@ -444,14 +444,13 @@ class Proxy:
                     outcome, error = Outcome.CONNECT_FAILURE, UpstreamTimeout(str(exc))
                 except ConnectFailed as exc:
                     outcome, error = Outcome.CONNECT_FAILURE, UpstreamConnectError(str(exc))
-                    if client.exhausted:
-                        error = UpstreamUnavailable(f"connection pool of service {spec.name} exhausted")
                 except TimeoutError:
                     outcome, error = Outcome.TIMEOUT, UpstreamTimeout(f"no response from {endpoint.url} within {timeout:.3g}s")
                     if client.exhausted:
                         error = UpstreamUnavailable(f"connection pool of service {spec.name} exhausted")
                 except ValueError as exc:
-                    # A header the client refuses to serialize (config header ops: not latin-1, CR/LF).
+                    # A header the client refuses to serialize (not latin-1, CR/LF): the config refuses
+                    # such rules, but an in-process caller's header extension could still carry one.
                     # Nothing was sent; the same request would fail on any endpoint.
                     raise ProxyError(f"request cannot be sent upstream: {exc}") from None
                 except ResponseInvalid as exc:

@@ -568,19 +568,29 @@ class H1Client:
 
     # -- the pool -------------------------------------------------------------------------
 
-    async def _acquire(self, address: Address) -> tuple[_Conn, bool]:
+    def _take_idle(self, address: Address) -> _Conn | None:
+        """The newest live idle connection to ``address`` (the warmest; old ones age out at the bottom)."""
         idle = self._idle.get(address)
-        if idle:
-            now = asyncio.get_running_loop().time()
-            while idle:
-                conn = idle.pop()  # newest first: the warmest, and old ones age out at the bottom
-                if conn.closed:
-                    self._open -= 1
-                elif now - conn.idle_since >= self.idle_timeout:
-                    conn.close_idle()
-                    self._open -= 1
-                else:
-                    return conn, True
+        if not idle:
+            return None
+        now = asyncio.get_running_loop().time()
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and now - conn.idle_since < self.idle_timeout:
+                return conn
+            self._drop(conn)
+        return None
+
+    def _drop(self, conn: _Conn) -> None:
+        """Close a connection taken out of the idle queues and free its slot (no wake-up)."""
+        if not conn.closed:
+            conn.close_idle()
+        self._open -= 1
+
+    async def _acquire(self, address: Address) -> tuple[_Conn, bool]:
+        conn = self._take_idle(address)
+        if conn is not None:
+            return conn, True
         if self._closed:
             raise PoolClosed(_POOL_CLOSED)
         deadline: float | None = None
@@ -595,27 +605,21 @@ class H1Client:
             try:
                 async with asyncio.timeout_at(deadline):
                     await waiter
-            except TimeoutError:
+            except BaseException as exc:
                 if waiter.done() and not waiter.cancelled():
-                    self._wake_next()  # woken in the turn the wait timed out: the slot goes to the next
+                    self._wake_next()  # woken in the turn it gave up: the slot goes to the next waiter
                 self._prune_waiters()
+                if not isinstance(exc, TimeoutError):
+                    raise
                 self.stats["pool_exhausted"] += 1
                 raise PoolExhausted(
                     f"all {self.limit} connections busy for {self.connect_timeout:g}s (connection_pool.max_connections)"
                 ) from None
-            except BaseException:
-                if not waiter.cancelled() and waiter.done():
-                    self._wake_next()  # pass on the wake-up this caller will not use
-                self._prune_waiters()
-                raise
             if self._closed:
                 raise PoolClosed(_POOL_CLOSED)  # woken by close(): no new connection on a closed pool
-            idle = self._idle.get(address)
-            if idle:
-                conn = idle.pop()
-                if not conn.closed:
-                    return conn, True
-                self._open -= 1
+            conn = self._take_idle(address)
+            if conn is not None:
+                return conn, True
         self._open += 1
         try:
             conn = await self._connect(address)
@@ -711,11 +715,8 @@ class H1Client:
     def _reclaim_idle(self) -> bool:
         """Close one idle connection to another address, making room for a new one."""
         for idle in self._idle.values():
-            while idle:
-                conn = idle.popleft()  # the oldest
-                if not conn.closed:
-                    conn.close_idle()
-                self._open -= 1
+            if idle:
+                self._drop(idle.popleft())  # the oldest
                 return True
         return False
 
@@ -733,9 +734,7 @@ class H1Client:
         due: float | None = None  # when the oldest connection left turns idle_timeout old
         for idle in self._idle.values():
             while idle and now - idle[0].idle_since >= self.idle_timeout:
-                conn = idle.popleft()
-                conn.close_idle()
-                self._open -= 1
+                self._drop(idle.popleft())
             if idle and (due is None or idle[0].idle_since < due):
                 due = idle[0].idle_since
         if due is not None and not self._closed:
@@ -750,9 +749,7 @@ class H1Client:
             self._sweep = None
         for idle in self._idle.values():
             while idle:
-                conn = idle.popleft()
-                conn.close_idle()
-                self._open -= 1
+                self._drop(idle.popleft())
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_result(None)
