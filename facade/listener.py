@@ -138,7 +138,7 @@ def guarded_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
                 self._reject(response, "request head not complete within %.1fs", limits.header_timeout)
 
         def _reject(self, response: bytes, why: str, arg: object) -> None:
-            client = "%s:%d" % self.client if self.client else "?"
+            client = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
             logger.info("closing connection from %s: " + why, client, arg)
             if response and (self.cycle is None or self.cycle.response_complete):
                 self.transport.write(response)

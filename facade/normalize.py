@@ -1,6 +1,6 @@
 """The canonical form of a request path and host, shared by the router and the mesh policy engine.
 
-The invariant this module exists for (DESIGN.md): the path the router matched, the path the policy
+The invariant this module exists for (docs/architecture.md, "Invariants"): the path the router matched, the path the policy
 checked and the path sent upstream are the same bytes. So there is exactly one canonical form, it is
 *encoded* (pure ASCII, safe to put on the wire byte for byte), and anything that has no unambiguous
 canonical form is rejected instead of guessed at (400 at the edge):

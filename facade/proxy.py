@@ -1,6 +1,6 @@
 """The hot path: a plain ASGI callable that forwards each request over one immutable Snapshot.
 
-Per request, in order (DESIGN.md, "Data flow"):
+Per request, in order (docs/architecture.md, "The data flow of one request"):
 
 1. read the current Snapshot once (a reload or a migration step swaps the reference; this
    request finishes on the table it started with);
@@ -10,7 +10,7 @@ Per request, in order (DESIGN.md, "Data flow"):
 5. forward through the service's pool, retrying what is safe to retry;
 6. stream the response back, then record telemetry.
 
-Errors are mapped to statuses once, in ``_error_response`` (STYLE.md): connect failure / reset
+Errors are mapped to statuses once, in ``_error_response`` (docs/architecture.md, "Errors"): connect failure / reset
 before a response -> 502, no healthy endpoint / pool exhausted -> 503, timeout -> 504.
 A failure after the response started aborts the downstream connection: the client sees a
 truncated transfer, never a silently shortened 200.

@@ -213,7 +213,7 @@ class Node:
 
     def walk(self) -> Iterator[Node]:
         yield self
-        for _, child in self.items():
+        for _key, child in self.items():  # noqa: PERF102 (a Node, not a dict: items() is its mapping view)
             yield from child.walk()
         for child in self.elements():
             yield from child.walk()
@@ -287,8 +287,8 @@ def parse_duration(text: str) -> float:
 
 def parse_size(value: str | int) -> int:
     """``"64KiB"`` -> 65536; plain integers are bytes. Raises ValueError."""
-    if isinstance(value, bool):
-        raise ValueError(f"invalid size {value!r}")
+    if isinstance(value, bool):  # YAML's `yes`: a value error to the config reader, like any bad size
+        raise ValueError(f"invalid size {value!r}")  # noqa: TRY004
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"size must not be negative, got {value}")

@@ -7,7 +7,7 @@
         chunk = await resp.readany()      # b"" at the end; raises UpstreamError on a reset
     resp.release()                        # back to the pool when complete and reusable, else closed
 
-Why not aiohttp's client here (DESIGN.md chose it; its table says to revisit with numbers):
+Why not aiohttp's client here (the first design chose it and asked to revisit with numbers):
 on this project's 2-core benchmark aiohttp's client was ~55 µs of the facade's ~156 µs of CPU
 per proxied request; with this client the facade costs ~85 µs (benchmarks/RESULTS.md). It is
 only what the proxy needs: one request at a time per connection (no pipelining), bodies
@@ -30,7 +30,7 @@ Errors (all ``UpstreamError``):
 
 A connection that was reused from the pool and closes before a single response byte arrives
 was most likely closed by the upstream while idle (a keep-alive race): an idempotent request
-whose body has not started is sent once more on a fresh connection (DESIGN.md, pitfalls).
+whose body has not started is sent once more on a fresh connection (docs/architecture.md, "Pitfalls").
 """
 
 from __future__ import annotations

@@ -93,7 +93,7 @@ class Endpoint:
         """The upstream URL for an already-encoded path (and query), byte for byte.
 
         Built with ``encoded=True`` so yarl neither re-quotes nor removes dot segments: the
-        bytes the router matched are the bytes sent (DESIGN.md, Invariants).
+        bytes the router matched are the bytes sent (docs/architecture.md, "Invariants").
         """
         return yarl.URL(self._prefix + raw_path_and_query, encoded=True)
 

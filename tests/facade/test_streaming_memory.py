@@ -10,6 +10,8 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Self
 
 import httpx
 import psutil
@@ -29,6 +31,12 @@ def _free_port() -> int:
     return port
 
 
+def _spawn_facade(cfg: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "-m", "facade", "serve", "-c", str(cfg), "--no-watch",
+                                 "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT)
+
+
 async def _start_facade(tmp_path, backend_url: str) -> tuple[subprocess.Popen[bytes], str]:
     port, admin = _free_port(), _free_port()
     cfg = tmp_path / "facade.yaml"
@@ -37,9 +45,7 @@ async def _start_facade(tmp_path, backend_url: str) -> tuple[subprocess.Popen[by
         f"services:\n  svc: {{endpoints: [{backend_url}], timeouts: {{request: 60s}}}}\n"
         "routes:\n  - name: all\n    backend: svc\n"
     )
-    with open(tmp_path / "facade.log", "wb") as log:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen([sys.executable, "-m", "facade", "serve", "-c", str(cfg), "--no-watch",
-                                 "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT)
+    proc = _spawn_facade(cfg, tmp_path / "facade.log")
     url = f"http://127.0.0.1:{port}"
     async with httpx.AsyncClient() as client:
         for _ in range(200):  # bounded: ~10 s
@@ -64,7 +70,7 @@ class RssSampler:
             self.peak = max(self.peak, self.proc.memory_info().rss)
             await asyncio.sleep(0.05)
 
-    def __enter__(self) -> RssSampler:
+    def __enter__(self) -> Self:
         self._task = asyncio.get_running_loop().create_task(self._run())
         return self
 

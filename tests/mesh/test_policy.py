@@ -323,8 +323,10 @@ def test_yaml_policies_parse_into_the_model() -> None:
             "facade.yaml:5:36: mesh.policies[0].rules[0].to[0].operation.paths: must not be empty",
         ),
         (
-            "mesh:\n  policies:\n    - name: p\n      rules:\n"
-            '        - when: [{key: "request.auth.claims[x]", values: [a]}]\n',
+            (
+                "mesh:\n  policies:\n    - name: p\n      rules:\n"
+                '        - when: [{key: "request.auth.claims[x]", values: [a]}]\n'
+            ),
             "unsupported condition key 'request.auth.claims[x]'",
         ),
         (
