@@ -268,6 +268,10 @@ class CertificateAuthority:
         """
         if spiffe_id.trust_domain != self.trust_domain:
             raise CsrRejected(f"{spiffe_id} is not in this CA's trust domain {self.trust_domain!r}")
+        try:
+            spiffe_id.require_workload()
+        except InvalidSpiffeId as exc:
+            raise CsrRejected(str(exc)) from None
         if ttl <= timedelta(0):
             raise CsrRejected(f"ttl must be positive, got {ttl}")
         csr = _load_csr(csr_pem)
@@ -322,6 +326,10 @@ class CertificateAuthority:
         """A single-use token that lets its holder obtain one SVID for ``spiffe_id`` until it expires."""
         if spiffe_id.trust_domain != self.trust_domain:
             raise CaError(f"{spiffe_id} is not in this CA's trust domain {self.trust_domain!r}")
+        try:
+            spiffe_id.require_workload()
+        except InvalidSpiffeId as exc:
+            raise CaError(str(exc)) from None
         expires = (now or _utcnow()) + ttl
         payload = json.dumps(
             {"sub": str(spiffe_id), "exp": int(expires.timestamp()), "nonce": secrets.token_urlsafe(16)},
@@ -368,7 +376,7 @@ class CertificateAuthority:
             raise TokenRejected("bootstrap token signature does not verify (forged, or from another CA)")
         try:
             claims = json.loads(_unb64(payload_b64))
-            spiffe_id = SpiffeId.parse(claims["sub"])
+            spiffe_id = SpiffeId.parse_workload(claims["sub"])
             expires = datetime.fromtimestamp(int(claims["exp"]), UTC)
             nonce = str(claims["nonce"])
         except (ValueError, KeyError, TypeError) as exc:

@@ -151,7 +151,7 @@ def _load(state_dir: str) -> CertificateAuthority | int:
 
 def _cmd_issue(args: argparse.Namespace) -> int:
     try:
-        spiffe_id = SpiffeId.parse(args.spiffe_id)
+        spiffe_id = SpiffeId.parse_workload(args.spiffe_id)
     except InvalidSpiffeId as exc:
         return _fail(f"--id {args.spiffe_id!r}: {exc}", EXIT_INVALID)
     try:

@@ -47,7 +47,10 @@ class WorkloadIdentity:
 
     @staticmethod
     def new_csr(spiffe_id: SpiffeId) -> tuple[ec.EllipticCurvePrivateKey, bytes]:
-        """A fresh P-256 key and a CSR for ``spiffe_id`` signed with it. The key stays with the caller."""
+        """A fresh P-256 key and a CSR for ``spiffe_id`` signed with it. The key stays with the caller.
+
+        Raises InvalidSpiffeId for a trust domain ID: no CA may sign it (X509-SVID 5.2)."""
+        spiffe_id.require_workload()
         key = ec.generate_private_key(ec.SECP256R1())
         csr = (
             x509.CertificateSigningRequestBuilder()
@@ -71,9 +74,9 @@ class WorkloadIdentity:
         if len(uris) != 1:
             raise IdentityError(f"an SVID has exactly one URI SAN, this certificate has {len(uris)}")
         try:
-            spiffe_id = SpiffeId.parse(uris[0])
+            spiffe_id = SpiffeId.parse_workload(uris[0])
         except InvalidSpiffeId as exc:
-            raise IdentityError(f"the certificate's URI SAN is not a SPIFFE ID: {exc}") from None
+            raise IdentityError(f"the certificate's URI SAN is not a workload SPIFFE ID: {exc}") from None
         return cls(spiffe_id=spiffe_id, key=key, chain=chain)
 
     @classmethod
