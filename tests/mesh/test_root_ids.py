@@ -92,7 +92,12 @@ def test_the_ca_never_signs_the_root_id_nor_issues_a_token_for_it() -> None:
     with pytest.raises(InvalidSpiffeId):
         WorkloadIdentity.new_csr(SpiffeId(TD))
     # Authorised for a workload, the CSR may not ask for the root, a second URI, or another spelling.
-    for uris in ([ROOT], [str(CATALOG), ROOT], [ROOT + "/ns/shop/sa/catalog/"], ["spiffe://SHOP.local/ns/shop/sa/catalog"]):
+    for uris in (
+        [ROOT],
+        [str(CATALOG), ROOT],
+        [ROOT + "/ns/shop/sa/catalog/"],
+        ["spiffe://SHOP.local/ns/shop/sa/catalog"],
+    ):
         with pytest.raises(CsrRejected):
             ca.sign_csr(_csr(key, uris), spiffe_id=CATALOG)
 
@@ -145,7 +150,7 @@ mesh:
 def _errors(mesh: str, identity: str = "") -> list[str]:
     text = BASE.replace("IDENTITY", f", identity: {identity!r}" if identity else "")
     text += textwrap.indent(textwrap.dedent(mesh), "  ")
-    config, problems = parse_config(YamlDocument.load(text, "/cfg/facade.yaml"), env={})
+    _, problems = parse_config(YamlDocument.load(text, "/cfg/facade.yaml"), env={})
     return [str(p) for p in problems if p.severity == "error"]
 
 
@@ -180,9 +185,15 @@ def test_policies_refuse_the_root_as_a_principal_anywhere(principal: str) -> Non
 def test_a_document_naming_the_root_is_refused_by_the_sidecar() -> None:
     ca = CertificateAuthority.create(TD)
     good = {
-        "version": 1, "service": "catalog", "trust_domain": TD, "mode": "STRICT", "identity": str(CATALOG),
-        "bundle": ca.trust_bundle_pem.decode(), "policies": [],
-        "normalize": {"merge_slashes": True, "reject_encoded_slash": True, "semicolons": "reject"}, "peers": {},
+        "version": 1,
+        "service": "catalog",
+        "trust_domain": TD,
+        "mode": "STRICT",
+        "identity": str(CATALOG),
+        "bundle": ca.trust_bundle_pem.decode(),
+        "policies": [],
+        "normalize": {"merge_slashes": True, "reject_encoded_slash": True, "semicolons": "reject"},
+        "peers": {},
     }
     assert SidecarDocument.from_json(good).identity == CATALOG
     with pytest.raises(DocumentError):
