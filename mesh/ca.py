@@ -11,19 +11,26 @@ Files under ``<state_dir>/ca/`` (directory 0700): ``root.crt`` (the trust bundle
 it only ever sees a CSR, whose signature proves the requester holds the key.
 
 Bootstrap tokens are ``v1.<payload>.<mac>`` with an HMAC-SHA256 over the payload (SPIFFE ID,
-expiry, nonce) keyed by ``token.key``. They are single-use within one CA process; a restarted
-CA accepts an unexpired token once more, so keep token lifetimes short.
+expiry, nonce) keyed by ``token.key``. They are single-use, durably: the nonce of a redeemed
+token is written to ``<state_dir>/ca/tokens.sqlite3`` (WAL, ``synchronous=FULL``) in the same
+transaction that decides the redemption, so neither a restart, nor a second process on the
+same state directory, nor two concurrent requests can redeem one token twice. Nonces are
+forgotten once their token has expired (the expiry alone refuses it then). An in-memory CA
+(``create``) keeps them in memory.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
 import os
 import secrets
+import sqlite3
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -43,6 +50,7 @@ __all__ = [
     "DEFAULT_ROOT_TTL",
     "DEFAULT_SVID_TTL",
     "DEFAULT_TOKEN_TTL",
+    "USED_TOKENS_FILE",
     "CaError",
     "CaExists",
     "CaNotFound",
@@ -60,6 +68,8 @@ DEFAULT_TOKEN_TTL = timedelta(hours=1)
 _ROOT_CERT = "root.crt"
 _ROOT_KEY = "root.key"
 _TOKEN_KEY = "token.key"
+USED_TOKENS_FILE = "tokens.sqlite3"
+_PREVIOUS_CERT = "previous.crt"
 _TOKEN_VERSION = "v1"
 
 
@@ -112,6 +122,58 @@ class _TokenClaims:
     nonce: str
 
 
+class _UsedNonces:
+    """Nonces of redeemed tokens. ``claim`` is a critical section: check, run the body, record."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._path = path
+        self._memory: dict[str, datetime] = {}
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        # Opened on the first redemption, not on load: ``ca show`` must work on a read-only directory.
+        assert self._path is not None
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(fd)
+        db = sqlite3.connect(self._path, timeout=10.0, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("CREATE TABLE IF NOT EXISTS used_tokens (nonce TEXT PRIMARY KEY, expires REAL NOT NULL)")
+            yield db
+        finally:
+            db.close()
+
+    @contextlib.contextmanager
+    def claim(self, nonce: str, expires: datetime, now: datetime) -> Iterator[None]:
+        """Refuse a used nonce; else run the body and record the nonce, atomically (a failing body records nothing)."""
+        with self._lock:
+            if self._path is None:
+                for old in [n for n, exp in self._memory.items() if exp <= now]:
+                    del self._memory[old]
+                if nonce in self._memory:
+                    raise TokenRejected("bootstrap token has already been used")
+                yield
+                self._memory[nonce] = expires
+                return
+            with self._connect() as db:
+                # BEGIN IMMEDIATE takes the write lock first: another process redeeming the same
+                # token waits here and then sees this one's nonce.
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    db.execute("DELETE FROM used_tokens WHERE expires <= ?", (now.timestamp(),))
+                    if db.execute("SELECT 1 FROM used_tokens WHERE nonce = ?", (nonce,)).fetchone():
+                        raise TokenRejected("bootstrap token has already been used")
+                    yield
+                    db.execute("INSERT INTO used_tokens (nonce, expires) VALUES (?, ?)", (nonce, expires.timestamp()))
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
+
+
 class CertificateAuthority:
     """A self-signed root for one trust domain. Create with ``init`` or ``load``, not directly."""
 
@@ -129,8 +191,8 @@ class CertificateAuthority:
         self.certificate = certificate
         self._token_secret = token_secret
         self.directory = directory
-        self._used_nonces: dict[str, datetime] = {}
-        self._lock = threading.Lock()
+        self._used = _UsedNonces(directory / USED_TOKENS_FILE if directory is not None else None)
+        self.previous: tuple[x509.Certificate, ...] = ()  # the replaced root, still trusted (see ``init``)
 
     def __repr__(self) -> str:
         return f"CertificateAuthority(trust_domain={self.trust_domain!r}, directory={str(self.directory)!r})"
@@ -190,9 +252,16 @@ class CertificateAuthority:
         trust_domain: str,
         *,
         force: bool = False,
+        keep_previous: bool = True,
         ttl: timedelta = DEFAULT_ROOT_TTL,
     ) -> CertificateAuthority:
-        """Create a root under ``<state_dir>/ca`` (0700; keys 0600). Refuses to overwrite unless ``force``."""
+        """Create a root under ``<state_dir>/ca`` (0700; keys 0600). Refuses to overwrite unless ``force``.
+
+        Replacing a root keeps the replaced root's certificate as ``previous.crt`` (unless
+        ``keep_previous`` is false): it stays in the trust bundle, so running workloads keep
+        talking and can renew onto the new root. Delete it (or ``--drop-previous``) when the old
+        key must no longer be trusted, e.g. because it leaked.
+        """
         directory = Path(state_dir) / CA_DIRNAME
         existing = [p for p in (_ROOT_CERT, _ROOT_KEY, _TOKEN_KEY) if (directory / p).exists()]
         if existing and not force:
@@ -206,14 +275,21 @@ class CertificateAuthority:
             raise CaError(f"invalid trust domain {trust_domain!r}: {exc}") from None
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(directory, 0o700)
+        replaced = _read_root(directory / _ROOT_CERT) if keep_previous else None
+        if replaced is not None and _in_domain(replaced, trust_domain):
+            _write_public(directory / _PREVIOUS_CERT, replaced.public_bytes(serialization.Encoding.PEM))
+        else:
+            (directory / _PREVIOUS_CERT).unlink(missing_ok=True)
         key_pem = ca._key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
         # Keys first, certificate last: a crash in between leaves no certificate without its key.
         _write_private(directory / _ROOT_KEY, key_pem)
         _write_private(directory / _TOKEN_KEY, ca._token_secret)
-        (directory / _ROOT_CERT).write_bytes(ca.trust_bundle_pem)
+        _write_public(directory / _ROOT_CERT, ca.certificate.public_bytes(serialization.Encoding.PEM))
         ca.directory = directory
+        ca._used = _UsedNonces(directory / USED_TOKENS_FILE)
+        ca.previous = _current_roots(_read_root(directory / _PREVIOUS_CERT))
         return ca
 
     @classmethod
@@ -240,14 +316,36 @@ class CertificateAuthority:
         if len(token_secret) < 32:
             raise CaError(f"the token key in {directory} is too short")
         trust_domain = _trust_domain_of(cert)
-        return cls(trust_domain=trust_domain, key=key, certificate=cert, token_secret=token_secret, directory=directory)
+        ca = cls(trust_domain=trust_domain, key=key, certificate=cert, token_secret=token_secret, directory=directory)
+        previous = _read_root(directory / _PREVIOUS_CERT)
+        if previous is not None and _in_domain(previous, trust_domain) and previous != cert:
+            ca.previous = _current_roots(previous)
+        return ca
+
+    @staticmethod
+    def fingerprint(state_dir: str | os.PathLike[str]) -> tuple[tuple[str, int, int, int], ...]:
+        """What identifies the CA files on disk now (a re-init or a removed ``previous.crt`` changes it)."""
+        directory = Path(state_dir) / CA_DIRNAME
+        out = []
+        for name in (_ROOT_CERT, _ROOT_KEY, _PREVIOUS_CERT):
+            try:
+                st = (directory / name).stat()
+            except OSError:
+                continue
+            out.append((name, st.st_ino, st.st_size, st.st_mtime_ns))
+        return tuple(out)
 
     # -- trust bundle -------------------------------------------------------------------
 
     @property
+    def roots(self) -> tuple[x509.Certificate, ...]:
+        """The roots an SVID may chain to: this CA's, then the one it replaced (if kept and unexpired)."""
+        return (self.certificate, *self.previous)
+
+    @property
     def trust_bundle_pem(self) -> bytes:
-        """The PEM bundle peers verify against (the root certificate)."""
-        return self.certificate.public_bytes(serialization.Encoding.PEM)
+        """The PEM bundle peers verify against (the current root, then the replaced one, if kept)."""
+        return b"".join(root.public_bytes(serialization.Encoding.PEM) for root in self.roots)
 
     # -- signing ------------------------------------------------------------------------
 
@@ -349,14 +447,10 @@ class CertificateAuthority:
         """Check the token, sign the CSR for the ID it names, consume it; return (cert_pem, bundle_pem)."""
         now = now or _utcnow()
         claims = self._check_token(token, now)
-        # Sign before consuming, so a CSR mistake does not burn the token; the lock makes
-        # check-sign-consume atomic against a concurrent redeem of the same token.
-        with self._lock:
-            self._forget_expired(now)
-            if claims.nonce in self._used_nonces:
-                raise TokenRejected("bootstrap token has already been used")
+        # Sign inside the claim, so a CSR mistake does not burn the token; the claim makes
+        # check-sign-consume one durable transaction against a concurrent or later redeem.
+        with self._used.claim(claims.nonce, claims.expires, now):
             cert_pem = self.sign_csr(csr_pem, spiffe_id=claims.spiffe_id, ttl=ttl, now=now)
-            self._used_nonces[claims.nonce] = claims.expires
         return cert_pem, self.trust_bundle_pem
 
     def _mac(self, body: str) -> bytes:
@@ -385,10 +479,30 @@ class CertificateAuthority:
             raise TokenRejected(f"bootstrap token expired at {expires.isoformat()}")
         return _TokenClaims(spiffe_id, expires, nonce)
 
-    def _forget_expired(self, now: datetime) -> None:
-        # Expired tokens are rejected on expiry alone, so their nonces need not be remembered.
-        for nonce in [n for n, exp in self._used_nonces.items() if exp <= now]:
-            del self._used_nonces[nonce]
+
+def _read_root(path: Path) -> x509.Certificate | None:
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def _current_roots(cert: x509.Certificate | None) -> tuple[x509.Certificate, ...]:
+    return (cert,) if cert is not None and cert.not_valid_after_utc > _utcnow() else ()
+
+
+def _write_public(path: Path, data: bytes) -> None:
+    # Write then rename: a watcher never reads half a certificate.
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _in_domain(cert: x509.Certificate, trust_domain: str) -> bool:
+    try:
+        return _trust_domain_of(cert) == trust_domain
+    except CaError:
+        return False
 
 
 def _trust_domain_of(cert: x509.Certificate) -> str:

@@ -27,6 +27,7 @@ from mesh.document import DocumentError, SidecarDocument
 from mesh.identity import IdentityError, WorkloadIdentity
 from mesh.policy import PolicyError, Rule, Source
 from mesh.spiffe import InvalidSpiffeId, SpiffeId
+from mesh.svid_auth import sign_request
 from mesh.tls import PeerRejected, verify_peer
 
 from .pki import TD, der, forge, issue
@@ -218,18 +219,25 @@ async def test_the_sidecar_refuses_a_peer_presenting_the_root_id_even_under_prin
         assert view["peer_rejected"] >= 4, view
 
 
-async def test_the_control_plane_refuses_renew_and_report_from_a_root_id_certificate(tmp_path: Path) -> None:
+async def test_the_control_plane_refuses_every_signed_call_from_a_root_id_certificate(tmp_path: Path) -> None:
     async with stack(tmp_path, "STRICT") as s, httpx.AsyncClient(base_url=s.feature.runtime.admin_url) as client:
+        for uris in ([ROOT], [ROOT + "/"], [ROOT, str(CATALOG)]):
+            forged = forge(s.ca, uris)  # signed by the real root, and the request really signed by its key
+            _, csr = WorkloadIdentity.new_csr(CATALOG)
+            for path, body in (
+                ("/mesh/ca/renew", {"csr": csr.decode()}),
+                ("/mesh/report", {"report": json.dumps({"service": "catalog", "instance": "x", "segments": []})}),
+            ):
+                content = json.dumps(body).encode()
+                auth = sign_request(forged, "POST", path, {}, content)
+                answer = await client.post(path, content=content, headers={"authorization": auth})
+                assert answer.status_code == 401, (uris, path, answer.text)
+            params = {"service": "catalog"}
+            auth = sign_request(forged, "GET", "/mesh/config", params)
+            answer = await client.get("/mesh/config", params=params, headers={"authorization": auth})
+            assert answer.status_code == 401 and "policies" not in answer.text, (uris, answer.text)
         forged = forge(s.ca, [ROOT])
-        _, csr = WorkloadIdentity.new_csr(CATALOG)
-        sig = base64.b64encode(forged.key.sign(csr, ec.ECDSA(hashes.SHA256()))).decode()
-        renew = await client.post(
-            "/mesh/ca/renew", json={"certificate": forged.cert_pem.decode(), "csr": csr.decode(), "signature": sig}
-        )
-        assert renew.status_code == 401 and "trust domain ID" in renew.json()["error"]
-        report = json.dumps({"service": "catalog", "instance": "x", "segments": []})
-        sig = base64.b64encode(forged.key.sign(report.encode(), ec.ECDSA(hashes.SHA256()))).decode()
-        answer = await client.post(
-            "/mesh/report", json={"certificate": forged.cert_pem.decode(), "report": report, "signature": sig}
-        )
-        assert answer.status_code == 401
+        params = {"service": "catalog"}
+        auth = sign_request(forged, "GET", "/mesh/config", params)
+        answer = await client.get("/mesh/config", params=params, headers={"authorization": auth})
+        assert "trust domain ID" in answer.json()["error"]
