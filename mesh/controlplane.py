@@ -44,7 +44,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import secrets
+import sqlite3
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -67,6 +69,7 @@ from .document import SidecarDocument, build_document
 from .edge import EdgeIdentity
 from .reports import InboundReports, ReportError, parse_report
 from .spiffe import SpiffeId
+from .state import DEFAULT_STATE_FILE, MeshStateStore
 from .svid_auth import ReplayGuard, SignedRequestRejected, verify_request
 from .tls import MTLS_MODES, MtlsMode
 
@@ -108,6 +111,8 @@ class MeshFeature:
         self.epoch = secrets.token_hex(8)
         self.reports = InboundReports(self.epoch)
         self._published: dict[int, float] = {}  # version -> wall-clock time it was published
+        self._epochs: dict[int, str] = {}  # version -> the epoch (control-plane run) that published it
+        self.state: MeshStateStore | None = None  # durable versions and reports (mesh.state)
         self.replay = ReplayGuard()  # nonces of signed requests (mesh.svid_auth)
         self._ca_fingerprint: tuple[Any, ...] = ()
         self._ca_problem: str | None = None
@@ -146,6 +151,8 @@ class MeshFeature:
         """Load (or create) the CA for ``config.mesh`` and issue the edge SVID. Raises ConfigError."""
         mesh: MeshSpec = config.mesh
         state_dir = mesh.ca.state_dir or config.state_dir
+        if self.state is None:
+            self._open_state(config)
         if self.ca is None or self.ca.trust_domain != mesh.trust_domain:
             self._ca_fingerprint = CertificateAuthority.fingerprint(state_dir)
             try:
@@ -179,6 +186,24 @@ class MeshFeature:
             self.edge = EdgeIdentity(self.ca, edge_id, ttl=mesh.ca.svid_ttl, rotating=previous)
         else:
             self.edge.ttl = mesh.ca.svid_ttl
+
+    def _open_state(self, config: Config) -> None:
+        """Read the durable versions and reports back: versions go on from the last one published,
+        and an mtls step's counts survive a restart (``mesh.state``)."""
+        path = os.path.join(config.state_dir, DEFAULT_STATE_FILE)
+        try:
+            store = MeshStateStore(path)
+            published = store.published()
+            stored = store.reports()
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError([Problem(config.source, 1, 1, "state_dir", f"cannot open {path}: {exc}")]) from None
+        self.state = store
+        self.version = max(self.version, max(published, default=0))
+        for version, (epoch, at) in published.items():
+            self._published[version] = at
+            self._epochs[version] = epoch
+        for row in stored:
+            self.reports.restore(row.service, row.instance, row.heard_at, row.counts)
 
     def ssl_context_factory(self, spec: Any) -> Any:
         """``Upstreams`` factory: mesh mTLS via the edge identity, else the service's own ``tls:``."""
@@ -344,9 +369,17 @@ class MeshFeature:
         if same and self.version and not force:
             return
         self.version += 1
-        self._published[self.version] = time.time()
+        self._published[self.version] = now = time.time()
+        self._epochs[self.version] = self.epoch
         for old in sorted(self._published)[:-MAX_PUBLISHED]:
             del self._published[old]
+            self._epochs.pop(old, None)
+        if self.state is not None:
+            try:
+                self.state.publish(self.version, self.epoch, now)
+            except (OSError, sqlite3.Error) as exc:
+                # Serving the new document matters more; its window just will not survive a restart.
+                logger.error("mesh: cannot record version %d in %s: %s", self.version, self.state.path, exc)
         # One assignment: a long-poll never sees half of a new version.
         self.documents = {name: replace(doc, version=self.version) for name, doc in fresh.items()}
         changed, self._changed = self._changed, asyncio.Event()
@@ -446,7 +479,13 @@ class MeshFeature:
             if doc is None or doc.identity != holder:
                 # A sidecar speaks for its own service only: the signature proves which one it is.
                 return _error(403, f"{holder} may not report for service {parsed.service!r}")
-            self.reports.record(parsed, now=time.time())
+            now = time.time()
+            taken = self.reports.record(parsed, now=now, known=self._epochs)
+            if self.state is not None:
+                try:
+                    await asyncio.to_thread(self.state.save_report, parsed.service, parsed.instance, now, taken)
+                except (OSError, sqlite3.Error) as exc:
+                    logger.error("mesh: cannot store a report in %s: %s", self.state.path, exc)
             return Response(status_code=204)
 
         async def tokens(request: Request) -> Response:
