@@ -1,0 +1,174 @@
+"""Every mesh endpoint on the admin listener wants a credential: a request signed by a valid SVID of
+this CA (fresh, never replayed, about the signer's own service) or, for people, the admin token.
+
+The real facade and a real sidecar run on loopback; the attacker's requests are real HTTP with real
+certificates: none at all, a wrong token, another trust domain's SVID, another CA's, an expired
+one, one of a service taken out of the config, a replay, a stale or tampered signature.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from mesh.ca import CertificateAuthority
+from mesh.identity import WorkloadIdentity
+from mesh.spiffe import SpiffeId
+from mesh.svid_auth import MAX_SKEW_S, ReplayGuard, SignedRequestRejected, sign_request, verify_request
+
+from .pki import TD, forge, issue, utcnow
+from .test_controlplane import ADMIN, CATALOG, config_text, env, until
+
+SECRETS = ("BEGIN CERTIFICATE", "policies", "peers", "bundle")
+
+
+def signed_get(identity: WorkloadIdentity, params: dict[str, str], **kwargs: Any) -> dict[str, Any]:
+    """httpx.get keyword arguments for GET /mesh/config signed by ``identity``."""
+    return {
+        "params": params,
+        "headers": {"authorization": sign_request(identity, "GET", "/mesh/config", params, **kwargs)},
+    }
+
+
+def signed_post(identity: WorkloadIdentity, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    content = json.dumps(body).encode()
+    return {"content": content, "headers": {"authorization": sign_request(identity, "POST", path, {}, content)}}
+
+
+def assert_refused(response: httpx.Response, status: int = 401) -> None:
+    assert response.status_code == status, response.text
+    assert not any(s in response.text for s in SECRETS), response.text
+
+
+async def test_config_without_or_with_wrong_credentials_says_nothing(tmp_path: Path) -> None:
+    async with env(tmp_path) as e, httpx.AsyncClient(base_url=e.runtime.admin_url) as client:
+        params = {"service": "catalog"}
+        assert_refused(await client.get("/mesh/config", params=params))
+        assert_refused(await client.get("/mesh/config", params={"service": "nope"}))  # not even "unknown"
+        for header in ("Bearer wrong", "Bearer", "Basic " + ADMIN, f"bearer  {ADMIN}x", "SVID x.y.z.w", "SVID a"):
+            assert_refused(await client.get("/mesh/config", params=params, headers={"authorization": header}))
+        # People: the admin token reads any service's document.
+        ok = await client.get("/mesh/config", params=params, headers={"authorization": f"Bearer {ADMIN}"})
+        assert ok.status_code == 200 and ok.json()["identity"] == str(CATALOG)
+        # The sidecar itself: its own SVID, a signed request.
+        assert e.sidecar.identity is not None
+        own = await client.get("/mesh/config", **signed_get(e.sidecar.identity, params))
+        assert own.status_code == 200 and own.json()["service"] == "catalog"
+
+
+async def test_config_refuses_svids_of_other_domains_cas_services_and_expired_ones(tmp_path: Path) -> None:
+    async with env(tmp_path) as e, httpx.AsyncClient(base_url=e.runtime.admin_url) as client:
+        assert e.feature.ca is not None
+        params = {"service": "catalog"}
+        other_domain = CertificateAuthority.create("other.local")
+        stranger = issue(other_domain, SpiffeId.workload("other.local", "shop", "catalog"))
+        assert_refused(await client.get("/mesh/config", **signed_get(stranger, params)))
+        same_domain_other_ca = issue(CertificateAuthority.create(TD), CATALOG)
+        assert_refused(await client.get("/mesh/config", **signed_get(same_domain_other_ca, params)))
+        expired = forge(e.feature.ca, [str(CATALOG)], not_before=utcnow() - timedelta(hours=2),
+                        not_after=utcnow() - timedelta(hours=1))  # fmt: skip
+        r = await client.get("/mesh/config", **signed_get(expired, params))
+        assert_refused(r)
+        assert "expired" in r.json()["error"]
+        # A valid SVID of this CA, but of another workload: not this service's document.
+        web = issue(e.feature.ca, SpiffeId.workload(TD, "shop", "web"))
+        assert_refused(await client.get("/mesh/config", **signed_get(web, params)), 403)
+        assert_refused(await client.get("/mesh/config", **signed_get(web, {"service": "nope"})), 403)
+
+
+async def test_signed_requests_cannot_be_replayed_tampered_with_or_kept(tmp_path: Path) -> None:
+    async with env(tmp_path) as e, httpx.AsyncClient(base_url=e.runtime.admin_url) as client:
+        identity = e.sidecar.identity
+        assert identity is not None
+        params = {"service": "catalog", "version": "0"}
+        request = signed_get(identity, params)
+        assert (await client.get("/mesh/config", **request)).status_code == 200
+        replay = await client.get("/mesh/config", **request)
+        assert_refused(replay)
+        assert "replayed" in replay.json()["error"]
+        # Signed for other parameters than those sent, for another path, or too long ago / ahead.
+        tampered = signed_get(identity, {"service": "catalog", "version": "7"})
+        tampered["params"] = params
+        assert_refused(await client.get("/mesh/config", **tampered))
+        wrong_path = {"params": params, "headers": {"authorization": sign_request(identity, "GET", "/mesh/x", params)}}
+        assert_refused(await client.get("/mesh/config", **wrong_path))
+        for skew in (-(MAX_SKEW_S + 5), MAX_SKEW_S + 5):
+            r = await client.get("/mesh/config", **signed_get(identity, params, now=time.time() + skew))
+            assert_refused(r)
+            assert "stale" in r.json()["error"]
+        # The same for a report: a replayed or re-bodied one is refused.
+        body = {"report": json.dumps({"service": "catalog", "instance": "x", "segments": []})}
+        report = signed_post(identity, "/mesh/report", body)
+        assert (await client.post("/mesh/report", **report)).status_code == 204
+        assert_refused(await client.post("/mesh/report", **report))
+        other_body = dict(report, content=json.dumps({"report": "{}"}).encode())
+        assert_refused(await client.post("/mesh/report", **other_body))
+
+
+async def test_every_mesh_endpoint_refuses_a_request_without_credentials(tmp_path: Path) -> None:
+    async with env(tmp_path) as e, httpx.AsyncClient(base_url=e.runtime.admin_url) as client:
+        _, csr = WorkloadIdentity.new_csr(CATALOG)
+        report = {"report": json.dumps({"service": "catalog", "instance": "x", "segments": []})}
+        for path, body in (
+            ("/mesh/ca/renew", {"csr": csr.decode()}),
+            ("/mesh/report", report),
+            ("/mesh/tokens", {"service": "catalog"}),
+        ):
+            assert_refused(await client.post(path, json=body))
+            assert_refused(await client.post(path, json=body, headers={"authorization": "Bearer wrong"}))
+        assert_refused(await client.post("/mesh/ca/sign", json={"token": "v1.x.y", "csr": csr.decode()}))
+        # The admin token is for people, not a workload credential: it does not renew or report.
+        auth = {"authorization": f"Bearer {ADMIN}"}
+        assert_refused(await client.post("/mesh/ca/renew", json={"csr": csr.decode()}, headers=auth))
+        assert_refused(await client.post("/mesh/report", json=report, headers=auth))
+
+
+async def test_a_service_taken_out_of_the_config_can_neither_read_nor_renew(tmp_path: Path) -> None:
+    async with env(tmp_path) as e, httpx.AsyncClient(base_url=e.runtime.admin_url) as client:
+        identity = e.sidecar.identity
+        assert identity is not None
+        renamed = config_text(tmp_path, e.port).replace("sa/catalog", "sa/catalog2")
+        assert await e.rewrite(renamed)
+        await until(lambda: e.feature.documents["catalog"].identity != CATALOG)
+        assert_refused(await client.get("/mesh/config", **signed_get(identity, {"service": "catalog"})), 403)
+        _, csr = WorkloadIdentity.new_csr(CATALOG)
+        r = await client.post("/mesh/ca/renew", **signed_post(identity, "/mesh/ca/renew", {"csr": csr.decode()}))
+        assert_refused(r, 403)
+
+
+def test_replay_guard_forgets_only_what_can_no_longer_be_replayed_and_refuses_when_full() -> None:
+    guard = ReplayGuard(window_s=30.0, capacity=2)
+    guard.admit("a" * 22, ts=100.0, now=100.0)
+    with pytest.raises(SignedRequestRejected, match="replayed"):
+        guard.admit("a" * 22, ts=100.0, now=120.0)
+    guard.admit("b" * 22, ts=100.0, now=100.0)
+    with pytest.raises(SignedRequestRejected) as full:
+        guard.admit("c" * 22, ts=110.0, now=110.0)  # both still replayable: refuse rather than forget
+    assert full.value.status == 503
+    guard.admit("c" * 22, ts=131.0, now=131.0)  # a and b expired at 130
+    assert len(guard) == 1
+
+
+def test_verify_request_is_bound_to_method_path_query_and_body() -> None:
+    ca = CertificateAuthority.create(TD)
+    identity = issue(ca, CATALOG)
+    header = sign_request(identity, "POST", "/mesh/report", {"a": "1"}, b"body")
+    kwargs: dict[str, Any] = {"roots": ca.roots, "trust_domain": TD}
+    assert verify_request(header, "POST", "/mesh/report", [("a", "1")], b"body", guard=ReplayGuard(), **kwargs)[0] == (
+        CATALOG
+    )
+    for method, path, query, body in (
+        ("GET", "/mesh/report", [("a", "1")], b"body"),
+        ("POST", "/mesh/config", [("a", "1")], b"body"),
+        ("POST", "/mesh/report", [("a", "2")], b"body"),
+        ("POST", "/mesh/report", [("a", "1"), ("a", "1")], b"body"),
+        ("POST", "/mesh/report", [("a", "1")], b"bodY"),
+    ):
+        with pytest.raises(SignedRequestRejected, match="signature"):
+            verify_request(header, method, path, query, body, guard=ReplayGuard(), **kwargs)
