@@ -12,7 +12,7 @@ it only ever sees a CSR, whose signature proves the requester holds the key.
 
 Bootstrap tokens are ``v1.<payload>.<mac>`` with an HMAC-SHA256 over the payload (SPIFFE ID,
 expiry, nonce) keyed by ``token.key``. They are single-use, durably: the nonce of a redeemed
-token is written to ``<state_dir>/ca/tokens.sqlite3`` (WAL, ``synchronous=FULL``) in the same
+token is written to ``<state_dir>/ca/ledger.sqlite3`` (WAL, ``synchronous=FULL``) in the same
 transaction that decides the redemption, so neither a restart, nor a second process on the
 same state directory, nor two concurrent requests can redeem one token twice. Nonces are
 forgotten once their token has expired (the expiry alone refuses it then). An in-memory CA
@@ -46,11 +46,11 @@ from .spiffe import InvalidSpiffeId, SpiffeId
 
 __all__ = [
     "CA_DIRNAME",
+    "CA_LEDGER_FILE",
     "DEFAULT_BACKDATE",
     "DEFAULT_ROOT_TTL",
     "DEFAULT_SVID_TTL",
     "DEFAULT_TOKEN_TTL",
-    "USED_TOKENS_FILE",
     "CaError",
     "CaExists",
     "CaNotFound",
@@ -68,7 +68,7 @@ DEFAULT_TOKEN_TTL = timedelta(hours=1)
 _ROOT_CERT = "root.crt"
 _ROOT_KEY = "root.key"
 _TOKEN_KEY = "token.key"
-USED_TOKENS_FILE = "tokens.sqlite3"
+CA_LEDGER_FILE = "ledger.sqlite3"  # used token nonces and revoked serials
 _PREVIOUS_CERT = "previous.crt"
 _TOKEN_VERSION = "v1"
 
@@ -122,12 +122,14 @@ class _TokenClaims:
     nonce: str
 
 
-class _UsedNonces:
-    """Nonces of redeemed tokens. ``claim`` is a critical section: check, run the body, record."""
+class _Ledger:
+    """Nonces of redeemed tokens and serials of revoked SVIDs. ``claim`` is a critical section:
+    check, run the body, record."""
 
     def __init__(self, path: Path | None) -> None:
         self._path = path
         self._memory: dict[str, datetime] = {}
+        self._revoked: dict[str, float] = {}  # in-memory CA only
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
@@ -141,6 +143,9 @@ class _UsedNonces:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("CREATE TABLE IF NOT EXISTS used_tokens (nonce TEXT PRIMARY KEY, expires REAL NOT NULL)")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS revoked (serial TEXT PRIMARY KEY, not_after REAL NOT NULL, at REAL NOT NULL)"
+            )
             yield db
         finally:
             db.close()
@@ -173,6 +178,25 @@ class _UsedNonces:
                         db.execute("ROLLBACK")
                     raise
 
+    def revoke(self, serial: str, not_after: datetime, now: datetime) -> None:
+        if self._path is None:
+            self._revoked[serial] = not_after.timestamp()
+            return
+        with self._connect() as db:
+            db.execute("DELETE FROM revoked WHERE not_after <= ?", (now.timestamp(),))
+            db.execute(
+                "INSERT OR IGNORE INTO revoked (serial, not_after, at) VALUES (?, ?, ?)",
+                (serial, not_after.timestamp(), now.timestamp()),
+            )
+
+    def is_revoked(self, serial: str) -> bool:
+        if self._path is None:
+            return serial in self._revoked
+        if not self._path.exists():
+            return False  # nothing was ever redeemed or revoked
+        with self._connect() as db:
+            return db.execute("SELECT 1 FROM revoked WHERE serial = ?", (serial,)).fetchone() is not None
+
 
 class CertificateAuthority:
     """A self-signed root for one trust domain. Create with ``init`` or ``load``, not directly."""
@@ -191,7 +215,7 @@ class CertificateAuthority:
         self.certificate = certificate
         self._token_secret = token_secret
         self.directory = directory
-        self._used = _UsedNonces(directory / USED_TOKENS_FILE if directory is not None else None)
+        self._used = _Ledger(directory / CA_LEDGER_FILE if directory is not None else None)
         self.previous: tuple[x509.Certificate, ...] = ()  # the replaced root, still trusted (see ``init``)
 
     def __repr__(self) -> str:
@@ -288,7 +312,7 @@ class CertificateAuthority:
         _write_private(directory / _TOKEN_KEY, ca._token_secret)
         _write_public(directory / _ROOT_CERT, ca.certificate.public_bytes(serialization.Encoding.PEM))
         ca.directory = directory
-        ca._used = _UsedNonces(directory / USED_TOKENS_FILE)
+        ca._used = _Ledger(directory / CA_LEDGER_FILE)
         ca.previous = _current_roots(_read_root(directory / _PREVIOUS_CERT))
         return ca
 
@@ -453,6 +477,35 @@ class CertificateAuthority:
             cert_pem = self.sign_csr(csr_pem, spiffe_id=claims.spiffe_id, ttl=ttl, now=now)
         return cert_pem, self.trust_bundle_pem
 
+    # -- revocation -----------------------------------------------------------------------
+
+    def revoke(self, certificate: x509.Certificate, *, now: datetime | None = None) -> str:
+        """Revoke an SVID this CA issued (durably, in ``ledger.sqlite3``); returns its serial (hex).
+
+        The control plane refuses a revoked SVID for every signed request (config, renew, report),
+        so its holder gets no new document and no successor certificate. Peers do not consult the
+        list during a handshake: until it expires the certificate still completes mTLS, which is
+        why SVIDs live 24 h by default (Istio's trade-off too); see docs/mesh.md.
+        """
+        if not any(_signed_by(certificate, root) for root in self.roots):
+            raise CaError("this certificate was not issued by this CA")
+        serial = format(certificate.serial_number, "x")
+        self._used.revoke(serial, certificate.not_valid_after_utc, now or _utcnow())
+        return serial
+
+    def revoke_serial(self, serial: str, *, now: datetime | None = None) -> str:
+        """Revoke by serial number (hex, as ``ca issue`` and the sidecar's ``/config`` show it), when
+        the certificate itself is not at hand; remembered until the root expires."""
+        try:
+            normalized = format(int(serial.replace(":", ""), 16), "x")
+        except ValueError:
+            raise CaError(f"serial must be hexadecimal, got {serial!r}") from None
+        self._used.revoke(normalized, self.certificate.not_valid_after_utc, now or _utcnow())
+        return normalized
+
+    def is_revoked(self, certificate: x509.Certificate) -> bool:
+        return self._used.is_revoked(format(certificate.serial_number, "x"))
+
     def _mac(self, body: str) -> bytes:
         return hmac.new(self._token_secret, body.encode("ascii"), hashlib.sha256).digest()
 
@@ -478,6 +531,17 @@ class CertificateAuthority:
         if now >= expires:
             raise TokenRejected(f"bootstrap token expired at {expires.isoformat()}")
         return _TokenClaims(spiffe_id, expires, nonce)
+
+
+def _signed_by(cert: x509.Certificate, root: x509.Certificate) -> bool:
+    key = root.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or cert.signature_hash_algorithm is None:
+        return False
+    try:
+        key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))
+    except InvalidSignature:
+        return False
+    return True
 
 
 def _read_root(path: Path) -> x509.Certificate | None:

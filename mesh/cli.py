@@ -5,6 +5,7 @@
     facade mesh ca init  --state-dir .facade --trust-domain shop.local [--force]
     facade mesh ca issue --state-dir .facade --id spiffe://shop.local/ns/shop/sa/catalog --out certs/catalog
     facade mesh ca show  --state-dir .facade [--json]
+    facade mesh ca revoke --state-dir .facade (--cert cert.pem | --serial HEX)
 
 ``ca issue`` is a development helper: it generates the key locally, signs a CSR with the CA in the
 same process and writes ``key.pem``, ``cert.pem`` and ``bundle.pem`` (0600) into ``--out``.
@@ -68,6 +69,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--ttl", default="24h", help="certificate lifetime (default 24h)")
     add_json_option(p)
     p.set_defaults(func=_cmd_issue)
+
+    p = ca_sub.add_parser("revoke", help="revoke an SVID: the control plane refuses it from now on")
+    _add_state_dir(p)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--cert", help="the certificate's PEM file (e.g. cert.pem of `ca issue`)")
+    which.add_argument("--serial", help="its serial number in hex (the sidecar's /config shows it)")
+    add_json_option(p)
+    p.set_defaults(func=_cmd_revoke)
 
     p = mesh_sub.add_parser("sidecar", help="run a service's sidecar: inbound mTLS + policy, outbound mTLS, admin")
     p.add_argument("--service", required=True, help="the service this sidecar fronts (a name in facade.yaml)")
@@ -186,6 +195,31 @@ def _cmd_issue(args: argparse.Namespace) -> int:
         print(
             render_table(["field", "value"], [(k, ", ".join(v) if isinstance(v, list) else v) for k, v in info.items()])
         )
+    return EXIT_OK
+
+
+def _cmd_revoke(args: argparse.Namespace) -> int:
+    from cryptography import x509
+
+    ca = _load(args.state_dir)
+    if isinstance(ca, int):
+        return ca
+    try:
+        if args.cert:
+            with open(args.cert, "rb") as fh:
+                serial = ca.revoke(x509.load_pem_x509_certificate(fh.read()))
+        else:
+            serial = ca.revoke_serial(args.serial)
+    except OSError as exc:
+        return _fail(f"--cert {args.cert}: {exc.strerror or exc}", EXIT_FAILURE)
+    except ValueError as exc:
+        return _fail(f"--cert {args.cert}: not a PEM certificate: {exc}", EXIT_INVALID)
+    except CaError as exc:
+        return _fail(str(exc), EXIT_INVALID)
+    if args.json:
+        print_json({"revoked": serial})
+    else:
+        print(f"revoked {serial}")
     return EXIT_OK
 
 

@@ -565,7 +565,7 @@ class MeshFeature:
         """The SPIFFE ID whose valid SVID signed this request (``mesh.svid_auth``), else the error response."""
         assert self.ca is not None
         try:
-            holder, _ = verify_request(
+            holder, cert = verify_request(
                 request.headers.get("authorization"),
                 request.method,
                 request.url.path,
@@ -575,6 +575,8 @@ class MeshFeature:
                 trust_domain=self.ca.trust_domain,
                 guard=self.replay,
             )
+            if self.ca.is_revoked(cert):
+                raise SignedRequestRejected(f"certificate {cert.serial_number:x} of {holder} has been revoked")
         except SignedRequestRejected as exc:
             headers = {"www-authenticate": 'SVID realm="mesh", Bearer'} if exc.status == 401 else None
             return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=headers)

@@ -623,6 +623,7 @@ class Sidecar:
             "mode": doc.mode if doc else None,
             "identity": str(identity.spiffe_id) if identity else None,
             "certificate_expires": identity.not_after.isoformat() if identity else None,
+            "certificate_serial": format(identity.leaf.serial_number, "x") if identity else None,
             "rotations": self.rotations,
             "last_good_at": self.last_good_at,
             "control_plane": {

@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
+from facade.cli import main
+from facade.console import EXIT_INVALID
 from mesh.ca import CertificateAuthority
 from mesh.identity import WorkloadIdentity
 from mesh.spiffe import SpiffeId
@@ -172,3 +174,40 @@ def test_verify_request_is_bound_to_method_path_query_and_body() -> None:
     ):
         with pytest.raises(SignedRequestRejected, match="signature"):
             verify_request(header, method, path, query, body, guard=ReplayGuard(), **kwargs)
+
+
+async def test_a_revoked_svid_is_refused_everywhere_on_the_control_plane(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with env(tmp_path) as e, httpx.AsyncClient(base_url=e.runtime.admin_url) as client:
+        assert e.feature.ca is not None
+        state = str(tmp_path / "state")
+        by_file = issue(e.feature.ca, CATALOG)
+        by_serial = issue(e.feature.ca, CATALOG)
+        keeps = issue(e.feature.ca, CATALOG)
+        params = {"service": "catalog"}
+        for identity in (by_file, by_serial, keeps):
+            assert (await client.get("/mesh/config", **signed_get(identity, params))).status_code == 200
+        pem = tmp_path / "cert.pem"
+        pem.write_bytes(by_file.cert_pem)
+        # Revoked from another process (the CLI), while the facade runs: refused at once.
+        assert main(["mesh", "ca", "revoke", "--state-dir", state, "--cert", str(pem)]) == 0
+        serial = format(by_serial.leaf.serial_number, "x")
+        assert main(["mesh", "ca", "revoke", "--state-dir", state, "--serial", serial.upper()]) == 0
+        assert "revoked" in capsys.readouterr().out
+        _, csr = WorkloadIdentity.new_csr(CATALOG)
+        report = {"report": json.dumps({"service": "catalog", "instance": "x", "segments": []})}
+        for identity in (by_file, by_serial):
+            r = await client.get("/mesh/config", **signed_get(identity, params))
+            assert_refused(r)
+            assert "revoked" in r.json()["error"]
+            assert_refused(
+                await client.post("/mesh/ca/renew", **signed_post(identity, "/mesh/ca/renew", {"csr": csr.decode()}))
+            )
+            assert_refused(await client.post("/mesh/report", **signed_post(identity, "/mesh/report", report)))
+        assert (await client.get("/mesh/config", **signed_get(keeps, params))).status_code == 200
+        # A certificate of another CA cannot be revoked here; a bad serial is a usage error.
+        other = tmp_path / "other.pem"
+        other.write_bytes(issue(CertificateAuthority.create(TD), CATALOG).cert_pem)
+        assert main(["mesh", "ca", "revoke", "--state-dir", state, "--cert", str(other)]) == EXIT_INVALID
+        assert main(["mesh", "ca", "revoke", "--state-dir", state, "--serial", "xyz"]) == EXIT_INVALID
