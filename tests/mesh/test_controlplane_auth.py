@@ -21,6 +21,7 @@ from facade.cli import main
 from facade.console import EXIT_INVALID
 from mesh.ca import CertificateAuthority
 from mesh.identity import WorkloadIdentity
+from mesh.sidecar import ControlPlaneError, Sidecar, SidecarOptions
 from mesh.spiffe import SpiffeId
 from mesh.svid_auth import MAX_SKEW_S, ReplayGuard, SignedRequestRejected, sign_request, verify_request
 
@@ -211,3 +212,27 @@ async def test_a_revoked_svid_is_refused_everywhere_on_the_control_plane(
         other.write_bytes(issue(CertificateAuthority.create(TD), CATALOG).cert_pem)
         assert main(["mesh", "ca", "revoke", "--state-dir", state, "--cert", str(other)]) == EXIT_INVALID
         assert main(["mesh", "ca", "revoke", "--state-dir", state, "--serial", "xyz"]) == EXIT_INVALID
+
+
+async def test_a_sidecar_with_another_workloads_token_gets_its_svid_but_not_the_document(tmp_path: Path) -> None:
+    async with env(tmp_path) as e:
+        assert e.feature.ca is not None
+        web = SpiffeId.workload(TD, "shop", "web")
+        token = e.feature.ca.issue_bootstrap_token(web)
+        sidecar = Sidecar(
+            SidecarOptions(
+                service="catalog",
+                control_plane=e.runtime.admin_url,
+                bootstrap_token=token,
+                bootstrap_timeout=2.0,
+                retry_interval=0.1,
+            )
+        )
+        try:
+            with pytest.raises(ControlPlaneError) as refused:
+                await sidecar.start()
+        finally:
+            await sidecar.stop()
+        assert refused.value.status == 403
+        assert f"bootstrap token is for {web}" in str(refused.value)
+        assert sidecar.doc is None  # nothing of catalog's document reached it
