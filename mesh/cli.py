@@ -59,6 +59,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     _add_state_dir(p)
     p.add_argument("--trust-domain", required=True, help="the SPIFFE trust domain, e.g. shop.local")
     p.add_argument("--force", action="store_true", help="replace an existing CA (invalidates every issued cert)")
+    p.add_argument(
+        "--drop-previous",
+        action="store_true",
+        help="with --force: do not keep the replaced root in the trust bundle (its SVIDs stop working at once)",
+    )
     add_json_option(p)
     p.set_defaults(func=_cmd_init)
 
@@ -138,7 +143,9 @@ def _print_ca(info: dict[str, Any], as_json: bool) -> None:
 
 def _cmd_init(args: argparse.Namespace) -> int:
     try:
-        ca = CertificateAuthority.init(args.state_dir, args.trust_domain, force=args.force)
+        ca = CertificateAuthority.init(
+            args.state_dir, args.trust_domain, force=args.force, keep_previous=not args.drop_previous
+        )
     except CaExists as exc:
         return _fail(str(exc), EXIT_REFUSED)
     except CaError as exc:

@@ -304,3 +304,20 @@ async def test_a_facade_restart_in_the_middle_of_an_mtls_step_keeps_its_counts(t
                 await value_becomes(rt2.admin_url, 3)
         finally:
             await sidecar_cm.__aexit__(None, None, None)
+
+
+def test_reinit_keeps_the_replaced_root_in_the_bundle_unless_told_to_drop_it(tmp_path: Path) -> None:
+    state = str(tmp_path / "state")
+    first = CertificateAuthority.init(state, TD)
+    assert first.roots == (first.certificate,)
+    assert main(["mesh", "ca", "init", "--state-dir", state, "--trust-domain", TD, "--force"]) == 0
+    second = CertificateAuthority.load(state)
+    assert second.roots == (second.certificate, first.certificate)
+    assert second.trust_bundle_pem.count(b"BEGIN CERTIFICATE") == 2
+    assert (tmp_path / "state" / "ca" / "root.crt").read_bytes().count(b"BEGIN CERTIFICATE") == 1
+    fingerprint = CertificateAuthority.fingerprint(state)
+    argv = ["mesh", "ca", "init", "--state-dir", state, "--trust-domain", TD, "--force", "--drop-previous"]
+    assert main(argv) == 0
+    third = CertificateAuthority.load(state)
+    assert third.roots == (third.certificate,) and not (tmp_path / "state" / "ca" / "previous.crt").exists()
+    assert CertificateAuthority.fingerprint(state) != fingerprint
