@@ -131,21 +131,27 @@ class _Ledger:
         self._memory: dict[str, datetime] = {}
         self._revoked: dict[str, float] = {}  # in-memory CA only
         self._lock = threading.Lock()
+        self._ready = False  # file, WAL mode and tables set up
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         # Opened on the first redemption, not on load: ``ca show`` must work on a read-only directory.
         assert self._path is not None
-        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
-        os.close(fd)
+        if not self._ready:
+            fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
         db = sqlite3.connect(self._path, timeout=10.0, isolation_level=None)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
-            db.execute("CREATE TABLE IF NOT EXISTS used_tokens (nonce TEXT PRIMARY KEY, expires REAL NOT NULL)")
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS revoked (serial TEXT PRIMARY KEY, not_after REAL NOT NULL, at REAL NOT NULL)"
-            )
+            if not self._ready:
+                # Once per process: WAL is a property of the file, the tables stay.
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("CREATE TABLE IF NOT EXISTS used_tokens (nonce TEXT PRIMARY KEY, expires REAL NOT NULL)")
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS revoked "
+                    "(serial TEXT PRIMARY KEY, not_after REAL NOT NULL, at REAL NOT NULL)"
+                )
+                self._ready = True
             yield db
         finally:
             db.close()
