@@ -439,11 +439,12 @@ class MeshFeature:
             except ValueError as exc:
                 return _error(400, f"bad version or wait: {exc}")
             doc = self.documents.get(service)
-            if holder is not None and (doc is None or doc.identity != holder):
+            if doc is None:
+                # Only to a credential: a mesh member knows its peers' names anyway.
+                return _error(404, f"unknown service {service!r}")
+            if holder is not None and doc.identity != holder:
                 # A sidecar reads its own service's document only (Istio pushes each proxy its own).
                 return _error(403, f"{holder} may not read the document of service {service!r}")
-            if doc is None:
-                return _error(404, f"unknown service {service!r}")
             if request.query_params.get("epoch", self.epoch) != self.epoch:
                 known = -1  # a document of a previous control-plane run: answer with the current one
             if known == self.version and wait > 0:

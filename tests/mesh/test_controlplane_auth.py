@@ -82,7 +82,7 @@ async def test_config_refuses_svids_of_other_domains_cas_services_and_expired_on
         # A valid SVID of this CA, but of another workload: not this service's document.
         web = issue(e.feature.ca, SpiffeId.workload(TD, "shop", "web"))
         assert_refused(await client.get("/mesh/config", **signed_get(web, params)), 403)
-        assert_refused(await client.get("/mesh/config", **signed_get(web, {"service": "nope"})), 403)
+        assert_refused(await client.get("/mesh/config", **signed_get(web, {"service": "nope"})), 404)
 
 
 async def test_signed_requests_cannot_be_replayed_tampered_with_or_kept(tmp_path: Path) -> None:
