@@ -769,7 +769,7 @@ def _read_service(name: str, node: Node, ctx: _Ctx) -> ServiceSpec | None:
         )
     identity = _nonempty_str(f.get("identity"), problems)
     reason = _workload_id_problem(identity) if identity is not None else None
-    if reason is not None:
+    if identity is not None and reason is not None:
         problems.error(
             f["identity"],
             f"must be a SPIFFE ID like spiffe://shop.local/ns/shop/sa/catalog, got {identity!r}"
