@@ -99,8 +99,8 @@ async def test_signed_requests_cannot_be_replayed_tampered_with_or_kept(tmp_path
         tampered = signed_get(identity, {"service": "catalog", "version": "7"})
         tampered["params"] = params
         assert_refused(await client.get("/mesh/config", **tampered))
-        wrong_path = {"params": params, "headers": {"authorization": sign_request(identity, "GET", "/mesh/x", params)}}
-        assert_refused(await client.get("/mesh/config", **wrong_path))
+        wrong_path = {"authorization": sign_request(identity, "GET", "/mesh/x", params)}
+        assert_refused(await client.get("/mesh/config", params=params, headers=wrong_path))
         for skew in (-(MAX_SKEW_S + 5), MAX_SKEW_S + 5):
             r = await client.get("/mesh/config", **signed_get(identity, params, now=time.time() + skew))
             assert_refused(r)
