@@ -10,7 +10,8 @@ The header is ``Authorization: SVID <cert>.<ts>.<nonce>.<sig>`` (base64url, no p
 - ``cert``: the SVID leaf, DER;
 - ``ts``: the signing time in milliseconds since the epoch; the request is accepted within
   ``MAX_SKEW_S`` of the control plane's clock;
-- ``nonce``: 16 random bytes; a nonce seen within the window is a replay and is refused;
+- ``nonce``: 16 random bytes; a nonce seen within the window is a replay and is refused, and so
+  is a request signed before the control plane (re)started, whose nonces it cannot know;
 - ``sig``: ECDSA-SHA256 with the SVID's key over ``canonical_request`` -- a version tag, the
   method, the path, the query parameters sorted, the SHA-256 of the body, ``ts`` and ``nonce``
   -- so a signature is good for exactly one request.
@@ -114,9 +115,14 @@ def sign_request(
 class ReplayGuard:
     """Nonces of accepted signed requests, remembered while their timestamp is inside the window."""
 
-    def __init__(self, *, window_s: float = MAX_SKEW_S, capacity: int = MAX_REMEMBERED_NONCES) -> None:
+    def __init__(
+        self, *, window_s: float = MAX_SKEW_S, capacity: int = MAX_REMEMBERED_NONCES, since: float | None = None
+    ) -> None:
         self.window_s = window_s
         self.capacity = capacity
+        # Nonces live in memory: a request signed before this guard existed (before a control-plane
+        # restart) might have been accepted by the previous process, so it is refused, not trusted.
+        self.since = time.time() if since is None else since
         self._seen: dict[str, float] = {}  # nonce -> when it may be forgotten
         self._lock = threading.Lock()
 
@@ -125,6 +131,10 @@ class ReplayGuard:
 
     def admit(self, nonce: str, ts: float, now: float) -> None:
         """Record ``nonce``; raise SignedRequestRejected when it was seen (a replay) or the guard is full."""
+        if ts < self.since:
+            raise SignedRequestRejected(
+                "signed before the control plane started (a replay across a restart?); sign anew"
+            )
         with self._lock:
             if len(self._seen) >= self.capacity:
                 for old in [n for n, until in self._seen.items() if until <= now]:

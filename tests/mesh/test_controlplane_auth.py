@@ -26,6 +26,7 @@ from mesh.spiffe import SpiffeId
 from mesh.svid_auth import MAX_SKEW_S, ReplayGuard, SignedRequestRejected, sign_request, verify_request
 
 from .pki import TD, forge, issue, utcnow
+from .stack import mesh_facade
 from .test_controlplane import ADMIN, CATALOG, config_text, env, until
 
 SECRETS = ("BEGIN CERTIFICATE", "policies", "peers", "bundle")
@@ -146,7 +147,7 @@ async def test_a_service_taken_out_of_the_config_can_neither_read_nor_renew(tmp_
 
 
 def test_replay_guard_forgets_only_what_can_no_longer_be_replayed_and_refuses_when_full() -> None:
-    guard = ReplayGuard(window_s=30.0, capacity=2)
+    guard = ReplayGuard(window_s=30.0, capacity=2, since=0.0)
     guard.admit("a" * 22, ts=100.0, now=100.0)
     with pytest.raises(SignedRequestRejected, match="replayed"):
         guard.admit("a" * 22, ts=100.0, now=120.0)
@@ -156,6 +157,9 @@ def test_replay_guard_forgets_only_what_can_no_longer_be_replayed_and_refuses_wh
     assert full.value.status == 503
     guard.admit("c" * 22, ts=131.0, now=131.0)  # a and b expired at 130
     assert len(guard) == 1
+    # Signed before the guard existed (before a control-plane restart): its nonce is unknown here.
+    with pytest.raises(SignedRequestRejected, match="restart"):
+        ReplayGuard(since=200.0).admit("d" * 22, ts=199.0, now=200.0)
 
 
 def test_verify_request_is_bound_to_method_path_query_and_body() -> None:
@@ -163,9 +167,9 @@ def test_verify_request_is_bound_to_method_path_query_and_body() -> None:
     identity = issue(ca, CATALOG)
     header = sign_request(identity, "POST", "/mesh/report", {"a": "1"}, b"body")
     kwargs: dict[str, Any] = {"roots": ca.roots, "trust_domain": TD}
-    assert verify_request(header, "POST", "/mesh/report", [("a", "1")], b"body", guard=ReplayGuard(), **kwargs)[0] == (
-        CATALOG
-    )
+    assert verify_request(
+        header, "POST", "/mesh/report", [("a", "1")], b"body", guard=ReplayGuard(since=0.0), **kwargs
+    )[0] == (CATALOG)
     for method, path, query, body in (
         ("GET", "/mesh/report", [("a", "1")], b"body"),
         ("POST", "/mesh/config", [("a", "1")], b"body"),
@@ -174,7 +178,7 @@ def test_verify_request_is_bound_to_method_path_query_and_body() -> None:
         ("POST", "/mesh/report", [("a", "1")], b"bodY"),
     ):
         with pytest.raises(SignedRequestRejected, match="signature"):
-            verify_request(header, method, path, query, body, guard=ReplayGuard(), **kwargs)
+            verify_request(header, method, path, query, body, guard=ReplayGuard(since=0.0), **kwargs)
 
 
 async def test_a_revoked_svid_is_refused_everywhere_on_the_control_plane(
@@ -236,3 +240,19 @@ async def test_a_sidecar_with_another_workloads_token_gets_its_svid_but_not_the_
         assert refused.value.status == 403
         assert f"bootstrap token is for {web}" in str(refused.value)
         assert sidecar.doc is None  # nothing of catalog's document reached it
+
+
+async def test_a_signed_request_cannot_be_replayed_across_a_control_plane_restart(tmp_path: Path) -> None:
+    text = config_text(tmp_path, 1)
+    async with mesh_facade(tmp_path, text) as (rt, feature), httpx.AsyncClient(base_url=rt.admin_url) as client:
+        assert feature.ca is not None
+        identity = issue(feature.ca, CATALOG)
+        captured = signed_get(identity, {"service": "catalog"})
+        assert (await client.get("/mesh/config", **captured)).status_code == 200
+    async with mesh_facade(tmp_path, text) as (rt, _), httpx.AsyncClient(base_url=rt.admin_url) as client:
+        replay = await client.get("/mesh/config", **captured)  # well within the 30 s window
+        assert_refused(replay)
+        assert "restart" in replay.json()["error"]
+        assert (await client.get("/mesh/config", **signed_get(identity, {"service": "catalog"}))).status_code == 200
+        # And the bootstrap route wants its token: a body without one is a 401, not a shape error.
+        assert (await client.post("/mesh/ca/sign", json={})).status_code == 401
