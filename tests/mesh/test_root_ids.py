@@ -98,6 +98,10 @@ def test_the_ca_never_signs_the_root_id_nor_issues_a_token_for_it() -> None:
         [str(CATALOG), ROOT],
         [ROOT + "/ns/shop/sa/catalog/"],
         ["spiffe://SHOP.local/ns/shop/sa/catalog"],
+        ["SPIFFE://shop.local/ns/shop/sa/catalog"],
+        [ROOT + "/ns/shop/sa/%63atalog"],
+        [ROOT + "/ns/shop/sa/catalog?x=1"],
+        [ROOT + "/ns/shop/sa/./catalog"],
     ):
         with pytest.raises(CsrRejected):
             ca.sign_csr(_csr(key, uris), spiffe_id=CATALOG)
