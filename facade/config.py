@@ -386,7 +386,20 @@ _SERVICE_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9_-]*[a-z0-9])?$")
 _TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token
 _LISTEN_RE = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d+)$")
 _HOST_LABELS_RE = re.compile(r"^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*$")
-_SPIFFE_RE = re.compile(r"^spiffe://[a-z0-9._-]+(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*$")
+_SPIFFE_RE = re.compile(r"^spiffe://[a-z0-9._-]+(/[A-Za-z0-9._-]+)+$")  # only when the mesh is not installed
+
+
+def _workload_id_problem(text: str) -> str | None:
+    """Why ``text`` cannot be a workload's SPIFFE ID (the mesh's own rules when installed), else None."""
+    try:
+        from mesh.spiffe import InvalidSpiffeId, SpiffeId
+    except ModuleNotFoundError:
+        return None if _SPIFFE_RE.match(text) else "not of the form spiffe://<trust-domain>/<path>"
+    try:
+        SpiffeId.parse_workload(text)
+    except InvalidSpiffeId as exc:
+        return str(exc)
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -755,9 +768,12 @@ def _read_service(name: str, node: Node, ctx: _Ctx) -> ServiceSpec | None:
             path=tls_node.path,
         )
     identity = _nonempty_str(f.get("identity"), problems)
-    if identity is not None and not _SPIFFE_RE.match(identity):
+    reason = _workload_id_problem(identity) if identity is not None else None
+    if identity is not None and reason is not None:
         problems.error(
-            f["identity"], f"must be a SPIFFE ID like spiffe://shop.local/ns/shop/sa/catalog, got {identity!r}"
+            f["identity"],
+            f"must be a SPIFFE ID like spiffe://shop.local/ns/shop/sa/catalog, got {identity!r}"
+            + (f" ({reason})" if identity.startswith("spiffe://") else ""),
         )
     spec = ServiceSpec(
         name=name,

@@ -7,7 +7,9 @@
     tls         server_context / client_context / verify_peer / RotatingContext (mTLS, hot rotation)
     policy      AuthorizationPolicy + evaluate(): Istio AuthorizationPolicy semantics (pure)
     xfcc        X-Forwarded-Client-Cert (Envoy format) from a verified peer
-    cli         `facade mesh ca init|issue|show`
+    svid_auth   requests signed with an SVID's key (sidecar -> control plane), replay-protected
+    state       the control plane's durable document versions and sidecar reports (SQLite)
+    cli         `facade mesh ca init|issue|show|revoke`
 """
 
 from .ca import CertificateAuthority, CsrRejected, TokenRejected

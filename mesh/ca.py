@@ -11,19 +11,26 @@ Files under ``<state_dir>/ca/`` (directory 0700): ``root.crt`` (the trust bundle
 it only ever sees a CSR, whose signature proves the requester holds the key.
 
 Bootstrap tokens are ``v1.<payload>.<mac>`` with an HMAC-SHA256 over the payload (SPIFFE ID,
-expiry, nonce) keyed by ``token.key``. They are single-use within one CA process; a restarted
-CA accepts an unexpired token once more, so keep token lifetimes short.
+expiry, nonce) keyed by ``token.key``. They are single-use, durably: the nonce of a redeemed
+token is written to ``<state_dir>/ca/ledger.sqlite3`` (WAL, ``synchronous=FULL``) in the same
+transaction that decides the redemption, so neither a restart, nor a second process on the
+same state directory, nor two concurrent requests can redeem one token twice. Nonces are
+forgotten once their token has expired (the expiry alone refuses it then). An in-memory CA
+(``create``) keeps them in memory.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
 import os
 import secrets
+import sqlite3
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,6 +46,7 @@ from .spiffe import InvalidSpiffeId, SpiffeId
 
 __all__ = [
     "CA_DIRNAME",
+    "CA_LEDGER_FILE",
     "DEFAULT_BACKDATE",
     "DEFAULT_ROOT_TTL",
     "DEFAULT_SVID_TTL",
@@ -60,6 +68,8 @@ DEFAULT_TOKEN_TTL = timedelta(hours=1)
 _ROOT_CERT = "root.crt"
 _ROOT_KEY = "root.key"
 _TOKEN_KEY = "token.key"
+CA_LEDGER_FILE = "ledger.sqlite3"  # used token nonces and revoked serials
+_PREVIOUS_CERT = "previous.crt"
 _TOKEN_VERSION = "v1"
 
 
@@ -112,6 +122,88 @@ class _TokenClaims:
     nonce: str
 
 
+class _Ledger:
+    """Nonces of redeemed tokens and serials of revoked SVIDs. ``claim`` is a critical section:
+    check, run the body, record."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._path = path
+        self._memory: dict[str, datetime] = {}
+        self._revoked: dict[str, float] = {}  # in-memory CA only
+        self._lock = threading.Lock()
+        self._ready = False  # file, WAL mode and tables set up
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        # Opened on the first redemption, not on load: ``ca show`` must work on a read-only directory.
+        assert self._path is not None
+        if not self._ready:
+            fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
+        db = sqlite3.connect(self._path, timeout=10.0, isolation_level=None)
+        try:
+            db.execute("PRAGMA synchronous=FULL")
+            if not self._ready:
+                # Once per process: WAL is a property of the file, the tables stay.
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("CREATE TABLE IF NOT EXISTS used_tokens (nonce TEXT PRIMARY KEY, expires REAL NOT NULL)")
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS revoked "
+                    "(serial TEXT PRIMARY KEY, not_after REAL NOT NULL, at REAL NOT NULL)"
+                )
+                self._ready = True
+            yield db
+        finally:
+            db.close()
+
+    @contextlib.contextmanager
+    def claim(self, nonce: str, expires: datetime, now: datetime) -> Iterator[None]:
+        """Refuse a used nonce; else run the body and record the nonce, atomically (a failing body records nothing)."""
+        with self._lock:
+            if self._path is None:
+                for old in [n for n, exp in self._memory.items() if exp <= now]:
+                    del self._memory[old]
+                if nonce in self._memory:
+                    raise TokenRejected("bootstrap token has already been used")
+                yield
+                self._memory[nonce] = expires
+                return
+            with self._connect() as db:
+                # BEGIN IMMEDIATE takes the write lock first: another process redeeming the same
+                # token waits here and then sees this one's nonce.
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    db.execute("DELETE FROM used_tokens WHERE expires <= ?", (now.timestamp(),))
+                    if db.execute("SELECT 1 FROM used_tokens WHERE nonce = ?", (nonce,)).fetchone():
+                        raise TokenRejected("bootstrap token has already been used")
+                    yield
+                    db.execute("INSERT INTO used_tokens (nonce, expires) VALUES (?, ?)", (nonce, expires.timestamp()))
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
+
+    def revoke(self, serial: str, not_after: datetime, now: datetime) -> None:
+        if self._path is None:
+            self._revoked[serial] = not_after.timestamp()
+            return
+        with self._connect() as db:
+            db.execute("DELETE FROM revoked WHERE not_after <= ?", (now.timestamp(),))
+            db.execute(
+                "INSERT OR IGNORE INTO revoked (serial, not_after, at) VALUES (?, ?, ?)",
+                (serial, not_after.timestamp(), now.timestamp()),
+            )
+
+    def is_revoked(self, serial: str) -> bool:
+        if self._path is None:
+            return serial in self._revoked
+        if not self._path.exists():
+            return False  # nothing was ever redeemed or revoked
+        with self._connect() as db:
+            return db.execute("SELECT 1 FROM revoked WHERE serial = ?", (serial,)).fetchone() is not None
+
+
 class CertificateAuthority:
     """A self-signed root for one trust domain. Create with ``init`` or ``load``, not directly."""
 
@@ -129,8 +221,8 @@ class CertificateAuthority:
         self.certificate = certificate
         self._token_secret = token_secret
         self.directory = directory
-        self._used_nonces: dict[str, datetime] = {}
-        self._lock = threading.Lock()
+        self._used = _Ledger(directory / CA_LEDGER_FILE if directory is not None else None)
+        self.previous: tuple[x509.Certificate, ...] = ()  # the replaced root, still trusted (see ``init``)
 
     def __repr__(self) -> str:
         return f"CertificateAuthority(trust_domain={self.trust_domain!r}, directory={str(self.directory)!r})"
@@ -190,9 +282,16 @@ class CertificateAuthority:
         trust_domain: str,
         *,
         force: bool = False,
+        keep_previous: bool = True,
         ttl: timedelta = DEFAULT_ROOT_TTL,
     ) -> CertificateAuthority:
-        """Create a root under ``<state_dir>/ca`` (0700; keys 0600). Refuses to overwrite unless ``force``."""
+        """Create a root under ``<state_dir>/ca`` (0700; keys 0600). Refuses to overwrite unless ``force``.
+
+        Replacing a root keeps the replaced root's certificate as ``previous.crt`` (unless
+        ``keep_previous`` is false): it stays in the trust bundle, so running workloads keep
+        talking and can renew onto the new root. Delete it (or ``--drop-previous``) when the old
+        key must no longer be trusted, e.g. because it leaked.
+        """
         directory = Path(state_dir) / CA_DIRNAME
         existing = [p for p in (_ROOT_CERT, _ROOT_KEY, _TOKEN_KEY) if (directory / p).exists()]
         if existing and not force:
@@ -206,14 +305,21 @@ class CertificateAuthority:
             raise CaError(f"invalid trust domain {trust_domain!r}: {exc}") from None
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(directory, 0o700)
+        replaced = _read_root(directory / _ROOT_CERT) if keep_previous else None
+        if replaced is not None and _in_domain(replaced, trust_domain):
+            _write_public(directory / _PREVIOUS_CERT, replaced.public_bytes(serialization.Encoding.PEM))
+        else:
+            (directory / _PREVIOUS_CERT).unlink(missing_ok=True)
         key_pem = ca._key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
         # Keys first, certificate last: a crash in between leaves no certificate without its key.
         _write_private(directory / _ROOT_KEY, key_pem)
         _write_private(directory / _TOKEN_KEY, ca._token_secret)
-        (directory / _ROOT_CERT).write_bytes(ca.trust_bundle_pem)
+        _write_public(directory / _ROOT_CERT, ca.certificate.public_bytes(serialization.Encoding.PEM))
         ca.directory = directory
+        ca._used = _Ledger(directory / CA_LEDGER_FILE)
+        ca.previous = _current_roots(_read_root(directory / _PREVIOUS_CERT))
         return ca
 
     @classmethod
@@ -240,14 +346,36 @@ class CertificateAuthority:
         if len(token_secret) < 32:
             raise CaError(f"the token key in {directory} is too short")
         trust_domain = _trust_domain_of(cert)
-        return cls(trust_domain=trust_domain, key=key, certificate=cert, token_secret=token_secret, directory=directory)
+        ca = cls(trust_domain=trust_domain, key=key, certificate=cert, token_secret=token_secret, directory=directory)
+        previous = _read_root(directory / _PREVIOUS_CERT)
+        if previous is not None and _in_domain(previous, trust_domain) and previous != cert:
+            ca.previous = _current_roots(previous)
+        return ca
+
+    @staticmethod
+    def fingerprint(state_dir: str | os.PathLike[str]) -> tuple[tuple[str, int, int, int], ...]:
+        """What identifies the CA files on disk now (a re-init or a removed ``previous.crt`` changes it)."""
+        directory = Path(state_dir) / CA_DIRNAME
+        out = []
+        for name in (_ROOT_CERT, _ROOT_KEY, _PREVIOUS_CERT):
+            try:
+                st = (directory / name).stat()
+            except OSError:
+                continue
+            out.append((name, st.st_ino, st.st_size, st.st_mtime_ns))
+        return tuple(out)
 
     # -- trust bundle -------------------------------------------------------------------
 
     @property
+    def roots(self) -> tuple[x509.Certificate, ...]:
+        """The roots an SVID may chain to: this CA's, then the one it replaced (if kept and unexpired)."""
+        return (self.certificate, *self.previous)
+
+    @property
     def trust_bundle_pem(self) -> bytes:
-        """The PEM bundle peers verify against (the root certificate)."""
-        return self.certificate.public_bytes(serialization.Encoding.PEM)
+        """The PEM bundle peers verify against (the current root, then the replaced one, if kept)."""
+        return b"".join(root.public_bytes(serialization.Encoding.PEM) for root in self.roots)
 
     # -- signing ------------------------------------------------------------------------
 
@@ -268,6 +396,10 @@ class CertificateAuthority:
         """
         if spiffe_id.trust_domain != self.trust_domain:
             raise CsrRejected(f"{spiffe_id} is not in this CA's trust domain {self.trust_domain!r}")
+        try:
+            spiffe_id.require_workload()
+        except InvalidSpiffeId as exc:
+            raise CsrRejected(str(exc)) from None
         if ttl <= timedelta(0):
             raise CsrRejected(f"ttl must be positive, got {ttl}")
         csr = _load_csr(csr_pem)
@@ -322,6 +454,10 @@ class CertificateAuthority:
         """A single-use token that lets its holder obtain one SVID for ``spiffe_id`` until it expires."""
         if spiffe_id.trust_domain != self.trust_domain:
             raise CaError(f"{spiffe_id} is not in this CA's trust domain {self.trust_domain!r}")
+        try:
+            spiffe_id.require_workload()
+        except InvalidSpiffeId as exc:
+            raise CaError(str(exc)) from None
         expires = (now or _utcnow()) + ttl
         payload = json.dumps(
             {"sub": str(spiffe_id), "exp": int(expires.timestamp()), "nonce": secrets.token_urlsafe(16)},
@@ -341,15 +477,40 @@ class CertificateAuthority:
         """Check the token, sign the CSR for the ID it names, consume it; return (cert_pem, bundle_pem)."""
         now = now or _utcnow()
         claims = self._check_token(token, now)
-        # Sign before consuming, so a CSR mistake does not burn the token; the lock makes
-        # check-sign-consume atomic against a concurrent redeem of the same token.
-        with self._lock:
-            self._forget_expired(now)
-            if claims.nonce in self._used_nonces:
-                raise TokenRejected("bootstrap token has already been used")
+        # Sign inside the claim, so a CSR mistake does not burn the token; the claim makes
+        # check-sign-consume one durable transaction against a concurrent or later redeem.
+        with self._used.claim(claims.nonce, claims.expires, now):
             cert_pem = self.sign_csr(csr_pem, spiffe_id=claims.spiffe_id, ttl=ttl, now=now)
-            self._used_nonces[claims.nonce] = claims.expires
         return cert_pem, self.trust_bundle_pem
+
+    # -- revocation -----------------------------------------------------------------------
+
+    def revoke(self, certificate: x509.Certificate, *, now: datetime | None = None) -> str:
+        """Revoke an SVID this CA issued (durably, in ``ledger.sqlite3``); returns its serial (hex).
+
+        The control plane refuses a revoked SVID for every signed request (config, renew, report),
+        so its holder gets no new document and no successor certificate. Peers do not consult the
+        list during a handshake: until it expires the certificate still completes mTLS, which is
+        why SVIDs live 24 h by default (Istio's trade-off too); see docs/mesh.md.
+        """
+        if not any(_signed_by(certificate, root) for root in self.roots):
+            raise CaError("this certificate was not issued by this CA")
+        serial = format(certificate.serial_number, "x")
+        self._used.revoke(serial, certificate.not_valid_after_utc, now or _utcnow())
+        return serial
+
+    def revoke_serial(self, serial: str, *, now: datetime | None = None) -> str:
+        """Revoke by serial number (hex, as ``ca issue`` and the sidecar's ``/config`` show it), when
+        the certificate itself is not at hand; remembered until the root expires."""
+        try:
+            normalized = format(int(serial.replace(":", ""), 16), "x")
+        except ValueError:
+            raise CaError(f"serial must be hexadecimal, got {serial!r}") from None
+        self._used.revoke(normalized, self.certificate.not_valid_after_utc, now or _utcnow())
+        return normalized
+
+    def is_revoked(self, certificate: x509.Certificate) -> bool:
+        return self._used.is_revoked(format(certificate.serial_number, "x"))
 
     def _mac(self, body: str) -> bytes:
         return hmac.new(self._token_secret, body.encode("ascii"), hashlib.sha256).digest()
@@ -368,7 +529,7 @@ class CertificateAuthority:
             raise TokenRejected("bootstrap token signature does not verify (forged, or from another CA)")
         try:
             claims = json.loads(_unb64(payload_b64))
-            spiffe_id = SpiffeId.parse(claims["sub"])
+            spiffe_id = SpiffeId.parse_workload(claims["sub"])
             expires = datetime.fromtimestamp(int(claims["exp"]), UTC)
             nonce = str(claims["nonce"])
         except (ValueError, KeyError, TypeError) as exc:
@@ -377,10 +538,41 @@ class CertificateAuthority:
             raise TokenRejected(f"bootstrap token expired at {expires.isoformat()}")
         return _TokenClaims(spiffe_id, expires, nonce)
 
-    def _forget_expired(self, now: datetime) -> None:
-        # Expired tokens are rejected on expiry alone, so their nonces need not be remembered.
-        for nonce in [n for n, exp in self._used_nonces.items() if exp <= now]:
-            del self._used_nonces[nonce]
+
+def _signed_by(cert: x509.Certificate, root: x509.Certificate) -> bool:
+    key = root.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or cert.signature_hash_algorithm is None:
+        return False
+    try:
+        key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _read_root(path: Path) -> x509.Certificate | None:
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def _current_roots(cert: x509.Certificate | None) -> tuple[x509.Certificate, ...]:
+    return (cert,) if cert is not None and cert.not_valid_after_utc > _utcnow() else ()
+
+
+def _write_public(path: Path, data: bytes) -> None:
+    # Write then rename: a watcher never reads half a certificate.
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _in_domain(cert: x509.Certificate, trust_domain: str) -> bool:
+    try:
+        return _trust_domain_of(cert) == trust_domain
+    except CaError:
+        return False
 
 
 def _trust_domain_of(cert: x509.Certificate) -> str:

@@ -5,6 +5,7 @@
     facade mesh ca init  --state-dir .facade --trust-domain shop.local [--force]
     facade mesh ca issue --state-dir .facade --id spiffe://shop.local/ns/shop/sa/catalog --out certs/catalog
     facade mesh ca show  --state-dir .facade [--json]
+    facade mesh ca revoke --state-dir .facade (--cert cert.pem | --serial HEX)
 
 ``ca issue`` is a development helper: it generates the key locally, signs a CSR with the CA in the
 same process and writes ``key.pem``, ``cert.pem`` and ``bundle.pem`` (0600) into ``--out``.
@@ -58,6 +59,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     _add_state_dir(p)
     p.add_argument("--trust-domain", required=True, help="the SPIFFE trust domain, e.g. shop.local")
     p.add_argument("--force", action="store_true", help="replace an existing CA (invalidates every issued cert)")
+    p.add_argument(
+        "--drop-previous",
+        action="store_true",
+        help="with --force: do not keep the replaced root in the trust bundle (its SVIDs stop working at once)",
+    )
     add_json_option(p)
     p.set_defaults(func=_cmd_init)
 
@@ -68,6 +74,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--ttl", default="24h", help="certificate lifetime (default 24h)")
     add_json_option(p)
     p.set_defaults(func=_cmd_issue)
+
+    p = ca_sub.add_parser("revoke", help="revoke an SVID: the control plane refuses it from now on")
+    _add_state_dir(p)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--cert", help="the certificate's PEM file (e.g. cert.pem of `ca issue`)")
+    which.add_argument("--serial", help="its serial number in hex (the sidecar's /config shows it)")
+    add_json_option(p)
+    p.set_defaults(func=_cmd_revoke)
 
     p = mesh_sub.add_parser("sidecar", help="run a service's sidecar: inbound mTLS + policy, outbound mTLS, admin")
     p.add_argument("--service", required=True, help="the service this sidecar fronts (a name in facade.yaml)")
@@ -129,7 +143,9 @@ def _print_ca(info: dict[str, Any], as_json: bool) -> None:
 
 def _cmd_init(args: argparse.Namespace) -> int:
     try:
-        ca = CertificateAuthority.init(args.state_dir, args.trust_domain, force=args.force)
+        ca = CertificateAuthority.init(
+            args.state_dir, args.trust_domain, force=args.force, keep_previous=not args.drop_previous
+        )
     except CaExists as exc:
         return _fail(str(exc), EXIT_REFUSED)
     except CaError as exc:
@@ -151,7 +167,7 @@ def _load(state_dir: str) -> CertificateAuthority | int:
 
 def _cmd_issue(args: argparse.Namespace) -> int:
     try:
-        spiffe_id = SpiffeId.parse(args.spiffe_id)
+        spiffe_id = SpiffeId.parse_workload(args.spiffe_id)
     except InvalidSpiffeId as exc:
         return _fail(f"--id {args.spiffe_id!r}: {exc}", EXIT_INVALID)
     try:
@@ -186,6 +202,31 @@ def _cmd_issue(args: argparse.Namespace) -> int:
         print(
             render_table(["field", "value"], [(k, ", ".join(v) if isinstance(v, list) else v) for k, v in info.items()])
         )
+    return EXIT_OK
+
+
+def _cmd_revoke(args: argparse.Namespace) -> int:
+    from cryptography import x509
+
+    ca = _load(args.state_dir)
+    if isinstance(ca, int):
+        return ca
+    try:
+        if args.cert:
+            with open(args.cert, "rb") as fh:
+                serial = ca.revoke(x509.load_pem_x509_certificate(fh.read()))
+        else:
+            serial = ca.revoke_serial(args.serial)
+    except OSError as exc:
+        return _fail(f"--cert {args.cert}: {exc.strerror or exc}", EXIT_FAILURE)
+    except ValueError as exc:
+        return _fail(f"--cert {args.cert}: not a PEM certificate: {exc}", EXIT_INVALID)
+    except CaError as exc:
+        return _fail(str(exc), EXIT_INVALID)
+    if args.json:
+        print_json({"revoked": serial})
+    else:
+        print(f"revoked {serial}")
     return EXIT_OK
 
 

@@ -85,7 +85,7 @@ class MeshSpec:
         if spec is not None and spec.identity is not None:
             return spec.identity
         if declared:
-            return SpiffeId.parse(declared)
+            return SpiffeId.parse_workload(declared)
         return SpiffeId.workload(self.trust_domain, DEFAULT_NAMESPACE, name)
 
     def edge(self) -> SpiffeId:
@@ -155,7 +155,7 @@ def _spiffe(node: Node | None, problems: Problems, trust_domain: str | None) -> 
     if value is None or node is None:
         return None
     try:
-        sid = SpiffeId.parse(value)
+        sid = SpiffeId.parse_workload(value)
     except InvalidSpiffeId as exc:
         problems.error(node, f"not a SPIFFE ID: {exc}")
         return None

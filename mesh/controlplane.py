@@ -5,10 +5,15 @@
 Endpoints (admin listener):
 
     POST /mesh/ca/sign      {"token", "csr"} -> SVID + bundle        (the bootstrap token authorises)
-    POST /mesh/ca/renew     {"certificate", "csr", "signature"}       (the current SVID's key authorises)
-    GET  /mesh/config?service=X&version=N&wait=30s[&epoch=E]           versioned long-poll
+    POST /mesh/ca/renew     {"csr"}                                   (signed request: the current SVID)
+    GET  /mesh/config?service=X&version=N&wait=30s[&epoch=E]           (signed request by X's SVID, or admin token)
     POST /mesh/tokens       {"service", "ttl"?} -> bootstrap token     (admin bearer token)
-    POST /mesh/report       {"certificate", "report", "signature"}     (the SVID's key signs the report)
+    POST /mesh/report       {"report"}                                 (signed request: the SVID of the service)
+
+"Signed request" is ``mesh.svid_auth``: ``Authorization: SVID ...``, the SVID's key over the
+method, path, query, body hash, a timestamp (+-30 s) and a nonce that is refused when seen
+again, so a captured request cannot be replayed. Nothing on these routes is readable without a
+credential: documents hold the policies, the trust bundle and every peer's identity.
 
 Every answer of ``/mesh/config`` carries ``x-mesh-epoch``, random per control-plane start: a
 sidecar polling with another epoch gets the current document at once (versions count from 1
@@ -26,27 +31,28 @@ it is part of ``facade.config`` validation, so the reload is rejected and the ru
 documents stay. ``check_config`` additionally refuses a mesh that contradicts the CA on disk.
 
 The CA lives under ``mesh.ca.state_dir`` (default: the facade's ``state_dir``), created on
-first start with ``CertificateAuthority.init``.
+first start with ``CertificateAuthority.init``. Its files are watched (every
+``CA_WATCH_INTERVAL_S`` and on every reload): after ``facade mesh ca init --force`` the new CA
+is loaded, the edge SVID re-issued and a new document version (with the new bundle, which
+keeps the replaced root while ``previous.crt`` exists) is pushed to every sidecar, which
+renews its SVID onto the new root at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import logging
+import os
 import secrets
+import sqlite3
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import Encoding
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -63,7 +69,9 @@ from .document import SidecarDocument, build_document
 from .edge import EdgeIdentity
 from .reports import InboundReports, ReportError, parse_report
 from .spiffe import SpiffeId
-from .tls import MTLS_MODES, MtlsMode, PeerRejected, verify_peer
+from .state import DEFAULT_STATE_FILE, MeshStateStore
+from .svid_auth import ReplayGuard, SignedRequestRejected, verify_request
+from .tls import MTLS_MODES, MtlsMode
 
 __all__ = ["CONFIG_PATH", "MAX_WAIT_S", "RENEW_PATH", "REPORT_PATH", "TOKENS_PATH", "MeshFeature"]
 
@@ -76,6 +84,7 @@ REPORT_PATH = "/mesh/report"
 MAX_PUBLISHED = 4096  # version -> publication time entries kept
 MAX_WAIT_S = 60.0
 DEFAULT_TOKEN_TTL_S = 3600.0
+CA_WATCH_INTERVAL_S = 1.0  # how often the CA files are checked for a re-init
 
 
 class _TtlAuthority:
@@ -102,6 +111,11 @@ class MeshFeature:
         self.epoch = secrets.token_hex(8)
         self.reports = InboundReports(self.epoch)
         self._published: dict[int, float] = {}  # version -> wall-clock time it was published
+        self._epochs: dict[int, str] = {}  # version -> the epoch (control-plane run) that published it
+        self.state: MeshStateStore | None = None  # durable versions and reports (mesh.state)
+        self.replay = ReplayGuard()  # nonces of signed requests (mesh.svid_auth)
+        self._ca_fingerprint: tuple[Any, ...] = ()
+        self._ca_problem: str | None = None
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._config: Config | None = None
@@ -137,13 +151,17 @@ class MeshFeature:
         """Load (or create) the CA for ``config.mesh`` and issue the edge SVID. Raises ConfigError."""
         mesh: MeshSpec = config.mesh
         state_dir = mesh.ca.state_dir or config.state_dir
+        if self.state is None:
+            self._open_state(config)
         if self.ca is None or self.ca.trust_domain != mesh.trust_domain:
+            self._ca_fingerprint = CertificateAuthority.fingerprint(state_dir)
             try:
                 try:
                     ca = CertificateAuthority.load(state_dir)
                 except CaNotFound:
                     ca = CertificateAuthority.init(state_dir, mesh.trust_domain)
                     logger.info("mesh: created the CA for %s in %s", mesh.trust_domain, ca.directory)
+                    self._ca_fingerprint = CertificateAuthority.fingerprint(state_dir)
             except CaError as exc:
                 raise ConfigError([Problem(config.source, 1, 1, "mesh.ca", str(exc))]) from None
             if ca.trust_domain != mesh.trust_domain:
@@ -168,6 +186,24 @@ class MeshFeature:
             self.edge = EdgeIdentity(self.ca, edge_id, ttl=mesh.ca.svid_ttl, rotating=previous)
         else:
             self.edge.ttl = mesh.ca.svid_ttl
+
+    def _open_state(self, config: Config) -> None:
+        """Read the durable versions and reports back: versions go on from the last one published,
+        and an mtls step's counts survive a restart (``mesh.state``)."""
+        path = os.path.join(config.state_dir, DEFAULT_STATE_FILE)
+        try:
+            store = MeshStateStore(path)
+            published = store.published()
+            stored = store.reports()
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError([Problem(config.source, 1, 1, "state_dir", f"cannot open {path}: {exc}")]) from None
+        self.state = store
+        self.version = max(self.version, max(published, default=0))
+        for version, (epoch, at) in published.items():
+            self._published[version] = at
+            self._epochs[version] = epoch
+        for row in stored:
+            self.reports.restore(row.service, row.instance, row.heard_at, row.counts)
 
     def ssl_context_factory(self, spec: Any) -> Any:
         """``Upstreams`` factory: mesh mTLS via the edge identity, else the service's own ``tls:``."""
@@ -209,6 +245,7 @@ class MeshFeature:
 
     async def config_changed(self, config: Config) -> None:
         if config.mesh is not None:
+            self.refresh_ca(config)
             self._publish(config)
 
     async def start(self) -> None:
@@ -216,6 +253,49 @@ class MeshFeature:
             raise self._startup_error
         if self.edge is not None:
             self._tasks.append(asyncio.create_task(self._rotate_edge()))
+            self._tasks.append(asyncio.create_task(self._watch_ca()))
+
+    def refresh_ca(self, config: Config | None = None) -> bool:
+        """Load the CA again when its files changed on disk (a re-init, a dropped previous root).
+
+        On a change: the new CA, a new edge SVID from it, and new documents (their bundle changed),
+        so every sidecar's long-poll returns at once. A CA that cannot be read yet (a re-init
+        half-written) or is for another trust domain keeps the running one, logged once.
+        True when the CA was replaced.
+        """
+        config = config or self._config
+        if config is None or config.mesh is None or self.ca is None:
+            return False
+        state_dir = config.mesh.ca.state_dir or config.state_dir
+        fingerprint = CertificateAuthority.fingerprint(state_dir)
+        if fingerprint == self._ca_fingerprint:
+            return False
+        try:
+            ca = CertificateAuthority.load(state_dir)
+            if ca.trust_domain != config.mesh.trust_domain:
+                raise CaError(f"the CA in {ca.directory} is now for trust domain {ca.trust_domain!r}")
+        except CaError as exc:
+            if str(exc) != self._ca_problem:
+                logger.warning("mesh: keeping the running CA: %s", exc)
+                self._ca_problem = str(exc)
+            return False
+        self._ca_problem = None
+        self._ca_fingerprint = fingerprint
+        if ca.trust_bundle_pem == self.ca.trust_bundle_pem and ca.certificate == self.ca.certificate:
+            return False
+        logger.warning("mesh: the CA in %s changed on disk; pushing the new trust bundle", ca.directory)
+        self.ca = ca
+        self._prepare(config)  # a new edge SVID from the new CA (same RotatingContext)
+        self._publish(config)
+        return True
+
+    async def _watch_ca(self) -> None:
+        while True:
+            await asyncio.sleep(CA_WATCH_INTERVAL_S)
+            try:
+                self.refresh_ca()
+            except Exception:
+                logger.exception("mesh: checking the CA files failed")
 
     async def _rotate_edge(self) -> None:
         # The edge object may be replaced by a reload (new trust domain / edge_identity): follow it.
@@ -289,9 +369,17 @@ class MeshFeature:
         if same and self.version and not force:
             return
         self.version += 1
-        self._published[self.version] = time.time()
+        self._published[self.version] = now = time.time()
+        self._epochs[self.version] = self.epoch
         for old in sorted(self._published)[:-MAX_PUBLISHED]:
             del self._published[old]
+            self._epochs.pop(old, None)
+        if self.state is not None:
+            try:
+                self.state.publish(self.version, self.epoch, now)
+            except (OSError, sqlite3.Error) as exc:
+                # Serving the new document matters more; its window just will not survive a restart.
+                logger.error("mesh: cannot record version %d in %s: %s", self.version, self.state.path, exc)
         # One assignment: a long-poll never sees half of a new version.
         self.documents = {name: replace(doc, version=self.version) for name, doc in fresh.items()}
         changed, self._changed = self._changed, asyncio.Event()
@@ -319,22 +407,44 @@ class MeshFeature:
         async def renew(request: Request) -> Response:
             if self.ca is None or self._config is None:
                 return _error(404, "no mesh: section in the config")
-            body = await _read_json(request)
+            raw = await _read_body(request)
+            if isinstance(raw, Response):
+                return raw
+            holder = self._signed_by(request, raw)
+            if isinstance(holder, Response):
+                return holder
+            body = _json_object(raw)
             if isinstance(body, Response):
                 return body
-            return self._renew(body)
+            return self._renew(holder, body)
 
         async def config(request: Request) -> Response:
             if self.ca is None:
                 return _error(404, "no mesh: section in the config")
             service = request.query_params.get("service", "")
+            # Who asks comes first: without a credential nothing is said, not even which services exist.
+            holder: SpiffeId | None = None
+            if request.headers.get("authorization", "").lower().startswith("bearer"):
+                denied = require_token(self.runtime, request)
+                if denied is not None:
+                    return denied
+            else:
+                signed = self._signed_by(request, b"")
+                if isinstance(signed, Response):
+                    return signed
+                holder = signed
             try:
                 known = int(request.query_params.get("version", "0"))
                 wait = min(parse_duration(request.query_params.get("wait", "0s")), MAX_WAIT_S)
             except ValueError as exc:
                 return _error(400, f"bad version or wait: {exc}")
-            if service not in self.documents:
+            doc = self.documents.get(service)
+            if doc is None:
+                # Only to a credential: a mesh member knows its peers' names anyway.
                 return _error(404, f"unknown service {service!r}")
+            if holder is not None and doc.identity != holder:
+                # A sidecar reads its own service's document only (Istio pushes each proxy its own).
+                return _error(403, f"{holder} may not read the document of service {service!r}")
             if request.query_params.get("epoch", self.epoch) != self.epoch:
                 known = -1  # a document of a previous control-plane run: answer with the current one
             if known == self.version and wait > 0:
@@ -350,15 +460,18 @@ class MeshFeature:
         async def report(request: Request) -> Response:
             if self.ca is None or self._config is None:
                 return _error(404, "no mesh: section in the config")
-            body = await _read_json(request)
+            raw = await _read_body(request)
+            if isinstance(raw, Response):
+                return raw
+            holder = self._signed_by(request, raw)
+            if isinstance(holder, Response):
+                return holder
+            body = _json_object(raw)
             if isinstance(body, Response):
                 return body
             text = body.get("report")
             if not isinstance(text, str):
-                return _error(400, 'body must be {"certificate": PEM, "report": JSON text, "signature": base64}')
-            holder = self._verify_holder(body, text.encode())
-            if isinstance(holder, Response):
-                return holder
+                return _error(400, 'body must be {"report": JSON text}')
             try:
                 parsed = parse_report(json.loads(text))
             except (ValueError, ReportError) as exc:
@@ -367,7 +480,13 @@ class MeshFeature:
             if doc is None or doc.identity != holder:
                 # A sidecar speaks for its own service only: the signature proves which one it is.
                 return _error(403, f"{holder} may not report for service {parsed.service!r}")
-            self.reports.record(parsed, now=time.time())
+            now = time.time()
+            taken = self.reports.record(parsed, now=now, known=self._epochs)
+            if self.state is not None:
+                try:
+                    await asyncio.to_thread(self.state.save_report, parsed.service, parsed.instance, now, taken)
+                except (OSError, sqlite3.Error) as exc:
+                    logger.error("mesh: cannot store a report in %s: %s", self.state.path, exc)
             return Response(status_code=204)
 
         async def tokens(request: Request) -> Response:
@@ -416,19 +535,19 @@ class MeshFeature:
             changed.cancel()
             gone.cancel()
 
-    def _renew(self, body: dict[str, Any]) -> Response:
-        """Sign a new CSR for the holder of a valid SVID: the signature over the CSR proves the old key."""
+    def _renew(self, holder: SpiffeId, body: dict[str, Any]) -> Response:
+        """Sign a new CSR for the signer of the request: the signature proves it holds a valid SVID's key."""
         assert self.ca is not None and self._config is not None
         csr_pem = body.get("csr")
         if not isinstance(csr_pem, str):
-            return _error(400, 'body must be {"certificate": PEM, "csr": PEM, "signature": base64}')
-        spiffe_id = self._verify_holder(body, csr_pem.encode())
-        if isinstance(spiffe_id, Response):
-            return spiffe_id
+            return _error(400, 'body must be {"csr": PEM}')
+        if holder not in {doc.identity for doc in self.documents.values()}:
+            # Taking a service out of the config ends its identity: it renews no more.
+            return _error(403, f"no configured service has the identity {holder}; renewal refused")
         try:
             new_pem = self.ca.sign_csr(
                 csr_pem.encode(),
-                spiffe_id=spiffe_id,
+                spiffe_id=holder,
                 ttl=timedelta(seconds=self._config.mesh.ca.svid_ttl),
             )
         except CsrRejected as exc:
@@ -436,47 +555,33 @@ class MeshFeature:
         leaf = x509.load_pem_x509_certificate(new_pem)
         return JSONResponse(
             {
-                "spiffe_id": str(spiffe_id),
+                "spiffe_id": str(holder),
                 "certificate": new_pem.decode("ascii"),
                 "bundle": self.ca.trust_bundle_pem.decode("ascii"),
                 "expires": leaf.not_valid_after_utc.isoformat(),
             }
         )
 
-    def _verify_holder(self, body: dict[str, Any], signed: bytes) -> SpiffeId | Response:
-        """The SPIFFE ID of ``body["certificate"]`` when it is a valid SVID of this CA and
-        ``body["signature"]`` is its key's signature over ``signed``; else the error response."""
+    def _signed_by(self, request: Request, body: bytes) -> SpiffeId | Response:
+        """The SPIFFE ID whose valid SVID signed this request (``mesh.svid_auth``), else the error response."""
         assert self.ca is not None
-        cert_pem, signature = body.get("certificate"), body.get("signature")
-        if not all(isinstance(v, str) for v in (cert_pem, signature)):
-            return _error(400, 'body needs "certificate" (PEM) and "signature" (base64)')
         try:
-            cert = x509.load_pem_x509_certificate(cert_pem.encode())  # type: ignore[union-attr]
-            sig = base64.b64decode(signature, validate=True)  # type: ignore[arg-type]
-        except ValueError as exc:
-            return _error(400, f"unreadable certificate or signature: {exc}")
-        now = datetime.now(UTC)
-        root = self.ca.certificate
-        try:
-            root_key = root.public_key()
-            assert isinstance(root_key, ec.EllipticCurvePublicKey)
-            root_key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))  # type: ignore[arg-type]
-            if cert.issuer != root.subject:
-                raise InvalidSignature()
-        except InvalidSignature:
-            return _error(401, "certificate was not issued by this CA")
-        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-            return _error(401, "certificate is expired or not yet valid")
-        try:
-            spiffe_id = verify_peer(cert.public_bytes(Encoding.DER), trust_domain=self.ca.trust_domain)
-            key = cert.public_key()
-            assert isinstance(key, ec.EllipticCurvePublicKey)
-            key.verify(sig, signed, ec.ECDSA(hashes.SHA256()))
-        except PeerRejected as exc:
-            return _error(401, exc.reason)
-        except (InvalidSignature, AssertionError):
-            return _error(401, "signature does not verify with the certificate's key")
-        return spiffe_id
+            holder, cert = verify_request(
+                request.headers.get("authorization"),
+                request.method,
+                request.url.path,
+                request.query_params.multi_items(),
+                body,
+                roots=self.ca.roots,
+                trust_domain=self.ca.trust_domain,
+                guard=self.replay,
+            )
+            if self.ca.is_revoked(cert):
+                raise SignedRequestRejected(f"certificate {cert.serial_number:x} of {holder} has been revoked")
+        except SignedRequestRejected as exc:
+            headers = {"www-authenticate": 'SVID realm="mesh", Bearer'} if exc.status == 401 else None
+            return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=headers)
+        return holder
 
 
 async def _disconnected(request: Request) -> None:
@@ -484,12 +589,23 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def _read_json(request: Request) -> dict[str, Any] | Response:
+async def _read_body(request: Request) -> bytes | Response:
     body = b""
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_SIGN_REQUEST_BYTES:
             return _error(413, f"request body over {MAX_SIGN_REQUEST_BYTES} bytes")
+    return body
+
+
+async def _read_json(request: Request) -> dict[str, Any] | Response:
+    body = await _read_body(request)
+    if isinstance(body, Response):
+        return body
+    return _json_object(body)
+
+
+def _json_object(body: bytes) -> dict[str, Any] | Response:
     try:
         payload = json.loads(body or b"{}")
     except (ValueError, UnicodeDecodeError):

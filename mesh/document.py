@@ -90,7 +90,7 @@ class SidecarDocument:
                 service=str(data["service"]),
                 trust_domain=str(data["trust_domain"]),
                 mode=cast(MtlsMode, mode),
-                identity=SpiffeId.parse(data["identity"]),
+                identity=SpiffeId.parse_workload(data["identity"]),
                 bundle_pem=str(data["bundle"]),
                 policies=tuple(policy_from_json(p) for p in data["policies"]),
                 normalize=NormalizeSpec(
@@ -99,7 +99,7 @@ class SidecarDocument:
                     semicolons=cast(Literal["reject", "keep"], semicolons),
                 ),
                 peers=tuple(
-                    PeerService(name, SpiffeId.parse(p["identity"]), tuple(str(e) for e in p["endpoints"]))
+                    PeerService(name, SpiffeId.parse_workload(p["identity"]), tuple(str(e) for e in p["endpoints"]))
                     for name, p in sorted(data["peers"].items())
                 ),
             )

@@ -46,15 +46,18 @@ class WorkloadIdentity:
         assert self.chain, "an identity needs at least its leaf certificate"
 
     @staticmethod
-    def new_csr(spiffe_id: SpiffeId) -> tuple[ec.EllipticCurvePrivateKey, bytes]:
-        """A fresh P-256 key and a CSR for ``spiffe_id`` signed with it. The key stays with the caller."""
+    def new_csr(spiffe_id: SpiffeId | None) -> tuple[ec.EllipticCurvePrivateKey, bytes]:
+        """A fresh P-256 key and a CSR for ``spiffe_id`` signed with it. The key stays with the caller.
+
+        ``None``: a CSR without names, for a bootstrap token to name (the CA fills in its ID).
+        Raises InvalidSpiffeId for a trust domain ID: no CA may sign it (X509-SVID 5.2)."""
         key = ec.generate_private_key(ec.SECP256R1())
-        csr = (
-            x509.CertificateSigningRequestBuilder()
-            .subject_name(x509.Name([]))
-            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(spiffe_id))]), critical=True)
-            .sign(key, hashes.SHA256())
-        )
+        builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+        if spiffe_id is not None:
+            spiffe_id.require_workload()
+            san = x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(spiffe_id))])
+            builder = builder.add_extension(san, critical=True)
+        csr = builder.sign(key, hashes.SHA256())
         return key, csr.public_bytes(serialization.Encoding.PEM)
 
     @classmethod
@@ -71,9 +74,9 @@ class WorkloadIdentity:
         if len(uris) != 1:
             raise IdentityError(f"an SVID has exactly one URI SAN, this certificate has {len(uris)}")
         try:
-            spiffe_id = SpiffeId.parse(uris[0])
+            spiffe_id = SpiffeId.parse_workload(uris[0])
         except InvalidSpiffeId as exc:
-            raise IdentityError(f"the certificate's URI SAN is not a SPIFFE ID: {exc}") from None
+            raise IdentityError(f"the certificate's URI SAN is not a workload SPIFFE ID: {exc}") from None
         return cls(spiffe_id=spiffe_id, key=key, chain=chain)
 
     @classmethod

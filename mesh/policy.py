@@ -120,9 +120,16 @@ def _canonical_principal(pattern: str) -> str:
             raise PolicyError(f"principal prefix {pattern!r} cannot start any valid SPIFFE ID")
         return text
     try:
-        return str(SpiffeId.parse(text))
+        sid = SpiffeId.parse(text)
     except InvalidSpiffeId as exc:
         raise PolicyError(f"principal {pattern!r} is not a SPIFFE ID: {exc}") from None
+    if sid.is_trust_domain_id:
+        # No peer can present it (verify_peer refuses it), so such a rule is a mistake, not a rule.
+        raise PolicyError(
+            f"principal {pattern!r} is a trust domain ID, which no workload carries; "
+            f"write '{sid}/*' for every workload of the trust domain"
+        )
+    return str(sid)
 
 
 def _canonical_path(pattern: str) -> str:

@@ -8,8 +8,9 @@ seen per (sidecar instance, version) makes a repeated or reordered report harmle
 The ``mtls: strict`` migration step asks ``plaintext_seen(service, versions)``: how many
 plaintext attempts (requests served in plaintext plus plaintext connections refused under
 STRICT) that service's sidecars saw under the given document versions (those published since
-the step started). Counts from another control-plane epoch (before a restart) are ignored:
-their version numbers mean other documents.
+the step started). A segment of another control-plane epoch counts only when that (epoch,
+version) is one the control plane published (``known``: versions never repeat across restarts,
+see ``mesh.state``); any other is ignored, its version number naming no document of ours.
 """
 
 from __future__ import annotations
@@ -98,7 +99,18 @@ class InboundReports:
         self.epoch = epoch
         self._services: dict[str, dict[str, _Instance]] = {}
 
-    def record(self, report: Report, *, now: float) -> None:
+    def restore(self, service: str, instance: str, heard_at: float, counts: SegmentCounts) -> None:
+        """Put back one stored (instance, version) count (``mesh.state``), as on the first start."""
+        instances = self._services.setdefault(service, {})
+        entry = instances.setdefault(instance, _Instance(heard_at))
+        entry.heard_at = max(entry.heard_at, heard_at)
+        known = entry.versions.get(counts.version)
+        entry.versions[counts.version] = counts if known is None else known.merged(counts)
+
+    def record(self, report: Report, *, now: float, known: Mapping[int, str] | None = None) -> list[SegmentCounts]:
+        """Keep the report's counts; returns the segments taken (those of this epoch or of ``known``
+        versions: version -> the epoch that published it)."""
+        taken: list[SegmentCounts] = []
         instances = self._services.setdefault(report.service, {})
         instance = instances.get(report.instance)
         if instance is None:
@@ -108,12 +120,14 @@ class InboundReports:
             instance = instances[report.instance] = _Instance(now)
         instance.heard_at = now
         for epoch, counts in report.segments:
-            if epoch != self.epoch:
+            if epoch != self.epoch and (known is None or known.get(counts.version) != epoch):
                 continue
-            known = instance.versions.get(counts.version)
-            instance.versions[counts.version] = counts if known is None else known.merged(counts)
+            previous = instance.versions.get(counts.version)
+            instance.versions[counts.version] = counts if previous is None else previous.merged(counts)
+            taken.append(counts)
         for version in sorted(instance.versions)[:-MAX_VERSIONS]:
             del instance.versions[version]
+        return taken
 
     def plaintext_seen(self, service: str, versions: Collection[int], *, since: float, now: float) -> int | None:
         """Plaintext attempts at ``service`` under ``versions``; None when no sidecar reported any of them.

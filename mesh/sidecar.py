@@ -40,7 +40,6 @@ cumulative per document, so a lost or repeated report is harmless; only the last
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import logging
@@ -48,14 +47,13 @@ import secrets
 import socket
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import uvicorn
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -83,11 +81,13 @@ from .metrics import CONTENT_TYPE, SidecarMetrics
 from .origination import mesh_client_context
 from .rotation import rotation_time
 from .spiffe import SpiffeId
+from .svid_auth import sign_request
 from .tls import RotatingContext, client_context, server_context
 
 __all__ = ["ControlPlaneError", "Sidecar", "SidecarOptions"]
 
 logger = logging.getLogger("mesh.sidecar")
+_T = TypeVar("_T")
 
 DEFAULT_POLL_WAIT = 30.0
 DEFAULT_RETRY_INTERVAL = 1.0
@@ -135,14 +135,20 @@ class ControlPlaneClient:
     async def close(self) -> None:
         await self._client.aclose()
 
-    async def document(self, service: str, *, version: int, wait: float) -> SidecarDocument | None:
-        """The document when its version differs from ``version``; None when unchanged after ``wait``."""
+    async def document(
+        self, service: str, identity: WorkloadIdentity, *, version: int, wait: float
+    ) -> SidecarDocument | None:
+        """The document when its version differs from ``version``; None when unchanged after ``wait``.
+
+        The request is signed with ``identity`` (``mesh.svid_auth``): the control plane gives a
+        service's document to the holder of that service's SVID only."""
         params = {"service": service, "version": str(version), "wait": f"{wait:g}s"}
         if self.epoch:
             # A restarted control plane counts versions from 1 again: a different epoch means
             # "send the document now", whatever its version number.
             params["epoch"] = self.epoch
-        resp = await self._call("GET", "/mesh/config", params=params)
+        auth = sign_request(identity, "GET", "/mesh/config", params)
+        resp = await self._call("GET", "/mesh/config", params=params, headers={"authorization": auth})
         if resp.status_code == 304:
             return None
         doc = SidecarDocument.from_json(resp.json())
@@ -153,24 +159,21 @@ class ControlPlaneClient:
         return (await self._call("POST", "/mesh/ca/sign", json={"token": token, "csr": csr_pem.decode()})).json()  # type: ignore[no-any-return]
 
     async def renew(self, current: WorkloadIdentity, csr_pem: bytes) -> dict[str, Any]:
-        signature = current.key.sign(csr_pem, ec.ECDSA(hashes.SHA256()))
-        body = {
-            "certificate": current.cert_pem.decode(),
-            "csr": csr_pem.decode(),
-            "signature": base64.b64encode(signature).decode(),
-        }
-        return (await self._call("POST", "/mesh/ca/renew", json=body)).json()  # type: ignore[no-any-return]
+        """A new SVID for ``csr_pem``; the request is signed with the current SVID's key."""
+        return (await self._signed_post(current, "/mesh/ca/renew", {"csr": csr_pem.decode()})).json()  # type: ignore[no-any-return]
 
     async def report(self, current: WorkloadIdentity, report: dict[str, Any]) -> None:
         """Send inbound counters, signed with the current SVID's key (the control plane checks both)."""
-        text = json.dumps(report, sort_keys=True, separators=(",", ":")).encode()
-        signature = current.key.sign(text, ec.ECDSA(hashes.SHA256()))
-        body = {
-            "certificate": current.cert_pem.decode(),
-            "report": text.decode(),
-            "signature": base64.b64encode(signature).decode(),
+        text = json.dumps(report, sort_keys=True, separators=(",", ":"))
+        await self._signed_post(current, REPORT_PATH, {"report": text})
+
+    async def _signed_post(self, current: WorkloadIdentity, path: str, body: dict[str, Any]) -> httpx.Response:
+        content = json.dumps(body).encode()
+        headers = {
+            "content-type": "application/json",
+            "authorization": sign_request(current, "POST", path, {}, content),
         }
-        await self._call("POST", REPORT_PATH, json=body)
+        return await self._call("POST", path, content=content, headers=headers)
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
@@ -218,6 +221,7 @@ class Sidecar:
         self.instance = secrets.token_hex(8)  # tells this process's counters from a restarted one's
         self._segments: deque[_Segment] = deque(maxlen=MAX_SEGMENTS)
         self._report_now = asyncio.Event()
+        self._rotate_now = asyncio.Event()
         self.reports_sent = 0
 
     def __repr__(self) -> str:
@@ -241,8 +245,9 @@ class Sidecar:
         admin_sock: socket.socket | None = None,
     ) -> None:
         opts = self.options
-        doc = await self._bootstrap_document()
-        await self._obtain_identity(doc)
+        deadline = time.monotonic() + opts.bootstrap_timeout
+        await self._obtain_identity(deadline)
+        doc = await self._bootstrap_document(deadline)
         assert self.identity is not None
         bundle = doc.bundle_pem.encode()
         # Always a CERT_REQUIRED context; the listener decides per connection whether to use it.
@@ -347,32 +352,55 @@ class Sidecar:
 
     # -- bootstrap -----------------------------------------------------------------------------
 
-    async def _bootstrap_document(self) -> SidecarDocument:
-        deadline = time.monotonic() + self.options.bootstrap_timeout
+    async def _until_answered(self, what: str, call: Callable[[], Awaitable[_T]], deadline: float) -> _T:
+        """``call()`` until the control plane answers; a refusal (4xx) or the deadline ends it."""
         while True:
             try:
-                doc = await self.cp.document(self.service, version=0, wait=0)
+                result = await call()
             except (ControlPlaneError, DocumentError) as exc:
-                if getattr(exc, "status", 0) == 404 or time.monotonic() >= deadline:
-                    raise ControlPlaneError(
-                        f"sidecar {self.service}: no config from the control plane: {exc}"
-                    ) from None
+                status = getattr(exc, "status", 0)
+                if 400 <= status < 500 or time.monotonic() >= deadline:
+                    raise ControlPlaneError(f"sidecar {self.service}: {what}: {exc}", status) from None
                 self._unreachable(str(exc))
                 await asyncio.sleep(self.options.retry_interval)
                 continue
-            assert doc is not None
             self._reachable()
-            return doc
+            return result
 
-    async def _obtain_identity(self, doc: SidecarDocument) -> None:
-        key, csr = WorkloadIdentity.new_csr(doc.identity)
-        answer = await self.cp.sign(self.options.bootstrap_token, csr)
-        identity = WorkloadIdentity.from_pem(key, answer["certificate"].encode())
+    async def _obtain_identity(self, deadline: float) -> None:
+        """Redeem the bootstrap token: the key is made here, the CSR names nothing (the token names the ID).
+
+        First, because every other call to the control plane is signed with the SVID."""
+        key, csr = WorkloadIdentity.new_csr(None)
+        token = self.options.bootstrap_token
+        answer = await self._until_answered(
+            "no SVID for the bootstrap token", lambda: self.cp.sign(token, csr), deadline
+        )
+        self._set_identity(WorkloadIdentity.from_pem(key, answer["certificate"].encode()))
+
+    async def _bootstrap_document(self, deadline: float) -> SidecarDocument:
+        identity = self.identity
+        assert identity is not None
+
+        async def fetch() -> SidecarDocument | None:
+            return await self.cp.document(self.service, identity, version=0, wait=0)
+
+        try:
+            doc = await self._until_answered("no config from the control plane", fetch, deadline)
+        except ControlPlaneError as exc:
+            if exc.status == 403:
+                raise ControlPlaneError(
+                    f"sidecar {self.service}: the bootstrap token is for {identity.spiffe_id}, which is not "
+                    f"service {self.service}'s identity: {exc}",
+                    exc.status,
+                ) from None
+            raise
+        assert doc is not None
         if identity.spiffe_id != doc.identity:
             raise ControlPlaneError(
                 f"the bootstrap token is for {identity.spiffe_id}, but service {self.service} is {doc.identity}"
             )
-        self._set_identity(identity)
+        return doc
 
     def _set_identity(self, identity: WorkloadIdentity) -> None:
         self.identity = identity
@@ -444,6 +472,8 @@ class Sidecar:
             self._in_holder.current = in_snapshot
         self.last_good_at = time.time()
         self.metrics.config_version.set(doc.version)
+        if doc.bundle_pem != current.bundle_pem:
+            self._trust_new_bundle(doc)
         if self._inbound is not None:
             self._open_segment(doc)
             self._report_now.set()
@@ -455,11 +485,29 @@ class Sidecar:
             len(doc.policies),
         )
 
+    def _trust_new_bundle(self, doc: SidecarDocument) -> None:
+        """The CA changed (re-init): trust the new bundle for the next handshakes, then renew onto it.
+
+        The current SVID is kept until the renewal lands (the bundle still holds the replaced root
+        while the control plane keeps it), so peers on either root keep getting through."""
+        assert self.identity is not None and self.server_tls is not None and self.client_tls is not None
+        bundle = doc.bundle_pem.encode()
+        server = server_context(self.identity, bundle, trust_domain=doc.trust_domain)
+        assert server is not None
+        client = client_context(self.identity, bundle)
+        self.server_tls.swap(server)
+        self.client_tls.swap(client)
+        self._rotate_now.set()
+        logger.warning("sidecar %s: trust bundle changed (v%d); renewing the SVID", self.service, doc.version)
+
     async def _watch(self) -> None:
         """Long-poll the control plane forever; keep the last good document through outages."""
         while True:
             try:
-                doc = await self.cp.document(self.service, version=self._doc().version, wait=self.options.poll_wait)
+                assert self.identity is not None
+                doc = await self.cp.document(
+                    self.service, self.identity, version=self._doc().version, wait=self.options.poll_wait
+                )
                 self._reachable()
                 if doc is not None and doc.version != self._doc().version:
                     await self.apply(doc)
@@ -551,7 +599,11 @@ class Sidecar:
     async def _rotate_forever(self) -> None:
         while True:
             delay = (self.rotate_at() - datetime.now(UTC)).total_seconds()
-            await asyncio.sleep(max(delay, 0.0))
+            # At the rotation time, or at once when a new trust bundle arrived (``_trust_new_bundle``).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(delay, 0.0)):
+                    await self._rotate_now.wait()
+            self._rotate_now.clear()
             try:
                 await self.rotate()
             except (ControlPlaneError, ValueError) as exc:
@@ -571,6 +623,7 @@ class Sidecar:
             "mode": doc.mode if doc else None,
             "identity": str(identity.spiffe_id) if identity else None,
             "certificate_expires": identity.not_after.isoformat() if identity else None,
+            "certificate_serial": format(identity.leaf.serial_number, "x") if identity else None,
             "rotations": self.rotations,
             "last_good_at": self.last_good_at,
             "control_plane": {

@@ -12,6 +12,12 @@
 
 Parsing is strict on purpose: a SPIFFE ID is an identity, and two spellings of one identity
 would let a policy written for one miss the other.
+
+A trust domain ID (``spiffe://shop.local``, no path) is a valid SPIFFE ID, but never a
+workload's: X509-SVID 3.1 and 5.2 forbid it in a leaf certificate. Every place that takes a
+workload identity (a CSR, a peer or own certificate, a bootstrap token, a policy principal, a
+configured identity, ``facade mesh ca issue``) goes through ``parse_workload`` /
+``require_workload``, which refuse it.
 """
 
 from __future__ import annotations
@@ -68,6 +74,25 @@ class SpiffeId:
             raise InvalidSpiffeId("SPIFFE ID must not have a fragment")
         trust_domain, slash, path = rest.partition("/")
         return cls(trust_domain, slash + path)
+
+    @classmethod
+    def parse_workload(cls, text: str) -> SpiffeId:
+        """``parse``, then refuse a trust domain ID: the ID of a workload (an X509-SVID leaf) has a path."""
+        return cls.parse(text).require_workload()
+
+    @property
+    def is_trust_domain_id(self) -> bool:
+        """Whether this is the trust domain's own ID (no path), which no workload may carry."""
+        return not self.path
+
+    def require_workload(self) -> SpiffeId:
+        """``self`` when it can name a workload; InvalidSpiffeId for a trust domain ID."""
+        if not self.path:
+            raise InvalidSpiffeId(
+                f"{self} is a trust domain ID (no path), not a workload identity: an X509-SVID leaf "
+                "needs a path, e.g. /ns/<namespace>/sa/<name> (X509-SVID 3.1, 5.2)"
+            )
+        return self
 
     @classmethod
     def workload(cls, trust_domain: str, namespace: str, service_account: str) -> SpiffeId:

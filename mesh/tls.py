@@ -7,7 +7,7 @@ Verification happens in two steps, like Envoy's SPIFFE validator:
    when one is required.
 2. ``verify_peer`` then checks the SPIFFE rules on the leaf OpenSSL accepted
    (``ssl_object.getpeercert(binary_form=True)``): exactly one URI SAN, a valid SPIFFE ID in
-   our trust domain, not a CA, optionally the exact ID expected for that service.
+   our trust domain with a path (a trust domain ID is never a workload's), not a CA, optionally the exact ID expected for that service.
 
 Hostname checking is off: a mesh peer is named by its SPIFFE ID, not by a DNS name.
 
@@ -147,9 +147,9 @@ def verify_peer(der_cert: bytes | None, *, trust_domain: str, expected: SpiffeId
     if len(uris) != 1:
         raise PeerRejected(f"peer certificate must have exactly one URI SAN, it has {len(uris)}")
     try:
-        peer = SpiffeId.parse(uris[0])
+        peer = SpiffeId.parse_workload(uris[0])
     except InvalidSpiffeId as exc:
-        raise PeerRejected(f"peer URI SAN {uris[0]!r} is not a SPIFFE ID: {exc}") from None
+        raise PeerRejected(f"peer URI SAN {uris[0]!r} is not a SPIFFE ID of a workload: {exc}") from None
     if peer.trust_domain != trust_domain:
         raise PeerRejected(f"peer {peer} is not in trust domain {trust_domain!r}")
     if expected is not None and peer != expected:

@@ -4,15 +4,14 @@ mode overrides, and a sidecar that keeps its last good config when the control p
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
+import json
 import textwrap
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from facade.runtime import FacadeRuntime
@@ -21,6 +20,7 @@ from mesh.controlplane import MeshFeature
 from mesh.identity import WorkloadIdentity
 from mesh.sidecar import Sidecar
 from mesh.spiffe import SpiffeId
+from mesh.svid_auth import sign_request
 from tests.backends import EchoApp
 from tests.servers import bind_loopback, serve_app
 
@@ -94,7 +94,8 @@ async def test_long_poll_returns_the_new_version_at_once_and_the_sidecar_applies
     async with env(tmp_path) as e:
         assert e.sidecar.doc is not None and e.sidecar.doc.version == 1
         assert (await request(e.port, None, "/admin/x")).status == 200
-        async with httpx.AsyncClient(base_url=e.runtime.admin_url) as client:
+        auth = {"authorization": f"Bearer {ADMIN}"}
+        async with httpx.AsyncClient(base_url=e.runtime.admin_url, headers=auth) as client:
             poll = asyncio.create_task(
                 client.get("/mesh/config", params={"service": "catalog", "version": 1, "wait": "10s"})
             )
@@ -115,7 +116,8 @@ async def test_long_poll_returns_the_new_version_at_once_and_the_sidecar_applies
 
 async def test_unchanged_version_answers_304_after_the_wait_and_bad_queries_are_refused(tmp_path: Path) -> None:
     async with env(tmp_path) as e:
-        async with httpx.AsyncClient(base_url=e.runtime.admin_url) as client:
+        auth = {"authorization": f"Bearer {ADMIN}"}
+        async with httpx.AsyncClient(base_url=e.runtime.admin_url, headers=auth) as client:
             r = await client.get("/mesh/config", params={"service": "catalog", "version": 1, "wait": "200ms"})
             assert r.status_code == 304
             assert r.headers["x-mesh-version"] == "1"
@@ -188,23 +190,25 @@ async def test_renewal_needs_a_valid_svid_and_proof_of_its_key(tmp_path: Path) -
         current = issue(ca, CATALOG)
         _, csr = WorkloadIdentity.new_csr(CATALOG)
 
-        def body(identity: WorkloadIdentity, signer: ec.EllipticCurvePrivateKey) -> dict[str, str]:
-            sig = signer.sign(csr, ec.ECDSA(hashes.SHA256()))
-            return {
-                "certificate": identity.cert_pem.decode(),
-                "csr": csr.decode(),
-                "signature": base64.b64encode(sig).decode(),
-            }
+        def renew(identity: WorkloadIdentity, signer: ec.EllipticCurvePrivateKey) -> tuple[bytes, dict[str, str]]:
+            content = json.dumps({"csr": csr.decode()}).encode()
+            holder = WorkloadIdentity(spiffe_id=identity.spiffe_id, key=signer, chain=identity.chain)
+            return content, {"authorization": sign_request(holder, "POST", "/mesh/ca/renew", {}, content)}
 
         async with httpx.AsyncClient(base_url=e.runtime.admin_url) as client:
-            ok = await client.post("/mesh/ca/renew", json=body(current, current.key))
+            content, headers = renew(current, current.key)
+            ok = await client.post("/mesh/ca/renew", content=content, headers=headers)
             assert ok.status_code == 200, ok.text
             assert ok.json()["spiffe_id"] == str(CATALOG)
+            replayed = await client.post("/mesh/ca/renew", content=content, headers=headers)
+            assert replayed.status_code == 401 and "replayed" in replayed.json()["error"]
             thief = ec.generate_private_key(ec.SECP256R1())
-            assert (await client.post("/mesh/ca/renew", json=body(current, thief))).status_code == 401
+            content, headers = renew(current, thief)
+            assert (await client.post("/mesh/ca/renew", content=content, headers=headers)).status_code == 401
             foreign = issue(CertificateAuthority.create(TD), CATALOG)
-            assert (await client.post("/mesh/ca/renew", json=body(foreign, foreign.key))).status_code == 401
-            assert (await client.post("/mesh/ca/renew", json={"csr": "x"})).status_code == 400
+            content, headers = renew(foreign, foreign.key)
+            assert (await client.post("/mesh/ca/renew", content=content, headers=headers)).status_code == 401
+            assert (await client.post("/mesh/ca/renew", json={"csr": "x"})).status_code == 401
         # The sidecar's own renewal path works end to end.
         before = e.sidecar.identity
         await e.sidecar.rotate()

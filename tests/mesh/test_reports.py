@@ -2,28 +2,32 @@
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from mesh.ca import CertificateAuthority
 from mesh.identity import WorkloadIdentity
 from mesh.reports import MAX_INSTANCES, InboundReports, ReportError, parse_report
 from mesh.spiffe import SpiffeId
+from mesh.svid_auth import sign_request
 
 from .pki import TD
 from .test_controlplane import env
 
 
 def seg(version: int, plaintext: int = 0, refused: int = 0, tls: int = 0, epoch: str = "e1") -> dict[str, Any]:
-    return {"epoch": epoch, "version": version, "mode": "STRICT", "plaintext_requests": plaintext,
-            "tls_requests": tls, "plaintext_refused": refused}
+    return {
+        "epoch": epoch,
+        "version": version,
+        "mode": "STRICT",
+        "plaintext_requests": plaintext,
+        "tls_requests": tls,
+        "plaintext_refused": refused,
+    }
 
 
 def report(instance: str, *segments: dict[str, Any]) -> Any:
@@ -79,11 +83,14 @@ def test_malformed_reports_are_refused(bad: Any) -> None:
         parse_report(bad)
 
 
-def _signed(identity: WorkloadIdentity, payload: dict[str, Any], *, sign_other: bool = False) -> dict[str, str]:
-    text = json.dumps(payload).encode()
-    signature = identity.key.sign(b"other" if sign_other else text, ec.ECDSA(hashes.SHA256()))
-    return {"certificate": identity.cert_pem.decode(), "report": text.decode(),
-            "signature": base64.b64encode(signature).decode()}
+def _signed(identity: WorkloadIdentity, payload: dict[str, Any], *, sign_other: bool = False) -> dict[str, Any]:
+    """httpx.post keyword arguments: the body and a request signed by ``identity`` (mesh.svid_auth)."""
+    content = json.dumps({"report": json.dumps(payload)}).encode()
+    signed = b"other" if sign_other else content
+    return {
+        "content": content,
+        "headers": {"authorization": sign_request(identity, "POST", "/mesh/report", {}, signed)},
+    }
 
 
 async def test_report_endpoint_takes_signed_reports_about_the_holders_own_service_only(tmp_path: Path) -> None:
@@ -91,19 +98,23 @@ async def test_report_endpoint_takes_signed_reports_about_the_holders_own_servic
         since = 0.0
         identity = e.sidecar.identity
         assert identity is not None
-        good = {"service": "catalog", "instance": "forged", "segments": [seg(e.feature.version, plaintext=50,
-                                                                          epoch=e.feature.epoch)]}
+        good = {
+            "service": "catalog",
+            "instance": "forged",
+            "segments": [seg(e.feature.version, plaintext=50, epoch=e.feature.epoch)],
+        }
         # Someone else's service, a signature over other bytes, a certificate of another CA: all refused.
         other = dict(good, service="orders")
-        assert (await client.post("/mesh/report", json=_signed(identity, other))).status_code == 403
-        assert (await client.post("/mesh/report", json=_signed(identity, good, sign_other=True))).status_code == 401
+        assert (await client.post("/mesh/report", **_signed(identity, other))).status_code == 403
+        assert (await client.post("/mesh/report", **_signed(identity, good, sign_other=True))).status_code == 401
         stranger_ca = CertificateAuthority.init(str(tmp_path / "other-ca"), TD)
         key, csr = WorkloadIdentity.new_csr(SpiffeId.workload(TD, "shop", "catalog"))
-        stranger = WorkloadIdentity.from_pem(key, stranger_ca.sign_csr(csr, spiffe_id=SpiffeId.workload(
-            TD, "shop", "catalog")))
-        assert (await client.post("/mesh/report", json=_signed(stranger, good))).status_code == 401
-        assert (await client.post("/mesh/report", json={"report": "{}"})).status_code == 400
+        stranger = WorkloadIdentity.from_pem(
+            key, stranger_ca.sign_csr(csr, spiffe_id=SpiffeId.workload(TD, "shop", "catalog"))
+        )
+        assert (await client.post("/mesh/report", **_signed(stranger, good))).status_code == 401
+        assert (await client.post("/mesh/report", json={"report": "{}"})).status_code == 401
         assert not e.feature.plaintext_seen("catalog", since=since)
         # The holder of catalog's SVID may report (this is what the sidecar does).
-        assert (await client.post("/mesh/report", json=_signed(identity, good))).status_code == 204
+        assert (await client.post("/mesh/report", **_signed(identity, good))).status_code == 204
         assert e.feature.plaintext_seen("catalog", since=since) == 50
