@@ -410,6 +410,7 @@ class Sidecar:
     def _install(self, doc: SidecarDocument, specs: list[ServiceSpec]) -> None:
         """First install: no await, nothing to keep in line yet."""
         self.doc = doc
+        self._apply_head_rules(doc)
         self.gate_state = GateState(doc.policies, doc.normalize)
         self._out_upstreams = Upstreams(specs, ssl_context_factory=self._outbound_ssl)
         self._out_holder = SnapshotHolder(
@@ -442,6 +443,7 @@ class Sidecar:
             )
         self.doc = doc
         self.gate_state = GateState(doc.policies, doc.normalize)
+        self._apply_head_rules(doc)
         self._out_holder.current = out_snapshot
         if in_snapshot is not None and self._in_holder is not None:
             self._in_holder.current = in_snapshot
@@ -457,6 +459,11 @@ class Sidecar:
             doc.mode,
             len(doc.policies),
         )
+
+    def _apply_head_rules(self, doc: SidecarDocument) -> None:
+        # Both listeners read this holder per request head: the change applies to the next request.
+        self.head_limits.underscores = doc.headers_with_underscores
+        self.head_limits.max_headers_count = doc.max_request_headers_count
 
     async def _watch(self) -> None:
         """Long-poll the control plane forever; keep the last good document through outages."""
