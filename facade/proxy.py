@@ -37,6 +37,7 @@ from .headers import (
     apply_header_ops_bytes,
     build_upstream_headers,
     filter_response_headers,
+    new_request_id,
 )
 from .normalize import HostRejected, PathRejected, normalize_host, normalize_path
 from .upstream import Outcome
@@ -232,7 +233,12 @@ class Proxy:
         query: bytes = scope.get("query_string", b"")
         hit = snap.table.resolve(host=host, path=path, method=method, headers=headers, query_string=query)
         if hit is None:
-            await _json_response(send, 404, {"error": "no route matches", "host": host, "path": path})
+            # Like every error body: a generic reason and an id to quote (the log line carries the rest).
+            rid = new_request_id()
+            logger.info("request %s: no route matches host %r path %r", rid, host, path)
+            await _json_response(
+                send, 404, {"error": "no route matches", "request_id": rid}, [(b"x-request-id", rid.encode())]
+            )
             return
         route = hit.route
         if route.direct_response is not None:
@@ -626,7 +632,7 @@ async def _error_response(
 
 
 def _is_loopback(ip: str) -> bool:
-    return ip.startswith("127.") or ip in ("::1", "[::1]") or ip.startswith("::ffff:127.")
+    return ip.startswith(("127.", "::ffff:127.")) or ip in ("::1", "[::1]")
 
 
 async def _direct(send: Send, route: Any) -> None:

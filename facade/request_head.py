@@ -74,9 +74,7 @@ class HeaderScreen:
 _KEEP_ALL = HeaderScreen(None, 0)
 
 
-def screen_headers(
-    headers: list[tuple[bytes, bytes]], *, max_count: int, underscores: Underscores
-) -> HeaderScreen:
+def screen_headers(headers: list[tuple[bytes, bytes]], *, max_count: int, underscores: Underscores) -> HeaderScreen:
     """Apply the header count limit and the underscore rule to lower-case ASGI ``headers``.
 
     Raises ``HeadRejected`` (431) for more than ``max_count`` fields (each repeated name counts), or

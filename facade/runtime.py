@@ -27,8 +27,8 @@ from typing import Any
 import uvicorn
 
 from .config import Config, Route, check_config
-from .errors import ConfigError, Problem
 from .error_log import RecentErrors
+from .errors import ConfigError, Problem
 from .listener import HeadLimits, guarded_protocol
 from .normalize import canonical_route_path
 from .routing import RouteTable
