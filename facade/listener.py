@@ -202,6 +202,13 @@ def guarded_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
                 # it silently before the proxy could see it: refuse the request instead.
                 self._refusal = _RESPONSE_400_FRAGMENT
 
+        def handle_websocket_upgrade(self) -> None:
+            # uvicorn upgrades whenever the parser stops at an Upgrade head, even one refused above (a
+            # fragment, too many header fields): it would hand a refused head to the app, or fail on a
+            # scope without a method. A refused head gets its refusal instead (sent by data_received).
+            if self._refusal is None:
+                super().handle_websocket_upgrade()
+
         def on_body(self, body: bytes) -> None:
             if self._refusal is None:
                 super().on_body(body)

@@ -269,10 +269,10 @@ async def test_allow_passes_underscores_but_never_an_identity_or_forwarding_alia
         assert "6.6.6." not in json.dumps(record["headers"])
 
 
-def upgrade(host: str, *lines: str) -> bytes:
+def upgrade(host: str, *lines: str, target: str = "/ws") -> bytes:
     key = base64.b64encode(os.urandom(16)).decode()
     head = (
-        f"GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"GET {target} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
     )
     return (head + "".join(f"{line}\r\n" for line in lines) + "\r\n").encode("latin-1")
@@ -290,6 +290,23 @@ async def test_websocket_upgrades_lose_underscored_headers_too(tmp_path: Path, w
         (headers,) = t.app.websockets
         assert not [k for k, _ in headers if "_" in k], headers
         assert "6.6.6." not in json.dumps(headers) and "sa/root" not in json.dumps(headers)
+        # the count limit and the absolute-form rule apply to upgrades as well
+        too_many = await exchange(t, upgrade(t.host, *["a: 1"] * 100), read_until_close=False)
+        assert too_many.status == 431
+        fragment = await exchange(t, upgrade(t.host, target="/ws#x"), read_until_close=False)
+        assert fragment.status == 400  # a refused upgrade head is answered, never upgraded
+        assert len(t.app.websockets) == 1
+        if where == "edge":
+            routed = await exchange(t, upgrade("svc.local", target="http://admin.local/ws"), read_until_close=False)
+            assert routed.status == 101
+            deadline = asyncio.get_running_loop().time() + 5
+            while not s.admin.websockets and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.02)
+            (admin_headers,) = s.admin.websockets
+            assert ("host", "admin.local") in admin_headers
+        else:
+            denied = await exchange(t, upgrade("catalog", target="http://admin.local/ws"), read_until_close=False)
+            assert denied.status != 101 and len(t.app.websockets) == 1  # policy: host admin.local is denied
 
 
 # -- 2. header count ----------------------------------------------------------------------------------
