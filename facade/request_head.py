@@ -72,6 +72,7 @@ class HeaderScreen:
 
 
 _KEEP_ALL = HeaderScreen(None, 0)
+_UNDERSCORE = 0x5F
 
 
 def screen_headers(headers: list[tuple[bytes, bytes]], *, max_count: int, underscores: Underscores) -> HeaderScreen:
@@ -83,13 +84,13 @@ def screen_headers(headers: list[tuple[bytes, bytes]], *, max_count: int, unders
     if len(headers) > max_count:
         raise HeadRejected(431, f"more than {max_count} request header fields", counter="too_many_headers")
     for name, _ in headers:
-        if b"_" in name:
+        if _UNDERSCORE in name:  # an int needle: ``b"_" in name`` costs ~5x more (CPython tries int first)
             break
     else:
         return _KEEP_ALL
     if underscores == "reject":
         raise HeadRejected(400, "underscore in header name", counter="underscore_header")
-    keep = [(n, v) for n, v in headers if b"_" not in n or (underscores == "allow" and not _aliases_reserved(n))]
+    keep = [(n, v) for n, v in headers if _UNDERSCORE not in n or (underscores == "allow" and not _aliases_reserved(n))]
     return HeaderScreen(keep, len(headers) - len(keep))
 
 
