@@ -581,3 +581,38 @@ async def test_http10_without_host_routes_as_empty_host(tmp_path: Path, where: s
         # (the upstream leg is HTTP/1.1: the client sends the endpoint's own address as Host)
         assert "svc.local" not in value_of(record, "host") and s.admin.requests == []
 
+
+
+# -- the sidecar's outbound listener (app -> its sidecar -> peer) applies the same rules --------------
+
+
+async def test_outbound_listener_drops_underscores_counts_fields_and_routes_absolute_form(tmp_path: Path) -> None:
+    from tests.mesh.test_sidecar_outbound import mesh_yaml
+
+    catalog_app = RecordingApp("catalog")
+    web_sock, catalog_sock, orders_sock = bind_loopback(), bind_loopback(), bind_loopback()
+    text = mesh_yaml(tmp_path, web=port_of(web_sock), catalog=port_of(catalog_sock), orders=port_of(orders_sock))
+    web_sock.close()
+    orders_sock.close()
+    async with (
+        serve_app(catalog_app) as catalog_url,
+        mesh_facade(tmp_path, text) as (rt, feature),
+        run_sidecar(feature, rt, "catalog", app=catalog_url, inbound_sock=catalog_sock),
+        run_sidecar(feature, rt, "web", outbound=True) as web,
+    ):
+        port = int(web.outbound_url.rsplit(":", 1)[1])
+        t = Target("outbound", port, None, "catalog", catalog_app, web.admin_url, web.errors)
+        reply = await exchange(t, get("/catalog/items", "catalog", *UNDERSCORED))
+        assert reply.status == 200, reply
+        (record,) = catalog_app.requests
+        assert_no_forgery(record)
+        (xfcc,) = value_of(record, "x-forwarded-client-cert")
+        assert f"URI={WEB}" in xfcc  # the verified caller, nothing the app wrote
+        assert (await exchange(t, get("/catalog/items", "catalog", *["a: 1"] * 99))).status == 431
+        # absolute-form: the app names the peer in the target; its Host is replaced by the authority
+        reply = await exchange(t, get("http://catalog/catalog/x", "nowhere"))
+        assert reply.status == 200 and catalog_app.requests[-1]["raw_path"] == "/catalog/x"
+        assert len(catalog_app.requests) == 2
+        text = await metrics(t)
+        assert f'mesh_sidecar_request_headers_dropped_total{{reason="underscore"}} {len(UNDERSCORED)}' in text
+        assert 'mesh_sidecar_requests_rejected_total{reason="too_many_headers"} 1' in text
