@@ -344,16 +344,19 @@ async def many_headers(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
 
 
 @pytest.mark.parametrize(("fields", "status"), [(100, 200), (101, 502)])
-async def test_upstream_response_heads_are_bounded_at_edge_and_sidecar(tmp_path: Path, fields: int, status: int) -> None:
+async def test_upstream_response_heads_are_bounded_at_edge_and_sidecar(
+    tmp_path: Path, fields: int, status: int
+) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await many_headers(reader, writer, fields)
 
     sock = bind_loopback()
     async with (
         raw_server(handler) as raw_url,
-        mesh_facade(
-            tmp_path, stack_yaml(tmp_path, svc=raw_url, admin=raw_url, sidecar_port=port_of(sock))
-        ) as (rt, feature),
+        mesh_facade(tmp_path, stack_yaml(tmp_path, svc=raw_url, admin=raw_url, sidecar_port=port_of(sock))) as (
+            rt,
+            feature,
+        ),
         run_sidecar(feature, rt, "catalog", app=raw_url, inbound_sock=sock),
         httpx.AsyncClient(timeout=10) as client,
     ):
@@ -370,8 +373,16 @@ async def test_upstream_response_heads_are_bounded_at_edge_and_sidecar(tmp_path:
 # -- 3. paths that are not UTF-8 after percent-decoding; %3B ------------------------------------------
 
 BAD_UTF8 = [
-    "/%c0%ae%c0%ae/admin", "/%C0%AE%C0%AE/admin", "/%ed%a0%80", "/%e2%82", "/x/%e2%82/y", "/%80",
-    "/caf%e9", "/%f4%90%80%80", "/%fe", "/ok%c3",
+    "/%c0%ae%c0%ae/admin",
+    "/%C0%AE%C0%AE/admin",
+    "/%ed%a0%80",
+    "/%e2%82",
+    "/x/%e2%82/y",
+    "/%80",
+    "/caf%e9",
+    "/%f4%90%80%80",
+    "/%fe",
+    "/ok%c3",
 ]
 
 
@@ -429,7 +440,12 @@ async def test_absolute_form_routes_and_forwards_by_its_authority_at_the_edge(tm
         # the reverse: an absolute target naming svc with Host admin.local goes to svc
         reply = await exchange(t, get("http://svc.local/z", "admin.local"))
         assert reply.status == 200 and t.app.requests[-1]["raw_path"] == "/z"
-        for target in ("http://svc.local@admin.local/x", "http://u:p@admin.local/x", "ftp://admin.local/x", "http:///x"):
+        for target in (
+            "http://svc.local@admin.local/x",
+            "http://u:p@admin.local/x",
+            "ftp://admin.local/x",
+            "http:///x",
+        ):
             before = len(s.admin.requests) + len(t.app.requests)
             reply = await exchange(t, get(target, "svc.local"))
             assert reply.status == 400, (target, reply)
@@ -545,9 +561,10 @@ async def test_error_bodies_name_no_internals_at_the_sidecar(tmp_path: Path) -> 
             svc = RecordingApp("svc")
             async with (
                 serve_app(svc) as svc_url,
-                mesh_facade(
-                    tmp_path, stack_yaml(tmp_path, svc=svc_url, admin=svc_url, sidecar_port=port_of(sock))
-                ) as (rt, feature),
+                mesh_facade(tmp_path, stack_yaml(tmp_path, svc=svc_url, admin=svc_url, sidecar_port=port_of(sock))) as (
+                    rt,
+                    feature,
+                ),
                 run_sidecar(feature, rt, "catalog", app=app_url, inbound_sock=sock) as sidecar,
             ):
                 assert feature.ca is not None
@@ -580,7 +597,6 @@ async def test_http10_without_host_routes_as_empty_host(tmp_path: Path, where: s
         assert record["name"] == t.app.name  # the edge has a route for host 127.0.0.1: not taken
         # (the upstream leg is HTTP/1.1: the client sends the endpoint's own address as Host)
         assert "svc.local" not in value_of(record, "host") and s.admin.requests == []
-
 
 
 # -- the sidecar's outbound listener (app -> its sidecar -> peer) applies the same rules --------------

@@ -204,8 +204,16 @@ def test_config_paths_with_invalid_utf8_escapes_are_config_errors() -> None:
 
 @pytest.mark.parametrize(
     ("ip", "loopback"),
-    [("127.0.0.1", True), ("127.1.2.3", True), ("::1", True), ("::ffff:127.0.0.1", True),
-     ("10.0.0.1", False), ("192.168.1.127", False), ("", False), ("::ffff:10.0.0.1", False)],
+    [
+        ("127.0.0.1", True),
+        ("127.1.2.3", True),
+        ("::1", True),
+        ("::ffff:127.0.0.1", True),
+        ("10.0.0.1", False),
+        ("192.168.1.127", False),
+        ("", False),
+        ("::ffff:10.0.0.1", False),
+    ],
 )
 def test_debug_details_are_only_for_loopback_clients(ip: str, loopback: bool) -> None:
     assert _is_loopback(ip) is loopback
