@@ -530,7 +530,10 @@ async def test_error_bodies_name_no_internals_at_the_edge(tmp_path: Path) -> Non
                     (entry,) = rt.errors.view(r.json()["request_id"])
                     assert entry["route"] == name and entry["detail"]  # the operator's view has it all
             holder = asyncio.create_task(client.get("/hold", headers={"host": "pool.local"}))
-            await asyncio.sleep(0.1)
+            pool = rt.holder.current.upstreams.get("pool")
+            deadline = asyncio.get_running_loop().time() + 5
+            while (pool.live_h1 is None or pool.live_h1.in_use < 1) and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.01)  # until the holder owns the only connection
             r = await client.get("/x", headers={"host": "pool.local"})
             assert r.status_code == 503
             assert_generic(r.json(), 503)
