@@ -235,7 +235,7 @@ class Proxy:
         if hit is None:
             # Like every error body: a generic reason and an id to quote (the log line carries the rest).
             rid = new_request_id()
-            logger.info("request %s: no route matches host %r path %r", rid, host, path)
+            logger.debug("request %s: no route matches host %r path %r", rid, host, path)
             await _json_response(
                 send, 404, {"error": "no route matches", "request_id": rid}, [(b"x-request-id", rid.encode())]
             )
