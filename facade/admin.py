@@ -151,15 +151,20 @@ def build_admin_app(runtime: FacadeRuntime) -> Starlette:
     async def metrics(request: Request) -> Response:
         from .telemetry import CONTENT_TYPE
 
-        text = runtime.telemetry.prometheus_text()
+        text = runtime.telemetry.prometheus_text() + runtime.head_limits.stats.prometheus_text()
         for source in (runtime.shadow, *runtime.extensions):
             extra = getattr(source, "prometheus_text", None)
             if extra is not None and source is not runtime.telemetry:
                 text += extra()
         return Response(text, media_type=CONTENT_TYPE)
 
+    async def errors(request: Request) -> Response:
+        # Details of recent upstream failures (clients got only status, reason and request id).
+        return JSONResponse({"errors": runtime.errors.view(request.query_params.get("request_id"))})
+
     endpoints: list[BaseRoute] = [
         Route("/metrics", metrics),
+        Route("/errors", errors),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/routes", routes),

@@ -252,6 +252,8 @@ class Limits:
     max_concurrent_requests: int = 4096  # -> 503 beyond
     header_timeout: float = 10.0  # a client must send its whole request head within this
     max_response_body_buffer: int = 64 * 1024  # bound of any buffering the facade does itself
+    # Header fields in a request head -> 431 beyond; upstream response heads -> 502 (Envoy's max_headers_count).
+    max_request_headers_count: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,6 +306,10 @@ class Config:
     migrations_dir: str | None = None
     access_log: bool = False
     mark_responses: bool = False  # add x-facade-backend / x-facade-step to responses (load tests, demos)
+    # Request header names with "_": drop (default; nginx's underscores_in_headers off), reject (400), allow.
+    headers_with_underscores: Literal["drop", "reject", "allow"] = "drop"
+    # Error bodies name route, backend and the failure's detail only for loopback clients when True.
+    debug_error_details: bool = False
     mesh: Any = None  # mesh.config.MeshSpec when the config has a ``mesh:`` section
     shadow: ShadowSpec = field(default_factory=ShadowSpec)
     warnings: tuple[Problem, ...] = ()  # non-fatal findings (shadowed routes, no routes, ...)
@@ -337,6 +343,8 @@ _TOP_FIELDS = (
     "mesh",
     "mark_responses",
     "shadow",
+    "headers_with_underscores",
+    "debug_error_details",
 )
 _SHADOW_FIELDS = (
     "concurrency",
@@ -445,6 +453,11 @@ def parse_config(doc: YamlDocument, *, env: Mapping[str, str] | None = None) -> 
     trusted = _read_cidrs(f.get("trusted_proxies"), problems)
     access_log = read_bool(f.get("access_log"), problems, default=False)
     mark_responses = read_bool(f.get("mark_responses"), problems, default=False)
+    underscores = cast(
+        Literal["drop", "reject", "allow"],
+        read_str(f.get("headers_with_underscores"), problems, default="drop", choices=("drop", "reject", "allow")),
+    )
+    debug_error_details = read_bool(f.get("debug_error_details"), problems, default=False)
     limits = _read_limits(f.get("limits"), problems)
     normalize = _read_normalize(f.get("normalize"), problems)
     services = _read_services(f.get("services"), ctx)
@@ -481,6 +494,8 @@ def parse_config(doc: YamlDocument, *, env: Mapping[str, str] | None = None) -> 
         migrations_dir=ctx.path(migrations) if migrations is not None else None,
         access_log=access_log,
         mark_responses=mark_responses,
+        headers_with_underscores=underscores,
+        debug_error_details=debug_error_details,
         mesh=mesh,
         shadow=shadow_spec,
         warnings=tuple(p for p in found if p.severity == "warning"),
@@ -677,7 +692,10 @@ def _read_limits(node: Node | None, problems: Problems) -> Limits:
     d = Limits()
     if node is None or node.is_null:
         return d
-    f = node.fields(problems, ("max_request_headers", "max_request_body", "max_concurrent_requests", "header_timeout"))
+    f = node.fields(
+        problems,
+        ("max_request_headers", "max_request_headers_count", "max_request_body", "max_concurrent_requests", "header_timeout"),
+    )
     headers = read_size(f.get("max_request_headers"), problems, default=d.max_request_headers)
     if headers < 1024 and "max_request_headers" in f:
         problems.error(f["max_request_headers"], f"must be at least 1KiB, got {headers} bytes")
@@ -691,6 +709,9 @@ def _read_limits(node: Node | None, problems: Problems) -> Limits:
             f.get("max_concurrent_requests"), problems, default=d.max_concurrent_requests, min=1
         ),
         header_timeout=_positive_duration(f.get("header_timeout"), problems, d.header_timeout),
+        max_request_headers_count=read_int(
+            f.get("max_request_headers_count"), problems, default=d.max_request_headers_count, min=1, max=10_000
+        ),
     )
 
 

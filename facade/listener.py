@@ -6,7 +6,11 @@ parser buffer them. ``guarded_protocol(limits)`` returns an ``HttpToolsProtocol`
 
 - closes a connection whose request head (request line + headers) is not complete within
   ``header_timeout`` of its first byte, or of the connection opening (slowloris);
-- answers 431 and closes when a request head grows past ``max_request_headers`` bytes.
+- answers 431 and closes when a request head grows past ``max_request_headers`` bytes;
+- applies ``facade.request_head`` to every complete head, before the app (HTTP or WebSocket) sees it:
+  more than ``max_headers_count`` header fields -> 431; header names with "_" dropped (counted) or
+  refused with 400 per ``underscores``; an absolute-form target's authority replaces Host and the
+  target becomes origin-form (RFC 9112 3.2.2). ``HeadStats`` counts what was dropped and refused.
 
 httptools (llhttp) is used on purpose: h11 accepts Content-Length together with
 Transfer-Encoding (request smuggling) and obs-folded headers; httptools rejects both.
@@ -20,7 +24,17 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-__all__ = ["HeadLimits", "guarded_protocol"]
+from .request_head import (
+    DEFAULT_MAX_HEADERS_COUNT,
+    DEFAULT_UNDERSCORES,
+    HeadRejected,
+    Underscores,
+    screen_headers,
+    split_absolute_form,
+    with_host,
+)
+
+__all__ = ["HeadLimits", "HeadStats", "guarded_protocol"]
 
 logger = logging.getLogger("facade.listener")
 
@@ -28,14 +42,66 @@ logger = logging.getLogger("facade.listener")
 class HeadLimits:
     """Mutable holder so a hot reload can change the limits of the running listener."""
 
-    __slots__ = ("header_timeout", "max_head_bytes")
+    __slots__ = ("header_timeout", "max_head_bytes", "max_headers_count", "stats", "underscores")
 
-    def __init__(self, *, max_head_bytes: int, header_timeout: float) -> None:
+    def __init__(
+        self,
+        *,
+        max_head_bytes: int,
+        header_timeout: float,
+        max_headers_count: int = DEFAULT_MAX_HEADERS_COUNT,
+        underscores: Underscores = DEFAULT_UNDERSCORES,
+        stats: HeadStats | None = None,
+    ) -> None:
         self.max_head_bytes = max_head_bytes
         self.header_timeout = header_timeout
+        self.max_headers_count = max_headers_count
+        self.underscores: Underscores = underscores
+        self.stats = stats if stats is not None else HeadStats()
 
     def __repr__(self) -> str:
-        return f"HeadLimits(max_head_bytes={self.max_head_bytes}, header_timeout={self.header_timeout})"
+        return (
+            f"HeadLimits(max_head_bytes={self.max_head_bytes}, header_timeout={self.header_timeout}, "
+            f"max_headers_count={self.max_headers_count}, underscores={self.underscores!r})"
+        )
+
+
+class HeadStats:
+    """What the listener dropped and refused before the app saw a request (exposed on ``/metrics``)."""
+
+    __slots__ = ("dropped", "rejected")
+
+    def __init__(self) -> None:
+        self.dropped: dict[str, int] = {}  # header fields removed, by reason
+        self.rejected: dict[str, int] = {}  # requests refused, by reason
+
+    def count_dropped(self, reason: str, n: int) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + n
+
+    def count_rejected(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    def prometheus_text(self, prefix: str = "facade") -> str:
+        """Two counter families, ``<prefix>_request_headers_dropped_total`` and ``<prefix>_requests_rejected_total``.
+
+        Every known reason is always present (0 until it happens), so a dashboard can rate() it.
+        """
+        lines: list[str] = []
+        families = (
+            ("request_headers_dropped", "Request header fields dropped by the listener", self.dropped, _DROP_REASONS),
+            ("requests_rejected", "Requests refused by the listener before routing", self.rejected, _REJECT_REASONS),
+        )
+        for name, help_text, counts, known in families:
+            full = f"{prefix}_{name}_total"
+            lines.append(f"# HELP {full} {help_text}")
+            lines.append(f"# TYPE {full} counter")
+            for reason in sorted(set(known) | set(counts)):
+                lines.append(f'{full}{{reason="{reason}"}} {counts.get(reason, 0)}')
+        return "\n".join(lines) + "\n"
+
+
+_DROP_REASONS = ("underscore",)
+_REJECT_REASONS = ("absolute_form", "too_many_headers", "underscore_header")
 
 
 def _plain_response(status_line: bytes, message: str) -> bytes:
@@ -52,6 +118,7 @@ def _plain_response(status_line: bytes, message: str) -> bytes:
 _RESPONSE_431 = _plain_response(b"HTTP/1.1 431 Request Header Fields Too Large\r\n", "request header fields too large")
 _RESPONSE_400_FRAGMENT = _plain_response(b"HTTP/1.1 400 Bad Request\r\n", "fragment in request target")
 _RESPONSE_408 = _plain_response(b"HTTP/1.1 408 Request Timeout\r\n", "request header timeout")
+_STATUS_LINES = {400: b"HTTP/1.1 400 Bad Request\r\n", 431: _RESPONSE_431.split(b"\r\n", 1)[0] + b"\r\n"}
 
 
 def guarded_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
@@ -101,16 +168,46 @@ def guarded_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
                 size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
                 if size > limits.max_head_bytes:
                     self._refusal = _RESPONSE_431  # answered by data_received once the parser returns
+            if self._refusal is None:
+                self._screen_head()
             if self._refusal is not None:
                 return
             super().on_headers_complete()
 
+        def _screen_head(self) -> None:
+            # One pass over the head the parser already built; the app (HTTP or WebSocket) sees the result.
+            stats = limits.stats
+            try:
+                url = self.url
+                if url[:1] != b"/":
+                    split = split_absolute_form(url)
+                    if split is not None:
+                        authority, self.url = split
+                        self.headers[:] = with_host(self.headers, authority)  # scope["headers"] is this list
+                screen = screen_headers(
+                    self.headers, max_count=limits.max_headers_count, underscores=limits.underscores
+                )
+            except HeadRejected as exc:
+                stats.count_rejected(exc.counter)
+                self._refusal = _plain_response(_STATUS_LINES[exc.status], exc.reason)
+                return
+            if screen.headers is not None:
+                self.headers[:] = screen.headers
+                stats.count_dropped("underscore", screen.dropped)
+
         def on_url(self, url: bytes) -> None:
             super().on_url(url)
-            if b"#" in url:
+            if 0x23 in url:  # "#" (an int needle is the cheap form of bytes.__contains__)
                 # A fragment is never sent by a correct client (RFC 9112 3.2), and the parser would drop
                 # it silently before the proxy could see it: refuse the request instead.
                 self._refusal = _RESPONSE_400_FRAGMENT
+
+        def handle_websocket_upgrade(self) -> None:
+            # uvicorn upgrades whenever the parser stops at an Upgrade head, even one refused above (a
+            # fragment, too many header fields): it would hand a refused head to the app, or fail on a
+            # scope without a method. A refused head gets its refusal instead (sent by data_received).
+            if self._refusal is None:
+                super().handle_websocket_upgrade()
 
         def on_body(self, body: bytes) -> None:
             if self._refusal is None:

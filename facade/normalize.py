@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 from typing import Literal
+from urllib.parse import unquote_to_bytes
 
 __all__ = [
     "MAX_HOST_BYTES",
@@ -173,18 +174,38 @@ def _recode(raw: bytes, keep_semicolons: bool, reject_encoded_slash: bool) -> st
     parts = raw.split(b"%")
     out: list[str] = []
     _raw_chunk(parts[0], keep_semicolons, out)
+    high = False  # an escape of a byte >= 0x80: the decoded path must be checked as UTF-8
     for part in parts[1:]:
         value = _HEX_VALUE.get(part[:2])
         if value is None:
             raise PathRejected("invalid percent-encoding in path")
         if value == 0x2F and reject_encoded_slash:
             raise PathRejected("encoded slash in path")
+        if value == 0x3B and not keep_semicolons:
+            # A backend that decodes before it strips path parameters sees a raw ';' (issue 10, item 3).
+            raise PathRejected("encoded semicolon in path")
         reason = _REJECT_ESCAPED.get(value)
         if reason is not None:
             raise PathRejected(reason)
+        high = high or value >= 0x80
         out.append(_ESCAPED_OUT[value])
         _raw_chunk(part[2:], keep_semicolons, out)
+    if high or not raw.isascii():
+        _check_utf8(raw)
     return "".join(out)
+
+
+def _check_utf8(raw: bytes) -> None:
+    """Reject a path whose bytes, percent-decoded once, are not valid UTF-8 (Envoy does the same).
+
+    Overlong forms (``%C0%AE`` is a "." to a lax decoder), UTF-16 surrogates (``%ED%A0%80``),
+    truncated sequences and stray continuation bytes each mean something different to each backend's
+    decoder; Python's strict decoder refuses all of them (RFC 3629).
+    """
+    try:
+        unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise PathRejected("path is not valid UTF-8 after percent-decoding") from None
 
 
 def _raw_chunk(chunk: bytes, keep_semicolons: bool, out: list[str]) -> None:
@@ -218,7 +239,7 @@ def _finish(text: str, merge_slashes: bool, keep_semicolons: bool) -> str:
             if i == last:
                 out.append("")
         else:
-            if keep_semicolons and seg[:1] == "." and ";" in seg and seg.partition(";")[0] in (".", ".."):
+            if keep_semicolons and seg[:1] == "." and _segment_name(seg) in (".", ".."):
                 # Tomcat/Jetty strip ";params" before resolving dot-segments: "/a/..;x/b" is "/b" there.
                 raise PathRejected("dot-segment with parameters in path")
             out.append(seg)
@@ -227,6 +248,11 @@ def _finish(text: str, merge_slashes: bool, keep_semicolons: bool) -> str:
         tail = out[-1:] if out else [""]
         out = [s for s in out[:-1] if s] + tail
     return _bounded("/" + "/".join(out))
+
+
+def _segment_name(seg: str) -> str:
+    """A segment without its ``;params``; ``%3B`` counts as ``;`` (a decoding backend sees one)."""
+    return seg.partition(";")[0].partition("%3B")[0]
 
 
 def _bounded(path: str) -> str:

@@ -10,8 +10,16 @@ Per request, in order (docs/architecture.md, "The data flow of one request"):
 5. forward through the service's pool, retrying what is safe to retry;
 6. stream the response back, then record telemetry.
 
+<<<<<<< HEAD
 Errors are mapped to statuses once, in ``_error_response`` (docs/architecture.md, "Errors"): connect failure / reset
 before a response -> 502, no healthy endpoint / pool exhausted -> 503, timeout -> 504.
+=======
+Errors are mapped to statuses once, in ``_error_response`` (STYLE.md): connect failure / reset
+before a response -> 502, no healthy endpoint / pool exhausted -> 503, timeout -> 504. The client
+gets the status, a generic reason and the request id; the detail (addresses, identities, TLS
+failures) goes to the log and ``RecentErrors`` (admin ``GET /errors``), and to a client only when
+``debug_error_details`` is on and the client is on loopback.
+>>>>>>> h10-edge
 A failure after the response started aborts the downstream connection: the client sees a
 truncated transfer, never a silently shortened 200.
 """
@@ -26,6 +34,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
+from .error_log import RecentErrors
 from .errors import ProxyError, UpstreamConnectError, UpstreamTimeout, UpstreamUnavailable
 from .headers import (
     ForwardContext,
@@ -33,6 +42,7 @@ from .headers import (
     apply_header_ops_bytes,
     build_upstream_headers,
     filter_response_headers,
+    new_request_id,
 )
 from .normalize import HostRejected, PathRejected, normalize_host, normalize_path
 from .upstream import Outcome
@@ -161,10 +171,11 @@ class RequestBody:
 class Proxy:
     """ASGI application of the client-facing listener."""
 
-    def __init__(self, holder: SnapshotHolder) -> None:
+    def __init__(self, holder: SnapshotHolder, *, errors: RecentErrors | None = None) -> None:
         self._holder = holder
         self._active = 0
         self._rand = random.random
+        self.errors = errors if errors is not None else RecentErrors()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -214,8 +225,9 @@ class Proxy:
             if host_header is None:
                 if scope.get("http_version") != "1.0":
                     raise HostRejected("HTTP/1.1 request without a Host header")  # RFC 9112 3.2
-                server = scope.get("server")
-                host = normalize_host(server[0]) if server else ""
+                # HTTP/1.0 without Host routes as "" (only host-less routes match), never as the
+                # listener's own address: nginx's default server and Envoy do the same.
+                host = ""
                 host_header = b""
             else:
                 host = normalize_host(host_header)
@@ -226,7 +238,12 @@ class Proxy:
         query: bytes = scope.get("query_string", b"")
         hit = snap.table.resolve(host=host, path=path, method=method, headers=headers, query_string=query)
         if hit is None:
-            await _json_response(send, 404, {"error": "no route matches", "host": host, "path": path})
+            # Like every error body: a generic reason and an id to quote (the log line carries the rest).
+            rid = new_request_id()
+            logger.debug("request %s: no route matches host %r path %r", rid, host, path)
+            await _json_response(
+                send, 404, {"error": "no route matches", "request_id": rid}, [(b"x-request-id", rid.encode())]
+            )
             return
         route = hit.route
         if route.direct_response is not None:
@@ -251,7 +268,8 @@ class Proxy:
             backend = snap.pick_backend(route, self._rand())
         pool = snap.upstreams.get(backend)
         if pool is None:  # validated config makes this a programmer error; answer, don't crash
-            await _json_response(send, 503, {"error": "unknown backend", "route": route.name, "backend": backend})
+            logger.error("route %s names backend %s, which has no pool", route.name, backend)
+            await _json_response(send, 503, {"error": "no healthy upstream"})
             return
 
         # Body: refuse early what is known to be too large.
@@ -341,7 +359,12 @@ class Proxy:
             elif body is not None and isinstance(body.error, _ClientGone):
                 status = 499  # nginx's "client closed request"; nothing to send
             else:
-                await _error_response(send, exc, route.name, backend, ids.request_id)
+                self.errors.add(
+                    request_id=ids.request_id, status=exc.status, reason=exc.reason, detail=exc.detail,
+                    route=route.name, backend=backend,
+                )
+                debug = snap.config.debug_error_details and _is_loopback(ctx.client_ip)
+                await _error_response(send, exc, route.name, backend, ids.request_id, debug=debug)
         except (TimeoutError, UpstreamError, OSError) as exc:
             # Failure while streaming the response body: abort, never truncate silently.
             logger.warning("upstream %s failed mid-response on route %s: %r", backend, route.name, exc)
@@ -601,14 +624,20 @@ async def _json_response(send: Send, status: int, body: dict[str, Any], extra: l
     await send({"type": "http.response.body", "body": payload, "more_body": False})
 
 
-async def _error_response(send: Send, exc: ProxyError, route: str, backend: str, request_id: str) -> None:
-    logger.warning("route %s backend %s: %d %s", route, backend, exc.status, exc.detail or exc.reason)
-    await _json_response(
-        send,
-        exc.status,
-        {"error": exc.reason, "detail": exc.detail, "route": route, "backend": backend, "request_id": request_id},
-        [(b"x-request-id", request_id.encode("latin-1"))],
+async def _error_response(
+    send: Send, exc: ProxyError, route: str, backend: str, request_id: str, *, debug: bool = False
+) -> None:
+    logger.warning(
+        "request %s route %s backend %s: %d %s", request_id, route, backend, exc.status, exc.detail or exc.reason
     )
+    body: dict[str, Any] = {"error": exc.reason, "request_id": request_id}
+    if debug:  # debug_error_details, loopback client only: the operator's own curl
+        body.update(detail=exc.detail, route=route, backend=backend)
+    await _json_response(send, exc.status, body, [(b"x-request-id", request_id.encode("latin-1"))])
+
+
+def _is_loopback(ip: str) -> bool:
+    return ip.startswith(("127.", "::ffff:127.")) or ip in ("::1", "[::1]")
 
 
 async def _direct(send: Send, route: Any) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 import uvicorn
 
 from .config import Config, Route, check_config
+from .error_log import RecentErrors
 from .errors import ConfigError, Problem
 from .listener import HeadLimits, guarded_protocol
 from .normalize import canonical_route_path
@@ -201,8 +202,12 @@ class FacadeRuntime:
         self.shadow: Any = None
         self.extensions: list[Any] = []  # features that add admin routes / react to swaps
         self.holder = SnapshotHolder(build_snapshot(config, self.upstreams, version=1, telemetry=self.telemetry))
+        self.errors = RecentErrors()  # upstream failures' details, for GET /errors (clients see none)
         self.head_limits = HeadLimits(
-            max_head_bytes=config.limits.max_request_headers, header_timeout=config.limits.header_timeout
+            max_head_bytes=config.limits.max_request_headers,
+            header_timeout=config.limits.header_timeout,
+            max_headers_count=config.limits.max_request_headers_count,
+            underscores=config.headers_with_underscores,
         )
         # Snapshot versions count every swap (reloads and migration steps); config_version counts
         # only configs applied from the file, which is what an operator means by "which config".
@@ -295,6 +300,8 @@ class FacadeRuntime:
             # 4. Swap. Requests already running finish on the snapshot they started with.
             self.head_limits.max_head_bytes = config.limits.max_request_headers
             self.head_limits.header_timeout = config.limits.header_timeout
+            self.head_limits.max_headers_count = config.limits.max_request_headers_count
+            self.head_limits.underscores = config.headers_with_underscores
             for ext in self.extensions:
                 hook = getattr(ext, "config_changed", None)
                 if hook is not None:
@@ -329,7 +336,7 @@ class FacadeRuntime:
 
         tls = config.tls
         proxy_config = uvicorn.Config(
-            Proxy(self.holder),
+            Proxy(self.holder, errors=self.errors),
             http=guarded_protocol(self.head_limits),
             loop="none",
             lifespan="off",

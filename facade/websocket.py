@@ -73,7 +73,7 @@ async def proxy_websocket(snap: Snapshot, scope: Scope, receive: Receive, send: 
         backend = snap.pick_backend(route, random.random())
     pool = snap.upstreams.get(backend)
     if pool is None:
-        await _refuse(scope, send, 503, "unknown backend")
+        await _refuse(scope, send, 503, "no healthy upstream")
         return
     client = scope.get("client") or ("", 0)
     ctx = ForwardContext(client_ip=client[0], client_port=client[1], scheme="https" if scope.get("scheme") == "wss" else "http",
@@ -87,7 +87,8 @@ async def proxy_websocket(snap: Snapshot, scope: Scope, receive: Receive, send: 
     try:
         endpoint = pool.pick()
     except UpstreamUnavailable as exc:
-        await _refuse(scope, send, 503, str(exc))
+        logger.warning("websocket route %s backend %s: %s", route.name, backend, exc)
+        await _refuse(scope, send, 503, "no healthy upstream")  # the detail is for the log, not the client
         return
     try:
         upstream = await pool.session.ws_connect(

@@ -47,6 +47,9 @@ class SidecarDocument:
     policies: tuple[AuthorizationPolicy, ...] = ()
     normalize: NormalizeSpec = field(default_factory=NormalizeSpec)
     peers: tuple[PeerService, ...] = ()
+    # The edge's request-head rules, applied by the sidecar's listeners alike (facade.request_head).
+    headers_with_underscores: Literal["drop", "reject", "allow"] = "drop"
+    max_request_headers_count: int = 100
 
     def peer(self, name: str) -> PeerService | None:
         for p in self.peers:
@@ -73,6 +76,10 @@ class SidecarDocument:
                 "semicolons": self.normalize.semicolons,
             },
             "peers": {p.name: {"identity": str(p.identity), "endpoints": list(p.endpoints)} for p in self.peers},
+            "request_head": {
+                "headers_with_underscores": self.headers_with_underscores,
+                "max_request_headers_count": self.max_request_headers_count,
+            },
         }
 
     @classmethod
@@ -85,6 +92,13 @@ class SidecarDocument:
             semicolons = norm["semicolons"]
             if semicolons not in ("reject", "keep"):
                 raise DocumentError(f"unknown normalize.semicolons {semicolons!r}")
+            head = data.get("request_head") or {}  # absent from an older control plane's documents
+            underscores = head.get("headers_with_underscores", "drop")
+            if underscores not in ("drop", "reject", "allow"):
+                raise DocumentError(f"unknown request_head.headers_with_underscores {underscores!r}")
+            max_count = int(head.get("max_request_headers_count", 100))
+            if max_count < 1:
+                raise DocumentError(f"request_head.max_request_headers_count must be >= 1, got {max_count}")
             return cls(
                 version=int(data["version"]),
                 service=str(data["service"]),
@@ -102,6 +116,8 @@ class SidecarDocument:
                     PeerService(name, SpiffeId.parse_workload(p["identity"]), tuple(str(e) for e in p["endpoints"]))
                     for name, p in sorted(data["peers"].items())
                 ),
+                headers_with_underscores=cast(Literal["drop", "reject", "allow"], underscores),
+                max_request_headers_count=max_count,
             )
         except DocumentError:
             raise
@@ -146,6 +162,8 @@ def build_document(
         policies=mesh.policies_for(service),
         normalize=config.normalize,
         peers=tuple(peers),
+        headers_with_underscores=config.headers_with_underscores,
+        max_request_headers_count=config.limits.max_request_headers_count,
     )
 
 

@@ -104,7 +104,10 @@ class PolicyGate:
             if not result.allowed:
                 decision = "deny"
                 status = 403
-                await _deny(scope, send, 403, {"error": "RBAC: access denied", "reason": result.reason})
+                # Which policy denied (and why) is the operator's to know, not the caller's (Envoy's
+                # body is "RBAC: access denied" too).
+                logger.info("deny: %s %s from %s: %s", method, path, peer and peer.spiffe_id, result.reason)
+                await _deny(scope, send, 403, {"error": "RBAC: access denied"})
                 return
             if peer is not None:
                 xfcc = xfcc_value(by=self._own_id(), peer=peer.spiffe_id, peer_der=peer.der)

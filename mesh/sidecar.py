@@ -68,6 +68,7 @@ from facade.config import (
     ServiceSpec,
     WeightedBackend,
 )
+from facade.error_log import RecentErrors
 from facade.listener import HeadLimits, guarded_protocol
 from facade.proxy import Proxy
 from facade.runtime import SnapshotHolder, bind, build_snapshot
@@ -210,7 +211,9 @@ class Sidecar:
         self.inbound_url = ""
         self.outbound_url = ""
         self.admin_url = ""
+        # Inbound and outbound share the edge's request-head rules and defaults (docs/security.md).
         self.head_limits = HeadLimits(max_head_bytes=60 * 1024, header_timeout=10.0)
+        self.errors = RecentErrors()  # upstream failures' details (admin GET /errors); clients see none
         self._inbound: InboundListener | None = None
         self._in_holder: SnapshotHolder | None = None
         self._in_upstreams: Upstreams | None = None
@@ -265,7 +268,7 @@ class Sidecar:
             )
             await self._in_upstreams.start()
             gate = PolicyGate(
-                Proxy(self._in_holder),
+                Proxy(self._in_holder, errors=self.errors),
                 own_id=lambda: self.spiffe_id,
                 state=lambda: self.gate_state,
                 destination=self.service,
@@ -286,7 +289,7 @@ class Sidecar:
         if opts.outbound is not None or outbound_sock is not None:
             assert self._out_holder is not None
             sock = outbound_sock or bind(opts.outbound or "")
-            await self._serve(_OutboundRecorder(Proxy(self._out_holder), self.metrics), sock, proxy=True)
+            await self._serve(_OutboundRecorder(Proxy(self._out_holder, errors=self.errors), self.metrics), sock, proxy=True)
             self.outbound_url = _url(sock)
         if self._out_upstreams is not None:
             await self._out_upstreams.start()
@@ -435,6 +438,7 @@ class Sidecar:
     def _install(self, doc: SidecarDocument, specs: list[ServiceSpec]) -> None:
         """First install: no await, nothing to keep in line yet."""
         self.doc = doc
+        self._apply_head_rules(doc)
         self.gate_state = GateState(doc.policies, doc.normalize)
         self._out_upstreams = Upstreams(specs, ssl_context_factory=self._outbound_ssl)
         self._out_holder = SnapshotHolder(
@@ -467,6 +471,7 @@ class Sidecar:
             )
         self.doc = doc
         self.gate_state = GateState(doc.policies, doc.normalize)
+        self._apply_head_rules(doc)
         self._out_holder.current = out_snapshot
         if in_snapshot is not None and self._in_holder is not None:
             self._in_holder.current = in_snapshot
@@ -499,6 +504,11 @@ class Sidecar:
         self.client_tls.swap(client)
         self._rotate_now.set()
         logger.warning("sidecar %s: trust bundle changed (v%d); renewing the SVID", self.service, doc.version)
+
+    def _apply_head_rules(self, doc: SidecarDocument) -> None:
+        # Both listeners read this holder per request head: the change applies to the next request.
+        self.head_limits.underscores = doc.headers_with_underscores
+        self.head_limits.max_headers_count = doc.max_request_headers_count
 
     async def _watch(self) -> None:
         """Long-poll the control plane forever; keep the last good document through outages."""
@@ -643,13 +653,17 @@ class Sidecar:
             return JSONResponse({"status": "ok", "service": self.service})
 
         async def metrics(request: Request) -> Response:
-            return Response(self.metrics.text(), media_type=CONTENT_TYPE)
+            text = self.metrics.text() + self.head_limits.stats.prometheus_text("mesh_sidecar").encode()
+            return Response(text, media_type=CONTENT_TYPE)
+
+        async def errors(request: Request) -> Response:
+            return JSONResponse({"errors": self.errors.view(request.query_params.get("request_id"))})
 
         async def config(request: Request) -> Response:
             return JSONResponse(self.config_view())
 
         return Starlette(
-            routes=[HttpRoute("/healthz", healthz), HttpRoute("/metrics", metrics), HttpRoute("/config", config)]
+            routes=[HttpRoute("/healthz", healthz), HttpRoute("/metrics", metrics), HttpRoute("/config", config), HttpRoute("/errors", errors)]
         )
 
 

@@ -64,6 +64,7 @@ Address = tuple[str, int, bool]
 """(host, port, tls): where a connection goes; connections are pooled per address."""
 
 MAX_RESPONSE_HEAD = 64 * 1024  # status line + headers (+ any 1xx before them); Envoy allows 60 KiB
+MAX_RESPONSE_HEADERS = 100  # header fields in a response head; more is a 502 (Envoy's max_headers_count)
 HIGH_WATER = 256 * 1024  # buffered response bytes at which reading from the upstream pauses
 LOW_WATER = 64 * 1024  # ...and resumes once the proxy has taken the buffer below this
 
@@ -326,6 +327,9 @@ class _Conn(asyncio.Protocol):
             self._informational = True  # 100 Continue, 103 Early Hints: the real response follows
             return
         headers, self._headers = self._headers, []
+        if len(headers) > MAX_RESPONSE_HEADERS:
+            self._protocol_error(f"response head with more than {MAX_RESPONSE_HEADERS} header fields")
+            return
         for name, value in headers:
             n = name.lower()
             if n == b"content-length":

@@ -871,3 +871,27 @@ def test_header_rules_cannot_touch_framing_or_host_nor_smuggle_control_character
         f"facade.yaml:4:30: routes[0].response_headers.set.transfer-encoding: header 'transfer-encoding' {reserved}",
         f"facade.yaml:4:65: routes[0].response_headers.set.x-nul: {control}",
     ]
+
+
+# -- request-head settings (issue 10) ---------------------------------------------------------------
+
+
+def test_request_head_settings_default_like_envoy_and_nginx() -> None:
+    config, problems = run("services: {a: {endpoints: [http://127.0.0.1:1]}}\nroutes: [{name: r, backend: a}]\n")
+    assert config is not None and problems == []
+    assert config.headers_with_underscores == "drop"
+    assert config.limits.max_request_headers_count == 100
+    assert config.debug_error_details is False
+
+
+def test_request_head_settings_are_read_and_validated() -> None:
+    base = "services: {a: {endpoints: [http://127.0.0.1:1]}}\nroutes: [{name: r, backend: a}]\n"
+    config, _ = run(
+        base + "headers_with_underscores: reject\ndebug_error_details: true\nlimits: {max_request_headers_count: 7}\n"
+    )
+    assert config is not None
+    assert (config.headers_with_underscores, config.debug_error_details) == ("reject", True)
+    assert config.limits.max_request_headers_count == 7
+    errors = messages(base + "headers_with_underscores: keep\nlimits: {max_request_headers_count: 0}\n")
+    assert any("headers_with_underscores" in e and "keep" in e for e in errors), errors
+    assert any("limits.max_request_headers_count: must be 1-10000, got 0" in e for e in errors), errors

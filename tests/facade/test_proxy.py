@@ -161,7 +161,7 @@ async def test_connect_failure_is_retried_on_another_endpoint(tmp_path):
                 assert r.status_code == 200 and r.json()["name"] == "live"
 
 
-async def test_dead_upstream_is_502_json_naming_route_and_backend(tmp_path):
+async def test_dead_upstream_is_502_json_whose_details_go_to_the_admin_api_only(tmp_path):
     async with raw_server(close_immediately) as dead_url:
         pass
     cfg = _cfg(f"  svc: {{endpoints: [{dead_url}]}}", "  - name: all\n    backend: svc")
@@ -169,7 +169,11 @@ async def test_dead_upstream_is_502_json_naming_route_and_backend(tmp_path):
         r = await client.get("/")
         assert r.status_code == 502
         body = r.json()
-        assert body["route"] == "all" and body["backend"] == "svc" and body["request_id"]
+        assert set(body) == {"error", "request_id"} and r.headers["x-request-id"] == body["request_id"]
+        admin = (await client.get(rt.admin_url + "/errors", params={"request_id": body["request_id"]})).json()
+        (entry,) = admin["errors"]
+        assert (entry["route"], entry["backend"], entry["status"]) == ("all", "svc", 502)
+        assert dead_url.rsplit(":", 1)[1] in entry["detail"]  # the address the client never saw
 
 
 async def test_reset_before_headers_is_502(tmp_path):
@@ -304,7 +308,7 @@ async def test_no_healthy_endpoint_is_503(tmp_path):
                     break
                 await asyncio.sleep(0.02)
             assert r.status_code == 503
-            assert r.json()["backend"] == "svc"
+            assert rt.errors.view(r.json()["request_id"])[0]["backend"] == "svc"
 
 
 async def _raw_get(base_url: str, path: str) -> tuple[int, bytes]:
@@ -415,7 +419,7 @@ async def test_a_full_connection_pool_answers_503_after_the_connect_timeout(tmp_
             t0 = time.monotonic()
             resp = await client.get("/next")
             waited = time.monotonic() - t0
-            assert resp.status_code == 503 and "exhausted" in resp.json()["detail"]
+            assert resp.status_code == 503 and "exhausted" in rt.errors.view(resp.json()["request_id"])[0]["detail"]
             assert waited < 2.0  # bounded by the connect timeout, not the 3 s request timeout
             pool = rt.holder.current.upstreams.get("svc")
             assert pool.endpoints[0].outcomes == {}  # a saturated service is not the endpoint's failure
@@ -559,9 +563,10 @@ async def test_a_request_header_that_cannot_be_sent_is_a_502_and_leaves_no_reque
         for value in ("日本", "a\r\nx-smuggled: 1"):
             sent = _Sent()
             scope = _http_scope({"facade.upstream_headers": [("x-forwarded-client-cert", value)]})
-            await Proxy(rt.holder)(scope, _empty_body, sent)
+            proxy = Proxy(rt.holder)
+            await proxy(scope, _empty_body, sent)
             assert sent.messages[0]["status"] == 502
-            assert json.loads(sent.messages[1]["body"])["backend"] == "svc"
+            assert proxy.errors.view(json.loads(sent.messages[1]["body"])["request_id"])[0]["backend"] == "svc"
             assert rt.holder.current.upstreams.get("svc").endpoints[0].in_flight == 0
     assert echo.requests == []
 
@@ -697,5 +702,6 @@ async def test_a_request_left_on_a_closed_pool_gets_503_and_no_outlier_report(tm
             assert pool.live_h1 is not None
             await pool.live_h1.close()
             resp = await client.get("/after")
-            assert resp.status_code == 503 and "reconfigured" in resp.json()["detail"]
+            assert resp.status_code == 503
+            assert "reconfigured" in rt.errors.view(resp.json()["request_id"])[0]["detail"]
             assert dict(pool.endpoints[0].outcomes) == {"success": 1}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 
 import pytest
@@ -90,3 +91,22 @@ def test_malformed_documents_are_refused(mutate: object) -> None:
     mutate(data)  # type: ignore[operator]
     with pytest.raises(DocumentError):
         SidecarDocument.from_json(data)
+
+
+def test_the_document_carries_the_edge_request_head_rules() -> None:
+    cfg = dataclasses.replace(
+        config(),
+        headers_with_underscores="reject",
+        limits=dataclasses.replace(config().limits, max_request_headers_count=42),
+    )
+    doc = build_document(cfg, "catalog", bundle_pem="PEM", version=1)
+    assert (doc.headers_with_underscores, doc.max_request_headers_count) == ("reject", 42)
+    assert SidecarDocument.from_json(doc.to_json()) == doc
+    # A document from a control plane that predates the rules gets the defaults.
+    data = doc.to_json()
+    del data["request_head"]
+    old = SidecarDocument.from_json(data)
+    assert (old.headers_with_underscores, old.max_request_headers_count) == ("drop", 100)
+    for bad in ({"headers_with_underscores": "keep"}, {"max_request_headers_count": 0}):
+        with pytest.raises(DocumentError):
+            SidecarDocument.from_json(doc.to_json() | {"request_head": bad})
