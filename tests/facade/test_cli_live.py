@@ -181,7 +181,7 @@ async def test_unreachable_admin_exits_6(tmp_path: Path, capsys: pytest.CaptureF
     for command in (("routes",), ("routes", "--json"), ("reload", "--token", TOKEN)):
         code, out, err = await run_cli(capsys, *command, *_admin(closed, tmp_path))
         assert code == EXIT_UNREACHABLE, (command, err)
-        assert out == "" and err.startswith("facade routes: cannot reach the facade's admin API at http://")
+        assert out == "" and err.startswith(f"facade {command[0]}: cannot reach the facade's admin API at {closed} ")
 
 
 def test_validate_exit_codes_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
