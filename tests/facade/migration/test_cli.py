@@ -18,8 +18,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from facade.cli import main
+from facade.cli import build_parser, main
 from facade.console import EXIT_GATE_FAILED, EXIT_INVALID, EXIT_NOT_FOUND, EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE
+from facade.migration.cli import gate_value
 from facade.migration.engine import Action, MigrationState, Refusal, apply, migration_status
 from facade.migration.gates import GateReport, GateResult, GateStatus
 from facade.migration.store import MigrationStore
@@ -151,7 +152,8 @@ async def test_actions_exit_codes_and_output(
         capsys.readouterr()
         assert await run_cli("migrate", "next", "shop", *common) == EXIT_GATE_FAILED  # step 2's gate fails
         err = capsys.readouterr().err
-        assert "error: gates fail: error_rate.max: 5% > 1%" in err and "error_rate.max  fail" in err
+        assert err.startswith("facade migrate next: gates fail: error_rate.max: 5% > 1%")
+        assert "error_rate.max  fail    5.00%  1.00%" in err  # values rounded, with their unit
 
         assert await run_cli("migrate", "next", "shop", "--force", *common) == EXIT_INVALID  # no reason
         assert await run_cli("migrate", "next", "shop", "--force", "--reason", "flaky", *common) == EXIT_OK
@@ -178,11 +180,37 @@ async def test_actions_exit_codes_and_output(
 
         assert await run_cli("migrate", "status", "shop", *common) == EXIT_OK
         text = capsys.readouterr().out
-        assert "state:   rolled_back" in text and "journal:" in text and "flaky" in text
+        assert "state:   rolled_back" in text and "journal" in text and "flaky" in text
+        # The journal counts steps as the status line and `migrate plan` do: start enters step 1, not 0.
+        journal = text[text.index("journal"):].splitlines()
+        assert journal[3].split()[:5] == ["1", "start", "ann", "pending", "0"] and journal[3].split()[5:7] == [
+            "running", "1"]
+        assert [line.split()[6] for line in journal[3:7]] == ["1", "2", "3", "0"]  # rollback --to 0
 
         assert await run_cli("migrate", "start", "shop", "--admin", url, "--token", "wrong", "-c", os.devnull) == EXIT_REFUSED
     # The listener is gone now: unreachable.
     assert await run_cli("migrate", "list", "--admin", url, "-c", os.devnull) == EXIT_UNREACHABLE
+
+
+def test_force_is_offered_only_where_it_overrides_something(capsys: pytest.CaptureFixture[str]) -> None:
+    for action in ("start", "pause", "rollback", "abort", "auto"):
+        with pytest.raises(SystemExit) as exc:
+            main(["migrate", action, "shop", "--force", "--reason", "x"])
+        assert exc.value.code == 2 and "unrecognized arguments: --force" in capsys.readouterr().err
+    for action in ("next", "resume", "promote"):
+        parsed = build_parser().parse_args(["migrate", action, "x"])
+        assert parsed.force is False
+
+
+def test_gate_values_are_rounded_with_their_unit() -> None:
+    assert gate_value("error_rate.max_delta", 0.181818) == "+0.18%"
+    assert gate_value("error_rate.max", 5) == "5.00%"
+    assert gate_value("diff_rate.max", 50.1818) == "50.18%"
+    assert gate_value("latency_p99.max_ratio", 1.23456) == "1.23x"
+    assert gate_value("latency_p99.max_ms", 250.04) == "250.0 ms"
+    assert gate_value("min_requests", 37.0) == "37 req"
+    assert gate_value("plaintext_requests.max", 0.0) == "0"
+    assert gate_value("latency_p99.max_ratio", None) == "-"
 
 
 def test_plan_with_an_mtls_step_needs_a_mesh_section(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
