@@ -35,7 +35,8 @@ def register(sub: Any) -> None:
     p.add_argument("--admin-listen", metavar="HOST:PORT", help="override the config's admin.listen address")
     p.add_argument("--state-dir", metavar="DIR", help="override the config's state_dir (durable migration state, CA)")
     p.add_argument("--no-watch", action="store_true", help="do not reload when the config file changes")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", default="info", metavar="LEVEL", choices=["debug", "info", "warning", "error"],
+                   help="debug, info (default), warning or error")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("validate", help="check a config file (and its migration plans); exit 2 when invalid")
