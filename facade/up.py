@@ -528,8 +528,8 @@ class Stack:
         try:
             with httpx.Client(timeout=1.0, trust_env=False) as client:
                 while pending:
-                    progress.update(f"waiting for {', '.join(sorted(pending))} to answer its health check",
-                                    elapsed(since))  # fmt: skip
+                    what = "its health check" if len(pending) == 1 else "their health checks"
+                    progress.update(f"waiting for {', '.join(sorted(pending))} to answer {what}", elapsed(since))
                     for name in sorted(pending):
                         running = self.running[name]
                         self._raise_if_exited(running, during="startup")
