@@ -25,6 +25,7 @@ from facade.migration.engine import Action, MigrationState, Refusal, apply, migr
 from facade.migration.gates import GateReport, GateResult, GateStatus
 from facade.migration.store import MigrationStore
 from tests.facade.migration.test_engine import PLAN
+from tests.facade.migration.stack import TOKEN, migration_stack
 from tests.servers import serve_app
 
 REPO = Path(__file__).resolve().parents[3]
@@ -219,3 +220,29 @@ def test_plan_with_an_mtls_step_needs_a_mesh_section(project: Path, capsys: pyte
     assert main(["migrate", "plan", str(plan), "-c", str(project / "facade.yaml")]) == EXIT_INVALID
     err = capsys.readouterr().err
     assert f"{plan}:7:11: steps[1].mtls: an mtls step needs a 'mesh:' section in the facade config" in err
+
+
+async def test_auto_wait_follows_the_migration_to_its_end(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FACADE_ADMIN_TOKEN", raising=False)
+    plan = """\
+        name: shop
+        route: catalog
+        from: monolith
+        to: catalog
+        interval: 0.2s
+        steps: [{weight: 50}, {weight: 100}]
+        """
+    async with migration_stack(tmp_path, plan) as s:
+        common = ["--admin", s.runtime.admin_url, "--token", TOKEN, "-c", str(tmp_path / "facade.yaml")]
+        assert await run_cli("migrate", "start", "shop", *common) == EXIT_OK
+        capsys.readouterr()
+        assert await run_cli("migrate", "auto", "shop", "--wait", *common) == EXIT_OK
+        out, err = capsys.readouterr()
+        # Not a terminal: one plain progress line per change, ending on the completed state.
+        lines = err.splitlines()
+        assert lines and lines[-1] == "shop: completed at 2/2 completed", err
+        assert all(line.startswith("shop: ") and "\r" not in line for line in lines)
+        assert (await s.status("shop"))["state"] == "completed"
