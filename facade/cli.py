@@ -60,7 +60,9 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argument
     return {}
 
 
-def iter_commands(parser: argparse.ArgumentParser, prog: str = "facade") -> Iterator[tuple[str, argparse.ArgumentParser]]:
+def iter_commands(
+    parser: argparse.ArgumentParser, prog: str = "facade"
+) -> Iterator[tuple[str, argparse.ArgumentParser]]:
     """Every command with its own parser, depth first: ("facade migrate next", parser), ..."""
     for name, child in _subcommands(parser).items():
         child_prog = f"{prog} {name}"
@@ -94,10 +96,16 @@ def render_reference(parser: argparse.ArgumentParser) -> str:
             if _subcommands(child):
                 walk(child, child_prog)
                 continue
-            positionals = [a.metavar or a.dest.upper() for a in child._actions
-                           if not a.option_strings and not isinstance(a, argparse._SubParsersAction)]
-            options = [f"`{_option_text(a)}`" for a in child._actions
-                       if a.option_strings and not isinstance(a, argparse._HelpAction)]
+            positionals = [
+                str(a.metavar or a.dest.upper())
+                for a in child._actions
+                if not a.option_strings and not isinstance(a, argparse._SubParsersAction)
+            ]
+            options = [
+                f"`{_option_text(a)}`"
+                for a in child._actions
+                if a.option_strings and not isinstance(a, argparse._HelpAction)
+            ]
             command = " ".join([child_prog, *positionals])
             text = _help_of(p, name).replace("|", "\\|")
             cell = ", ".join(options).replace("|", "\\|")

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
 __all__ = [
+    "DEMO_DIR",
     "EXIT_FAILURE",
     "EXIT_GATE_FAILED",
     "EXIT_INVALID",
@@ -34,20 +35,19 @@ __all__ = [
     "EXIT_OK",
     "EXIT_REFUSED",
     "EXIT_UNREACHABLE",
-    "DEMO_DIR",
     "AdminClient",
     "AdminError",
     "CliError",
     "Progress",
+    "add_admin_options",
+    "add_config_option",
+    "add_json_option",
     "admin_token",
     "command_name",
     "fail",
     "find_config",
-    "read_running",
-    "add_admin_options",
-    "add_config_option",
-    "add_json_option",
     "print_json",
+    "read_running",
     "render_table",
 ]
 
@@ -143,7 +143,11 @@ def add_admin_options(parser: argparse.ArgumentParser) -> None:
 
 
 def admin_token(
-    flag: str | None, config_token: str | None, *, config: str | None, env: Mapping[str, str] | None = None,
+    flag: str | None,
+    config_token: str | None,
+    *,
+    config: str | None,
+    env: Mapping[str, str] | None = None,
     demo_dir: str = DEMO_DIR,
 ) -> tuple[str | None, str, list[str]]:
     """(token, where it came from, every source tried) by the precedence ``--token`` > ``$FACADE_ADMIN_TOKEN``
@@ -192,8 +196,14 @@ class AdminError(CliError):
         self.body = body
 
 
-_STATUS_EXIT = {400: EXIT_INVALID, 401: EXIT_REFUSED, 403: EXIT_REFUSED, 404: EXIT_NOT_FOUND, 409: EXIT_REFUSED,
-                422: EXIT_INVALID}
+_STATUS_EXIT = {
+    400: EXIT_INVALID,
+    401: EXIT_REFUSED,
+    403: EXIT_REFUSED,
+    404: EXIT_NOT_FOUND,
+    409: EXIT_REFUSED,
+    422: EXIT_INVALID,
+}
 
 
 class AdminClient:
@@ -243,9 +253,7 @@ class AdminClient:
             headers["authorization"] = f"Bearer {self.token}"
         try:
             with httpx.Client(timeout=self.timeout) as client:
-                response = client.request(
-                    method, self.base_url + path, json=json_body, params=params, headers=headers
-                )
+                response = client.request(method, self.base_url + path, json=json_body, params=params, headers=headers)
         except httpx.HTTPError as exc:
             raise AdminError(
                 f"cannot reach the facade's admin API at {self.base_url} ({_reason(exc)}); is `facade up` or "

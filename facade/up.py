@@ -808,11 +808,14 @@ def fetch_bootstrap_token(admin_url: str, admin_token: str | None, service: str)
     except httpx.HTTPError as exc:
         raise StackError(f"cannot get a bootstrap token for {service}'s sidecar from {admin_url}: {exc}") from None
     if response.status_code != 200:
-        raise StackError(f"cannot get a bootstrap token for {service}'s sidecar: POST /mesh/tokens answered "
-                         f"{response.status_code} {response.text[:200]}")  # fmt: skip
+        try:
+            detail = str(response.json().get("error") or response.text[:200])
+        except (ValueError, AttributeError):
+            detail = response.text[:200] or response.reason_phrase
+        raise StackError(f"the facade refused a bootstrap token for {service}'s sidecar: {detail}")
     token = response.json().get("token")
     if not isinstance(token, str):
-        raise StackError(f"POST /mesh/tokens answered without a token: {response.text[:200]}")
+        raise StackError(f"the facade answered without a bootstrap token for {service}'s sidecar: {response.text[:200]}")
     return token
 
 

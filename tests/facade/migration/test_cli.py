@@ -24,8 +24,8 @@ from facade.migration.cli import gate_value
 from facade.migration.engine import Action, MigrationState, Refusal, apply, migration_status
 from facade.migration.gates import GateReport, GateResult, GateStatus
 from facade.migration.store import MigrationStore
-from tests.facade.migration.test_engine import PLAN
 from tests.facade.migration.stack import TOKEN, migration_stack
+from tests.facade.migration.test_engine import PLAN
 from tests.servers import serve_app
 
 REPO = Path(__file__).resolve().parents[3]
@@ -240,7 +240,7 @@ async def test_auto_wait_follows_the_migration_to_its_end(
         assert await run_cli("migrate", "start", "shop", *common) == EXIT_OK
         capsys.readouterr()
         assert await run_cli("migrate", "auto", "shop", "--wait", *common) == EXIT_OK
-        out, err = capsys.readouterr()
+        err = capsys.readouterr().err
         # Not a terminal: one plain progress line per change, ending on the completed state.
         lines = err.splitlines()
         assert lines and lines[-1] == "shop: completed at 2/2 completed", err
