@@ -225,7 +225,7 @@ def _fail(exc: AdminError, args: argparse.Namespace) -> int:
 def _step_text(status: dict[str, Any]) -> str:
     step, steps = status.get("step"), status.get("steps")
     if not step:
-        return "-"
+        return f"0/{steps}" if steps else "-"  # step 0: everything on the old service
     summary = status.get("step_summary")
     return f"{step}/{steps} {summary}" if summary else f"{step}/{steps}"
 

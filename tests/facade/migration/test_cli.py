@@ -246,3 +246,16 @@ async def test_auto_wait_follows_the_migration_to_its_end(
         assert lines and lines[-1] == "shop: completed at 2/2 completed", err
         assert all(line.startswith("shop: ") and "\r" not in line for line in lines)
         assert (await s.status("shop"))["state"] == "completed"
+
+
+def test_a_pause_step_says_what_it_waits_for_instead_of_an_empty_gate_table() -> None:
+    from facade.migration.cli import _render_status
+
+    status = {"name": "shop", "routes": ["catalog"], "from": "monolith", "to": "catalog", "state": "running",
+              "step": 6, "steps": 8, "step_summary": "pause (approve before full cutover)",
+              "gates": {"status": "pass", "results": []}, "routing": {}}  # fmt: skip
+    text = _render_status(status, journal=0)
+    assert "gates:   none on a pause step: it waits for `facade migrate resume`" in text
+    assert "GATE" not in text
+    status |= {"step": 2, "step_summary": "canary header x-canary=1"}
+    assert "gates:   pass (this step has no gates)" in _render_status(status, journal=0)
