@@ -9,6 +9,7 @@ the shipped mesh config moved to free ports and rewrites the commands' ports the
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -115,12 +116,22 @@ def test_demo_doc_and_readme_run_word_for_word_on_the_default_path(tmp_path: Pat
         try:
             out = read_until(up, "facade up: ready", timeout=90)
             assert "facade up: ready" in out, out + (up.stderr.read().decode() if up.poll() is not None else "")
+            assert out.startswith(f"facade up: config {config} (from -c)\n")
+            assert "waiting for catalog-sidecar, orders-sidecar to answer their health checks\n" in out  # no TTY
             pids = started_pids(out)
             for doc, command in todo:
                 runnable = port.sub(lambda m: f"{m.group(1)}:{ports[m.group(2)]}", command)
                 proc = subprocess.run(["bash", "-o", "pipefail", "-c", runnable], cwd=tmp_path, env=env,
                                       capture_output=True, text=True, timeout=180, check=False)  # fmt: skip
                 assert proc.returncode == 0, f"{doc}: `{command}` exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+            # Whatever the doc left, end with extract-catalog completed: all 8 mesh steps applied.
+            for action in ("rollback extract-catalog --to 0", "start extract-catalog",
+                           "promote extract-catalog --force --reason demo-test"):  # fmt: skip
+                subprocess.run(["bash", "-c", f"facade migrate {action}"], cwd=tmp_path, env=env, timeout=60,
+                               check=False, capture_output=True)  # fmt: skip
+            done = subprocess.run(["facade", "migrate", "status", "extract-catalog", "--json"], cwd=tmp_path,
+                                  env=env, capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+            assert json.loads(done.stdout)["state"] == "completed", done.stdout + done.stderr
             up.send_signal(signal.SIGTERM)
             up.wait(timeout=30)
         finally:
@@ -128,3 +139,28 @@ def test_demo_doc_and_readme_run_word_for_word_on_the_default_path(tmp_path: Pat
     assert up.returncode == 0
     assert all(gone(pid) for pid in pids.values())
     assert not (tmp_path / ".facade-demo" / "up.json").exists()  # nothing points at a stopped stack
+
+    # The plain demo in the same directory after the mesh run: its plans have one step fewer, which the
+    # mesh run's completed journal would refuse ("step 8 was already applied"); its state is its own.
+    plain = tmp_path / "facade.yaml"
+    text = Path(default_config_path()).read_text()
+    for old, new in zip(("8080", "9901", "8001", "8002", "8003"), free_ports(5), strict=True):
+        text = text.replace(f"127.0.0.1:{old}", f"127.0.0.1:{new}")
+    plans = Path(default_config_path()).parent / "migrations"
+    plain.write_text(text.replace("migrations: migrations/", f"migrations: {plans}"))
+    with subprocess.Popen([sys.executable, "-m", "facade", "up", "-c", str(plain)], cwd=tmp_path, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as up:  # fmt: skip
+        try:
+            out = read_until(up, "facade up: ready", timeout=60)
+            assert "facade up: ready" in out, out + (up.stderr.read().decode() if up.poll() is not None else "")
+            status = subprocess.run(["facade", "migrate", "status", "extract-catalog", "--json"], cwd=tmp_path,
+                                    env=env, capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+            assert status.returncode == 0, status.stderr
+            assert (json.loads(status.stdout)["state"], json.loads(status.stdout)["steps"]) == ("pending", 7)
+            up.send_signal(signal.SIGTERM)
+            up.wait(timeout=30)
+        finally:
+            up.kill()
+    assert up.returncode == 0
+    assert sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / ".facade-demo" / "facade").iterdir()) == [
+        "facade", "facade-mesh"]
