@@ -109,6 +109,10 @@ def find_config(flag: str | None, *, env: Mapping[str, str] | None = None, demo_
             if not os.path.isfile(given):
                 reason = "no such file" if not os.path.exists(given) else "not a file"
                 raise CliError(f"cannot read the config {given} (from {where}): {reason}", EXIT_INVALID)
+            try:
+                open(given, "rb").close()
+            except OSError as exc:
+                raise CliError(f"cannot read the config {given} (from {where}): {exc.strerror}", EXIT_INVALID) from None
             return given
     if os.path.isfile(DEFAULT_CONFIG):
         return DEFAULT_CONFIG

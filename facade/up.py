@@ -1,7 +1,7 @@
 """``facade up``: the whole demo stack on one laptop, in the foreground.
 
-    facade up                      # the shipped sample shop: monolith, catalog and orders services, facade
-    facade up --mesh               # the same with catalog and orders behind mesh sidecars (mTLS, policy)
+    facade up                      # the shipped sample shop, catalog and orders behind mesh sidecars (mTLS, policy)
+    facade up --no-mesh            # the same over plain HTTP
     facade up -c my.yaml --state-dir /tmp/demo
 
 The stack is a list of ``ChildSpec`` values built by a pure function from the config
@@ -256,7 +256,7 @@ def plan_stack(
                      "(no mTLS or policy between them)")  # fmt: skip
     elif sidecars and not meshed and any(s.name in SHOP_APPS for s in config.services):
         notes.append("mesh: no sidecars in this config (no mesh: section or no https:// service with an identity); "
-                     "`facade up --mesh` runs the shop behind sidecars")  # fmt: skip
+                     "`facade up` without --no-mesh runs the shop behind sidecars")  # fmt: skip
     specs.append(
         ChildSpec(
             "facade",

@@ -238,7 +238,7 @@ def test_facade_state_dir_and_the_sidecar_note() -> None:
     assert any("no `facade mesh sidecar`" in note for note in plan.notes)
     plan = plan_stack(config, config_path="c", state_dir="/s", python="py", admin_token=None, sidecars=True)
     assert not any("no `facade mesh sidecar`" in note for note in plan.notes)
-    assert any("`facade up --mesh` runs the shop behind sidecars" in note for note in plan.notes)
+    assert any("`facade up` without --no-mesh runs the shop behind sidecars" in note for note in plan.notes)
     assert [s.name for s in plan.specs] == ["monolith", "catalog", "facade"]  # no mesh section: no sidecars
 
 
