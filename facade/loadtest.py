@@ -457,7 +457,10 @@ class Rehearsal:
                     return False
                 self._dwell(1.0)
                 continue
-            self._set_gates(self.status.get("gates"))
+            # The status's own gates are the new step's (just entered: inconclusive); the journal entry of
+            # this transition keeps the report that let the step be left.
+            journal = self.status.get("journal") or []
+            self._set_gates(journal[-1].get("gates") if journal else self.status.get("gates"))
             self._close_phase("advanced")
             self._enter_step()
             return True

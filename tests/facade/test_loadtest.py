@@ -317,6 +317,9 @@ def test_diff_gate_stops_the_faulty_catalog_and_passes_the_fixed_one(tmp_path: P
     if fix_price:
         assert code == 0, output
         assert shadow["gates"]["status"] == "pass" and report["final_state"] == "completed"
+        # A step left by its gates shows the report that let it go, not the next step's first look.
+        advanced = [s for s in report["steps"] if s["outcome"] == "advanced"]
+        assert advanced and all((s["gates"] or {}).get("status") in (None, "pass") for s in advanced), advanced
     else:
         assert code == 5, output
         assert shadow["outcome"] == "gate failed" and shadow["gates"]["status"] == "fail"
