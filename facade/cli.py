@@ -13,9 +13,10 @@ import importlib
 import os
 import sys
 from collections.abc import Iterator, Sequence
+from typing import NoReturn
 
 from . import __version__
-from .console import EXIT_FAILURE, EXIT_INVALID, CliError, fail
+from .console import EXIT_FAILURE, EXIT_INVALID, CliError, command_name, fail
 
 __all__ = ["build_parser", "iter_commands", "main", "render_reference", "update_readme"]
 
@@ -33,8 +34,17 @@ COMMAND_MODULES = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one error format: usage, then ``facade <command>: message`` (exit 2).
+    Subparsers inherit the class, so every command reports bad usage the same way."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_INVALID, f"{self.prog}: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="facade",
         description="Carve microservices out of a monolith behind a routing facade.",
     )
@@ -127,7 +137,9 @@ def update_readme(path: str, reference: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # named by the command they were given to, not by `facade`
+        return fail(args, f"unrecognized arguments: {' '.join(extra)} (see {command_name(args)} --help)", EXIT_INVALID)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2

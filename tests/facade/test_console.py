@@ -176,3 +176,14 @@ def test_readme_cli_reference_is_generated_from_the_parser() -> None:
 def test_demo_state_and_loadtest_reports_are_ignored_by_git(path: str) -> None:
     proc = subprocess.run(["git", "check-ignore", "--no-index", "-q", path], cwd=ROOT, check=False, timeout=30)
     assert proc.returncode == 0, f"{path} is not in .gitignore"
+
+
+def test_usage_errors_use_the_same_format_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["migrate", "next"])
+    assert exc.value.code == EXIT_INVALID
+    err = capsys.readouterr().err
+    assert err.startswith("usage: facade migrate next") and err.endswith(
+        "\nfacade migrate next: the following arguments are required: name\n")
+    assert main(["routes", "--bogus"]) == EXIT_INVALID
+    assert capsys.readouterr().err == "facade routes: unrecognized arguments: --bogus (see facade routes --help)\n"
