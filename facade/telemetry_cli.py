@@ -141,7 +141,10 @@ def render_compare(report: dict[str, Any]) -> str:
     if report.get("window_s") is not None:
         scope = f"last {report['window_s']:g} s"
     elif report.get("step"):
-        scope = f"step {report['step']}"
+        # "extract-catalog step 3: weight 5" -> "step 3 of extract-catalog (weight 5)"
+        labelled = re.fullmatch(r"(.+) step (\d+): (.+)", str(report["step"]))
+        scope = (f"step {labelled[2]} of {labelled[1]} ({labelled[3]})" if labelled
+                 else f"step {report['step']}")  # fmt: skip
     else:
         scope = "all time"
     heading = f"route {report['route']}: {report['old_backend']} (old) vs {report['new_backend']} (new), {scope}"

@@ -169,8 +169,10 @@ def _cmd_action(args: argparse.Namespace) -> int:
         return EXIT_OK
     if isinstance(body, dict) and "state" in body:
         print(f"{body.get('name', args.name)}: {body.get('state')} at {_step_text(body)} -> {_routing_text(body)}")
-        if force and isinstance(body.get("gates"), dict) and body["gates"].get("status") != "pass":
-            print(f"(forced past gates that were {body['gates'].get('status')}: {args.reason})")
+        # The status's gates are the new step's; the transition's journal entry keeps the ones overridden.
+        left = (body.get("journal") or [{}])[-1].get("gates") if force else None
+        if isinstance(left, dict) and left.get("status") not in (None, "pass"):
+            print(f"forced past gates that were {left['status']}: {args.reason}")
     else:
         print(f"{args.name}: {action} done")
     if action == "auto" and getattr(args, "wait", False):

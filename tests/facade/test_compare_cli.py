@@ -134,6 +134,9 @@ async def test_compare_after_a_rollback_speaks_in_flags_and_step_numbers(
         assert code == EXIT_OK, err
         report = json.loads(out)
         assert report["step"] == "shop step 2: weight 100" and report["new"]["requests"] == 5
+        code, out, err = await run_cli(capsys, "compare", "catalog", "--step", "2", *admin)
+        assert code == EXIT_OK and out.startswith("route catalog: monolith (old) vs catalog (new), step 2 of shop "
+                                                  "(weight 100)\n"), out  # fmt: skip
         code, out, err = await run_cli(capsys, "compare", "catalog", "--step", "7", *admin)
         assert code == EXIT_INVALID and err.startswith("facade compare: no step 7 known on this route")
         # A route no plan moves: the error names the CLI's flags, not the API's parameters.

@@ -157,8 +157,10 @@ async def test_actions_exit_codes_and_output(
         assert "error_rate.max  fail    5.00%  1.00%" in err  # values rounded, with their unit
 
         assert await run_cli("migrate", "next", "shop", "--force", *common) == EXIT_INVALID  # no reason
+        capsys.readouterr()
         assert await run_cli("migrate", "next", "shop", "--force", "--reason", "flaky", *common) == EXIT_OK
         assert seen[-1]["force"] is True and seen[-1]["reason"] == "flaky"
+        assert "forced past gates that were fail: flaky" in capsys.readouterr().out  # why a failing step was left
         assert await run_cli("migrate", "start", "shop", *common) == EXIT_REFUSED
         assert await run_cli("migrate", "pause", "ghost", *common) == EXIT_NOT_FOUND
         assert await run_cli("migrate", "rollback", "shop", "--to", "0", "--json", *common) == EXIT_OK
