@@ -19,6 +19,8 @@ from .console import (
     add_admin_options,
     add_config_option,
     add_json_option,
+    fail,
+    find_config,
     print_json,
     render_table,
 )
@@ -29,11 +31,12 @@ __all__ = ["register"]
 def register(sub: Any) -> None:
     p = sub.add_parser("serve", help="run the facade (listener + admin) from a config file")
     add_config_option(p)
-    p.add_argument("--listen", help="override the config's listen address (host:port)")
-    p.add_argument("--admin-listen", help="override the config's admin.listen address (host:port)")
-    p.add_argument("--state-dir", help="override the config's state_dir (durable migration state, CA)")
+    p.add_argument("--listen", metavar="HOST:PORT", help="override the config's listen address")
+    p.add_argument("--admin-listen", metavar="HOST:PORT", help="override the config's admin.listen address")
+    p.add_argument("--state-dir", metavar="DIR", help="override the config's state_dir (durable migration state, CA)")
     p.add_argument("--no-watch", action="store_true", help="do not reload when the config file changes")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", default="info", metavar="LEVEL", choices=["debug", "info", "warning", "error"],
+                   help="debug, info (default), warning or error")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("validate", help="check a config file (and its migration plans); exit 2 when invalid")
@@ -72,6 +75,7 @@ def validate_all(config_path: str) -> tuple[Any, list[Any]]:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    args.config = find_config(args.config)
     config, problems = validate_all(args.config)
     errors = [p for p in problems if p.severity == "error"]
     if args.json:
@@ -91,6 +95,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .config import load_config
     from .errors import ConfigError
 
+    args.config = find_config(args.config)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args.config)
@@ -116,8 +121,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         return _run(_serve(config, args))
     except OSError as exc:
-        print(f"facade: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return fail(args, f"{exc.strerror or exc}", EXIT_FAILURE)
 
 
 def _run(coro: Any) -> int:
@@ -152,11 +156,7 @@ async def _serve(config: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_routes(args: argparse.Namespace) -> int:
-    try:
-        data = AdminClient.from_args(args).get("/routes")
-    except AdminError as exc:
-        print(f"facade: {exc}", file=sys.stderr)
-        return exc.exit_code
+    data = AdminClient.from_args(args).get("/routes")
     if args.json:
         print_json(data)
         return EXIT_OK
@@ -200,12 +200,11 @@ def cmd_reload(args: argparse.Namespace) -> int:
             if args.json:
                 print_json(exc.body)
             else:
-                print("reload rejected; the running config is unchanged:", file=sys.stderr)
+                fail(args, "the new config was rejected; the running config is unchanged:", EXIT_INVALID)
                 for p in exc.body.get("problems", []):
                     print("  " + p.get("text", str(p)), file=sys.stderr)
             return EXIT_INVALID
-        print(f"facade: {exc}", file=sys.stderr)
-        return exc.exit_code
+        raise
     if args.json:
         print_json(data)
     else:

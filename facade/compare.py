@@ -321,6 +321,11 @@ def render_table(comparison: Comparison) -> str:
         rows.append([row.metric, _cell(row.metric, row.old), _cell(row.metric, row.new), diff, relative,
                      p_value, significant, row.note])
     table = _render_table(["metric", "old", "new", "diff", "relative", "p-value", "significant", "note"], rows)
+    if comparison.diffs is not None and comparison.diffs.compared:
+        # "requests new 0" next to "10 of 10 shadowed responses differ" reads like a contradiction.
+        table += (f"\n\nnote: 'requests' counts what each side served to clients; the {comparison.diffs.compared} "
+                  "shadow copies the new side answered were only compared with the old side's responses "
+                  "(diff_rate), never served, so they are not counted there")
     return f"{table}\n\nverdict: {comparison.verdict}"
 
 

@@ -53,6 +53,8 @@ from .console import (
     EXIT_REFUSED,
     AdminClient,
     AdminError,
+    add_admin_options,
+    find_config,
     render_table,
 )
 
@@ -456,7 +458,10 @@ class Rehearsal:
                     return False
                 self._dwell(1.0)
                 continue
-            self._set_gates(self.status.get("gates"))
+            # The status's own gates are the new step's (just entered: inconclusive); the journal entry of
+            # this transition keeps the report that let the step be left.
+            journal = self.status.get("journal") or []
+            self._set_gates(journal[-1].get("gates") if journal else self.status.get("gates"))
             self._close_phase("advanced")
             self._enter_step()
             return True
@@ -667,29 +672,13 @@ def register(sub: Any) -> None:
                    f"{QUICK['step_duration']:g}s steps (under 30 s)")  # fmt: skip
     p.add_argument("--host", default=None, metavar="URL", help="the facade's URL (default: from the config's listen)")
     p.add_argument("--locustfile", default=None, help="another locustfile (default: the shipped shop users)")
-    p.add_argument(
-        "-c",
-        "--config",
-        default=None,
-        help="config file (default: $FACADE_CONFIG, ./facade.yaml, else the shipped demo config)",
-    )
-    p.add_argument("--admin", metavar="URL", help="admin listener URL (default: from the config's admin.listen)")
-    p.add_argument("--token", help="admin bearer token (default: $FACADE_ADMIN_TOKEN, then the config's admin.token)")
-    p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
+    add_admin_options(p)  # -c/--config, --admin, --token, --json: the lookup every command shares
     p.set_defaults(func=cmd_loadtest)
 
 
 def _config_path(arg: str | None) -> str:
-    if arg:
-        return arg
-    env = os.environ.get("FACADE_CONFIG")
-    if env:
-        return env
-    if os.path.exists("facade.yaml"):
-        return "facade.yaml"
-    from .up import default_config_path
-
-    return default_config_path()
+    """The one lookup order of every command (``facade.console.find_config``); raises CliError (exit 2)."""
+    return find_config(arg)
 
 
 def _host_from_config(path: str) -> str | None:

@@ -13,12 +13,22 @@ the API can never disagree.
 from __future__ import annotations
 
 import argparse
-import sys
+import re
 import time
 from typing import Any
 
 from .compare import compare, render_table
-from .console import EXIT_FAILURE, EXIT_INVALID, EXIT_OK, AdminClient, AdminError, add_admin_options, print_json
+from .console import (
+    EXIT_FAILURE,
+    EXIT_INVALID,
+    EXIT_OK,
+    AdminClient,
+    AdminError,
+    CliError,
+    add_admin_options,
+    fail,
+    print_json,
+)
 from .stats import DiffCounts, SideStats
 
 __all__ = ["cmd_compare", "cmd_diffs", "format_diffs", "register", "render_compare"]
@@ -29,51 +39,81 @@ def register(sub: Any) -> None:
     p = sub.add_parser("compare", help="old vs new path of a route: requests, errors, latency, diff rate, verdict")
     p.add_argument("route", help="route name (as in the config)")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--step", help="a migration step: its number in the plan or its label; default: the route's current step")
-    which.add_argument("--window", help="a rolling window instead of a step: 1m or 5m (or seconds)")
-    p.add_argument("--old", help="old backend (default: the primary of the migration in force)")
-    p.add_argument("--new", help="new backend (default: the candidate of the migration in force)")
+    which.add_argument("--step", metavar="N|LABEL",
+                       help="a migration step: its number as in `facade migrate plan`, or its label; "
+                            "default: the route's current step")  # fmt: skip
+    which.add_argument("--window", metavar="D", help="a rolling window instead of a step: 1m or 5m (or seconds)")
+    p.add_argument("--old", metavar="SERVICE",
+                   help="old backend (default: the `from` service of the route's migration)")  # fmt: skip
+    p.add_argument("--new", metavar="SERVICE",
+                   help="new backend (default: the `to` service of the route's migration)")  # fmt: skip
     add_admin_options(p)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("diffs", help="recent shadow responses that differed from the primary, field by field")
     p.add_argument("route", help="route name (as in the config)")
-    p.add_argument("--limit", type=int, default=10, help="newest N samples (default 10)")
+    p.add_argument("--limit", type=int, default=10, metavar="N", help="newest N samples (default 10)")
     add_admin_options(p)
     p.set_defaults(func=cmd_diffs)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    client = AdminClient.from_args(args)
     params = {"route": args.route}
     for name in ("step", "window", "old", "new"):
         value = getattr(args, name, None)
         if value:
             params[name] = value
+    if not (args.old and args.new):
+        # After a rollback no split is in force, but the route's plan still says who is old and new.
+        plan = _plan_of(client, args.route)
+        if plan is not None:
+            params.setdefault("old", str(plan.get("from")))
+            params.setdefault("new", str(plan.get("to")))
     try:
-        report = AdminClient.from_args(args).get("/compare", **params)
+        report = client.get("/compare", **params)
     except AdminError as exc:
-        print(f"facade compare: {exc}", file=sys.stderr)
-        return exc.exit_code
+        raise CliError(flag_names(str(exc)), exc.exit_code) from None
     if args.json:
         print_json(report)
         return EXIT_OK
     try:
         print(render_compare(report))
     except (KeyError, TypeError, ValueError) as exc:
-        print(f"facade compare: unexpected report from the admin API: {exc!r}", file=sys.stderr)
-        return EXIT_FAILURE
+        return fail(args, f"unexpected report from the admin API: {exc!r}", EXIT_FAILURE)
     return EXIT_OK
+
+
+def _plan_of(client: AdminClient, route: str) -> dict[str, Any] | None:
+    """The migration that moves ``route`` (the running or latest one if several do), or None."""
+    try:
+        body = client.get("/migrations")
+    except AdminError as exc:
+        if exc.status == 404:  # a facade without the migration feature
+            return None
+        raise
+    items = body.get("migrations", []) if isinstance(body, dict) else list(body or [])
+    covering = [m for m in items if isinstance(m, dict) and route in (m.get("routes") or ())]
+    active = [m for m in covering if m.get("state") in ("running", "paused")]
+    chosen = active or sorted(covering, key=lambda m: float(m.get("updated_at") or 0.0), reverse=True)
+    return chosen[0] if chosen else None
+
+
+_API_PARAMS = re.compile(r"\b(old|new|step|window|limit)=")
+
+
+def flag_names(message: str) -> str:
+    """The admin API names its query parameters (``old=``); the CLI's user gave flags (``--old``)."""
+    return _API_PARAMS.sub(lambda m: f"--{m.group(1)}", message).replace("?route=NAME", "ROUTE")
 
 
 def cmd_diffs(args: argparse.Namespace) -> int:
     if args.limit < 1:
-        print("facade diffs: --limit must be at least 1", file=sys.stderr)
-        return EXIT_INVALID
+        return fail(args, "--limit must be at least 1", EXIT_INVALID)
     try:
         report = AdminClient.from_args(args).get("/diffs", route=args.route, limit=args.limit)
     except AdminError as exc:
-        print(f"facade diffs: {exc}", file=sys.stderr)
-        return exc.exit_code
+        raise CliError(flag_names(str(exc)), exc.exit_code) from None
     if args.json:
         print_json(report)
     else:
@@ -101,7 +141,10 @@ def render_compare(report: dict[str, Any]) -> str:
     if report.get("window_s") is not None:
         scope = f"last {report['window_s']:g} s"
     elif report.get("step"):
-        scope = f"step {report['step']}"
+        # "extract-catalog step 3: weight 5" -> "step 3 of extract-catalog (weight 5)"
+        labelled = re.fullmatch(r"(.+) step (\d+): (.+)", str(report["step"]))
+        scope = (f"step {labelled[2]} of {labelled[1]} ({labelled[3]})" if labelled
+                 else f"step {report['step']}")  # fmt: skip
     else:
         scope = "all time"
     heading = f"route {report['route']}: {report['old_backend']} (old) vs {report['new_backend']} (new), {scope}"

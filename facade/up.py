@@ -1,7 +1,7 @@
 """``facade up``: the whole demo stack on one laptop, in the foreground.
 
-    facade up                      # the shipped sample shop: monolith, catalog and orders services, facade
-    facade up --mesh               # the same with catalog and orders behind mesh sidecars (mTLS, policy)
+    facade up                      # the shipped sample shop, catalog and orders behind mesh sidecars (mTLS, policy)
+    facade up --no-mesh            # the same over plain HTTP
     facade up -c my.yaml --state-dir /tmp/demo
 
 The stack is a list of ``ChildSpec`` values built by a pure function from the config
@@ -18,11 +18,19 @@ the sidecars find their control plane. A sidecar's one-use bootstrap token is fe
 facade (``POST /mesh/tokens``) just before it starts (``Stack(prepare=...)``).
 Every child runs in its own process group; stopping sends SIGTERM to each group, waits up
 to ``STOP_GRACE`` seconds, then SIGKILLs what is left, so no process outlives ``facade up``.
+
+The state dir (default ``./.facade-demo``) holds ``logs/``, ``data/`` (the shop's databases),
+``facade/<config>-<hash>/`` (the facade's durable state, one per config file, so the mesh and the
+plain demo never read each other's migration journal), ``admin-token`` (0600, made once and
+reused, read by every command run from this directory) and, while the stack runs, ``up.json``
+(the config and URLs, so ``facade routes`` & co. find the running demo without ``-c``).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import secrets
 import signal
@@ -39,7 +47,17 @@ from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from .config import Config
-from .console import EXIT_FAILURE, EXIT_INVALID, EXIT_OK, render_table
+from .console import (
+    DEMO_DIR,
+    EXIT_FAILURE,
+    EXIT_INVALID,
+    EXIT_OK,
+    RUNNING_FILE,
+    TOKEN_FILE,
+    Progress,
+    elapsed,
+    render_table,
+)
 from .errors import ConfigError, FacadeError
 
 __all__ = [
@@ -54,18 +72,21 @@ __all__ = [
     "StackError",
     "StackPlan",
     "default_config_path",
+    "describe_exit",
+    "facade_state_key",
     "fetch_bootstrap_token",
     "find_taken_ports",
     "free_loopback_ports",
     "has_mesh_sidecar",
     "install_stop_handlers",
+    "load_or_create_token",
     "plan_stack",
     "register",
     "render_ready",
     "serve_has_state_dir",
 ]
 
-DEFAULT_STATE_DIR = ".facade-demo"
+DEFAULT_STATE_DIR = DEMO_DIR
 DEFAULT_HEALTH_TIMEOUT = 20.0  # seconds, for the whole startup
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 LOG_TAIL_LINES = 20
@@ -235,7 +256,7 @@ def plan_stack(
                      "(no mTLS or policy between them)")  # fmt: skip
     elif sidecars and not meshed and any(s.name in SHOP_APPS for s in config.services):
         notes.append("mesh: no sidecars in this config (no mesh: section or no https:// service with an identity); "
-                     "`facade up --mesh` runs the shop behind sidecars")  # fmt: skip
+                     "`facade up` without --no-mesh runs the shop behind sidecars")  # fmt: skip
     specs.append(
         ChildSpec(
             "facade",
@@ -327,8 +348,14 @@ def _check_distinct_ports(specs: Iterable[ChildSpec]) -> None:
             seen[listen.port] = listen.label
 
 
-def render_ready(plan: StackPlan, pids: dict[str, int], *, config_path: str, token: str | None, log_dir: str) -> str:
-    """The table (facade first, then admin, then backends) and what to try next."""
+def render_ready(
+    plan: StackPlan, pids: dict[str, int], *, config_path: str, token: str | None, log_dir: str,
+    token_file: str | None = None, found_here: bool = True,
+) -> str:  # fmt: skip
+    """The table (facade first, then admin, then backends) and what to try next.
+
+    ``found_here``: the state dir is ``./.facade-demo``, so commands run from this directory find the
+    config and the token by themselves; otherwise the commands shown carry ``-c CONFIG``."""
     facade = next(s for s in plan.specs if s.name == "facade")
     rows = [(listen.label, listen.url, pids.get(facade.name, "")) for listen in facade.listens]
     rows += [
@@ -337,7 +364,8 @@ def render_ready(plan: StackPlan, pids: dict[str, int], *, config_path: str, tok
         if spec.name != "facade"
         for listen in spec.listens
     ]
-    url, admin = plan.facade_url, plan.admin_url
+    url = plan.facade_url
+    c = "" if found_here else f" -c {config_path}"
     lines = [
         render_table(("NAME", "URL", "PID"), rows),
         "",
@@ -346,19 +374,22 @@ def render_ready(plan: StackPlan, pids: dict[str, int], *, config_path: str, tok
         f"  curl -s '{url}/catalog/products?q=mug'",
         f"  curl -s -X POST {url}/orders -H 'content-type: application/json' \\",
         '       -d \'{"user_id": 1, "items": [{"product_id": 1, "quantity": 2}]}\'',
-        f"  facade routes --admin {admin}",
-        f"  facade validate -c {config_path}",
+        f"  facade routes{c}",
+        f"  facade validate{c}",
         "",
         "next: rehearse a cutover",
-        f"  facade migrate list --admin {admin}",
-        f"  facade migrate plan extract-catalog -c {config_path}",
-        f"  facade migrate start extract-catalog --admin {admin}",
-        f"  facade migrate next extract-catalog --admin {admin}      # after the hold, when the gates pass",
-        f"  facade compare catalog --admin {admin}                   # old vs new, side by side",
-        f"  facade loadtest extract-catalog --host {url} --admin {admin}",
+        f"  facade migrate list{c}",
+        f"  facade migrate plan extract-catalog{c}",
+        f"  facade migrate start extract-catalog{c}",
+        f"  facade migrate next extract-catalog{c}      # after the hold, when the gates pass",
+        f"  facade compare catalog{c}                   # old vs new, side by side",
+        f"  facade loadtest extract-catalog --quick{c}",
     ]
+    if found_here:
+        lines += ["", "commands run from this directory find this stack's config and admin token by themselves"]
     if token:
-        lines += ["", f"admin token: {token}", f"  export FACADE_ADMIN_TOKEN={token}"]
+        saved = f" (saved in {token_file}, 0600)" if token_file else ""
+        lines += ["", f"admin token: {token}{saved}", f"  export FACADE_ADMIN_TOKEN={token}"]
     else:
         lines += ["", "admin token: the config's admin.token (or $FACADE_ADMIN_TOKEN)"]
     lines += [f"logs: {log_dir}"]
@@ -397,6 +428,17 @@ class ChildFailed(FacadeError):
     def report(self) -> str:
         tail = "\n".join("    " + line for line in self.log_tail.splitlines()) or "    (empty)"
         return f"{self.name} {self.reason}; last {LOG_TAIL_LINES} lines of {self.log_path}:\n{tail}"
+
+
+def describe_exit(code: int) -> str:
+    """``exited with code 1``, or for a negative Popen code ``was killed by SIGKILL (signal 9)``."""
+    if code >= 0:
+        return f"exited with code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = "an unknown signal"
+    return f"was killed by {name} (signal {-code})"
 
 
 class Interrupted(FacadeError):
@@ -481,36 +523,43 @@ class Stack:
         import httpx
 
         pending = {s.name for s in group if s.name in self.running}
-        with httpx.Client(timeout=1.0, trust_env=False) as client:
-            while pending:
-                for name in sorted(pending):
-                    running = self.running[name]
-                    self._raise_if_exited(running, during="startup")
-                    try:
-                        status = client.get(running.spec.health_url).status_code
-                    except httpx.HTTPError:
-                        continue
-                    if 200 <= status < 400:
-                        pending.discard(name)
-                if not pending:
-                    break
-                if self.stop_signal is not None:
-                    raise Interrupted(f"stopped by signal {self.stop_signal} during startup")
-                if time.monotonic() > deadline:
-                    name = min(pending)
-                    running = self.running[name]
-                    raise ChildFailed(
-                        name,
-                        f"did not become healthy at {running.spec.health_url} within {self.health_timeout:g} s",
-                        exit_code=None, log_path=str(running.log_path), log_tail=log_tail(running.log_path),
-                    )  # fmt: skip
-                time.sleep(POLL_INTERVAL)
+        progress = Progress(self.out)  # a live line on a terminal, one line per change in a log
+        since = time.monotonic()
+        try:
+            with httpx.Client(timeout=1.0, trust_env=False) as client:
+                while pending:
+                    what = "its health check" if len(pending) == 1 else "their health checks"
+                    progress.update(f"waiting for {', '.join(sorted(pending))} to answer {what}", elapsed(since))
+                    for name in sorted(pending):
+                        running = self.running[name]
+                        self._raise_if_exited(running, during="startup")
+                        try:
+                            status = client.get(running.spec.health_url).status_code
+                        except httpx.HTTPError:
+                            continue
+                        if 200 <= status < 400:
+                            pending.discard(name)
+                    if not pending:
+                        break
+                    if self.stop_signal is not None:
+                        raise Interrupted(f"stopped by signal {self.stop_signal} during startup")
+                    if time.monotonic() > deadline:
+                        name = min(pending)
+                        running = self.running[name]
+                        raise ChildFailed(
+                            name,
+                            f"did not become healthy at {running.spec.health_url} within {self.health_timeout:g} s",
+                            exit_code=None, log_path=str(running.log_path), log_tail=log_tail(running.log_path),
+                        )  # fmt: skip
+                    time.sleep(POLL_INTERVAL)
+        finally:
+            progress.clear()
 
     def _raise_if_exited(self, running: _Running, *, during: str) -> None:
         code = running.process.poll()
         if code is not None:
             raise ChildFailed(
-                running.spec.name, f"exited with code {code} during {during}", exit_code=code,
+                running.spec.name, f"{describe_exit(code)} during {during}", exit_code=code,
                 log_path=str(running.log_path), log_tail=log_tail(running.log_path),
             )  # fmt: skip
 
@@ -589,11 +638,14 @@ def default_config_path(*, mesh: bool = False) -> str:
 def register(sub: Any) -> None:
     p = sub.add_parser("up", help="run the demo stack (sample shop + facade) in the foreground; Ctrl-C stops it")
     p.add_argument(
-        "-c", "--config", default=None, help="config file (default: the shipped demo config, see --mesh)"
-    )
+        "-c", "--config", default=None, metavar="FILE",
+        help="config file (default: the shipped demo config, see --mesh)",
+    )  # fmt: skip
     p.add_argument(
-        "--state-dir", default=DEFAULT_STATE_DIR, help=f"logs and databases (default: ./{DEFAULT_STATE_DIR})"
-    )
+        "--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR",
+        help=f"logs, databases, the facade's state (one per config) and the admin token "
+             f"(default: ./{DEFAULT_STATE_DIR})",
+    )  # fmt: skip
     p.add_argument(
         "--mesh",
         action=argparse.BooleanOptionalAction,
@@ -606,19 +658,52 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_up)
 
 
+def facade_state_key(config_path: str) -> str:
+    """The facade state's folder name for a config: ``facade-mesh-1a2b3c4d``. Two configs (the mesh and
+    the plain demo) never share a migration journal, whose applied steps one plan file cannot undo."""
+    stem = Path(config_path).stem or "config"
+    return f"{stem}-{hashlib.sha256(os.path.abspath(config_path).encode()).hexdigest()[:8]}"
+
+
+def load_or_create_token(path: Path) -> str:
+    """The admin token saved at ``path``, or a new one written there with mode 0600. Reused across runs,
+    so an ``export FACADE_ADMIN_TOKEN`` from yesterday still works."""
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        token = ""
+    if token:
+        return token
+    token = secrets.token_urlsafe(24)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(token + "\n")
+    os.chmod(path, 0o600)  # also when the file existed (empty) with a wider mode
+    return token
+
+
 def cmd_up(args: argparse.Namespace) -> int:
+    if args.config is not None and not os.path.isfile(args.config):
+        print(f"facade up: cannot read the config {args.config} (from -c): no such file", file=sys.stderr)
+        return EXIT_INVALID
     config_path = os.path.abspath(args.config or default_config_path(mesh=args.mesh))
     state_dir = Path(args.state_dir).resolve()
+    which = ("the shipped demo, " + ("mesh on: catalog and orders behind mTLS sidecars; --no-mesh for plain HTTP"
+             if args.mesh else "plain HTTP (--no-mesh); without it the services run behind mesh sidecars")
+             if args.config is None else "from -c")  # fmt: skip
+    print(f"facade up: config {config_path} ({which})", flush=True)
     try:
         config = load_stack_config(config_path)
         for warning in getattr(config, "warnings", ()):
             print(str(warning), file=sys.stderr)
-        # The config's own admin.token wins in the facade; only generate one when it has none.
-        token = None if config.admin.token else secrets.token_urlsafe(24)
+        # The config's own admin.token wins in the facade; only make (or reuse) one when it has none.
+        token = None if config.admin.token else load_or_create_token(state_dir / TOKEN_FILE)
         plan = plan_stack(
             config, config_path=config_path, state_dir=str(state_dir), python=sys.executable, admin_token=token,
             pythonpath=_pythonpath(),
-            facade_state_dir=str(state_dir / "facade") if serve_has_state_dir() else None,
+            facade_state_dir=(str(state_dir / "facade" / facade_state_key(config_path)) if serve_has_state_dir()
+                              else None),
             sidecars=has_mesh_sidecar(), internal_ports=free_loopback_ports(),
         )  # fmt: skip
     except ConfigError as exc:
@@ -651,14 +736,25 @@ def cmd_up(args: argparse.Namespace) -> int:
     stack = Stack(plan.specs, log_dir=state_dir / "logs", prepare=prepare)
     restore = install_stop_handlers(stack.request_stop)
     try:
-        return _run(stack, plan, args, config_path=config_path, token=token)
+        return _run(stack, plan, args, config_path=config_path, token=token, state_dir=state_dir)
     finally:
-        # 5. Whatever happened, nothing we started outlives us.
+        # 5. Whatever happened, nothing we started outlives us (and nothing points at it any more).
+        (state_dir / RUNNING_FILE).unlink(missing_ok=True)
         stack.stop()
         restore()
 
 
-def _run(stack: Stack, plan: StackPlan, args: argparse.Namespace, *, config_path: str, token: str | None) -> int:
+def _write_running(state_dir: Path, plan: StackPlan, config_path: str) -> None:
+    """``up.json``: what commands run from this directory read to find the running stack."""
+    doc = {"config": config_path, "facade": plan.facade_url, "admin": plan.admin_url, "pid": os.getpid()}
+    tmp = state_dir / (RUNNING_FILE + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, state_dir / RUNNING_FILE)
+
+
+def _run(
+    stack: Stack, plan: StackPlan, args: argparse.Namespace, *, config_path: str, token: str | None, state_dir: Path
+) -> int:
     # 2 + 3. Start the stages, each healthy before the next.
     try:
         stack.start(wait=not args.no_wait)
@@ -672,8 +768,11 @@ def _run(stack: Stack, plan: StackPlan, args: argparse.Namespace, *, config_path
     except StackError as exc:  # a sidecar's bootstrap token could not be had
         print(f"facade up: {exc}; stopping the rest", file=sys.stderr, flush=True)
         return EXIT_FAILURE
-    # 4. Tell the user where everything is.
-    print(render_ready(plan, stack.pids, config_path=config_path, token=token, log_dir=str(stack.log_dir)))
+    # 4. Tell the user (and the commands they run next) where everything is.
+    _write_running(state_dir, plan, config_path)
+    found_here = state_dir == Path(DEMO_DIR).resolve()
+    print(render_ready(plan, stack.pids, config_path=config_path, token=token, log_dir=str(stack.log_dir),
+                       token_file=str(state_dir / TOKEN_FILE) if token else None, found_here=found_here))  # fmt: skip
     print("facade up: ready (Ctrl-C stops everything)", flush=True)
     # 5. Stay in the foreground until a signal, or until a child dies.
     failure = stack.supervise()
@@ -709,11 +808,14 @@ def fetch_bootstrap_token(admin_url: str, admin_token: str | None, service: str)
     except httpx.HTTPError as exc:
         raise StackError(f"cannot get a bootstrap token for {service}'s sidecar from {admin_url}: {exc}") from None
     if response.status_code != 200:
-        raise StackError(f"cannot get a bootstrap token for {service}'s sidecar: POST /mesh/tokens answered "
-                         f"{response.status_code} {response.text[:200]}")  # fmt: skip
+        try:
+            detail = str(response.json().get("error") or response.text[:200])
+        except (ValueError, AttributeError):
+            detail = response.text[:200] or response.reason_phrase
+        raise StackError(f"the facade refused a bootstrap token for {service}'s sidecar: {detail}")
     token = response.json().get("token")
     if not isinstance(token, str):
-        raise StackError(f"POST /mesh/tokens answered without a token: {response.text[:200]}")
+        raise StackError(f"the facade answered without a bootstrap token for {service}'s sidecar: {response.text[:200]}")
     return token
 
 

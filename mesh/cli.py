@@ -31,6 +31,7 @@ from facade.console import (
     EXIT_REFUSED,
     EXIT_UNREACHABLE,
     add_json_option,
+    fail,
     print_json,
     render_table,
 )
@@ -57,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     p = ca_sub.add_parser("init", help="create the CA's ECDSA P-256 root under STATE_DIR/ca")
     _add_state_dir(p)
-    p.add_argument("--trust-domain", required=True, help="the SPIFFE trust domain, e.g. shop.local")
+    p.add_argument("--trust-domain", required=True, metavar="DOMAIN", help="the SPIFFE trust domain, e.g. shop.local")
     p.add_argument("--force", action="store_true", help="replace an existing CA (invalidates every issued cert)")
     p.add_argument(
         "--drop-previous",
@@ -70,8 +71,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p = ca_sub.add_parser("issue", help="issue an X.509-SVID (key generated locally; a development helper)")
     _add_state_dir(p)
     p.add_argument("--id", required=True, dest="spiffe_id", help="the SPIFFE ID, e.g. spiffe://shop.local/ns/shop/sa/x")
-    p.add_argument("--out", required=True, help="directory for key.pem, cert.pem and bundle.pem (created 0700)")
-    p.add_argument("--ttl", default="24h", help="certificate lifetime (default 24h)")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory for key.pem, cert.pem and bundle.pem (created 0700)")
+    p.add_argument("--ttl", default="24h", metavar="D", help="certificate lifetime (default 24h)")
     add_json_option(p)
     p.set_defaults(func=_cmd_issue)
 
@@ -84,18 +85,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.set_defaults(func=_cmd_revoke)
 
     p = mesh_sub.add_parser("sidecar", help="run a service's sidecar: inbound mTLS + policy, outbound mTLS, admin")
-    p.add_argument("--service", required=True, help="the service this sidecar fronts (a name in facade.yaml)")
-    p.add_argument("--control-plane", required=True, help="the facade's admin URL, e.g. http://127.0.0.1:9901")
+    p.add_argument("--service", required=True, metavar="NAME", help="the service this sidecar fronts (a name in facade.yaml)")
+    p.add_argument("--control-plane", required=True, metavar="URL", help="the facade's admin URL, e.g. http://127.0.0.1:9901")
     p.add_argument(
         "--bootstrap-token",
         default=os.environ.get(ENV_BOOTSTRAP_TOKEN),
+        metavar="TOKEN",
         help=f"one-use token from POST /mesh/tokens (default: ${ENV_BOOTSTRAP_TOKEN})",
     )
     p.add_argument("--inbound", metavar="HOST:PORT", help="inbound listener (mTLS per the service's mode); needs --app")
     p.add_argument("--app", metavar="URL", help="the local app the inbound listener forwards to")
     p.add_argument("--outbound", metavar="HOST:PORT", help="outbound listener for the app's calls (Host: <service>)")
     p.add_argument("--admin", metavar="HOST:PORT", help="admin listener: /healthz, /metrics, /config")
-    p.add_argument("--poll-wait", default="30s", help="control-plane long-poll wait (default 30s)")
+    p.add_argument("--poll-wait", default="30s", metavar="D", help="control-plane long-poll wait (default 30s)")
     add_json_option(p)
     p.set_defaults(func=_cmd_sidecar)
 
@@ -107,7 +109,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _add_state_dir(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="state directory (default: .facade)")
+    parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR", help="state directory (default: .facade)")
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -115,9 +117,8 @@ def _usage(parser: argparse.ArgumentParser) -> int:
     return EXIT_INVALID
 
 
-def _fail(message: str, code: int) -> int:
-    print(f"facade mesh: {message}", file=sys.stderr)
-    return code
+def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+    return fail(args, message, code)  # "facade mesh ca init: ...", like every command
 
 
 def _describe(ca: CertificateAuthority) -> dict[str, Any]:
@@ -147,34 +148,34 @@ def _cmd_init(args: argparse.Namespace) -> int:
             args.state_dir, args.trust_domain, force=args.force, keep_previous=not args.drop_previous
         )
     except CaExists as exc:
-        return _fail(str(exc), EXIT_REFUSED)
+        return _fail(args, str(exc), EXIT_REFUSED)
     except CaError as exc:
-        return _fail(str(exc), EXIT_INVALID)
+        return _fail(args, str(exc), EXIT_INVALID)
     except OSError as exc:
-        return _fail(f"cannot write the CA: {exc}", EXIT_FAILURE)
+        return _fail(args, f"cannot write the CA: {exc}", EXIT_FAILURE)
     _print_ca(_describe(ca), args.json)
     return EXIT_OK
 
 
-def _load(state_dir: str) -> CertificateAuthority | int:
+def _load(args: argparse.Namespace) -> CertificateAuthority | int:
     try:
-        return CertificateAuthority.load(state_dir)
+        return CertificateAuthority.load(args.state_dir)
     except CaNotFound as exc:
-        return _fail(str(exc), EXIT_NOT_FOUND)
+        return _fail(args, str(exc), EXIT_NOT_FOUND)
     except CaError as exc:
-        return _fail(str(exc), EXIT_FAILURE)
+        return _fail(args, str(exc), EXIT_FAILURE)
 
 
 def _cmd_issue(args: argparse.Namespace) -> int:
     try:
         spiffe_id = SpiffeId.parse_workload(args.spiffe_id)
     except InvalidSpiffeId as exc:
-        return _fail(f"--id {args.spiffe_id!r}: {exc}", EXIT_INVALID)
+        return _fail(args, f"--id {args.spiffe_id!r}: {exc}", EXIT_INVALID)
     try:
         ttl = timedelta(seconds=parse_duration(args.ttl)) if args.ttl else DEFAULT_SVID_TTL
     except ValueError as exc:
-        return _fail(f"--ttl: {exc}", EXIT_INVALID)
-    ca = _load(args.state_dir)
+        return _fail(args, f"--ttl: {exc}", EXIT_INVALID)
+    ca = _load(args)
     if isinstance(ca, int):
         return ca
     # The key is made here and handed to the CA only as a CSR, exactly as a sidecar would.
@@ -182,12 +183,12 @@ def _cmd_issue(args: argparse.Namespace) -> int:
     try:
         cert_pem = ca.sign_csr(csr_pem, spiffe_id=spiffe_id, ttl=ttl)
     except CsrRejected as exc:
-        return _fail(str(exc), EXIT_INVALID)
+        return _fail(args, str(exc), EXIT_INVALID)
     identity = WorkloadIdentity.from_pem(key, cert_pem)
     try:
         out = identity.write(args.out, bundle_pem=ca.trust_bundle_pem)
     except OSError as exc:
-        return _fail(f"cannot write to {args.out}: {exc}", EXIT_FAILURE)
+        return _fail(args, f"cannot write to {args.out}: {exc}", EXIT_FAILURE)
     info = {
         "spiffe_id": str(spiffe_id),
         "serial": format(identity.leaf.serial_number, "x"),
@@ -231,7 +232,7 @@ def _cmd_revoke(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    ca = _load(args.state_dir)
+    ca = _load(args)
     if isinstance(ca, int):
         return ca
     if args.bundle:
@@ -247,9 +248,9 @@ def _cmd_sidecar(args: argparse.Namespace) -> int:
     from .sidecar import ControlPlaneError, Sidecar, SidecarOptions
 
     if not args.bootstrap_token:
-        return _fail(f"--bootstrap-token (or ${ENV_BOOTSTRAP_TOKEN}) is required", EXIT_INVALID)
+        return _fail(args, f"--bootstrap-token (or ${ENV_BOOTSTRAP_TOKEN}) is required", EXIT_INVALID)
     if not (args.inbound or args.outbound):
-        return _fail("give --inbound (with --app) and/or --outbound", EXIT_INVALID)
+        return _fail(args, "give --inbound (with --app) and/or --outbound", EXIT_INVALID)
     try:
         options = SidecarOptions(
             service=args.service,
@@ -262,7 +263,7 @@ def _cmd_sidecar(args: argparse.Namespace) -> int:
             poll_wait=parse_duration(args.poll_wait),
         )
     except ValueError as exc:
-        return _fail(str(exc), EXIT_INVALID)
+        return _fail(args, str(exc), EXIT_INVALID)
 
     async def run() -> int:
         sidecar = Sidecar(options)
@@ -270,10 +271,10 @@ def _cmd_sidecar(args: argparse.Namespace) -> int:
             await sidecar.start()
         except ControlPlaneError as exc:
             await sidecar.stop()
-            return _fail(str(exc), EXIT_REFUSED if exc.status in (401, 403, 404) else EXIT_UNREACHABLE)
+            return _fail(args, str(exc), EXIT_REFUSED if exc.status in (401, 403, 404) else EXIT_UNREACHABLE)
         except OSError as exc:
             await sidecar.stop()
-            return _fail(str(exc), EXIT_FAILURE)
+            return _fail(args, str(exc), EXIT_FAILURE)
         ready = {
             "service": sidecar.service,
             "spiffe_id": str(sidecar.spiffe_id),

@@ -26,9 +26,13 @@ from ..console import (
     EXIT_REFUSED,
     AdminClient,
     AdminError,
+    Progress,
     add_admin_options,
     add_config_option,
     add_json_option,
+    elapsed,
+    fail,
+    find_config,
     print_json,
     render_table,
 )
@@ -51,6 +55,10 @@ _ACTION_HELP = {
     "promote": "jump straight to 100%% on the new service (needs --force and --reason)",
     "auto": "let the controller advance after each hold and roll back on failing gates (--off: manual)",
 }
+# Actions whose checks --force overrides: next/resume (a step's hold and gates), promote (every remaining
+# step). The engine ignores force elsewhere, so the other actions do not offer it.
+_FORCEABLE = ("next", "resume", "promote")
+_FINAL_STATES = ("completed", "rolled_back", "aborted")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -79,12 +87,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     for action, text in _ACTION_HELP.items():
         p = sub.add_parser(action, help=text, description=text.replace("%%", "%"))
         p.add_argument("name")
-        p.add_argument("--force", action="store_true", help="override hold and gates (needs --reason)")
+        if action in _FORCEABLE:
+            p.add_argument("--force", action="store_true", help="override hold and gates (needs --reason)")
         p.add_argument("--reason", default="", help="why; recorded in the journal")
         if action == "rollback":
             p.add_argument("--to", type=int, metavar="N", help="step number to go back to (0 = all on the old service)")
         if action == "auto":
             p.add_argument("--off", action="store_true", help="turn auto mode off (manual steps again)")
+            p.add_argument("--wait", action="store_true",
+                           help="follow the migration until it completes, rolls back or waits at a pause step")
         add_admin_options(p)
         p.set_defaults(func=_cmd_action, action=action)
 
@@ -137,10 +148,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_action(args: argparse.Namespace) -> int:
     action = "manual" if args.action == "auto" and getattr(args, "off", False) else args.action
-    if args.force and not args.reason.strip():
-        print("error: --force needs --reason: say why the checks are overridden", file=sys.stderr)
-        return EXIT_INVALID
-    payload = {"force": args.force, "reason": args.reason, "to": getattr(args, "to", None), "actor": _actor()}
+    force = bool(getattr(args, "force", False))
+    if force and not args.reason.strip():
+        return fail(args, "--force needs --reason: say why the checks are overridden", EXIT_INVALID)
+    payload = {"force": force, "reason": args.reason, "to": getattr(args, "to", None), "actor": _actor()}
     try:
         client = AdminClient.from_args(args)
         path = f"/migrations/{quote(args.name, safe='')}"
@@ -158,9 +169,44 @@ def _cmd_action(args: argparse.Namespace) -> int:
         return EXIT_OK
     if isinstance(body, dict) and "state" in body:
         print(f"{body.get('name', args.name)}: {body.get('state')} at {_step_text(body)} -> {_routing_text(body)}")
+        # The status's gates are the new step's; the transition's journal entry keeps the ones overridden.
+        left = (body.get("journal") or [{}])[-1].get("gates") if force else None
+        if isinstance(left, dict) and left.get("status") not in (None, "pass"):
+            print(f"forced past gates that were {left['status']}: {args.reason}")
     else:
         print(f"{args.name}: {action} done")
+    if action == "auto" and getattr(args, "wait", False):
+        return _follow(client, path, args)
     return EXIT_OK
+
+
+def _follow(client: AdminClient, path: str, args: argparse.Namespace, *, poll: float = 1.0) -> int:
+    """``migrate auto --wait``: a progress line until the migration ends or needs a human.
+    Exit 0 when completed, EXIT_GATE_FAILED when the controller rolled it back."""
+    import time
+
+    progress = Progress()
+    since = time.monotonic()
+    while True:
+        status = client.get(path, journal=0)
+        state = status.get("state")
+        gates = status.get("gates") if isinstance(status.get("gates"), dict) else {}
+        text = f"{args.name}: {state} at {_step_text(status)}"
+        detail = f"gates {gates.get('status')} " if gates else ""
+        if status.get("hold_left"):
+            detail += f"hold {status['hold_left']:.0f}s left "
+        progress.update(text, detail + elapsed(since))
+        if state in _FINAL_STATES or not status.get("auto"):
+            progress.done()
+            if state == "completed":
+                return EXIT_OK
+            return fail(args, f"{state}{': ' + status['reason'] if status.get('reason') else ''}", EXIT_GATE_FAILED)
+        if state == "paused" or status.get("step_kind") == "pause" or "pause" in str(status.get("step_summary")):
+            progress.done()
+            print(f"{args.name} waits for a human at step {status.get('step')}: "
+                  f"`facade migrate resume {args.name}` approves it")  # fmt: skip
+            return EXIT_OK
+        time.sleep(poll)
 
 
 def _fail(exc: AdminError, args: argparse.Namespace) -> int:
@@ -168,7 +214,7 @@ def _fail(exc: AdminError, args: argparse.Namespace) -> int:
     code = _CODE_EXIT.get(str(body.get("code")), exc.exit_code)
     if getattr(args, "json", False) and body:
         print_json(body)
-    print(f"error: {body.get('error') or exc}", file=sys.stderr)
+    fail(args, str(exc), code)
     gates = body.get("gates")
     if isinstance(gates, dict) and gates.get("results") and not getattr(args, "json", False):
         print(_render_gates(gates), file=sys.stderr)
@@ -181,7 +227,7 @@ def _fail(exc: AdminError, args: argparse.Namespace) -> int:
 def _step_text(status: dict[str, Any]) -> str:
     step, steps = status.get("step"), status.get("steps")
     if not step:
-        return "-"
+        return f"0/{steps}" if steps else "-"  # step 0: everything on the old service
     summary = status.get("step_summary")
     return f"{step}/{steps} {summary}" if summary else f"{step}/{steps}"
 
@@ -201,14 +247,39 @@ def _routing_text(status: dict[str, Any]) -> str:
     return "; ".join(parts) or "-"
 
 
-def _render_gates(gates: dict[str, Any]) -> str:
-    rows = [(r.get("name"), r.get("status"), _num(r.get("value")), _num(r.get("threshold")), r.get("message"))
-            for r in gates.get("results", [])]
+def _render_gates(gates: dict[str, Any], *, step_summary: str = "") -> str:
+    results = gates.get("results") or []
+    if not results:
+        if step_summary.startswith("pause"):
+            return "gates:   none on a pause step: it waits for `facade migrate resume` (the human approval)"
+        return f"gates:   {gates.get('status')} (this step has no gates)"
+    rows = [(r.get("name"), r.get("status"), gate_value(r.get("name"), r.get("value")),
+             gate_value(r.get("name"), r.get("threshold")), r.get("message")) for r in results]  # fmt: skip
     return f"gates: {gates.get('status')}\n" + render_table(["GATE", "STATUS", "VALUE", "LIMIT", "DETAIL"], rows)
 
 
-def _num(value: Any) -> str:
-    return "-" if value is None else f"{value:g}" if isinstance(value, (int, float)) else str(value)
+# A gate's value is in its limit's unit (facade.migration.gates.GateResult): percent, ms, a ratio or a count.
+_GATE_UNITS = {"max": "%", "max_delta": "%", "max_ms": "ms", "max_ratio": "x"}
+
+
+def gate_value(name: Any, value: Any) -> str:
+    """A gate value for people: rounded, with its unit (``error_rate.max_delta`` 0.1818 -> ``+0.18%``)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return "-" if value is None else str(value)
+    metric, _, check = str(name).partition(".")
+    if metric == "min_requests":
+        return f"{value:.0f} req"
+    if metric == "plaintext_requests":
+        return f"{value:.0f}"
+    unit = _GATE_UNITS.get(check, "")
+    if unit == "%":
+        sign = "+" if check == "max_delta" and value > 0 else ""
+        return f"{sign}{value:.2f}%"
+    if unit == "ms":
+        return f"{value:.1f} ms"
+    if unit == "x":
+        return f"{value:.2f}x"
+    return f"{value:.4g}"
 
 
 def _render_status(status: dict[str, Any], *, journal: int) -> str:
@@ -225,12 +296,12 @@ def _render_status(status: dict[str, Any], *, journal: int) -> str:
         lines.append(f"reason:  {status['reason']}")
     gates = status.get("gates")
     if isinstance(gates, dict):
-        lines.append(_render_gates(gates))
+        lines.append(_render_gates(gates, step_summary=str(status.get("step_summary") or "")))
     entries = (status.get("journal") or [])[-journal:] if journal > 0 else []
     if entries:
-        lines.append("journal:")
-        rows = [(e.get("version"), e.get("action"), e.get("actor"), f"{e.get('from_state')}:{e.get('from_step')}",
-                 f"{e.get('to_state')}:{e.get('to_step')}", e.get("reason")) for e in entries]
+        lines.append("journal (steps counted as in `facade migrate plan`; 0 = all on the old service):")
+        rows = [(e.get("version"), e.get("action"), e.get("actor"), f"{e.get('from_state')} {e.get('from_step')}",
+                 f"{e.get('to_state')} {e.get('to_step')}", e.get("reason")) for e in entries]
         lines.append(render_table(["#", "ACTION", "ACTOR", "FROM", "TO", "REASON"], rows))
     return "\n".join(lines)
 
@@ -239,6 +310,7 @@ def _render_status(status: dict[str, Any], *, journal: int) -> str:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
+    args.config = find_config(args.config)
     try:
         routes, services, plans_dir, mesh = _plan_context(args.config)
     except ConfigError as exc:
@@ -251,8 +323,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     if plan is None:
         if any(p.severity == "error" for p in problems):
             return EXIT_INVALID
-        print(f"error: no plan named {args.name!r} in {args.plans or plans_dir}", file=sys.stderr)
-        return EXIT_NOT_FOUND
+        return fail(args, f"no plan named {args.name!r} in {args.plans or plans_dir}", EXIT_NOT_FOUND)
     if args.json:
         print_json({**plan.to_json(), "source": plan.source, "content_hash": plan.content_hash,
                     "step_hashes": list(plan.step_hashes)})

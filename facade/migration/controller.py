@@ -49,6 +49,7 @@ from .engine import (
     apply,
     auto_tick,
     check_plan_edit,
+    display_step,
     effective_split,
     migration_status,
     mirroring_step,
@@ -387,8 +388,9 @@ class MigrationController:
         #    new split is counted in the old step's window; then the one-reference swap.
         self._route(plan, committed)
         logger.info("migration %s: %s by %s: %s:%d -> %s:%d%s", plan.name, transition.action, transition.actor,
-                    transition.from_phase.value, transition.from_step + 1, transition.to_phase.value,
-                    transition.to_step + 1, f" ({transition.reason})" if transition.reason else "")
+                    transition.from_phase.value, display_step(transition.from_phase, transition.from_step, len(plan.steps)),
+                    transition.to_phase.value, display_step(transition.to_phase, transition.to_step, len(plan.steps)),
+                    f" ({transition.reason})" if transition.reason else "")
         self._sync_auto()
         return committed
 

@@ -20,6 +20,10 @@ when they reach the plan's ``threshold`` (Flagger).  ``manual`` turns auto mode 
 Nothing here does I/O: the caller supplies ``now`` and the gate report, commits the returned
 ``Transition`` through ``MigrationStore.commit`` and derives routing from ``effective_split``.
 Step numbers shown to people (and ``Action.to``) are 1-based; ``MigrationState.step`` is 0-based.
+Everything a person or script reads (the status document, its journal, messages, the CLI,
+``facade migrate plan``) uses the people's numbering, ``display_step``: 1..N for the plan's steps,
+0 for "everything on ``from``" (pending, rolled back, aborted), N once completed. Only the store
+keeps the 0-based index.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ __all__ = [
     "apply",
     "auto_tick",
     "check_plan_edit",
+    "display_step",
     "effective_split",
     "frame_hash",
     "migration_status",
@@ -506,8 +511,11 @@ def check_plan_edit(state: MigrationState, old_step_hashes: tuple[str, ...], new
                        "sticky cannot change; roll it back first")
     for index in range(min(applied, len(old_step_hashes))):
         if index >= len(new_plan.steps):
-            return Problem(where, 1, 1, "steps", f"plan {new_plan.name!r} is {state.phase.value} at step "
-                           f"{state.step + 1}: step {index + 1} was already applied and cannot be removed")
+            where_now = (f"{state.phase.value} at step {display_step(state.phase, state.step, len(old_step_hashes))}"
+                         if state.phase is not Phase.COMPLETED else state.phase.value)
+            return Problem(where, 1, 1, "steps", f"plan {new_plan.name!r} is {where_now}: step {index + 1} was "
+                           "already applied and cannot be removed; roll it back first (`facade migrate rollback "
+                           f"{new_plan.name} --to 0`), or keep its state apart (another state_dir)")
         if new_plan.steps[index].hash != old_step_hashes[index]:
             step = new_plan.steps[index]
             return Problem(where, step.line or 1, step.col or 1, f"steps[{index}]",
@@ -517,6 +525,24 @@ def check_plan_edit(state: MigrationState, old_step_hashes: tuple[str, ...], new
 
 
 # -- the status document (admin API and CLI share it) ----------------------------------------------
+
+
+def display_step(phase: Phase | str, index: int, steps: int) -> int:
+    """The step number people see for a 0-based ``index`` in ``phase``: 1..N while running or paused,
+    N once completed, 0 when everything is on ``from`` (pending, rolled back, aborted)."""
+    phase = Phase(phase)
+    if phase in _ACTIVE:
+        return index + 1
+    return steps if phase is Phase.COMPLETED else 0
+
+
+def _journal_entry(entry: Mapping[str, Any], steps: int) -> dict[str, Any]:
+    out = dict(entry)
+    for side in ("from", "to"):
+        state, step = out.get(f"{side}_state"), out.get(f"{side}_step")
+        if isinstance(step, int) and state in {p.value for p in Phase}:
+            out[f"{side}_step"] = display_step(str(state), step, steps)
+    return out
 
 
 def migration_status(
@@ -532,7 +558,7 @@ def migration_status(
     ``step`` is the 1-based number people see (0 before the first step / after a rollback).
     """
     active = state.phase in _ACTIVE
-    number = state.step + 1 if active else (len(plan.steps) if state.phase is Phase.COMPLETED else 0)
+    number = display_step(state.phase, state.step, len(plan.steps))
     step = plan.steps[state.step] if active and state.step < len(plan.steps) else None
     hold_left = None
     if step is not None and now is not None and state.phase is Phase.RUNNING:
@@ -565,5 +591,5 @@ def migration_status(
         "plan_hash": plan.content_hash,
         "routing": routing,
         "gates": gate_report.to_json() if gate_report is not None else None,
-        "journal": [dict(entry) for entry in journal],
+        "journal": [_journal_entry(entry, len(plan.steps)) for entry in journal],
     }

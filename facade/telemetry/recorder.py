@@ -213,6 +213,14 @@ class Telemetry:
 
     # -- queries ----------------------------------------------------------------------------------
 
+    def steps(self, route: str) -> list[str]:
+        """Every step label ``route`` has a window for, past steps included (``facade compare --step N``
+        after a rollback reads them)."""
+        labels = {label for r, label in self._epochs if r == route}
+        labels |= {label for r, label in self._by_step if r == route}
+        labels |= {label for r, label in self._diffs if r == route}
+        return sorted(labels)
+
     def routes(self) -> list[str]:
         return sorted({route for route, _ in self._rings} | {route for route, _ in self._diffs})
 

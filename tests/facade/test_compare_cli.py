@@ -14,6 +14,7 @@ from facade.cli import main
 from facade.console import EXIT_INVALID, EXIT_NOT_FOUND, EXIT_OK, EXIT_UNREACHABLE
 from facade.telemetry_cli import format_diffs, render_compare
 from sample_monolith import catalog, monolith
+from tests.facade.migration.stack import TOKEN, migration_stack
 from tests.facade.test_shadow import shadow_facade
 from tests.servers import serve_app
 
@@ -44,6 +45,8 @@ async def test_compare_and_diffs_against_the_running_facade(tmp_path: Path, caps
         assert out.startswith("route catalog: monolith (old) vs catalog (new), all time")
         assert "diff_rate" in out and "66.67 %" in out
         assert "verdict: new path has different responses for 66.7 % of shadowed requests (2 of 3)" in out
+        # The new side served nothing, yet answered 3 copies: the report says why both are true.
+        assert "note: 'requests' counts what each side served to clients; the 3 shadow copies" in out
 
         code, out, err = await run_cli(capsys, "compare", "catalog", "--window", "1m", "--json", *admin)
         assert code == EXIT_OK, err
@@ -98,3 +101,44 @@ def test_format_diffs_without_samples() -> None:
         "learned noise (ignored): $.nonce",
         "no differing shadow responses",
     ]
+
+
+async def test_compare_after_a_rollback_speaks_in_flags_and_step_numbers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FACADE_ADMIN_TOKEN", raising=False)
+    plan = """\
+        name: shop
+        route: catalog
+        from: monolith
+        to: catalog
+        steps: [{weight: 50}, {weight: 100}]
+        """
+    async with migration_stack(tmp_path, plan) as s:
+        admin = ("--admin", s.runtime.admin_url, "--token", TOKEN, "-c", str(tmp_path / "facade.yaml"))
+        assert (await s.act("shop", "start")).status_code == 200
+        for _ in range(10):
+            assert (await s.client.get("/catalog/item")).status_code == 200
+        assert (await s.act("shop", "next", force=True, reason="test")).status_code == 200  # step 2: all new
+        for _ in range(5):
+            assert (await s.client.get("/catalog/item")).status_code == 200
+        assert (await s.act("shop", "rollback", to=0)).status_code == 200
+
+        # No split is in force now: the route's plan still says who is old and who is new.
+        code, out, err = await run_cli(capsys, "compare", "catalog", "--window", "1m", *admin)
+        assert code == EXIT_OK, err
+        assert out.startswith("route catalog: monolith (old) vs catalog (new), last 60 s")
+        # Step 2 is no longer in force but its window is known; it is numbered as `migrate plan` numbers it.
+        code, out, err = await run_cli(capsys, "compare", "catalog", "--step", "2", "--json", *admin)
+        assert code == EXIT_OK, err
+        report = json.loads(out)
+        assert report["step"] == "shop step 2: weight 100" and report["new"]["requests"] == 5
+        code, out, err = await run_cli(capsys, "compare", "catalog", "--step", "2", *admin)
+        assert code == EXIT_OK and out.startswith("route catalog: monolith (old) vs catalog (new), step 2 of shop "
+                                                  "(weight 100)\n"), out  # fmt: skip
+        code, out, err = await run_cli(capsys, "compare", "catalog", "--step", "7", *admin)
+        assert code == EXIT_INVALID and err.startswith("facade compare: no step 7 known on this route")
+        # A route no plan moves: the error names the CLI's flags, not the API's parameters.
+        code, out, err = await run_cli(capsys, "compare", "default", *admin)
+        assert code == EXIT_INVALID and "give --old and --new" in err and "old=" not in err, err

@@ -98,8 +98,14 @@ def test_plan_is_a_name_or_a_plan_file(tmp_path: Path) -> None:
 
 def test_locustfile_is_found_and_quick_settings_are_short(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # from any directory
+    monkeypatch.delenv("FACADE_CONFIG", raising=False)
     assert find_locustfile().name == "locustfile.py" and (find_locustfile().parent / "shape.py").is_file()
     from facade.cli import build_parser
+    from facade.up import default_config_path
+
+    # The config comes by the lookup every command shares; here: the `facade up` running from this directory.
+    (tmp_path / ".facade-demo").mkdir()
+    (tmp_path / ".facade-demo" / "up.json").write_text(json.dumps({"config": default_config_path()}))
 
     args = build_parser().parse_args(["loadtest", "extract-catalog", "--quick", "--out", "o"])
     s = settings_from_args(args)
@@ -311,6 +317,9 @@ def test_diff_gate_stops_the_faulty_catalog_and_passes_the_fixed_one(tmp_path: P
     if fix_price:
         assert code == 0, output
         assert shadow["gates"]["status"] == "pass" and report["final_state"] == "completed"
+        # A step left by its gates shows the report that let it go, not the next step's first look.
+        advanced = [s for s in report["steps"] if s["outcome"] == "advanced"]
+        assert advanced and all((s["gates"] or {}).get("status") in (None, "pass") for s in advanced), advanced
     else:
         assert code == 5, output
         assert shadow["outcome"] == "gate failed" and shadow["gates"]["status"] == "fail"

@@ -185,12 +185,16 @@ def test_ready_table_lists_facade_first_then_admin_then_backends() -> None:
         ["catalog", "http://127.0.0.1:18002", "20"],
     ]
     assert "curl -si http://127.0.0.1:18080/catalog/products/1" in text
-    assert "facade routes --admin http://127.0.0.1:19901" in text
-    assert "facade validate -c /c.yaml" in text
+    # Run from the directory of ./.facade-demo, commands find the config and token themselves.
+    commands = [line.split("#")[0].strip() for line in text.splitlines() if line.startswith("  facade ")]
+    assert commands[:3] == ["facade routes", "facade validate", "facade migrate list"]
+    assert "facade loadtest extract-catalog --quick" in commands
     assert "export FACADE_ADMIN_TOKEN=tok" in text
-    assert "facade migrate start extract-catalog --admin http://127.0.0.1:19901" in text
-    assert "facade compare catalog --admin http://127.0.0.1:19901" in text
-    assert "facade loadtest extract-catalog --host http://127.0.0.1:18080 --admin http://127.0.0.1:19901" in text
+    elsewhere = render_ready(plan, {}, config_path="/c.yaml", token="tok", log_dir="s/logs", found_here=False,
+                             token_file="s/admin-token")  # fmt: skip
+    commands = [line.split("#")[0].strip() for line in elsewhere.splitlines() if line.startswith("  facade ")]
+    assert commands and all(c.endswith(" -c /c.yaml") for c in commands)
+    assert "admin token: tok (saved in s/admin-token, 0600)" in elsewhere
 
 
 def test_listen_urls_for_wildcard_and_ipv6_hosts() -> None:
@@ -244,7 +248,7 @@ def test_facade_state_dir_and_the_sidecar_note() -> None:
     assert any("no `facade mesh sidecar`" in note for note in plan.notes)
     plan = plan_stack(config, config_path="c", state_dir="/s", python="py", admin_token=None, sidecars=True)
     assert not any("no `facade mesh sidecar`" in note for note in plan.notes)
-    assert any("`facade up --mesh` runs the shop behind sidecars" in note for note in plan.notes)
+    assert any("`facade up` without --no-mesh runs the shop behind sidecars" in note for note in plan.notes)
     assert [s.name for s in plan.specs] == ["monolith", "catalog", "facade"]  # no mesh section: no sidecars
 
 

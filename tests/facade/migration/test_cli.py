@@ -18,11 +18,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from facade.cli import main
+from facade.cli import build_parser, main
 from facade.console import EXIT_GATE_FAILED, EXIT_INVALID, EXIT_NOT_FOUND, EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE
+from facade.migration.cli import gate_value
 from facade.migration.engine import Action, MigrationState, Refusal, apply, migration_status
 from facade.migration.gates import GateReport, GateResult, GateStatus
 from facade.migration.store import MigrationStore
+from tests.facade.migration.stack import TOKEN, migration_stack
 from tests.facade.migration.test_engine import PLAN
 from tests.servers import serve_app
 
@@ -151,11 +153,14 @@ async def test_actions_exit_codes_and_output(
         capsys.readouterr()
         assert await run_cli("migrate", "next", "shop", *common) == EXIT_GATE_FAILED  # step 2's gate fails
         err = capsys.readouterr().err
-        assert "error: gates fail: error_rate.max: 5% > 1%" in err and "error_rate.max  fail" in err
+        assert err.startswith("facade migrate next: gates fail: error_rate.max: 5% > 1%")
+        assert "error_rate.max  fail    5.00%  1.00%" in err  # values rounded, with their unit
 
         assert await run_cli("migrate", "next", "shop", "--force", *common) == EXIT_INVALID  # no reason
+        capsys.readouterr()
         assert await run_cli("migrate", "next", "shop", "--force", "--reason", "flaky", *common) == EXIT_OK
         assert seen[-1]["force"] is True and seen[-1]["reason"] == "flaky"
+        assert "forced past gates that were fail: flaky" in capsys.readouterr().out  # why a failing step was left
         assert await run_cli("migrate", "start", "shop", *common) == EXIT_REFUSED
         assert await run_cli("migrate", "pause", "ghost", *common) == EXIT_NOT_FOUND
         assert await run_cli("migrate", "rollback", "shop", "--to", "0", "--json", *common) == EXIT_OK
@@ -178,11 +183,37 @@ async def test_actions_exit_codes_and_output(
 
         assert await run_cli("migrate", "status", "shop", *common) == EXIT_OK
         text = capsys.readouterr().out
-        assert "state:   rolled_back" in text and "journal:" in text and "flaky" in text
+        assert "state:   rolled_back" in text and "journal" in text and "flaky" in text
+        # The journal counts steps as the status line and `migrate plan` do: start enters step 1, not 0.
+        journal = text[text.index("journal"):].splitlines()
+        assert journal[3].split()[:5] == ["1", "start", "ann", "pending", "0"] and journal[3].split()[5:7] == [
+            "running", "1"]
+        assert [line.split()[6] for line in journal[3:7]] == ["1", "2", "3", "0"]  # rollback --to 0
 
         assert await run_cli("migrate", "start", "shop", "--admin", url, "--token", "wrong", "-c", os.devnull) == EXIT_REFUSED
     # The listener is gone now: unreachable.
     assert await run_cli("migrate", "list", "--admin", url, "-c", os.devnull) == EXIT_UNREACHABLE
+
+
+def test_force_is_offered_only_where_it_overrides_something(capsys: pytest.CaptureFixture[str]) -> None:
+    for action in ("start", "pause", "rollback", "abort", "auto"):
+        assert main(["migrate", action, "shop", "--force", "--reason", "x"]) == EXIT_INVALID
+        assert capsys.readouterr().err == (f"facade migrate {action}: unrecognized arguments: --force "
+                                           f"(see facade migrate {action} --help)\n")
+    for action in ("next", "resume", "promote"):
+        parsed = build_parser().parse_args(["migrate", action, "x"])
+        assert parsed.force is False
+
+
+def test_gate_values_are_rounded_with_their_unit() -> None:
+    assert gate_value("error_rate.max_delta", 0.181818) == "+0.18%"
+    assert gate_value("error_rate.max", 5) == "5.00%"
+    assert gate_value("diff_rate.max", 50.1818) == "50.18%"
+    assert gate_value("latency_p99.max_ratio", 1.23456) == "1.23x"
+    assert gate_value("latency_p99.max_ms", 250.04) == "250.0 ms"
+    assert gate_value("min_requests", 37.0) == "37 req"
+    assert gate_value("plaintext_requests.max", 0.0) == "0"
+    assert gate_value("latency_p99.max_ratio", None) == "-"
 
 
 def test_plan_with_an_mtls_step_needs_a_mesh_section(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -191,3 +222,42 @@ def test_plan_with_an_mtls_step_needs_a_mesh_section(project: Path, capsys: pyte
     assert main(["migrate", "plan", str(plan), "-c", str(project / "facade.yaml")]) == EXIT_INVALID
     err = capsys.readouterr().err
     assert f"{plan}:7:11: steps[1].mtls: an mtls step needs a 'mesh:' section in the facade config" in err
+
+
+async def test_auto_wait_follows_the_migration_to_its_end(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FACADE_ADMIN_TOKEN", raising=False)
+    plan = """\
+        name: shop
+        route: catalog
+        from: monolith
+        to: catalog
+        interval: 0.2s
+        steps: [{weight: 50}, {weight: 100}]
+        """
+    async with migration_stack(tmp_path, plan) as s:
+        common = ["--admin", s.runtime.admin_url, "--token", TOKEN, "-c", str(tmp_path / "facade.yaml")]
+        assert await run_cli("migrate", "start", "shop", *common) == EXIT_OK
+        capsys.readouterr()
+        assert await run_cli("migrate", "auto", "shop", "--wait", *common) == EXIT_OK
+        err = capsys.readouterr().err
+        # Not a terminal: one plain progress line per change, ending on the completed state.
+        lines = err.splitlines()
+        assert lines and lines[-1] == "shop: completed at 2/2 completed", err
+        assert all(line.startswith("shop: ") and "\r" not in line for line in lines)
+        assert (await s.status("shop"))["state"] == "completed"
+
+
+def test_a_pause_step_says_what_it_waits_for_instead_of_an_empty_gate_table() -> None:
+    from facade.migration.cli import _render_status
+
+    status = {"name": "shop", "routes": ["catalog"], "from": "monolith", "to": "catalog", "state": "running",
+              "step": 6, "steps": 8, "step_summary": "pause (approve before full cutover)",
+              "gates": {"status": "pass", "results": []}, "routing": {}}  # fmt: skip
+    text = _render_status(status, journal=0)
+    assert "gates:   none on a pause step: it waits for `facade migrate resume`" in text
+    assert "GATE" not in text
+    status |= {"step": 2, "step_summary": "canary header x-canary=1"}
+    assert "gates:   pass (this step has no gates)" in _render_status(status, journal=0)

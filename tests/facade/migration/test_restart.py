@@ -91,8 +91,9 @@ async def test_kill_9_and_restart_serves_the_same_step(tmp_path: Path) -> None:
                 routes = (await admin.get("/routes")).json()["routes"]
             assert (status["state"], status["step"], status["version"]) == ("running", 3, 3)
             assert status["routing"]["catalog"]["to_percent"] == 50.0
+            # The journal counts steps as the status does (and `facade migrate plan` lists them): 1-based.
             assert [(e["action"], e["actor"], e["to_step"]) for e in status["journal"]] == [
-                ("start", "ann", 0), ("next", "ann", 1), ("next", "ann", 2),
+                ("start", "ann", 1), ("next", "ann", 2), ("next", "ann", 3),
             ]
             catalog = next(r for r in routes if r["name"] == "catalog")
             assert catalog["migration"]["step"] == "shop step 3: weight 50"
