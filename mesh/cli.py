@@ -209,7 +209,7 @@ def _cmd_issue(args: argparse.Namespace) -> int:
 def _cmd_revoke(args: argparse.Namespace) -> int:
     from cryptography import x509
 
-    ca = _load(args.state_dir)
+    ca = _load(args)
     if isinstance(ca, int):
         return ca
     try:
@@ -219,11 +219,11 @@ def _cmd_revoke(args: argparse.Namespace) -> int:
         else:
             serial = ca.revoke_serial(args.serial)
     except OSError as exc:
-        return _fail(f"--cert {args.cert}: {exc.strerror or exc}", EXIT_FAILURE)
+        return _fail(args, f"--cert {args.cert}: {exc.strerror or exc}", EXIT_FAILURE)
     except ValueError as exc:
-        return _fail(f"--cert {args.cert}: not a PEM certificate: {exc}", EXIT_INVALID)
+        return _fail(args, f"--cert {args.cert}: not a PEM certificate: {exc}", EXIT_INVALID)
     except CaError as exc:
-        return _fail(str(exc), EXIT_INVALID)
+        return _fail(args, str(exc), EXIT_INVALID)
     if args.json:
         print_json({"revoked": serial})
     else:
