@@ -382,7 +382,8 @@ class Rehearsal:
         self.watch = watch
         self.phases: list[Phase] = []
         self.gate_failure: str | None = None
-        self.forced_past: list[str] = []  # "step 1: diff_rate.max: 100 % > 0.5 %" for each step forced past a FAIL
+        # "step 1: forced past FAILING gate diff_rate.max: 100% > 0.5%", for each step forced past a failing gate
+        self.forced_past: list[str] = []
         self.found: dict[str, Any] | None = None  # the migration's status before the rehearsal touched it
         self.locust: subprocess.Popen[bytes] | None = None
         self.locust_exit: int | None = None
@@ -478,9 +479,9 @@ class Rehearsal:
             if failing is None:
                 self._close_phase("forced")
             else:
-                self.forced_past.append(f"step {step}: {failing}")
+                self.forced_past.append(f"step {step}: forced past FAILING gate {failing}")
                 self._close_phase(f"FORCED past FAILING gate {failing}")
-                self._info(f"WARNING: step {step}: forced past FAILING gate {failing}")
+                self._info(f"WARNING: {self.forced_past[-1]}")
             self.status = self._act("next", force=True)
             self._enter_step()
             return True
@@ -844,8 +845,10 @@ def _live_only(args: argparse.Namespace) -> str | None:
                                       ("--keep", args.keep), ("--reset", args.reset)) if value]  # fmt: skip
     if not given:
         return None
-    return (f"{', '.join(given)}: only with --live. A rehearsal runs on a throwaway facade with its own state "
-            f"(the live migration is never touched); add --live to drive the running facade's migration")
+    return (
+        f"{', '.join(given)}: only with --live. A rehearsal runs on a throwaway facade with its own state "
+        f"(the live migration is never touched); add --live to drive the running facade's migration"
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -1021,7 +1024,7 @@ def _rehearse(args: argparse.Namespace, settings: Settings, admin: AdminClient |
 
 def verdict_lines(rehearsal: Rehearsal, settings: Settings, restored: str | None) -> list[str]:
     """What the rehearsal means for the real cutover, loudest first."""
-    lines = [f"WARNING: forced past FAILING gate {f}" for f in rehearsal.forced_past]
+    lines = [f"WARNING: {f}" for f in rehearsal.forced_past]
     if rehearsal.forced_past:
         lines.append("verdict: this plan would NOT have passed its gates (the rehearsal forced every step)")
     if not settings.live:
@@ -1050,7 +1053,6 @@ def _exit_code(rehearsal: Rehearsal, document: Mapping[str, Any], failure: str |
         print(f"facade loadtest: gate stopped the rehearsal at {rehearsal.gate_failure}", file=sys.stderr)
         return EXIT_GATE_FAILED
     if rehearsal.forced_past:
-        print(f"facade loadtest: forced past FAILING gate {'; '.join(rehearsal.forced_past)}: the plan would not "
-              "have passed", file=sys.stderr)  # fmt: skip
+        print(f"facade loadtest: {'; '.join(rehearsal.forced_past)}: the plan would not have passed", file=sys.stderr)
         return EXIT_GATE_FAILED
     return EXIT_OK

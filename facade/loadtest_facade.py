@@ -21,12 +21,13 @@ import io
 import os
 import secrets
 import shutil
+import socket
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .up import ChildSpec, Listen, Stack, _pythonpath, free_loopback_ports
+from .up import ChildSpec, Listen, Stack, _pythonpath
 
 __all__ = ["ThrowawayFacade", "start_throwaway_facade"]
 
@@ -83,9 +84,9 @@ def start_throwaway_facade(config_path: str, *, log_dir: Path, python: str = sys
         live_ca = Path(config.state_dir) / "ca"
         if live_ca.is_dir():
             shutil.copytree(live_ca, state_dir / "ca")
-    ports = free_loopback_ports()
-    listen = Listen("facade", "127.0.0.1", next(ports))
-    admin = Listen("admin", "127.0.0.1", next(ports))
+    listen_port, admin_port = _two_free_ports()
+    listen = Listen("facade", "127.0.0.1", listen_port)
+    admin = Listen("admin", "127.0.0.1", admin_port)
     # The file's token wins over FACADE_ADMIN_TOKEN (config rules); a fresh one when it has none.
     token = config.admin.token or secrets.token_urlsafe(24)
 
@@ -105,3 +106,11 @@ def start_throwaway_facade(config_path: str, *, log_dir: Path, python: str = sys
         facade.stop()
         raise
     return facade
+
+
+def _two_free_ports() -> tuple[int, int]:
+    """Two distinct ports the OS hands out on 127.0.0.1 (both held until both are known)."""
+    with socket.socket() as a, socket.socket() as b:
+        a.bind(("127.0.0.1", 0))
+        b.bind(("127.0.0.1", 0))
+        return int(a.getsockname()[1]), int(b.getsockname()[1])

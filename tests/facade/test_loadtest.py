@@ -201,11 +201,12 @@ def gone(pid: int) -> bool:
         return True
 
 
-def loadtest(shop: Shop, out: Path, *extra: str, timeout: float = 60) -> tuple[int, str, dict[str, Any]]:
+def loadtest(shop: Shop, out: Path, *extra: str, timeout: float = 90,
+             env: dict[str, str] | None = None) -> tuple[int, str, dict[str, Any]]:  # fmt: skip
     proc = subprocess.run(
-        [PY, "-m", "facade", "loadtest", *extra, "-c", str(shop.config), "--out", str(out), "--reset"],
+        [PY, "-m", "facade", "loadtest", *extra, "-c", str(shop.config), "--out", str(out)],
         check=False, capture_output=True, text=True, timeout=timeout, cwd=shop.tmp,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
     )  # fmt: skip
     report = json.loads((out / "steps.json").read_text()) if (out / "steps.json").exists() else {}
     return proc.returncode, proc.stdout + proc.stderr, report
