@@ -970,8 +970,9 @@ def _rehearse(args: argparse.Namespace, settings: Settings, admin: AdminClient |
             return 130
         admin = AdminClient(base_url=throwaway.admin_url, token=throwaway.token)
         settings = replace(settings, host=throwaway.url)
-        print(f"loadtest: rehearsing on a throwaway facade at {throwaway.url} (own state; the live migration is "
-              f"not touched); log {settings.out / 'facade.log'}", file=sys.stderr)  # fmt: skip
+        pid = throwaway.stack.pids.get("facade")
+        print(f"loadtest: rehearsing on a throwaway facade at {throwaway.url} (pid {pid}, state {throwaway.state_dir}; "
+              f"the live migration is not touched); log {settings.out / 'facade.log'}", file=sys.stderr)  # fmt: skip
     rehearsal = Rehearsal(settings, admin, watch=throwaway.exited if throwaway else None)
     failure: str | None = None
     code = EXIT_OK
