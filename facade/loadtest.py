@@ -422,6 +422,7 @@ class Rehearsal:
             self._enter_step()
             self._drive()
         finally:
+            self._close_phase("stopped early")  # an error or a signal cut the phase short
             self._stop_locust()
 
     def _prepare(self) -> dict[str, Any]:
