@@ -574,7 +574,13 @@ def test_up_mesh_runs_the_shop_behind_sidecars_with_mtls_and_policy(tmp_path: Pa
                     if status.json().get("state") == "completed":
                         break
                 assert status.json()["state"] == "completed", status.text
-                r = client.get(f"http://127.0.0.1:{facade}/catalog/products/1")
+                # The facade's own health check finds the catalog's sidecar (started after the facade)
+                # within one interval (2 s); until then it answers 503: poll, do not look once.
+                def through_facade() -> httpx.Response:
+                    return client.get(f"http://127.0.0.1:{facade}/catalog/products/1")
+
+                assert eventually(lambda: through_facade().status_code == 200, seconds=10.0)
+                r = through_facade()
                 assert r.status_code == 200, r.text
                 assert r.headers["x-served-by"] == "catalog" and r.headers["x-facade-backend"] == "catalog"
             proc.send_signal(signal.SIGTERM)
