@@ -588,7 +588,7 @@ class Rehearsal:
     def _start_locust(self) -> None:
         out = self.s.out
         argv = [
-            sys.executable, "-m", "locust", "-f", str(self.s.locustfile), "--headless", "--host", self.s.host,
+            *locust_command(sys.executable), "-f", str(self.s.locustfile), "--headless", "--host", self.s.host,
             "--csv", str(out / "locust"), "--html", str(out / "locust.html"), "--only-summary",
             "--loglevel", "WARNING", "--exit-code-on-error", "0", "--stop-timeout", "5",
         ]  # fmt: skip
@@ -715,6 +715,20 @@ def _signal_group(pgid: int, signum: int) -> None:
         os.killpg(pgid, signum)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+# ``python -m locust`` with SIGINT handled: a process started with SIGINT ignored (a background
+# job, a CI runner, nohup) passes SIG_IGN on to its children, and locust ignoring SIGINT would not
+# write its HTML report when the driver interrupts it.
+_LOCUST_MAIN = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); sys.argv[0] = 'locust'; "
+    "runpy.run_module('locust', run_name='__main__', alter_sys=True)"
+)
+
+
+def locust_command(python: str) -> list[str]:
+    """The command line that runs locust (arguments follow) with SIGINT deliverable."""
+    return [python, "-c", _LOCUST_MAIN]
 
 
 def locust_environment(locustfile: Path) -> dict[str, str]:

@@ -31,6 +31,8 @@ from facade.loadtest import (
     failing_gates,
     find_locustfile,
     hold_problem,
+    locust_command,
+    locust_environment,
     parse_samples,
     percentile,
     plan_name,
@@ -220,7 +222,7 @@ def locust_processes(out: Path) -> list[psutil.Process]:
     found = []
     for p in psutil.process_iter(["cmdline"]):
         cmdline = p.info["cmdline"] or []
-        if "locust" in cmdline and str(out / "locust") in cmdline:
+        if str(out / "locust") in cmdline:  # locust's --csv prefix
             found.append(p)
     return found
 
@@ -641,3 +643,35 @@ def test_without_locust_it_says_how_to_install_it_before_starting_anything(tmp_p
     # the same interpreter without the blocker has it: the check looked at the real thing
     assert subprocess.run([PY, "-c", "import locust"], check=False, capture_output=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}).returncode == 0  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shim", [True, False], ids=["locust_command", "plain-python-m-locust"])
+def test_locust_started_with_sigint_ignored_is_interruptible_only_through_locust_command(
+    shop: Shop, tmp_path: Path, shim: bool
+) -> None:
+    """A background job or CI runner starts the driver with SIGINT ignored, and children inherit
+    that: the driver's SIGINT fallback (locust writes its HTML report on it) needs locust_command."""
+    locustfile = find_locustfile()
+    command = locust_command(PY) if shim else [PY, "-m", "locust"]
+    argv = [*command, "-f", str(locustfile), "--headless", "--host", shop.url, "--html", str(tmp_path / "locust.html"),
+            "--only-summary", "--loglevel", "WARNING"]  # fmt: skip
+    env = {**locust_environment(locustfile), "LOADTEST_USERS": "2", "LOADTEST_SPAWN_RATE": "10",
+           "LOADTEST_SAMPLES": str(tmp_path / "samples.jsonl"), "LOADTEST_CONTROL": str(tmp_path / "control.json"),
+           "LOADTEST_MAX_SECONDS": "60"}  # fmt: skip
+    proc = subprocess.Popen(["sh", "-c", "trap '' INT; exec \"$@\"", "sh", *argv], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        samples = tmp_path / "samples.jsonl"
+        wait_for(lambda: samples.exists() and samples.stat().st_size > 0, "locust to send requests")
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=15 if shim else 5)
+        except subprocess.TimeoutExpired:
+            assert not shim, "locust_command's locust ignored SIGINT"
+            return  # python -m locust inherited SIG_IGN: the reason locust_command exists
+        assert shim, "plain python -m locust stopped on SIGINT: the shim would be unneeded"
+        assert (tmp_path / "locust.html").stat().st_size > 0  # the report is written on SIGINT
+    finally:
+        proc.kill()
+        proc.wait()
