@@ -365,6 +365,7 @@ class Settings:
     reset: bool
     config: str = ""
     live: bool = False  # drive the running facade's migration instead of a throwaway copy
+    live_state_dir: str | None = None  # mesh: where the throwaway facade finds the live CA
     keep: bool = False  # --live --keep: leave the live migration where the rehearsal ends
     quick: bool = False
 
@@ -783,6 +784,9 @@ def register(sub: Any) -> None:
     p.add_argument("--keep", action="store_true",
                    help="with --live: leave the migration where the rehearsal ends (default: put it back where it "
                         "was found)")  # fmt: skip
+    p.add_argument("--live-state-dir", metavar="DIR", default=None,
+                   help="with a mesh: the live facade's state directory, whose CA the throwaway facade copies "
+                        "(default: the config's state_dir, else ./.facade-demo/facade)")  # fmt: skip
     p.add_argument("--reset", action="store_true",
                    help="with --live --keep: roll a running or completed migration back to `from` first")  # fmt: skip
     p.add_argument("--out", default=None, metavar="DIR", help="reports directory (default ./loadtest-<name>-<time>)")
@@ -852,12 +856,11 @@ def _seconds(value: str | None, default: float, what: str) -> float:
 
 
 def _live_only(args: argparse.Namespace) -> str | None:
-    """Options that name or change the live facade make no sense on a throwaway copy: say so rather
-    than ignore them (someone passing --admin expects that facade to be driven)."""
+    """Options that change the live migration make no sense on a throwaway copy: an error, rather
+    than a rehearsal that does something else than asked."""
     if args.live:
         return None if args.keep or not args.reset else "--reset changes the live migration for good: add --keep"
-    given = [flag for flag, value in (("--host", args.host), ("--admin", args.admin), ("--token", args.token),
-                                      ("--keep", args.keep), ("--reset", args.reset)) if value]  # fmt: skip
+    given = [flag for flag, value in (("--keep", args.keep), ("--reset", args.reset)) if value]
     if not given:
         return None
     return (
@@ -866,10 +869,24 @@ def _live_only(args: argparse.Namespace) -> str | None:
     )
 
 
+def _unused_without_live(args: argparse.Namespace) -> str | None:
+    """--host / --admin / --token name the live facade; a throwaway rehearsal does not talk to it.
+    Harmless, so a note (``facade up`` prints a command line with them), not an error."""
+    given = [flag for flag, value in (("--host", args.host), ("--admin", args.admin), ("--token", args.token))
+             if value]  # fmt: skip
+    if args.live or not given:
+        return None
+    return (f"loadtest: note: {', '.join(given)} not used: the rehearsal runs on a throwaway facade with its own "
+            f"state (the live migration is not touched); add --live to drive the live facade")  # fmt: skip
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     problem = _live_only(args)
     if problem:
         raise LoadtestError(problem, EXIT_INVALID)
+    note = _unused_without_live(args)
+    if note:
+        print(note, file=sys.stderr)
     config = _config_path(args.config)
     args.config = config  # AdminClient.from_args reads admin.listen / admin.token from it
     name = plan_name(args.plan)
@@ -888,7 +905,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         name=name, host=(host or "").rstrip("/"), users=int(users), spawn_rate=float(spawn), step_duration=step,
         gates=args.gates, gate_timeout=_seconds(args.gate_timeout, 3 * step, "--gate-timeout"),
         rollback_at=args.rollback_at, out=out, locustfile=locustfile, reset=args.reset, config=config,
-        live=args.live, keep=args.keep, quick=quick,
+        live=args.live, keep=args.keep, quick=quick, live_state_dir=args.live_state_dir,
     )  # fmt: skip
 
 
@@ -967,16 +984,20 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
 
 def _rehearse(args: argparse.Namespace, settings: Settings, admin: AdminClient | None) -> int:
     from .errors import ConfigError
-    from .loadtest_facade import ThrowawayFacade, start_throwaway_facade
+    from .loadtest_facade import NoLiveCa, ThrowawayFacade, start_throwaway_facade
     from .up import ChildFailed
 
     throwaway: ThrowawayFacade | None = None
     if admin is None:
         try:
-            throwaway = start_throwaway_facade(settings.config, log_dir=settings.out)
+            throwaway = start_throwaway_facade(settings.config, log_dir=settings.out,
+                                               live_state_dir=settings.live_state_dir)  # fmt: skip
         except ConfigError as exc:
             print("\n".join(str(p) for p in exc.problems), file=sys.stderr)
             return EXIT_INVALID
+        except NoLiveCa as exc:
+            print(f"facade loadtest: {exc}", file=sys.stderr)
+            return EXIT_REFUSED
         except ChildFailed as exc:
             print(f"facade loadtest: the rehearsal's facade did not start: {exc.report()}", file=sys.stderr)
             return EXIT_FAILURE

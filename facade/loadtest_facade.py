@@ -11,8 +11,10 @@ services the cutover will.
 
 What it does not share with the live facade: its telemetry (the gates judge the rehearsal's own
 load, which is the point) and the mesh control plane (sidecars keep following the live facade, so
-an ``mtls`` step's STRICT switch is not rehearsed). With a ``mesh:`` section it copies the live
-CA (``<state_dir>/ca``) so the sidecars accept its client certificate.
+an ``mtls`` step's STRICT switch is not rehearsed). With a ``mesh:`` section it needs the live CA
+to present an identity the sidecars accept: ``mesh.ca.state_dir`` when the config sets one (read
+in place), else a copy of ``ca/`` from the live facade's state directory (``--live-state-dir``,
+else the config's ``state_dir``, else ``facade up``'s ``./.facade-demo/facade``).
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from .up import ChildSpec, Listen, Stack, _pythonpath
+from .errors import FacadeError
+from .up import DEFAULT_STATE_DIR, ChildSpec, Listen, Stack, _pythonpath
 
-__all__ = ["ThrowawayFacade", "start_throwaway_facade"]
+__all__ = ["NoLiveCa", "ThrowawayFacade", "live_ca_source", "start_throwaway_facade"]
 
 HEALTH_TIMEOUT = 30.0  # seconds for the private facade to answer /readyz
 STOP_GRACE = 5.0
@@ -46,6 +50,31 @@ if os.getppid() != int(sys.argv[1]):  # the driver died before the prctl: do not
     sys.exit(1)
 os.execv(sys.argv[2], sys.argv[2:])
 """
+
+
+class NoLiveCa(FacadeError):
+    """A mesh config, and no live CA to give the throwaway facade an identity the sidecars trust."""
+
+
+def live_ca_source(config: Any, *, live_state_dir: str | None, cwd: str) -> Path | None:
+    """The live facade's ``ca/`` directory to copy, or None when there is nothing to copy (no mesh,
+    or ``mesh.ca.state_dir`` set: the throwaway facade reads that one in place). Raises NoLiveCa."""
+    mesh = getattr(config, "mesh", None)
+    if mesh is None or getattr(getattr(mesh, "ca", None), "state_dir", None):
+        return None
+    if live_state_dir is not None:
+        candidates = [Path(live_state_dir)]
+    else:
+        candidates = [Path(config.state_dir), Path(cwd) / DEFAULT_STATE_DIR / "facade"]
+    for state_dir in candidates:
+        if (state_dir / "ca").is_dir():
+            return state_dir / "ca"
+    tried = ", ".join(str(c / "ca") for c in candidates)
+    raise NoLiveCa(
+        f"the config has a mesh: the rehearsal's facade needs the live facade's CA to talk mTLS to the sidecars, "
+        f"and there is none in {tried}; pass --live-state-dir DIR (the live facade's state directory; with "
+        f"`facade up --state-dir S` it is S/facade), or --live to drive the live facade itself"
+    )
 
 
 @dataclass
@@ -71,19 +100,20 @@ class ThrowawayFacade:
         shutil.rmtree(self.state_dir, ignore_errors=True)
 
 
-def start_throwaway_facade(config_path: str, *, log_dir: Path, python: str = sys.executable) -> ThrowawayFacade:
+def start_throwaway_facade(
+    config_path: str, *, log_dir: Path, live_state_dir: str | None = None, python: str = sys.executable
+) -> ThrowawayFacade:
     """Start ``facade serve -c config_path`` on free loopback ports with a fresh temporary
     ``state_dir``; returns once its admin API answers ``/readyz``. Raises ConfigError (invalid
-    config), ChildFailed (it did not come up); nothing is left running on a failure."""
+    config), NoLiveCa (a mesh and no CA), ChildFailed (it did not come up); nothing is left
+    running on a failure."""
     from .config import load_config
 
     config = load_config(config_path)
+    live_ca = live_ca_source(config, live_state_dir=live_state_dir, cwd=os.getcwd())
     state_dir = Path(tempfile.mkdtemp(prefix="facade-rehearsal-"))  # 0700
-    mesh = getattr(config, "mesh", None)
-    if mesh is not None and not getattr(getattr(mesh, "ca", None), "state_dir", None):
-        live_ca = Path(config.state_dir) / "ca"
-        if live_ca.is_dir():
-            shutil.copytree(live_ca, state_dir / "ca")
+    if live_ca is not None:
+        shutil.copytree(live_ca, state_dir / "ca")
     listen_port, admin_port = _two_free_ports()
     listen = Listen("facade", "127.0.0.1", listen_port)
     admin = Listen("admin", "127.0.0.1", admin_port)

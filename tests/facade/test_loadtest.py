@@ -40,8 +40,8 @@ from facade.loadtest import (
     rows_to_csv,
     settings_from_args,
 )
-from facade.up import Stack, load_stack_config, plan_stack
-from tests.facade.test_up import free_ports
+from facade.up import Stack, default_config_path, load_stack_config, plan_stack
+from tests.facade.test_up import free_ports, read_until, run_up
 
 PY = sys.executable
 TOKEN = "loadtest-token"
@@ -601,10 +601,16 @@ def test_gates_with_quick_on_a_shipped_plan_is_refused_up_front(tmp_path: Path) 
 
 def test_options_for_the_live_facade_need_live(tmp_path: Path) -> None:
     config = write_config(tmp_path, free_ports(5))
-    result = run_cli(config, tmp_path / "out", "extract-catalog", "--quick", "--admin", "http://127.0.0.1:9",
-                     "--reset")  # fmt: skip
+    result = run_cli(config, tmp_path / "out", "extract-catalog", "--quick", "--keep", "--reset")
     assert result.returncode == 2
-    assert result.stderr.startswith("facade loadtest: --admin, --reset: only with --live.")
+    assert result.stderr.startswith("facade loadtest: --keep, --reset: only with --live.")
+    # --admin names the live facade, which a throwaway rehearsal does not use: a note, not an error
+    # (here the --gates hold check refuses the run right after it)
+    result = run_cli(config, tmp_path / "out", "extract-orders", "--quick", "--gates", "--admin", "http://127.0.0.1:9")
+    assert result.returncode == 2
+    note, refusal = result.stderr.strip().splitlines()
+    assert note.startswith("loadtest: note: --admin not used: the rehearsal runs on a throwaway facade")
+    assert refusal.startswith("facade loadtest: --gates: step 1 holds 20 s")
     result = run_cli(config, tmp_path / "out", "extract-catalog", "--live", "--reset")
     assert result.returncode == 2
     assert "--reset changes the live migration for good: add --keep" in result.stderr
@@ -675,3 +681,52 @@ def test_locust_started_with_sigint_ignored_is_interruptible_only_through_locust
     finally:
         proc.kill()
         proc.wait()
+
+
+def mesh_config(tmp: Path) -> tuple[Path, int]:
+    """The shipped mesh demo config on free ports (as tests/facade/test_up.py runs it); the admin port."""
+    facade, admin, monolith, catalog_in, orders_in = free_ports(5)
+    text = Path(default_config_path(mesh=True)).read_text()
+    for old, new in (("8080", facade), ("9901", admin), ("8001", monolith), ("15102", catalog_in),
+                     ("15103", orders_in)):  # fmt: skip
+        text = text.replace(f"127.0.0.1:{old}", f"127.0.0.1:{new}")
+    migrations = Path(default_config_path()).parent / "migrations-mesh"
+    text = text.replace("migrations: migrations-mesh/", f"migrations: {migrations}")
+    config = tmp / "facade-mesh.yaml"
+    config.write_text(text.replace("state_dir: .facade", f"state_dir: {tmp / '.facade'}"))
+    return config, admin
+
+
+@pytest.mark.slow
+def test_a_rehearsal_of_the_mesh_demo_talks_mtls_with_the_live_ca(tmp_path: Path) -> None:
+    config, admin = mesh_config(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    # `facade up`'s default --state-dir, in the directory the rehearsal is started from
+    with run_up(config, tmp_path / ".facade-demo") as up:
+        try:
+            ready = read_until(up, "facade up: ready", timeout=60)
+            assert "facade up: ready" in ready, ready
+            token = re.search(r"export FACADE_ADMIN_TOKEN=(\S+)", ready)
+            assert token
+            live = Shop(stack=None, config=config, url="", admin=f"http://127.0.0.1:{admin}", tmp=tmp_path)  # type: ignore[arg-type]
+            before = live_status(live)
+            # Without the live CA the sidecars would refuse the rehearsal's facade: refused up front.
+            refused = subprocess.run(
+                [PY, "-m", "facade", "loadtest", "extract-catalog", "--quick", "-c", str(config), "--out",
+                 str(elsewhere / "out")],
+                check=False, capture_output=True, text=True, timeout=60, cwd=elsewhere,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )  # fmt: skip
+            assert refused.returncode == 4, refused.stderr
+            assert "needs the live facade's CA to talk mTLS to the sidecars" in refused.stderr
+            assert not (elsewhere / "out" / "locust.log").exists()
+            code, output, report = loadtest(live, tmp_path / "out", "extract-catalog", "--quick", "--users", "8")
+            assert same_migration(live_status(live), before), output
+            up.send_signal(signal.SIGTERM)
+            up.wait(timeout=20)
+        finally:
+            up.kill()
+    assert code == (5 if report["forced_past_failing"] else 0), output
+    assert report["failures"] == 0 and report["final_state"] == "completed", output
+    assert report["steps"][-1]["new"]["requests"] > 0  # the catalog answered through its sidecar, over mTLS
