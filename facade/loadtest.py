@@ -1,30 +1,41 @@
 """``facade loadtest PLAN``: rehearse a cutover under load.
 
-    facade loadtest extract-catalog                        # ~2 minutes against the running demo
+    facade loadtest extract-catalog                        # ~2 minutes, on a throwaway facade
     facade loadtest extract-catalog --quick                # under 30 s
     facade loadtest extract-catalog --gates                # advance only when hold and gates allow
     facade loadtest extract-catalog --rollback-at 4        # rehearse the emergency rollback too
+    facade loadtest extract-catalog --live                 # drive the live facade; put back afterwards
 
 In order:
 
-1. the migration must be ``pending`` or ``rolled_back`` (``--reset`` rolls a finished one back first);
-2. locust starts headless in a subprocess (importing locust monkey-patches the standard library)
+0. before anything starts: with ``--gates``, a step whose hold outlasts the wait is refused; locust
+   must import in the interpreter that will run it (else: ``pip install 'facade[load]'``);
+1. by default a throwaway facade starts (``loadtest_facade``): the same config on its own loopback
+   ports with its own temporary migration store, so the live migration is never touched however
+   the rehearsal ends. ``--live`` drives the running facade instead, and puts the migration back
+   where it found it at the end (a durable ``rollback`` whose journal reason starts with
+   ``rehearsal restore``) unless ``--keep``;
+2. the migration must be ``pending`` or ``rolled_back``;
+3. locust starts headless in a subprocess (importing locust monkey-patches the standard library)
    with ``loadtests/locustfile.py``, its cutover shape ramping to ``--users``; the ramp is phase 0,
    the baseline with everything on the old backend;
-3. the driver starts the migration and, every ``--step-duration``, advances it through the admin API:
-   ``next --force --reason rehearsal`` by default, so holds and gates do not stop a rehearsal; with
+4. the driver starts the migration and, every ``--step-duration``, advances it through the admin API:
+   ``next --force --reason rehearsal`` by default, so holds and gates do not stop a rehearsal (a step
+   forced past a FAILING gate is flagged in the table and the verdict, and the exit code is 5); with
    ``--gates`` it asks without force and waits for the hold and the gates, and a failing gate ends
    the rehearsal there. ``--rollback-at N`` rolls everything back to ``from`` when step N is due to
    advance, then keeps the load on for one more step;
-4. each phase records the gate results the facade reported while it was on that step;
-5. the driver tells the shape to stop, locust writes its CSV + HTML, and the per-step table is
+5. each phase records the gate results the facade reported while it was on that step;
+6. the driver tells the shape to stop, locust writes its CSV + HTML, and the per-step table is
    built from the locustfile's samples: requests, failures and p50/p95/p99 separately for the old and
    the new backend (from the facade's ``x-facade-backend`` mark on each response).
 
 Output under ``--out``: ``steps.csv``, ``steps.json``, ``samples.jsonl``, ``locust.html``,
-``locust_stats.csv`` (and locust's other CSVs), ``locust.log``. Exit 0 when every request succeeded
-and no gate failed, 1 when a request failed (or locust broke), 5 when a gate stopped a ``--gates``
-rehearsal, 4 when the migration is not in a state to start, 6 when the admin API is unreachable.
+``locust_stats.csv`` (and locust's other CSVs), ``locust.log``, ``facade.log``. Exit 0 when every
+request succeeded and no gate failed, 1 when a request failed (or locust or the facade broke, or a
+``--live`` restore failed), 5 when a gate stopped a ``--gates`` rehearsal or a step was forced past
+a failing gate, 4 when the migration is not in a state to start, 6 when the admin API is
+unreachable, 130 when interrupted (SIGINT / SIGTERM).
 """
 
 from __future__ import annotations
