@@ -559,6 +559,9 @@ def test_live_facade_restarting_mid_run_is_still_put_back(tmp_path: Path) -> Non
         finally:
             proc.kill()
         assert code != 0, output  # requests failed while the facade was down
+        errors = [e for step in json.loads((out / "steps.json").read_text())["steps"] for e in step["errors"]]
+        assert any(e.startswith("GET /catalog/") for e in errors), errors  # named once: method, path
+        assert not any(e.startswith(("GET GET", "POST POST")) for e in errors), errors
         wait_for(lambda: _answers(running), "the restarted facade")
         assert_restored(running)
     finally:
