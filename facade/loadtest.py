@@ -612,6 +612,7 @@ class Rehearsal:
             "LOADTEST_SAMPLES": str(self.samples_path),
             # A cap, should this process die without telling locust to stop.
             "LOADTEST_MAX_SECONDS": str(int(self._budget()) + 60),
+            "LOADTEST_DRIVER_PID": str(os.getpid()),
         }
         with open(out / "locust.log", "wb") as log:
             self.locust = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log,
@@ -731,11 +732,20 @@ def _signal_group(pgid: int, signum: int) -> None:
 
 # ``python -m locust`` with SIGINT handled: a process started with SIGINT ignored (a background
 # job, a CI runner, nohup) passes SIG_IGN on to its children, and locust ignoring SIGINT would not
-# write its HTML report when the driver interrupts it.
-_LOCUST_MAIN = (
-    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); sys.argv[0] = 'locust'; "
-    "runpy.run_module('locust', run_name='__main__', alter_sys=True)"
-)
+# write its HTML report when the driver interrupts it. On Linux locust also gets SIGTERM when the
+# driver dies (even by kill -9), rather than loading a facade nobody reports on until its cap.
+_LOCUST_MAIN = """\
+import ctypes, os, runpy, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+except (OSError, AttributeError):
+    pass
+if os.environ.get("LOADTEST_DRIVER_PID", str(os.getppid())) != str(os.getppid()):
+    sys.exit(1)  # the driver died before the prctl
+sys.argv[0] = "locust"
+runpy.run_module("locust", run_name="__main__", alter_sys=True)
+"""
 
 
 def locust_command(python: str) -> list[str]:

@@ -733,3 +733,25 @@ def test_a_rehearsal_of_the_mesh_demo_talks_mtls_with_the_live_ca(tmp_path: Path
     assert code == (5 if report["forced_past_failing"] else 0), output
     assert report["failures"] == 0 and report["final_state"] == "completed", output
     assert report["steps"][-1]["new"]["requests"] > 0  # the catalog answered through its sidecar, over mTLS
+
+
+@pytest.mark.slow
+def test_the_driver_killed_with_sigkill_leaves_no_process_and_the_live_migration_alone(
+    shop: Shop, tmp_path: Path
+) -> None:
+    before = live_status(shop)
+    out = tmp_path / "out"
+    proc = start_loadtest(shop, out)
+    try:
+        wait_for(lambda: len(locust_processes(out)) == 1 and rehearsal_facade(out) is not None, "locust and facade")
+        wait_for(lambda: '"phase": 2' in (out / "control.json").read_text(), "the rehearsal to reach step 2")
+        (locust,) = locust_processes(out)
+        facade = rehearsal_facade(out)
+        assert facade is not None
+        proc.kill()  # SIGKILL: no clean-up runs in the driver
+        proc.communicate(timeout=10)
+        # Their parent-death signal ends both children (Linux); nothing to restore anywhere.
+        wait_for(lambda: gone(locust.pid) and gone(facade.pid), "the rehearsal's children to end", timeout=15)
+    finally:
+        proc.kill()
+    assert same_migration(live_status(shop), before)
