@@ -999,11 +999,13 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     except (LoadtestError, AdminError) as exc:
         print(f"facade loadtest: {exc}", file=sys.stderr)
         return exc.exit_code
-    with _InterruptOnce():
-        return _rehearse(args, settings, admin)
+    with _InterruptOnce() as interrupts:
+        return _rehearse(args, settings, admin, interrupts)
 
 
-def _rehearse(args: argparse.Namespace, settings: Settings, admin: AdminClient | None) -> int:
+def _rehearse(
+    args: argparse.Namespace, settings: Settings, admin: AdminClient | None, interrupts: _InterruptOnce
+) -> int:
     from .errors import ConfigError
     from .loadtest_facade import NoLiveCa, ThrowawayFacade, start_throwaway_facade
     from .up import ChildFailed
@@ -1043,9 +1045,13 @@ def _rehearse(args: argparse.Namespace, settings: Settings, admin: AdminClient |
         except KeyboardInterrupt:
             failure, code = "interrupted", 130
     finally:
+        # From here on a signal is only noted: the clean-up and the restore must run to the end.
+        interrupts.fired = True
+        if rehearsal.locust is not None and rehearsal.locust.poll() is None:  # a signal cut its stop short
+            _signal_group(rehearsal.locust.pid, signal.SIGKILL)
+            rehearsal.locust.wait()
         if throwaway is not None:
             throwaway.stop()
-        # Stay deaf to further signals: the restore is one admin call and must happen.
         if settings.live and not settings.keep and rehearsal.found is not None:
             try:
                 restored = rehearsal.restore()
