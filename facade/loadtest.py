@@ -384,8 +384,15 @@ class Settings:
 class Rehearsal:
     """Runs locust and drives the migration; ``phases`` is the timeline for the report."""
 
-    def __init__(self, settings: Settings, admin: AdminClient, *, err: TextIO | None = None,
-                 clock: Callable[[], float] = time.time, watch: Callable[[], str | None] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        settings: Settings,
+        admin: AdminClient,
+        *,
+        err: TextIO | None = None,
+        clock: Callable[[], float] = time.time,
+        watch: Callable[[], str | None] | None = None,
+    ) -> None:
         self.s = settings
         self.admin = admin
         self.err = err or sys.stderr

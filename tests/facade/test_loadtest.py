@@ -712,7 +712,9 @@ def test_a_rehearsal_of_the_mesh_demo_talks_mtls_with_the_live_ca(tmp_path: Path
             assert "facade up: ready" in ready, ready
             token = re.search(r"export FACADE_ADMIN_TOKEN=(\S+)", ready)
             assert token
-            live = Shop(stack=None, config=config, url="", admin=f"http://127.0.0.1:{admin}", tmp=tmp_path)  # type: ignore[arg-type]
+            # `facade up` supervises this stack: the helpers need only its config and admin URL.
+            admin_url = f"http://127.0.0.1:{admin}"
+            live = Shop(stack=None, config=config, url="", admin=admin_url, tmp=tmp_path)  # type: ignore[arg-type]
             before = live_status(live)
             # Without the live CA the sidecars would refuse the rehearsal's facade: refused up front.
             refused = subprocess.run(
