@@ -41,7 +41,7 @@ from facade.loadtest import (
     settings_from_args,
 )
 from facade.up import Stack, default_config_path, load_stack_config, plan_stack
-from tests.facade.test_up import free_ports, read_until, run_up
+from tests.facade.test_up import free_ports, read_until, run_up, stop_up
 
 PY = sys.executable
 TOKEN = "loadtest-token"
@@ -445,10 +445,18 @@ def test_forcing_past_a_failing_gate_is_loud_fails_the_run_and_leaves_the_live_m
     assert gone(rehearsal_facade_pid(output)) and not rehearsal_state_dir(output).exists()
 
 
-def start_loadtest(shop: Shop, out: Path, *extra: str) -> subprocess.Popen[str]:
+# As a terminal starts a command: SIGINT deliverable (SIG_DFL survives the exec), even when pytest
+# itself runs with it ignored (a background job, CI), which the child would otherwise inherit.
+WITH_CTRL_C = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+)
+
+
+def start_loadtest(shop: Shop, out: Path, *extra: str, ctrl_c: bool = False) -> subprocess.Popen[str]:
+    launcher = [PY, "-c", WITH_CTRL_C] if ctrl_c else []
     return subprocess.Popen(
-        [PY, "-m", "facade", "loadtest", "extract-catalog", "--quick", *extra, "-c", str(shop.config), "--out",
-         str(out)],
+        [*launcher, PY, "-m", "facade", "loadtest", "extract-catalog", "--quick", *extra, "-c", str(shop.config),
+         "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=shop.tmp,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
@@ -475,11 +483,17 @@ def rehearsal_facade(out: Path) -> psutil.Process | None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("live", [False, True], ids=["throwaway", "live"])
-def test_sigterm_mid_run_leaves_the_live_migration_as_found(shop: Shop, tmp_path: Path, live: bool) -> None:
+@pytest.mark.parametrize(
+    ("live", "signum"),
+    [(False, signal.SIGTERM), (True, signal.SIGTERM), (False, signal.SIGINT), (True, signal.SIGINT)],
+    ids=["throwaway-sigterm", "live-sigterm", "throwaway-ctrl-c", "live-ctrl-c"],
+)
+def test_a_signal_mid_run_leaves_the_live_migration_as_found(
+    shop: Shop, tmp_path: Path, live: bool, signum: int
+) -> None:
     before = live_status(shop)
     out = tmp_path / "out"
-    proc = start_loadtest(shop, out, *(["--live"] if live else []))
+    proc = start_loadtest(shop, out, *(["--live"] if live else []), ctrl_c=signum == signal.SIGINT)
     try:
         wait_for(lambda: len(locust_processes(out)) == 1, "locust to start")
         if live:
@@ -487,7 +501,7 @@ def test_sigterm_mid_run_leaves_the_live_migration_as_found(shop: Shop, tmp_path
         else:
             wait_for(lambda: (out / "control.json").exists() and '"phase": 2' in (out / "control.json").read_text(),
                      "the rehearsal to reach step 2")  # fmt: skip
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         code, output = finish(proc)
     finally:
         proc.kill()
@@ -728,10 +742,8 @@ def test_a_rehearsal_of_the_mesh_demo_talks_mtls_with_the_live_ca(tmp_path: Path
             assert not (elsewhere / "out" / "locust.log").exists()
             code, output, report = loadtest(live, tmp_path / "out", "extract-catalog", "--quick", "--users", "8")
             assert same_migration(live_status(live), before), output
-            up.send_signal(signal.SIGTERM)
-            up.wait(timeout=20)
         finally:
-            up.kill()
+            stop_up(up)
     assert code == (5 if report["forced_past_failing"] else 0), output
     assert report["failures"] == 0 and report["final_state"] == "completed", output
     assert report["steps"][-1]["new"]["requests"] > 0  # the catalog answered through its sidecar, over mTLS
