@@ -158,7 +158,10 @@ def _sample(
     headers = getattr(response, "headers", None) or {}
     backend = headers.get(BACKEND_HEADER) or "-"
     step = headers.get(STEP_HEADER) or STABLE
-    error = None if exception is None else f"{request_type} {name.rsplit(' [', 1)[0]}: {exception}"
+    label = name.rsplit(" [", 1)[0]  # without the backend suffix
+    if not label.startswith(request_type + " "):  # the shop's names already carry the method
+        label = f"{request_type} {label}"
+    error = None if exception is None else f"{label}: {exception}"
     SAMPLER.record(backend, step != STABLE, path_group(url), response_time or 0.0, error)
 
 

@@ -302,7 +302,8 @@ def _spawn_facade(cfg: Path, log_path: Path) -> subprocess.Popen[bytes]:
 
 @pytest.mark.slow  # starts a Python process (imports dominate)
 async def test_sighup_reloads_a_serving_process_and_sigterm_stops_it(tmp_path: Path) -> None:
-    async with serve_app(EchoApp("a")) as a, serve_app(EchoApp("b")) as b:
+    backend_b = EchoApp("b")
+    async with serve_app(EchoApp("a")) as a, serve_app(backend_b) as b:
         port, admin_port = _free_port(), _free_port()
         cfg = tmp_path / "facade.yaml"
         cfg.write_text(_serve_cfg(port, admin_port, a, b, "a"))
@@ -355,7 +356,11 @@ async def test_sighup_reloads_a_serving_process_and_sigterm_stops_it(tmp_path: P
 
                 # SIGTERM drains: a request in flight finishes, then the process exits 0.
                 in_flight = asyncio.create_task(client.get("/slow?ms=600"))
-                await asyncio.sleep(0.2)
+
+                async def in_flight_at_b() -> bool:  # the facade forwarded it: it is in flight, not queued
+                    return any(r["raw_path"] == "/slow" for r in backend_b.requests)
+
+                assert await _poll(in_flight_at_b, pause=0.01)
                 proc.send_signal(signal.SIGTERM)
                 r = await in_flight
                 assert r.status_code == 200 and r.json() == {"name": "b", "slow": True}

@@ -81,11 +81,16 @@ async def test_a_silent_connection_is_closed_after_the_header_timeout(tmp_path):
 
 
 async def test_concurrency_limit_answers_503(tmp_path):
-    async with serve_app(EchoApp()) as url:
+    backend = EchoApp()
+    async with serve_app(backend) as url:
         async with run_facade(tmp_path, _cfg(url, "limits: {max_concurrent_requests: 2}")) as rt:
             async with httpx.AsyncClient(base_url=rt.url, timeout=10) as client:
-                slow = [asyncio.create_task(client.get("/slow?ms=800")) for _ in range(2)]
-                await asyncio.sleep(0.3)
+                slow = [asyncio.create_task(client.get("/slow?ms=1500")) for _ in range(2)]
+                # Both slow requests are in flight once the backend has them: poll, do not guess a delay.
+                deadline = asyncio.get_running_loop().time() + 5
+                while sum(r["raw_path"] == "/slow" for r in backend.requests) < 2:
+                    assert asyncio.get_running_loop().time() < deadline, backend.requests
+                    await asyncio.sleep(0.01)
                 r = await client.get("/x")
                 assert r.status_code == 503
                 assert [(await t).status_code for t in slow] == [200, 200]

@@ -573,11 +573,12 @@ async def test_a_request_header_that_cannot_be_sent_is_a_502_and_leaves_no_reque
 
 async def test_a_client_gone_mid_upload_closes_the_upstream_connection_and_frees_everything(tmp_path):
     closed = asyncio.Event()
+    uploading = asyncio.Event()
 
     async def reads_until_closed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError):
             while await reader.read(65536):
-                pass
+                uploading.set()
         closed.set()
 
     async with raw_server(reads_until_closed) as url, run_facade(tmp_path, _one_route_cfg(url)) as rt:
@@ -585,13 +586,16 @@ async def test_a_client_gone_mid_upload_closes_the_upstream_connection_and_frees
         _, writer = await asyncio.open_connection(host, int(port))
         writer.write(b"PUT /up HTTP/1.1\r\nHost: test\r\nContent-Length: 1000000\r\n\r\n" + b"p" * 100_000)
         await writer.drain()
-        await asyncio.sleep(0.2)  # the facade is mid-upload
+        await asyncio.wait_for(uploading.wait(), 5)  # the facade is mid-upload: the upstream has bytes
         writer.transport.abort()
         await asyncio.wait_for(closed.wait(), 3)  # the upstream never waits for the rest
         pool = rt.holder.current.upstreams.get("svc")
-        await asyncio.sleep(0.05)
-        assert pool.live_h1 is not None and pool.live_h1._open == 0
-        assert pool.endpoints[0].in_flight == 0
+        assert pool.live_h1 is not None
+        # The facade notices the closed upstream in a later turn of the loop: poll, do not look once.
+        deadline = asyncio.get_running_loop().time() + 3
+        while (pool.live_h1._open, pool.endpoints[0].in_flight) != (0, 0):
+            assert asyncio.get_running_loop().time() < deadline, (pool.live_h1._open, pool.endpoints[0].in_flight)
+            await asyncio.sleep(0.01)
 
 
 async def test_a_client_that_stops_reading_mid_response_is_cut_off_after_the_route_timeout(tmp_path):

@@ -451,6 +451,17 @@ def run_up(config: Path, state_dir: Path) -> subprocess.Popen[bytes]:
     )
 
 
+def stop_up(proc: subprocess.Popen[bytes]) -> None:
+    """End ``facade up`` however the test went: SIGTERM first, so it stops its children (SIGKILL
+    would orphan their process groups, still holding ports, after a failed assertion)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def read_until(proc: subprocess.Popen[bytes], needle: str, timeout: float) -> str:
     """Read the child's stdout until a line contains ``needle`` (or it exits, or time runs out)."""
     assert proc.stdout is not None
@@ -497,7 +508,7 @@ def test_up_reports_a_child_that_crashes_at_start_and_stops_the_rest(tmp_path: P
         try:
             out, err = proc.communicate(timeout=40)
         finally:
-            proc.kill()
+            stop_up(proc)
     assert proc.returncode == 1, err
     assert re.search(r"monolith exited with code 1 during startup; last 20 lines of .*monolith\.log", err.decode())
     assert "unable to open database file" in err.decode()
@@ -534,7 +545,7 @@ def test_up_serves_the_shop_through_the_facade_and_stops_cleanly_on_a_signal(tmp
             assert proc.stdout is not None
             out += proc.stdout.read().decode()
         finally:
-            proc.kill()
+            stop_up(proc)
     assert proc.returncode == 0
     assert eventually(lambda: all(gone(pid) for pid in pids.values()), seconds=2.0)
     assert f"facade up: stopping (signal {int(signum)})" in out
@@ -548,7 +559,9 @@ def test_up_mesh_runs_the_shop_behind_sidecars_with_mtls_and_policy(tmp_path: Pa
     for old, new in (("8080", facade), ("9901", admin), ("8001", monolith), ("15102", catalog_in),
                      ("15103", orders_in)):  # fmt: skip
         text = text.replace(f"127.0.0.1:{old}", f"127.0.0.1:{new}")
-    text = text.replace("migrations: migrations-mesh/", f"migrations: {Path(default_config_path()).parent / 'migrations-mesh'}")
+    text = text.replace(
+        "migrations: migrations-mesh/", f"migrations: {Path(default_config_path()).parent / 'migrations-mesh'}"
+    )
     config = tmp_path / "facade-mesh.yaml"
     config.write_text(text.replace("state_dir: .facade", f"state_dir: {tmp_path / '.facade'}"))
     with run_up(config, tmp_path / "st") as proc:
@@ -578,12 +591,19 @@ def test_up_mesh_runs_the_shop_behind_sidecars_with_mtls_and_policy(tmp_path: Pa
                     if status.json().get("state") == "completed":
                         break
                 assert status.json()["state"] == "completed", status.text
-                r = client.get(f"http://127.0.0.1:{facade}/catalog/products/1")
+
+                # The facade's own health check finds the catalog's sidecar (started after the facade)
+                # within one interval (2 s); until then it answers 503: poll, do not look once.
+                def through_facade() -> httpx.Response:
+                    return client.get(f"http://127.0.0.1:{facade}/catalog/products/1")
+
+                assert eventually(lambda: through_facade().status_code == 200, seconds=10.0)
+                r = through_facade()
                 assert r.status_code == 200, r.text
                 assert r.headers["x-served-by"] == "catalog" and r.headers["x-facade-backend"] == "catalog"
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=20)
         finally:
-            proc.kill()
+            stop_up(proc)
     assert proc.returncode == 0
     assert eventually(lambda: all(gone(pid) for pid in pids.values()), seconds=2.0)
