@@ -819,7 +819,7 @@ def register(sub: Any) -> None:
                         "was found)")  # fmt: skip
     p.add_argument("--live-state-dir", metavar="DIR", default=None,
                    help="with a mesh: the live facade's state directory, whose CA the throwaway facade copies "
-                        "(default: the config's state_dir, else ./.facade-demo/facade)")  # fmt: skip
+                        "(default: the config's state_dir, else ./.facade-demo/facade/<config>-<hash>)")  # fmt: skip
     p.add_argument("--reset", action="store_true",
                    help="with --live --keep: roll a running or completed migration back to `from` first")  # fmt: skip
     p.add_argument("--out", default=None, metavar="DIR", help="reports directory (default ./loadtest-<name>-<time>)")

@@ -14,7 +14,7 @@ load, which is the point) and the mesh control plane (sidecars keep following th
 an ``mtls`` step's STRICT switch is not rehearsed). With a ``mesh:`` section it needs the live CA
 to present an identity the sidecars accept: ``mesh.ca.state_dir`` when the config sets one (read
 in place), else a copy of ``ca/`` from the live facade's state directory (``--live-state-dir``,
-else the config's ``state_dir``, else ``facade up``'s ``./.facade-demo/facade``).
+else the config's ``state_dir``, else ``facade up``'s ``./.facade-demo/facade/<config>-<hash>``).
 """
 
 from __future__ import annotations
@@ -65,7 +65,10 @@ def live_ca_source(config: Any, *, live_state_dir: str | None, cwd: str) -> Path
     if live_state_dir is not None:
         candidates = [Path(live_state_dir)]
     else:
-        candidates = [Path(config.state_dir), Path(cwd) / DEFAULT_STATE_DIR / "facade"]
+        from .up import facade_state_key  # `facade up` keeps one facade state per config file
+
+        demo = Path(cwd) / DEFAULT_STATE_DIR / "facade"
+        candidates = [Path(config.state_dir), demo / facade_state_key(config.source), demo]
     for state_dir in candidates:
         if (state_dir / "ca").is_dir():
             return state_dir / "ca"
