@@ -70,8 +70,9 @@ def register(sub: Any) -> None:
         p.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="namespace of every object (default: default)")
         p.add_argument("--gateway", default=DEFAULT_GATEWAY, metavar="[NS/]NAME",
                        help="the ingress Gateway the routes attach to (default: facade)")
-        p.add_argument("--service-host", action="append", default=[], metavar="SERVICE=HOST",
-                       help="Kubernetes host of a facade service (default: the service name as a short host)")
+        p.add_argument("--service-host", action="append", default=[], metavar="SERVICE=HOST[:PORT]",
+                       help="Kubernetes host (and Service port) of a facade service (default: the service name as "
+                            "a short host, port 80 where a port is required)")
         p.set_defaults(func=_cmd_export, export_target=target)
 
 
@@ -123,25 +124,31 @@ def _build(args: argparse.Namespace) -> tuple[dict[str, str], str, list[Finding]
     except ConfigError as exc:
         raise _Usage("invalid config:\n" + "\n".join(f"  {p}" for p in exc.problems)) from None
     service_hosts: dict[str, str] = {}
+    service_ports: dict[str, int] = {}
     names = [s.name for s in config.services]
     for item in args.service_host:
         service, sep, host = item.partition("=")
-        if not sep or not host:
-            raise _Usage(f"--service-host {item!r}: expected SERVICE=HOST")
+        host, colon, port = host.partition(":")
+        if not sep or not host or (colon and not port.isdigit()):
+            raise _Usage(f"--service-host {item!r}: expected SERVICE=HOST or SERVICE=HOST:PORT")
         if service not in names:
             raise _Usage(f"--service-host {item!r}: unknown service {service!r} (services: {', '.join(names)})")
         service_hosts[service] = host.lower()
-    options = ExportOptions(namespace=args.namespace, gateway=args.gateway, service_hosts=service_hosts)
+        if colon:
+            service_ports[service] = int(port)
+    options = ExportOptions(namespace=args.namespace, gateway=args.gateway, service_hosts=service_hosts,
+                            service_ports=service_ports)
     plan = _plan(config, args.plan) if args.plan is not None else None
     exporter = TARGETS[args.export_target]()
     source = os.path.basename(args.config)
     if not args.all_steps:
         step = args.step or 0
         docs, findings = exporter(config, routing_state(plan, step), options)
-        findings = [*findings, *step_findings(plan, step)]
+        findings = list(dict.fromkeys([*findings, *step_findings(plan, step)]))
         label = routing_state(plan, step).label
         text = _document(docs, args.export_target, source, plan, label)
         return {"manifests.yaml": text}, text, findings
+    assert plan is not None  # --all-steps needs --plan (checked above)
     files: dict[str, str] = {}
     readme = [f"# {args.export_target} manifests for plan {plan.name} (from {source})", "",
               "Apply the directories in order; each is the whole routing state of one step.", ""]
@@ -194,4 +201,4 @@ def export_documents(target: str, config: Any, plan: Any, step: int, options: Ex
     exporter = TARGETS[target]()
     state = routing_state(plan, step)
     docs, findings = exporter(config, state, options or ExportOptions())
-    return docs, [*findings, *step_findings(plan, step)]
+    return docs, list(dict.fromkeys([*findings, *step_findings(plan, step)]))

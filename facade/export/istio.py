@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -119,7 +120,7 @@ def _http_routes(rule: Rule, options: ExportOptions) -> list[dict[str, Any]]:
 
 
 def _http_route(
-    rule: Rule, name: str, variants: list[tuple[RouteMatch, str, str]], kind: str | None, options: ExportOptions
+    rule: Rule, name: str, variants: Sequence[tuple[RouteMatch, str, str]], kind: str | None, options: ExportOptions
 ) -> dict[str, Any]:
     entry: dict[str, Any] = {"name": name, "match": [_match(rule, m, k, p) for m, k, p in variants]}
     if rule.direct is not None:
@@ -129,11 +130,11 @@ def _http_route(
     else:
         many = len(rule.destinations) > 1
         entry["route"] = [
-            {"destination": {"host": options.host_of(d.service)}, **({"weight": d.weight} if many else {})}
+            {"destination": _destination(d.service, options), **({"weight": d.weight} if many else {})}
             for d in rule.destinations
         ]
         if rule.mirror is not None:
-            entry["mirror"] = {"host": options.host_of(rule.mirror.service)}
+            entry["mirror"] = _destination(rule.mirror.service, options)
             entry["mirrorPercentage"] = {"value": rule.mirror.percent}
         if rule.rewrite_prefix is not None:
             entry["rewrite"] = {"uri": _prefix_value(rule.rewrite_prefix, kind)}
@@ -146,6 +147,11 @@ def _http_route(
         if rule.retries is not None:
             entry["retries"] = _retries(rule.retries)
     return entry
+
+
+def _destination(service: str, options: ExportOptions) -> dict[str, Any]:
+    port = options.port_of(service)
+    return {"host": options.host_of(service), **({"port": {"number": port}} if port is not None else {})}
 
 
 def _prefix_value(value: str, kind: str | None) -> str:

@@ -19,7 +19,7 @@ __all__ = ["MARKER", "render_yaml", "write_tree"]
 MARKER = ".facade-export"  # marks a directory this command wrote (and may therefore replace)
 
 
-class _Dumper(yaml.SafeDumper):
+class _Dumper(yaml.SafeDumper):  # type: ignore[misc]  # (PyYAML ships no types)
     """Block style everywhere; never emits anchors/aliases for repeated values."""
 
     def ignore_aliases(self, data: Any) -> bool:
@@ -28,7 +28,7 @@ class _Dumper(yaml.SafeDumper):
 
 def render_yaml(docs: Sequence[Mapping[str, Any]], header: str = "") -> str:
     """A multi-document stream (``---`` separated) as ``kubectl apply -f`` expects it."""
-    body = yaml.dump_all(
+    body: str = yaml.dump_all(
         [dict(d) for d in docs], Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True,
         explicit_start=True, width=4096,
     )

@@ -79,6 +79,7 @@ class ExportOptions:
     namespace: str = DEFAULT_NAMESPACE
     gateway: str = DEFAULT_GATEWAY
     service_hosts: Mapping[str, str] = field(default_factory=dict)
+    service_ports: Mapping[str, int] = field(default_factory=dict)  # the Kubernetes Service port, when given
 
     def __post_init__(self) -> None:
         if not _DNS_LABEL_RE.match(self.namespace) or len(self.namespace) > 63:
@@ -90,8 +91,15 @@ class ExportOptions:
             if not _HOST_RE.match(host) or len(host) > 253:
                 raise ExportError(f"--service-host {service}={host}: {host!r} is not a DNS host name")
 
+        for service, port in self.service_ports.items():
+            if not 1 <= port <= 65535:
+                raise ExportError(f"--service-host {service}: port must be 1-65535, got {port}")
+
     def host_of(self, service: str) -> str:
         return self.service_hosts.get(service) or service.replace("_", "-")
+
+    def port_of(self, service: str) -> int | None:
+        return self.service_ports.get(service)
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +297,11 @@ def _upstream_policy(
         findings.append(Finding(f"route {route.name!r}", (
             f"its services ({names}) have different request timeouts or retries; the target applies one per "
             f"rule: {specs[0].name}'s (set timeout/retries on the route to choose)")))
+    unsafe_on = [x for x in chosen.retry_on if x != "connect-failure"]
+    if findings is not None and chosen.attempts and unsafe_on:
+        findings.append(Finding(f"route {route.name!r}", (
+            f"retries on {', '.join(unsafe_on)}: the facade retries those only for idempotent methods, Envoy for "
+            "every method (POST included)")))
     return timeout, chosen
 
 

@@ -25,6 +25,13 @@ CASES = {
     "sample+migrations": (REPO / "sample_monolith" / "facade.yaml", REPO / "migrations"),
     "mesh": (REPO / "sample_monolith" / "facade-mesh.yaml", REPO / "sample_monolith" / "migrations-mesh"),
     "rich": (FIXTURES / "rich.yaml", FIXTURES / "migrations"),
+    "precedence": (FIXTURES / "gateway.yaml", FIXTURES / "migrations-gateway"),
+}
+# What each target can export (rich.yaml has a direct response, a regex path and a prefix ending
+# in "/", which the Gateway API cannot express: tested as refusals instead).
+TARGET_CASES = {
+    "istio": sorted(CASES),
+    "gateway-api": ["mesh", "precedence", "sample", "sample+migrations"],
 }
 
 

@@ -166,3 +166,100 @@ def _istio_action(http: Mapping[str, Any], uri: Mapping[str, str], services: Map
         new = http["rewrite"]["uri"]
         path = new + req.path[len(uri["prefix"]):] if "prefix" in uri else new
     return ("forward", weights, mirror, path)
+
+
+# -- Gateway API ------------------------------------------------------------------------------------
+
+
+def _gw_path(match: Mapping[str, Any], path: str) -> bool:
+    kind, value = match["path"]["type"], match["path"]["value"]
+    if kind == "Exact":
+        return path == value
+    base = value.rstrip("/")  # "a trailing / is ignored"; matching is per path element
+    return path == value or path == base or path.startswith(base + "/") or base == ""
+
+
+def _gw_value(m: Mapping[str, Any], value: str | None) -> bool:
+    if value is None:
+        return False
+    if m.get("type", "Exact") == "Exact":
+        return value == m["value"]
+    return re.fullmatch(m["value"], value) is not None
+
+
+def _gw_key(match: Mapping[str, Any]) -> tuple[int, int, int, int, int]:
+    path = match["path"]
+    return (path["type"] == "Exact", len(path["value"]), "method" in match, len(match.get("headers", [])),
+            len(match.get("queryParams", [])))
+
+
+def _host_rank(route: Mapping[str, Any], host: str) -> tuple[int, int] | None:
+    """Hostname precedence: (characters of a matching non-wildcard hostname, of any matching hostname)."""
+    names = route["spec"].get("hostnames")
+    if not names:
+        return (0, 0)
+    best: tuple[int, int] | None = None
+    for name in names:
+        if name == host:
+            rank = (len(name), len(name))
+        elif name.startswith("*.") and host.endswith(name[1:]) and len(host) > len(name) - 1:
+            rank = (0, len(name))
+        else:
+            continue
+        best = rank if best is None or rank > best else best
+    return best
+
+
+def gateway_outcome(docs: Sequence[Mapping[str, Any]], services: Mapping[str, str], req: Request) -> Outcome:
+    """``services``: backendRef name -> facade service."""
+    routes = [(rank, d) for d in docs if d["kind"] == "HTTPRoute" if (rank := _host_rank(d, req.host)) is not None]
+    routes.sort(key=lambda x: x[0], reverse=True)
+    query = dict(req.query)
+    for _, route in routes:
+        best: tuple[Any, ...] | None = None
+        for index, rule in enumerate(route["spec"]["rules"]):
+            for match in rule.get("matches") or [{"path": {"type": "PathPrefix", "value": "/"}}]:
+                if not _gw_path(match, req.path):
+                    continue
+                if "method" in match and match["method"] != req.method:
+                    continue
+                if not all(_gw_value(h, req.header(h["name"].lower())) for h in match.get("headers", [])):
+                    continue
+                if not all(_gw_value(q, query.get(q["name"])) for q in match.get("queryParams", [])):
+                    continue
+                candidate = (_gw_key(match), -index, rule, match)
+                if best is None or candidate[:2] > best[:2]:
+                    best = candidate
+        if best is not None:
+            return _gw_action(best[2], best[3], services, req)
+    return None
+
+
+def _gw_action(rule: Mapping[str, Any], match: Mapping[str, Any], services: Mapping[str, str], req: Request
+               ) -> Outcome:
+    filters = {f["type"]: f for f in rule.get("filters", [])}
+    matched = match["path"]["value"].rstrip("/")
+
+    def new_path(spec: Mapping[str, Any]) -> str:
+        if spec["type"] == "ReplaceFullPath":
+            return str(spec["replaceFullPath"])
+        rest = req.path[len(matched):]
+        replacement = spec["replacePrefixMatch"]
+        if replacement == "/":
+            return rest or "/"
+        return replacement.rstrip("/") + rest
+
+    if "RequestRedirect" in filters:
+        rd = filters["RequestRedirect"]["requestRedirect"]
+        path = new_path(rd["path"]) if "path" in rd else req.path
+        return ("redirect", rd.get("statusCode", 302), rd.get("scheme"), rd.get("hostname"), rd.get("port"), path)
+    refs = rule["backendRefs"]
+    total = sum(r.get("weight", 1) for r in refs)
+    weights = frozenset((services[r["name"]], r.get("weight", 1) * 100 // total) for r in refs if r.get("weight", 1))
+    mirror = None
+    if "RequestMirror" in filters:
+        m = filters["RequestMirror"]["requestMirror"]
+        percent = m["percent"] if "percent" in m else m["fraction"]["numerator"] * 100 / m["fraction"]["denominator"]
+        mirror = (services[m["backendRef"]["name"]], round(percent, 2))
+    path = new_path(filters["URLRewrite"]["urlRewrite"]["path"]) if "URLRewrite" in filters else req.path
+    return ("forward", weights, mirror, path)
