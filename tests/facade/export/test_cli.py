@@ -130,3 +130,21 @@ def test_a_folder_of_other_files_is_never_replaced(tmp_path: Path, capsys: pytes
     assert main(["export", "istio", "-c", SAMPLE, "-o", str(out)]) == 2
     assert "was not written by facade export" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
+
+
+def test_gateway_api_all_steps_and_a_refusal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "gw"
+    assert main(["export", "gateway-api", "-c", SAMPLE, "--plan", "extract-orders", "--all-steps", "-o", str(out),
+                 "--gateway", "infra/edge"]) == 0
+    step = _docs((out / "03-weight-5" / "manifests.yaml").read_text())
+    assert [d["kind"] for d in step] == ["HTTPRoute"]
+    assert step[0]["spec"]["parentRefs"] == [{"name": "edge", "namespace": "infra"}]
+    orders = next(r for r in step[0]["spec"]["rules"] if r["matches"][0]["path"]["value"] == "/orders")
+    assert orders["backendRefs"] == [{"name": "monolith", "port": 80, "weight": 95},
+                                     {"name": "orders", "port": 80, "weight": 5}]
+    capsys.readouterr()
+    refused = tmp_path / "refused"
+    assert main(["export", "gateway-api", "-c", RICH, "-o", str(refused)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("facade export: gateway-api: route 'health': direct_response has no Gateway API equivalent")
+    assert "nothing was written" in err and not refused.exists()
