@@ -90,6 +90,13 @@ def export_gateway_api(
     config: Config, state: RoutingState, options: ExportOptions
 ) -> tuple[list[dict[str, Any]], list[Finding]]:
     """One HTTPRoute per host group, sorted by name, and the findings."""
+    hosts: dict[str, str] = {}
+    for s in config.services:
+        host = options.host_of(s.name)
+        if host in hosts:
+            raise ExportError(f"services {hosts[host]!r} and {s.name!r} both map to {host!r}: a backendRef names a "
+                              "whole Service (no subsets in the Gateway API); give each its own Service")
+        hosts[host] = s.name
     rules, findings = rules_for(config, state)
     warned: set[str] = set()
     docs = [_http_route(group, options, findings, warned) for group in host_groups(rules)]

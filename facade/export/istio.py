@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -51,12 +52,17 @@ _DEFAULT_MAX_EJECTION = 300.0  # Envoy's max_ejection_time, which Istio does not
 
 def export_istio(config: Config, state: RoutingState, options: ExportOptions) -> tuple[list[dict[str, Any]], list[Finding]]:
     """Every Istio document for ``config`` at ``state``, sorted by kind then name, and the findings."""
+    options = replace(options, services=tuple(s.name for s in config.services))
     rules, findings = rules_for(config, state)
     docs: list[dict[str, Any]] = []
     for group in host_groups(rules):
         docs.append(_virtual_service(group, options))
+    # Services that share one Kubernetes host (--service-host) become subsets of its DestinationRule.
+    by_host: dict[str, list[ServiceSpec]] = {}
     for service in config.services:
-        docs.extend(_service_docs(service, config, options, findings))
+        by_host.setdefault(options.host_of(service.name), []).append(service)
+    for host, services in by_host.items():
+        docs.extend(_destination_rule(host, services, config, options, findings))
     if config.mesh is not None:
         docs.extend(_peer_authentications(config, state, options))
         docs.extend(_authorization_policies(config, options, findings))
@@ -150,8 +156,19 @@ def _http_route(
 
 
 def _destination(service: str, options: ExportOptions) -> dict[str, Any]:
+    host = options.host_of(service)
+    out: dict[str, Any] = {"host": host}
+    if sum(options.host_of(s) == host for s in options.services) > 1:
+        out["subset"] = subset_name(service)
     port = options.port_of(service)
-    return {"host": options.host_of(service), **({"port": {"number": port}} if port is not None else {})}
+    if port is not None:
+        out["port"] = {"number": port}
+    return out
+
+
+def subset_name(service: str) -> str:
+    """The subset of a service that shares its host with others; its pods carry ``version: <subset>``."""
+    return service.replace("_", "-")
 
 
 def _prefix_value(value: str, kind: str | None) -> str:
@@ -271,10 +288,34 @@ def in_mesh(service: ServiceSpec, config: Config) -> bool:
     return service.identity is not None or (spec is not None and spec.identity is not None)
 
 
-def _service_docs(
-    service: ServiceSpec, config: Config, options: ExportOptions, findings: list[Finding]
+def _destination_rule(
+    host: str, services: list[ServiceSpec], config: Config, options: ExportOptions, findings: list[Finding]
 ) -> list[dict[str, Any]]:
-    host = options.host_of(service.name)
+    """One DestinationRule per host: the service's traffic policy, or one subset per service."""
+    docs: list[dict[str, Any]] = []
+    policies = []
+    for service in services:
+        policy, extra = _traffic_policy(service, host, config, options, findings)
+        policies.append(policy)
+        docs.extend(d for d in extra if not any(x["metadata"]["name"] == d["metadata"]["name"] for x in docs))
+    dr = _meta("DestinationRule", object_name(host), options)
+    if len(services) == 1:
+        dr["spec"] = {"host": host, "trafficPolicy": policies[0]}
+    else:
+        names = ", ".join(s.name for s in services)
+        findings.append(Finding(f"host {host!r}", (
+            f"services {names} share it: each is a subset selected by the pod label version=<service name>")))
+        dr["spec"] = {"host": host, "subsets": [
+            {"name": subset_name(s.name), "labels": {"version": subset_name(s.name)}, "trafficPolicy": p}
+            for s, p in zip(services, policies, strict=True)
+        ]}
+    docs.append(dr)
+    return docs
+
+
+def _traffic_policy(
+    service: ServiceSpec, host: str, config: Config, options: ExportOptions, findings: list[Finding]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     subject = f"service {service.name!r}"
     docs: list[dict[str, Any]] = []
     policy: dict[str, Any] = {"loadBalancer": {"simple": _LB[service.load_balancer]}}
@@ -317,10 +358,7 @@ def _service_docs(
             if service.tls is not None and not service.tls.verify:
                 tls["insecureSkipVerify"] = True
             policy["tls"] = tls
-    dr = _meta("DestinationRule", object_name(host), options)
-    dr["spec"] = {"host": host, "trafficPolicy": policy}
-    docs.append(dr)
-    return docs
+    return policy, docs
 
 
 def _service_entry(service: ServiceSpec, host: str, options: ExportOptions, findings: list[Finding]) -> dict[str, Any]:

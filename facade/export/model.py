@@ -80,6 +80,7 @@ class ExportOptions:
     gateway: str = DEFAULT_GATEWAY
     service_hosts: Mapping[str, str] = field(default_factory=dict)
     service_ports: Mapping[str, int] = field(default_factory=dict)  # the Kubernetes Service port, when given
+    services: tuple[str, ...] = ()  # every facade service (to see which share a host); set by the exporters
 
     def __post_init__(self) -> None:
         if not _DNS_LABEL_RE.match(self.namespace) or len(self.namespace) > 63:

@@ -10,7 +10,7 @@ import yaml
 
 from facade.cli import main
 
-from .cases import CASES, FIXTURES
+from .cases import CASES, FIXTURES, validate
 
 SAMPLE = str(CASES["sample"][0])
 MESH = str(CASES["mesh"][0])
@@ -148,3 +148,25 @@ def test_gateway_api_all_steps_and_a_refusal(tmp_path: Path, capsys: pytest.Capt
     err = capsys.readouterr().err
     assert err.startswith("facade export: gateway-api: route 'health': direct_response has no Gateway API equivalent")
     assert "nothing was written" in err and not refused.exists()
+
+
+def test_services_sharing_a_host_become_subsets_in_istio_and_are_refused_by_gateway_api(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    shared = ["--service-host", "catalog=shop-backend", "--service-host", "monolith=shop-backend:8080"]
+    assert main(["export", "istio", "-c", SAMPLE, "--plan", "extract-catalog", "--step", "3", *shared]) == 0
+    captured = capsys.readouterr()
+    docs = _docs(captured.out)
+    for doc in docs:
+        validate(doc)
+    (dr,) = [d for d in docs if d["kind"] == "DestinationRule" and d["spec"]["host"] == "shop-backend"]
+    assert [(s["name"], s["labels"]) for s in dr["spec"]["subsets"]] == [
+        ("monolith", {"version": "monolith"}), ("catalog", {"version": "catalog"})]
+    vs = next(d for d in docs if d["kind"] == "VirtualService")
+    catalog = next(h for h in vs["spec"]["http"] if h["name"] == "catalog")
+    assert catalog["route"] == [
+        {"destination": {"host": "shop-backend", "subset": "monolith", "port": {"number": 8080}}, "weight": 95},
+        {"destination": {"host": "shop-backend", "subset": "catalog"}, "weight": 5}]
+    assert "each is a subset selected by the pod label version=<service name>" in captured.err
+    assert main(["export", "gateway-api", "-c", SAMPLE, *shared]) == 2
+    assert "services 'monolith' and 'catalog' both map to 'shop-backend'" in capsys.readouterr().err
