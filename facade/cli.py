@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "facade.telemetry_cli",  # compare, diffs
     "mesh.cli",  # mesh ...
     "facade.loadtest",  # loadtest
+    "facade.export.cli",  # export istio | gateway-api
 )
 
 
