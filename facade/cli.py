@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "facade.telemetry_cli",  # compare, diffs
     "mesh.cli",  # mesh ...
     "facade.loadtest",  # loadtest
+    "facade.importers.cli",  # import nginx|istio
 )
 
 

@@ -1,0 +1,161 @@
+"""The imported config decides like nginx itself: a real nginx and the real facade, on the
+same nginx.conf (the facade on what ``facade import nginx`` made of it), in front of the
+same tagged upstreams, must send every request of the table to the same place."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from facade.importers import check_emitted, emit, import_nginx
+from tests.backends import EchoApp
+from tests.facade.importers.nginx_process import require_nginx, run_nginx
+from tests.harness import run_facade
+from tests.servers import serve_app
+
+SITES = r"""
+upstream a { server {A}; }
+upstream b { server {B}; }
+upstream c { server {C}; }
+upstream w { server {A} weight=3; server {B}; server {C} backup; }
+
+server {
+    listen 127.0.0.1:{port};
+    server_name first.test;
+    location / { proxy_pass http://c; }
+}
+server {
+    listen 127.0.0.1:{port} default_server;
+    server_name default.test;
+    location / { proxy_pass http://a; }
+    location /b/ { proxy_pass http://b; }
+}
+server {
+    listen 127.0.0.1:{port};
+    server_name shop.test www.shop.test;
+    proxy_set_header X-From nginx;
+    location = /exact { proxy_pass http://c; }
+    location = / { proxy_pass http://b; }
+    location / { proxy_pass http://a; }
+    location /static { proxy_pass http://b; }
+    location ^~ /static/img/ { proxy_pass http://{D}; }
+    location /static/img/big/ { proxy_pass http://c; }
+    location ~ \.php$ { proxy_pass http://c; }
+    location ~* \.JPG$ { proxy_pass http://{D}; }
+    location ~ ^/api/v[0-9]+/ { proxy_pass http://b; }
+    location /api/ { proxy_pass http://c/; }
+    location /weighted/ { proxy_pass http://w; }
+    location /exactly { proxy_pass http://c; }
+    location = /gone { return 410; }
+    location /old/ { return 301 /new/; }
+    location = /ping { return 200 "pong"; }
+}
+server {
+    listen 127.0.0.1:{port};
+    server_name *.shop.test;
+    location / { proxy_pass http://{D}; }
+}
+server {
+    listen 127.0.0.1:{port};
+    server_name *.api.shop.test .legacy.test;
+    location /v1/ { proxy_pass http://b; }
+}
+server {
+    listen 127.0.0.1:{port};
+    server_name redirect.test;
+    return 301 https://$host$request_uri;
+}
+"""
+
+# (Host, path): the request table. The expected answers are nginx's; the test asserts only that
+# the facade gives the same, so each line names the rule it exercises.
+REQUESTS = [
+    ("default.test", "/"),                        # the default server by name
+    ("default.test", "/b/x"),
+    ("unknown.test", "/b/"),                      # no name matches: the default_server (not the first)
+    ("unknown.test", "/x"),
+    ("first.test", "/x"),                         # the first server is not the default one
+    ("shop.test", "/"),                           # = / beats the prefix /
+    ("shop.test", "/exact"),                      # = exact
+    ("shop.test", "/exact/"),                     # exact does not cover the slash form: prefix /
+    ("shop.test", "/exactly"),                    # a prefix compares characters ...
+    ("shop.test", "/exactlyx"),                   # ... so /exactly matches /exactlyx
+    ("shop.test", "/static"),
+    ("shop.test", "/staticx"),
+    ("shop.test", "/static/a.php"),               # a regex beats the longest plain prefix
+    ("shop.test", "/static/img/a.php"),           # ^~ as the longest prefix: no regex is tried
+    ("shop.test", "/static/img/x"),
+    ("shop.test", "/static/img/big/a.php"),       # a longer plain prefix under ^~: regexes again
+    ("shop.test", "/static/img/big/x"),
+    ("shop.test", "/static/img/big/x.jpg"),       # ~* is case-insensitive
+    ("shop.test", "/x.JpG"),
+    ("shop.test", "/api/v2/orders"),              # regexes in file order
+    ("shop.test", "/api/orders"),                 # proxy_pass with a URI rewrites the prefix
+    ("shop.test", "/api"),                        # /api/ proxied: nginx redirects /api to /api/
+    ("shop.test", "/gone"),                       # return 410
+    ("shop.test", "/old/page"),                   # return 301 /new/
+    ("shop.test", "/ping"),                       # return 200 text
+    ("SHOP.test", "/exact"),                      # names are case-insensitive
+    ("www.shop.test", "/exact"),
+    ("a.shop.test", "/exact"),                    # *.shop.test
+    ("x.y.shop.test", "/"),                       # a wildcard covers several labels
+    ("v.api.shop.test", "/v1/x"),                 # the longest wildcard wins
+    ("v.api.shop.test", "/other"),                # the chosen server has no location: 404
+    ("legacy.test", "/v1/"),                      # .legacy.test is legacy.test ...
+    ("a.legacy.test", "/v1/x"),                   # ... and *.legacy.test
+    ("a.legacy.test", "/nope"),
+    ("redirect.test", "/x?y=1"),                  # server-level return
+]
+
+
+async def _outcome(client: httpx.AsyncClient, base: str, host: str, path: str) -> tuple[Any, ...]:
+    r = await client.get(base + path, headers={"host": host})
+    if r.headers.get("x-served-by"):
+        body = r.json()
+        headers = dict(body["headers"])
+        return (r.status_code, r.headers["x-served-by"], body["raw_path"], headers.get("x-from"))
+    if 300 <= r.status_code < 400:
+        location = urlsplit(r.headers["location"])
+        return (r.status_code, location.scheme if location.scheme == "https" else "", location.path, location.query)
+    return (r.status_code, r.text.strip() if r.status_code == 200 else "")
+
+
+@pytest.mark.slow
+async def test_an_imported_nginx_config_routes_every_request_like_nginx(tmp_path: Path) -> None:
+    require_nginx()
+    async with contextlib.AsyncExitStack() as stack:
+        urls = {}
+        for name in ("a", "b", "c", "d"):
+            urls[name] = urlsplit(await stack.enter_async_context(serve_app(EchoApp(name)))).netloc
+        sites = SITES
+        for name, netloc in urls.items():
+            sites = sites.replace("{" + name.upper() + "}", netloc)
+        nginx_url, conf = await stack.enter_async_context(run_nginx(tmp_path / "nginx", sites))
+
+        imported = import_nginx(str(conf))
+        assert not imported.errors, imported.errors
+        text = emit(imported, header="test")
+        assert [p for p in check_emitted(text, str(tmp_path / "facade.yaml")) if p.severity == "error"] == []
+        facade = await stack.enter_async_context(run_facade(tmp_path, text))
+
+        async with httpx.AsyncClient(timeout=10, follow_redirects=False) as client:
+            differences = []
+            for host, path in REQUESTS:
+                want = await _outcome(client, nginx_url, host, path)
+                got = await _outcome(client, facade.url, host, path)
+                if want != got:
+                    differences.append(f"{host}{path}: nginx {want}, facade {got}")
+            assert differences == [], "\n".join(differences) + "\n\n" + text
+
+            # A weighted upstream with a backup: both sides spread over the primaries, never the backup.
+            served: dict[str, set[str]] = {"nginx": set(), "facade": set()}
+            for side, base in (("nginx", nginx_url), ("facade", facade.url)):
+                for _ in range(40):
+                    r = await client.get(base + "/weighted/x", headers={"host": "shop.test"})
+                    served[side].add(r.headers["x-served-by"])
+            assert served["nginx"] == served["facade"] == {"a", "b"}
