@@ -740,14 +740,15 @@ def _emit_routes(servers: list[_Server], default: _Server, out: Imported) -> Non
         where = f"{os.path.basename(srv.stmt.file)}:{srv.stmt.line}"
         base_match: dict[str, Any] = {"host": hosts} if hosts is not None else {}
         if srv.server_return is not None:
-            route = {"name": unique_name(label, names, fallback="route")} | ({"match": base_match} if hosts else {})
+            route: dict[str, Any] = {"name": unique_name(label, names, fallback="route")}
+            route |= {"match": base_match} if hosts else {}
             out.routes.append((f"{where} server {label}: return", route | srv.server_return))
             continue
         covers_all = False
         for loc, action, path_match in _order_locations(srv.locations):
             text = f"location {loc.modifier + ' ' if loc.modifier else ''}{loc.pattern}"
             name = unique_name(_route_name(label, loc, action), names, fallback="route")
-            route: dict[str, Any] = {"name": name, "match": base_match | {"path": path_match}} | action
+            route = {"name": name, "match": base_match | {"path": path_match}} | action
             loc_where = f"{os.path.basename(loc.stmt.file)}:{loc.stmt.line}"
             out.routes.append((f"{loc_where} server {label}, {text}", route))
             covers_all = covers_all or path_match == {"prefix": "/"}
