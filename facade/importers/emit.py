@@ -51,8 +51,7 @@ def format_finding(f: Finding) -> str:
     """``file:line:col: message`` (``file:line: message`` when the source gives no column)."""
     where = f"{f.file}:{f.line}" + (f":{f.col}" if f.col else "")
     what = f"{f.path}: {f.message}" if f.path else f.message
-    kind = "error" if f.severity == "error" else "not imported"
-    return f"{where}: {kind}: {what}"
+    return f"{where}: {f.severity}: {what}"
 
 
 def unique_name(wanted: str, taken: set[str], *, fallback: str) -> str:
@@ -84,7 +83,11 @@ def emit(imported: Imported, *, header: str) -> str:
 
 
 class _Dumper(yaml.SafeDumper):  # type: ignore[misc]
-    """SafeDumper that writes a string with line breaks or tabs double-quoted (``"ok\\n"``)."""
+    """SafeDumper that writes a string with line breaks or tabs double-quoted (``"ok\\n"``) and never
+    writes anchors: a value shared by two routes is written out twice (facade.yaml has no aliases)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
