@@ -341,7 +341,9 @@ class _Reader:
             self.lost_key(entry, key, f"http[{index}].{key}: not imported")
         label = self.str_of(entry.get("name")) or str(index)
         route: dict[str, Any] = {"name": unique_name(f"{vs_name}-{label}", self.route_names, fallback="route")}
-        matches = self.matches(entry.get("match"), hosts)
+        rewrite = entry.get("rewrite")
+        rewrites = rewrite is not None and rewrite.get("uri") is not None
+        matches = self.matches(entry.get("match"), hosts, segment_prefixes=rewrites)
         if matches is None:
             return
         if matches:
@@ -380,7 +382,7 @@ class _Reader:
         comment = f"{entry.file}:{entry.line} VirtualService {vs_name}, http[{index}]"
         self.out.routes.append((comment, route))
 
-    def matches(self, node: Node | None, hosts: list[str]) -> list[dict[str, Any]] | None:
+    def matches(self, node: Node | None, hosts: list[str], *, segment_prefixes: bool) -> list[dict[str, Any]] | None:
         base: dict[str, Any] = {"host": hosts} if hosts else {}
         if node is None or node.is_null:
             return [base] if base else []
@@ -389,7 +391,7 @@ class _Reader:
             match = dict(base)
             for key, child in m.items():
                 if key == "uri":
-                    path = self.uri_match(child, m.get("ignoreUriCase"))
+                    path = self.uri_match(child, m.get("ignoreUriCase"), segment_prefix=segment_prefixes)
                     if path is None:
                         return None
                     match["path"] = path
@@ -445,7 +447,7 @@ class _Reader:
             return False
         return True
 
-    def uri_match(self, node: Node, ignore_case: Node | None) -> dict[str, str] | None:
+    def uri_match(self, node: Node, ignore_case: Node | None, *, segment_prefix: bool) -> dict[str, str] | None:
         kind, value = self.string_match(node)
         if kind is None:
             return None
@@ -462,8 +464,14 @@ class _Reader:
             return {"regex": f"(?i:{literal}{'.*' if kind == 'prefix' else ''})"}
         if kind == "exact":
             return {"exact": value}
-        # Istio (Envoy) prefixes compare characters; a facade prefix compares segments.
-        return {"prefix": value} if value.endswith("/") else {"regex": literal + ".*"}
+        # Istio (Envoy) prefixes compare characters; a facade prefix compares segments. A regex keeps
+        # Istio's meaning, except on a route that rewrites: the facade rewrites prefix matches only.
+        if value.endswith("/"):
+            return {"prefix": value}
+        if segment_prefix:
+            self.lost(node, f"prefix {value!r} with a rewrite: matched by segments ({value}/..., not {value}x)")
+            return {"prefix": value}
+        return {"regex": literal + ".*"}
 
     def destinations(self, node: Node, route: dict[str, Any], namespace: str) -> bool:
         items = node.elements()

@@ -546,6 +546,9 @@ class _Translator:
                     self.out.error(d.file, d.line, d.col, "listen needs an address")
                     continue
                 srv.listens.append(d.args[0])
+                if "ssl" in d.args[1:] or "http2" in d.args[1:] or "quic" in d.args[1:]:
+                    self.out.lost(d.file, d.line, d.col, f"listen {' '.join(d.args)}: TLS and HTTP/2 are set on the "
+                                  "facade's listener (tls: in facade.yaml), not per server")
                 srv.default = srv.default or any(a in ("default_server", "default") for a in d.args[1:])
         real = [n for n in names if n not in ("", "_")]
         if real:
@@ -606,6 +609,7 @@ def _order_locations(locs: list[_Location]) -> list[tuple[_Location, dict[str, A
     for loc in exact + prefixes:
         bare = loc.pattern[:-1]
         if loc.proxies and len(loc.pattern) > 1 and loc.pattern.endswith("/") and bare not in static:
+            static.add(bare)  # "= /p/" and "/p/" both proxied: one redirect
             out.append((loc, {"redirect": {"path": loc.pattern, "code": 301}}, {"exact": bare}))
 
     def regex(loc: _Location, within: str | None) -> dict[str, str]:
