@@ -5,6 +5,7 @@ same tagged upstreams, must send every request of the table to the same place.""
 from __future__ import annotations
 
 import contextlib
+import random
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -159,3 +160,65 @@ async def test_an_imported_nginx_config_routes_every_request_like_nginx(tmp_path
                     r = await client.get(base + "/weighted/x", headers={"host": "shop.test"})
                     served[side].add(r.headers["x-served-by"])
             assert served["nginx"] == served["facade"] == {"a", "b"}
+
+
+# -- random location sets: nginx's precedence against the imported first-match order -------------
+
+_PREFIXES = ["/", "/a", "/a/", "/a/b", "/a/b/", "/ab", "/b/", "/b/c/"]
+_REGEXES = [r"\.php$", r"^/a/b", r"b$", r"^/A", r"/c/", r"x"]
+_PATHS = ["/", "/a", "/a/", "/a/b", "/a/b/", "/a/b/x.php", "/a/bx", "/ab", "/abc", "/b", "/b/", "/b/c",
+          "/b/c/", "/b/c/d.php", "/x.PHP", "/A/B", "/zzz", "/a/b/c/"]
+
+
+def _random_server(rng: random.Random, name: str) -> str:
+    lines = []
+    for n, pattern in enumerate(rng.sample(_PREFIXES, rng.randint(1, len(_PREFIXES)))):
+        modifier = rng.choice(["", "", "^~", "="])
+        lines.append(f"location {modifier} {pattern} {{ proxy_pass http://echo; proxy_set_header X-Loc p{n}; }}")
+    for n, pattern in enumerate(rng.sample(_REGEXES, rng.randint(0, 3))):
+        modifier = rng.choice(["~", "~*"])
+        lines.append(f"location {modifier} {pattern} {{ proxy_pass http://echo; proxy_set_header X-Loc r{n}; }}")
+    rng.shuffle(lines)
+    body = "\n        ".join(lines)
+    return f"""
+    server {{
+        listen 127.0.0.1:{{port}};
+        server_name {name};
+        {body}
+    }}"""
+
+
+async def _tag(client: httpx.AsyncClient, base: str, host: str, path: str) -> tuple[Any, ...]:
+    r = await client.get(base + path, headers={"host": host})
+    if r.headers.get("x-served-by"):
+        return (r.status_code, dict(r.json()["headers"]).get("x-loc"))
+    if 300 <= r.status_code < 400:
+        return (r.status_code, urlsplit(r.headers["location"]).path)
+    return (r.status_code,)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_random_location_sets_decide_like_nginx(tmp_path: Path, seed: int) -> None:
+    require_nginx()
+    rng = random.Random(seed)
+    names = [f"s{i}.test" for i in range(12)]
+    async with contextlib.AsyncExitStack() as stack:
+        echo = urlsplit(await stack.enter_async_context(serve_app(EchoApp("echo")))).netloc
+        sites = f"upstream echo {{ server {echo}; }}\n" + "".join(_random_server(rng, n) for n in names)
+        nginx_url, conf = await stack.enter_async_context(run_nginx(tmp_path / "nginx", sites))
+        imported = import_nginx(str(conf))
+        assert not imported.errors, imported.errors
+        text = emit(imported, header="test")
+        facade = await stack.enter_async_context(run_facade(tmp_path, text))
+        async with httpx.AsyncClient(timeout=10, follow_redirects=False) as client:
+            differences, outcomes = [], set()
+            for host in names:
+                for path in _PATHS:
+                    want = await _tag(client, nginx_url, host, path)
+                    got = await _tag(client, facade.url, host, path)
+                    outcomes.add(want)
+                    if want != got:
+                        differences.append(f"{host}{path}: nginx {want}, facade {got}")
+            assert differences == [], "\n".join(differences) + "\n\n" + conf.read_text()
+            assert len(outcomes) > 8  # the sets exercise many locations, redirects and 404s
