@@ -326,8 +326,7 @@ class _Location:
 class _Server:
     stmt: _Stmt
     label: str
-    exact: list[str] = field(default_factory=list)
-    wildcards: list[str] = field(default_factory=list)  # "*.suffix"
+    names: list[tuple[str, str]] = field(default_factory=list)  # ("exact" | "star" | "dot", name), in order
     default: bool = False
     listens: list[str] = field(default_factory=list)
     server_return: dict[str, Any] | None = None
@@ -577,14 +576,13 @@ class _Translator:
             if host.startswith("~"):
                 self.out.lost(d.file, d.line, d.col, f"server_name {name}: regex server names are not imported")
             elif host.startswith("."):
-                srv.exact.append(host[1:])
-                srv.wildcards.append("*" + host)
+                srv.names.append(("dot", host[1:]))
             elif host.startswith("*."):
-                srv.wildcards.append(host)
+                srv.names.append(("star", host[2:]))
             elif "*" in host:
                 self.out.lost(d.file, d.line, d.col, f"server_name {name}: only leading *. wildcards are imported")
             else:
-                srv.exact.append(host)
+                srv.names.append(("exact", host))
 
 
 # -- order: nginx's precedence as a first-match list ----------------------------------------------
@@ -629,32 +627,71 @@ def _order_locations(locs: list[_Location]) -> list[tuple[_Location, dict[str, A
     return out
 
 
+@dataclass(frozen=True)
+class _Wildcard:
+    server: _Server
+    suffix: str  # "a.test" for "*.a.test" and ".a.test"
+    dot: bool  # ".a.test": also "a.test" itself
+    order: int  # registration order
+
+    def covers(self, host: str) -> bool:
+        return host.endswith("." + self.suffix) or (self.dot and host == self.suffix)
+
+    @property
+    def hosts(self) -> list[str]:
+        return ([self.suffix] if self.dot else []) + ["*." + self.suffix]
+
+
+def _register_names(servers: list[_Server]) -> tuple[dict[str, _Server], list[_Wildcard]]:
+    """Which server owns each name, as nginx decides at start: the first server to register a name
+    keeps it; a later duplicate is ignored ("conflicting server name"). ``.a.test`` and ``*.a.test``
+    are one wildcard key, and ``.a.test`` also claims the exact name ``a.test`` (while still
+    matching it in the wildcard phase)."""
+    exact: dict[str, _Server] = {}
+    claimed: set[str] = set()  # nginx's conflict table of exact names
+    wildcards: dict[str, _Wildcard] = {}
+    for srv in servers:
+        for kind, name in srv.names:
+            if kind == "exact":
+                if name not in claimed:
+                    claimed.add(name)
+                    exact[name] = srv
+            elif kind == "dot":
+                if name in claimed:
+                    continue
+                claimed.add(name)
+                if name not in wildcards:
+                    wildcards[name] = _Wildcard(srv, name, True, len(wildcards))
+            elif name not in wildcards:
+                wildcards[name] = _Wildcard(srv, name, False, len(wildcards))
+    return exact, sorted(wildcards.values(), key=lambda w: (-len(w.suffix), w.order))
+
+
 def _host_tiers(servers: list[_Server], default: _Server) -> list[tuple[_Server, list[str] | None]]:
-    """``(server, hosts)`` in first-match order: exact names, then ``*.`` wildcards longest suffix
-    first, then the default server for any host (``None``). A default server's own names get a tier
-    only where another server's wildcard would otherwise take them."""
-    others = [w for s in servers if s is not default for w in s.wildcards]
-
-    def taken_elsewhere(host: str) -> bool:
-        return any(host.endswith(w[1:]) and host != w for w in others)
-
+    """``(server, hosts)`` in first-match order: exact names, then wildcards longest suffix first,
+    then the default server for any host (``None``). The default server's own names get a tier only
+    where another server's wildcard would otherwise take them."""
+    exact, wildcards = _register_names(servers)
+    others = [w for w in wildcards if w.server is not default]
     tiers: list[tuple[_Server, list[str] | None]] = []
-    for s in servers:
-        hosts = [h for h in s.exact if s is not default or taken_elsewhere(h)]
+    for srv in servers:
+        hosts = [h for h, owner in exact.items() if owner is srv and (srv is not default or
+                                                                         any(w.covers(h) for w in others))]
         if hosts:
-            tiers.append((s, hosts))
-    wild: list[tuple[int, int, _Server, str]] = []
-    for i, s in enumerate(servers):
-        for w in s.wildcards:
-            if s is not default or taken_elsewhere(w):
-                wild.append((-len(w), i, s, w))
-    for _, _, s, w in sorted(wild, key=lambda t: (t[0], t[1])):
-        if tiers and tiers[-1][0] is s and tiers[-1][1] and all(h.startswith("*.") for h in tiers[-1][1]):
-            tiers[-1][1].append(w)  # consecutive wildcards of one server share its routes
+            tiers.append((srv, hosts))
+    for w in wildcards:
+        if w.server is default and not any(o.covers(h) for o in others for h in w.hosts):
+            continue
+        if tiers and tiers[-1][0] is w.server and tiers[-1][1] and all(h in _wild_hosts(wildcards) for h in tiers[-1][1]):
+            tiers[-1][1].extend(w.hosts)  # consecutive wildcards of one server share its routes
         else:
-            tiers.append((s, [w]))
+            tiers.append((w.server, list(w.hosts)))
     tiers.append((default, None))
     return tiers
+
+
+def _wild_hosts(wildcards: list[_Wildcard]) -> set[str]:
+    return {h for w in wildcards for h in w.hosts}
 
 
 # -- entry point --------------------------------------------------------------------------------

@@ -222,3 +222,41 @@ async def test_random_location_sets_decide_like_nginx(tmp_path: Path, seed: int)
                         differences.append(f"{host}{path}: nginx {want}, facade {got}")
             assert differences == [], "\n".join(differences) + "\n\n" + conf.read_text()
             assert len(outcomes) > 8  # the sets exercise many locations, redirects and 404s
+
+
+_NAMES = ["a.test", "*.a.test", ".b.a.test", "b.a.test", "*.b.a.test", "c.test", "*.test", "_", "x.b.a.test"]
+_HOSTS = ["a.test", "x.a.test", "b.a.test", "x.b.a.test", "y.x.b.a.test", "c.test", "zz.test", "other.org"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_random_server_names_decide_like_nginx(tmp_path: Path, seed: int) -> None:
+    require_nginx()
+    rng = random.Random(seed)
+    count = rng.randint(2, 6)
+    default = rng.choice([None, *range(count)])
+    servers = []
+    for i in range(count):
+        names = " ".join(rng.sample(_NAMES, rng.randint(1, 3)))
+        flag = " default_server" if i == default else ""
+        # Some servers have no "location /": nginx answers 404 there instead of trying another server.
+        paths = ["/", "/v1/"] if rng.random() < 0.7 else ["/v1/"]
+        locations = " ".join(f"location {p} {{ proxy_pass http://echo; proxy_set_header X-Loc s{i}{p}; }}"
+                             for p in paths)
+        servers.append(f"server {{ listen 127.0.0.1:{{port}}{flag}; server_name {names}; {locations} }}")
+    async with contextlib.AsyncExitStack() as stack:
+        echo = urlsplit(await stack.enter_async_context(serve_app(EchoApp("echo")))).netloc
+        sites = f"upstream echo {{ server {echo}; }}\n" + "\n".join(servers)
+        nginx_url, conf = await stack.enter_async_context(run_nginx(tmp_path / "nginx", sites))
+        imported = import_nginx(str(conf))
+        assert not imported.errors, imported.errors
+        facade = await stack.enter_async_context(run_facade(tmp_path, emit(imported, header="test")))
+        async with httpx.AsyncClient(timeout=10, follow_redirects=False) as client:
+            differences = []
+            for host in _HOSTS:
+                for path in ("/x", "/v1/x"):
+                    want = await _tag(client, nginx_url, host, path)
+                    got = await _tag(client, facade.url, host, path)
+                    if want != got:
+                        differences.append(f"{host}{path}: nginx {want}, facade {got}")
+            assert differences == [], "\n".join(differences) + "\n\n" + conf.read_text()
