@@ -7,6 +7,7 @@ its RouteTable on the imported config, with services resolved to their endpoints
 
 from __future__ import annotations
 
+import random
 import re
 import shutil
 from pathlib import Path
@@ -243,3 +244,114 @@ def test_the_cli_writes_a_valid_config_and_strict_refuses_losses(tmp_path: Path,
     assert main(["import", "istio", *files, "-o", str(out)]) == 0
     assert main(["validate", "-c", str(out)]) == 0
     assert "valid (4 services, 9 routes)" in capsys.readouterr().out
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "in.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_kubernetes_services_rewrites_weights_and_other_kinds(tmp_path: Path) -> None:
+    source = _write(tmp_path, """\
+apiVersion: networking.istio.io/v1beta1
+kind: Gateway
+metadata: {name: shop-gateway, namespace: shop}
+spec: {selector: {istio: ingressgateway}}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  http:
+  - match:
+    - uri: {prefix: /reviews}
+    rewrite: {uri: /v2}
+    route:
+    - destination: {host: reviews, subset: v1}
+      weight: 1
+    - destination: {host: reviews, subset: v2}
+      weight: 2
+""")
+    imported = import_istio([str(source)])
+    assert imported.errors == []
+    out = tmp_path / "facade.yaml"
+    out.write_text(emit(imported, header="test"))
+    config = load_config(str(out))
+    route = config.routes[0]
+    # The short name resolves in the namespace; a Kubernetes Service is reached by its cluster name.
+    assert [(b.service, b.weight) for b in route.backends] == [("reviews-v1", 33), ("reviews-v2", 67)]
+    service = config.service("reviews-v1")
+    assert service is not None and service.groups[0].endpoints == ("http://reviews.shop.svc.cluster.local:80",)
+    assert (route.matches[0].path_kind, route.matches[0].path, route.rewrite_prefix) == ("prefix", "/reviews", "/v2")
+    lost = [(f.line, f.message) for f in imported.warnings]
+    assert (2, "Gateway: not imported (only VirtualService, DestinationRule and ServiceEntry are)") in lost
+    assert any(line == 22 and "matched by segments" in m for line, m in lost)
+    assert any(line == 25 and m.startswith("destination weights sum to 3: scaled to [33, 67]") for line, m in lost)
+    assert any("has no ServiceEntry" in m for _, m in lost)
+
+
+def test_a_missing_file_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["import", "istio", str(tmp_path / "nope.yaml")]) == 2
+    assert f"{tmp_path / 'nope.yaml'}:1: error: cannot read file" in capsys.readouterr().err
+
+
+# -- random VirtualServices: the imported routes against the first-match evaluator ------------------
+
+_URIS = [{"prefix": "/"}, {"prefix": "/a"}, {"prefix": "/a/"}, {"exact": "/a"}, {"exact": "/a/b"},
+         {"regex": "/a/[0-9]+"}, {"prefix": "/b/c"}, {"regex": ".*[.]php"}]
+_HEADERS = [{}, {"x-v": {"exact": "1"}}, {"x-v": {"prefix": "2"}}, {"x-t": {"regex": "a|b"}}]
+_PATHS = ["/", "/a", "/a/", "/ab", "/a/b", "/a/12", "/a/12/x", "/b/c", "/b/cd", "/b/c/x.php", "/x.php"]
+_HEADER_SETS = [{}, {"x-v": "1"}, {"x-v": "23"}, {"x-t": "b"}, {"x-t": "ab"}]
+
+
+def _random_virtual_service(rng: random.Random) -> list[dict[str, Any]]:
+    entries = [{"address": f"10.0.0.{i}", "labels": {"v": f"v{i}"}} for i in range(1, 4)]
+    resources: list[dict[str, Any]] = [
+        {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": "app"},
+         "spec": {"hosts": ["app.internal"], "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
+                  "endpoints": entries}},
+        {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "app"},
+         "spec": {"host": "app.internal", "subsets": [{"name": f"v{i}", "labels": {"v": f"v{i}"}} for i in range(1, 4)]}},
+    ]
+    http = []
+    for _ in range(rng.randint(1, 7)):
+        matches = []
+        for _ in range(rng.randint(0, 2)):
+            m: dict[str, Any] = {"uri": rng.choice(_URIS)}
+            headers = rng.choice(_HEADERS)
+            if headers:
+                m["headers"] = headers
+            matches.append(m)
+        entry: dict[str, Any] = {"route": [{"destination": {"host": "app.internal", "subset": rng.choice(["v1", "v2", "v3"])}}]}
+        if matches:
+            entry["match"] = matches
+        http.append(entry)
+    resources.append({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "r"},
+                      "spec": {"hosts": ["app.test"], "http": http}})
+    return resources
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_virtual_services_decide_like_the_evaluator(tmp_path: Path, seed: int) -> None:
+    resources = _random_virtual_service(random.Random(seed))
+    source = _write(tmp_path, yaml.safe_dump_all(resources))
+    imported = import_istio([str(source)])
+    assert imported.errors == []
+    out = tmp_path / "facade.yaml"
+    out.write_text(emit(imported, header="test"))
+    config = load_config(str(out))
+    for path in _PATHS:
+        for headers in _HEADER_SETS:
+            request = ("app.test", path, "GET", headers, "")
+            assert _facade_decide(config, *request) == _istio_decide(resources, *request), (request, resources)

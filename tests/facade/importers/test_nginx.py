@@ -280,6 +280,14 @@ def test_the_cli_writes_a_config_that_validates_and_refuses_to_overwrite(
     assert [p for p in check_emitted(printed, "x.yaml") if p.severity == "error"] == []
 
 
+def test_a_missing_file_and_tls_listeners(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["import", "nginx", str(tmp_path / "nope.conf")]) == 2
+    assert f"{tmp_path / 'nope.conf'}:1: error: cannot read file" in capsys.readouterr().err
+    conf = _conf(tmp_path, "server {\n  listen 443 ssl;\n  location / { proxy_pass http://127.0.0.1:1; }\n}\n")
+    imported = import_nginx(str(conf))
+    assert [(f.line, f.col, f.message.split(":")[0]) for f in imported.warnings] == [(2, 3, "listen 443 ssl")]
+
+
 def test_import_without_a_kind_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["import"]) == 2
     assert "facade import: say what to import" in capsys.readouterr().err
