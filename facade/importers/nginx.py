@@ -14,8 +14,8 @@ translates. What it translates (docs/import.md has the full table):
 nginx does not pick the first location that matches: an exact ``=`` location wins, then the longest
 prefix, which wins at once when it is ``^~``; otherwise the regex locations are tried in file order
 and the longest prefix is used only when none matches. Server names are chosen exact first, then
-the longest ``*.`` wildcard, then the default server. ``_order_locations`` and ``_host_tiers``
-turn both rules into the facade's first-match order, so the imported table decides as nginx does.
+the longest ``*.`` wildcard, then the default server. ``nginx_precedence`` turns
+both rules into the facade's first-match order, so the imported table decides as nginx does.
 Everything else is reported with its position as lost.
 """
 
@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from .emit import Imported, unique_name
+from .nginx_precedence import Location, Server, host_tiers, nginx_regex_to_facade, order_locations
 
 __all__ = ["import_nginx", "nginx_regex_to_facade"]
 
@@ -55,7 +55,6 @@ _RESERVED_HEADERS = frozenset({
     "content-length", "transfer-encoding", "connection", "keep-alive", "proxy-connection", "te", "trailer",
     "upgrade", "host",
 })
-_GLOBAL_FLAGS = re.compile(r"^\(\?([aiLmsux]+)\)")
 _DIRECTIVE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _VAR = re.compile(r"\$(\w+|\{\w+\})")
 
@@ -64,13 +63,13 @@ _VAR = re.compile(r"\$(\w+|\{\w+\})")
 
 
 @dataclass(frozen=True)
-class _Stmt:
+class Stmt:
     file: str
     line: int
     col: int  # 0 when the directive cannot be found on its line
     directive: str
     args: tuple[str, ...]
-    block: tuple[_Stmt, ...] | None
+    block: tuple[Stmt, ...] | None
 
 
 class _Sources:
@@ -95,9 +94,9 @@ class _Sources:
 
 def _expand(
     payload: dict[str, Any], index: int, stmts: list[dict[str, Any]], src: _Sources, found: Imported
-) -> tuple[_Stmt, ...]:
+) -> tuple[Stmt, ...]:
     file = payload["config"][index]["file"]
-    out: list[_Stmt] = []
+    out: list[Stmt] = []
     for s in stmts:
         if not _DIRECTIVE_NAME.match(s["directive"]):
             # crossplane reads any word as a directive; nginx's are identifiers ("services:" is YAML).
@@ -110,7 +109,7 @@ def _expand(
             continue
         block = _expand(payload, index, s["block"], src, found) if "block" in s else None
         col = src.col(file, s["line"], s["directive"])
-        out.append(_Stmt(file, s["line"], col, s["directive"], tuple(s["args"]), block))
+        out.append(Stmt(file, s["line"], col, s["directive"], tuple(s["args"]), block))
     return tuple(out)
 
 
@@ -119,96 +118,13 @@ def _unescape(text: str) -> str:
     return re.sub(r"\\([\"'\\trn])", lambda m: {"t": "\t", "r": "\r", "n": "\n"}.get(m[1], m[1]), text)
 
 
-# -- regexes ---------------------------------------------------------------------------------------
-
-
-def nginx_regex_to_facade(pattern: str, *, ignore_case: bool, within: str | None = None) -> str:
-    """A facade path regex (Python ``re.fullmatch``) that matches exactly the paths on which nginx's
-    PCRE search ``pattern`` matches; ``within`` restricts it to paths starting with that string.
-    Raises ValueError with the reason when Python's ``re`` cannot express the pattern."""
-    flags = ""
-    body = pattern
-    m = _GLOBAL_FLAGS.match(body)
-    if m:
-        flags, body = m[1], body[m.end() :]
-    if ignore_case and "i" not in flags:
-        flags += "i"
-    _check_python_regex(pattern, body, flags)
-    alternation = _has_top_level_alternation(body)
-    anchored_start = body.startswith("^") and not alternation
-    anchored_end = _ends_with_dollar(body) and not alternation
-    core = ("" if anchored_start else ".*") + f"(?:{body})" + ("" if anchored_end else ".*")
-    if flags:
-        core = f"(?{flags}:{core})"
-    out = (f"(?={_literal(within)})" if within and within != "/" else "") + core
-    re.compile(out)  # the translation itself must compile when the pattern does
-    return out
-
-
-def _check_python_regex(original: str, body: str, flags: str) -> None:
-    with warnings.catch_warnings():
-        # "[[:alpha:]]" compiles in Python as a different set (with a FutureWarning): refuse it.
-        warnings.simplefilter("error", FutureWarning)
-        try:
-            re.compile(f"(?{flags}:{body})" if flags else body)
-        except re.error as exc:
-            hint = ""
-            if "?<" in body and "unknown extension ?<" in str(exc):
-                hint = " (write (?P<name>...) for a named group)"
-            raise ValueError(f"regex {original!r} is not supported by Python's re: {exc}{hint}") from None
-        except FutureWarning as exc:
-            raise ValueError(f"regex {original!r} means something else in Python's re: {exc}") from None
-
-
-def _has_top_level_alternation(body: str) -> bool:
-    depth, i, in_class = 0, 0, False
-    while i < len(body):
-        c = body[i]
-        if c == "\\":
-            i += 2
-            continue
-        if in_class:
-            in_class = c != "]"
-        elif c == "[":
-            in_class = True
-            if body[i + 1 : i + 2] == "]":  # "[]...]": a leading "]" is a member
-                i += 1
-        elif c == "(":
-            depth += 1
-        elif c == ")":
-            depth -= 1
-        elif c == "|" and depth == 0:
-            return True
-        i += 1
-    return False
-
-
-def _ends_with_dollar(body: str) -> bool:
-    if not body.endswith("$"):
-        return False
-    backslashes = len(body[:-1]) - len(body[:-1].rstrip("\\"))
-    return backslashes % 2 == 0
-
-
-def _literal(text: str) -> str:
-    return re.sub(r"([.^$*+?{}\[\]\\|()])", r"\\\1", text)
-
-
-def _prefix_match(prefix: str) -> dict[str, str]:
-    # nginx prefixes compare characters: "/api" matches "/apix". A facade prefix compares segments,
-    # which is the same thing only when the prefix ends with "/".
-    if prefix.endswith("/"):
-        return {"prefix": prefix}
-    return {"regex": _literal(prefix) + ".*"}
-
-
 # -- upstreams -> services ------------------------------------------------------------------------
 
 
 @dataclass
 class _Upstream:
     name: str
-    stmt: _Stmt
+    stmt: Stmt
     primary: list[tuple[str, int]] = field(default_factory=list)  # (host:port, weight)
     backup: list[str] = field(default_factory=list)
     load_balancer: str | None = None
@@ -216,7 +132,7 @@ class _Upstream:
     fail_timeout: str | None = None
 
 
-def _read_upstream(stmt: _Stmt, out: Imported) -> _Upstream | None:
+def _read_upstream(stmt: Stmt, out: Imported) -> _Upstream | None:
     if len(stmt.args) != 1:
         out.error(stmt.file, stmt.line, stmt.col, "upstream needs exactly one name")
         return None
@@ -242,7 +158,7 @@ def _read_upstream(stmt: _Stmt, out: Imported) -> _Upstream | None:
     return up
 
 
-def _read_upstream_server(s: _Stmt, up: _Upstream, out: Imported) -> None:
+def _read_upstream_server(s: Stmt, up: _Upstream, out: Imported) -> None:
     if not s.args:
         out.error(s.file, s.line, s.col, "server needs an address")
         return
@@ -313,26 +229,6 @@ def _duration(value: str) -> str | None:
 # -- servers and locations ------------------------------------------------------------------------
 
 
-@dataclass
-class _Location:
-    stmt: _Stmt
-    modifier: str  # "=", "^~", "", "~", "~*"
-    pattern: str
-    action: dict[str, Any]
-    proxies: bool  # has proxy_pass (nginx then redirects "/p" to "/p/" for a location "/p/")
-
-
-@dataclass
-class _Server:
-    stmt: _Stmt
-    label: str
-    names: list[tuple[str, str]] = field(default_factory=list)  # ("exact" | "star" | "dot", name), in order
-    default: bool = False
-    listens: list[str] = field(default_factory=list)
-    server_return: dict[str, Any] | None = None
-    locations: list[_Location] = field(default_factory=list)
-
-
 class _Translator:
     def __init__(self, out: Imported) -> None:
         self.out = out
@@ -341,7 +237,7 @@ class _Translator:
         self.service_of: dict[tuple[str, str], str] = {}  # (upstream or host:port, scheme) -> service
 
     # services are declared on first use, so a service's scheme is the one proxy_pass gives
-    def service_for(self, stmt: _Stmt, target: str) -> str | None:
+    def service_for(self, stmt: Stmt, target: str) -> str | None:
         url = target
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
@@ -365,7 +261,7 @@ class _Translator:
         self.service_of[key] = name
         return name
 
-    def headers(self, stmts: tuple[_Stmt, ...], directive: str, inherited: dict[str, Any]) -> dict[str, Any]:
+    def headers(self, stmts: tuple[Stmt, ...], directive: str, inherited: dict[str, Any]) -> dict[str, Any]:
         """``proxy_set_header`` / ``add_header`` of one level; nginx inherits the outer level's only
         when this level has none of its own."""
         own = [s for s in stmts if s.directive == directive]
@@ -395,7 +291,7 @@ class _Translator:
                 ops.setdefault("add", {})[name] = value
         return ops
 
-    def return_action(self, s: _Stmt) -> dict[str, Any] | None:
+    def return_action(self, s: Stmt) -> dict[str, Any] | None:
         args = s.args
         if not args or len(args) > 2:
             self.out.error(s.file, s.line, s.col, "return needs a code and an optional text or URL")
@@ -422,7 +318,7 @@ class _Translator:
             response["body"] = text
         return {"direct_response": response}
 
-    def redirect(self, s: _Stmt, target: str) -> dict[str, Any] | None:
+    def redirect(self, s: Stmt, target: str) -> dict[str, Any] | None:
         # The usual shapes: "https://$host$request_uri", "https://new.example/", "/new/path".
         keep_path = False
         rest = target
@@ -458,7 +354,7 @@ class _Translator:
             return None
         return redirect
 
-    def location(self, s: _Stmt, proxy_headers: dict[str, Any], add_headers: dict[str, Any]) -> _Location | None:
+    def location(self, s: Stmt, proxy_headers: dict[str, Any], add_headers: dict[str, Any]) -> Location | None:
         if not s.args or len(s.args) > 2:
             self.out.error(s.file, s.line, s.col, "location needs a path, optionally after =, ^~, ~ or ~*")
             return None
@@ -506,9 +402,9 @@ class _Translator:
             action["request_headers"] = proxy_headers
         if add_headers:
             action["response_headers"] = add_headers
-        return _Location(s, modifier, pattern, action, proxies)
+        return Location(s, modifier, pattern, action, proxies)
 
-    def proxy_action(self, d: _Stmt, modifier: str, pattern: str) -> dict[str, Any] | None:
+    def proxy_action(self, d: Stmt, modifier: str, pattern: str) -> dict[str, Any] | None:
         if len(d.args) != 1:
             self.out.error(d.file, d.line, d.col, "proxy_pass needs exactly one URL")
             return None
@@ -532,9 +428,9 @@ class _Translator:
                               "the facade rewrites only prefixes ending in '/'; the path is sent unchanged")
         return action
 
-    def server(self, s: _Stmt, index: int, proxy_headers: dict[str, Any], add_headers: dict[str, Any]) -> _Server:
+    def server(self, s: Stmt, index: int, proxy_headers: dict[str, Any], add_headers: dict[str, Any]) -> Server:
         block = s.block or ()
-        srv = _Server(s, label=f"server{index}")
+        srv = Server(s, label=f"server{index}")
         names: list[str] = []
         for d in block:
             if d.directive == "server_name":
@@ -568,7 +464,7 @@ class _Translator:
                 self.out.lost(d.file, d.line, d.col, f"{d.directive}: not imported")
         return srv
 
-    def server_names(self, d: _Stmt, srv: _Server) -> None:
+    def server_names(self, d: Stmt, srv: Server) -> None:
         for name in d.args:
             host = name.lower()
             if host in ("", "_") or host.startswith("$"):
@@ -583,115 +479,6 @@ class _Translator:
                 self.out.lost(d.file, d.line, d.col, f"server_name {name}: only leading *. wildcards are imported")
             else:
                 srv.names.append(("exact", host))
-
-
-# -- order: nginx's precedence as a first-match list ----------------------------------------------
-
-
-def _order_locations(locs: list[_Location]) -> list[tuple[_Location, dict[str, Any], dict[str, str]]]:
-    """``(location, action, facade path match)`` in an order where the first match is nginx's choice.
-
-    1. ``=`` locations, and the ``/p`` -> ``/p/`` redirects nginx answers for a proxied ``/p/``;
-    2. per ``^~`` prefix P, longest first: the plain prefixes Q longer than P under it, each after
-       the regexes restricted to paths under Q (a plain longest prefix still loses to a regex),
-       then P itself (when it is the longest prefix, no regex is tried);
-    3. the regexes in file order; 4. the remaining plain prefixes, longest first.
-    """
-    exact = [loc for loc in locs if loc.modifier == "="]
-    prefixes = [loc for loc in locs if loc.modifier in ("", "^~")]
-    regexes = [loc for loc in locs if loc.modifier in ("~", "~*")]
-    out: list[tuple[_Location, dict[str, Any], dict[str, str]]] = [
-        (loc, loc.action, {"exact": loc.pattern}) for loc in exact
-    ]
-    static = {loc.pattern for loc in exact + prefixes}
-    for loc in exact + prefixes:
-        bare = loc.pattern[:-1]
-        if loc.proxies and len(loc.pattern) > 1 and loc.pattern.endswith("/") and bare not in static:
-            static.add(bare)  # "= /p/" and "/p/" both proxied: one redirect
-            out.append((loc, {"redirect": {"path": loc.pattern, "code": 301}}, {"exact": bare}))
-
-    def regex(loc: _Location, within: str | None) -> dict[str, str]:
-        return {"regex": nginx_regex_to_facade(loc.pattern, ignore_case=loc.modifier == "~*", within=within)}
-
-    by_length = sorted(prefixes, key=lambda loc: -len(loc.pattern))
-    emitted: set[int] = set()
-    for p in (loc for loc in by_length if loc.modifier == "^~"):
-        for q in by_length:
-            if q.modifier == "" and id(q) not in emitted and len(q.pattern) > len(p.pattern) and q.pattern.startswith(p.pattern):
-                emitted.add(id(q))
-                out.extend((r, r.action, regex(r, q.pattern)) for r in regexes)
-                out.append((q, q.action, _prefix_match(q.pattern)))
-        out.append((p, p.action, _prefix_match(p.pattern)))
-    out.extend((r, r.action, regex(r, None)) for r in regexes)
-    out.extend((q, q.action, _prefix_match(q.pattern)) for q in by_length if q.modifier == "" and id(q) not in emitted)
-    return out
-
-
-@dataclass(frozen=True)
-class _Wildcard:
-    server: _Server
-    suffix: str  # "a.test" for "*.a.test" and ".a.test"
-    dot: bool  # ".a.test": also "a.test" itself
-    order: int  # registration order
-
-    def covers(self, host: str) -> bool:
-        return host.endswith("." + self.suffix) or (self.dot and host == self.suffix)
-
-    @property
-    def hosts(self) -> list[str]:
-        return ([self.suffix] if self.dot else []) + ["*." + self.suffix]
-
-
-def _register_names(servers: list[_Server]) -> tuple[dict[str, _Server], list[_Wildcard]]:
-    """Which server owns each name, as nginx decides at start: the first server to register a name
-    keeps it; a later duplicate is ignored ("conflicting server name"). ``.a.test`` and ``*.a.test``
-    are one wildcard key, and ``.a.test`` also claims the exact name ``a.test`` (while still
-    matching it in the wildcard phase)."""
-    exact: dict[str, _Server] = {}
-    claimed: set[str] = set()  # nginx's conflict table of exact names
-    wildcards: dict[str, _Wildcard] = {}
-    for srv in servers:
-        for kind, name in srv.names:
-            if kind == "exact":
-                if name not in claimed:
-                    claimed.add(name)
-                    exact[name] = srv
-            elif kind == "dot":
-                if name in claimed:
-                    continue
-                claimed.add(name)
-                if name not in wildcards:
-                    wildcards[name] = _Wildcard(srv, name, True, len(wildcards))
-            elif name not in wildcards:
-                wildcards[name] = _Wildcard(srv, name, False, len(wildcards))
-    return exact, sorted(wildcards.values(), key=lambda w: (-len(w.suffix), w.order))
-
-
-def _host_tiers(servers: list[_Server], default: _Server) -> list[tuple[_Server, list[str] | None]]:
-    """``(server, hosts)`` in first-match order: exact names, then wildcards longest suffix first,
-    then the default server for any host (``None``). The default server's own names get a tier only
-    where another server's wildcard would otherwise take them."""
-    exact, wildcards = _register_names(servers)
-    others = [w for w in wildcards if w.server is not default]
-    tiers: list[tuple[_Server, list[str] | None]] = []
-    for srv in servers:
-        hosts = [h for h, owner in exact.items() if owner is srv and (srv is not default or
-                                                                         any(w.covers(h) for w in others))]
-        if hosts:
-            tiers.append((srv, hosts))
-    for w in wildcards:
-        if w.server is default and not any(o.covers(h) for o in others for h in w.hosts):
-            continue
-        if tiers and tiers[-1][0] is w.server and tiers[-1][1] and all(h in _wild_hosts(wildcards) for h in tiers[-1][1]):
-            tiers[-1][1].extend(w.hosts)  # consecutive wildcards of one server share its routes
-        else:
-            tiers.append((w.server, list(w.hosts)))
-    tiers.append((default, None))
-    return tiers
-
-
-def _wild_hosts(wildcards: list[_Wildcard]) -> set[str]:
-    return {h for w in wildcards for h in w.hosts}
 
 
 # -- entry point --------------------------------------------------------------------------------
@@ -732,7 +519,7 @@ def import_nginx(path: str) -> Imported:
         if http_blocks and s.directive not in ("http",) and s.directive not in _QUIET:
             out.lost(s.file, s.line, s.col, f"{s.directive}: not imported")
     tr = _Translator(out)
-    server_stmts: list[tuple[_Stmt, dict[str, Any], dict[str, Any]]] = []
+    server_stmts: list[tuple[Stmt, dict[str, Any], dict[str, Any]]] = []
     for ctx in contexts:
         proxy_headers = tr.headers(ctx, "proxy_set_header", {})
         add_headers = tr.headers(ctx, "add_header", {})
@@ -757,7 +544,7 @@ def import_nginx(path: str) -> Imported:
     return out
 
 
-def _check_listens(servers: list[_Server], out: Imported) -> None:
+def _check_listens(servers: list[Server], out: Imported) -> None:
     ports = {listen.rsplit(":", 1)[-1] for s in servers for listen in s.listens}
     if len(ports) > 1:
         s = servers[0]
@@ -765,7 +552,7 @@ def _check_listens(servers: list[_Server], out: Imported) -> None:
                  "the facade has one listener, so their routes are merged (the first default server is the default)")
 
 
-def _route_name(label: str, loc: _Location, action: dict[str, Any]) -> str:
+def _route_name(label: str, loc: Location, action: dict[str, Any]) -> str:
     if loc.modifier in ("~", "~*"):
         return f"{label}-regex-line{loc.stmt.line}"
     slug = re.sub(r"[^a-z0-9]+", "-", loc.pattern.lower()).strip("-") or "root"
@@ -774,9 +561,9 @@ def _route_name(label: str, loc: _Location, action: dict[str, Any]) -> str:
     return f"{label}-{slug}" + ("-exact" if loc.modifier == "=" else "")
 
 
-def _emit_routes(servers: list[_Server], default: _Server, out: Imported) -> None:
+def _emit_routes(servers: list[Server], default: Server, out: Imported) -> None:
     names: set[str] = set()
-    for srv, hosts in _host_tiers(servers, default):
+    for srv, hosts in host_tiers(servers, default):
         label = srv.label if hosts is not None or srv is not default else "default"
         where = f"{os.path.basename(srv.stmt.file)}:{srv.stmt.line}"
         base_match: dict[str, Any] = {"host": hosts} if hosts is not None else {}
@@ -786,7 +573,7 @@ def _emit_routes(servers: list[_Server], default: _Server, out: Imported) -> Non
             out.routes.append((f"{where} server {label}: return", route | srv.server_return))
             continue
         covers_all = False
-        for loc, action, path_match in _order_locations(srv.locations):
+        for loc, action, path_match in order_locations(srv.locations):
             text = f"location {loc.modifier + ' ' if loc.modifier else ''}{loc.pattern}"
             name = unique_name(_route_name(label, loc, action), names, fallback="route")
             route = {"name": name, "match": base_match | {"path": path_match}} | action

@@ -12,7 +12,7 @@ import pytest
 from facade.cli import main
 from facade.config import load_config
 from facade.importers import check_emitted, emit, format_finding, import_nginx
-from facade.importers.nginx import nginx_regex_to_facade
+from facade.importers.nginx_precedence import nginx_regex_to_facade
 from facade.routing import RouteTable
 
 
