@@ -12,7 +12,7 @@ import sys
 import tempfile
 from typing import Any
 
-from ..console import EXIT_INVALID, EXIT_OK
+from ..console import EXIT_FAILURE, EXIT_INVALID, EXIT_OK
 from .emit import Imported, check_emitted, emit, format_finding
 
 __all__ = ["register", "run_import"]
@@ -89,7 +89,11 @@ def run_import(imported: Imported, sources: list[str], kind: str, args: argparse
     if out_path is None:
         sys.stdout.write(text)
     else:
-        _write_atomically(out_path, text)
+        try:
+            _write_atomically(out_path, text)
+        except OSError as exc:
+            print(f"facade import: cannot write {out_path}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_FAILURE
         print(f"{out_path}: {len(imported.services)} services, {len(imported.routes)} routes", file=sys.stderr)
     return EXIT_OK
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from ..yamlfile import Node, _SafeLoader
+from ..yamlfile import Node, _SafeLoader, parse_duration
 from .emit import Imported, unique_name
 
 __all__ = ["import_istio"]
@@ -113,6 +113,22 @@ class _Reader:
         """A loss reported at the key (``fault:``), where a reader looks for it."""
         node = parent.key_node(key) or parent.get(key) or parent
         self.out.lost(node.file, node.line, node.col, message)
+
+    def duration(self, node: Node, what: str) -> str | None:
+        """An Istio duration ("5s", "250ms") the facade reads the same way; "0s" (Istio: no timeout)
+        and anything else are reported and left out."""
+        text = self.str_of(node)
+        if text is None:
+            return None
+        try:
+            seconds = parse_duration(text)
+        except ValueError:
+            self.lost(node, f"{what} {text!r}: not a duration the facade reads; not imported")
+            return None
+        if seconds <= 0:
+            self.lost(node, f"{what} {text}: Istio's 'no timeout'; the facade's default applies")
+            return None
+        return text
 
     def report_unknown(self, node: Node, handled: set[str], what: str) -> None:
         for key in [k for k, _ in node.items() if k not in handled]:
@@ -240,6 +256,13 @@ class _Reader:
             if key in names and child.is_scalar and not child.is_null:
                 value = child.value
                 if names[key].startswith("consecutive") and (not isinstance(value, int) or value < 1):
+                    self.lost(child, f"outlierDetection.{key} {value!r}: not imported")
+                    continue
+                if key == "baseEjectionTime":
+                    value = self.duration(child, f"outlierDetection.{key}")
+                    if value is None:
+                        continue
+                elif key == "maxEjectionPercent" and not (isinstance(value, int) and 0 <= value <= 100):
                     self.lost(child, f"outlierDetection.{key} {value!r}: not imported")
                     continue
                 out[names[key]] = value
@@ -373,9 +396,11 @@ class _Reader:
         ops = self.header_ops(entry.get("headers"))
         for direction, value in ops.items():
             route[direction] = value
-        timeout = self.str_of(entry.get("timeout"))
-        if timeout is not None and action == "route":
-            route["timeout"] = timeout
+        timeout_node = entry.get("timeout")
+        if timeout_node is not None and action == "route":
+            timeout = self.duration(timeout_node, "timeout")
+            if timeout is not None:
+                route["timeout"] = timeout
         retries = entry.get("retries")
         if retries is not None and action == "route":
             route["retries"] = self.retries(retries)
@@ -611,7 +636,9 @@ class _Reader:
                     attempts = 10
                 out["attempts"] = attempts
             elif key == "perTryTimeout":
-                out["per_try_timeout"] = self.str_of(child)
+                per_try = self.duration(child, "retries.perTryTimeout")
+                if per_try is not None:
+                    out["per_try_timeout"] = per_try
             elif key == "retryOn":
                 kinds: list[str] = []
                 for part in (self.str_of(child) or "").split(","):

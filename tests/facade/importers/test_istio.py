@@ -277,6 +277,7 @@ spec:
   - match:
     - uri: {prefix: /reviews}
     rewrite: {uri: /v2}
+    timeout: 0s
     route:
     - destination: {host: reviews, subset: v1}
       weight: 1
@@ -297,7 +298,8 @@ spec:
     lost = [(f.line, f.message) for f in imported.warnings]
     assert (2, "Gateway: not imported (only VirtualService, DestinationRule and ServiceEntry are)") in lost
     assert any(line == 22 and "matched by segments" in m for line, m in lost)
-    assert any(line == 25 and m.startswith("destination weights sum to 3: scaled to [33, 67]") for line, m in lost)
+    assert (24, "timeout 0s: Istio's 'no timeout'; the facade's default applies") in lost and route.timeout is None
+    assert any(line == 26 and m.startswith("destination weights sum to 3: scaled to [33, 67]") for line, m in lost)
     assert any("has no ServiceEntry" in m for _, m in lost)
 
 
