@@ -365,8 +365,12 @@ class _Reader:
         label = self.str_of(entry.get("name")) or str(index)
         route: dict[str, Any] = {"name": unique_name(f"{vs_name}-{label}", self.route_names, fallback="route")}
         rewrite = entry.get("rewrite")
-        rewrites = rewrite is not None and rewrite.get("uri") is not None
-        matches = self.matches(entry.get("match"), hosts, segment_prefixes=rewrites)
+        match_node = entry.get("match")
+        # The facade rewrites prefix matches only: a rewriting route whose every match is a uri prefix
+        # keeps its prefixes as (segment) prefixes; otherwise the rewrite is what is lost.
+        rewritable = (rewrite is not None and rewrite.get("uri") is not None and match_node is not None
+                      and bool(match_node.elements()) and all(_plain_prefix(m) for m in match_node.elements()))
+        matches = self.matches(match_node, hosts, segment_prefixes=rewritable)
         if matches is None:
             return
         if matches:
@@ -651,6 +655,12 @@ class _Reader:
             else:
                 self.lost(child, f"retries.{key}: not imported")
         return out
+
+
+def _plain_prefix(match: Node) -> bool:
+    uri = match.get("uri")
+    ignore_case = match.get("ignoreUriCase")
+    return uri is not None and uri.get("prefix") is not None and not (ignore_case is not None and ignore_case.value)
 
 
 def _items(node: Node | None) -> list[tuple[str, Node]]:
