@@ -55,6 +55,8 @@ _RESERVED_HEADERS = frozenset({
     "content-length", "transfer-encoding", "connection", "keep-alive", "proxy-connection", "te", "trailer",
     "upgrade", "host",
 })
+# Blocks whose entries are table rows, not directives ("text/html html;" in types, "~^/a 1;" in map).
+_TABLE_BLOCKS = frozenset({"types", "map", "geo", "split_clients", "charset_map", "match"})
 _DIRECTIVE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _VAR = re.compile(r"\$(\w+|\{\w+\})")
 
@@ -93,21 +95,23 @@ class _Sources:
 
 
 def _expand(
-    payload: dict[str, Any], index: int, stmts: list[dict[str, Any]], src: _Sources, found: Imported
+    payload: dict[str, Any], index: int, stmts: list[dict[str, Any]], src: _Sources, found: Imported,
+    *, free_form: bool = False,
 ) -> tuple[Stmt, ...]:
     file = payload["config"][index]["file"]
     out: list[Stmt] = []
     for s in stmts:
-        if not _DIRECTIVE_NAME.match(s["directive"]):
+        if not free_form and not _DIRECTIVE_NAME.match(s["directive"]):
             # crossplane reads any word as a directive; nginx's are identifiers ("services:" is YAML).
             col = src.col(file, s["line"], s["directive"])
             found.error(file, s["line"], col, f"{s['directive']!r} is not an nginx directive: is this an nginx config?")
             continue
         if s["directive"] == "include" and "includes" in s:
             for i in s["includes"]:
-                out.extend(_expand(payload, i, payload["config"][i]["parsed"], src, found))
+                out.extend(_expand(payload, i, payload["config"][i]["parsed"], src, found, free_form=free_form))
             continue
-        block = _expand(payload, index, s["block"], src, found) if "block" in s else None
+        inner_free = free_form or s["directive"] in _TABLE_BLOCKS
+        block = _expand(payload, index, s["block"], src, found, free_form=inner_free) if "block" in s else None
         col = src.col(file, s["line"], s["directive"])
         out.append(Stmt(file, s["line"], col, s["directive"], tuple(s["args"]), block))
     return tuple(out)

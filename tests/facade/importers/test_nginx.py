@@ -280,6 +280,20 @@ def test_the_cli_writes_a_config_that_validates_and_refuses_to_overwrite(
     assert [p for p in check_emitted(printed, "x.yaml") if p.severity == "error"] == []
 
 
+def test_types_and_map_blocks_hold_table_rows_not_directives(tmp_path: Path) -> None:
+    # Debian's nginx.conf includes mime.types: "text/html html;" is a row, not a bad directive.
+    conf = _conf(tmp_path, """
+        http {
+          types { text/html html htm; application/json json; }
+          map $uri $legacy { default 0; ~^/old/ 1; }
+          server { listen 80; location / { proxy_pass http://127.0.0.1:1; } }
+        }
+    """)
+    imported = import_nginx(str(conf))
+    assert imported.errors == []
+    assert [(f.line, f.message) for f in imported.warnings] == [(4, "map: not imported")]
+
+
 def test_a_missing_file_and_tls_listeners(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["import", "nginx", str(tmp_path / "nope.conf")]) == 2
     assert f"{tmp_path / 'nope.conf'}:1: error: cannot read file" in capsys.readouterr().err
