@@ -598,7 +598,7 @@ class _Reader:
             ):
                 route["rewrite"] = {"prefix": uri}
             else:
-                self.lost(child, f"rewrite.{key}: not imported" + (" (the facade rewrites prefixes ending in '/' only)"
+                self.lost(child, f"rewrite.{key}: not imported" + (" (the facade rewrites only routes whose every match is a uri prefix)"
                                                                   if key == "uri" else ""))
 
     def header_ops(self, node: Node | None) -> dict[str, Any]:

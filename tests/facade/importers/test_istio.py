@@ -303,6 +303,29 @@ spec:
     assert any("has no ServiceEntry" in m for _, m in lost)
 
 
+def test_a_rewrite_with_a_non_prefix_match_is_what_is_lost(tmp_path: Path) -> None:
+    source = _write(tmp_path, """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: r}
+spec:
+  hosts: [a.test]
+  http:
+  - match:
+    - uri: {prefix: /api}
+    - uri: {exact: /v1}
+    rewrite: {uri: /v2}
+    directResponse: {status: 204}
+""")
+    imported = import_istio([str(source)])
+    route = imported.routes[0][1]
+    # The prefix keeps Istio's character semantics (a regex); the rewrite cannot apply to it.
+    assert route["match"][0]["path"] == {"regex": "/api.*"} and "rewrite" not in route
+    assert [(f.line, f.message) for f in imported.warnings] == [
+        (10, "rewrite.uri: not imported (the facade rewrites only routes whose every match is a uri prefix)")
+    ]
+
+
 def test_a_missing_file_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["import", "istio", str(tmp_path / "nope.yaml")]) == 2
     assert f"{tmp_path / 'nope.yaml'}:1: error: cannot read file" in capsys.readouterr().err
