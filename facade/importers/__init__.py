@@ -1,8 +1,8 @@
 """Importers: another proxy's routing table as a starting ``facade.yaml`` (``facade import``).
 
-    from facade.importers import import_nginx, import_istio, emit
-    imported = import_nginx("nginx.conf")        # services, routes, findings (file:line:col)
-    text = emit(imported, header="...")           # facade.yaml text
+from facade.importers import import_nginx, import_istio, emit
+imported = import_nginx("nginx.conf")        # services, routes, findings (file:line:col)
+text = emit(imported, header="...")           # facade.yaml text
 """
 
 from __future__ import annotations

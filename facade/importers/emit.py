@@ -100,7 +100,9 @@ _Dumper.add_representer(str, _str)
 
 def _dump(value: Any) -> str:
     # Flow style for the leaves (match, endpoints) keeps one route on a few lines.
-    return str(yaml.dump(value, Dumper=_Dumper, sort_keys=False, default_flow_style=None, width=120, allow_unicode=False))
+    return str(
+        yaml.dump(value, Dumper=_Dumper, sort_keys=False, default_flow_style=None, width=120, allow_unicode=False)
+    )
 
 
 def check_emitted(text: str, out_path: str) -> list[Problem]:

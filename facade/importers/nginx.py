@@ -34,13 +34,39 @@ __all__ = ["import_nginx", "nginx_regex_to_facade"]
 
 _REDIRECT_CODES = (301, 302, 303, 307, 308)
 # Process-level directives with no routing meaning: skipped without a report.
-_QUIET = frozenset({
-    "user", "worker_processes", "worker_rlimit_nofile", "worker_connections", "pid", "events", "error_log",
-    "daemon", "master_process", "load_module", "include", "types", "default_type", "access_log", "log_format",
-    "client_body_temp_path", "proxy_temp_path", "fastcgi_temp_path", "uwsgi_temp_path", "scgi_temp_path",
-    "sendfile", "tcp_nopush", "tcp_nodelay", "server_tokens", "keepalive_timeout", "types_hash_max_size",
-    "server_names_hash_bucket_size", "multi_accept", "use",
-})
+_QUIET = frozenset(
+    {
+        "user",
+        "worker_processes",
+        "worker_rlimit_nofile",
+        "worker_connections",
+        "pid",
+        "events",
+        "error_log",
+        "daemon",
+        "master_process",
+        "load_module",
+        "include",
+        "types",
+        "default_type",
+        "access_log",
+        "log_format",
+        "client_body_temp_path",
+        "proxy_temp_path",
+        "fastcgi_temp_path",
+        "uwsgi_temp_path",
+        "scgi_temp_path",
+        "sendfile",
+        "tcp_nopush",
+        "tcp_nodelay",
+        "server_tokens",
+        "keepalive_timeout",
+        "types_hash_max_size",
+        "server_names_hash_bucket_size",
+        "multi_accept",
+        "use",
+    }
+)
 # Inside an upstream block: the facade pools connections and keeps state per service anyway.
 _UPSTREAM_QUIET = frozenset({"keepalive", "keepalive_timeout", "keepalive_requests", "zone"})
 # proxy_set_header values the facade already produces itself (it keeps Host, and rebuilds X-Forwarded-*).
@@ -51,10 +77,19 @@ _HEADER_EQUIVALENT = {
     "x-forwarded-host": ("$host", "$http_host"),
     "connection": ("",),
 }
-_RESERVED_HEADERS = frozenset({
-    "content-length", "transfer-encoding", "connection", "keep-alive", "proxy-connection", "te", "trailer",
-    "upgrade", "host",
-})
+_RESERVED_HEADERS = frozenset(
+    {
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "host",
+    }
+)
 # Blocks whose entries are table rows, not directives ("text/html html;" in types, "~^/a 1;" in map).
 _TABLE_BLOCKS = frozenset({"types", "map", "geo", "split_clients", "charset_map", "match"})
 _DIRECTIVE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -95,8 +130,13 @@ class _Sources:
 
 
 def _expand(
-    payload: dict[str, Any], index: int, stmts: list[dict[str, Any]], src: _Sources, found: Imported,
-    *, free_form: bool = False,
+    payload: dict[str, Any],
+    index: int,
+    stmts: list[dict[str, Any]],
+    src: _Sources,
+    found: Imported,
+    *,
+    free_form: bool = False,
 ) -> tuple[Stmt, ...]:
     file = payload["config"][index]["file"]
     out: list[Stmt] = []
@@ -218,7 +258,12 @@ def _service_spec(up: _Upstream, scheme: str, out: Imported) -> dict[str, Any]:
         detection: dict[str, Any] = {"consecutive_gateway_errors": up.max_fails or 1}
         timeout = _duration(up.fail_timeout or "10s")
         if timeout is None:
-            out.lost(up.stmt.file, up.stmt.line, up.stmt.col, f"fail_timeout={up.fail_timeout}: not a duration the facade reads")
+            out.lost(
+                up.stmt.file,
+                up.stmt.line,
+                up.stmt.col,
+                f"fail_timeout={up.fail_timeout}: not a duration the facade reads",
+            )
         else:
             detection |= {"base_ejection": timeout, "max_ejection": timeout, "max_ejection_percent": 100}
         spec["outlier_detection"] = detection
@@ -246,7 +291,9 @@ class _Translator:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https") or not parts.netloc:
-            self.out.lost(stmt.file, stmt.line, stmt.col, f"proxy_pass {target}: only http:// and https:// are imported")
+            self.out.lost(
+                stmt.file, stmt.line, stmt.col, f"proxy_pass {target}: only http:// and https:// are imported"
+            )
             return None
         netloc = parts.netloc
         key = (netloc, scheme)
@@ -313,7 +360,12 @@ class _Translator:
                 return None
             return {"redirect": redirect | {"code": code}}
         if not 100 <= code <= 599 or code == 444:
-            self.out.lost(s.file, s.line, s.col, f"return {code}: nginx's special code is answered as a plain {min(max(code, 100), 599)}")
+            self.out.lost(
+                s.file,
+                s.line,
+                s.col,
+                f"return {code}: nginx's special code is answered as a plain {min(max(code, 100), 599)}",
+            )
             code = min(max(code, 100), 599)
         if _VAR.search(text):
             self.out.lost(s.file, s.line, s.col, "return text with variables: sent literally")
@@ -376,7 +428,9 @@ class _Translator:
                 self.out.error(s.file, s.line, s.col, str(exc))
                 return None
         elif not pattern.startswith("/"):
-            self.out.lost(s.file, s.line, s.col, f"location {pattern!r} does not start with '/': no request path matches it")
+            self.out.lost(
+                s.file, s.line, s.col, f"location {pattern!r} does not start with '/': no request path matches it"
+            )
             return None
         block = s.block or ()
         proxy_headers = self.headers(block, "proxy_set_header", proxy_headers)
@@ -395,8 +449,13 @@ class _Translator:
         if action is None:
             proxy = next((d for d in block if d.directive == "proxy_pass"), None)
             if proxy is None:
-                self.out.lost(s.file, s.line, s.col, "location without proxy_pass or return (files, fastcgi, ...): "
-                              "imported as a 501 direct response so later locations keep their precedence")
+                self.out.lost(
+                    s.file,
+                    s.line,
+                    s.col,
+                    "location without proxy_pass or return (files, fastcgi, ...): "
+                    "imported as a 501 direct response so later locations keep their precedence",
+                )
                 action = {"direct_response": {"status": 501, "body": "not imported from nginx"}}
             else:
                 action = self.proxy_action(proxy, modifier, pattern) or {}
@@ -428,8 +487,13 @@ class _Translator:
                 if uri != pattern:
                     action["rewrite"] = {"prefix": uri}
             else:
-                self.out.lost(d.file, d.line, d.col, f"proxy_pass URI {uri!r} on location {modifier} {pattern}: "
-                              "the facade rewrites only prefixes ending in '/'; the path is sent unchanged")
+                self.out.lost(
+                    d.file,
+                    d.line,
+                    d.col,
+                    f"proxy_pass URI {uri!r} on location {modifier} {pattern}: "
+                    "the facade rewrites only prefixes ending in '/'; the path is sent unchanged",
+                )
         return action
 
     def server(self, s: Stmt, index: int, proxy_headers: dict[str, Any], add_headers: dict[str, Any]) -> Server:
@@ -446,8 +510,13 @@ class _Translator:
                     continue
                 srv.listens.append(d.args[0])
                 if "ssl" in d.args[1:] or "http2" in d.args[1:] or "quic" in d.args[1:]:
-                    self.out.lost(d.file, d.line, d.col, f"listen {' '.join(d.args)}: TLS and HTTP/2 are set on the "
-                                  "facade's listener (tls: in facade.yaml), not per server")
+                    self.out.lost(
+                        d.file,
+                        d.line,
+                        d.col,
+                        f"listen {' '.join(d.args)}: TLS and HTTP/2 are set on the "
+                        "facade's listener (tls: in facade.yaml), not per server",
+                    )
                 srv.default = srv.default or any(a in ("default_server", "default") for a in d.args[1:])
         real = [n for n in names if n not in ("", "_")]
         if real:
@@ -552,8 +621,13 @@ def _check_listens(servers: list[Server], out: Imported) -> None:
     ports = {listen.rsplit(":", 1)[-1] for s in servers for listen in s.listens}
     if len(ports) > 1:
         s = servers[0]
-        out.lost(s.stmt.file, s.stmt.line, s.stmt.col, f"servers listen on {len(ports)} ports ({', '.join(sorted(ports))}): "
-                 "the facade has one listener, so their routes are merged (the first default server is the default)")
+        out.lost(
+            s.stmt.file,
+            s.stmt.line,
+            s.stmt.col,
+            f"servers listen on {len(ports)} ports ({', '.join(sorted(ports))}): "
+            "the facade has one listener, so their routes are merged (the first default server is the default)",
+        )
 
 
 def _route_name(label: str, loc: Location, action: dict[str, Any]) -> str:
@@ -587,6 +661,9 @@ def _emit_routes(servers: list[Server], default: Server, out: Imported) -> None:
         if hosts is not None and not covers_all:
             # nginx answers 404 for a path no location of the chosen server matches; without this
             # the request would fall through to a later server's routes.
-            route = {"name": unique_name(f"{label}-no-location", names, fallback="route"), "match": dict(base_match),
-                     "direct_response": {"status": 404, "body": "not found"}}
+            route = {
+                "name": unique_name(f"{label}-no-location", names, fallback="route"),
+                "match": dict(base_match),
+                "direct_response": {"status": 404, "body": "not found"},
+            }
             out.routes.append((f"{where} server {label}: no location matches", route))

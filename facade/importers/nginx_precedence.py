@@ -103,7 +103,6 @@ def prefix_match(prefix: str) -> dict[str, str]:
     return {"regex": literal(prefix) + ".*"}
 
 
-
 @dataclass
 class Location:
     stmt: Stmt
@@ -122,7 +121,6 @@ class Server:
     listens: list[str] = field(default_factory=list)
     server_return: dict[str, Any] | None = None
     locations: list[Location] = field(default_factory=list)
-
 
 
 # -- order: nginx's precedence as a first-match list ----------------------------------------------
@@ -157,7 +155,12 @@ def order_locations(locs: list[Location]) -> list[tuple[Location, dict[str, Any]
     emitted: set[int] = set()
     for p in (loc for loc in by_length if loc.modifier == "^~"):
         for q in by_length:
-            if q.modifier == "" and id(q) not in emitted and len(q.pattern) > len(p.pattern) and q.pattern.startswith(p.pattern):
+            if (
+                q.modifier == ""
+                and id(q) not in emitted
+                and len(q.pattern) > len(p.pattern)
+                and q.pattern.startswith(p.pattern)
+            ):
                 emitted.add(id(q))
                 out.extend((r, r.action, regex(r, q.pattern)) for r in regexes)
                 out.append((q, q.action, prefix_match(q.pattern)))
@@ -215,14 +218,20 @@ def host_tiers(servers: list[Server], default: Server) -> list[tuple[Server, lis
     others = [w for w in wildcards if w.server is not default]
     tiers: list[tuple[Server, list[str] | None]] = []
     for srv in servers:
-        hosts = [h for h, owner in exact.items() if owner is srv and (srv is not default or
-                                                                         any(w.covers(h) for w in others))]
+        hosts = [
+            h for h, owner in exact.items() if owner is srv and (srv is not default or any(w.covers(h) for w in others))
+        ]
         if hosts:
             tiers.append((srv, hosts))
     for w in wildcards:
         if w.server is default and not any(o.covers(h) for o in others for h in w.hosts):
             continue
-        if tiers and tiers[-1][0] is w.server and tiers[-1][1] and all(h in _wild_hosts(wildcards) for h in tiers[-1][1]):
+        if (
+            tiers
+            and tiers[-1][0] is w.server
+            and tiers[-1][1]
+            and all(h in _wild_hosts(wildcards) for h in tiers[-1][1])
+        ):
             tiers[-1][1].extend(w.hosts)  # consecutive wildcards of one server share its routes
         else:
             tiers.append((w.server, list(w.hosts)))

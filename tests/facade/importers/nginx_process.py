@@ -65,8 +65,15 @@ async def run_nginx(prefix: Path, http_body: str) -> AsyncIterator[tuple[str, Pa
     conf = prefix / "nginx.conf"
     conf.write_text(nginx_conf(prefix, http_body.replace("{port}", str(port))))
     proc = await asyncio.create_subprocess_exec(
-        binary, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log"),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        binary,
+        "-p",
+        str(prefix),
+        "-c",
+        str(conf),
+        "-e",
+        str(prefix / "error.log"),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         loop = asyncio.get_running_loop()

@@ -57,12 +57,14 @@ def _endpoints(resources: list[dict[str, Any]], host: str, subset: str | None, p
         labels = next(s["labels"] for s in rule["subsets"] if s["name"] == subset)
     return frozenset(
         f"{e['address']}:{e.get('ports', {}).get(p['name'], p['number'])}"
-        for e in entry["endpoints"] if all(e.get("labels", {}).get(k) == v for k, v in labels.items())
+        for e in entry["endpoints"]
+        if all(e.get("labels", {}).get(k) == v for k, v in labels.items())
     )
 
 
-def _istio_decide(resources: list[dict[str, Any]], host: str, path: str, method: str, headers: dict[str, str],
-                  query: str) -> Decision | None:
+def _istio_decide(
+    resources: list[dict[str, Any]], host: str, path: str, method: str, headers: dict[str, str], query: str
+) -> Decision | None:
     params = dict(parse_qsl(query))
     for vs in (r for r in resources if r["kind"] == "VirtualService"):
         hosts = vs["spec"]["hosts"]
@@ -77,11 +79,21 @@ def _istio_decide(resources: list[dict[str, Any]], host: str, path: str, method:
             if "directResponse" in entry:
                 return ("direct", entry["directResponse"]["status"])
             dests = entry["route"]
-            return ("route", frozenset(
-                (_endpoints(resources, d["destination"]["host"], d["destination"].get("subset"),
-                            d["destination"].get("port", {}).get("number")), d.get("weight", 100))
-                for d in dests
-            ))
+            return (
+                "route",
+                frozenset(
+                    (
+                        _endpoints(
+                            resources,
+                            d["destination"]["host"],
+                            d["destination"].get("subset"),
+                            d["destination"].get("port", {}).get("number"),
+                        ),
+                        d.get("weight", 100),
+                    )
+                    for d in dests
+                ),
+            )
     return None
 
 
@@ -102,11 +114,17 @@ def _istio_match(m: dict[str, Any], path: str, method: str, headers: dict[str, s
     return all(k not in headers for k in m.get("withoutHeaders", {}))
 
 
-def _facade_decide(config: Config, host: str, path: str, method: str, headers: dict[str, str],
-                   query: str) -> Decision | None:
+def _facade_decide(
+    config: Config, host: str, path: str, method: str, headers: dict[str, str], query: str
+) -> Decision | None:
     table = RouteTable.compile(config.routes)
-    hit = table.resolve(host=host, path=path, method=method, query_string=query.encode(),
-                        headers=[(k.encode(), v.encode()) for k, v in headers.items()])
+    hit = table.resolve(
+        host=host,
+        path=path,
+        method=method,
+        query_string=query.encode(),
+        headers=[(k.encode(), v.encode()) for k, v in headers.items()],
+    )
     if hit is None:
         return None
     r = hit.route
@@ -175,7 +193,10 @@ def test_services_subsets_and_policies(imported_config: tuple[Any, Config]) -> N
     monolith = config.service("monolith")
     assert v1 is not None and v2 is not None and monolith is not None
     # Endpoint weights 1 and 3 become groups weighing 1 and 3; a subset's endpoints are those with its labels.
-    assert [(g.endpoints, g.weight) for g in v1.groups] == [(("http://10.0.0.2:8080",), 3), (("http://10.0.0.1:8080",), 1)]
+    assert [(g.endpoints, g.weight) for g in v1.groups] == [
+        (("http://10.0.0.2:8080",), 3),
+        (("http://10.0.0.1:8080",), 1),
+    ]
     assert v1.load_balancer == "least_request" and v2.load_balancer == "random"  # a subset's policy wins
     assert v2.groups[0].endpoints == ("http://10.0.0.3:9090",)
     assert v1.outlier_detection is not None and v1.outlier_detection.consecutive_5xx == 3
@@ -210,14 +231,23 @@ def test_losses_are_positioned_in_their_file(imported_config: tuple[Any, Config]
         ("kind: [VirtualService\n", ":2:1", "invalid YAML"),
         ("server {\n  listen 80;\n}\n", ":1:1", "a resource must be a mapping"),  # nginx, not YAML resources
         ("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n", ":2:7", "unknown kind 'Deployment'"),
-        ("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x}\nspec:\n  http: []\n",
-         ":5:3", "VirtualService 'x' has no hosts"),
-        ("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x}\nspec:\n  hosts: [a.test]\n"
-         + "  http:\n  - match:\n    - uri: {regex: '/(?<id>[0-9]+)'}\n    directResponse: {status: 204}\n",
-         ":8:12", "not supported by Python's re"),
-        ("---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x}\nspec:\n"
-         + "  hosts: [a.test]\n  http:\n  - route:\n    - destination: {host: b.test, subset: v9}\n",
-         ":9:20", "unknown subset 'v9'"),
+        (
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x}\nspec:\n  http: []\n",
+            ":5:3",
+            "VirtualService 'x' has no hosts",
+        ),
+        (
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x}\nspec:\n  hosts: [a.test]\n"
+            + "  http:\n  - match:\n    - uri: {regex: '/(?<id>[0-9]+)'}\n    directResponse: {status: 204}\n",
+            ":8:12",
+            "not supported by Python's re",
+        ),
+        (
+            "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x}\nspec:\n"
+            + "  hosts: [a.test]\n  http:\n  - route:\n    - destination: {host: b.test, subset: v9}\n",
+            ":9:20",
+            "unknown subset 'v9'",
+        ),
     ],
 )
 def test_bad_input_is_a_positioned_error_and_nothing_is_written(
@@ -233,7 +263,9 @@ def test_bad_input_is_a_positioned_error_and_nothing_is_written(
     assert not out.exists()
 
 
-def test_the_cli_writes_a_valid_config_and_strict_refuses_losses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_cli_writes_a_valid_config_and_strict_refuses_losses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     files = []
     for f in FILES:
         shutil.copy(f, tmp_path / f.name)
@@ -253,7 +285,9 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 
 def test_kubernetes_services_rewrites_weights_and_other_kinds(tmp_path: Path) -> None:
-    source = _write(tmp_path, """\
+    source = _write(
+        tmp_path,
+        """\
 apiVersion: networking.istio.io/v1beta1
 kind: Gateway
 metadata: {name: shop-gateway, namespace: shop}
@@ -283,7 +317,8 @@ spec:
       weight: 1
     - destination: {host: reviews, subset: v2}
       weight: 2
-""")
+""",
+    )
     imported = import_istio([str(source)])
     assert imported.errors == []
     out = tmp_path / "facade.yaml"
@@ -304,7 +339,9 @@ spec:
 
 
 def test_a_rewrite_with_a_non_prefix_match_is_what_is_lost(tmp_path: Path) -> None:
-    source = _write(tmp_path, """\
+    source = _write(
+        tmp_path,
+        """\
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: r}
@@ -316,7 +353,8 @@ spec:
     - uri: {exact: /v1}
     rewrite: {uri: /v2}
     directResponse: {status: 204}
-""")
+""",
+    )
     imported = import_istio([str(source)])
     route = imported.routes[0][1]
     # The prefix keeps Istio's character semantics (a regex); the rewrite cannot apply to it.
@@ -333,8 +371,16 @@ def test_a_missing_file_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 # -- random VirtualServices: the imported routes against the first-match evaluator ------------------
 
-_URIS = [{"prefix": "/"}, {"prefix": "/a"}, {"prefix": "/a/"}, {"exact": "/a"}, {"exact": "/a/b"},
-         {"regex": "/a/[0-9]+"}, {"prefix": "/b/c"}, {"regex": ".*[.]php"}]
+_URIS = [
+    {"prefix": "/"},
+    {"prefix": "/a"},
+    {"prefix": "/a/"},
+    {"exact": "/a"},
+    {"exact": "/a/b"},
+    {"regex": "/a/[0-9]+"},
+    {"prefix": "/b/c"},
+    {"regex": ".*[.]php"},
+]
 _HEADERS = [{}, {"x-v": {"exact": "1"}}, {"x-v": {"prefix": "2"}}, {"x-t": {"regex": "a|b"}}]
 _PATHS = ["/", "/a", "/a/", "/ab", "/a/b", "/a/12", "/a/12/x", "/b/c", "/b/cd", "/b/c/x.php", "/x.php"]
 _HEADER_SETS = [{}, {"x-v": "1"}, {"x-v": "23"}, {"x-t": "b"}, {"x-t": "ab"}]
@@ -343,11 +389,25 @@ _HEADER_SETS = [{}, {"x-v": "1"}, {"x-v": "23"}, {"x-t": "b"}, {"x-t": "ab"}]
 def _random_virtual_service(rng: random.Random) -> list[dict[str, Any]]:
     entries = [{"address": f"10.0.0.{i}", "labels": {"v": f"v{i}"}} for i in range(1, 4)]
     resources: list[dict[str, Any]] = [
-        {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": "app"},
-         "spec": {"hosts": ["app.internal"], "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
-                  "endpoints": entries}},
-        {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "app"},
-         "spec": {"host": "app.internal", "subsets": [{"name": f"v{i}", "labels": {"v": f"v{i}"}} for i in range(1, 4)]}},
+        {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "ServiceEntry",
+            "metadata": {"name": "app"},
+            "spec": {
+                "hosts": ["app.internal"],
+                "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
+                "endpoints": entries,
+            },
+        },
+        {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "DestinationRule",
+            "metadata": {"name": "app"},
+            "spec": {
+                "host": "app.internal",
+                "subsets": [{"name": f"v{i}", "labels": {"v": f"v{i}"}} for i in range(1, 4)],
+            },
+        },
     ]
     http = []
     for _ in range(rng.randint(1, 7)):
@@ -358,12 +418,20 @@ def _random_virtual_service(rng: random.Random) -> list[dict[str, Any]]:
             if headers:
                 m["headers"] = headers
             matches.append(m)
-        entry: dict[str, Any] = {"route": [{"destination": {"host": "app.internal", "subset": rng.choice(["v1", "v2", "v3"])}}]}
+        entry: dict[str, Any] = {
+            "route": [{"destination": {"host": "app.internal", "subset": rng.choice(["v1", "v2", "v3"])}}]
+        }
         if matches:
             entry["match"] = matches
         http.append(entry)
-    resources.append({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "r"},
-                      "spec": {"hosts": ["app.test"], "http": http}})
+    resources.append(
+        {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "VirtualService",
+            "metadata": {"name": "r"},
+            "spec": {"hosts": ["app.test"], "http": http},
+        }
+    )
     return resources
 
 

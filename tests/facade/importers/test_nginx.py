@@ -44,7 +44,9 @@ def _decide(config, host: str, path: str) -> object:  # type: ignore[no-untyped-
 
 
 def test_upstreams_become_services_with_weights_backups_and_balancing(tmp_path: Path) -> None:
-    conf = _conf(tmp_path, """
+    conf = _conf(
+        tmp_path,
+        """
         http {
           upstream shop {
             least_conn;
@@ -63,7 +65,8 @@ def test_upstreams_become_services_with_weights_backups_and_balancing(tmp_path: 
             location /direct/ { proxy_pass http://127.0.0.1:9000; }
           }
         }
-    """)
+    """,
+    )
     imported, config = _load(tmp_path, conf)
     shop = config.service("shop")
     assert shop is not None and shop.load_balancer == "least_request"
@@ -84,7 +87,9 @@ def test_upstreams_become_services_with_weights_backups_and_balancing(tmp_path: 
 
 
 def test_location_precedence_becomes_first_match_order(tmp_path: Path) -> None:
-    conf = _conf(tmp_path, r"""
+    conf = _conf(
+        tmp_path,
+        r"""
         upstream a { server 127.0.0.1:1; }
         upstream b { server 127.0.0.1:2; }
         upstream c { server 127.0.0.1:3; }
@@ -97,7 +102,8 @@ def test_location_precedence_becomes_first_match_order(tmp_path: Path) -> None:
           location = /assets/x.php { return 204; }
           location /docs { proxy_pass http://c; }
         }
-    """)
+    """,
+    )
     _, config = _load(tmp_path, conf)
     table = {
         "/index.php": "b",  # a regex beats the prefix /
@@ -116,13 +122,16 @@ def test_location_precedence_becomes_first_match_order(tmp_path: Path) -> None:
 
 
 def test_server_names_pick_exact_then_longest_wildcard_then_the_default(tmp_path: Path) -> None:
-    conf = _conf(tmp_path, """
+    conf = _conf(
+        tmp_path,
+        """
         server { listen 80; server_name first.test; return 200 first; }
         server { listen 80 default_server; server_name www.example.test; return 200 default; }
         server { listen 80; server_name *.example.test; return 200 wild; }
         server { listen 80; server_name *.api.example.test api.example.test; location /v1/ { return 200 api; } }
         server { listen 80; server_name _ example.* ~^(?<sub>.+)\\.regex\\.test$; return 200 never; }
-    """)
+    """,
+    )
     imported, config = _load(tmp_path, conf)
     table = {
         "first.test": 200,
@@ -134,8 +143,9 @@ def test_server_names_pick_exact_then_longest_wildcard_then_the_default(tmp_path
     }
     got = {}
     for host in table:
-        hit = RouteTable.compile(config.routes).resolve(host=host, path="/v1/x", method="GET", headers=[],
-                                                        query_string=b"")
+        hit = RouteTable.compile(config.routes).resolve(
+            host=host, path="/v1/x", method="GET", headers=[], query_string=b""
+        )
         assert hit is not None and hit.route.direct_response is not None
         got[host] = hit.route.direct_response.body or hit.route.direct_response.status
     assert got == table | {"first.test": "first"}
@@ -147,7 +157,9 @@ def test_server_names_pick_exact_then_longest_wildcard_then_the_default(tmp_path
 
 
 def test_returns_headers_and_what_is_lost_are_translated_with_positions(tmp_path: Path) -> None:
-    conf = _conf(tmp_path, """
+    conf = _conf(
+        tmp_path,
+        """
         http {
           gzip on;
           proxy_set_header X-Team shop;
@@ -174,11 +186,16 @@ def test_returns_headers_and_what_is_lost_are_translated_with_positions(tmp_path
             location @fallback { proxy_pass http://app; }
           }
         }
-    """)
+    """,
+    )
     imported, config = _load(tmp_path, conf)
     routes = {r.name: r for r in config.routes}
     old = routes["old-test"]
-    assert old.redirect is not None and (old.redirect.scheme, old.redirect.host, old.redirect.path) == ("https", "new.test", None)
+    assert old.redirect is not None and (old.redirect.scheme, old.redirect.host, old.redirect.path) == (
+        "https",
+        "new.test",
+        None,
+    )
     assert old.redirect.code == 308
     root = routes["default-root"]
     # The location's own proxy_set_header replaces the inherited ones (nginx semantics); Host $host is
@@ -189,7 +206,9 @@ def test_returns_headers_and_what_is_lost_are_translated_with_positions(tmp_path
     assert routes["default-health-exact"].direct_response is not None
     assert routes["default-health-exact"].direct_response.body == "ok\n"
     assert routes["default-moved"].redirect is not None and routes["default-moved"].redirect.path == "/elsewhere"
-    assert routes["default-static"].direct_response is not None and routes["default-static"].direct_response.status == 501
+    assert (
+        routes["default-static"].direct_response is not None and routes["default-static"].direct_response.status == 501
+    )
     lost = {(f.line, f.col): f.message for f in imported.warnings}
     assert lost[(3, 3)] == "gzip: not imported"
     assert lost[(17, 7)].startswith("proxy_set_header X-Real-IP $remote_addr: variables")
@@ -203,8 +222,12 @@ def test_returns_headers_and_what_is_lost_are_translated_with_positions(tmp_path
 
 def test_includes_are_followed_and_positioned_in_their_own_file(tmp_path: Path) -> None:
     (tmp_path / "sites").mkdir()
-    _conf(tmp_path, "server {\n  listen 80;\n  server_name inc.test;\n  location / { proxy_pass http://127.0.0.1:7; }\n"
-          "  ssi on;\n}\n", "sites/inc.conf")
+    _conf(
+        tmp_path,
+        "server {\n  listen 80;\n  server_name inc.test;\n  location / { proxy_pass http://127.0.0.1:7; }\n"
+        "  ssi on;\n}\n",
+        "sites/inc.conf",
+    )
     conf = _conf(tmp_path, "http {\n  server { listen 80 default_server; return 404; }\n  include sites/*.conf;\n}\n")
     imported, config = _load(tmp_path, conf)
     assert [r.matches[0].hosts for r in config.routes] == [("inc.test",), ()]
@@ -213,14 +236,41 @@ def test_includes_are_followed_and_positioned_in_their_own_file(tmp_path: Path) 
 
 @pytest.mark.parametrize(
     ("pattern", "ignore_case"),
-    [(r"\.php$", False), (r"^/api/v[0-9]+/", False), (r"\.(png|JPG)$", True), (r"^/a|b$", False),
-     (r"(?i)^/Admin", False), (r"/x[|]y", False), (r"^/exact$", False), (r"\$$", False)],
+    [
+        (r"\.php$", False),
+        (r"^/api/v[0-9]+/", False),
+        (r"\.(png|JPG)$", True),
+        (r"^/a|b$", False),
+        (r"(?i)^/Admin", False),
+        (r"/x[|]y", False),
+        (r"^/exact$", False),
+        (r"\$$", False),
+    ],
 )
 def test_an_nginx_regex_search_becomes_an_equivalent_full_match(pattern: str, ignore_case: bool) -> None:
     translated = re.compile(nginx_regex_to_facade(pattern, ignore_case=ignore_case))
     original = re.compile(pattern, re.IGNORECASE if ignore_case else 0)
-    paths = ["/", "/index.php", "/index.php/x", "/api/v2/", "/api/v2/x", "/x/api/v2/", "/a.PNG", "/a.jpg",
-             "/a", "/xa", "/b", "/ab", "/admin", "/ADMIN/x", "/x|y", "/exact", "/exact/", "/cost$", "/c$x"]
+    paths = [
+        "/",
+        "/index.php",
+        "/index.php/x",
+        "/api/v2/",
+        "/api/v2/x",
+        "/x/api/v2/",
+        "/a.PNG",
+        "/a.jpg",
+        "/a",
+        "/xa",
+        "/b",
+        "/ab",
+        "/admin",
+        "/ADMIN/x",
+        "/x|y",
+        "/exact",
+        "/exact/",
+        "/cost$",
+        "/c$x",
+    ]
     assert {p: translated.fullmatch(p) is not None for p in paths} == {p: original.search(p) is not None for p in paths}
     within = re.compile(nginx_regex_to_facade(pattern, ignore_case=ignore_case, within="/api/"))
     assert {p: within.fullmatch(p) is not None for p in paths} == {
@@ -236,8 +286,11 @@ def test_an_nginx_regex_search_becomes_an_equivalent_full_match(pattern: str, ig
     [
         ("services:\n  shop: {endpoints: [http://x]}\n", ":1:1", "is not an nginx directive"),  # YAML
         ("http {\n  server {\n    listen 80;\n", ":3", "unexpected end of file"),
-        ("server {\n  listen 80;\n  location ~ ^/(?<section>[a-z]+)/ { proxy_pass http://a; }\n}\n", ":3:3",
-         "write (?P<name>...) for a named group"),
+        (
+            "server {\n  listen 80;\n  location ~ ^/(?<section>[a-z]+)/ { proxy_pass http://a; }\n}\n",
+            ":3:3",
+            "write (?P<name>...) for a named group",
+        ),
         ("server {\n  location ~ ^/(a|(?1))$ { return 200; }\n}\n", ":2:3", "unknown extension ?1"),
         ("server {\n  location ~ ^/[[:alpha:]]+$ { return 200; }\n}\n", ":2:3", "means something else in Python"),
         ("server {\n  location ~ \\h+ { return 200; }\n}\n", ":2:3", "bad escape \\h"),
@@ -259,7 +312,9 @@ def test_bad_input_is_a_positioned_error_and_nothing_is_written(
 def test_the_cli_writes_a_config_that_validates_and_refuses_to_overwrite(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    conf = _conf(tmp_path, "server {\n  listen 80;\n  location / { proxy_pass http://127.0.0.1:8001; }\n  gzip on;\n}\n")
+    conf = _conf(
+        tmp_path, "server {\n  listen 80;\n  location / { proxy_pass http://127.0.0.1:8001; }\n  gzip on;\n}\n"
+    )
     out = tmp_path / "facade.yaml"
     assert main(["import", "nginx", str(conf), "-o", str(out)]) == 0
     err = capsys.readouterr().err
@@ -282,13 +337,16 @@ def test_the_cli_writes_a_config_that_validates_and_refuses_to_overwrite(
 
 def test_types_and_map_blocks_hold_table_rows_not_directives(tmp_path: Path) -> None:
     # Debian's nginx.conf includes mime.types: "text/html html;" is a row, not a bad directive.
-    conf = _conf(tmp_path, """
+    conf = _conf(
+        tmp_path,
+        """
         http {
           types { text/html html htm; application/json json; }
           map $uri $legacy { default 0; ~^/old/ 1; }
           server { listen 80; location / { proxy_pass http://127.0.0.1:1; } }
         }
-    """)
+    """,
+    )
     imported = import_nginx(str(conf))
     assert imported.errors == []
     assert [(f.line, f.message) for f in imported.warnings] == [(4, "map: not imported")]

@@ -76,41 +76,41 @@ server {
 # (Host, path): the request table. The expected answers are nginx's; the test asserts only that
 # the facade gives the same, so each line names the rule it exercises.
 REQUESTS = [
-    ("default.test", "/"),                        # the default server by name
+    ("default.test", "/"),  # the default server by name
     ("default.test", "/b/x"),
-    ("unknown.test", "/b/"),                      # no name matches: the default_server (not the first)
+    ("unknown.test", "/b/"),  # no name matches: the default_server (not the first)
     ("unknown.test", "/x"),
-    ("first.test", "/x"),                         # the first server is not the default one
-    ("shop.test", "/"),                           # = / beats the prefix /
-    ("shop.test", "/exact"),                      # = exact
-    ("shop.test", "/exact/"),                     # exact does not cover the slash form: prefix /
-    ("shop.test", "/exactly"),                    # a prefix compares characters ...
-    ("shop.test", "/exactlyx"),                   # ... so /exactly matches /exactlyx
+    ("first.test", "/x"),  # the first server is not the default one
+    ("shop.test", "/"),  # = / beats the prefix /
+    ("shop.test", "/exact"),  # = exact
+    ("shop.test", "/exact/"),  # exact does not cover the slash form: prefix /
+    ("shop.test", "/exactly"),  # a prefix compares characters ...
+    ("shop.test", "/exactlyx"),  # ... so /exactly matches /exactlyx
     ("shop.test", "/static"),
     ("shop.test", "/staticx"),
-    ("shop.test", "/static/a.php"),               # a regex beats the longest plain prefix
-    ("shop.test", "/static/img/a.php"),           # ^~ as the longest prefix: no regex is tried
+    ("shop.test", "/static/a.php"),  # a regex beats the longest plain prefix
+    ("shop.test", "/static/img/a.php"),  # ^~ as the longest prefix: no regex is tried
     ("shop.test", "/static/img/x"),
-    ("shop.test", "/static/img/big/a.php"),       # a longer plain prefix under ^~: regexes again
+    ("shop.test", "/static/img/big/a.php"),  # a longer plain prefix under ^~: regexes again
     ("shop.test", "/static/img/big/x"),
-    ("shop.test", "/static/img/big/x.jpg"),       # ~* is case-insensitive
+    ("shop.test", "/static/img/big/x.jpg"),  # ~* is case-insensitive
     ("shop.test", "/x.JpG"),
-    ("shop.test", "/api/v2/orders"),              # regexes in file order
-    ("shop.test", "/api/orders"),                 # proxy_pass with a URI rewrites the prefix
-    ("shop.test", "/api"),                        # /api/ proxied: nginx redirects /api to /api/
-    ("shop.test", "/gone"),                       # return 410
-    ("shop.test", "/old/page"),                   # return 301 /new/
-    ("shop.test", "/ping"),                       # return 200 text
-    ("SHOP.test", "/exact"),                      # names are case-insensitive
+    ("shop.test", "/api/v2/orders"),  # regexes in file order
+    ("shop.test", "/api/orders"),  # proxy_pass with a URI rewrites the prefix
+    ("shop.test", "/api"),  # /api/ proxied: nginx redirects /api to /api/
+    ("shop.test", "/gone"),  # return 410
+    ("shop.test", "/old/page"),  # return 301 /new/
+    ("shop.test", "/ping"),  # return 200 text
+    ("SHOP.test", "/exact"),  # names are case-insensitive
     ("www.shop.test", "/exact"),
-    ("a.shop.test", "/exact"),                    # *.shop.test
-    ("x.y.shop.test", "/"),                       # a wildcard covers several labels
-    ("v.api.shop.test", "/v1/x"),                 # the longest wildcard wins
-    ("v.api.shop.test", "/other"),                # the chosen server has no location: 404
-    ("legacy.test", "/v1/"),                      # .legacy.test is legacy.test ...
-    ("a.legacy.test", "/v1/x"),                   # ... and *.legacy.test
+    ("a.shop.test", "/exact"),  # *.shop.test
+    ("x.y.shop.test", "/"),  # a wildcard covers several labels
+    ("v.api.shop.test", "/v1/x"),  # the longest wildcard wins
+    ("v.api.shop.test", "/other"),  # the chosen server has no location: 404
+    ("legacy.test", "/v1/"),  # .legacy.test is legacy.test ...
+    ("a.legacy.test", "/v1/x"),  # ... and *.legacy.test
     ("a.legacy.test", "/nope"),
-    ("redirect.test", "/x?y=1"),                  # server-level return
+    ("redirect.test", "/x?y=1"),  # server-level return
 ]
 
 
@@ -166,8 +166,26 @@ async def test_an_imported_nginx_config_routes_every_request_like_nginx(tmp_path
 
 _PREFIXES = ["/", "/a", "/a/", "/a/b", "/a/b/", "/ab", "/b/", "/b/c/"]
 _REGEXES = [r"\.php$", r"^/a/b", r"b$", r"^/A", r"/c/", r"x"]
-_PATHS = ["/", "/a", "/a/", "/a/b", "/a/b/", "/a/b/x.php", "/a/bx", "/ab", "/abc", "/b", "/b/", "/b/c",
-          "/b/c/", "/b/c/d.php", "/x.PHP", "/A/B", "/zzz", "/a/b/c/"]
+_PATHS = [
+    "/",
+    "/a",
+    "/a/",
+    "/a/b",
+    "/a/b/",
+    "/a/b/x.php",
+    "/a/bx",
+    "/ab",
+    "/abc",
+    "/b",
+    "/b/",
+    "/b/c",
+    "/b/c/",
+    "/b/c/d.php",
+    "/x.PHP",
+    "/A/B",
+    "/zzz",
+    "/a/b/c/",
+]
 
 
 def _random_server(rng: random.Random, name: str) -> str:
@@ -241,8 +259,9 @@ async def test_random_server_names_decide_like_nginx(tmp_path: Path, seed: int) 
         flag = " default_server" if i == default else ""
         # Some servers have no "location /": nginx answers 404 there instead of trying another server.
         paths = ["/", "/v1/"] if rng.random() < 0.7 else ["/v1/"]
-        locations = " ".join(f"location {p} {{ proxy_pass http://echo; proxy_set_header X-Loc s{i}{p}; }}"
-                             for p in paths)
+        locations = " ".join(
+            f"location {p} {{ proxy_pass http://echo; proxy_set_header X-Loc s{i}{p}; }}" for p in paths
+        )
         servers.append(f"server {{ listen 127.0.0.1:{{port}}{flag}; server_name {names}; {locations} }}")
     async with contextlib.AsyncExitStack() as stack:
         echo = urlsplit(await stack.enter_async_context(serve_app(EchoApp("echo")))).netloc
