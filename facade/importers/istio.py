@@ -234,6 +234,9 @@ class _Reader(MeshServices):
                 elif key in ("headers", "queryParams"):
                     target = "headers" if key == "headers" else "query"
                     for name, matcher in child.items():
+                        if target == "headers" and (matcher.is_null or (matcher.is_mapping and not matcher.items())):
+                            match.setdefault(target, {})[name] = {"present": True}  # Istio: a name alone
+                            continue
                         kind, value = self.string_match(matcher)
                         if kind is None:
                             continue

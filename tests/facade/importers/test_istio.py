@@ -36,9 +36,11 @@ def _resources() -> list[dict[str, Any]]:
     return out
 
 
-def _string_match(m: dict[str, str], value: str | None) -> bool:
+def _string_match(m: dict[str, str] | None, value: str | None) -> bool:
     if value is None:
         return False
+    if not m:  # a header name alone: present
+        return True
     if "exact" in m:
         return value == m["exact"]
     if "prefix" in m:
@@ -381,7 +383,7 @@ _URIS = [
     {"prefix": "/b/c"},
     {"regex": ".*[.]php"},
 ]
-_HEADERS = [{}, {"x-v": {"exact": "1"}}, {"x-v": {"prefix": "2"}}, {"x-t": {"regex": "a|b"}}]
+_HEADERS = [{}, {"x-v": {"exact": "1"}}, {"x-v": {"prefix": "2"}}, {"x-t": {"regex": "a|b"}}, {"x-t": {}}]
 _PATHS = ["/", "/a", "/a/", "/ab", "/a/b", "/a/12", "/a/12/x", "/b/c", "/b/cd", "/b/c/x.php", "/x.php"]
 _HEADER_SETS = [{}, {"x-v": "1"}, {"x-v": "23"}, {"x-t": "b"}, {"x-t": "ab"}]
 
