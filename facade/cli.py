@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "mesh.cli",  # mesh ...
     "facade.loadtest",  # loadtest
     "facade.export.cli",  # export istio | gateway-api
+    "facade.importers.cli",  # import nginx|istio
 )
 
 
