@@ -125,6 +125,12 @@ def build_admin_app(runtime: FacadeRuntime) -> Starlette:
             {"version": runtime.version, "routes": [route_view(runtime, r) for r in config.routes]}
         )
 
+    async def upstreams(request: Request) -> Response:
+        # Every service's pool, routed to or not (a migration's target is in no route's backends
+        # until the plan starts): health, ejections, connections. `facade up` waits on it.
+        snap = runtime.holder.current
+        return JSONResponse({"version": snap.version, **snap.upstreams.snapshot()})
+
     async def config_view(request: Request) -> Response:
         config = runtime.config
         snap = runtime.holder.current
@@ -168,6 +174,7 @@ def build_admin_app(runtime: FacadeRuntime) -> Starlette:
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/routes", routes),
+        Route("/upstreams", upstreams),
         Route("/config", config_view),
         Route("/reload", mutation(runtime, reload), methods=["POST"]),
     ]

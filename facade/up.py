@@ -474,8 +474,14 @@ class Stack:
         health_timeout: float = DEFAULT_HEALTH_TIMEOUT,
         out: TextIO | None = None,
         prepare: Callable[[ChildSpec], ChildSpec] | None = None,
+        settled: Callable[[Any], str | None] | None = None,
     ) -> None:
         self.specs = tuple(specs)
+        # After every child answers its own health check: what the stack still waits for, given an
+        # httpx.Client (None = ready). The facade's own health checks of the services behind the
+        # sidecars start failing before the sidecars exist, so "every child is up" is not yet
+        # "the facade routes to every service".
+        self.settled = settled
         # Called just before a child starts (a sidecar's bootstrap token exists only once the
         # facade runs); raises StackError to stop the startup.
         self.prepare = prepare or (lambda spec: spec)
@@ -507,6 +513,8 @@ class Stack:
                 self._spawn(self.prepare(spec))
             if wait:
                 self._wait_healthy(group, deadline)
+        if wait and self.settled is not None:
+            self._wait_settled(self.settled, deadline)
 
     def _spawn(self, spec: ChildSpec) -> None:
         log_path = self.log_dir / f"{spec.name}.log"
@@ -550,6 +558,30 @@ class Stack:
                             name,
                             f"did not become healthy at {running.spec.health_url} within {self.health_timeout:g} s",
                             exit_code=None, log_path=str(running.log_path), log_tail=log_tail(running.log_path),
+                        )  # fmt: skip
+                    time.sleep(POLL_INTERVAL)
+        finally:
+            progress.clear()
+
+    def _wait_settled(self, settled: Callable[[Any], str | None], deadline: float) -> None:
+        import httpx
+
+        progress = Progress(self.out)
+        since = time.monotonic()
+        try:
+            with httpx.Client(timeout=1.0, trust_env=False) as client:
+                while (pending := settled(client)) is not None:
+                    progress.update(pending, elapsed(since))
+                    for running in self.running.values():
+                        self._raise_if_exited(running, during="startup")
+                    if self.stop_signal is not None:
+                        raise Interrupted(f"stopped by signal {self.stop_signal} during startup")
+                    if time.monotonic() > deadline:
+                        facade = self.running.get("facade")
+                        raise ChildFailed(
+                            "facade", f"still {pending} after {self.health_timeout:g} s", exit_code=None,
+                            log_path=str(facade.log_path) if facade else "",
+                            log_tail=log_tail(facade.log_path) if facade else "",
                         )  # fmt: skip
                     time.sleep(POLL_INTERVAL)
         finally:
@@ -733,7 +765,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         bootstrap = fetch_bootstrap_token(plan.admin_url, admin_token, spec.bootstrap)
         return replace(spec, env=(*spec.env, ("FACADE_MESH_TOKEN", bootstrap)))
 
-    stack = Stack(plan.specs, log_dir=state_dir / "logs", prepare=prepare)
+    stack = Stack(plan.specs, log_dir=state_dir / "logs", prepare=prepare, settled=services_unseen(plan.admin_url))
     restore = install_stop_handlers(stack.request_stop)
     try:
         return _run(stack, plan, args, config_path=config_path, token=token, state_dir=state_dir)
@@ -795,6 +827,25 @@ def install_stop_handlers(on_signal: Callable[[int], None]) -> Callable[[], None
             signal.signal(s, h)
 
     return restore
+
+
+def services_unseen(admin_url: str) -> Callable[[Any], str | None]:
+    """The stack's last readiness condition: the facade sees an available endpoint in every service
+    (``GET /upstreams``). Returns what is still awaited, naming each service and its last health check."""
+
+    def pending(client: Any) -> str | None:
+        try:
+            services = client.get(admin_url + "/upstreams").json()["services"]
+        except Exception as exc:  # noqa: BLE001 - any failure to read it means "not yet"
+            return f"waiting for the facade's view of its services ({type(exc).__name__})"
+        unseen = []
+        for pool in services.values():
+            if pool["total"] and not pool["available"]:
+                details = {ep.get("last_health_check") for g in pool["groups"] for ep in g["endpoints"]} - {None, ""}
+                unseen.append(pool["service"] + (f" ({'; '.join(sorted(details))})" if details else ""))
+        return f"waiting for the facade to see {', '.join(unseen)} healthy" if unseen else None
+
+    return pending
 
 
 def fetch_bootstrap_token(admin_url: str, admin_token: str | None, service: str) -> str:

@@ -52,6 +52,7 @@ class Upstreams:
     def get(self, name: str) -> ServicePool | None:
         return self._pools.get(name)
 
+
     def _ssl_context(self, spec: ServiceSpec) -> ssl.SSLContext | None:
         if self._factory is not None:
             return self._factory(spec)

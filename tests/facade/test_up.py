@@ -37,6 +37,7 @@ from facade.up import (
     plan_stack,
     render_ready,
     serve_has_state_dir,
+    services_unseen,
 )
 
 PY = sys.executable
@@ -553,6 +554,65 @@ def test_up_serves_the_shop_through_the_facade_and_stops_cleanly_on_a_signal(tmp
 
 
 @pytest.mark.slow
+def test_stack_waits_until_settled_and_names_what_never_settled(tmp_path: Path, stacks: list[Stack]) -> None:
+    specs = shop_specs(tmp_path)[:1]
+    looks: list[int] = []
+
+    def settles_on_third_look(client: httpx.Client) -> str | None:
+        looks.append(1)
+        return None if len(looks) >= 3 else "waiting for the facade to see catalog healthy"
+
+    stack = Stack(specs, log_dir=tmp_path / "logs", out=io.StringIO(), settled=settles_on_third_look)
+    stacks.append(stack)
+    stack.start()
+    assert len(looks) == 3
+    stack.stop()
+
+    never = Stack(specs, log_dir=tmp_path / "logs2", out=io.StringIO(), health_timeout=3.0,
+                  settled=lambda client: "waiting for the facade to see catalog healthy")  # fmt: skip
+    stacks.append(never)
+    with pytest.raises(ChildFailed) as info:
+        never.start()
+    assert info.value.name == "facade" and "still waiting for the facade to see catalog healthy" in info.value.reason
+
+
+async def test_services_unseen_names_each_service_the_facade_finds_no_endpoint_in(tmp_path: Path) -> None:
+    import asyncio
+
+    from tests.backends import EchoApp
+    from tests.harness import run_facade
+    from tests.servers import serve_app
+
+    async def poll(admin_url: str, until: Callable[[str | None], bool]) -> str | None:
+        pending = services_unseen(admin_url)
+
+        def look() -> str | None:
+            with httpx.Client(trust_env=False, timeout=2.0) as client:
+                return pending(client)
+
+        deadline = time.monotonic() + 10
+        while not until(seen := await asyncio.to_thread(look)) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        return seen
+
+    (dead,) = free_ports(1)
+    async with serve_app(EchoApp()) as live:
+        text = f"""
+        services:
+          live: {{endpoints: [{live}], health_check: {{path: /, interval: 100ms}}}}
+          dead: {{endpoints: [http://127.0.0.1:{dead}], health_check: {{path: /, interval: 100ms, timeout: 200ms}}}}
+        routes:
+          - name: all
+            backend: live
+        """
+        async with run_facade(tmp_path, text) as rt:  # `dead` is in no route, as a plan's target is
+            seen = await poll(rt.admin_url, lambda s: s is not None and "dead" in s)
+            assert seen is not None and seen.startswith("waiting for the facade to see dead ("), seen
+            assert "live" not in seen
+        async with run_facade(tmp_path, text.replace(f"http://127.0.0.1:{dead}", live)) as rt:
+            assert await poll(rt.admin_url, lambda s: s is None) is None
+
+
 def test_up_mesh_runs_the_shop_behind_sidecars_with_mtls_and_policy(tmp_path: Path) -> None:
     facade, admin, monolith, catalog_in, orders_in = free_ports(5)
     text = Path(default_config_path(mesh=True)).read_text()
@@ -592,13 +652,9 @@ def test_up_mesh_runs_the_shop_behind_sidecars_with_mtls_and_policy(tmp_path: Pa
                         break
                 assert status.json()["state"] == "completed", status.text
 
-                # The facade's own health check finds the catalog's sidecar (started after the facade)
-                # within one interval (2 s); until then it answers 503: poll, do not look once.
-                def through_facade() -> httpx.Response:
-                    return client.get(f"http://127.0.0.1:{facade}/catalog/products/1")
-
-                assert eventually(lambda: through_facade().status_code == 200, seconds=10.0)
-                r = through_facade()
+                # "ready" means the facade itself sees every service healthy (the catalog's sidecar
+                # starts after the facade, whose first health checks of it fail): no 503 to wait out.
+                r = client.get(f"http://127.0.0.1:{facade}/catalog/products/1")
                 assert r.status_code == 200, r.text
                 assert r.headers["x-served-by"] == "catalog" and r.headers["x-facade-backend"] == "catalog"
             proc.send_signal(signal.SIGTERM)
