@@ -381,7 +381,7 @@ def _two_clusters(a: str, b: str, wa: int, wb: int) -> str:
     groups:
       - {{name: east, endpoints: [{a}], weight: {wa}}}
       - {{name: west, endpoints: [{b}], weight: {wb}}}
-    health_check: {{path: /healthz, interval: 50ms, timeout: 200ms, healthy_threshold: 1, unhealthy_threshold: 1}}""",
+    health_check: {{path: /healthz, interval: 50ms, timeout: 2s, healthy_threshold: 1, unhealthy_threshold: 1}}""",
         ALL_TO_SVC,
     )
 

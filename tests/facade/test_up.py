@@ -599,8 +599,8 @@ async def test_services_unseen_names_each_service_the_facade_finds_no_endpoint_i
     async with serve_app(EchoApp()) as live:
         text = f"""
         services:
-          live: {{endpoints: [{live}], health_check: {{path: /, interval: 100ms}}}}
-          dead: {{endpoints: [http://127.0.0.1:{dead}], health_check: {{path: /, interval: 100ms, timeout: 200ms}}}}
+          live: {{endpoints: [{live}], health_check: {{path: /, interval: 100ms, timeout: 5s}}}}
+          dead: {{endpoints: [http://127.0.0.1:{dead}], health_check: {{path: /, interval: 100ms, timeout: 5s}}}}
         routes:
           - name: all
             backend: live
