@@ -42,6 +42,7 @@ from .upstream.h1 import (
     ConnectTimeout,
     PoolClosed,
     PoolExhausted,
+    ReplayableBody,
     ResponseInvalid,
     UpstreamError,
     UpstreamResponse,
@@ -115,7 +116,7 @@ class RequestBody:
     def __init__(self, receive: Receive, limit: int | None, tee: BodyTee | None = None) -> None:
         self._receive = receive
         self._limit = limit
-        self.started = False  # once True, the body cannot be replayed (no retry)
+        self.started = False  # reading from ``receive`` began (a retry replays via ReplayableBody)
         self.received = 0
         self.error: Exception | None = None
         self.tee = tee
@@ -400,6 +401,9 @@ class Proxy:
         retry_on = retries.retry_on
         idempotent = method in IDEMPOTENT
         client = pool.h1
+        # One replay buffer for every try: what was taken from the client (the first chunk at
+        # least, up to 64 KiB) can go out again; a retry needs ``source.replayable``.
+        source = ReplayableBody(body) if body is not None else None
         tried: list[Endpoint] = []
         attempt = 0
         while True:
@@ -421,7 +425,7 @@ class Proxy:
                             method,
                             endpoint.target_for(target),
                             headers,
-                            body,
+                            source,
                             idempotent=idempotent,
                         )
                         first = resp.read_nowait()
@@ -469,7 +473,7 @@ class Proxy:
                         and str(status) in retry_on
                         and attempt < retries.attempts
                         and idempotent
-                        and (body is None or not body.started)
+                        and (source is None or source.replayable)
                         and _time_left(deadline)
                     ):
                         resp.release()
@@ -483,7 +487,7 @@ class Proxy:
                 await _backoff(attempt)
                 continue
             pool.report(endpoint, outcome)
-            body_replayable = body is None or not body.started
+            body_replayable = source is None or source.replayable
             retryable = (
                 attempt < retries.attempts
                 and body_replayable

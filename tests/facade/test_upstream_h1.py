@@ -695,8 +695,8 @@ async def test_body_failing_before_its_first_chunk_sends_nothing() -> None:
     async with upstream(answering(ok())) as (server, address), h1() as client:
         with pytest.raises(BodyAborted, match="client went away"):
             await client.request(address, "POST", "/", [], Body([b"never"], fail_at=0))
-        await eventually(lambda: server.open == 0)
-        assert server.raw_bytes == [0]  # connected, but not one byte arrived: not even the head
+        # The first chunk is taken before a connection is chosen: not even a connection was made.
+        assert server.connections == 0
         assert server.requests == []
         assert client._open == 0
 
@@ -783,9 +783,10 @@ async def test_a_big_upload_to_a_slow_reader_waits_for_drain() -> None:
             nonlocal most
             self.started = True
             for _ in range(BIG // len(chunk)):
-                transport = client.conns[0].transport
-                assert transport is not None
-                most = max(most, transport.get_write_buffer_size())
+                if getattr(client, "conns", None):  # (the first chunk is taken before the connection)
+                    transport = client.conns[0].transport
+                    assert transport is not None
+                    most = max(most, transport.get_write_buffer_size())
                 yield chunk
 
     async with raw_server(handler) as url:
