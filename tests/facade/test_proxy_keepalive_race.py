@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 
@@ -54,8 +53,8 @@ uvicorn.run(app, fd=int(sys.argv[1]), http="httptools", lifespan="off", log_leve
 async def uvicorn_backend(keep_alive: float) -> AsyncIterator[str]:
     sock = bind_loopback()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", BACKEND, str(sock.fileno()), str(keep_alive)], pass_fds=[sock.fileno()]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", BACKEND, str(sock.fileno()), str(keep_alive), pass_fds=[sock.fileno()]
     )
     sock.close()
     try:
@@ -69,10 +68,11 @@ async def uvicorn_backend(keep_alive: float) -> AsyncIterator[str]:
     finally:
         proc.terminate()
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
+            async with asyncio.timeout(10):
+                await proc.wait()
+        except TimeoutError:
             proc.kill()
-            proc.wait(timeout=10)
+            await proc.wait()
 
 
 @pytest.mark.slow
