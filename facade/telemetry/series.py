@@ -10,7 +10,7 @@ import math
 import sys
 from array import array
 
-from .histogram import LogLinearHistogram
+from .histogram import MAX_INDEX, LogLinearHistogram
 
 __all__ = [
     "COARSE_S",
@@ -95,7 +95,6 @@ class RequestRing:
     __slots__ = (
         "block_errors",
         "block_hists",
-        "block_newest",
         "block_requests",
         "block_stamps",
         "blocks",
@@ -125,7 +124,6 @@ class RequestRing:
         # Blocks of COARSE_S seconds for what left the fine slots, up to the horizon.
         self.blocks = math.ceil(max(0.0, horizon_s - fine) / COARSE_S) + 2 if horizon_s > fine else 0
         self.block_stamps = [-1] * self.blocks  # block number (second // COARSE_S)
-        self.block_newest = [-1] * self.blocks  # the newest second folded into it
         self.block_requests = [0] * self.blocks
         self.block_errors = [0] * self.blocks
         self.block_hists: list[tuple[array[int], array[int]] | None] = [None] * self.blocks
@@ -141,7 +139,6 @@ class RequestRing:
                 self.hists,
                 self.frozen,
                 self.block_stamps,
-                self.block_newest,
                 self.block_requests,
                 self.block_errors,
                 self.block_hists,
@@ -149,6 +146,13 @@ class RequestRing:
         )
         self.charged = 0  # bytes this ring has charged to the budget
         self._charge(self.fixed_bytes)
+
+    @classmethod
+    def worst_case_bytes(cls, horizon_s: float) -> int:
+        """What one pair's history can charge at most: every slot and block holding every bucket."""
+        ring = cls(horizon_s)
+        full = _frozen_bytes(_freeze(dict.fromkeys(range(MAX_INDEX + 1), 1 << 20)))
+        return ring.fixed_bytes + (ring.size - 1) * full + ring.blocks * full
 
     def _charge(self, delta: int) -> None:
         self.charged += delta
@@ -195,11 +199,9 @@ class RequestRing:
             if old is not None:
                 self._charge(-_frozen_bytes(old))
             self.block_stamps[b] = number
-            self.block_newest[b] = -1
             self.block_requests[b] = 0
             self.block_errors[b] = 0
             self.block_hists[b] = None
-        self.block_newest[b] = max(self.block_newest[b], second)
         self.block_requests[b] += self.requests[slot]
         self.block_errors[b] += self.errors[slot]
         live_hist = self.hists[slot]
@@ -227,7 +229,6 @@ class RequestRing:
             self.frozen[slot] = None
         for b in range(self.blocks):
             self.block_stamps[b] = -1
-            self.block_newest[b] = -1
             self.block_requests[b] = 0
             self.block_errors[b] = 0
             self.block_hists[b] = None
@@ -238,12 +239,14 @@ class RequestRing:
     def window(self, now: float, window_s: float) -> tuple[int, int, LogLinearHistogram]:
         """Totals over the last ``ceil(window_s)`` seconds, the current (partial) one included.
 
-        Exact to the second for the seconds still in fine slots (always the newest ``FINE_S``); a
-        window reaching further also counts every block holding a second inside it, whole: it is
-        exact to ``COARSE_S`` seconds (it may count up to ``COARSE_S - 1`` older seconds).
+        Exact to the second when the window fits in the fine slots (``FINE_S + 1`` seconds); a
+        longer one starts at the ``COARSE_S`` boundary at or before its first second (it counts up
+        to ``COARSE_S - 1`` seconds more, never fewer), since older seconds live in blocks.
         """
         tick = int(now)
         first = tick - math.ceil(window_s) + 1
+        if self.blocks and first < tick - (self.size - 1):
+            first -= first % COARSE_S
         requests = errors = 0
         counts: dict[int, int] = {}
         for slot in range(self.size):
@@ -258,8 +261,8 @@ class RequestRing:
                     for index, count in self.hists[slot].items():
                         counts[index] = counts.get(index, 0) + count
         for b in range(self.blocks):
-            newest = self.block_newest[b]
-            if first <= newest <= tick:
+            begins = self.block_stamps[b] * COARSE_S
+            if first <= begins <= tick:
                 requests += self.block_requests[b]
                 errors += self.block_errors[b]
                 packed = self.block_hists[b]
