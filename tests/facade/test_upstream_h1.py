@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import datetime
 import errno
+import os
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -528,7 +529,10 @@ class RacingUpstream(asyncio.Protocol):
     def close_now(cls) -> None:
         for conn in cls.connections:
             if conn.transport is not None and not conn.transport.is_closing():
-                conn.transport.get_extra_info("socket").shutdown(socket.SHUT_RDWR)
+                # (on a duplicate: uvloop's transport sockets refuse shutdown(); the connection is shared)
+                fd = conn.transport.get_extra_info("socket").fileno()
+                with socket.socket(fileno=os.dup(fd)) as sock:
+                    sock.shutdown(socket.SHUT_RDWR)
 
 
 def cast_transport(transport: asyncio.BaseTransport) -> asyncio.Transport:
