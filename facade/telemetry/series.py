@@ -39,6 +39,11 @@ def _frozen_bytes(frozen: tuple[array[int], array[int]]) -> int:
     return sys.getsizeof(frozen[0]) + sys.getsizeof(frozen[1])
 
 
+def _dict_bytes(hist: dict[int, int]) -> int:
+    """What a dict histogram costs, counting every count as an int object of its own (an upper bound)."""
+    return sys.getsizeof(hist) + 32 * len(hist)
+
+
 def _add_frozen(into: dict[int, int], frozen: tuple[array[int], array[int]]) -> None:
     for index, count in zip(frozen[0], frozen[1]):
         into[index] = into.get(index, 0) + count
@@ -106,6 +111,9 @@ class RequestRing:
         "hists",
         "last_tick",
         "live",
+        "open_block",
+        "open_charged",
+        "open_hist",
         "requests",
         "since",
         "size",
@@ -127,6 +135,9 @@ class RequestRing:
         self.block_requests = [0] * self.blocks
         self.block_errors = [0] * self.blocks
         self.block_hists: list[tuple[array[int], array[int]] | None] = [None] * self.blocks
+        self.open_block = -1  # the block being filled, kept as a dict until the next one opens
+        self.open_hist: dict[int, int] = {}
+        self.open_charged = 0
         self.last_tick = -1
         self.since = -1  # the first second of the history (after an eviction: the second it restarted)
         self.budget = budget
@@ -151,8 +162,11 @@ class RequestRing:
     def worst_case_bytes(cls, horizon_s: float) -> int:
         """What one pair's history can charge at most: every slot and block holding every bucket."""
         ring = cls(horizon_s)
-        full = _frozen_bytes(_freeze(dict.fromkeys(range(MAX_INDEX + 1), 1 << 20)))
-        return ring.fixed_bytes + (ring.size - 1) * full + ring.blocks * full
+        every = dict.fromkeys(range(MAX_INDEX + 1), 1 << 20)
+        full = _frozen_bytes(_freeze(every))
+        if not ring.blocks:
+            return ring.fixed_bytes + (ring.size - 1) * full
+        return ring.fixed_bytes + (ring.size - 1) * full + (ring.blocks - 1) * full + _dict_bytes(every)
 
     def _charge(self, delta: int) -> None:
         self.charged += delta
@@ -183,7 +197,11 @@ class RequestRing:
             budget.enforce(self)
 
     def _fold(self, slot: int, second: int) -> None:
-        """Move a second out of its fine slot into its block (or drop it: no blocks, or too old)."""
+        """Move a second out of its fine slot into its block (or drop it: no blocks, or too old).
+
+        The block being filled stays a dict (a fold adds one second's buckets to it, no repacking
+        every second); it is packed when the next block opens.
+        """
         frozen = self.frozen[slot]
         self.frozen[slot] = None
         if frozen is not None:
@@ -192,32 +210,58 @@ class RequestRing:
             return
         number = second // COARSE_S
         b = number % self.blocks
-        if self.block_stamps[b] != number:
-            if self.block_stamps[b] > number:
-                return  # a newer block already took this place: the second is past the horizon
+        stamp = self.block_stamps[b]
+        if stamp > number:
+            return  # a newer block already took this place: the second is past the horizon
+        if stamp != number:
+            # A new block takes this place (what it held is past the horizon) and becomes the open one.
+            if b == self.open_block:
+                self._close_open(pack=False)
             old = self.block_hists[b]
             if old is not None:
                 self._charge(-_frozen_bytes(old))
+                self.block_hists[b] = None
+            if self.open_block >= 0:
+                self._close_open(pack=True)
             self.block_stamps[b] = number
             self.block_requests[b] = 0
             self.block_errors[b] = 0
-            self.block_hists[b] = None
+            self.open_block = b
+            self.open_hist = {}
         self.block_requests[b] += self.requests[slot]
         self.block_errors[b] += self.errors[slot]
         live_hist = self.hists[slot]
         if frozen is None and not live_hist:
             return
-        merged: dict[int, int] = {}
-        current = self.block_hists[b]
-        if current is not None:
-            _add_frozen(merged, current)
-            self._charge(-_frozen_bytes(current))
+        if b == self.open_block:
+            target = self.open_hist
+        else:  # a late second for a block already packed (sparse traffic): unpack, add, pack again
+            target = {}
+            packed = self.block_hists[b]
+            if packed is not None:
+                _add_frozen(target, packed)
+                self._charge(-_frozen_bytes(packed))
         if frozen is not None:
-            _add_frozen(merged, frozen)
+            _add_frozen(target, frozen)
         for index, count in live_hist.items():
-            merged[index] = merged.get(index, 0) + count
-        packed = self.block_hists[b] = _freeze(merged)
-        self._charge(_frozen_bytes(packed))
+            target[index] = target.get(index, 0) + count
+        if b == self.open_block:
+            estimate = _dict_bytes(target)
+            self._charge(estimate - self.open_charged)
+            self.open_charged = estimate
+        else:
+            repacked = self.block_hists[b] = _freeze(target)
+            self._charge(_frozen_bytes(repacked))
+
+    def _close_open(self, *, pack: bool) -> None:
+        b = self.open_block
+        if pack and self.open_hist:
+            packed = self.block_hists[b] = _freeze(self.open_hist)
+            self._charge(_frozen_bytes(packed))
+        self._charge(-self.open_charged)
+        self.open_charged = 0
+        self.open_block = -1
+        self.open_hist = {}
 
     def clear(self) -> None:
         """Forget the whole history (the budget evicted it); recording starts over next second."""
@@ -234,6 +278,9 @@ class RequestRing:
             self.block_hists[b] = None
         self.live = -1
         self.since = -1
+        self.open_block = -1
+        self.open_hist = {}
+        self.open_charged = 0
         self._charge(self.fixed_bytes - self.charged)
 
     def window(self, now: float, window_s: float) -> tuple[int, int, LogLinearHistogram]:
@@ -265,6 +312,9 @@ class RequestRing:
             if first <= begins <= tick:
                 requests += self.block_requests[b]
                 errors += self.block_errors[b]
+                if b == self.open_block:
+                    for index, count in self.open_hist.items():
+                        counts[index] = counts.get(index, 0) + count
                 packed = self.block_hists[b]
                 if packed is not None:
                     _add_frozen(counts, packed)

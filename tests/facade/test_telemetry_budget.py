@@ -156,7 +156,7 @@ def test_one_pairs_history_stays_within_its_documented_worst_case() -> None:
                      bytes_in=0, bytes_out=0)
     worst = RequestRing.worst_case_bytes(300)
     assert 0.9 * worst <= t.rolling_budget.used <= worst
-    assert worst < 900 * 1024  # docs/telemetry.md says ~842 KiB
+    assert worst < 1024 * 1024  # docs/telemetry.md says ~955 KiB
     assert t.side_stats("r", "b", window=60).requests == 60 * len(durations)
 
 
