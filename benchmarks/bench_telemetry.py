@@ -91,7 +91,7 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def bench_pairs(pairs: int, rate: int, seconds: int, trace: bool) -> None:
+def bench_pairs(pairs: int, rate: int, seconds: int, trace: bool, budget_mib: float | None = None) -> None:
     """Memory of the rolling history with ``pairs`` busy route x backend pairs."""
     rng = random.Random(11)
     durations = [rng.lognormvariate(math.log(0.02), 0.8) for _ in range(100_003)]
@@ -100,7 +100,8 @@ def bench_pairs(pairs: int, rate: int, seconds: int, trace: bool) -> None:
     if trace:
         tracemalloc.start()
     now = [0.0]
-    telemetry = Telemetry(clock=lambda: now[0])
+    options = {} if budget_mib is None else {"rolling_budget": int(budget_mib * 1024 * 1024)}
+    telemetry = Telemetry(clock=lambda: now[0], **options)
     record = telemetry.record
     names = [(f"route-{i // 4}", f"backend-{i % 4}") for i in range(pairs)]
     d = 0
@@ -147,9 +148,10 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=20, help="requests a second per pair (with --pairs)")
     parser.add_argument("--seconds", type=int, default=320, help="simulated seconds (with --pairs)")
     parser.add_argument("--tracemalloc", action="store_true", help="also count bytes with tracemalloc (slower)")
+    parser.add_argument("--budget-mib", type=float, help="rolling_budget in MiB (default: the Telemetry default)")
     args = parser.parse_args()
     if args.pairs:
-        bench_pairs(args.pairs, args.rate, args.seconds, args.tracemalloc)
+        bench_pairs(args.pairs, args.rate, args.seconds, args.tracemalloc, args.budget_mib)
         return
     # The machine is shared: the best round is the cost, the median shows the noise.
     rounds = sorted(bench_record(args.n) for _ in range(args.rounds))

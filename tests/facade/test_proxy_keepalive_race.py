@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import sys
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
+from tests.backends import EchoApp, close_immediately, raw_server
 from tests.harness import run_facade
-from tests.servers import bind_loopback
+from tests.servers import bind_loopback, serve_app
 
 BACKEND = r"""
 import sys
@@ -111,3 +113,33 @@ routes:
     assert processed == sent  # each exactly once, in order
     # The sweep crossed the keep-alive timeout: the backend closed pooled connections under the facade.
     assert stats["connects"] > 1
+
+
+async def test_a_post_body_taken_before_a_connect_failure_is_replayed_whole_on_the_next_endpoint(tmp_path) -> None:
+    # The body's first chunk is taken from the client before a connection is chosen; when that
+    # connect fails (nothing sent: retried for any method) the kept chunk goes out again.
+    async with raw_server(close_immediately) as dead_url:
+        dead = dead_url.replace("http://", "")
+    live_app = EchoApp("live")
+    async with serve_app(live_app) as live:
+        cfg = f"""
+listen: 127.0.0.1:0
+admin: {{listen: 127.0.0.1:0, token: t0ken}}
+services:
+  svc: {{endpoints: [http://{dead}, {live}], load_balancer: round_robin,
+         retries: {{attempts: 2, retry_on: [connect-failure]}}}}
+routes:
+  - name: all
+    backend: svc
+"""
+        payload = bytes(range(256)) * 40  # 10 KiB
+        async with run_facade(tmp_path, cfg) as rt, httpx.AsyncClient(base_url=rt.url) as client:
+            for _ in range(4):  # round robin: half of them try the dead endpoint first
+                r = await client.post("/upload", content=payload)
+                assert r.status_code == 200
+                assert r.json()["size"] == len(payload)
+                assert r.json()["sha256"] == hashlib.sha256(payload).hexdigest()
+            pool = rt.upstreams.get("svc")
+            assert pool is not None
+            assert pool.h1.stats["connects"] >= 3  # the dead endpoint was tried (refused) twice
+        assert len(live_app.requests) == 4
