@@ -10,16 +10,11 @@ Per request, in order (docs/architecture.md, "The data flow of one request"):
 5. forward through the service's pool, retrying what is safe to retry;
 6. stream the response back, then record telemetry.
 
-<<<<<<< HEAD
 Errors are mapped to statuses once, in ``_error_response`` (docs/architecture.md, "Errors"): connect failure / reset
-before a response -> 502, no healthy endpoint / pool exhausted -> 503, timeout -> 504.
-=======
-Errors are mapped to statuses once, in ``_error_response`` (STYLE.md): connect failure / reset
 before a response -> 502, no healthy endpoint / pool exhausted -> 503, timeout -> 504. The client
 gets the status, a generic reason and the request id; the detail (addresses, identities, TLS
 failures) goes to the log and ``RecentErrors`` (admin ``GET /errors``), and to a client only when
 ``debug_error_details`` is on and the client is on loopback.
->>>>>>> h10-edge
 A failure after the response started aborts the downstream connection: the client sees a
 truncated transfer, never a silently shortened 200.
 """
@@ -52,6 +47,7 @@ from .upstream.h1 import (
     ConnectTimeout,
     PoolClosed,
     PoolExhausted,
+    ReplayableBody,
     ResponseInvalid,
     UpstreamError,
     UpstreamResponse,
@@ -125,7 +121,7 @@ class RequestBody:
     def __init__(self, receive: Receive, limit: int | None, tee: BodyTee | None = None) -> None:
         self._receive = receive
         self._limit = limit
-        self.started = False  # once True, the body cannot be replayed (no retry)
+        self.started = False  # reading from ``receive`` began (a retry replays via ReplayableBody)
         self.received = 0
         self.error: Exception | None = None
         self.tee = tee
@@ -423,6 +419,9 @@ class Proxy:
         retry_on = retries.retry_on
         idempotent = method in IDEMPOTENT
         client = pool.h1
+        # One replay buffer for every try: what was taken from the client (the first chunk at
+        # least, up to 64 KiB) can go out again; a retry needs ``source.replayable``.
+        source = ReplayableBody(body) if body is not None else None
         tried: list[Endpoint] = []
         attempt = 0
         while True:
@@ -444,7 +443,7 @@ class Proxy:
                             method,
                             endpoint.target_for(target),
                             headers,
-                            body,
+                            source,
                             idempotent=idempotent,
                         )
                         first = resp.read_nowait()
@@ -492,7 +491,7 @@ class Proxy:
                         and str(status) in retry_on
                         and attempt < retries.attempts
                         and idempotent
-                        and (body is None or not body.started)
+                        and (source is None or source.replayable)
                         and _time_left(deadline)
                     ):
                         resp.release()
@@ -506,7 +505,7 @@ class Proxy:
                 await _backoff(attempt)
                 continue
             pool.report(endpoint, outcome)
-            body_replayable = body is None or not body.started
+            body_replayable = source is None or source.replayable
             retryable = (
                 attempt < retries.attempts
                 and body_replayable

@@ -10,7 +10,9 @@ Windows:
   transition; a label that repeats after a rollback starts a new epoch, so its window starts fresh.
   Each label set keeps lifetime counters (Prometheus needs them monotonic) plus a copy taken when the
   epoch began; the window is the difference, which costs nothing per request.
-- rolling: the last N seconds from per-second slots (exact to the slot), up to ``max(rolling)``.
+- rolling: the last N seconds, up to ``max(rolling)``: one slot per second for the newest 60 s
+  (exact to the second), 10-second blocks before that (exact to 10 s), packed into arrays once a
+  second is over, all pairs together within ``rolling_budget`` bytes (docs/telemetry.md, "Memory").
 
 Cardinality is bounded: labels are route names (never raw paths), backend names, step labels,
 a fixed method set and the status class; past ``max_series`` label sets, new ones are folded into
@@ -27,12 +29,21 @@ from typing import Any
 from ..stats import DiffCounts, SideStats
 from .histogram import INDEX_OFFSET, INV_LOG_GROWTH, LOWEST_S, MAX_INDEX, LogLinearHistogram
 from .prometheus import render_exposition
-from .series import MAX_NOISE_FIELDS, DiffRingSlots, DiffSeries, RequestRing, RequestSeries
+from .series import MAX_NOISE_FIELDS, DiffRingSlots, DiffSeries, RequestRing, RequestSeries, RollingBudget
 
-__all__ = ["DEFAULT_MAX_SERIES", "DEFAULT_ROLLING", "METHODS", "OVERFLOW", "Telemetry", "status_class"]
+__all__ = [
+    "DEFAULT_MAX_SERIES",
+    "DEFAULT_ROLLING",
+    "DEFAULT_ROLLING_BUDGET",
+    "METHODS",
+    "OVERFLOW",
+    "Telemetry",
+    "status_class",
+]
 
 DEFAULT_ROLLING = (60.0, 300.0)
 DEFAULT_MAX_SERIES = 10_000
+DEFAULT_ROLLING_BUDGET = 64 * 1024 * 1024  # bytes of rolling history, all route x backend pairs together
 OVERFLOW = "overflow"
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 _METHOD_LABEL = {m: m for m in METHODS}
@@ -65,9 +76,13 @@ class Telemetry:
         clock: Callable[[], float] = time.monotonic,
         rolling: tuple[float, ...] = DEFAULT_ROLLING,
         max_series: int = DEFAULT_MAX_SERIES,
+        rolling_budget: int = DEFAULT_ROLLING_BUDGET,
     ) -> None:
         if not rolling or min(rolling) <= 0:
             raise ValueError(f"rolling windows must be positive seconds, got {rolling!r}")
+        if rolling_budget <= 0:
+            raise ValueError(f"rolling_budget must be positive bytes, got {rolling_budget!r}")
+        self.rolling_budget = RollingBudget(rolling_budget)
         self._clock = clock
         self.rolling = tuple(sorted(rolling))
         self._horizon = self.rolling[-1]
@@ -160,7 +175,8 @@ class Telemetry:
             self._label_sets += 1
         ring = self._rings.get((route, backend))
         if ring is None:
-            ring = self._rings[(route, backend)] = RequestRing(self._horizon)
+            ring = self._rings[(route, backend)] = RequestRing(self._horizon, self.rolling_budget)
+            self.rolling_budget.rings.append(ring)
         series = self._series[key] = RequestSeries(route, backend, step, label_method, cls, ring)
         self._by_step.setdefault((route, step), []).append(series)
         return series

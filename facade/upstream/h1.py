@@ -28,9 +28,18 @@ Errors (all ``UpstreamError``):
 - ``PoolExhausted``: every connection stayed busy for ``connect_timeout`` (the wait for a free
   connection counts as connecting; Envoy answers a full pool with 503 as well).
 
-A connection that was reused from the pool and closes before a single response byte arrives
-was most likely closed by the upstream while idle (a keep-alive race): an idempotent request
-whose body has not started is sent once more on a fresh connection (docs/architecture.md, "Pitfalls").
+The keep-alive race (an upstream closes an idle connection just as the next request is sent),
+judged by what the client can really know (docs/upstreams.md, "The keep-alive race"):
+
+- Nothing written: a pooled connection is checked right before it is reused (its closing seen
+  by the loop, or one ``poll(2)`` with zero timeout: the upstream's FIN already queued in the
+  kernel). A dead one is dropped and the request, of any method, goes on another connection
+  (Envoy's reset-before-request). The body's first chunk is taken from the client before a
+  connection is chosen and kept (``ReplayableBody``), so the same bytes go out on the new one.
+- Written, then closed before a single response byte: whether the upstream read the request
+  cannot be known. It is sent once more on a fresh connection only when the method is
+  idempotent and the body is replayable (kept whole, at most ``REPLAY_LIMIT`` bytes); a POST
+  or PATCH fails with ``ConnectionReset`` and is never replayed.
 """
 
 from __future__ import annotations
@@ -39,22 +48,25 @@ import asyncio
 import collections
 import contextlib
 import ipaddress
+import select
 import socket
 import ssl
-from typing import Any, Protocol, cast
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any, cast
 
 import httptools
 
 __all__ = [
+    "REPLAY_LIMIT",
     "Address",
     "BodyAborted",
-    "BodySource",
     "ConnectFailed",
     "ConnectTimeout",
     "ConnectionReset",
     "H1Client",
     "PoolClosed",
     "PoolExhausted",
+    "ReplayableBody",
     "ResponseInvalid",
     "UpstreamError",
     "UpstreamResponse",
@@ -67,6 +79,7 @@ MAX_RESPONSE_HEAD = 64 * 1024  # status line + headers (+ any 1xx before them); 
 MAX_RESPONSE_HEADERS = 100  # header fields in a response head; more is a 502 (Envoy's max_headers_count)
 HIGH_WATER = 256 * 1024  # buffered response bytes at which reading from the upstream pauses
 LOW_WATER = 64 * 1024  # ...and resumes once the proxy has taken the buffer below this
+REPLAY_LIMIT = 64 * 1024  # request body bytes kept so a request can be sent again (the first chunk always)
 
 _POOL_CLOSED = "the service's connection pool is closed (reconfigured); retry the request"
 _BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "TRACE", "CONNECT"})
@@ -104,12 +117,71 @@ class PoolExhausted(UpstreamError):
     """Every connection was busy for the whole connect timeout: nothing was sent."""
 
 
-class BodySource(Protocol):
-    """The proxy's request body: an async iterator of chunks that says whether it has started."""
+class ReplayableBody:
+    """A request body taken from ``source`` chunk by chunk, keeping what was taken so it can be sent again.
 
-    started: bool
+    Chunks are kept while they total at most ``limit`` bytes (the first one whatever its size:
+    it is taken before a connection is chosen). Past that, or once taking a chunk failed or was
+    interrupted (what the source holds next is then unknown), ``replayable`` is False for good.
+    One object serves every attempt of one request (the proxy's retries included).
+    """
 
-    def __aiter__(self) -> Any: ...
+    __slots__ = ("_iterator", "_kept", "_kept_size", "_limit", "_taken", "_taking", "ended")
+
+    def __init__(self, source: AsyncIterable[bytes], *, limit: int = REPLAY_LIMIT) -> None:
+        self._iterator: AsyncIterator[bytes] = source.__aiter__()
+        self._kept: list[bytes] | None = []
+        self._kept_size = 0
+        self._limit = limit
+        self._taking = False
+        self._taken = False  # a chunk (or the end) was taken from the source
+        self.ended = False  # the source is exhausted
+
+    def __repr__(self) -> str:
+        kept = "dropped" if self._kept is None else f"{self._kept_size} bytes"
+        return f"<ReplayableBody kept={kept} ended={self.ended} replayable={self.replayable}>"
+
+    @property
+    def replayable(self) -> bool:
+        """Every byte taken so far is kept and no take is in progress: the body can start over."""
+        return self._kept is not None and not self._taking
+
+    @property
+    def kept(self) -> list[bytes]:
+        """The chunks taken so far (replayable bodies only)."""
+        assert self._kept is not None, "the body is not replayable"
+        return self._kept
+
+    async def take(self) -> bytes | None:
+        """The next chunk from the source (kept while within the limit); None at its end."""
+        self._taking = self._taken = True
+        try:
+            chunk = await self._iterator.__anext__()
+        except StopAsyncIteration:
+            self.ended = True
+            return None
+        except BaseException:
+            self._kept = None  # failed or interrupted mid-take: the source cannot be replayed
+            raise
+        finally:
+            self._taking = False
+        kept = self._kept
+        if kept is not None:
+            self._kept_size += len(chunk)
+            if self._kept_size <= self._limit or not kept:
+                kept.append(chunk)
+            else:
+                self._kept = None  # too large to keep: streamed, never replayed
+        return chunk
+
+    async def prefetch(self) -> None:
+        """Take the first chunk unless one was taken (a client body error becomes ``BodyAborted``)."""
+        if self._taken:
+            return
+        try:
+            await self.take()
+        except Exception as exc:  # noqa: BLE001 - the client's side of the body failed, whatever the reason
+            raise BodyAborted(f"request body aborted: {exc!r}") from None
 
 
 class UpstreamResponse:
@@ -227,6 +299,7 @@ class _Conn(asyncio.Protocol):
         self.idle_since = 0.0
         self.reading_paused = False
         self.received = False  # any byte of the current response arrived
+        self._poll: Any = None  # select.poll on the socket: is an idle connection readable (closed)?
         self._parser: Any = httptools.HttpResponseParser(self)
         self._busy = False
         self._head = False  # the current request is HEAD: its response has no body whatever it says
@@ -251,6 +324,22 @@ class _Conn(asyncio.Protocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if _poll_available:
+                with contextlib.suppress(OSError, ValueError):
+                    poll = select.poll()
+                    poll.register(sock.fileno(), select.POLLIN)
+                    self._poll = poll
+
+    def peer_closed(self) -> bool:
+        """An idle connection is readable: the upstream closed it (or sent bytes nobody asked for).
+
+        The loop learns of a close only when it next polls; a request written before then would
+        reach a closed socket. One ``poll(2)`` with zero timeout (~0.3 µs) tells now.
+        """
+        if self.closed or (self.transport is not None and self.transport.is_closing()):
+            return True
+        poll = self._poll
+        return poll is not None and bool(poll.poll(0))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -376,8 +465,14 @@ class _Conn(asyncio.Protocol):
 
     # -- the client side ------------------------------------------------------------------
 
-    def start(self, head: bytes, body: BodySource | None, chunked: bool, is_head: bool) -> asyncio.Future[UpstreamResponse]:
-        """Write a request; the future resolves with the response once its headers arrived."""
+    def start(
+        self, head: bytes, body: ReplayableBody | None, chunked: bool, is_head: bool
+    ) -> asyncio.Future[UpstreamResponse]:
+        """Write a request; the future resolves with the response once its headers arrived.
+
+        The head and every body chunk taken so far (at least the first: ``request`` takes it
+        before choosing a connection) go out in one write; a writer task sends the rest.
+        """
         assert self.transport is not None and not self._busy
         self._busy = True
         self._head = is_head
@@ -392,35 +487,37 @@ class _Conn(asyncio.Protocol):
         waiter = self._head_waiter = asyncio.get_running_loop().create_future()
         if body is None:
             self.transport.write(head)
-        else:
-            # The head goes out with the first body chunk: a body that fails before its first
-            # byte (a client sending malformed framing) never reaches the upstream at all.
-            self._writer = asyncio.ensure_future(self._write_body(head, body, chunked))
+            return waiter
+        parts = [head]
+        for chunk in body.kept:
+            if chunk:  # chunked, an empty chunk would be the last-chunk marker: the body's end
+                parts.append(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+        if body.ended and chunked:
+            parts.append(b"0\r\n\r\n")
+        self.transport.write(b"".join(parts))
+        if not body.ended:
+            self._writer = asyncio.ensure_future(self._write_body(body, chunked))
         return waiter
 
-    async def _write_body(self, head: bytes, body: BodySource, chunked: bool) -> None:
+    async def _write_body(self, body: ReplayableBody, chunked: bool) -> None:
         transport = self.transport
         assert transport is not None
-        pending: bytes | None = head
         try:
-            async for chunk in body:
+            if self._write_paused:
+                await self._drain()
+            while True:
+                chunk = await body.take()
                 if self.closed:
                     return
+                if chunk is None:
+                    break
                 if not chunk:
                     continue  # chunked, an empty chunk would be the last-chunk marker: the body's end
-                data = b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk
-                if pending is not None:
-                    data, pending = pending + data, None
-                transport.write(data)
+                transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
                 if self._write_paused:
                     await self._drain()
-            if self.closed:
-                return
-            end = b"0\r\n\r\n" if chunked else b""
-            if pending is not None:
-                end = pending + end
-            if end:
-                transport.write(end)
+            if chunked and not self.closed:
+                transport.write(b"0\r\n\r\n")
         except UpstreamError:
             pass  # the connection went away; the response side reports it
         except Exception as exc:  # noqa: BLE001 - the client's side of the body failed, whatever the reason
@@ -542,7 +639,7 @@ class H1Client:
         method: str,
         target: str,
         headers: list[tuple[str, str]],
-        body: BodySource | None = None,
+        body: ReplayableBody | AsyncIterable[bytes] | None = None,
         *,
         idempotent: bool = False,
         chunked: bool | None = None,
@@ -552,20 +649,35 @@ class H1Client:
         ``target`` is sent byte for byte (already encoded). ``headers`` must not contain
         hop-by-hop fields; framing is added here: the client's Content-Length when the body has
         one, else chunked transfer coding (``chunked`` forces either), ``content-length: 0`` on
-        a body-carrying method sent without a body.
+        a body-carrying method sent without a body. Pass a ``ReplayableBody`` to send the same
+        body again on a later call (a retry); any other async iterable is wrapped in one.
         """
         head, use_chunked = _serialize(method, target, headers, body, chunked, address)
         is_head = method == "HEAD"
+        source: ReplayableBody | None = None
+        if body is not None:
+            source = body if isinstance(body, ReplayableBody) else ReplayableBody(body)
+            # The first chunk before a connection: then the head and it go out in one write the
+            # moment a connection is chosen and checked, and a client slow to send its body
+            # holds no upstream connection meanwhile.
+            await source.prefetch()
+            if not source.replayable:
+                raise ValueError("the request body was partly sent on an earlier attempt and cannot be replayed")
+        fresh = False
         while True:
-            conn, reused = await self._acquire(address)
+            conn, reused = await self._acquire(address, fresh=fresh)
             try:
-                return await conn.start(head, body, use_chunked, is_head)
+                return await conn.start(head, source, use_chunked, is_head)
             except ConnectionReset:
                 conn.finish(reusable=False)
-                stale = reused and not conn.received and idempotent and (body is None or not body.started)
+                # Written on a pooled connection that closed before a single response byte: most
+                # likely the keep-alive race, but whether the upstream read the request cannot be
+                # known. Sent again (once, on a new connection) only if doing so is harmless.
+                stale = reused and not conn.received and idempotent and (source is None or source.replayable)
                 if not stale:
                     raise
                 self.stats["stale_retries"] += 1
+                fresh = True
             except BaseException:
                 conn.finish(reusable=False)  # cancelled (timeout) or failed: its state is unknown
                 raise
@@ -580,8 +692,10 @@ class H1Client:
         now = asyncio.get_running_loop().time()
         while idle:
             conn = idle.pop()
-            if not conn.closed and now - conn.idle_since < self.idle_timeout:
-                return conn
+            if now - conn.idle_since < self.idle_timeout:
+                if not conn.peer_closed():
+                    return conn
+                self.stats["closed_while_idle"] += 1  # caught before a byte was written on it
             self._drop(conn)
         return None
 
@@ -591,8 +705,8 @@ class H1Client:
             conn.close_idle()
         self._open -= 1
 
-    async def _acquire(self, address: Address) -> tuple[_Conn, bool]:
-        conn = self._take_idle(address)
+    async def _acquire(self, address: Address, *, fresh: bool = False) -> tuple[_Conn, bool]:
+        conn = None if fresh else self._take_idle(address)
         if conn is not None:
             return conn, True
         if self._closed:
@@ -621,7 +735,7 @@ class H1Client:
                 ) from None
             if self._closed:
                 raise PoolClosed(_POOL_CLOSED)  # woken by close(): no new connection on a closed pool
-            conn = self._take_idle(address)
+            conn = None if fresh else self._take_idle(address)
             if conn is not None:
                 return conn, True
         self._open += 1
@@ -764,7 +878,7 @@ def _serialize(
     method: str,
     target: str,
     headers: list[tuple[str, str]],
-    body: BodySource | None,
+    body: object | None,
     chunked: bool | None,
     address: Address,
 ) -> tuple[bytes, bool]:
@@ -822,6 +936,9 @@ def _without_content_length(parts: list[str]) -> list[str]:
 
 
 _default_ctx: ssl.SSLContext | None = None
+
+
+_poll_available = hasattr(select, "poll")
 
 
 def _default_context() -> ssl.SSLContext:

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import datetime
 import errno
+import os
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -34,6 +35,7 @@ from facade.upstream.h1 import (
     ConnectTimeout,
     H1Client,
     PoolExhausted,
+    ReplayableBody,
     ResponseInvalid,
     UpstreamError,
     UpstreamResponse,
@@ -467,6 +469,197 @@ async def test_idle_connection_closed_by_the_upstream_is_dropped_before_reuse() 
         assert server.connections == 2
 
 
+# -- 6b. the keep-alive race, decided by what the client can know --------------------------------
+
+
+class RacingUpstream(asyncio.Protocol):
+    """A byte-level upstream that answers the first request of each connection and then, on a
+    signal, closes a connection exactly when the next request is written, before any of it is
+    read: ``processed`` counts only requests the "application" read whole and answered.
+
+    - ``close_now()`` shuts every idle connection down at once (a synchronous ``shutdown(2)``:
+      the FIN is in the client's kernel before the client's loop can notice it);
+    - with ``reset_on_next_request`` set, the first bytes of a connection's second request
+      make it abort the connection (RST) unread.
+    """
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        self.answered = 0
+
+    # (class-level state shared by every connection of one test server)
+    processed: list[bytes]
+    connections: list[RacingUpstream]
+    reset_on_next_request: bool
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast_transport(transport)
+        self.connections.append(self)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        if self.answered and not self.buffer and self.reset_on_next_request:
+            self.transport.abort()  # not one byte of this request reached the application
+            return
+        self.buffer += data
+        head, sep, rest = self.buffer.partition(b"\r\n\r\n")
+        if not sep:
+            return
+        lower = head.lower()
+        if b"transfer-encoding: chunked" in lower:
+            body, sep, after = rest.partition(b"0\r\n\r\n")  # (the tests' bodies hold no "0" chunk)
+            if not sep:
+                return
+            self.buffer = after
+            content = b""
+            while body:
+                size, _, body = body.partition(b"\r\n")
+                content, body = content + body[: int(size, 16)], body[int(size, 16) + 2 :]
+        else:
+            length = int(lower.split(b"content-length: ")[1].split(b"\r\n")[0]) if b"content-length: " in lower else 0
+            if len(rest) < length:
+                return
+            self.buffer, content = rest[length:], rest[:length]
+        self.processed.append(head.split(b" ", 1)[0] + b" " + content)
+        self.answered += 1
+        self.transport.write(ok(b"done"))
+
+    @classmethod
+    def close_now(cls) -> None:
+        for conn in cls.connections:
+            if conn.transport is not None and not conn.transport.is_closing():
+                # (on a duplicate: uvloop's transport sockets refuse shutdown(); the connection is shared)
+                fd = conn.transport.get_extra_info("socket").fileno()
+                with socket.socket(fileno=os.dup(fd)) as sock:
+                    sock.shutdown(socket.SHUT_RDWR)
+
+
+def cast_transport(transport: asyncio.BaseTransport) -> asyncio.Transport:
+    assert isinstance(transport, asyncio.Transport)
+    return transport
+
+
+@contextlib.asynccontextmanager
+async def racing_upstream() -> AsyncIterator[tuple[type[RacingUpstream], Address]]:
+    state = type("Racing", (RacingUpstream,), {"processed": [], "connections": [], "reset_on_next_request": False})
+    server = await asyncio.get_running_loop().create_server(state, "127.0.0.1", 0)
+    try:
+        async with asyncio.timeout(10):  # a test that waits for bytes that never come fails, not hangs
+            yield state, ("127.0.0.1", server.sockets[0].getsockname()[1], False)
+    finally:
+        server.close()
+        for conn in state.connections:
+            if conn.transport is not None:
+                conn.transport.abort()
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "GET"])
+async def test_an_idle_connection_closed_as_the_request_is_sent_is_never_written_to(method: str) -> None:
+    # Nothing was written on the dead connection: the request, of any method (POST too), goes
+    # out on a new one with its first body chunk, and the upstream processes it exactly once.
+    body = None if method == "GET" else Body([b"payload"])
+    async with racing_upstream() as (server, address), h1() as client:
+        assert await fetch(client, address, "POST", body=Body([b"first"])) == b"done"
+        server.close_now()  # the FIN is queued in the client's kernel; its loop has not seen it
+        assert await fetch(client, address, method, body=body, idempotent=method != "POST") == b"done"
+        expected = b"" if body is None else b"payload"
+        assert server.processed == [b"POST first", method.encode() + b" " + expected]
+        assert client.stats["closed_while_idle"] == 1
+        assert client.stats["stale_retries"] == 0
+        assert len(server.connections) == 2
+
+
+async def test_without_the_check_before_reuse_the_same_race_fails_a_post(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The race above is real: with the pre-write check reduced to what the loop already knows,
+    # the POST is written to the closed connection and fails (and is rightly not resent).
+    monkeypatch.setattr(_Conn, "peer_closed", lambda self: self.closed)
+    async with racing_upstream() as (server, address), h1() as client:
+        assert await fetch(client, address, "POST", body=Body([b"first"])) == b"done"
+        server.close_now()
+        with pytest.raises(ConnectionReset):
+            await client.request(address, "POST", "/", [], Body([b"payload"]))
+        assert server.processed == [b"POST first"]
+
+
+@pytest.mark.parametrize("method", ["POST", "PATCH"])
+async def test_a_request_written_then_reset_before_a_response_is_not_replayed_if_not_idempotent(method: str) -> None:
+    # The upstream reset the connection on the request's first bytes, unread; the client cannot
+    # know that (it may as well have processed it and crashed): a POST or PATCH is never resent.
+    async with racing_upstream() as (server, address), h1() as client:
+        assert await fetch(client, address, "POST", body=Body([b"first"])) == b"done"
+        server.reset_on_next_request = True
+        with pytest.raises(ConnectionReset):
+            await client.request(address, method, "/", [], Body([b"payload"]), idempotent=False)
+        assert server.processed == [b"POST first"]
+        assert len(server.connections) == 1
+        assert client.stats["stale_retries"] == 0
+        assert client.in_use == 0
+
+
+async def test_a_put_written_then_reset_before_a_response_is_sent_once_more_with_its_body() -> None:
+    async with racing_upstream() as (server, address), h1() as client:
+        assert await fetch(client, address, "POST", body=Body([b"first"])) == b"done"
+        server.reset_on_next_request = True
+        got = await fetch(
+            client, address, "PUT", headers=[("content-length", "8")], body=Body([b"put-", b"body"]), idempotent=True
+        )
+        assert got == b"done"
+        assert server.processed == [b"POST first", b"PUT put-body"]  # once, whole
+        assert client.stats["stale_retries"] == 1
+        assert len(server.connections) == 2
+
+
+async def test_a_put_reset_while_its_body_is_still_streaming_is_not_replayed() -> None:
+    # The connection dies while the client is still sending the body (a take from the client is
+    # in progress): what comes next is unknown, so even an idempotent PUT is not resent.
+    release = asyncio.Event()
+
+    class SlowSecondChunk:
+        def __aiter__(self) -> AsyncIterator[bytes]:
+            return self._iterate()
+
+        async def _iterate(self) -> AsyncIterator[bytes]:
+            yield b"part-1"
+            await release.wait()
+            yield b"part-2"
+
+    async with racing_upstream() as (server, address), h1() as client:
+        assert await fetch(client, address, "POST", body=Body([b"first"])) == b"done"
+        server.reset_on_next_request = True
+        with pytest.raises(ConnectionReset):
+            await client.request(address, "PUT", "/", [("content-length", "12")], SlowSecondChunk(), idempotent=True)
+        release.set()
+        assert server.processed == [b"POST first"]
+        assert client.stats["stale_retries"] == 0
+
+
+async def test_replayable_body_keeps_the_first_chunk_and_up_to_the_limit() -> None:
+    async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
+        for part in parts:
+            yield part
+
+    small = ReplayableBody(chunks(b"a" * 10, b"b" * 10), limit=32)
+    assert [await small.take(), await small.take(), await small.take()] == [b"a" * 10, b"b" * 10, None]
+    assert small.replayable and small.ended and small.kept == [b"a" * 10, b"b" * 10]
+
+    big_first = ReplayableBody(chunks(b"x" * 100, b"y"), limit=32)
+    await big_first.prefetch()
+    assert big_first.replayable and big_first.kept == [b"x" * 100]  # the first chunk whatever its size
+    assert await big_first.take() == b"y"
+    assert not big_first.replayable  # past the limit: streamed, never replayed
+
+    async def failing() -> AsyncIterator[bytes]:
+        yield b"ok"
+        raise RuntimeError("client went away")
+
+    broken = ReplayableBody(failing())
+    await broken.prefetch()
+    with pytest.raises(RuntimeError):
+        await broken.take()
+    assert not broken.replayable
+
+
 # -- 7. reset mid-body --------------------------------------------------------------------------
 
 
@@ -695,8 +888,8 @@ async def test_body_failing_before_its_first_chunk_sends_nothing() -> None:
     async with upstream(answering(ok())) as (server, address), h1() as client:
         with pytest.raises(BodyAborted, match="client went away"):
             await client.request(address, "POST", "/", [], Body([b"never"], fail_at=0))
-        await eventually(lambda: server.open == 0)
-        assert server.raw_bytes == [0]  # connected, but not one byte arrived: not even the head
+        # The first chunk is taken before a connection is chosen: not even a connection was made.
+        assert server.connections == 0
         assert server.requests == []
         assert client._open == 0
 
@@ -783,9 +976,10 @@ async def test_a_big_upload_to_a_slow_reader_waits_for_drain() -> None:
             nonlocal most
             self.started = True
             for _ in range(BIG // len(chunk)):
-                transport = client.conns[0].transport
-                assert transport is not None
-                most = max(most, transport.get_write_buffer_size())
+                if getattr(client, "conns", None):  # (the first chunk is taken before the connection)
+                    transport = client.conns[0].transport
+                    assert transport is not None
+                    most = max(most, transport.get_write_buffer_size())
                 yield chunk
 
     async with raw_server(handler) as url:
