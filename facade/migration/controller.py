@@ -38,8 +38,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from starlette.routing import BaseRoute
+
 from ..errors import ConfigError, Problem
 from ..split import Split
+from .api import admin_routes as migration_routes
 from .engine import (
     Action,
     MigrationState,
@@ -57,14 +60,13 @@ from .engine import (
 )
 from .gates import GateReport, GateResult, GateStatus, evaluate_gates
 from .plan import Plan, load_plans
-from .store import DEFAULT_STORE_FILE, MigrationStore
+from .store import DEFAULT_JOURNAL, DEFAULT_STORE_FILE, MigrationStore
 
 __all__ = ["STABLE_STEP", "MigrationController", "check_plans", "combine_reports", "shadow_min_requests", "step_label"]
 
 logger = logging.getLogger("facade.migration")
 
 STABLE_STEP = "stable"  # the step label the proxy records for a route without a split
-DEFAULT_JOURNAL = 100  # journal entries a status document carries unless asked otherwise
 _ACTIVE = (Phase.RUNNING, Phase.PAUSED)
 
 
@@ -181,10 +183,8 @@ class MigrationController:
 
     # -- runtime extension hooks -------------------------------------------------------------------
 
-    def admin_routes(self) -> list[Any]:
-        from .api import admin_routes
-
-        return admin_routes(self)
+    def admin_routes(self) -> list[BaseRoute]:
+        return migration_routes(self)
 
     async def start(self) -> None:
         """Load and check the plans, then serve each route at the step its durable state says.
