@@ -71,7 +71,8 @@ from facade.config import (
 from facade.error_log import RecentErrors
 from facade.listener import HeadLimits, guarded_protocol
 from facade.proxy import Proxy
-from facade.runtime import SnapshotHolder, bind, build_snapshot
+from facade.runtime import bind
+from facade.snapshot import SnapshotHolder, build_snapshot
 from facade.upstream import Upstreams
 
 from .document import DocumentError, SidecarDocument
