@@ -23,8 +23,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import uvicorn
-
 from .admin import build_admin_app
 from .config import Config, check_config
 from .error_log import RecentErrors
@@ -32,6 +30,7 @@ from .errors import ConfigError, Problem
 from .feature import Feature, MeshControl
 from .listener import HeadLimits, guarded_protocol
 from .proxy import DownstreamAborted, Proxy
+from .server import Server, bind, parse_listen, server_config, socket_url
 from .snapshot import Snapshot, SnapshotHolder, build_snapshot
 from .split import Split
 from .telemetry import Telemetry
@@ -40,8 +39,9 @@ from .upstream import Upstreams
 if TYPE_CHECKING:
     from .shadow import ShadowSender
 
-# Snapshot, SnapshotHolder and build_snapshot live in facade.snapshot; named here too for older imports.
-__all__ = ["FacadeRuntime", "ReloadResult", "Snapshot", "SnapshotHolder", "build_snapshot", "parse_listen"]
+# Snapshot, SnapshotHolder, build_snapshot live in facade.snapshot, bind and parse_listen in facade.server;
+# named here too for older imports.
+__all__ = ["FacadeRuntime", "ReloadResult", "Snapshot", "SnapshotHolder", "bind", "build_snapshot", "parse_listen"]
 
 logger = logging.getLogger("facade")
 _F = TypeVar("_F", bound=Feature)
@@ -79,34 +79,6 @@ class ReloadResult:
             "changed": self.changed,
             "problems": [p.to_json() | {"text": str(p)} for p in self.problems],
         }
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """``"127.0.0.1:8080"`` / ``"[::1]:8080"`` -> (host, port)."""
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
-def bind(listen: str) -> socket.socket:
-    host, port = parse_listen(listen)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted sockets only when proto says TCP
-    # (with proto 0 every response written in two parts waits ~40 ms for a delayed ACK).
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise OSError(exc.errno, f"cannot listen on {listen}: {exc.strerror}") from None
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
-
-
-def _url(sock: socket.socket, scheme: str) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 class FacadeRuntime:
@@ -151,8 +123,7 @@ class FacadeRuntime:
         self.last_reload: ReloadResult = ReloadResult(True, 1, "start", time.time())
         self.draining = False
         self._reload_lock = asyncio.Lock()
-        self._servers: list[uvicorn.Server] = []
-        self._sockets: list[socket.socket] = []
+        self._servers: list[Server] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopped = asyncio.Event()
         self.url = ""
@@ -302,50 +273,28 @@ class FacadeRuntime:
         logging.getLogger("uvicorn.error").addFilter(_QUIET_ABORTS)
         listen_sock = listen_sock or bind(config.listen)
         admin_sock = admin_sock or bind(config.admin.listen)
-        self._sockets = [listen_sock, admin_sock]
         await self.upstreams.start()
         for feature in self.features:
             await feature.start()
         self._started = True
 
         tls = config.tls
-        proxy_config = uvicorn.Config(
+        proxy_config = server_config(
             Proxy(self.holder, errors=self.errors),
-            http=guarded_protocol(self.head_limits),
-            loop="none",
-            lifespan="off",
-            proxy_headers=False,  # X-Forwarded-* are the facade's to build, never uvicorn's to trust
-            server_header=False,  # upstream Server / Date pass through exactly once
-            date_header=False,
-            access_log=False,
-            log_level="warning",
-            timeout_keep_alive=5,
-            timeout_graceful_shutdown=30,
+            protocol=guarded_protocol(self.head_limits),
+            passthrough=True,
+            graceful_shutdown=30,
             ws_max_size=16 * 1024 * 1024,
             ssl_certfile=tls.cert_file if tls else None,
             ssl_keyfile=tls.key_file if tls else None,
             ssl_ca_certs=tls.client_ca_file if tls else None,
             ssl_cert_reqs=ssl.CERT_OPTIONAL if tls and tls.client_ca_file else ssl.CERT_NONE,
         )
-        admin_config = uvicorn.Config(
-            build_admin_app(self),
-            http="httptools",
-            loop="none",
-            lifespan="off",
-            proxy_headers=False,
-            access_log=False,
-            log_level="warning",
-            timeout_graceful_shutdown=5,
-        )
-        self._servers = [uvicorn.Server(proxy_config), uvicorn.Server(admin_config)]
-        for server, sock in zip(self._servers, self._sockets):
-            # uvicorn's Server.serve() minus its signal capture: the facade owns SIGHUP/SIGINT/SIGTERM.
-            server.config.load()
-            server.lifespan = server.config.lifespan_class(server.config)
-            await server.startup(sockets=[sock])
-            self._tasks.append(asyncio.create_task(server.main_loop()))
-        self.url = _url(listen_sock, "https" if tls else "http")
-        self.admin_url = _url(admin_sock, "http")
+        # The facade owns SIGHUP/SIGINT/SIGTERM (install_signal_handlers), never uvicorn.
+        self._servers.append(await Server.start(proxy_config, listen_sock))
+        self._servers.append(await Server.start(server_config(build_admin_app(self)), admin_sock))
+        self.url = socket_url(listen_sock, "https" if tls else "http")
+        self.admin_url = socket_url(admin_sock, "http")
         if self.watch_interval:
             # Take the first look now, not when the task first runs: a change in between must count.
             self._tasks.append(asyncio.create_task(self._watch_file(_stat(self.config_path))))
@@ -366,10 +315,8 @@ class FacadeRuntime:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        for server, sock in zip(self._servers, self._sockets):
-            server.should_exit = True
-            with contextlib.suppress(Exception):
-                await server.shutdown(sockets=[sock])
+        for server in self._servers:
+            await server.stop()
         for feature in self.features:
             with contextlib.suppress(Exception):
                 await feature.stop()
