@@ -155,7 +155,8 @@ class MeshFeature(Feature):
 
     def _prepare(self, config: Config) -> None:
         """Load (or create) the CA for ``config.mesh`` and issue the edge SVID. Raises ConfigError."""
-        mesh: MeshSpec = config.mesh
+        mesh = config.mesh
+        assert mesh is not None, "a mesh is prepared only for a config with a mesh: section"
         state_dir = mesh.ca.state_dir or config.state_dir
         if self.state is None:
             self._open_state(config)
@@ -390,6 +391,12 @@ class MeshFeature(Feature):
         changed.set()
         logger.info("mesh: config version %d for %d services", self.version, len(fresh))
 
+    def _svid_ttl(self) -> float:
+        """The SVID lifetime of the mesh in force."""
+        mesh = self._config.mesh if self._config is not None else None
+        assert mesh is not None, "documents are published only for a config with a mesh: section"
+        return mesh.ca.svid_ttl
+
     def issue_token(self, service: str, *, ttl: float = DEFAULT_TOKEN_TTL_S) -> tuple[str, SpiffeId]:
         """A bootstrap token for ``service``'s sidecar (used by ``facade up`` and tests)."""
         doc = self.documents.get(service)
@@ -403,7 +410,7 @@ class MeshFeature(Feature):
         async def sign(request: Request) -> Response:
             if self.ca is None or self._config is None:
                 return _error(404, "no mesh: section in the config")
-            inner = ca_routes(_TtlAuthority(self.ca, self._config.mesh.ca.svid_ttl))  # type: ignore[arg-type]
+            inner = ca_routes(_TtlAuthority(self.ca, self._svid_ttl()))  # type: ignore[arg-type]
             return await inner[0].endpoint(request)  # type: ignore[no-any-return]
 
         async def renew(request: Request) -> Response:
@@ -550,7 +557,7 @@ class MeshFeature(Feature):
             new_pem = self.ca.sign_csr(
                 csr_pem.encode(),
                 spiffe_id=holder,
-                ttl=timedelta(seconds=self._config.mesh.ca.svid_ttl),
+                ttl=timedelta(seconds=self._svid_ttl()),
             )
         except CsrRejected as exc:
             return _error(422, str(exc))
