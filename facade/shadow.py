@@ -113,7 +113,7 @@ _CHUNK = 64 * 1024
 
 def mirrorable(method: str, split: Split) -> bool:
     """Whether a request with ``method`` may be mirrored under ``split`` (safe methods, or the split allows all)."""
-    return method in SAFE_METHODS or bool(getattr(split, "shadow_unsafe", False))
+    return method in SAFE_METHODS or split.shadow_unsafe
 
 
 def shadow_host(host: str) -> str:
