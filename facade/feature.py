@@ -8,6 +8,7 @@ so the runtime calls each of them on every feature without asking what it offers
             return [Route("/dashboard", self.page)]
 
     runtime.add_feature(Dashboard(runtime))      # before runtime.start()
+    runtime.feature(Dashboard)                   # -> the Dashboard plugged in, or None
 
 When the runtime calls them:
 

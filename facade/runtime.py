@@ -105,7 +105,7 @@ class FacadeRuntime:
         self.telemetry = Telemetry()
         self.shadow: ShadowSender | None = None  # install_shadow(); every later snapshot carries it
         self.mesh: MeshControl | None = None  # install_mesh(): what migration steps switch in the mesh
-        self.features: list[Feature] = []  # add_feature(); hooks called in this order (facade.feature)
+        self._features: list[Feature] = []  # add_feature(); hooks called in this order (facade.feature)
         self.holder = SnapshotHolder(build_snapshot(config, self.upstreams, version=1, telemetry=self.telemetry))
         self._staged_splits: Mapping[str, Split] | None = None  # stage(): taken by the next swap
         self._started = False
@@ -147,11 +147,16 @@ class FacadeRuntime:
 
     # -- features ----------------------------------------------------------------------------
 
+    @property
+    def features(self) -> tuple[Feature, ...]:
+        """The features plugged in, in the order their hooks run."""
+        return tuple(self._features)
+
     def add_feature(self, feature: _F) -> _F:
         """Plug ``feature`` in (before ``start()``): its hooks run from now on, after those added before."""
         if self._started:
             raise RuntimeError(f"add {feature!r} before the runtime starts: its admin routes are built at start")
-        self.features.append(feature)
+        self._features.append(feature)
         return feature
 
     def feature(self, kind: type[_F]) -> _F | None:
