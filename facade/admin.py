@@ -4,8 +4,8 @@ Reads are open (like Envoy's admin); every mutation needs ``Authorization: Beare
 (``admin.token`` in the config, or ``$FACADE_ADMIN_TOKEN``). With no token configured,
 mutations are refused: deny by default.
 
-Features add their own endpoints through ``runtime.extensions``: an extension with an
-``admin_routes()`` method contributes Starlette routes (migrations, metrics, mesh, ...).
+Features add their own endpoints: every ``Feature`` of ``runtime.features`` contributes its
+``admin_routes()`` (migrations, compare, mesh, ...) and its ``prometheus_text()`` to ``/metrics``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from starlette.routing import BaseRoute, Route
 
 from .config import Config, RouteMatch
 from .config import Route as ConfigRoute
+from .telemetry import CONTENT_TYPE
 
 if TYPE_CHECKING:
     from .runtime import FacadeRuntime
@@ -145,7 +146,7 @@ def build_admin_app(runtime: FacadeRuntime) -> Starlette:
                 "admin": runtime.admin_url,
                 "services": [s.name for s in config.services],
                 "routes": [r.name for r in config.routes],
-                "warnings": [str(w) for w in getattr(config, "warnings", ())],
+                "warnings": [str(w) for w in config.warnings],
                 "last_reload": runtime.last_reload.to_json(),
             }
         )
@@ -155,13 +156,8 @@ def build_admin_app(runtime: FacadeRuntime) -> Starlette:
         return JSONResponse(result.to_json(), status_code=200 if result.ok else 422)
 
     async def metrics(request: Request) -> Response:
-        from .telemetry import CONTENT_TYPE
-
         text = runtime.telemetry.prometheus_text() + runtime.head_limits.stats.prometheus_text()
-        for source in (runtime.shadow, *runtime.extensions):
-            extra = getattr(source, "prometheus_text", None)
-            if extra is not None and source is not runtime.telemetry:
-                text += extra()
+        text += "".join(feature.prometheus_text() for feature in runtime.features)
         return Response(text, media_type=CONTENT_TYPE)
 
     async def errors(request: Request) -> Response:
@@ -178,8 +174,6 @@ def build_admin_app(runtime: FacadeRuntime) -> Starlette:
         Route("/config", config_view),
         Route("/reload", mutation(runtime, reload), methods=["POST"]),
     ]
-    for ext in runtime.extensions:
-        contribute = getattr(ext, "admin_routes", None)
-        if contribute is not None:
-            endpoints.extend(contribute())
+    for feature in runtime.features:
+        endpoints.extend(feature.admin_routes())
     return Starlette(routes=endpoints)

@@ -19,6 +19,7 @@ Significance rules (each is what keeps a small sample from looking like a disast
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -45,7 +46,12 @@ DEFAULT_LATENCY_TOLERANCE = 0.10
 
 Outcome = Literal["same", "better", "worse", "insufficient"]
 Direction = Literal["higher", "lower", "same"]
-_QUANTILES = (("p50_ms", 0.50), ("p95_ms", 0.95), ("p99_ms", 0.99))
+# Row name, quantile, and the side's value of it.
+_QUANTILES: tuple[tuple[str, float, Callable[[SideStats], float | None]], ...] = (
+    ("p50_ms", 0.50, lambda side: side.p50_ms),
+    ("p95_ms", 0.95, lambda side: side.p95_ms),
+    ("p99_ms", 0.99, lambda side: side.p99_ms),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,8 +137,9 @@ def compare(
         _requests_row(old, new),
         _error_row(old, new, alpha=alpha, min_requests=min_requests, min_events=min_events),
     ]
-    rows += [_latency_row(name, q, old, new, min_requests=min_requests, tolerance=latency_tolerance)
-             for name, q in _QUANTILES]
+    rows += [_latency_row(name, q, value(old), value(new), old, new, min_requests=min_requests,
+                          tolerance=latency_tolerance)
+             for name, q, value in _QUANTILES]
     if diffs is not None:
         rows.append(_diff_row(diffs))
     outcome, verdict = _verdict(old, new, diffs, rows, min_requests=min_requests)
@@ -217,10 +224,8 @@ def _error_row(old: SideStats, new: SideStats, *, alpha: float, min_requests: in
                      significant=p < alpha and enough, direction=direction, note=note)
 
 
-def _latency_row(name: str, q: float, old: SideStats, new: SideStats, *, min_requests: int,
-                 tolerance: float) -> MetricRow:
-    old_v: float | None = getattr(old, name)
-    new_v: float | None = getattr(new, name)
+def _latency_row(name: str, q: float, old_v: float | None, new_v: float | None, old: SideStats, new: SideStats, *,
+                 min_requests: int, tolerance: float) -> MetricRow:
     abs_diff, rel_diff = _differences(old_v, new_v)
     needed = max(min_requests, math.ceil(10 / (1 - q) - 1e-9))
     enough = min(old.requests, new.requests) >= needed

@@ -15,7 +15,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Literal, cast
 from urllib.parse import urlsplit
 
 from .errors import ConfigError, Problem
@@ -31,6 +31,9 @@ from .yamlfile import (
     read_str,
     read_str_list,
 )
+
+if TYPE_CHECKING:
+    from mesh.config import MeshSpec  # the optional mesh package reads the mesh: section
 
 __all__ = [
     "DEFAULT_ADMIN_LISTEN",
@@ -310,7 +313,7 @@ class Config:
     headers_with_underscores: Literal["drop", "reject", "allow"] = "drop"
     # Error bodies name route, backend and the failure's detail only for loopback clients when True.
     debug_error_details: bool = False
-    mesh: Any = None  # mesh.config.MeshSpec when the config has a ``mesh:`` section
+    mesh: MeshSpec | None = None  # when the config has a ``mesh:`` section
     shadow: ShadowSpec = field(default_factory=ShadowSpec)
     warnings: tuple[Problem, ...] = ()  # non-fatal findings (shadowed routes, no routes, ...)
 
@@ -547,7 +550,7 @@ def _read_shadow(node: Node | None, problems: Problems) -> ShadowSpec:
     )
 
 
-def _read_mesh(node: Node | None, problems: Problems, services: list[str], ctx: _Ctx) -> Any:
+def _read_mesh(node: Node | None, problems: Problems, services: list[str], ctx: _Ctx) -> MeshSpec | None:
     """The ``mesh:`` section is the mesh package's to read (identity, mTLS modes, policies)."""
     if node is None or node.is_null:
         return None

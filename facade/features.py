@@ -1,21 +1,27 @@
-"""Attach the optional features (mesh control plane, shadow traffic, migrations) to a runtime.
+"""Plug the optional features (mesh control plane, shadow traffic, migrations) into a runtime.
 
-Each feature is an extension object: it may add admin routes (``admin_routes()``), react to a
-config reload (``config_changed(config)``), veto a config (``check_config(config)`` raising
-ConfigError) and run background work (``start()`` / ``stop()``). Telemetry is built into the
-runtime (``runtime.telemetry``).
+Each is a ``facade.feature.Feature``: it may add admin routes, veto a config, react to a reload,
+run background work and add to ``/metrics``, and it changes what the hot path reads only through
+the runtime's swap and ``install_*`` methods. Telemetry is built into the runtime (``runtime.telemetry``).
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+from .migration.controller import MigrationController
+from .shadow import ShadowFeature
+
+if TYPE_CHECKING:
+    from .runtime import FacadeRuntime
 
 __all__ = ["attach_features"]
 
 
-def _feature(module: str) -> Any:
-    """The module of an optional feature, or None when this build does not have it."""
+def _optional(module: str) -> ModuleType | None:
+    """The module of an optional package, or None when this build does not have it."""
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as exc:
@@ -24,20 +30,15 @@ def _feature(module: str) -> Any:
         raise
 
 
-def attach_features(runtime: Any) -> None:
-    """Wire every feature present in this build into ``runtime`` (before ``runtime.start()``).
+def attach_features(runtime: FacadeRuntime) -> None:
+    """Plug every feature present in this build into ``runtime`` (before ``runtime.start()``).
 
-    Order matters: the mesh replaces ``runtime.upstreams`` (mTLS pools), so it goes first and the
-    shadow sender, which sends over the runtime's pools, is built on the final ones. Migrations
-    come last: their start swaps in the splits of the durable state.
+    Order matters: the mesh installs its mTLS upstream pools, so it goes first and the shadow
+    sender, which sends over the runtime's pools, is built on the final ones. Migrations come
+    last: their start swaps in the splits of the durable state.
     """
-    mesh = _feature("mesh.controlplane")
+    mesh = _optional("mesh.controlplane")
     if mesh is not None:
         mesh.MeshFeature.attach(runtime)
-    shadow = _feature("facade.shadow")
-    if shadow is not None:
-        # The config's shadow: section (limits, host suffix, noise learning, redaction) sizes the sender.
-        shadow.ShadowFeature.attach(runtime, **shadow.sender_options(getattr(runtime.config, "shadow", None)))
-    from .migration.controller import MigrationController
-
-    runtime.extensions.append(MigrationController(runtime))
+    ShadowFeature.attach(runtime)
+    runtime.add_feature(MigrationController(runtime))

@@ -54,7 +54,7 @@ from .upstream.h1 import (
 )
 
 if TYPE_CHECKING:
-    from .runtime import Snapshot, SnapshotHolder
+    from .snapshot import Snapshot, SnapshotHolder
     from .upstream import Endpoint, ServicePool
 
 __all__ = ["DownstreamAborted", "Proxy"]
@@ -282,8 +282,9 @@ class Proxy:
         # Shadow: the sender decides whether this request is mirrored (safe methods, capacity);
         # if so, the proxy keeps bounded copies of the request and primary response bodies.
         ticket = None
-        if shadow and snap.shadow is not None:
-            ticket = snap.shadow.begin(route=route.name, split=split, method=method)
+        sender = snap.shadow
+        if shadow and sender is not None and split is not None:
+            ticket = sender.begin(route=route.name, split=split, method=method)
         req_tee = BodyTee(ticket.max_body) if ticket is not None and has_body else None
         resp_tee = BodyTee(ticket.max_body) if ticket is not None else None
         body = RequestBody(receive, max_body, req_tee) if has_body else None
@@ -345,8 +346,8 @@ class Proxy:
         except ProxyError as exc:
             if response_started:
                 status = 502  # the client got a truncated response: count it as the failure it is
-                if ticket is not None:
-                    snap.shadow.cancel(ticket)
+                if ticket is not None and sender is not None:
+                    sender.cancel(ticket)
                 raise DownstreamAborted(str(exc)) from None
             status = exc.status
             if body is not None and isinstance(body.error, _BodyTooLarge):
@@ -365,8 +366,8 @@ class Proxy:
             # Failure while streaming the response body: abort, never truncate silently.
             logger.warning("upstream %s failed mid-response on route %s: %r", backend, route.name, exc)
             status = 502  # the client got a truncated response: count it as the failure it is
-            if ticket is not None:
-                snap.shadow.cancel(ticket)
+            if ticket is not None and sender is not None:
+                sender.cancel(ticket)
             raise DownstreamAborted(f"upstream {backend} failed mid-response") from None
         finally:
             duration = time.perf_counter() - started
@@ -382,10 +383,10 @@ class Proxy:
                     "method": method, "path": path, "status": status, "latency_ms": round(duration * 1000, 3),
                     "request_id": ids.request_id, "trace_id": ids.trace_id,
                 }))
-        if ticket is not None:
+        if ticket is not None and sender is not None:
             # After the client has its whole response: mirroring never delays the primary.
             if status and status < 600 and resp_tee is not None and upstream_s is not None:
-                snap.shadow.submit(
+                sender.submit(
                     ticket, target=target, headers=up_headers,
                     request_body=req_tee.data if req_tee is not None else None,
                     request_truncated=req_tee.truncated if req_tee is not None else False,
@@ -393,7 +394,7 @@ class Proxy:
                     primary_body=resp_tee.data, primary_truncated=resp_tee.truncated,
                 )
             else:
-                snap.shadow.cancel(ticket)
+                sender.cancel(ticket)
 
     async def _forward(
         self,

@@ -1,9 +1,9 @@
-"""The running facade: immutable snapshots, the swap that hot reload and migrations share, listeners.
+"""The running facade: the swap that hot reload, migrations and features share; reload; listeners.
 
-A ``Snapshot`` is everything the hot path reads for one request: config, compiled route table,
-the upstream pools, the migration splits in force. It is never mutated; a reload or a
-migration transition builds a new one and swaps ``SnapshotHolder.current``. A request reads
-the reference once at its start, so in-flight requests finish on the table they began with.
+A ``Snapshot`` (``facade.snapshot``) is everything the hot path reads for one request: config,
+compiled route table, the upstream pools, the migration splits in force, the shadow sender. It is
+never mutated; ``FacadeRuntime.swap`` builds a new one and assigns ``SnapshotHolder.current``, and
+every change of what the hot path reads goes through it (features too: ``facade.feature``).
 
 (The upstream pools are the one shared, long-lived part: their health and ejection state
 must survive reloads. ``Upstreams.update`` keeps the pools of unchanged services.)
@@ -13,67 +13,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import signal
 import socket
 import ssl
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import uvicorn
-
-from .config import Config, Route, check_config
+from .admin import build_admin_app
+from .config import Config, check_config
 from .error_log import RecentErrors
 from .errors import ConfigError, Problem
+from .feature import Feature, MeshControl
 from .listener import HeadLimits, guarded_protocol
-from .normalize import canonical_route_path
-from .routing import RouteTable
-from .split import Split, WeightedChoice, decide
+from .proxy import DownstreamAborted, Proxy
+from .server import Server, bind, parse_listen, server_config, socket_url
+from .snapshot import Snapshot, SnapshotHolder, build_snapshot
+from .split import Split
 from .telemetry import Telemetry
 from .upstream import Upstreams
 
-__all__ = ["FacadeRuntime", "ReloadResult", "Snapshot", "SnapshotHolder", "build_snapshot", "parse_listen"]
+if TYPE_CHECKING:
+    from .shadow import ShadowSender
+
+# Snapshot, SnapshotHolder, build_snapshot live in facade.snapshot, bind and parse_listen in facade.server;
+# named here too for older imports.
+__all__ = ["FacadeRuntime", "ReloadResult", "Snapshot", "SnapshotHolder", "bind", "build_snapshot", "parse_listen"]
 
 logger = logging.getLogger("facade")
-
-_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class Snapshot:
-    """One immutable view of the facade's routing state."""
-
-    config: Config
-    table: RouteTable
-    upstreams: Upstreams
-    version: int
-    splits: Mapping[str, Split] = field(default_factory=dict)  # route name -> split in force
-    weighted: Mapping[str, WeightedChoice] = field(default_factory=dict)  # route name -> weights (2+ backends)
-    trusted: tuple[_Network, ...] = ()
-    telemetry: Any = None  # facade.telemetry.Telemetry
-    shadow: Any = None  # facade.shadow.ShadowSender
-    built_at: float = field(default_factory=time.time)
-
-    def pick_backend(self, route: Route, rand: float) -> str:
-        if len(route.backends) == 1:
-            return route.backends[0].service
-        return self.weighted[route.name].pick(rand)
-
-    def decide(self, split: Split, headers: Sequence[tuple[bytes, bytes]], rand: Callable[[], float]) -> Any:
-        return decide(split, headers=headers, rand=rand())
-
-    def is_trusted(self, ip: str) -> bool:
-        if not self.trusted or not ip:
-            return False
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        return any(addr in net for net in self.trusted)
+_F = TypeVar("_F", bound=Feature)
 
 
 class _QuietAborts(logging.Filter):
@@ -82,49 +53,10 @@ class _QuietAborts(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if exc is not None and type(exc).__name__ == "DownstreamAborted":
+        if isinstance(exc, DownstreamAborted):
             record.exc_info = None
             record.msg, record.args = "response aborted: %s", (exc,)
         return True
-
-
-class SnapshotHolder:
-    """The one mutable reference the hot path reads."""
-
-    __slots__ = ("current",)
-
-    def __init__(self, snapshot: Snapshot) -> None:
-        self.current = snapshot
-
-
-def build_snapshot(
-    config: Config,
-    upstreams: Upstreams,
-    *,
-    version: int,
-    splits: Mapping[str, Split] | None = None,
-    telemetry: Any = None,
-    shadow: Any = None,
-) -> Snapshot:
-    """Compile a config (and the migration splits in force) into a Snapshot. Pure but for reading ``upstreams``."""
-    table = RouteTable.compile(config.routes, canonicalize=canonical_route_path, source=config.source)
-    weighted = {
-        r.name: WeightedChoice.from_backends([(b.service, b.weight) for b in r.backends])
-        for r in config.routes
-        if len(r.backends) > 1
-    }
-    trusted = tuple(ipaddress.ip_network(c, strict=False) for c in config.trusted_proxies)
-    return Snapshot(
-        config=config,
-        table=table,
-        upstreams=upstreams,
-        version=version,
-        splits=dict(splits or {}),
-        weighted=weighted,
-        trusted=trusted,
-        telemetry=telemetry,
-        shadow=shadow,
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,34 +81,6 @@ class ReloadResult:
         }
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
-    """``"127.0.0.1:8080"`` / ``"[::1]:8080"`` -> (host, port)."""
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
-def bind(listen: str) -> socket.socket:
-    host, port = parse_listen(listen)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted sockets only when proto says TCP
-    # (with proto 0 every response written in two parts waits ~40 ms for a delayed ACK).
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise OSError(exc.errno, f"cannot listen on {listen}: {exc.strerror}") from None
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
-
-
-def _url(sock: socket.socket, scheme: str) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
-
-
 class FacadeRuntime:
     """The facade process: listener + admin listener + reload, over one SnapshotHolder.
 
@@ -198,10 +102,13 @@ class FacadeRuntime:
         self.watch_interval = watch_interval
         self.upstreams = Upstreams(config.services)
         # Telemetry outlives every snapshot: it holds the history gates and reports read.
-        self.telemetry: Any = Telemetry()
-        self.shadow: Any = None
-        self.extensions: list[Any] = []  # features that add admin routes / react to swaps
+        self.telemetry = Telemetry()
+        self.shadow: ShadowSender | None = None  # install_shadow(); every later snapshot carries it
+        self.mesh: MeshControl | None = None  # install_mesh(): what migration steps switch in the mesh
+        self._features: list[Feature] = []  # add_feature(); hooks called in this order (facade.feature)
         self.holder = SnapshotHolder(build_snapshot(config, self.upstreams, version=1, telemetry=self.telemetry))
+        self._staged_splits: Mapping[str, Split] | None = None  # stage(): taken by the next swap
+        self._started = False
         self.errors = RecentErrors()  # upstream failures' details, for GET /errors (clients see none)
         self.head_limits = HeadLimits(
             max_head_bytes=config.limits.max_request_headers,
@@ -209,15 +116,14 @@ class FacadeRuntime:
             max_headers_count=config.limits.max_request_headers_count,
             underscores=config.headers_with_underscores,
         )
-        # Snapshot versions count every swap (reloads and migration steps); config_version counts
-        # only configs applied from the file, which is what an operator means by "which config".
+        # Snapshot versions count the snapshots served (every swap after start: reloads, migration
+        # steps); config_version counts only configs applied from the file, which is what an
+        # operator means by "which config".
         self.config_version = 1
         self.last_reload: ReloadResult = ReloadResult(True, 1, "start", time.time())
-        self.splits: dict[str, Split] = {}
         self.draining = False
         self._reload_lock = asyncio.Lock()
-        self._servers: list[uvicorn.Server] = []
-        self._sockets: list[socket.socket] = []
+        self._servers: list[Server] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopped = asyncio.Event()
         self.url = ""
@@ -234,23 +140,76 @@ class FacadeRuntime:
     def version(self) -> int:
         return self.holder.current.version
 
-    # -- snapshots -------------------------------------------------------------------------
+    @property
+    def splits(self) -> Mapping[str, Split]:
+        """The migration splits in force (route name -> split)."""
+        return self.holder.current.splits
+
+    # -- features ----------------------------------------------------------------------------
+
+    @property
+    def features(self) -> tuple[Feature, ...]:
+        """The features plugged in, in the order their hooks run."""
+        return tuple(self._features)
+
+    def add_feature(self, feature: _F) -> _F:
+        """Plug ``feature`` in (before ``start()``): its hooks run from now on, after those added before."""
+        if self._started:
+            raise RuntimeError(f"add {feature!r} before the runtime starts: its admin routes are built at start")
+        self._features.append(feature)
+        return feature
+
+    def feature(self, kind: type[_F]) -> _F | None:
+        """The feature of type ``kind`` plugged into this runtime, or None."""
+        return next((f for f in self.features if isinstance(f, kind)), None)
+
+    # -- snapshots: every change goes through swap() -------------------------------------------
 
     def swap(self, config: Config | None = None, *, splits: Mapping[str, Split] | None = None) -> Snapshot:
-        """Build a new snapshot from ``config`` (default: the current one) and the splits, and swap it in."""
+        """Build a new snapshot and put it in force with one reference assignment (the only one).
+
+        ``config`` and ``splits`` replace the current ones; left out, the current ones stay (splits
+        staged with ``stage()`` since the last swap come in now). Raises ``ConfigError`` (nothing
+        changed) when the config does not compile. Before ``start()`` nothing has been served yet:
+        the snapshot the facade will start on is rebuilt and keeps its version.
+        """
         current = self.holder.current
-        if splits is not None:
-            self.splits = dict(splits)
+        staged, self._staged_splits = self._staged_splits, None
+        chosen = splits if splits is not None else staged if staged is not None else current.splits
         snapshot = build_snapshot(
             config or current.config,
             self.upstreams,
-            version=current.version + 1,
-            splits=self.splits,
+            version=current.version + 1 if self._started else current.version,
+            splits=chosen,
             telemetry=self.telemetry,
             shadow=self.shadow,
         )
         self.holder.current = snapshot  # the swap: one reference assignment
         return snapshot
+
+    def stage(self, *, splits: Mapping[str, Split]) -> None:
+        """Have the next ``swap()`` put ``splits`` in force: a feature's part of a reload's snapshot,
+        staged in ``config_changed`` so the new config and its splits are served together."""
+        self._staged_splits = dict(splits)
+
+    def install_upstreams(self, upstreams: Upstreams) -> Snapshot:
+        """Serve through ``upstreams`` instead of the pools built from the config (the mesh's mTLS pools).
+
+        Only before ``start()``: the pools start with the runtime and keep health state across reloads.
+        """
+        if self._started:
+            raise RuntimeError("upstream pools can be replaced only before the runtime starts")
+        self.upstreams = upstreams
+        return self.swap()
+
+    def install_shadow(self, sender: ShadowSender) -> Snapshot:
+        """Mirror through ``sender`` from the next request on (every later snapshot carries it)."""
+        self.shadow = sender
+        return self.swap()
+
+    def install_mesh(self, control: MeshControl) -> None:
+        """The mesh control plane migration steps switch (``mtls`` steps); not part of the snapshot."""
+        self.mesh = control
 
     async def reload(self, trigger: str = "api") -> ReloadResult:
         """Validate, compile, swap. An invalid file changes nothing and reports every problem."""
@@ -272,10 +231,8 @@ class FacadeRuntime:
                 # The config is unchanged, but the files it points at (migration plans) may not be:
                 # features re-read their own sources and may refuse them, changing nothing.
                 found: list[Problem] = list(problems)
-                for ext in self.extensions:
-                    reread = getattr(ext, "reload_sources", None)
-                    if reread is not None:
-                        found.extend(await reread(trigger))
+                for feature in self.features:
+                    found.extend(await feature.reload_sources(trigger))
                 ok = not any(p.severity == "error" for p in found)
                 self.last_reload = ReloadResult(
                     ok, self.version, trigger, time.time(), tuple(found), False, config_version=self.config_version
@@ -284,10 +241,8 @@ class FacadeRuntime:
             # 2. Compile the new table first: if anything fails here nothing was touched yet.
             try:
                 build_snapshot(config, self.upstreams, version=0)
-                for ext in self.extensions:
-                    check = getattr(ext, "check_config", None)
-                    if check is not None:
-                        check(config)
+                for feature in self.features:
+                    feature.check_config(config)
             except ConfigError as exc:
                 self.last_reload = ReloadResult(
                     False, self.version, trigger, time.time(), tuple(exc.problems), config_version=self.config_version
@@ -302,10 +257,9 @@ class FacadeRuntime:
             self.head_limits.header_timeout = config.limits.header_timeout
             self.head_limits.max_headers_count = config.limits.max_request_headers_count
             self.head_limits.underscores = config.headers_with_underscores
-            for ext in self.extensions:
-                hook = getattr(ext, "config_changed", None)
-                if hook is not None:
-                    await hook(config)
+            self._staged_splits = None
+            for feature in self.features:
+                await feature.config_changed(config)  # may stage its part of the new snapshot
             snapshot = self.swap(config)
             self.config_version += 1
             logger.info(
@@ -320,58 +274,32 @@ class FacadeRuntime:
     # -- serving -----------------------------------------------------------------------------
 
     async def start(self, *, listen_sock: socket.socket | None = None, admin_sock: socket.socket | None = None) -> None:
-        from .admin import build_admin_app
-        from .proxy import Proxy
-
         config = self.config
         logging.getLogger("uvicorn.error").addFilter(_QUIET_ABORTS)
         listen_sock = listen_sock or bind(config.listen)
         admin_sock = admin_sock or bind(config.admin.listen)
-        self._sockets = [listen_sock, admin_sock]
         await self.upstreams.start()
-        for ext in self.extensions:
-            starter = getattr(ext, "start", None)
-            if starter is not None:
-                await starter()
+        for feature in self.features:
+            await feature.start()
+        self._started = True
 
         tls = config.tls
-        proxy_config = uvicorn.Config(
+        proxy_config = server_config(
             Proxy(self.holder, errors=self.errors),
-            http=guarded_protocol(self.head_limits),
-            loop="none",
-            lifespan="off",
-            proxy_headers=False,  # X-Forwarded-* are the facade's to build, never uvicorn's to trust
-            server_header=False,  # upstream Server / Date pass through exactly once
-            date_header=False,
-            access_log=False,
-            log_level="warning",
-            timeout_keep_alive=5,
-            timeout_graceful_shutdown=30,
+            protocol=guarded_protocol(self.head_limits),
+            passthrough=True,
+            graceful_shutdown=30,
             ws_max_size=16 * 1024 * 1024,
             ssl_certfile=tls.cert_file if tls else None,
             ssl_keyfile=tls.key_file if tls else None,
             ssl_ca_certs=tls.client_ca_file if tls else None,
             ssl_cert_reqs=ssl.CERT_OPTIONAL if tls and tls.client_ca_file else ssl.CERT_NONE,
         )
-        admin_config = uvicorn.Config(
-            build_admin_app(self),
-            http="httptools",
-            loop="none",
-            lifespan="off",
-            proxy_headers=False,
-            access_log=False,
-            log_level="warning",
-            timeout_graceful_shutdown=5,
-        )
-        self._servers = [uvicorn.Server(proxy_config), uvicorn.Server(admin_config)]
-        for server, sock in zip(self._servers, self._sockets):
-            # uvicorn's Server.serve() minus its signal capture: the facade owns SIGHUP/SIGINT/SIGTERM.
-            server.config.load()
-            server.lifespan = server.config.lifespan_class(server.config)
-            await server.startup(sockets=[sock])
-            self._tasks.append(asyncio.create_task(server.main_loop()))
-        self.url = _url(listen_sock, "https" if tls else "http")
-        self.admin_url = _url(admin_sock, "http")
+        # The facade owns SIGHUP/SIGINT/SIGTERM (install_signal_handlers), never uvicorn.
+        self._servers.append(await Server.start(proxy_config, listen_sock))
+        self._servers.append(await Server.start(server_config(build_admin_app(self)), admin_sock))
+        self.url = socket_url(listen_sock, "https" if tls else "http")
+        self.admin_url = socket_url(admin_sock, "http")
         if self.watch_interval:
             # Take the first look now, not when the task first runs: a change in between must count.
             self._tasks.append(asyncio.create_task(self._watch_file(_stat(self.config_path))))
@@ -392,15 +320,11 @@ class FacadeRuntime:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        for server, sock in zip(self._servers, self._sockets):
-            server.should_exit = True
+        for server in self._servers:
+            await server.stop()
+        for feature in self.features:
             with contextlib.suppress(Exception):
-                await server.shutdown(sockets=[sock])
-        for ext in self.extensions:
-            stopper = getattr(ext, "stop", None)
-            if stopper is not None:
-                with contextlib.suppress(Exception):
-                    await stopper()
+                await feature.stop()
         await self.upstreams.close()
         self._stopped.set()
 
@@ -432,7 +356,3 @@ def _stat(path: str) -> tuple[float, int] | None:
     except OSError:
         return None
     return (st.st_mtime, st.st_size)
-
-
-def replace_config(config: Config, **changes: Any) -> Config:
-    return replace(config, **changes)

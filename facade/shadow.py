@@ -54,6 +54,7 @@ from .diff import (
     diff_responses,
 )
 from .errors import ProxyError
+from .feature import Feature
 from .headers import filter_response_headers
 from .telemetry import LogLinearHistogram
 from .telemetry.prometheus import escape_label_value
@@ -61,6 +62,7 @@ from .upstream import Outcome
 from .yamlfile import parse_duration
 
 if TYPE_CHECKING:
+    from .config import Config, ShadowSpec
     from .runtime import FacadeRuntime
     from .split import Split
     from .upstream import Upstreams
@@ -111,7 +113,7 @@ _CHUNK = 64 * 1024
 
 def mirrorable(method: str, split: Split) -> bool:
     """Whether a request with ``method`` may be mirrored under ``split`` (safe methods, or the split allows all)."""
-    return method in SAFE_METHODS or bool(getattr(split, "shadow_unsafe", False))
+    return method in SAFE_METHODS or split.shadow_unsafe
 
 
 def shadow_host(host: str) -> str:
@@ -200,7 +202,7 @@ class ShadowOptions:
         return cls(IgnoreRules.parse(list(ignore)), tuple(h.lower() for h in compare_headers), learn_noise)
 
 
-def sender_options(spec: Any) -> dict[str, Any]:
+def sender_options(spec: ShadowSpec | None) -> dict[str, Any]:
     """``ShadowSender`` keyword arguments from the config's ``shadow:`` section (a ``ShadowSpec``).
 
     Keys the section leaves out keep the sender's defaults; configured ``redact.headers`` are
@@ -750,56 +752,53 @@ def resolve_step(number: str, labels: Iterable[str]) -> str:
 def _known_steps(runtime: FacadeRuntime, route: str, split: Split | None) -> list[str]:
     labels = [split.step_label] if split is not None and split.step_label else []
     # Telemetry may list every step it has windows for (past steps too); the split in force always counts.
-    listed = getattr(runtime.telemetry, "steps", None)
-    if callable(listed):
-        labels += list(listed(route))
-    return labels
+    return labels + runtime.telemetry.steps(route)
 
 
-class ShadowFeature:
-    """Shadow mirroring as a runtime extension: the sender's lifecycle and its admin endpoints.
+class ShadowFeature(Feature):
+    """Shadow mirroring as a runtime feature: the sender's lifecycle and its admin endpoints.
 
-    ``ShadowFeature.attach(runtime)`` (before ``runtime.start()``) creates the sender, sets
-    ``runtime.shadow`` (every later snapshot carries it) and adds ``GET /compare``, ``GET /diffs``
-    and ``GET /shadow`` to the admin listener.
+    ``ShadowFeature.attach(runtime)`` (before ``runtime.start()``) creates the sender, installs it
+    (``runtime.install_shadow``: every later snapshot carries it) and adds ``GET /compare``,
+    ``GET /diffs`` and ``GET /shadow`` to the admin listener and the sender's counters to ``/metrics``.
     """
 
     def __init__(self, runtime: FacadeRuntime, sender: ShadowSender) -> None:
         self.runtime = runtime
         self.sender = sender
-        self._spec = getattr(runtime.config, "shadow", None)  # the shadow: section the sender was built from
+        self._spec = runtime.config.shadow  # the shadow: section the sender was built from
 
     def __repr__(self) -> str:
         return f"ShadowFeature({self.sender!r})"
 
     @classmethod
     def attach(cls, runtime: FacadeRuntime, **options: Any) -> ShadowFeature:
-        """Create a ``ShadowSender(**options)`` over the runtime's pools and telemetry and wire it in."""
+        """Create a ``ShadowSender`` over the runtime's pools and telemetry and plug it in.
+
+        The sender is sized by the config's ``shadow:`` section (``sender_options``); ``options`` override it.
+        """
+        options = sender_options(runtime.config.shadow) | options
         sender = ShadowSender(upstreams=runtime.upstreams, telemetry=runtime.telemetry, **options)
-        runtime.shadow = sender
-        feature = cls(runtime, sender)
-        runtime.extensions.append(feature)
+        feature = runtime.add_feature(cls(runtime, sender))
+        runtime.install_shadow(sender)
         return feature
 
     async def start(self) -> None:
-        # Another feature may have replaced the runtime's pools after attach (the mesh's mTLS pools):
+        # Another feature may have installed other pools after attach (the mesh's mTLS pools):
         # copies must go through the pools the proxy uses.
         self.sender.upstreams = self.runtime.upstreams
-        # The snapshot built in FacadeRuntime.__init__ predates the sender; later swaps carry it.
-        current = self.runtime.holder.current
-        if current.shadow is not self.sender:
-            self.runtime.holder.current = dataclasses.replace(current, shadow=self.sender)
         await self.sender.start()
 
     async def stop(self) -> None:
         await self.sender.stop()
 
-    async def config_changed(self, config: Any) -> None:
-        self.sender.upstreams = self.runtime.upstreams
-        spec = getattr(config, "shadow", None)
-        if spec != self._spec:
+    async def config_changed(self, config: Config) -> None:
+        if config.shadow != self._spec:
             # The sender's workers, queue and ring are sized at start: a changed section needs a restart.
             logger.warning("shadow: section changed; the new limits apply at the next start of the facade")
+
+    def prometheus_text(self) -> str:
+        return self.sender.prometheus_text()
 
     def admin_routes(self) -> list[BaseRoute]:
         runtime, sender = self.runtime, self.sender

@@ -20,7 +20,7 @@ from .headers import ForwardContext, build_upstream_headers
 from .normalize import HostRejected, PathRejected, normalize_host, normalize_path
 
 if TYPE_CHECKING:
-    from .runtime import Snapshot
+    from .snapshot import Snapshot
 
 __all__ = ["proxy_websocket"]
 

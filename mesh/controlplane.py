@@ -1,4 +1,4 @@
-"""The mesh control plane, as a facade extension on the admin listener (Citadel + Pilot, small).
+"""The mesh control plane, as a facade feature on the admin listener (Citadel + Pilot, small).
 
     feature = MeshFeature.attach(runtime)     # before runtime.start(); see attach() for what it changes
 
@@ -47,19 +47,22 @@ import logging
 import os
 import secrets
 import sqlite3
+import ssl
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from facade.config import Config
+from facade.admin import require_token
+from facade.config import Config, ServiceSpec
 from facade.errors import ConfigError, Problem
-from facade.upstream import Upstreams
+from facade.feature import Feature
+from facade.upstream import Upstreams, client_ssl_context
 from facade.yamlfile import parse_duration
 
 from .ca import CaError, CaNotFound, CertificateAuthority, CsrRejected
@@ -72,6 +75,9 @@ from .spiffe import SpiffeId
 from .state import DEFAULT_STATE_FILE, MeshStateStore
 from .svid_auth import ReplayGuard, SignedRequestRejected, verify_request
 from .tls import MTLS_MODES, MtlsMode
+
+if TYPE_CHECKING:
+    from facade.runtime import FacadeRuntime
 
 __all__ = ["CONFIG_PATH", "MAX_WAIT_S", "RENEW_PATH", "REPORT_PATH", "TOKENS_PATH", "MeshFeature"]
 
@@ -98,10 +104,10 @@ class _TtlAuthority:
         return self._ca.redeem(token, csr_pem, ttl=self._ttl)
 
 
-class MeshFeature:
-    """CA + config distribution + the edge identity, attached to a FacadeRuntime."""
+class MeshFeature(Feature):
+    """CA + config distribution + the edge identity, plugged into a FacadeRuntime."""
 
-    def __init__(self, runtime: Any) -> None:
+    def __init__(self, runtime: FacadeRuntime) -> None:
         self.runtime = runtime
         self.ca: CertificateAuthority | None = None
         self.edge: EdgeIdentity | None = None
@@ -132,24 +138,25 @@ class MeshFeature:
         return f"<MeshFeature v{self.version} services={sorted(self.documents)} edge={self.edge!r}>"
 
     @classmethod
-    def attach(cls, runtime: Any) -> MeshFeature:
-        """Create the feature and wire it into ``runtime`` (before ``runtime.start()``).
+    def attach(cls, runtime: FacadeRuntime) -> MeshFeature:
+        """Create the feature and plug it into ``runtime`` (before ``runtime.start()``).
 
-        Appends it to ``runtime.extensions`` and replaces the not-yet-started ``runtime.upstreams``
-        with pools built by ``ssl_context_factory`` (mesh mTLS to services with ``identity:``),
-        then swaps a snapshot over them.
+        Installs upstream pools built by ``ssl_context_factory`` (mesh mTLS to services with
+        ``identity:``) and itself as the mesh that ``mtls`` migration steps switch.
         """
-        feature = cls(runtime)
-        runtime.extensions.append(feature)
-        runtime.upstreams = Upstreams(runtime.config.services, ssl_context_factory=feature.ssl_context_factory)
-        runtime.swap()
+        feature = runtime.add_feature(cls(runtime))
+        runtime.install_upstreams(
+            Upstreams(runtime.config.services, ssl_context_factory=feature.ssl_context_factory)
+        )
+        runtime.install_mesh(feature)
         return feature
 
     # -- CA and edge identity ---------------------------------------------------------------
 
     def _prepare(self, config: Config) -> None:
         """Load (or create) the CA for ``config.mesh`` and issue the edge SVID. Raises ConfigError."""
-        mesh: MeshSpec = config.mesh
+        mesh = config.mesh
+        assert mesh is not None, "a mesh is prepared only for a config with a mesh: section"
         state_dir = mesh.ca.state_dir or config.state_dir
         if self.state is None:
             self._open_state(config)
@@ -205,15 +212,13 @@ class MeshFeature:
         for row in stored:
             self.reports.restore(row.service, row.instance, row.heard_at, row.counts)
 
-    def ssl_context_factory(self, spec: Any) -> Any:
+    def ssl_context_factory(self, spec: ServiceSpec) -> ssl.SSLContext | None:
         """``Upstreams`` factory: mesh mTLS via the edge identity, else the service's own ``tls:``."""
         if self.edge is None:
-            from facade.upstream import client_ssl_context
-
             return client_ssl_context(spec.tls, service=spec.name) if spec.tls is not None else None
         return self.edge.ssl_context_factory(spec)
 
-    # -- extension hooks ----------------------------------------------------------------------
+    # -- feature hooks ----------------------------------------------------------------------
 
     def check_config(self, config: Config) -> None:
         """Veto a reload whose mesh cannot be served; prepares the CA/edge identity for it."""
@@ -386,6 +391,12 @@ class MeshFeature:
         changed.set()
         logger.info("mesh: config version %d for %d services", self.version, len(fresh))
 
+    def _svid_ttl(self) -> float:
+        """The SVID lifetime of the mesh in force."""
+        mesh = self._config.mesh if self._config is not None else None
+        assert mesh is not None, "documents are published only for a config with a mesh: section"
+        return mesh.ca.svid_ttl
+
     def issue_token(self, service: str, *, ttl: float = DEFAULT_TOKEN_TTL_S) -> tuple[str, SpiffeId]:
         """A bootstrap token for ``service``'s sidecar (used by ``facade up`` and tests)."""
         doc = self.documents.get(service)
@@ -396,12 +407,10 @@ class MeshFeature:
     # -- HTTP ---------------------------------------------------------------------------------
 
     def admin_routes(self) -> list[BaseRoute]:
-        from facade.admin import require_token
-
         async def sign(request: Request) -> Response:
             if self.ca is None or self._config is None:
                 return _error(404, "no mesh: section in the config")
-            inner = ca_routes(_TtlAuthority(self.ca, self._config.mesh.ca.svid_ttl))  # type: ignore[arg-type]
+            inner = ca_routes(_TtlAuthority(self.ca, self._svid_ttl()))  # type: ignore[arg-type]
             return await inner[0].endpoint(request)  # type: ignore[no-any-return]
 
         async def renew(request: Request) -> Response:
@@ -526,7 +535,7 @@ class MeshFeature:
         gone = asyncio.ensure_future(_disconnected(request))
         try:
             # Short slices so a draining facade answers its long-polls instead of holding shutdown up.
-            while not (changed.done() or gone.done() or getattr(self.runtime, "draining", False)):
+            while not (changed.done() or gone.done() or self.runtime.draining):
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
@@ -548,7 +557,7 @@ class MeshFeature:
             new_pem = self.ca.sign_csr(
                 csr_pem.encode(),
                 spiffe_id=holder,
-                ttl=timedelta(seconds=self._config.mesh.ca.svid_ttl),
+                ttl=timedelta(seconds=self._svid_ttl()),
             )
         except CsrRejected as exc:
             return _error(422, str(exc))

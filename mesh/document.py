@@ -17,7 +17,6 @@ from typing import Any, Literal, cast
 
 from facade.config import Config, NormalizeSpec
 
-from .config import MeshSpec
 from .policy import AuthorizationPolicy, Condition, Operation, Rule, Source
 from .spiffe import SpiffeId
 from .tls import MTLS_MODES, MtlsMode
@@ -127,8 +126,8 @@ class SidecarDocument:
 
 def mesh_services(config: Config) -> list[str]:
     """Services that are part of the mesh: named under ``mesh.services`` or with an ``identity:``."""
-    mesh: MeshSpec = config.mesh
-    return [s.name for s in config.services if s.identity or mesh.service(s.name) is not None]
+    mesh = config.mesh
+    return [s.name for s in config.services if s.identity or (mesh is not None and mesh.service(s.name) is not None)]
 
 
 def build_document(
@@ -140,7 +139,7 @@ def build_document(
     mode_overrides: Mapping[str, MtlsMode] | None = None,
 ) -> SidecarDocument:
     """The document for ``service``'s sidecar under ``config`` (which must have a ``mesh:`` section)."""
-    mesh: MeshSpec = config.mesh
+    mesh = config.mesh
     assert mesh is not None, "build_document needs a config with a mesh section"
     overrides = mode_overrides or {}
     spec = config.service(service)

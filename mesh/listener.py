@@ -29,10 +29,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import uvicorn
 from uvicorn.server import ServerState
 
 from facade.listener import HeadLimits, guarded_protocol
+from facade.server import prepared, server_config
 
 from .spiffe import SpiffeId
 from .tls import MtlsMode, PeerRejected, looks_like_tls, verify_peer
@@ -143,23 +143,11 @@ class InboundListener:
         self._handshake_timeout = handshake_timeout
         self.counters = InboundCounters(on_connection=on_connection)
         self._limits = limits or HeadLimits(max_head_bytes=60 * 1024, header_timeout=10.0)
-        config = uvicorn.Config(
-            app,
-            http=_mesh_protocol(self._limits, trust_domain, self.counters),
-            loop="none",
-            lifespan="off",
-            proxy_headers=False,  # X-Forwarded-* are the proxy's to build
-            server_header=False,
-            date_header=False,
-            access_log=False,
-            log_level="warning",
-            timeout_keep_alive=5,
-            timeout_graceful_shutdown=5,
-        )
-        config.load()
-        self._server = uvicorn.Server(config)
+        # The sidecar's listener settings (facade.server), with connections accepted here: the
+        # protocol starts only once the first bytes said TLS or plaintext.
+        protocol = _mesh_protocol(self._limits, trust_domain, self.counters)
+        self._server = prepared(server_config(app, protocol=protocol, passthrough=True))
         self._server.servers = []
-        self._server.lifespan = config.lifespan_class(config)  # "off": shutdown() expects one
         self._state: ServerState = self._server.server_state
         self._accepting: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()

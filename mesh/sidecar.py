@@ -53,7 +53,6 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import httpx
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -71,7 +70,8 @@ from facade.config import (
 from facade.error_log import RecentErrors
 from facade.listener import HeadLimits, guarded_protocol
 from facade.proxy import Proxy
-from facade.runtime import SnapshotHolder, bind, build_snapshot
+from facade.server import Server, bind, server_config, socket_url
+from facade.snapshot import SnapshotHolder, build_snapshot
 from facade.upstream import Upstreams
 
 from .document import DocumentError, SidecarDocument
@@ -219,7 +219,7 @@ class Sidecar:
         self._in_upstreams: Upstreams | None = None
         self._out_holder: SnapshotHolder | None = None
         self._out_upstreams: Upstreams | None = None
-        self._servers: list[tuple[uvicorn.Server, socket.socket]] = []
+        self._servers: list[Server] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.instance = secrets.token_hex(8)  # tells this process's counters from a restarted one's
         self._segments: deque[_Segment] = deque(maxlen=MAX_SEGMENTS)
@@ -290,13 +290,13 @@ class Sidecar:
             assert self._out_holder is not None
             sock = outbound_sock or bind(opts.outbound or "")
             await self._serve(_OutboundRecorder(Proxy(self._out_holder, errors=self.errors), self.metrics), sock, proxy=True)
-            self.outbound_url = _url(sock)
+            self.outbound_url = socket_url(sock)
         if self._out_upstreams is not None:
             await self._out_upstreams.start()
         if opts.admin is not None or admin_sock is not None:
             sock = admin_sock or bind(opts.admin or "")
             await self._serve(self._admin_app(), sock, proxy=False)
-            self.admin_url = _url(sock)
+            self.admin_url = socket_url(sock)
         self._tasks.append(asyncio.create_task(self._watch()))
         self._tasks.append(asyncio.create_task(self._rotate_forever()))
         if self._inbound is not None:
@@ -322,10 +322,8 @@ class Sidecar:
         self._tasks.clear()
         if self._inbound is not None:
             await self._inbound.stop()
-        for server, sock in self._servers:
-            server.should_exit = True
-            with contextlib.suppress(Exception):
-                await server.shutdown(sockets=[sock])
+        for server in self._servers:
+            await server.stop()
         self._servers.clear()
         for ups in (self._in_upstreams, self._out_upstreams):
             if ups is not None:
@@ -333,25 +331,8 @@ class Sidecar:
         await self.cp.close()
 
     async def _serve(self, app: Any, sock: socket.socket, *, proxy: bool) -> None:
-        config = uvicorn.Config(
-            app,
-            http=guarded_protocol(self.head_limits) if proxy else "httptools",
-            loop="none",
-            lifespan="off",
-            proxy_headers=False,
-            server_header=not proxy,
-            date_header=not proxy,
-            access_log=False,
-            log_level="warning",
-            timeout_keep_alive=5,
-            timeout_graceful_shutdown=5,
-        )
-        server = uvicorn.Server(config)
-        config.load()
-        server.lifespan = config.lifespan_class(config)
-        await server.startup(sockets=[sock])
-        self._servers.append((server, sock))
-        self._tasks.append(asyncio.create_task(server.main_loop()))
+        protocol = guarded_protocol(self.head_limits) if proxy else None
+        self._servers.append(await Server.start(server_config(app, protocol=protocol, passthrough=proxy), sock))
 
     # -- bootstrap -----------------------------------------------------------------------------
 
@@ -741,8 +722,3 @@ def _outbound_config(service: str, doc: SidecarDocument, specs: list[ServiceSpec
         ),
         normalize=doc.normalize,
     )
-
-
-def _url(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

@@ -8,7 +8,6 @@ The socket is bound before uvicorn starts, so the port is known and free of race
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
 import ssl
@@ -17,17 +16,12 @@ from typing import Any
 
 import uvicorn
 
+from facade.server import Server, bind, socket_url
 
-def bind_loopback(host: str = "127.0.0.1") -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted sockets only when proto says TCP
-    # (with proto 0 every response written in two parts waits ~40 ms for a delayed ACK).
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, 0))
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
+
+def bind_loopback(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A listening socket on loopback (port 0: a free ephemeral port), as the facade binds its own."""
+    return bind(f"[{host}]:{port}" if ":" in host else f"{host}:{port}", backlog=1024)
 
 
 @contextlib.asynccontextmanager
@@ -35,43 +29,39 @@ async def serve_app(
     app: Any,
     *,
     host: str = "127.0.0.1",
+    port: int = 0,
     ssl_certfile: str | None = None,
     ssl_keyfile: str | None = None,
     ssl_ca_certs: str | None = None,
     ssl_cert_reqs: int = ssl.CERT_NONE,
     **config: Any,
 ) -> AsyncIterator[str]:
-    """Run an ASGI app under uvicorn (httptools, no lifespan noise) until the block exits."""
-    sock = bind_loopback(host)
-    port = sock.getsockname()[1]
+    """Run an ASGI app under uvicorn (httptools, no lifespan noise) until the block exits.
+
+    A backend, not a facade listener: uvicorn's defaults otherwise (its server/date headers, ...).
+    It starts through the facade's one start-up path (``facade.server.Server``).
+    """
+    sock = bind_loopback(host, port)
     cfg = uvicorn.Config(
         app,
         http="httptools",
-        loop="asyncio",
+        loop="none",
         lifespan=config.pop("lifespan", "off"),
         log_level=config.pop("log_level", "warning"),
         access_log=False,
+        timeout_graceful_shutdown=config.pop("timeout_graceful_shutdown", 5),
         ssl_certfile=ssl_certfile,
         ssl_keyfile=ssl_keyfile,
         ssl_ca_certs=ssl_ca_certs,
         ssl_cert_reqs=ssl_cert_reqs,
         **config,
     )
-    server = uvicorn.Server(cfg)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
-        for _ in range(500):
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.01)
-        if task.done():
-            task.result()
-        scheme = "https" if ssl_certfile else "http"
-        netloc = f"[{host}]" if ":" in host else host
-        yield f"{scheme}://{netloc}:{port}"
-    finally:
-        server.should_exit = True
-        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-            await asyncio.wait_for(task, timeout=5)
+        server = await Server.start(cfg, sock)
+    except BaseException:
         sock.close()
+        raise
+    try:
+        yield socket_url(sock, "https" if ssl_certfile else "http")
+    finally:
+        await server.stop()

@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
-from .controller import DEFAULT_JOURNAL
+from ..admin import mutation
 from .engine import ACTIONS, Action, Refusal
+from .store import DEFAULT_JOURNAL
 
 if TYPE_CHECKING:
     from .controller import MigrationController
@@ -65,9 +66,8 @@ def _bad_request(message: str) -> JSONResponse:
     return JSONResponse({"error": message, "code": "invalid"}, status_code=400)
 
 
-def admin_routes(controller: MigrationController) -> list[Route]:
+def admin_routes(controller: MigrationController) -> list[BaseRoute]:
     """The routes the admin app mounts for ``controller`` (mutations behind the admin token)."""
-    from ..admin import mutation
 
     async def list_migrations(request: Request) -> Response:
         statuses = [await controller.status(name, journal=0) for name in sorted(controller.plans)]

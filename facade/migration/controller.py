@@ -1,4 +1,4 @@
-"""``MigrationController``: the migration feature of a running facade (a runtime extension).
+"""``MigrationController``: the migration feature of a running facade (a ``facade.feature.Feature``).
 
 It connects the pure core to the running process:
 
@@ -13,12 +13,12 @@ It connects the pure core to the running process:
 - auto mode runs one background task per plan that calls ``engine.auto_tick`` every ``interval``;
 - a config reload re-reads the plans and refuses one that rewrites steps already applied;
 - mirroring steps (``shadow``, ``weight`` with ``mirror``): whenever the state in force or the plans
-  change, each route's comparison options are set on the shadow sender
+  change, each route's comparison options are set on the runtime's shadow sender
   (``runtime.shadow.configure_route(route, ShadowOptions | None)``); ``unsafe_methods`` rides on
   the split (``Split.shadow_unsafe``);
 - ``mtls`` steps: whenever the state in force changes (and at start, from the durable state), the
-  services ``strict_services`` names are put in STRICT through the mesh feature
-  (``set_mode(service, "STRICT")``) and the ones no longer named get their configured mode back
+  services ``strict_services`` names are put in STRICT through the runtime's mesh
+  (``runtime.mesh.set_mode(service, "STRICT")``, a ``facade.feature.MeshControl``) and the ones no longer named get their configured mode back
   (``set_mode(service, None)``); the ``plaintext_requests`` gate reads
   ``mesh.plaintext_seen(service, since=step_started_at)``.
 
@@ -36,10 +36,15 @@ import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from starlette.routing import BaseRoute
 
 from ..errors import ConfigError, Problem
+from ..feature import Feature
+from ..shadow import ShadowOptions
 from ..split import Split
+from .api import admin_routes as migration_routes
 from .engine import (
     Action,
     MigrationState,
@@ -57,14 +62,17 @@ from .engine import (
 )
 from .gates import GateReport, GateResult, GateStatus, evaluate_gates
 from .plan import Plan, load_plans
-from .store import DEFAULT_STORE_FILE, MigrationStore
+from .store import DEFAULT_JOURNAL, DEFAULT_STORE_FILE, MigrationStore
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..runtime import FacadeRuntime
 
 __all__ = ["STABLE_STEP", "MigrationController", "check_plans", "combine_reports", "shadow_min_requests", "step_label"]
 
 logger = logging.getLogger("facade.migration")
 
 STABLE_STEP = "stable"  # the step label the proxy records for a route without a split
-DEFAULT_JOURNAL = 100  # journal entries a status document carries unless asked otherwise
 _ACTIVE = (Phase.RUNNING, Phase.PAUSED)
 
 
@@ -161,10 +169,10 @@ class _Loaded:
     states: dict[str, MigrationState]
 
 
-class MigrationController:
-    """Runs migration plans on a ``FacadeRuntime`` (add it to ``runtime.extensions`` before ``start()``)."""
+class MigrationController(Feature):
+    """Runs migration plans on a ``FacadeRuntime`` (``runtime.add_feature`` it before ``start()``)."""
 
-    def __init__(self, runtime: Any, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, runtime: FacadeRuntime, *, clock: Callable[[], float] = time.time) -> None:
         self.runtime = runtime
         self._clock = clock  # wall clock: step start times are persisted and compared across restarts
         self.plans: dict[str, Plan] = {}
@@ -179,12 +187,10 @@ class MigrationController:
     def __repr__(self) -> str:
         return f"MigrationController(plans={sorted(self.plans)}, store={self.store!r})"
 
-    # -- runtime extension hooks -------------------------------------------------------------------
+    # -- feature hooks -------------------------------------------------------------------
 
-    def admin_routes(self) -> list[Any]:
-        from .api import admin_routes
-
-        return admin_routes(self)
+    def admin_routes(self) -> list[BaseRoute]:
+        return migration_routes(self)
 
     async def start(self) -> None:
         """Load and check the plans, then serve each route at the step its durable state says.
@@ -221,12 +227,13 @@ class MigrationController:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    def check_config(self, config: Any) -> None:
+    def check_config(self, config: Config) -> None:
         """Veto a reload whose plans are invalid or rewrite applied steps (raises ConfigError)."""
         self._pending = self._load(config, self.plans)
 
-    async def config_changed(self, config: Any) -> None:
-        """Install the plans of the accepted config; the runtime swaps the new snapshot right after."""
+    async def config_changed(self, config: Config) -> None:
+        """Install the plans of the accepted config and stage their splits: the runtime's swap (with
+        the new config) follows this hook and takes them."""
         loaded = self._pending if self._pending is not None and self._pending.sha256 == config.sha256 else None
         self._pending = None
         if loaded is None:
@@ -256,8 +263,7 @@ class MigrationController:
                     label = step_label(split)
                     if split is not None and step_label(old_splits.get(route)) != label:
                         self.runtime.telemetry.begin_step(route, label)
-            # The runtime's own swap (with the new config) follows this hook and takes these splits.
-            self.runtime.splits = self._splits()
+            self.runtime.stage(splits=self._splits())
             self._sync_shadow(old_plans)
             self._sync_mtls()
             self._sync_auto()
@@ -277,7 +283,7 @@ class MigrationController:
             return list(exc.problems)
         self._pending = loaded
         await self.config_changed(config)
-        self.runtime.swap(splits=self.runtime.splits)
+        self.runtime.swap()  # the staged splits, on the running config
         logger.info("plan reload (%s): %d plan(s) in force", trigger, len(self.plans))
         return []
 
@@ -415,11 +421,9 @@ class MigrationController:
 
     def _sync_shadow(self, previous: Mapping[str, Plan] | None = None) -> None:
         """Each migrated route compares mirrored answers as its mirroring step says (else the defaults)."""
-        sender = getattr(self.runtime, "shadow", None)
+        sender = self.runtime.shadow
         if sender is None:
             return
-        from ..shadow import ShadowOptions
-
         # Routes of plans that a reload removed go back to the sender's defaults (first: a route may
         # have moved to another plan).
         for name, plan in (previous or {}).items():
@@ -444,13 +448,6 @@ class MigrationController:
 
     # -- mtls steps --------------------------------------------------------------------------------
 
-    def _mesh(self) -> Any:
-        """The mesh control-plane feature of the runtime, or None (found by what it offers)."""
-        for extension in self.runtime.extensions:
-            if hasattr(extension, "set_mode") and hasattr(extension, "plaintext_seen"):
-                return extension
-        return None
-
     def _sync_mtls(self, entered: frozenset[str] = frozenset()) -> None:
         """Hold in STRICT exactly the services the plans' states call for; release the others.
 
@@ -460,7 +457,7 @@ class MigrationController:
         wanted = frozenset().union(*(strict_services(plan, self._state(name)) for name, plan in self.plans.items()))
         if wanted == self._strict and not entered:
             return
-        mesh = self._mesh()
+        mesh = self.runtime.mesh
         if mesh is None:
             # Plan validation refuses mtls steps without a mesh section; nothing to switch here.
             logger.error("mtls steps want %s in STRICT but the facade runs no mesh", ", ".join(sorted(wanted)))
@@ -474,11 +471,10 @@ class MigrationController:
         self._strict = wanted
 
     def _plaintext_seen(self, service: str, state: MigrationState) -> int | None:
-        mesh = self._mesh()
+        mesh = self.runtime.mesh
         if mesh is None or state.step_started_at is None:
             return None
-        seen: int | None = mesh.plaintext_seen(service, since=state.step_started_at)
-        return seen
+        return mesh.plaintext_seen(service, since=state.step_started_at)
 
     # -- auto mode ---------------------------------------------------------------------------------
 
@@ -539,7 +535,7 @@ class MigrationController:
                     splits[route] = split
         return splits
 
-    def _load(self, config: Any, previous: Mapping[str, Plan]) -> _Loaded:
+    def _load(self, config: Config, previous: Mapping[str, Plan]) -> _Loaded:
         """Read plans and durable state for ``config``; ConfigError with every problem if unsafe."""
         store_path = os.path.join(config.state_dir, DEFAULT_STORE_FILE)
         if not config.migrations_dir and not os.path.exists(store_path):
@@ -551,7 +547,7 @@ class MigrationController:
                 config.migrations_dir,
                 routes=[r.name for r in config.routes],
                 services=[s.name for s in config.services],
-                mesh=getattr(config, "mesh", None) is not None,
+                mesh=config.mesh is not None,
             )
         if any(p.severity == "error" for p in problems):
             raise ConfigError(problems)

@@ -25,9 +25,10 @@ from .engine import MigrationState, Phase, Refusal, Transition, check_plan_edit
 
 # check_plan_edit lives with the engine (it is pure); it is re-exported here because a reload
 # checks a changed plan against the stored state before accepting it.
-__all__ = ["DEFAULT_STORE_FILE", "JournalEntry", "MigrationStore", "check_plan_edit"]
+__all__ = ["DEFAULT_JOURNAL", "DEFAULT_STORE_FILE", "JournalEntry", "MigrationStore", "check_plan_edit"]
 
 DEFAULT_STORE_FILE = "migrations.sqlite3"  # under the config's state_dir
+DEFAULT_JOURNAL = 100  # journal entries a status document carries unless asked otherwise
 BUSY_TIMEOUT = 5.0  # seconds a writer waits for another writer's transaction
 
 _SCHEMA = """

@@ -8,7 +8,7 @@ histograms expose a fixed coarse set of ``le`` boundaries derived from the fine 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from .histogram import LogLinearHistogram
 from .series import DiffSeries, RequestSeries
@@ -69,23 +69,25 @@ def render_exposition(requests: Iterable[RequestSeries], diffs: Iterable[DiffSer
             _histogram(lines, "http_client_request_duration_seconds", s.labels(), s.upstream_hist,
                        s.upstream_count, s.upstream_sum)
 
-    counters = (
-        ("http_server_requests_total", "Requests through the facade.", "count"),
-        ("http_server_request_body_size_bytes_total", "Request body bytes received from clients.", "bytes_in"),
-        ("http_server_response_body_size_bytes_total", "Response body bytes sent to clients.", "bytes_out"),
+    counters: tuple[tuple[str, str, Callable[[RequestSeries], int]], ...] = (
+        ("http_server_requests_total", "Requests through the facade.", lambda s: s.count),
+        ("http_server_request_body_size_bytes_total", "Request body bytes received from clients.", lambda s: s.bytes_in),
+        ("http_server_response_body_size_bytes_total", "Response body bytes sent to clients.", lambda s: s.bytes_out),
     )
-    for name, help_text, attribute in counters:
+    for name, help_text, value in counters:
         _header(lines, name, "counter", help_text)
         for s in series:
-            lines.append(f"{name}{{{_labels(s.labels())}}} {getattr(s, attribute)}")
+            lines.append(f"{name}{{{_labels(s.labels())}}} {value(s)}")
 
-    shadow = (
-        ("facade_shadow_comparisons_total", "Shadow responses compared with the primary response.", "compared"),
+    shadow: tuple[tuple[str, str, Callable[[DiffSeries], int]], ...] = (
+        ("facade_shadow_comparisons_total", "Shadow responses compared with the primary response.",
+         lambda d: d.compared),
         ("facade_shadow_diffs_total",
-         "Shadow responses that differed from the primary response (after ignore rules and noise).", "differing"),
+         "Shadow responses that differed from the primary response (after ignore rules and noise).",
+         lambda d: d.differing),
     )
-    for name, help_text, attribute in shadow:
+    for name, help_text, value_of in shadow:
         _header(lines, name, "counter", help_text)
         for d in diff_series:
-            lines.append(f"{name}{{{_labels((('route', d.route), ('step', d.step)))}}} {getattr(d, attribute)}")
+            lines.append(f"{name}{{{_labels((('route', d.route), ('step', d.step)))}}} {value_of(d)}")
     return "\n".join(lines) + "\n"

@@ -15,7 +15,6 @@ import gzip
 import hashlib
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +24,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.backends import EchoApp, raw_server
@@ -148,29 +146,9 @@ async def _send_body(send: Send, status: int, body: bytes, headers: list[tuple[b
 
 @contextlib.asynccontextmanager
 async def serve_at(app: Any, port: int = 0) -> AsyncIterator[str]:
-    """Like ``serve_app`` but on a chosen port, so a test can stop a backend and bring it back at the same URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    sock.listen(128)
-    sock.setblocking(False)
-    server = uvicorn.Server(
-        uvicorn.Config(app, http="httptools", loop="asyncio", lifespan="off", log_level="warning", access_log=False)
-    )
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        for _ in range(500):
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.01)
-        if task.done():
-            task.result()
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-            await asyncio.wait_for(task, timeout=5)
-        sock.close()
+    """``serve_app`` on a chosen port, so a test can stop a backend and bring it back at the same URL."""
+    async with serve_app(app, port=port) as url:
+        yield url
 
 
 # -- raw HTTP/1.1 on a socket (clients normalize what these tests must send as is) -------------------------

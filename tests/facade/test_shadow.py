@@ -392,12 +392,14 @@ async def test_feature_sends_over_the_pools_the_runtime_has_at_start(tmp_path: P
     path = write_config(tmp_path, config_text("http://127.0.0.1:1", "http://127.0.0.1:2"))
     runtime = FacadeRuntime(load_config(str(path)), config_path=str(path), watch_interval=None)
     feature = ShadowFeature.attach(runtime)
-    assert runtime.shadow is feature.sender and feature in runtime.extensions
-    replaced = runtime.upstreams = Upstreams(runtime.config.services)  # as the mesh feature does (mTLS pools)
+    assert runtime.shadow is feature.sender and runtime.feature(ShadowFeature) is feature
+    assert runtime.holder.current.shadow is feature.sender  # installed through the swap
+    replaced = Upstreams(runtime.config.services)
+    runtime.install_upstreams(replaced)  # as the mesh feature does (mTLS pools)
     await feature.start()
     try:
         assert feature.sender.upstreams is replaced
-        assert runtime.holder.current.shadow is feature.sender  # the first snapshot predates the sender
+        assert runtime.holder.current.shadow is feature.sender and runtime.holder.current.upstreams is replaced
     finally:
         await feature.stop()
         await replaced.close()

@@ -274,7 +274,7 @@ async def test_a_facade_restart_in_the_middle_of_an_mtls_step_keeps_its_counts(t
     async with serve_app(EchoApp("monolith")) as monolith, serve_app(EchoApp("catalog")) as app:
         text = mtls_config(monolith, port_of(sidecar_sock))
         async with facade(tmp_path, text, admin_sock) as rt:
-            mesh = next(e for e in rt.extensions if isinstance(e, MeshFeature))
+            mesh = rt.feature(MeshFeature)
             async with httpx.AsyncClient(base_url=rt.admin_url, headers=AUTH) as admin:
                 assert (await admin.post("/migrations/shop/start", json={})).status_code == 200
                 assert (await admin.post("/migrations/shop/next", json={})).status_code == 200
@@ -294,7 +294,7 @@ async def test_a_facade_restart_in_the_middle_of_an_mtls_step_keeps_its_counts(t
             # The facade is gone; the sidecar keeps its STRICT document. A new facade on the same state
             # and admin port: the step's count is read back from durable state before any new report.
             async with facade(tmp_path, text, bind_port(admin_port)) as rt2:
-                mesh2 = next(e for e in rt2.extensions if isinstance(e, MeshFeature))
+                mesh2 = rt2.feature(MeshFeature)
                 assert mesh2.epoch != old_epoch
                 assert await plaintext_gate(rt2.admin_url) == 2
                 # The running sidecar reconnects, keeps reporting (old and new segments), and a new

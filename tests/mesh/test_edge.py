@@ -55,7 +55,7 @@ async def test_attach_rebuilds_the_pools_with_the_mesh_factory_and_creates_the_c
     mesh: {{trust_domain: {TD}, edge_identity: "{EDGE}"}}
     """
     async with mesh_facade(tmp_path, text) as (runtime, feature):
-        assert isinstance(feature, MeshFeature) and feature in runtime.extensions
+        assert isinstance(feature, MeshFeature) and runtime.feature(MeshFeature) is feature and runtime.mesh is feature
         pool = runtime.holder.current.upstreams.get("catalog")
         assert pool is not None and isinstance(pool.ssl_context, MeshClientContext)
         assert (tmp_path / "state" / "ca" / "root.crt").exists()

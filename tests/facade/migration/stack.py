@@ -88,7 +88,7 @@ class Stack:
 
     @property
     def controller(self) -> MigrationController:
-        return next(e for e in self.runtime.extensions if isinstance(e, MigrationController))
+        return self.runtime.feature(MigrationController)
 
     async def act(self, name: str, action: str, **body: Any) -> httpx.Response:
         return await self.admin.post(f"/migrations/{name}/{action}", json=body)

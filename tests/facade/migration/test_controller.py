@@ -405,7 +405,7 @@ def _runtime(tmp_path: Path, old: str = "http://127.0.0.1:9", new: str = "http:/
 
 
 def _controller(runtime: FacadeRuntime) -> MigrationController:
-    return next(e for e in runtime.extensions if isinstance(e, MigrationController))
+    return runtime.feature(MigrationController)
 
 
 async def test_an_invalid_plan_refuses_start_with_positions(tmp_path: Path) -> None:

@@ -104,7 +104,7 @@ async def mtls_stack(tmp_path: Path) -> AsyncIterator[MtlsStack]:
         serve_app(EchoApp("catalog")) as app,
         run_facade(tmp_path, config_text(monolith, port), features=True) as rt,
     ):
-        mesh = next(e for e in rt.extensions if isinstance(e, MeshFeature))
+        mesh = rt.feature(MeshFeature)
         async with (
             run_sidecar(mesh, rt, "catalog", app=app, inbound_sock=sock, report_interval=0.1) as sidecar,
             httpx.AsyncClient(base_url=rt.admin_url, timeout=10, headers=auth) as admin,
@@ -171,7 +171,7 @@ async def test_restart_reapplies_strict_from_the_durable_state(tmp_path: Path) -
         serve_app(EchoApp("catalog")) as app,
         run_facade(tmp_path, config_text(monolith, port_of(sock)), features=True) as rt,
     ):
-        mesh = next(e for e in rt.extensions if isinstance(e, MeshFeature))
+        mesh = rt.feature(MeshFeature)
         assert mesh.mode_overrides == {"catalog": "STRICT"}
         assert mesh.documents["catalog"].mode == "STRICT"
         async with run_sidecar(mesh, rt, "catalog", app=app, inbound_sock=sock, report_interval=0.1) as sidecar:
