@@ -406,6 +406,7 @@ def _app_label(service: str, options: ExportOptions) -> dict[str, Any]:
 
 def _peer_authentications(config: Config, state: RoutingState, options: ExportOptions) -> list[dict[str, Any]]:
     mesh = config.mesh
+    assert mesh is not None  # called only for a config with a mesh
     docs = []
     default = _meta("PeerAuthentication", "default", options)
     default["spec"] = {"mtls": {"mode": mesh.mode}}
@@ -422,6 +423,7 @@ def _peer_authentications(config: Config, state: RoutingState, options: ExportOp
 
 def _authorization_policies(config: Config, options: ExportOptions, findings: list[Finding]) -> list[dict[str, Any]]:
     mesh = config.mesh
+    assert mesh is not None  # called only for a config with a mesh
     docs = []
     if mesh.trust_domain != "cluster.local":
         findings.append(Finding("mesh", (
