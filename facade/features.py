@@ -41,3 +41,6 @@ def attach_features(runtime: Any) -> None:
     from .migration.controller import MigrationController
 
     runtime.extensions.append(MigrationController(runtime))
+    dashboard = _feature("facade.dashboard")
+    if dashboard is not None:  # the /ui page over the APIs above (reads the controller, the shadow ring)
+        dashboard.DashboardFeature.attach(runtime)

@@ -331,6 +331,7 @@ def render_ready(plan: StackPlan, pids: dict[str, int], *, config_path: str, tok
     """The table (facade first, then admin, then backends) and what to try next."""
     facade = next(s for s in plan.specs if s.name == "facade")
     rows = [(listen.label, listen.url, pids.get(facade.name, "")) for listen in facade.listens]
+    rows.append(("dashboard", plan.admin_url + "/ui", pids.get(facade.name, "")))  # served by the admin listener
     rows += [
         (listen.label, listen.url, pids.get(spec.name, ""))
         for spec in plan.specs
