@@ -144,7 +144,7 @@ def _journal(entries: Sequence[Mapping[str, Any]]) -> str:
     if not entries:
         return '<p class="muted">no transitions yet</p>'
     rows = []
-    for j in entries:
+    for j in reversed(entries):  # the API lists oldest first; the card shows what just happened on top
         gates = j.get("gates") or {}
         values = "; ".join(
             f"{r.get('name')} {_number(r.get('value'))} ({r.get('status')})" for r in gates.get("results", ())
