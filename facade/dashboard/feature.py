@@ -53,7 +53,7 @@ SECURITY_HEADERS = {
 }
 _STATIC = {"dashboard.js": "text/javascript; charset=utf-8", "dashboard.css": "text/css; charset=utf-8"}
 _CARD_JOURNAL = 10  # journal entries on a card; the full journal is `facade migrate status`
-_DIFF_SAMPLES = 10
+_DIFF_SAMPLES = 5
 _MARKS = 50  # step changes marked on a chart's time axis
 
 
