@@ -103,7 +103,8 @@
       svg.appendChild(el("text", { x: W / 2, y: H / 2, class: "empty", "text-anchor": "middle" }, "no samples yet"));
       return svg;
     }
-    const t0 = Math.min(...times), t1 = Math.max(Math.max(...times), t0 + 1);
+    // A step change newer than the last sample still shows, at the right edge of the axis.
+    const t0 = Math.min(...times), t1 = Math.max(...times, ...marks.map((m) => m.at), t0 + 1);
     const top = fixedMax || Math.max(1e-9, ...values) * 1.1;
     const x = (t) => PAD_L + (W - PAD_L - PAD_R) * (t - t0) / (t1 - t0);
     const y = (v) => H - PAD_B - (H - PAD_T - PAD_B) * v / top;

@@ -139,8 +139,9 @@ async def test_page_shows_the_migration_and_pause_needs_the_token(tmp_path: Path
 
             rates = await asyncio.to_thread(wait, driver, plotted, 20, "no data points for the traffic sent")
             assert rates["monolith"] > 0 and rates["catalog"] > 0
-            marks = await asyncio.to_thread(_css, driver, '#charts svg[data-metric="rps"] line.mark')
-            assert marks, "step changes are marked on the time axis"
+            marks = await asyncio.to_thread(wait, driver, lambda d: _css(d, '#charts svg[data-metric="rps"] line.mark'),
+                                            15, "step changes are not marked on the time axis")
+            assert "pause → paused step 1" in marks[-1].get_attribute("textContent")
 
 
 async def test_carve_out_progress_moves_after_next(tmp_path: Path) -> None:
