@@ -112,35 +112,33 @@ class History:
         return [p for p in self._routes.get(route, ()) if since is None or p.at > since]
 
 
-def _share(points: Iterable[Point], carved: frozenset[str]) -> tuple[int, int]:
-    new = total = 0
-    for p in points:
-        for backend, stats in p.backends.items():
-            total += stats.requests
-            if backend in carved:
-                new += stats.requests
-    return new, total
-
-
 def carve_out(history: History, carved: frozenset[str]) -> dict[str, Any]:
     """The share of requests served by ``carved`` services, per route and in total, per sample time.
 
     Samples of different routes taken in the same sampling round share their ``at``; the total at
     a time sums every route's requests of that round. A share is None where no request was seen.
+    One pass over the history: the page asks for this on every refresh.
     """
     routes: dict[str, Any] = {}
-    rounds: dict[float, list[Point]] = {}
+    rounds: dict[float, list[int]] = {}  # at -> [carved requests, all requests]
     for route in history.routes():
-        points = history.series(route)
-        routes[route] = {
-            "points": [[round(p.at, 3), _ratio(*_share([p], carved))] for p in points],
-            "requests": _share(points, carved)[1],
-        }
-        for p in points:
-            rounds.setdefault(p.at, []).append(p)
-    total = [[round(at, 3), _ratio(*_share(ps, carved))] for at, ps in sorted(rounds.items())]
-    return {"carved_services": sorted(carved), "total": total, "routes": routes}
-
-
-def _ratio(part: int, whole: int) -> float | None:
-    return part / whole if whole else None
+        points = []
+        route_total = 0
+        for p in history.series(route):
+            new = total = 0
+            for backend, stats in p.backends.items():
+                total += stats.requests
+                if backend in carved:
+                    new += stats.requests
+            route_total += total
+            at = round(p.at, 3)
+            points.append([at, new / total if total else None])
+            both = rounds.get(at)
+            if both is None:
+                rounds[at] = [new, total]
+            else:
+                both[0] += new
+                both[1] += total
+        routes[route] = {"points": points, "requests": route_total}
+    overall = [[at, new / whole if whole else None] for at, (new, whole) in sorted(rounds.items())]
+    return {"carved_services": sorted(carved), "total": overall, "routes": routes}

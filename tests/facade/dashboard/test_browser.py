@@ -51,12 +51,19 @@ def _click_action(driver: Any, action: str, *, version: int | None = None) -> st
     from selenium.webdriver.support import expected_conditions
 
     before = driver.find_element("id", "message").text
-    button = wait(driver, lambda d: next(iter(_css(d, f'article[data-plan="extract-catalog"] '
-                                                      f'button[data-action="{action}"]:not([disabled])')), None),
-                  message=f"no enabled {action} button")
-    if version is not None:  # a page rendered before someone else moved the plan
-        driver.execute_script("arguments[0].dataset.version = arguments[1]", button, str(version))
-    button.click()
+
+    def click(d: Any) -> bool:
+        # The page replaces the section every few seconds: find and click in one try (a stale
+        # element raises, and the wait tries again).
+        found = _css(d, f'article[data-plan="extract-catalog"] button[data-action="{action}"]:not([disabled])')
+        if not found:
+            return False
+        if version is not None:  # a page rendered before someone else moved the plan
+            d.execute_script("arguments[0].dataset.version = arguments[1]", found[0], str(version))
+        found[0].click()
+        return True
+
+    wait(driver, click, message=f"no enabled {action} button")
     alert = wait(driver, expected_conditions.alert_is_present(), message="no confirmation asked")
     assert action in alert.text and "extract-catalog" in alert.text
     alert.accept()
@@ -139,9 +146,12 @@ async def test_page_shows_the_migration_and_pause_needs_the_token(tmp_path: Path
 
             rates = await asyncio.to_thread(wait, driver, plotted, 20, "no data points for the traffic sent")
             assert rates["monolith"] > 0 and rates["catalog"] > 0
-            marks = await asyncio.to_thread(wait, driver, lambda d: _css(d, '#charts svg[data-metric="rps"] line.mark'),
-                                            15, "step changes are not marked on the time axis")
-            assert "pause → paused step 1" in marks[-1].get_attribute("textContent")
+            # Read inside the wait: the page redraws the charts every few seconds (stale elements retry).
+            marks = await asyncio.to_thread(
+                wait, driver, lambda d: [m.get_attribute("textContent")
+                                         for m in _css(d, '#charts svg[data-metric="rps"] line.mark')],
+                15, "step changes are not marked on the time axis")
+            assert "pause → paused step 1" in marks[-1]
 
 
 async def test_carve_out_progress_moves_after_next(tmp_path: Path) -> None:
@@ -163,7 +173,7 @@ async def test_carve_out_progress_moves_after_next(tmp_path: Path) -> None:
             last = await asyncio.to_thread(wait, driver, lambda d: share(d) == 100.0, 20,
                                            "carve-out share did not reach 100 % after next")
             assert last and first < 100.0
-            total = await asyncio.to_thread(lambda: driver.find_element("css selector", ".total-share").text)
+            total = await asyncio.to_thread(wait, driver, lambda d: d.find_element("css selector", ".total-share").text)
             assert total == "100.0%"  # only /catalog has traffic
 
 
@@ -185,8 +195,8 @@ async def test_a_route_named_script_renders_as_text(tmp_path: Path) -> None:
             with chromium() as driver:
                 await asyncio.to_thread(driver.get, rt.admin_url + "/ui")
                 cell = await asyncio.to_thread(
-                    wait, driver, lambda d: next(iter(_css(d, "#routes td.name")), None), 15, "no routes")
-                assert cell.text == name
+                    wait, driver, lambda d: "".join(c.text for c in _css(d, "#routes td.name")), 15, "no routes")
+                assert cell == name
                 option = await asyncio.to_thread(lambda: driver.find_element("css selector", "#route-select option"))
                 assert option.text == name
                 # Wait for one refresh of the sections (innerHTML from the server), then check nothing ran.
