@@ -68,6 +68,7 @@ class DashboardFeature:
         self.interval = interval
         self.history = history if history is not None else History()
         self._task: asyncio.Task[None] | None = None
+        self._carve: tuple[tuple[int, int, frozenset[str]], dict[str, Any]] | None = None
         folder = Path(__file__).parent
         self._static = {name: (folder / name).read_bytes() for name in _STATIC}
 
@@ -150,7 +151,11 @@ class DashboardFeature:
         return [s for s in found if s is not None]
 
     def carve_out(self) -> dict[str, Any]:
-        return carve_out(self.history, self.carved_services())
+        """``history.carve_out``, computed once per sampling round however many pages ask."""
+        key = (id(self.history), self.history.changes, self.carved_services())
+        if self._carve is None or self._carve[0] != key:
+            self._carve = (key, carve_out(self.history, key[2]))
+        return self._carve[1]
 
     def _plan_of(self, route: str) -> Any:
         controller = self._controller()

@@ -87,6 +87,7 @@ class History:
         self.points = points
         self.max_routes = max_routes
         self._routes: dict[str, deque[Point]] = {}
+        self.changes = 0  # bumped by every add / keep: views derived from the history cache on it
 
     def __repr__(self) -> str:
         return f"History(routes={len(self._routes)}, points={self.points})"
@@ -98,12 +99,14 @@ class History:
                 return
             ring = self._routes[route] = deque(maxlen=self.points)
         ring.append(point)
+        self.changes += 1
 
     def keep(self, routes: Iterable[str]) -> None:
         """Forget the routes a reload removed."""
         wanted = set(routes)
         for name in [r for r in self._routes if r not in wanted]:
             del self._routes[name]
+            self.changes += 1
 
     def routes(self) -> list[str]:
         return sorted(self._routes)

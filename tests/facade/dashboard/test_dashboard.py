@@ -63,8 +63,9 @@ def test_history_is_bounded_in_points_and_routes() -> None:
     assert [p.at for p in history.series("a")] == [2.0, 3.0, 4.0]
     assert [p.at for p in history.series("a", since=2.0)] == [3.0, 4.0]
     assert history.routes() == ["a", "b"]
+    assert history.changes == 6  # the point not kept changed nothing
     history.keep(["b"])
-    assert history.routes() == ["b"]
+    assert history.routes() == ["b"] and history.changes == 7
     with pytest.raises(ValueError):
         History(points=0)
 
