@@ -44,6 +44,21 @@
     for (const a of document.querySelectorAll("#migrations article")) {
       if (open.has(a.dataset.plan)) a.querySelector("details").open = true;
     }
+    syncRouteChoice();
+  }
+  // After a reload of the config the route list may differ: keep the chooser in step, and the choice.
+  function syncRouteChoice() {
+    const names = [...document.querySelectorAll("#routes tr[data-route]")].map((r) => r.dataset.route);
+    const select = $("route-select");
+    if (names.join("\n") === [...select.options].map((o) => o.value).join("\n")) return;
+    const chosen = select.value;
+    select.replaceChildren(...names.map((name) => {
+      const option = document.createElement("option");
+      option.value = name;
+      option.textContent = name;
+      option.selected = name === chosen;
+      return option;
+    }));
   }
   async function refreshDiffs() {
     const route = $("route-select").value;

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import textwrap
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -203,3 +204,14 @@ async def test_a_route_named_script_renders_as_text(tmp_path: Path) -> None:
                 await asyncio.to_thread(wait, driver, lambda d: d.execute_script("return document.body.dataset.refreshed"))
                 assert await asyncio.to_thread(driver.execute_script, "return window.pwned === undefined")
                 assert await asyncio.to_thread(lambda: _css(driver, "#routes script, #routes img")) == []
+
+                # A reload that adds a route: the route chooser follows without a page reload.
+                added = '  - {name: "<b>orders</b>", match: {path: {prefix: /orders}}, backend: monolith}\n'
+                (tmp_path / "facade.yaml").write_text(textwrap.dedent(text) + added)
+                async with httpx.AsyncClient(base_url=rt.admin_url, timeout=10) as admin:
+                    r = await admin.post("/reload", headers={"authorization": f"Bearer {TOKEN}"})
+                    assert r.status_code == 200, r.text
+                options = await asyncio.to_thread(
+                    wait, driver, lambda d: (o := [e.text for e in _css(d, "#route-select option")]) and len(o) == 2 and o,
+                    15, "the route chooser did not follow the reload")
+                assert options == [name, "<b>orders</b>"]
