@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import html
+import json
+import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from facade.dashboard import DashboardFeature, History, Point, carve_out
@@ -15,7 +19,9 @@ from facade.dashboard.history import sample
 from facade.dashboard.render import render_diffs, render_migrations, render_routes
 from facade.stats import SideStats
 from facade.telemetry import Telemetry
-from tests.facade.migration.stack import migration_stack
+from tests.facade.migration.stack import TOKEN, migration_stack
+from tests.harness import run_facade
+from tests.servers import serve_app
 
 PLAN = """\
     name: extract-catalog
@@ -189,3 +195,64 @@ async def test_series_and_carve_out_follow_the_traffic_and_the_steps(tmp_path: P
         assert [m["label"] for m in doc["marks"]][-1] == "resume → running step 3"
         assert (await s.admin.get("/ui/series", params={"route": "nope"})).status_code == 404
         assert (await s.admin.get("/ui/series", params={"route": "catalog", "since": "x"})).status_code == 400
+
+
+class _Secretive:
+    """Answers JSON with a secret that differs per backend, and a name that differs too."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = json.dumps({"name": self.name, "token": f"{self.name}-secret-<b>", "same": 1}).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+async def test_diff_samples_on_the_page_are_redacted_like_the_api(tmp_path: Path) -> None:
+    (tmp_path / "migrations").mkdir()
+    (tmp_path / "migrations" / "001.yaml").write_text(textwrap.dedent("""\
+        name: extract-catalog
+        route: catalog
+        from: monolith
+        to: catalog
+        steps:
+          - shadow: {percent: 100}
+          - weight: 100
+        """))
+    async with serve_app(_Secretive("monolith")) as old, serve_app(_Secretive("catalog")) as new:
+        text = f"""\
+            listen: 127.0.0.1:0
+            admin: {{listen: 127.0.0.1:0, token: {TOKEN}}}
+            state_dir: state
+            shadow: {{learn_noise: false, redact: {{fields: [token]}}}}
+            services:
+              monolith: {{endpoints: [{old}]}}
+              catalog: {{endpoints: [{new}]}}
+            routes:
+              - name: catalog
+                match: {{path: {{prefix: /catalog}}}}
+                backend: monolith
+            migrations: migrations/
+            """
+        auth = {"authorization": f"Bearer {TOKEN}"}
+        async with (
+            run_facade(tmp_path, text, features=True) as rt,
+            httpx.AsyncClient(base_url=rt.admin_url, timeout=10, headers=auth) as admin,
+            httpx.AsyncClient(base_url=rt.url, timeout=10) as client,
+        ):
+            assert (await admin.post("/migrations/extract-catalog/start", json={})).status_code == 200
+            deadline = time.monotonic() + 10
+            api: dict[str, Any] = {"samples": []}
+            while not api["samples"] and time.monotonic() < deadline:  # copies are compared in the background
+                assert (await client.get("/catalog/item?q=1")).status_code == 200
+                api = (await admin.get("/diffs", params={"route": "catalog"})).json()
+                await asyncio.sleep(0.05)
+            fields = {d["path"]: d for d in api["samples"][0]["differences"]}
+            assert fields["$.token"]["primary"] == "[redacted]"  # what the API shows
+            page = (await admin.get("/ui/fragment/diffs", params={"route": "catalog"})).text
+            assert "secret" not in page and "[redacted]" in page
+            assert '<td class="old">monolith</td><td class="new">catalog</td>' in page
+            assert "GET /catalog/item?q=1" in page
