@@ -69,10 +69,14 @@
   // -- actions: confirmation, token, and the version the card was rendered from --------------------------
   async function act(button) {
     const plan = button.dataset.plan, action = button.dataset.action;
-    if (!window.confirm(action + " " + plan + " (now at step " + button.dataset.step + ")?")) return;
+    // The confirmation also asks why: the journal records it (Cancel sends nothing).
+    const why = window.prompt(action + " " + plan + " (now at step " + button.dataset.step + ")?\n" +
+      "Reason for the journal (optional):", "");
+    if (why === null) return;
     const headers = { "content-type": "application/json" };
     if (token()) headers.authorization = "Bearer " + token();
-    const body = { version: Number(button.dataset.version), actor: "dashboard", reason: "from the dashboard" };
+    const body = { version: Number(button.dataset.version), actor: "dashboard",
+      reason: why.trim() || "from the dashboard" };
     let answer;
     try {
       const r = await fetch("/migrations/" + encodeURIComponent(plan) + "/" + encodeURIComponent(action),
@@ -141,7 +145,11 @@
         if (v === null) { continue; }
         d += (d ? " L" : "M") + x(t).toFixed(1) + " " + y(v).toFixed(1);
       }
-      if (d) svg.appendChild(el("path", { d: d, class: "line " + s.cls }));
+      if (d) {
+        const path = el("path", { d: d, class: "line " + s.cls });
+        path.appendChild(el("title", {}, s.name));
+        svg.appendChild(path);
+      }
       for (const [t, v] of s.points) {
         if (v === null) continue;
         const dot = el("circle", { cx: x(t).toFixed(1), cy: y(v).toFixed(1), r: 1.6, class: "pt " + s.cls,

@@ -315,6 +315,7 @@ def page(*, routes_html: str, migrations_html: str, options_html: str, carve_htm
 </section>
 <section id="carve-section"><h2>Carve-out progress</h2>
   <div id="carve-chart" class="charts"></div>
+  <p class="legend">green: all routes; grey: one line per route with traffic (hover for its name)</p>
   <div id="carve">{carve_html}</div>
 </section>
 </main>

@@ -47,7 +47,7 @@ def _card(driver: Any) -> Any:
     return found[0] if found else None
 
 
-def _click_action(driver: Any, action: str, *, version: int | None = None) -> str:
+def _click_action(driver: Any, action: str, *, version: int | None = None, reason: str = "") -> str:
     """Click a card's button, accept the confirmation, and return the message the page shows."""
     from selenium.webdriver.support import expected_conditions
 
@@ -67,6 +67,8 @@ def _click_action(driver: Any, action: str, *, version: int | None = None) -> st
     wait(driver, click, message=f"no enabled {action} button")
     alert = wait(driver, expected_conditions.alert_is_present(), message="no confirmation asked")
     assert action in alert.text and "extract-catalog" in alert.text
+    if reason:
+        alert.send_keys(reason)
     alert.accept()
     return str(wait(driver, lambda d: (t := d.find_element("id", "message").text) != before and t,
                     message="no answer shown"))
@@ -125,10 +127,12 @@ async def test_page_shows_the_migration_and_pause_needs_the_token(tmp_path: Path
 
             # With the token (typed once, kept in the tab), pause goes through the admin API.
             await asyncio.to_thread(_set_token, driver, TOKEN)
-            said = await asyncio.to_thread(_click_action, driver, "pause")
+            said = await asyncio.to_thread(_click_action, driver, "pause", reason="latency <looks> odd")
             assert "now paused at step 1 of 2" in said
             paused = await _status(s)
-            assert paused["state"] == "paused" and paused["journal"][-1]["actor"] == "dashboard"
+            assert paused["state"] == "paused"
+            assert (paused["journal"][-1]["actor"], paused["journal"][-1]["reason"]) == ("dashboard",
+                                                                                      "latency <looks> odd")
             await asyncio.to_thread(wait, driver, lambda d: _card(d).get_attribute("data-state") == "paused")
 
             # A page that did not see the latest version cannot act on it: the API answers conflict.
