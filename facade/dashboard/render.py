@@ -288,6 +288,7 @@ def page(*, routes_html: str, migrations_html: str, options_html: str, carve_htm
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>facade dashboard</title>
+<link rel="icon" href="data:,">
 <link rel="stylesheet" href="/ui/static/dashboard.css">
 <script src="/ui/static/dashboard.js" defer></script>
 </head>

@@ -49,6 +49,7 @@ def chromium(*, width: int = 1400, height: int = 1000) -> Iterator[Any]:
             options.add_argument(flag)
         options.add_argument(f"--window-size={width},{height}")
         options.add_argument(f"--user-data-dir={profile}")
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # console errors, CSP violations
         driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
         try:
             yield driver

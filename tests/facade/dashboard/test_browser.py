@@ -158,6 +158,15 @@ async def test_page_shows_the_migration_and_pause_needs_the_token(tmp_path: Path
                 15, "step changes are not marked on the time axis")
             assert "pause → paused step 1" in marks[-1]
 
+            # Everything the page loaded came from the admin listener, and it broke neither its own
+            # Content-Security-Policy nor any script.
+            loaded = await asyncio.to_thread(
+                driver.execute_script, "return performance.getEntriesByType('resource').map((e) => e.name)")
+            assert loaded and all(url.startswith(s.runtime.admin_url + "/") for url in loaded), loaded
+            console = await asyncio.to_thread(driver.get_log, "browser")
+            problems = [e["message"] for e in console if e["level"] == "SEVERE" and "/migrations/" not in e["message"]]
+            assert problems == [], problems  # the refused actions' 401 / 409 are logged by Chromium, and expected
+
 
 async def test_carve_out_progress_moves_after_next(tmp_path: Path) -> None:
     async with migration_stack(tmp_path, PLAN) as s, _traffic(s.client):
