@@ -11,6 +11,7 @@ import importlib
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from .dashboard import DashboardFeature
 from .migration.controller import MigrationController
 from .shadow import ShadowFeature
 
@@ -42,3 +43,5 @@ def attach_features(runtime: FacadeRuntime) -> None:
         mesh.MeshFeature.attach(runtime)
     ShadowFeature.attach(runtime)
     runtime.add_feature(MigrationController(runtime))
+    # The /ui page over the APIs above (reads the migration controller and the shadow ring).
+    runtime.add_feature(DashboardFeature(runtime))

@@ -358,6 +358,7 @@ def render_ready(
     config and the token by themselves; otherwise the commands shown carry ``-c CONFIG``."""
     facade = next(s for s in plan.specs if s.name == "facade")
     rows = [(listen.label, listen.url, pids.get(facade.name, "")) for listen in facade.listens]
+    rows.append(("dashboard", plan.admin_url + "/ui", pids.get(facade.name, "")))  # served by the admin listener
     rows += [
         (listen.label, listen.url, pids.get(spec.name, ""))
         for spec in plan.specs

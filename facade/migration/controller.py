@@ -183,6 +183,7 @@ class MigrationController(Feature):
         self._pending: _Loaded | None = None  # what check_config accepted, for config_changed to install
         self._watcher: asyncio.Task[None] | None = None
         self._strict: frozenset[str] = frozenset()  # services this controller holds in STRICT mTLS
+        self.transitions: dict[tuple[str, str], int] = {}  # (plan, action) -> committed by this process
 
     def __repr__(self) -> str:
         return f"MigrationController(plans={sorted(self.plans)}, store={self.store!r})"
@@ -345,6 +346,22 @@ class MigrationController(Feature):
         return migration_status(plan, state, now=self._clock(), gate_report=self.gate_report(plan, state),
                                 journal=entries)
 
+    def prometheus_text(self) -> str:
+        """The ``facade_migration_*`` series of every plan (``facade.migration.metrics``), for ``/metrics``."""
+        from .metrics import render_migration_metrics
+
+        telemetry = self.runtime.telemetry
+        window = min(telemetry.rolling)
+        statuses, shares = [], {}
+        for name, plan in sorted(self.plans.items()):
+            state = self._state(name)
+            statuses.append(migration_status(plan, state, now=self._clock(), gate_report=self.gate_report(plan, state)))
+            for route in plan.routes:
+                old = telemetry.side_stats(route, plan.from_service, window=window).requests
+                new = telemetry.side_stats(route, plan.to_service, window=window).requests
+                shares[(name, route)] = new / (old + new) if old + new else None
+        return render_migration_metrics(statuses, self.transitions, shares)
+
     # -- changing ----------------------------------------------------------------------------------
 
     async def act(
@@ -390,6 +407,8 @@ class MigrationController(Feature):
             if fresh is not None and fresh.version != self._state(plan.name).version:
                 self._route(plan, fresh)
             return committed
+        key = (plan.name, transition.action)
+        self.transitions[key] = self.transitions.get(key, 0) + 1
         # 3. Put the new routing in force: telemetry windows first, so no request routed by the
         #    new split is counted in the old step's window; then the one-reference swap.
         self._route(plan, committed)

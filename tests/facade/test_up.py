@@ -178,10 +178,11 @@ def test_ready_table_lists_facade_first_then_admin_then_backends() -> None:
                       admin_token="tok")  # fmt: skip
     text = render_ready(plan, {"facade": 30, "monolith": 10, "catalog": 20}, config_path="/c.yaml", token="tok",
                         log_dir="s/logs")  # fmt: skip
-    rows = [line.split() for line in text.splitlines()[2:6]]
+    rows = [line.split() for line in text.splitlines()[2:7]]
     assert rows == [
         ["facade", "http://127.0.0.1:18080", "30"],
         ["admin", "http://127.0.0.1:19901", "30"],
+        ["dashboard", "http://127.0.0.1:19901/ui", "30"],
         ["monolith", "http://127.0.0.1:18001", "10"],
         ["catalog", "http://127.0.0.1:18002", "20"],
     ]
