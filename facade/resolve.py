@@ -30,7 +30,7 @@ replaces the ``RouteHit`` the proxy built before, so a request allocates no more
 from __future__ import annotations
 
 from collections.abc import Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .config import NormalizeSpec, Route, RouteMatch
@@ -80,7 +80,7 @@ class Reject:
 
     status: int
     reason: str
-    detail: str = ""
+    detail: str = field(default="", compare=False)  # for the log: two refusals alike to the client are equal
     limit: int | None = None  # 413: the body limit, told to the client
 
 
