@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import ssl
@@ -119,7 +120,30 @@ def _mesh_protocol(limits: HeadLimits, trust_domain: Callable[[], str], counters
             else:
                 counters.plaintext_requests += 1
 
+        def handle_websocket_upgrade(self) -> None:
+            # uvicorn hands an upgrade to a WebSocket protocol that builds a scope of its own: without
+            # this the peer would be lost there (no principal for the policy, no XFCC for the app).
+            if self._mesh_peer is not None and self.ws_protocol_class is not None:
+                self.ws_protocol_class = functools.partial(_peer_websocket(self.ws_protocol_class), mesh_peer=self._mesh_peer)
+            super().handle_websocket_upgrade()
+
     return MeshHttpProtocol
+
+
+@functools.cache
+def _peer_websocket(base: type[Any]) -> type[Any]:
+    """uvicorn's WebSocket protocol ``base``, adding the verified peer to the scope like HTTP requests get it."""
+
+    class PeerWebSocketProtocol(base):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, mesh_peer: Peer, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._mesh_peer = mesh_peer
+
+        async def run_asgi(self) -> None:
+            self.scope["extensions"] = {**(self.scope.get("extensions") or {}), PEER_EXTENSION: self._mesh_peer}
+            await super().run_asgi()
+
+    return PeerWebSocketProtocol
 
 
 class InboundListener:
