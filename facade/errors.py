@@ -5,7 +5,9 @@
     └── ProxyError             a request could not be forwarded; ``status`` is what the client gets
         ├── UpstreamConnectError   connect failure or reset before a response   -> 502
         ├── UpstreamUnavailable    no healthy endpoint, pool exhausted          -> 503
-        └── UpstreamTimeout        connect / per-try / request timeout          -> 504
+        ├── UpstreamTimeout        connect / per-try / request timeout          -> 504
+        └── UpgradeRefused         the upstream answered a WebSocket upgrade    -> its status (4xx/5xx), else 502
+                                   with a status instead of 101
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ __all__ = [
     "FacadeError",
     "Problem",
     "ProxyError",
+    "UpgradeRefused",
     "UpstreamConnectError",
     "UpstreamTimeout",
     "UpstreamUnavailable",
@@ -93,3 +96,14 @@ class UpstreamUnavailable(ProxyError):
 class UpstreamTimeout(ProxyError):
     status = 504
     reason = "upstream request timeout"
+
+
+class UpgradeRefused(ProxyError):
+    """The upstream refused a WebSocket upgrade (a policy's 403, a 404...): the client gets that status, as
+    behind Envoy; an answer that is no refusal (a 200 instead of 101) is a bad gateway."""
+
+    reason = "upstream refused the upgrade"
+
+    def __init__(self, status: int, detail: str = "") -> None:
+        super().__init__(detail)
+        self.status = status if 400 <= status < 600 else 502

@@ -4,16 +4,16 @@ Per request, in order (docs/architecture.md, "The data flow of one request"):
 
 1. read the current Snapshot once (a reload or a migration step swaps the reference; this
    request finishes on the table it started with);
-2. normalize path and host, reject what has no canonical form (400);
-3. resolve the route (first match wins) -> 404 when none;
-4. answer redirects / direct responses, or choose the backend (migration split or weights);
+2-4. the resolution step shared with WebSocket upgrades and the sidecar (``facade.resolve``):
+   canonical path and Host (400), route (404), redirect / direct response, backend (migration
+   split or weights), declared body size (413) -> Forward / Respond / Reject;
 5. forward through the service's pool, retrying what is safe to retry;
 6. stream the response back, then record telemetry.
 
-Errors are mapped to statuses once, in ``_error_response`` (docs/architecture.md, "Errors"): connect failure / reset
-before a response -> 502, no healthy endpoint / pool exhausted -> 503, timeout -> 504. The client
-gets the status, a generic reason and the request id; the detail (addresses, identities, TLS
-failures) goes to the log and ``RecentErrors`` (admin ``GET /errors``), and to a client only when
+Errors are mapped to statuses once, in ``_error_response`` (docs/architecture.md, "Errors"): connect
+failure / reset before a response -> 502, no healthy endpoint / pool exhausted -> 503, timeout -> 504.
+The client gets the status, a generic reason and the request id; the detail (addresses, identities,
+TLS failures) goes to the log and ``RecentErrors`` (admin ``GET /errors``), and to a client only when
 ``debug_error_details`` is on and the client is on loopback.
 A failure after the response started aborts the downstream connection: the client sees a
 truncated transfer, never a silently shortened 200.
@@ -33,13 +33,14 @@ from .error_log import RecentErrors
 from .errors import ProxyError, UpstreamConnectError, UpstreamTimeout, UpstreamUnavailable
 from .headers import (
     ForwardContext,
+    RequestIds,
     apply_header_ops,
     apply_header_ops_bytes,
     build_upstream_headers,
     filter_response_headers,
     new_request_id,
 )
-from .normalize import HostRejected, PathRejected, normalize_host, normalize_path
+from .resolve import Forward, Reject, Respond, resolve_request
 from .upstream import Outcome
 from .upstream.h1 import (
     BodyAborted,
@@ -57,7 +58,7 @@ if TYPE_CHECKING:
     from .snapshot import Snapshot, SnapshotHolder
     from .upstream import Endpoint, ServicePool
 
-__all__ = ["DownstreamAborted", "Proxy"]
+__all__ = ["DownstreamAborted", "Proxy", "error_refusal", "record_request", "refusal", "upstream_request_headers"]
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -70,6 +71,7 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _JSON = [(b"content-type", b"application/json")]
 _BODYLESS = frozenset({204, 304})
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+_HTTP_SCHEME = {"http": "http", "https": "https", "ws": "http", "wss": "https"}  # as X-Forwarded-Proto says it
 _RETRY_BACKOFF = 0.025  # Envoy's base retry interval
 _STREAM_CHUNK = 64 * 1024
 
@@ -187,128 +189,34 @@ class Proxy:
         elif scope["type"] == "websocket":
             from .websocket import proxy_websocket
 
-            await proxy_websocket(self._holder.current, scope, receive, send)
+            await proxy_websocket(self._holder.current, scope, receive, send, rand=self._rand, errors=self.errors)
         elif scope["type"] == "lifespan":
             await _lifespan(receive, send)
 
     async def _handle(self, snap: Snapshot, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
+        decision = resolve_request(snap, scope, self._rand)
+        if not isinstance(decision, Forward):
+            await _answer(send, decision)
+            return
         method: str = scope["method"]
-        headers: list[tuple[bytes, bytes]] = scope["headers"]
-        norm = snap.config.normalize
-        # One pass over the request headers for the few the proxy itself needs.
-        host_header: bytes | None = None
-        content_length: bytes | None = None
-        chunked = False
-        hosts = 0
-        for name, value in headers:
-            if name == b"host":
-                hosts += 1
-                host_header = value
-            elif name == b"content-length":
-                content_length = value
-            elif name == b"transfer-encoding":
-                chunked = True
-        try:
-            path = normalize_path(
-                scope.get("raw_path") or scope["path"].encode(),
-                merge_slashes=norm.merge_slashes,
-                reject_encoded_slash=norm.reject_encoded_slash,
-                semicolons=norm.semicolons,
-            )
-            if hosts > 1:
-                raise HostRejected("more than one Host header")  # RFC 9112 3.2: which one would we route on?
-            if host_header is None:
-                if scope.get("http_version") != "1.0":
-                    raise HostRejected("HTTP/1.1 request without a Host header")  # RFC 9112 3.2
-                # HTTP/1.0 without Host routes as "" (only host-less routes match), never as the
-                # listener's own address: nginx's default server and Envoy do the same.
-                host = ""
-                host_header = b""
-            else:
-                host = normalize_host(host_header)
-        except (PathRejected, HostRejected) as exc:
-            await _json_response(send, 400, {"error": f"bad request: {exc.reason}"})
-            return
-
-        query: bytes = scope.get("query_string", b"")
-        hit = snap.table.resolve(host=host, path=path, method=method, headers=headers, query_string=query)
-        if hit is None:
-            # Like every error body: a generic reason and an id to quote (the log line carries the rest).
-            rid = new_request_id()
-            logger.debug("request %s: no route matches host %r path %r", rid, host, path)
-            await _json_response(
-                send, 404, {"error": "no route matches", "request_id": rid}, [(b"x-request-id", rid.encode())]
-            )
-            return
-        route = hit.route
-        if route.direct_response is not None:
-            await _direct(send, route)
-            return
-        if route.redirect is not None:
-            await _redirect(send, route, hit.match, scope, host_header.decode("latin-1"), path, query)
-            return
-
-        # Choose the backend: a migration split for this route, else the route's weights.
-        set_cookie: bytes | None = None
-        split = snap.splits.get(route.name)
-        step = "stable"
-        shadow = False
-        if split is not None:
-            decision = snap.decide(split, headers, self._rand)
-            backend = decision.backend
-            set_cookie = decision.set_cookie
-            shadow = decision.shadow
-            step = split.step_label
-        else:
-            backend = snap.pick_backend(route, self._rand())
-        pool = snap.upstreams.get(backend)
-        if pool is None:  # validated config makes this a programmer error; answer, don't crash
-            logger.error("route %s names backend %s, which has no pool", route.name, backend)
-            await _json_response(send, 503, {"error": "no healthy upstream"})
-            return
-
-        # Body: refuse early what is known to be too large.
+        route = decision.route
+        backend = decision.backend
+        pool = decision.pool
+        target = decision.target
         max_body = snap.config.limits.max_request_body
-        has_body = chunked or (content_length is not None and content_length != b"0")
-        if (
-            max_body is not None
-            and content_length is not None
-            and content_length.isdigit()
-            and int(content_length) > max_body
-        ):
-            await _json_response(send, 413, {"error": "request body too large", "limit": max_body})
-            return
+        has_body = decision.has_body
         # Shadow: the sender decides whether this request is mirrored (safe methods, capacity);
         # if so, the proxy keeps bounded copies of the request and primary response bodies.
         ticket = None
         sender = snap.shadow
-        if shadow and sender is not None and split is not None:
-            ticket = sender.begin(route=route.name, split=split, method=method)
+        if decision.shadow and sender is not None and decision.split is not None:  # shadow implies a split
+            ticket = sender.begin(route=route.name, split=decision.split, method=method)
         req_tee = BodyTee(ticket.max_body) if ticket is not None and has_body else None
         resp_tee = BodyTee(ticket.max_body) if ticket is not None else None
         body = RequestBody(receive, max_body, req_tee) if has_body else None
 
-        client = scope.get("client") or ("", 0)
-        ctx = ForwardContext(
-            client_ip=client[0],
-            client_port=client[1],
-            scheme=scope.get("scheme", "http"),
-            host_header=host_header.decode("latin-1"),
-            trusted_peer=snap.is_trusted(client[0]),
-            listener_by=None,
-        )
-        up_headers, ids = build_upstream_headers(headers, ctx)
-        if not route.request_headers.empty:
-            up_headers = apply_header_ops(up_headers, route.request_headers)
-        extensions = scope.get("extensions")
-        if extensions:
-            # Headers a trusted in-process caller (the mesh sidecar: X-Forwarded-Client-Cert) sets
-            # after hygiene; clients cannot reach this: it is ASGI scope, not a header.
-            extra = extensions.get("facade.upstream_headers")
-            if extra:
-                up_headers.extend(extra)
-        target = hit.upstream_path + ("?" + query.decode("latin-1") if query else "")
+        up_headers, ids, client_ip = upstream_request_headers(snap, scope, decision)
 
         # The route's timeout also bounds silence mid-body (Envoy's stream idle timeout: 5 min).
         idle_timeout = route.timeout if route.timeout is not None else (pool.spec.timeouts.request or 300.0)
@@ -331,11 +239,11 @@ class Proxy:
                     primary_headers = list(out_headers)
                 if not route.response_headers.empty:
                     out_headers = apply_header_ops_bytes(out_headers, route.response_headers)
-                if set_cookie is not None:
-                    out_headers.append((b"set-cookie", set_cookie))
+                if decision.set_cookie is not None:
+                    out_headers.append((b"set-cookie", decision.set_cookie))
                 if snap.config.mark_responses:
                     out_headers.append((b"x-facade-backend", backend.encode("latin-1")))
-                    out_headers.append((b"x-facade-step", step.encode("latin-1")))
+                    out_headers.append((b"x-facade-step", decision.step.encode("latin-1")))
                 await send({"type": "http.response.start", "status": status, "headers": out_headers})
                 response_started = True
                 bytes_out = await _stream_response(
@@ -360,7 +268,7 @@ class Proxy:
                     request_id=ids.request_id, status=exc.status, reason=exc.reason, detail=exc.detail,
                     route=route.name, backend=backend,
                 )
-                debug = snap.config.debug_error_details and _is_loopback(ctx.client_ip)
+                debug = snap.config.debug_error_details and _is_loopback(client_ip)
                 await _error_response(send, exc, route.name, backend, ids.request_id, debug=debug)
         except (TimeoutError, UpstreamError, OSError) as exc:
             # Failure while streaming the response body: abort, never truncate silently.
@@ -370,19 +278,10 @@ class Proxy:
                 sender.cancel(ticket)
             raise DownstreamAborted(f"upstream {backend} failed mid-response") from None
         finally:
-            duration = time.perf_counter() - started
-            if snap.telemetry is not None:
-                snap.telemetry.record(
-                    route=route.name, backend=backend, step=step, method=method, status=status,
-                    duration_s=duration, upstream_s=upstream_s,
-                    bytes_in=body.received if body is not None else 0, bytes_out=bytes_out,
-                )
-            if snap.config.access_log:
-                access_logger.info(json.dumps({
-                    "time": time.time(), "route": route.name, "backend": backend, "step": step,
-                    "method": method, "path": path, "status": status, "latency_ms": round(duration * 1000, 3),
-                    "request_id": ids.request_id, "trace_id": ids.trace_id,
-                }))
+            record_request(
+                snap, decision, method, status, started, upstream_s,
+                body.received if body is not None else 0, bytes_out, ids,
+            )
         if ticket is not None and sender is not None:
             # After the client has its whole response: mirroring never delays the primary.
             if status and status < 600 and resp_tee is not None and upstream_s is not None:
@@ -523,6 +422,32 @@ class Proxy:
             await _backoff(attempt)
 
 
+def record_request(
+    snap: Snapshot,
+    forward: Forward,
+    method: str,
+    status: int,
+    started: float,
+    upstream_s: float | None,
+    bytes_in: int,
+    bytes_out: int,
+    ids: RequestIds,
+) -> None:
+    """Telemetry and the access log line of one forwarded request (an upgrade counts as one)."""
+    duration = time.perf_counter() - started
+    if snap.telemetry is not None:
+        snap.telemetry.record(
+            route=forward.route.name, backend=forward.backend, step=forward.step, method=method, status=status,
+            duration_s=duration, upstream_s=upstream_s, bytes_in=bytes_in, bytes_out=bytes_out,
+        )
+    if snap.config.access_log:
+        access_logger.info(json.dumps({
+            "time": time.time(), "route": forward.route.name, "backend": forward.backend, "step": forward.step,
+            "method": method, "path": forward.path, "status": status, "latency_ms": round(duration * 1000, 3),
+            "request_id": ids.request_id, "trace_id": ids.trace_id,
+        }))
+
+
 def _time_left(deadline: float | None) -> bool:
     return deadline is None or deadline - time.monotonic() > 0.001
 
@@ -627,58 +552,86 @@ async def _json_response(send: Send, status: int, body: dict[str, Any], extra: l
 async def _error_response(
     send: Send, exc: ProxyError, route: str, backend: str, request_id: str, *, debug: bool = False
 ) -> None:
+    status, headers, payload = error_refusal(exc, route, backend, request_id, debug=debug)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload, "more_body": False})
+
+
+def error_refusal(
+    exc: ProxyError, route: str, backend: str, request_id: str, *, debug: bool = False
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Log a request that could not be forwarded; the status, headers and body its client gets."""
     logger.warning(
         "request %s route %s backend %s: %d %s", request_id, route, backend, exc.status, exc.detail or exc.reason
     )
     body: dict[str, Any] = {"error": exc.reason, "request_id": request_id}
     if debug:  # debug_error_details, loopback client only: the operator's own curl
         body.update(detail=exc.detail, route=route, backend=backend)
-    await _json_response(send, exc.status, body, [(b"x-request-id", request_id.encode("latin-1"))])
+    payload = json.dumps(body).encode()
+    headers = [*_JSON, (b"content-length", str(len(payload)).encode()), (b"x-request-id", request_id.encode("latin-1"))]
+    return exc.status, headers, payload
 
 
 def _is_loopback(ip: str) -> bool:
     return ip.startswith(("127.", "::ffff:127.")) or ip in ("::1", "[::1]")
 
 
-async def _direct(send: Send, route: Any) -> None:
-    dr = route.direct_response
-    body = dr.body.encode()
-    headers = [(b"content-type", dr.content_type.encode("latin-1")), (b"content-length", str(len(body)).encode())]
-    if not route.response_headers.empty:
-        headers = apply_header_ops_bytes(headers, route.response_headers)
-    await send({"type": "http.response.start", "status": dr.status, "headers": headers})
+def upstream_request_headers(
+    snap: Snapshot, scope: Scope, forward: Forward
+) -> tuple[list[tuple[str, str]], RequestIds, str]:
+    """The headers to send upstream for a forwarded request (HTTP or WebSocket), its ids, the client's IP.
+
+    Hygiene and X-Forwarded-* (``headers.build_upstream_headers``), then the route's request header
+    rules, then what a trusted in-process caller (the mesh sidecar: X-Forwarded-Client-Cert) adds
+    through the ``facade.upstream_headers`` scope extension: clients cannot reach that, it is ASGI
+    scope, not a header.
+    """
+    client = scope.get("client") or ("", 0)
+    ctx = ForwardContext(
+        client_ip=client[0],
+        client_port=client[1],
+        scheme=_HTTP_SCHEME.get(scope.get("scheme", "http"), "http"),
+        host_header=forward.host_header,
+        trusted_peer=snap.is_trusted(client[0]),
+        listener_by=None,
+    )
+    up_headers, ids = build_upstream_headers(scope["headers"], ctx)
+    route = forward.route
+    if not route.request_headers.empty:
+        up_headers = apply_header_ops(up_headers, route.request_headers)
+    extensions = scope.get("extensions")
+    if extensions:
+        extra = extensions.get("facade.upstream_headers")
+        if extra:
+            up_headers.extend(extra)
+    return up_headers, ids, client[0]
+
+
+def refusal(decision: Respond | Reject) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Status, headers and body for a request the resolution step did not forward (HTTP and WebSocket alike)."""
+    if type(decision) is Respond:
+        return decision.status, list(decision.headers), decision.body
+    assert isinstance(decision, Reject)
+    body: dict[str, Any] = {"error": decision.reason}
+    extra: list[tuple[bytes, bytes]] = []
+    if decision.status == 404:
+        # Like every error body: a generic reason and an id to quote (the log line carries the rest).
+        rid = new_request_id()
+        logger.debug("request %s: %s", rid, decision.detail)
+        body["request_id"] = rid
+        extra.append((b"x-request-id", rid.encode()))
+    elif decision.detail:
+        logger.error("%s", decision.detail)
+    if decision.limit is not None:
+        body["limit"] = decision.limit
+    payload = json.dumps(body).encode()
+    return decision.status, [*_JSON, (b"content-length", str(len(payload)).encode()), *extra], payload
+
+
+async def _answer(send: Send, decision: Respond | Reject) -> None:
+    status, headers, body = refusal(decision)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-async def _redirect(send: Send, route: Any, match: Any, scope: Scope, host_header: str, path: str, query: bytes) -> None:
-    rd = route.redirect
-    scheme = rd.scheme or scope.get("scheme", "http")
-    if rd.host is not None:
-        authority = rd.host + (f":{rd.port}" if rd.port else "")
-    else:
-        authority = host_header
-        if rd.port:
-            authority = authority.rsplit(":", 1)[0] if not authority.endswith("]") else authority
-            authority += f":{rd.port}"
-    if rd.path is not None:
-        new_path = rd.path
-    elif rd.prefix is not None and match.path_kind == "prefix":
-        new_path = swap_prefix(path, match.path, rd.prefix)
-    else:
-        new_path = path
-    location = f"{scheme}://{authority}{new_path}" + (f"?{query.decode('latin-1')}" if query else "")
-    headers = [(b"location", location.encode("latin-1")), (b"content-length", b"0")]
-    await send({"type": "http.response.start", "status": rd.code, "headers": headers})
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-def swap_prefix(path: str, prefix: str, replacement: str) -> str:
-    """Istio's prefix rewrite: ``/catalog/x`` with prefix ``/catalog`` -> ``/v2`` gives ``/v2/x``."""
-    rest = path[len(prefix.rstrip("/")):] if prefix != "/" else path
-    if replacement.endswith("/") and rest.startswith("/"):
-        rest = rest[1:]
-    out = replacement + rest
-    return out or "/"
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

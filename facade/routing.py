@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl
 from .config import Route, RouteMatch, StringMatch
 from .errors import ConfigError, Problem
 
-__all__ = ["RouteHit", "RouteTable"]
+__all__ = ["RouteEntry", "RouteHit", "RouteTable"]
 
 
 def _same_path(path: str) -> str:
@@ -112,8 +112,8 @@ class _Request:
 
 
 @dataclass(frozen=True, slots=True, eq=False)
-class _Entry:
-    """One (route, matches[j]) pair with its conditions precompiled."""
+class RouteEntry:
+    """One (route, matches[j]) pair with its conditions precompiled (``RouteTable.lookup`` returns one)."""
 
     seq: int  # position in (route index, match index) order: the first-match key
     key: str  # the canonical exact / prefix path; "" for a regex
@@ -168,9 +168,9 @@ class _Bucket:
 
     def __init__(
         self,
-        exact: dict[str, tuple[_Entry, ...]],
-        prefix: dict[str, tuple[_Entry, ...]],
-        regex: tuple[_Entry, ...],
+        exact: dict[str, tuple[RouteEntry, ...]],
+        prefix: dict[str, tuple[RouteEntry, ...]],
+        regex: tuple[RouteEntry, ...],
     ) -> None:
         self.exact = exact
         self.prefix = prefix
@@ -178,7 +178,7 @@ class _Bucket:
         self.max_prefix = max(self.prefix_lens, default=0)
         self.regex = regex
 
-    def collect(self, path: str, out: list[tuple[_Entry, ...]]) -> None:
+    def collect(self, path: str, out: list[tuple[RouteEntry, ...]]) -> None:
         """Append the sorted candidate lists for ``path``: its exact entries, the entries of
         every prefix that covers it segment-wise, and the regex entries."""
         found = self.exact.get(path)
@@ -216,11 +216,11 @@ class _BucketBuilder:
     __slots__ = ("exact", "prefix", "regex")
 
     def __init__(self) -> None:
-        self.exact: dict[str, list[_Entry]] = {}
-        self.prefix: dict[str, list[_Entry]] = {}
-        self.regex: list[_Entry] = []
+        self.exact: dict[str, list[RouteEntry]] = {}
+        self.prefix: dict[str, list[RouteEntry]] = {}
+        self.regex: list[RouteEntry] = []
 
-    def add(self, entry: _Entry, kind: str, path: str) -> None:
+    def add(self, entry: RouteEntry, kind: str, path: str) -> None:
         if kind == "regex":
             # A regex whose matches all start with "/a/b/" is filed under that prefix (its own
             # fullmatch still decides); only a regex without such a literal start is scanned.
@@ -344,7 +344,23 @@ class RouteTable:
         ``host`` is normalized (no port, no trailing dot; compared lower-case), ``path`` is the
         canonical path, ``headers`` are ASGI headers, ``query_string`` the raw query bytes.
         """
-        lists: list[tuple[_Entry, ...]] = []
+        best = self.lookup(host=host, path=path, method=method, headers=headers, query_string=query_string)
+        if best is None:
+            return None
+        return RouteHit(best.route, best.index, best.match, best.upstream_path(path))
+
+    def lookup(
+        self,
+        *,
+        host: str,
+        path: str,
+        method: str,
+        headers: Sequence[tuple[bytes, bytes]],
+        query_string: bytes,
+    ) -> RouteEntry | None:
+        """``resolve`` without building a ``RouteHit``: the winning precompiled entry (shared, never
+        mutated), for the hot path (``facade.resolve``), which builds its own decision value instead."""
+        lists: list[tuple[RouteEntry, ...]] = []
         if self._any is not None:
             self._any.collect(path, lists)
         if self._exact_hosts or self._wild_hosts:
@@ -366,7 +382,7 @@ class RouteTable:
         # eventual winner are rarely evaluated.
         if len(lists) > 1:
             lists.sort(key=_head_seq)
-        best: _Entry | None = None
+        best: RouteEntry | None = None
         req: _Request | None = None
         for candidates in lists:
             for entry in candidates:
@@ -380,9 +396,7 @@ class RouteTable:
                 if entry.accepts(req):
                     best = entry
                     break
-        if best is None:
-            return None
-        return RouteHit(best.route, best.index, best.match, best.upstream_path(path))
+        return best
 
 
 _REGEX_SPECIAL = frozenset(".^$*+?{}[]\\|()")
@@ -443,7 +457,7 @@ def _has_top_level_alternation(pattern: str) -> bool:
     return False
 
 
-def _head_seq(candidates: tuple[_Entry, ...]) -> int:
+def _head_seq(candidates: tuple[RouteEntry, ...]) -> int:
     return candidates[0].seq
 
 
@@ -489,7 +503,7 @@ def _compile_entry(
     rewrite: str | None,
     where: str,
     report: _Report,
-) -> _Entry | None:
+) -> RouteEntry | None:
     """Precompile one match entry; report what is wrong with it (and return None)."""
     before = len(report.problems)
     path_regex: re.Pattern[str] | None = None
@@ -516,7 +530,7 @@ def _compile_entry(
         return None
 
     methods = frozenset(match.methods) if match.methods else None
-    return _Entry(
+    return RouteEntry(
         seq=seq,
         key=key,
         index=index,

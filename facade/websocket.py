@@ -1,7 +1,13 @@
 """WebSocket upgrades, proxied both ways (a monolith's live features keep working behind the facade).
 
-Same routing and header hygiene as HTTP; the upstream side is aiohttp's ``ws_connect`` on the
-chosen service's pool. Either side closing closes the other with the same code.
+An upgrade is decided like any request (``facade.resolve``: Host rules, route, header rules, the
+migration split with its sticky cookie) and its upstream headers are built like an HTTP request's
+(``proxy.upstream_request_headers``: hygiene, X-Forwarded-*, route rules, the sidecar's XFCC).
+The upgrade is recorded once, when it is answered: telemetry counts it with its status (101, or the
+refusal) and the time to that answer, not the session's length (a session's length says nothing
+about the backend, and a gate would otherwise wait for it). A refusal is an HTTP response (the
+``websocket.http.response`` extension) with the same JSON body as HTTP. The upstream side is
+``_connect`` on the chosen service's pool; either side closing closes the other with the same code.
 """
 
 from __future__ import annotations
@@ -10,19 +16,23 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from .errors import UpstreamUnavailable
-from .headers import ForwardContext, build_upstream_headers
-from .normalize import HostRejected, PathRejected, normalize_host, normalize_path
+from .error_log import RecentErrors
+from .errors import ProxyError, UpgradeRefused, UpstreamConnectError, UpstreamTimeout
+from .headers import apply_header_ops_bytes
+from .proxy import _is_loopback, error_refusal, record_request, refusal, upstream_request_headers
+from .resolve import Forward, resolve_request
 
 if TYPE_CHECKING:
     from .snapshot import Snapshot
+    from .upstream import Endpoint, ServicePool
 
-__all__ = ["proxy_websocket"]
+__all__ = ["proxy_websocket", "refuse_websocket"]
 
 logger = logging.getLogger("facade.websocket")
 
@@ -30,76 +40,74 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
-# The handshake headers aiohttp generates itself for the upstream leg.
+# The handshake headers the client library generates itself for the upstream leg.
 _HANDSHAKE = frozenset({"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
                         "sec-websocket-protocol", "upgrade", "connection", "host"})
+_DEFAULT_HANDSHAKE_TIMEOUT = 30.0  # when neither route nor service bounds a request
 
 
-async def _refuse(scope: Scope, send: Send, status: int, message: str) -> None:
+async def refuse_websocket(scope: Scope, send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    """Answer an upgrade with an HTTP response instead of 101 (a server without the extension: close, 403)."""
     if "websocket.http.response" in scope.get("extensions", {}):
-        body = message.encode()
-        await send({"type": "websocket.http.response.start", "status": status,
-                    "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
         await send({"type": "websocket.http.response.body", "body": body})
     else:
-        await send({"type": "websocket.close", "code": 1011})
+        await send({"type": "websocket.close", "code": 1008 if status == 403 else 1011})
 
 
-async def proxy_websocket(snap: Snapshot, scope: Scope, receive: Receive, send: Send) -> None:
+async def proxy_websocket(
+    snap: Snapshot,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    *,
+    rand: Callable[[], float] = random.random,
+    errors: RecentErrors | None = None,
+) -> None:
     message = await receive()
     if message["type"] != "websocket.connect":
         return
-    headers: list[tuple[bytes, bytes]] = scope["headers"]
-    norm = snap.config.normalize
-    try:
-        path = normalize_path(scope.get("raw_path") or scope["path"].encode(),
-                              merge_slashes=norm.merge_slashes, reject_encoded_slash=norm.reject_encoded_slash,
-                              semicolons=norm.semicolons)
-        host_header = next((v for k, v in headers if k == b"host"), b"")
-        host = normalize_host(host_header) if host_header else ""
-    except (PathRejected, HostRejected) as exc:
-        await _refuse(scope, send, 400, f"bad request: {exc.reason}")
+    started = time.perf_counter()
+    decision = resolve_request(snap, scope, rand)
+    if not isinstance(decision, Forward):
+        await refuse_websocket(scope, send, *refusal(decision))
         return
-    query: bytes = scope.get("query_string", b"")
-    hit = snap.table.resolve(host=host, path=path, method="GET", headers=headers, query_string=query)
-    if hit is None or not hit.route.backends:
-        await _refuse(scope, send, 404, "no route matches")
-        return
-    route = hit.route
-    split = snap.splits.get(route.name)
-    if split is not None:
-        backend = snap.decide(split, headers, random.random).backend
-    else:
-        backend = snap.pick_backend(route, random.random())
-    pool = snap.upstreams.get(backend)
-    if pool is None:
-        await _refuse(scope, send, 503, "no healthy upstream")
-        return
-    client = scope.get("client") or ("", 0)
-    ctx = ForwardContext(client_ip=client[0], client_port=client[1], scheme="https" if scope.get("scheme") == "wss" else "http",
-                         host_header=host_header.decode("latin-1"), trusted_peer=snap.is_trusted(client[0]),
-                         listener_by=None)
-    up_headers, _ = build_upstream_headers(headers, ctx)
+    route, backend, pool = decision.route, decision.backend, decision.pool
+    up_headers, ids, client_ip = upstream_request_headers(snap, scope, decision)
     up_headers = [(k, v) for k, v in up_headers if k not in _HANDSHAKE]
-    if host_header:
-        up_headers.append(("host", host_header.decode("latin-1")))
-    target = hit.upstream_path + ("?" + query.decode("latin-1") if query else "")
+    if decision.host_header:
+        up_headers.append(("host", decision.host_header))
+    # The handshake is bounded like a request (a backend that accepts and never answers must not hold the client).
+    timeout = route.timeout if route.timeout is not None else (pool.spec.timeouts.request or _DEFAULT_HANDSHAKE_TIMEOUT)
+    upstream_s: float | None = None
     try:
-        endpoint = pool.pick()
-    except UpstreamUnavailable as exc:
-        logger.warning("websocket route %s backend %s: %s", route.name, backend, exc)
-        await _refuse(scope, send, 503, "no healthy upstream")  # the detail is for the log, not the client
+        endpoint = pool.pick()  # raises UpstreamUnavailable
+        t0 = time.perf_counter()
+        try:
+            async with asyncio.timeout(timeout):
+                upstream = await _connect(pool, endpoint, decision.target, up_headers, scope.get("subprotocols") or ())
+        except TimeoutError:
+            raise UpstreamTimeout(f"no upgrade answer from {endpoint.url} within {timeout:.3g}s") from None
+        upstream_s = time.perf_counter() - t0
+    except ProxyError as exc:
+        if errors is not None:
+            errors.add(request_id=ids.request_id, status=exc.status, reason=exc.reason, detail=exc.detail,
+                       route=route.name, backend=backend)
+        debug = snap.config.debug_error_details and _is_loopback(client_ip)
+        await refuse_websocket(scope, send, *error_refusal(exc, route.name, backend, ids.request_id, debug=debug))
+        record_request(snap, decision, "GET", exc.status, started, upstream_s, 0, 0, ids)
         return
-    try:
-        upstream = await pool.session.ws_connect(
-            endpoint.url_for(target), headers=up_headers, protocols=tuple(scope.get("subprotocols") or ()),
-            autoclose=False, autoping=True, timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
-        )
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        logger.warning("websocket upstream %s failed on route %s: %r", backend, route.name, exc)
-        await _refuse(scope, send, 502, "upstream websocket connect failed")
-        return
-    await send({"type": "websocket.accept", "subprotocol": upstream.protocol})
+    # The 101 carries what an HTTP response of the route would: its header rules, the sticky cookie, the marks.
+    accept_headers: list[tuple[bytes, bytes]] = []
+    if not route.response_headers.empty:
+        accept_headers = apply_header_ops_bytes(accept_headers, route.response_headers)
+    if decision.set_cookie is not None:
+        accept_headers.append((b"set-cookie", decision.set_cookie))
+    if snap.config.mark_responses:
+        accept_headers.append((b"x-facade-backend", backend.encode("latin-1")))
+        accept_headers.append((b"x-facade-step", decision.step.encode("latin-1")))
+    record_request(snap, decision, "GET", 101, started, upstream_s, 0, 0, ids)
+    await send({"type": "websocket.accept", "subprotocol": upstream.protocol, "headers": accept_headers})
 
     async def client_to_upstream() -> None:
         while True:
@@ -136,3 +144,19 @@ async def proxy_websocket(snap: Snapshot, scope: Scope, receive: Receive, send: 
                 await t
         if not upstream.closed:
             await upstream.close()
+
+
+async def _connect(
+    pool: ServicePool, endpoint: Endpoint, target: str, headers: list[tuple[str, str]], subprotocols: Any
+) -> aiohttp.ClientWebSocketResponse:
+    """Open the upstream leg of an upgrade. Raises ``UpgradeRefused`` (the upstream answered with a status)
+    or ``UpstreamConnectError`` (no answer: connect failure, reset)."""
+    try:
+        return await pool.session.ws_connect(
+            endpoint.url_for(target), headers=headers, protocols=tuple(subprotocols),
+            autoclose=False, autoping=True, timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+        )
+    except aiohttp.WSServerHandshakeError as exc:
+        raise UpgradeRefused(exc.status, f"{endpoint.url} answered the upgrade with {exc.status}") from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise UpstreamConnectError(f"websocket connect to {endpoint.url} failed: {exc!r}") from None

@@ -3,10 +3,12 @@
 Per request, in order:
 
 1. read the sidecar's state once (policies, normalization flags; a config update swaps it);
-2. normalize the path exactly as the Proxy will (``facade.normalize.normalize_path``, same flags):
-   what policy checks is what the app receives; a path with no canonical form is a 400;
+2. read the canonical path and host exactly as the Proxy will (``facade.resolve.read_target``: the
+   first steps of the resolution step HTTP and WebSocket share, same flags, same Host rules): what
+   policy checks is what the app receives; a path or Host with no canonical form is a 400;
 3. evaluate the policies with the verified peer (``scope["extensions"]["mesh.peer"]``, set by
-   ``mesh.listener`` for TLS connections only) as principal: DENY -> 403 JSON;
+   ``mesh.listener`` for TLS connections only) as principal: DENY -> 403 JSON (an upgrade gets the
+   same response, through the ``websocket.http.response`` extension);
 4. forward through the Proxy; the peer's X-Forwarded-Client-Cert goes in through the
    ``facade.upstream_headers`` scope extension, after the Proxy's header hygiene has removed
    whatever a client sent under that name;
@@ -15,14 +17,15 @@ Per request, in order:
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 from facade.config import NormalizeSpec
-from facade.normalize import HostRejected, PathRejected, normalize_host, normalize_path
+from facade.proxy import refusal
+from facade.resolve import Reject, read_target
+from facade.websocket import refuse_websocket
 
 from .listener import PEER_EXTENSION, Peer
 from .metrics import SidecarMetrics
@@ -35,6 +38,8 @@ __all__ = ["GateState", "PolicyGate"]
 logger = logging.getLogger("mesh.gate")
 
 Scope = dict[str, Any]
+
+_ACCESS_DENIED = Reject(403, "RBAC: access denied")
 
 
 class GateState:
@@ -76,20 +81,13 @@ class PolicyGate:
         status = 0
         decision = "allow"
         try:
-            norm = state.normalize
-            try:
-                path = normalize_path(
-                    scope.get("raw_path") or scope["path"].encode(),
-                    merge_slashes=norm.merge_slashes,
-                    reject_encoded_slash=norm.reject_encoded_slash,
-                    semicolons=norm.semicolons,
-                )
-                headers = _header_map(scope["headers"])
-                host = normalize_host(headers.get("host", ""))
-            except (PathRejected, HostRejected) as exc:
-                status = 400
-                await _deny(scope, send, 400, {"error": f"bad request: {exc.reason}"})
+            target = read_target(state.normalize, scope)
+            if isinstance(target, Reject):
+                status = target.status
+                await _deny(scope, send, target)
                 return
+            path, host = target
+            headers = _header_map(scope["headers"])
             method = scope.get("method", "GET")
             result = evaluate(
                 state.policies,
@@ -107,7 +105,7 @@ class PolicyGate:
                 # Which policy denied (and why) is the operator's to know, not the caller's (Envoy's
                 # body is "RBAC: access denied" too).
                 logger.info("deny: %s %s from %s: %s", method, path, peer and peer.spiffe_id, result.reason)
-                await _deny(scope, send, 403, {"error": "RBAC: access denied"})
+                await _deny(scope, send, _ACCESS_DENIED)
                 return
             if peer is not None:
                 xfcc = xfcc_value(by=self._own_id(), peer=peer.spiffe_id, peer_der=peer.der)
@@ -116,7 +114,7 @@ class PolicyGate:
 
             async def send_and_watch(message: Any) -> None:
                 nonlocal status
-                if message["type"] == "http.response.start":
+                if message["type"] in ("http.response.start", "websocket.http.response.start"):
                     status = message["status"]
                 elif message["type"] == "websocket.accept":
                     status = 101
@@ -144,16 +142,10 @@ def _header_map(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
     return out
 
 
-async def _deny(scope: Scope, send: Any, status: int, body: dict[str, Any]) -> None:
+async def _deny(scope: Scope, send: Any, reject: Reject) -> None:
+    status, headers, body = refusal(reject)
     if scope["type"] == "websocket":
-        await send({"type": "websocket.close", "code": 1008})  # policy violation
+        await refuse_websocket(scope, send, status, headers, body)
         return
-    payload = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload, "more_body": False})
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})

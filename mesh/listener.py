@@ -119,7 +119,39 @@ def _mesh_protocol(limits: HeadLimits, trust_domain: Callable[[], str], counters
             else:
                 counters.plaintext_requests += 1
 
+        def handle_websocket_upgrade(self) -> None:
+            # uvicorn hands an upgrade to a WebSocket protocol that builds a scope of its own: without
+            # this the peer would be lost there (no principal for the policy, no XFCC for the app).
+            ws_class: type[Any] | None = self.ws_protocol_class  # type: ignore[has-type]
+            peer = self._mesh_peer
+            if peer is not None and ws_class is not None:
+                with_peer = _peer_websocket(ws_class)
+                self.ws_protocol_class = lambda **kwargs: with_peer(mesh_peer=peer, **kwargs)
+            super().handle_websocket_upgrade()
+
     return MeshHttpProtocol
+
+
+_PEER_WEBSOCKET: dict[type[Any], type[Any]] = {}  # one subclass per uvicorn WebSocket protocol class
+
+
+def _peer_websocket(base: type[Any]) -> type[Any]:
+    """uvicorn's WebSocket protocol ``base``, adding the verified peer to the scope like HTTP requests get it."""
+    known = _PEER_WEBSOCKET.get(base)
+    if known is not None:
+        return known
+
+    class PeerWebSocketProtocol(base):  # type: ignore[misc]
+        def __init__(self, *args: Any, mesh_peer: Peer, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._mesh_peer = mesh_peer
+
+        async def run_asgi(self) -> None:
+            self.scope["extensions"] = {**(self.scope.get("extensions") or {}), PEER_EXTENSION: self._mesh_peer}
+            await super().run_asgi()
+
+    _PEER_WEBSOCKET[base] = PeerWebSocketProtocol
+    return PeerWebSocketProtocol
 
 
 class InboundListener:

@@ -26,13 +26,14 @@ class EchoApp:
     /stream?n=N&ms=M          server-sent events: N events, M ms apart
     /big?bytes=N              N bytes of body, streamed in 64 KiB chunks
     /upload                   read the body streaming, answer its size and sha256
-    /ws                       websocket echo
+    /ws (any path, upgraded)  websocket echo: "<name>:<text>", bytes back as sent, "close-me" closes with 4001
     anything else             echo JSON: name, method, raw_path, query, headers, body size
     """
 
     def __init__(self, name: str = "echo") -> None:
         self.name = name
         self.requests: list[dict[str, Any]] = []
+        self.upgrades: list[dict[str, Any]] = []  # the WebSocket upgrades it accepted, like ``requests``
         self.health_status = 200
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[Any]], send: Any) -> None:
@@ -110,6 +111,11 @@ class EchoApp:
 
     async def _ws(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         await receive()  # websocket.connect
+        self.upgrades.append({
+            "name": self.name, "raw_path": (scope.get("raw_path") or scope["path"].encode()).decode("latin-1"),
+            "query": scope.get("query_string", b"").decode("latin-1"),
+            "headers": [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]],
+        })
         protos = scope.get("subprotocols") or []
         await send({"type": "websocket.accept", "subprotocol": protos[0] if protos else None})
         while True:
