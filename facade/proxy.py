@@ -31,14 +31,10 @@ from typing import TYPE_CHECKING, Any
 
 from .error_log import RecentErrors
 from .errors import ProxyError, UpstreamConnectError, UpstreamTimeout, UpstreamUnavailable
+from .exchange import error_refusal, is_loopback, record_request, refusal, upstream_request_headers
 from .headers import (
-    ForwardContext,
-    RequestIds,
-    apply_header_ops,
     apply_header_ops_bytes,
-    build_upstream_headers,
     filter_response_headers,
-    new_request_id,
 )
 from .resolve import Forward, Reject, Respond, resolve_request
 from .upstream import Outcome
@@ -53,25 +49,24 @@ from .upstream.h1 import (
     UpstreamError,
     UpstreamResponse,
 )
+from .websocket import proxy_websocket
 
 if TYPE_CHECKING:
     from .snapshot import Snapshot, SnapshotHolder
     from .upstream import Endpoint, ServicePool
 
-__all__ = ["DownstreamAborted", "Proxy", "error_refusal", "record_request", "refusal", "upstream_request_headers"]
+__all__ = ["DownstreamAborted", "Proxy"]
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 logger = logging.getLogger("facade.proxy")
-access_logger = logging.getLogger("facade.access")
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _JSON = [(b"content-type", b"application/json")]
 _BODYLESS = frozenset({204, 304})
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
-_HTTP_SCHEME = {"http": "http", "https": "https", "ws": "http", "wss": "https"}  # as X-Forwarded-Proto says it
 _RETRY_BACKOFF = 0.025  # Envoy's base retry interval
 _STREAM_CHUNK = 64 * 1024
 
@@ -187,8 +182,6 @@ class Proxy:
             finally:
                 self._active -= 1
         elif scope["type"] == "websocket":
-            from .websocket import proxy_websocket
-
             await proxy_websocket(self._holder.current, scope, receive, send, rand=self._rand, errors=self.errors)
         elif scope["type"] == "lifespan":
             await _lifespan(receive, send)
@@ -268,7 +261,7 @@ class Proxy:
                     request_id=ids.request_id, status=exc.status, reason=exc.reason, detail=exc.detail,
                     route=route.name, backend=backend,
                 )
-                debug = snap.config.debug_error_details and _is_loopback(client_ip)
+                debug = snap.config.debug_error_details and is_loopback(client_ip)
                 await _error_response(send, exc, route.name, backend, ids.request_id, debug=debug)
         except (TimeoutError, UpstreamError, OSError) as exc:
             # Failure while streaming the response body: abort, never truncate silently.
@@ -422,32 +415,6 @@ class Proxy:
             await _backoff(attempt)
 
 
-def record_request(
-    snap: Snapshot,
-    forward: Forward,
-    method: str,
-    status: int,
-    started: float,
-    upstream_s: float | None,
-    bytes_in: int,
-    bytes_out: int,
-    ids: RequestIds,
-) -> None:
-    """Telemetry and the access log line of one forwarded request (an upgrade counts as one)."""
-    duration = time.perf_counter() - started
-    if snap.telemetry is not None:
-        snap.telemetry.record(
-            route=forward.route.name, backend=forward.backend, step=forward.step, method=method, status=status,
-            duration_s=duration, upstream_s=upstream_s, bytes_in=bytes_in, bytes_out=bytes_out,
-        )
-    if snap.config.access_log:
-        access_logger.info(json.dumps({
-            "time": time.time(), "route": forward.route.name, "backend": forward.backend, "step": forward.step,
-            "method": method, "path": forward.path, "status": status, "latency_ms": round(duration * 1000, 3),
-            "request_id": ids.request_id, "trace_id": ids.trace_id,
-        }))
-
-
 def _time_left(deadline: float | None) -> bool:
     return deadline is None or deadline - time.monotonic() > 0.001
 
@@ -555,77 +522,6 @@ async def _error_response(
     status, headers, payload = error_refusal(exc, route, backend, request_id, debug=debug)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload, "more_body": False})
-
-
-def error_refusal(
-    exc: ProxyError, route: str, backend: str, request_id: str, *, debug: bool = False
-) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """Log a request that could not be forwarded; the status, headers and body its client gets."""
-    logger.warning(
-        "request %s route %s backend %s: %d %s", request_id, route, backend, exc.status, exc.detail or exc.reason
-    )
-    body: dict[str, Any] = {"error": exc.reason, "request_id": request_id}
-    if debug:  # debug_error_details, loopback client only: the operator's own curl
-        body.update(detail=exc.detail, route=route, backend=backend)
-    payload = json.dumps(body).encode()
-    headers = [*_JSON, (b"content-length", str(len(payload)).encode()), (b"x-request-id", request_id.encode("latin-1"))]
-    return exc.status, headers, payload
-
-
-def _is_loopback(ip: str) -> bool:
-    return ip.startswith(("127.", "::ffff:127.")) or ip in ("::1", "[::1]")
-
-
-def upstream_request_headers(
-    snap: Snapshot, scope: Scope, forward: Forward
-) -> tuple[list[tuple[str, str]], RequestIds, str]:
-    """The headers to send upstream for a forwarded request (HTTP or WebSocket), its ids, the client's IP.
-
-    Hygiene and X-Forwarded-* (``headers.build_upstream_headers``), then the route's request header
-    rules, then what a trusted in-process caller (the mesh sidecar: X-Forwarded-Client-Cert) adds
-    through the ``facade.upstream_headers`` scope extension: clients cannot reach that, it is ASGI
-    scope, not a header.
-    """
-    client = scope.get("client") or ("", 0)
-    ctx = ForwardContext(
-        client_ip=client[0],
-        client_port=client[1],
-        scheme=_HTTP_SCHEME.get(scope.get("scheme", "http"), "http"),
-        host_header=forward.host_header,
-        trusted_peer=snap.is_trusted(client[0]),
-        listener_by=None,
-    )
-    up_headers, ids = build_upstream_headers(scope["headers"], ctx)
-    route = forward.route
-    if not route.request_headers.empty:
-        up_headers = apply_header_ops(up_headers, route.request_headers)
-    extensions = scope.get("extensions")
-    if extensions:
-        extra = extensions.get("facade.upstream_headers")
-        if extra:
-            up_headers.extend(extra)
-    return up_headers, ids, client[0]
-
-
-def refusal(decision: Respond | Reject) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """Status, headers and body for a request the resolution step did not forward (HTTP and WebSocket alike)."""
-    if type(decision) is Respond:
-        return decision.status, list(decision.headers), decision.body
-    assert isinstance(decision, Reject)
-    body: dict[str, Any] = {"error": decision.reason}
-    extra: list[tuple[bytes, bytes]] = []
-    if decision.status == 404:
-        # Like every error body: a generic reason and an id to quote (the log line carries the rest).
-        rid = new_request_id()
-        logger.debug("request %s: %s", rid, decision.detail)
-        body["request_id"] = rid
-        extra.append((b"x-request-id", rid.encode()))
-    elif decision.detail:
-        logger.error("%s", decision.detail)
-    if decision.limit is not None:
-        body["limit"] = decision.limit
-    payload = json.dumps(body).encode()
-    return decision.status, [*_JSON, (b"content-length", str(len(payload)).encode()), *extra], payload
 
 
 async def _answer(send: Send, decision: Respond | Reject) -> None:

@@ -24,8 +24,8 @@ import aiohttp
 
 from .error_log import RecentErrors
 from .errors import ProxyError, UpgradeRefused, UpstreamConnectError, UpstreamTimeout
+from .exchange import error_refusal, is_loopback, record_request, refusal, upstream_request_headers
 from .headers import apply_header_ops_bytes
-from .proxy import _is_loopback, error_refusal, record_request, refusal, upstream_request_headers
 from .resolve import Forward, resolve_request
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ async def proxy_websocket(
         if errors is not None:
             errors.add(request_id=ids.request_id, status=exc.status, reason=exc.reason, detail=exc.detail,
                        route=route.name, backend=backend)
-        debug = snap.config.debug_error_details and _is_loopback(client_ip)
+        debug = snap.config.debug_error_details and is_loopback(client_ip)
         await refuse_websocket(scope, send, *error_refusal(exc, route.name, backend, ids.request_id, debug=debug))
         record_request(snap, decision, "GET", exc.status, started, upstream_s, 0, 0, ids)
         return

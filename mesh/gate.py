@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from facade.config import NormalizeSpec
-from facade.proxy import refusal
+from facade.exchange import refusal
 from facade.resolve import Reject, read_target
 from facade.websocket import refuse_websocket
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from facade.exchange import is_loopback as _is_loopback
 from facade.listener import HeadStats
 from facade.normalize import PathRejected, canonical_route_path, normalize_path
-from facade.proxy import _is_loopback
 from facade.request_head import HeadRejected, screen_headers, split_absolute_form, with_host
 
 PLAIN = [(b"host", b"svc.local"), (b"accept", b"*/*"), (b"x-request-id", b"abc")]
