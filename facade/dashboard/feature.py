@@ -170,7 +170,7 @@ class DashboardFeature(Feature):
             status = await controller.status(plan.name, journal=_MARKS)
             for entry in (status or {}).get("journal", ()):
                 marks.append({"at": entry["at"], "label": f"{entry['action']} → {entry['to_state']} "
-                                                          f"step {entry['to_step'] + 1}"})
+                                                          f"step {entry['to_step']}"})
         return {
             "route": route,
             "interval": self.interval,

@@ -151,8 +151,8 @@ def _journal(entries: Sequence[Mapping[str, Any]]) -> str:
         )
         rows.append(
             f"<tr><td>{_e(_when(j.get('at')))}</td><td>{_e(j.get('actor'))}</td><td>{_e(j.get('action'))}</td>"
-            f"<td>{_e(j.get('from_state'))} {int(j.get('from_step', 0)) + 1} → {_e(j.get('to_state'))} "
-            f"{int(j.get('to_step', 0)) + 1}</td><td>{_e(j.get('reason'))}</td><td>{_e(values)}</td></tr>"
+            f"<td>{_e(j.get('from_state'))} {int(j.get('from_step', 0))} → {_e(j.get('to_state'))} "
+            f"{int(j.get('to_step', 0))}</td><td>{_e(j.get('reason'))}</td><td>{_e(values)}</td></tr>"
         )
     return (
         '<table class="journal"><thead><tr><th>when</th><th>who</th><th>action</th><th>state · step</th>'
