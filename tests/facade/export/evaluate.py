@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote
 
-from facade.proxy import swap_prefix
+from facade.resolve import swap_prefix
 from facade.routing import RouteTable
 from facade.shadow import mirrorable
 from facade.split import Split, decide
