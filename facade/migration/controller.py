@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import sqlite3
 import time
@@ -93,6 +94,7 @@ logger = logging.getLogger("facade.migration")
 STABLE_STEP = "stable"  # the step label the proxy records for a route without a split
 _ACTIVE = (Phase.RUNNING, Phase.PAUSED)
 _DRAIN_NOTIFICATIONS = 2.0  # seconds stop() waits for notifications in flight
+_STATUS_QUERY_AGE = 1.0  # seconds a status read reuses the last Prometheus answers (the scrape interval's order)
 
 
 def _moves_forward(transition: Transition) -> bool:
@@ -213,6 +215,7 @@ class MigrationController(Feature):
         self.transitions: dict[tuple[str, str], int] = {}  # (plan, action) -> committed by this process
         # plan -> (step, step_started_at, results): the last answers of the live step's prometheus gates
         self._queries: dict[str, tuple[int, float | None, tuple[QueryResult, ...]]] = {}
+        self._queried_at: dict[str, float] = {}  # plan -> monotonic time of those answers
         self._http: httpx.AsyncClient | None = None  # hooks, notifications, Prometheus (never the hot path)
         self._background: set[asyncio.Task[None]] = set()  # notifications and rollback hooks in flight
 
@@ -382,7 +385,7 @@ class MigrationController(Feature):
         if plan is None:
             return None
         state = self._state(name)
-        await self._refresh_queries(plan, state)
+        await self._refresh_queries(plan, state, max_age=_STATUS_QUERY_AGE)
         entries: list[dict[str, Any]] = []
         if journal > 0 and self.store is not None:
             entries = [e.to_json() for e in await asyncio.to_thread(self.store.journal, name, limit=journal)]
@@ -615,16 +618,25 @@ class MigrationController(Feature):
             self._http = httpx.AsyncClient(trust_env=False, follow_redirects=False)
         return self._http
 
-    async def _refresh_queries(self, plan: Plan, state: MigrationState) -> None:
-        """Ask Prometheus for the live step's ``prometheus`` gates (all at once, each bounded by its timeout)."""
+    async def _refresh_queries(self, plan: Plan, state: MigrationState, *, max_age: float = 0.0) -> None:
+        """Ask Prometheus for the live step's ``prometheus`` gates (all at once, each bounded by its timeout).
+
+        ``max_age``: answers of the same step younger than this are kept (status reads, which the
+        dashboard polls); decisions always ask afresh.
+        """
         if state.phase not in _ACTIVE or state.step >= len(plan.steps):
             return
         gates = plan.steps[state.step].gates.prometheus
         if not gates:
             return
+        key = (state.step, state.step_started_at)
+        if max_age and self._queries.get(plan.name, (None, None, ()))[:2] == key and \
+                time.monotonic() - self._queried_at.get(plan.name, -math.inf) < max_age:
+            return
         client = self._client()
         answers = await asyncio.gather(*(query_prometheus(client, gate) for gate in gates))
-        self._queries[plan.name] = (state.step, state.step_started_at, tuple(answers))
+        self._queries[plan.name] = (*key, tuple(answers))
+        self._queried_at[plan.name] = time.monotonic()
 
     async def _step_hooks(
         self, plan: Plan, transition: Transition, report: GateReport | None, now: float

@@ -229,3 +229,28 @@ async def test_auto_mode_waits_for_a_confirm_hook(tmp_path: Path) -> None:
             assert (await s.status("shop"))["state"] == "completed"
             actions = [m.json["transition"]["action"] for m in await rec.wait_for("/events", 3)]
             assert actions == ["auto", "advance", "advance"]
+
+
+async def test_plan_hooks_ask_about_every_step_from_start_to_completion(tmp_path: Path) -> None:
+    rec = Recorder(statuses={"/approve": 403, "/post": 500})
+    async with serve_app(rec.app()) as url:
+        plan_hooks = ("webhooks:\n"
+                      f"      - {{kind: confirm, url: \"{url}/approve\", secret_env: FACADE_TEST_HOOK_SECRET}}")
+        text = plan(hook("post_step", f"{url}/post", name="cleanup"), notify=plan_hooks)
+        async with migration_stack(tmp_path, text) as s:
+            held = await s.act("shop", "start")  # entering step 1 asks the plan's confirm hook
+            assert held.status_code == 409 and "webhook.confirm.confirm: held, answered 403" in held.json()["error"]
+            assert (await s.status("shop"))["state"] == "pending"
+            rec.statuses["/approve"] = 200
+            assert (await s.act("shop", "start")).status_code == 200
+            assert (await s.act("shop", "next")).status_code == 200  # step 2 confirmed too
+            assert [verified(r)["step"] for r in rec.at("/approve")] == [1, 1, 2]
+
+            # Completing asks the last step's post_step hook; its 500 fails the gate.
+            failed = await s.act("shop", "next")
+            assert failed.status_code == 409 and failed.json()["gates"]["status"] == "fail"
+            post = verified(rec.at("/post")[0])
+            assert (post["event"], post["step"], post["transition"]["to_state"]) == ("post_step", 2, "completed")
+            rec.statuses["/post"] = 200
+            assert (await s.act("shop", "next")).json()["state"] == "completed"
+            assert len(rec.at("/approve")) == 3  # nothing is entered on completion: no confirm asked
