@@ -433,7 +433,9 @@ class MigrationController(Feature):
                 return Refusal(f"migration {name!r} was removed by a reload", "not_found")
             if self.store is None:
                 return Refusal("migrations have no durable store (the config has no state_dir)")
-            await self._refresh_queries(plan, seen)
+            if action.name in ("next", "resume") and not action.force:
+                # Only a move that gates decide waits for Prometheus: a pause or a rollback never does.
+                await self._refresh_queries(plan, seen)
             now = self._clock()
             report = self.gate_report(plan, seen)
             result = apply(seen, action, plan=plan, now=now, gate_report=report)
