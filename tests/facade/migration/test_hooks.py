@@ -10,6 +10,7 @@ import pytest
 
 from facade.errors import Problem
 from facade.migration.callouts import event_payload, notification_body, sample_value, sign
+from facade.migration.cli import gate_value
 from facade.migration.engine import Action, MigrationState, Phase, Transition, apply
 from facade.migration.gates import (
     GateReport,
@@ -191,3 +192,10 @@ def test_payload_names_plan_route_step_and_gates_and_the_signature_is_an_hmac_of
     assert slack == {"text": "facade migration *shop* (catalog): transition: next by ann: running step 1 -> "
                              "running step 2"}
     assert notification_body(plan.notify[0], payload) == payload
+
+
+def test_the_cli_shows_query_values_and_hook_statuses_without_a_unit() -> None:
+    # A gate named after a check ("max") must not borrow that check's unit.
+    assert gate_value("prometheus.max", 0.5) == "0.5"
+    assert gate_value("prometheus.checkout", 1234.5678) == "1235"
+    assert gate_value("webhook.confirm.approve", 403.0) == "403"
