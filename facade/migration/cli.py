@@ -271,6 +271,8 @@ def gate_value(name: Any, value: Any) -> str:
         return f"{value:.0f} req"
     if metric == "plaintext_requests":
         return f"{value:.0f}"
+    if metric in ("prometheus", "webhook"):  # a query's value as is; a hook's HTTP status
+        return f"{value:.4g}"
     unit = _GATE_UNITS.get(check, "")
     if unit == "%":
         sign = "+" if check == "max_delta" and value > 0 else ""

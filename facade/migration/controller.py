@@ -20,7 +20,12 @@ It connects the pure core to the running process:
   services ``strict_services`` names are put in STRICT through the runtime's mesh
   (``runtime.mesh.set_mode(service, "STRICT")``, a ``facade.feature.MeshControl``) and the ones no longer named get their configured mode back
   (``set_mode(service, None)``); the ``plaintext_requests`` gate reads
-  ``mesh.plaintext_seen(service, since=step_started_at)``.
+  ``mesh.plaintext_seen(service, since=step_started_at)``;
+- pipelines (``facade.migration.callouts`` does the HTTP): ``prometheus`` gates are queried before
+  each decision and status (their values cached per step for ``/metrics``); a move forward that the
+  pure decision allows first asks the hooks (``confirm`` and ``pre_step`` of the step entered,
+  ``post_step`` of the step left) and is held or refused on their verdict; after each commit the
+  plan's ``notify`` targets hear of it, and ``rollback`` hooks of a rollback, in background tasks.
 
 The admin API over this lives in ``facade.migration.api``.
 """
@@ -31,13 +36,15 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+import httpx
 from starlette.routing import BaseRoute
 
 from ..errors import ConfigError, Problem
@@ -45,6 +52,7 @@ from ..feature import Feature
 from ..shadow import ShadowOptions
 from ..split import Split
 from .api import admin_routes as migration_routes
+from .callouts import call_hook, event_payload, is_rollback, query_prometheus, send_notification
 from .engine import (
     Action,
     MigrationState,
@@ -60,7 +68,18 @@ from .engine import (
     mirroring_step,
     strict_services,
 )
-from .gates import GateReport, GateResult, GateStatus, evaluate_gates
+from .gates import (
+    GateReport,
+    GateResult,
+    GateStatus,
+    HookOutcome,
+    QueryResult,
+    evaluate_gates,
+    evaluate_hooks,
+    evaluate_queries,
+    with_results,
+)
+from .hooks import Webhook
 from .plan import Plan, load_plans
 from .store import DEFAULT_JOURNAL, DEFAULT_STORE_FILE, MigrationStore
 
@@ -74,6 +93,16 @@ logger = logging.getLogger("facade.migration")
 
 STABLE_STEP = "stable"  # the step label the proxy records for a route without a split
 _ACTIVE = (Phase.RUNNING, Phase.PAUSED)
+_DRAIN_NOTIFICATIONS = 2.0  # seconds stop() waits for notifications in flight
+_STATUS_QUERY_AGE = 1.0  # seconds a status read reuses the last Prometheus answers (the scrape interval's order)
+
+
+def _moves_forward(transition: Transition) -> bool:
+    """Whether a transition enters a later step (or completes): the moves hooks are asked about."""
+    if transition.to_phase is Phase.COMPLETED:
+        return transition.from_phase in _ACTIVE
+    return transition.to_phase is Phase.RUNNING and (
+        transition.from_phase not in _ACTIVE or transition.to_step > transition.from_step)
 
 
 def step_label(split: Split | None) -> str:
@@ -184,6 +213,11 @@ class MigrationController(Feature):
         self._watcher: asyncio.Task[None] | None = None
         self._strict: frozenset[str] = frozenset()  # services this controller holds in STRICT mTLS
         self.transitions: dict[tuple[str, str], int] = {}  # (plan, action) -> committed by this process
+        # plan -> (step, step_started_at, results): the last answers of the live step's prometheus gates
+        self._queries: dict[str, tuple[int, float | None, tuple[QueryResult, ...]]] = {}
+        self._queried_at: dict[str, float] = {}  # plan -> monotonic time of those answers
+        self._http: httpx.AsyncClient | None = None  # hooks, notifications, Prometheus (never the hot path)
+        self._background: set[asyncio.Task[None]] = set()  # notifications and rollback hooks in flight
 
     def __repr__(self) -> str:
         return f"MigrationController(plans={sorted(self.plans)}, store={self.store!r})"
@@ -217,7 +251,10 @@ class MigrationController(Feature):
                 logger.info("migration %s: %s at step %d", name, state.phase.value, state.step + 1)
 
     async def stop(self) -> None:
-        tasks = list(self._auto.values())
+        # Notifications already sent get a moment to arrive (each is bounded by its timeout anyway).
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=_DRAIN_NOTIFICATIONS)
+        tasks = list(self._auto.values()) + list(self._background)
         if self._watcher is not None:
             tasks.append(self._watcher)
             self._watcher = None
@@ -227,6 +264,9 @@ class MigrationController(Feature):
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
 
     def check_config(self, config: Config) -> None:
         """Veto a reload whose plans are invalid or rewrite applied steps (raises ConfigError)."""
@@ -332,7 +372,12 @@ class MigrationController(Feature):
             if step.kind == "shadow" and step.gates.min_requests:
                 report = shadow_min_requests(report, step.gates.min_requests, diffs.compared)
             reports.append((route, report))
-        return combine_reports(reports)
+        combined = combine_reports(reports)
+        if step.gates.prometheus:  # once per step, not per route: a query is about the fleet
+            cached = self._queries.get(plan.name)
+            answers = cached[2] if cached is not None and cached[:2] == (state.step, state.step_started_at) else ()
+            combined = with_results(combined, evaluate_queries(step.gates.prometheus, answers))
+        return combined
 
     async def status(self, name: str, *, journal: int = DEFAULT_JOURNAL) -> dict[str, Any] | None:
         """The ``GET /migrations/{name}`` document (gates evaluated now), or None for an unknown plan."""
@@ -340,6 +385,7 @@ class MigrationController(Feature):
         if plan is None:
             return None
         state = self._state(name)
+        await self._refresh_queries(plan, state, max_age=_STATUS_QUERY_AGE)
         entries: list[dict[str, Any]] = []
         if journal > 0 and self.store is not None:
             entries = [e.to_json() for e in await asyncio.to_thread(self.store.journal, name, limit=journal)]
@@ -387,9 +433,26 @@ class MigrationController(Feature):
                 return Refusal(f"migration {name!r} was removed by a reload", "not_found")
             if self.store is None:
                 return Refusal("migrations have no durable store (the config has no state_dir)")
-            result = apply(seen, action, plan=plan, now=self._clock(), gate_report=self.gate_report(plan, seen))
+            if action.name in ("next", "resume") and not action.force:
+                # Only a move that gates decide waits for Prometheus: a pause or a rollback never does.
+                await self._refresh_queries(plan, seen)
+            now = self._clock()
+            report = self.gate_report(plan, seen)
+            result = apply(seen, action, plan=plan, now=now, gate_report=report)
             if isinstance(result, Refusal):
+                if result.gates is not None and result.gates.status is GateStatus.FAIL:
+                    self._announce_refusal(plan, seen, action, result.gates, now)
                 return result
+            if not action.force and _moves_forward(result):
+                # The pure decision lets it move: now the hooks have their say (force skips them too).
+                outcomes = await self._step_hooks(plan, result, report, now)
+                if outcomes:
+                    merged = with_results(report, evaluate_hooks(outcomes))
+                    if merged.status is not GateStatus.PASS:
+                        if merged.status is GateStatus.FAIL:
+                            self._announce(plan, "gate_failed", result, merged, now)
+                        return Refusal(merged.summary() + " (--force with --reason overrides)", "gate_failed", merged)
+                    result = replace(result, gates_json=json.dumps(merged.to_json(), sort_keys=True))
             return await self._commit(plan, result)
 
     async def _commit(self, plan: Plan, transition: Transition) -> MigrationState | Refusal:
@@ -417,6 +480,7 @@ class MigrationController(Feature):
                     transition.to_phase.value, display_step(transition.to_phase, transition.to_step, len(plan.steps)),
                     f" ({transition.reason})" if transition.reason else "")
         self._sync_auto()
+        self._after_commit(plan, transition)
         return committed
 
     def _route(self, plan: Plan, after: MigrationState) -> None:
@@ -534,12 +598,119 @@ class MigrationController(Feature):
             state = await asyncio.to_thread(self.store.state, name)
             if state is None:
                 return
+            await self._refresh_queries(plan, state)
             report = self.gate_report(plan, state)
             if report is None:
                 return
-            transition = auto_tick(state, plan=plan, now=self._clock(), gate_report=report)
+            now = self._clock()
+            transition = auto_tick(state, plan=plan, now=now, gate_report=report)
+            if transition is not None and _moves_forward(transition):
+                outcomes = await self._step_hooks(plan, transition, report, now)
+                if outcomes:  # decide again with the hooks' verdicts: a confirm holds, a failing hook counts
+                    transition = auto_tick(state, plan=plan, now=now,
+                                           gate_report=with_results(report, evaluate_hooks(outcomes)))
             if transition is not None:
                 await self._commit(plan, transition)
+
+    # -- pipelines: Prometheus gates, hooks, notifications -------------------------------------------
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            # trust_env off: a proxy from the environment must not see hook bodies or approvals.
+            self._http = httpx.AsyncClient(trust_env=False, follow_redirects=False)
+        return self._http
+
+    async def _refresh_queries(self, plan: Plan, state: MigrationState, *, max_age: float = 0.0) -> None:
+        """Ask Prometheus for the live step's ``prometheus`` gates (all at once, each bounded by its timeout).
+
+        ``max_age``: answers of the same step younger than this are kept (status reads, which the
+        dashboard polls); decisions always ask afresh.
+        """
+        if state.phase not in _ACTIVE or state.step >= len(plan.steps):
+            return
+        gates = plan.steps[state.step].gates.prometheus
+        if not gates:
+            return
+        key = (state.step, state.step_started_at)
+        if max_age and self._queries.get(plan.name, (None, None, ()))[:2] == key and \
+                time.monotonic() - self._queried_at.get(plan.name, -math.inf) < max_age:
+            return
+        client = self._client()
+        answers = await asyncio.gather(*(query_prometheus(client, gate) for gate in gates))
+        self._queries[plan.name] = (*key, tuple(answers))
+        self._queried_at[plan.name] = time.monotonic()
+
+    async def _step_hooks(
+        self, plan: Plan, transition: Transition, report: GateReport | None, now: float
+    ) -> tuple[HookOutcome, ...]:
+        """Call the hooks of a move forward, in order, stopping at the first kind that does not pass:
+        ``confirm`` of the step entered, ``post_step`` of the step left, ``pre_step`` of the step entered."""
+        steps = plan.steps
+        leaving = steps[transition.from_step] if transition.from_phase in _ACTIVE and transition.from_step < len(steps) \
+            else None
+        entering = steps[transition.to_step] if transition.to_phase is Phase.RUNNING else None
+        sequence = []
+        if entering is not None:
+            sequence.append(plan.hooks("confirm", entering))
+        if leaving is not None:
+            sequence.append(plan.hooks("post_step", leaving))
+        if entering is not None:
+            sequence.append(plan.hooks("pre_step", entering))
+        outcomes: list[HookOutcome] = []
+        client = self._client()
+        for hooks in sequence:
+            if not hooks:
+                continue
+            answers = await asyncio.gather(*(call_hook(client, hook, event_payload(
+                plan, hook.kind, transition, report, now=now, hook=hook)) for hook in hooks))
+            outcomes.extend(answers)
+            if not all(answer.ok for answer in answers):
+                break
+        return tuple(outcomes)
+
+    def _after_commit(self, plan: Plan, transition: Transition) -> None:
+        """Tell the plan's notification targets (and, on a rollback, its rollback hooks) what was committed."""
+        report = json.loads(transition.gates_json)  # the gate values as committed in the journal
+        if is_rollback(transition):
+            event = "rollback"
+            leaving = plan.steps[transition.from_step] if transition.from_phase in _ACTIVE and \
+                transition.from_step < len(plan.steps) else None
+            for hook in plan.hooks("rollback", leaving):
+                payload = event_payload(plan, "rollback", transition, report, now=transition.at, hook=hook)
+                self._spawn(self._notify_hook(hook, payload))
+        elif transition.action == "tick" and report is not None and report.get("status") == GateStatus.FAIL.value:
+            event = "gate_failed"
+        else:
+            event = "transition"
+        self._announce(plan, event, transition, report, transition.at)
+
+    def _announce_refusal(
+        self, plan: Plan, state: MigrationState, action: Action, report: GateReport, now: float
+    ) -> None:
+        # A refused move has no transition: describe the one that was asked for (the engine's, forced).
+        asked = apply(state, replace(action, force=True, reason=action.reason or "refused"), plan=plan, now=now)
+        if isinstance(asked, Transition):
+            self._announce(plan, "gate_failed", replace(asked, reason=report.summary()), report, now)
+
+    def _announce(
+        self, plan: Plan, event: str, transition: Transition, report: GateReport | dict[str, Any] | None, now: float
+    ) -> None:
+        if not plan.notify:
+            return
+        payload = event_payload(plan, event, transition, report, now=now)
+        for target in plan.notify:
+            self._spawn(send_notification(self._client(), target, payload))
+
+    async def _notify_hook(self, hook: Webhook, payload: dict[str, Any]) -> None:
+        outcome = await call_hook(self._client(), hook, payload)
+        if not outcome.ok:
+            logger.warning("rollback hook %s (%s): %s", hook.name, hook.url,
+                           f"answered {outcome.status}" if outcome.status is not None else outcome.error)
+
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        task: asyncio.Task[Any] = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # -- internals ---------------------------------------------------------------------------------
 

@@ -12,6 +12,14 @@ never a failure, only *inconclusive* (Flagger waits for data instead of rolling 
 - ``plaintext_requests`` (an ``mtls`` step) reads the count of plaintext attempts the service's
   sidecars reported since the step started: ``None`` (no sidecar has reported on the step's
   config yet) is inconclusive; ``min_requests`` does not apply to it (zero is the point).
+
+Values fetched by the controller's edge (``facade.migration.callouts``) are judged here too:
+
+- a ``prometheus`` gate reads a ``QueryResult``: no value (Prometheus unreachable, an error, no
+  series, several series, NaN) is inconclusive, else the value must keep ``min`` / ``max``;
+- a hook reads a ``HookOutcome`` (Flagger): a ``confirm`` hook's 2xx lets the step proceed and
+  anything else (another status, no answer) holds it (inconclusive); a ``pre_step`` / ``post_step``
+  hook's non-2xx or no answer fails.
 """
 
 from __future__ import annotations
@@ -21,9 +29,20 @@ from enum import Enum
 from typing import Any
 
 from ..stats import DiffCounts, SideStats
+from .hooks import PromGate, Webhook
 from .plan import MTLS_GATE, Gate, Gates
 
-__all__ = ["GateReport", "GateResult", "GateStatus", "evaluate_gates"]
+__all__ = [
+    "GateReport",
+    "GateResult",
+    "GateStatus",
+    "HookOutcome",
+    "QueryResult",
+    "evaluate_gates",
+    "evaluate_hooks",
+    "evaluate_queries",
+    "with_results",
+]
 
 
 class GateStatus(str, Enum):
@@ -192,3 +211,90 @@ def _plaintext(gate: Gate, seen: int | None) -> GateResult:
     if seen is None:
         return _inconclusive(gate, "no sidecar of the service has reported on the step's mTLS config yet")
     return _verdict(gate, float(seen), f"{seen} plaintext attempts", None, float(seen))
+
+
+# -- values fetched at the edge ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class QueryResult:
+    """A PromQL query's single value, or None with why there is none."""
+
+    value: float | None
+    why: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HookOutcome:
+    """What a webhook answered: the final status (None: no answer) after ``attempts`` tries."""
+
+    hook: Webhook
+    status: int | None
+    attempts: int
+    error: str = ""  # why there was no answer (timeout, refused, ...)
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+    def to_json(self) -> dict[str, object]:
+        return {"name": self.hook.name, "kind": self.hook.kind, "url": self.hook.url, "status": self.status,
+                "attempts": self.attempts, "error": self.error}
+
+
+def evaluate_queries(gates: tuple[PromGate, ...], results: tuple[QueryResult | None, ...]) -> tuple[GateResult, ...]:
+    """Each ``prometheus`` gate over its query's result (a missing result: not queried yet)."""
+    out = []
+    for index, gate in enumerate(gates):
+        result = results[index] if index < len(results) else None
+        out.append(_query(gate, result))
+    return tuple(out)
+
+
+def _query(gate: PromGate, result: QueryResult | None) -> GateResult:
+    name = f"prometheus.{gate.name}"
+    limit = gate.max if gate.max is not None else gate.min
+    assert limit is not None  # validation requires one of them
+    if result is None or result.value is None:
+        why = result.why if result is not None else "not queried yet"
+        return GateResult(name, GateStatus.INCONCLUSIVE, None, limit, f"{name}: inconclusive, {why}")
+    value = result.value
+    if gate.min is not None and value < gate.min:
+        return GateResult(name, GateStatus.FAIL, value, gate.min, f"{name}: {value:.4g} < min {gate.min:g}", new=value)
+    if gate.max is not None and value > gate.max:
+        return GateResult(name, GateStatus.FAIL, value, gate.max, f"{name}: {value:.4g} > max {gate.max:g}", new=value)
+    return GateResult(name, GateStatus.PASS, value, limit, f"{name}: {value:.4g} within bounds", new=value)
+
+
+def evaluate_hooks(outcomes: tuple[HookOutcome, ...]) -> tuple[GateResult, ...]:
+    """Each hook's verdict; the value is the HTTP status (None: no answer)."""
+    out = []
+    for outcome in outcomes:
+        hook = outcome.hook
+        name = f"webhook.{hook.kind}.{hook.name}"
+        answer = f"answered {outcome.status}" if outcome.status is not None else f"no answer ({outcome.error})"
+        tries = f" after {outcome.attempts} attempts" if outcome.attempts > 1 else ""
+        value = float(outcome.status) if outcome.status is not None else None
+        if outcome.ok:
+            status, message = GateStatus.PASS, f"{name}: {answer}"
+        elif hook.kind == "confirm":
+            status, message = GateStatus.INCONCLUSIVE, f"{name}: held, {answer}{tries}"
+        else:
+            status, message = GateStatus.FAIL, f"{name}: {answer}{tries}"
+        out.append(GateResult(name, status, value, 200.0, message))
+    return tuple(out)
+
+
+def with_results(report: GateReport | None, extra: tuple[GateResult, ...]) -> GateReport:
+    """``report`` with ``extra`` results added; the status is the worst of all."""
+    results = (*(report.results if report is not None else ()), *extra)
+    statuses = {r.status for r in results} | ({report.status} if report is not None else set())
+    return GateReport(_worst(statuses), results)
+
+
+def _worst(statuses: set[GateStatus]) -> GateStatus:
+    if GateStatus.FAIL in statuses:
+        return GateStatus.FAIL
+    if GateStatus.INCONCLUSIVE in statuses:
+        return GateStatus.INCONCLUSIVE
+    return GateStatus.PASS

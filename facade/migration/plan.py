@@ -32,7 +32,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -50,6 +50,14 @@ from ..yamlfile import (
     read_percent,
     read_str,
     read_str_list,
+)
+from .hooks import (
+    Notification,
+    PromGate,
+    Webhook,
+    read_notifications,
+    read_prometheus_gates,
+    read_webhooks,
 )
 
 __all__ = [
@@ -123,22 +131,27 @@ class Gates:
 
     checks: tuple[Gate, ...] = ()
     min_requests: int = 0
+    prometheus: tuple[PromGate, ...] = ()  # PromQL queries, evaluated by the controller's edge
 
     @property
     def empty(self) -> bool:
-        return not self.checks and self.min_requests == 0
+        return not self.checks and self.min_requests == 0 and not self.prometheus
 
     def describe(self) -> str:
         parts = [g.describe() for g in self.checks]
+        parts.extend(g.describe() for g in self.prometheus)
         if self.min_requests:
             parts.append(f"min {self.min_requests} requests")
         return ", ".join(parts) if parts else "none"
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "checks": [{"metric": g.metric, "check": g.check, "limit": g.limit} for g in self.checks],
             "min_requests": self.min_requests,
         }
+        if self.prometheus:  # only when present: hashes of plans written before it stay the same
+            out["prometheus"] = [g.to_json() for g in self.prometheus]
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +217,7 @@ class Step:
     hold: float = 0.0  # seconds; minimum time on the step
     gates: Gates = field(default_factory=Gates)
     rollback: bool = False  # explicitly allowed to move traffic back towards ``from``
+    webhooks: tuple[Webhook, ...] = ()  # this step's hooks (the plan's apply to every step as well)
     line: int = 0  # position in the plan file (not part of the hash)
     col: int = 0
 
@@ -241,6 +255,8 @@ class Step:
         # Only present when set: the hashes of plans written before these keys existed stay the same.
         if self.shadow is not None and not self.shadow.is_default:
             out["shadow"] = self.shadow.to_json()
+        if self.webhooks:
+            out["webhooks"] = [h.to_json() for h in self.webhooks]
         return out
 
     @property
@@ -248,6 +264,7 @@ class Step:
         """What may not change once the step was applied: everything but how answers are compared
         (ignore rules, compared headers and noise learning may be tuned on a running shadow step)."""
         data = self.to_json()
+        data.pop("webhooks", None)  # who is asked or told about a step does not change its routing
         if "shadow" in data:
             data["shadow"] = {k: v for k, v in data["shadow"].items() if k not in _COMPARISON_KEYS}
             if not data["shadow"]["unsafe_methods"]:
@@ -267,10 +284,12 @@ class Plan:
     sticky: StickySpec | None = None
     threshold: int = DEFAULT_THRESHOLD
     interval: float = DEFAULT_INTERVAL
+    webhooks: tuple[Webhook, ...] = ()  # hooks of every step
+    notify: tuple[Notification, ...] = ()  # where transitions, gate failures and rollbacks are announced
     source: str = ""  # the file it was read from (not part of the hash)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "name": self.name,
             "routes": list(self.routes),
             "from": self.from_service,
@@ -280,6 +299,17 @@ class Plan:
             "interval": self.interval,
             "steps": [s.to_json() for s in self.steps],
         }
+        # Only when present: the hashes of plans written before these keys existed stay the same.
+        if self.webhooks:
+            out["webhooks"] = [h.to_json() for h in self.webhooks]
+        if self.notify:
+            out["notify"] = [n.to_json() for n in self.notify]
+        return out
+
+    def hooks(self, kind: str, step: Step | None) -> tuple[Webhook, ...]:
+        """The hooks of ``kind`` that apply to ``step``: the plan's, then the step's own."""
+        own = step.webhooks if step is not None else ()
+        return tuple(h for h in (*self.webhooks, *own) if h.kind == kind)
 
     @property
     def content_hash(self) -> str:
@@ -298,18 +328,25 @@ def _sha256_json(value: Any) -> str:
 
 # -- parsing ---------------------------------------------------------------------------------
 
-_PLAN_FIELDS = ("name", "route", "routes", "from", "to", "sticky", "threshold", "interval", "shadow", "steps")
-_STEP_FIELDS = (*_STEP_KINDS, "service", "mirror", "hold", "gates", "rollback")
+_PLAN_FIELDS = ("name", "route", "routes", "from", "to", "sticky", "threshold", "interval", "shadow", "steps",
+                "webhooks", "notify")
+_STEP_FIELDS = (*_STEP_KINDS, "service", "mirror", "hold", "gates", "rollback", "webhooks")
 _SHADOW_OPTION_FIELDS = ("unsafe_methods", "ignore", "compare_headers", "learn_noise")
 
 
 def parse_plan(
-    doc: YamlDocument, *, routes: Collection[str], services: Collection[str], mesh: bool | None = None
+    doc: YamlDocument,
+    *,
+    routes: Collection[str],
+    services: Collection[str],
+    mesh: bool | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> tuple[Plan | None, list[Problem]]:
     """Validate one plan document against the config's route and service names.
 
     ``mesh`` says whether the config has a ``mesh:`` section (an ``mtls`` step needs one);
-    None leaves that unchecked (a caller that does not know the config).
+    None leaves that unchecked (a caller that does not know the config). ``environ`` (default
+    ``os.environ``) is where the hooks' ``secret_env`` variables must be set.
     Returns the plan (None when there is any error) and every problem found, warnings included.
     """
     problems = Problems(doc.file)
@@ -331,7 +368,10 @@ def parse_plan(
     threshold = read_int(fields.get("threshold"), problems, default=DEFAULT_THRESHOLD, min=1)
     interval = read_duration(fields.get("interval"), problems, default=DEFAULT_INTERVAL, min=0.001)
     shadow_defaults = _read_shadow_options(fields.get("shadow"), problems)
-    steps = _read_steps(fields.get("steps"), problems, _StepContext(services, to_service, mesh, shadow_defaults))
+    webhooks = read_webhooks(fields.get("webhooks"), problems, environ)
+    notify = read_notifications(fields.get("notify"), problems, environ)
+    context = _StepContext(services, to_service, mesh, shadow_defaults, environ)
+    steps = _read_steps(fields.get("steps"), problems, context)
 
     if problems.errors or name is None or from_service is None or to_service is None or steps is None:
         return None, problems.sorted()
@@ -344,6 +384,8 @@ def parse_plan(
         sticky=sticky,
         threshold=threshold,
         interval=interval,
+        webhooks=webhooks,
+        notify=notify,
         source=doc.file,
     )
     return plan, problems.sorted()
@@ -418,6 +460,7 @@ class _StepContext:
     to_service: str | None
     mesh: bool | None
     shadow: dict[str, Any]  # the plan's ``shadow:`` block: keys given -> values
+    environ: Mapping[str, str] | None = None  # where hooks' secret_env variables are looked up
 
 
 def _read_steps(node: Node | None, problems: Problems, context: _StepContext) -> list[Step] | None:
@@ -480,7 +523,9 @@ def _read_step(node: Node, problems: Problems, context: _StepContext) -> Step | 
     hold = read_duration(fields.get("hold"), problems, default=0.0, min=0.0)
     gates = _read_gates(fields.get("gates"), problems, mtls=kind == "mtls")
     rollback = read_bool(fields.get("rollback"), problems, default=False)
-    common: dict[str, Any] = {"hold": hold, "gates": gates, "rollback": rollback, "line": node.line, "col": node.col}
+    webhooks = read_webhooks(fields.get("webhooks"), problems, context.environ)
+    common: dict[str, Any] = {"hold": hold, "gates": gates, "rollback": rollback, "webhooks": webhooks,
+                              "line": node.line, "col": node.col}
     if kind == "weight":
         weight = read_int(value, problems, min=0, max=100)
         mirror = read_percent(fields.get("mirror"), problems, default=0.0)
@@ -595,7 +640,7 @@ def _read_canary(node: Node, problems: Problems) -> CanarySpec | None:
 def _read_gates(node: Node | None, problems: Problems, *, mtls: bool = False) -> Gates:
     if node is None or node.is_null:
         return Gates()
-    fields = node.fields(problems, (*GATE_METRICS, "min_requests"))
+    fields = node.fields(problems, (*GATE_METRICS, "min_requests", "prometheus"))
     if not mtls and MTLS_GATE in fields:
         problems.error(fields[MTLS_GATE], f"{MTLS_GATE} is measured on an 'mtls' step only")
         del fields[MTLS_GATE]
@@ -612,7 +657,7 @@ def _read_gates(node: Node | None, problems: Problems, *, mtls: bool = False) ->
             limit = _read_limit(metric, check, limit_node, problems)
             if limit is not None:
                 checks.append(Gate(metric, check, limit))  # type: ignore[arg-type]
-    return Gates(tuple(checks), min_requests)
+    return Gates(tuple(checks), min_requests, read_prometheus_gates(fields.get("prometheus"), problems))
 
 
 def _read_limit(metric: str, check: str, node: Node, problems: Problems) -> float | None:
@@ -633,7 +678,12 @@ def _read_limit(metric: str, check: str, node: Node, problems: Problems) -> floa
 
 
 def load_plans(
-    directory: str, *, routes: Collection[str], services: Collection[str], mesh: bool | None = None
+    directory: str,
+    *,
+    routes: Collection[str],
+    services: Collection[str],
+    mesh: bool | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, Plan], list[Problem]]:
     """Every ``*.yaml`` / ``*.yml`` plan in ``directory`` (sorted by file name), and all problems.
 
@@ -656,7 +706,7 @@ def load_plans(
         except ConfigError as exc:
             problems.extend(exc.problems)
             continue
-        plan, found = parse_plan(doc, routes=routes, services=services, mesh=mesh)
+        plan, found = parse_plan(doc, routes=routes, services=services, mesh=mesh, environ=environ)
         problems.extend(found)
         if plan is None:
             continue
@@ -703,6 +753,9 @@ def render_plan(plan: Plan) -> str:
             details.append(f"gates: {step.gates.describe()}")
         if step.rollback:
             details.append("rollback step")
+        hooks = [*plan.webhooks, *step.webhooks]
+        if hooks:
+            details.append("hooks: " + ", ".join(f"{h.kind} {h.name}" for h in hooks))
         if step.shadow is not None and not step.shadow.is_default:
             details.append(f"shadow: {step.shadow.describe()}")
         if details:
