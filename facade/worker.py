@@ -110,7 +110,7 @@ async def serve(args: argparse.Namespace) -> int:
             try:
                 await apply(runtime, message)
             except Exception as exc:  # the supervisor replaces a worker that cannot follow
-                logger.exception("worker %d: version %s not applied", args.index, message.get("version"))
+                logger.exception("version %s not applied", message.get("version"))
                 write_message(writer, {"type": "nack", "version": message.get("version"), "error": str(exc)})
                 continue
             write_message(writer, {"type": "ack", "version": runtime.version})
@@ -133,11 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m facade.worker", description=__doc__)
     parser.add_argument("--channel-fd", type=int, required=True)
     parser.add_argument("--listen", required=True)
-    parser.add_argument("--index", type=int, default=0)
     parser.add_argument("--parent-pid", type=int, required=True)
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format=f"%(asctime)s %(levelname)s worker{args.index}: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s worker %(process)d: %(message)s")
     from .commands import _run
 
     return _run(serve(args))

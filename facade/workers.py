@@ -114,8 +114,13 @@ class _Worker:
 class WorkerPool(Feature):
     """N worker processes serving clients on ``listen``; the supervisor's runtime stays the one control plane."""
 
-    def __init__(self, runtime: FacadeRuntime, count: int, listen: str, *, log_level: str = "warning") -> None:
+    def __init__(
+        self, runtime: FacadeRuntime, count: int, listen: str, *, log_level: str = "warning", spare: bool = True
+    ) -> None:
         self.runtime = runtime
+        self.spare = spare  # keep one idle, imported worker to replace a dead one within a second
+        self._spare: _Worker | None = None
+        self._refilling: asyncio.Task[None] | None = None
         self.count = count
         self.listen = listen  # host:port the workers bind (the reserved port)
         self.log_level = log_level
@@ -130,8 +135,11 @@ class WorkerPool(Feature):
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        for index in range(self.count):
-            await self._spawn(index)
+        # All N start side by side (an interpreter's imports take a second or more), not one after another.
+        launched = await asyncio.gather(*(self._launch() for _ in range(self.count)))
+        for index, worker in enumerate(launched):
+            self._activate(worker, index)
+        self._refill_spare()
         deadline = time.monotonic() + START_TIMEOUT_S
         for worker in list(self.workers.values()):
             left = deadline - time.monotonic()
@@ -144,7 +152,9 @@ class WorkerPool(Feature):
     async def stop(self) -> None:
         """SIGTERM every worker (each drains its connections), then wait; SIGKILL what is left."""
         self._stopping = True
-        workers = list(self.workers.values())
+        if self._refilling is not None:
+            self._refilling.cancel()
+        workers = list(self.workers.values()) + ([self._spare] if self._spare is not None else [])
         for worker in workers:
             with contextlib.suppress(ProcessLookupError):
                 worker.process.send_signal(signal.SIGTERM)
@@ -158,25 +168,55 @@ class WorkerPool(Feature):
             for task in worker.tasks:
                 task.cancel()
 
-    async def _spawn(self, index: int) -> _Worker:
+    async def _launch(self) -> _Worker:
+        """A worker process with its imports done, waiting for its first snapshot (not serving yet)."""
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "facade.worker",
                 "--channel-fd", str(child.fileno()), "--listen", self.listen,
-                "--index", str(index), "--parent-pid", str(os.getpid()), "--log-level", self.log_level,
+                "--parent-pid", str(os.getpid()), "--log-level", self.log_level,
                 pass_fds=(child.fileno(),),
             )
         finally:
             child.close()
         reader, writer = await asyncio.open_unix_connection(sock=parent)
-        worker = _Worker(index, process, writer)
-        self.workers[index] = worker
-        # The snapshot in force now: a replacement serves the current step, not the config's first state.
-        write_message(writer, snapshot_message(self.runtime.holder.current))
+        worker = _Worker(-1, process, writer)
         worker.tasks.append(asyncio.create_task(self._read(worker, reader)))
         worker.tasks.append(asyncio.create_task(self._watch(worker)))
         return worker
+
+    async def _spawn(self, index: int) -> _Worker:
+        """Put a worker in slot ``index``: the warm spare when there is one (it binds and acknowledges in
+        milliseconds, where a fresh interpreter needs a second or more), else a new process."""
+        worker, self._spare = self._spare, None
+        if worker is None or worker.process.returncode is not None:
+            worker = await self._launch()
+        self._activate(worker, index)
+        self._refill_spare()
+        return worker
+
+    def _activate(self, worker: _Worker, index: int) -> None:
+        worker.index = index
+        worker.started = time.time()
+        self.workers[index] = worker
+        # The snapshot in force now: a replacement serves the current step, not the config's first state.
+        write_message(worker.writer, snapshot_message(self.runtime.holder.current) | {"index": index})
+
+    def _refill_spare(self) -> None:
+        if self.spare and self._spare is None and not self._stopping and self._refilling is None:
+            self._refilling = asyncio.create_task(self._launch_spare())
+
+    async def _launch_spare(self) -> None:
+        try:
+            spare = await self._launch()
+            if self._stopping:
+                with contextlib.suppress(ProcessLookupError):
+                    spare.process.kill()
+                return
+            self._spare = spare
+        finally:
+            self._refilling = None
 
     async def _read(self, worker: _Worker, reader: asyncio.StreamReader) -> None:
         while (message := await read_message(reader)) is not None:
@@ -197,6 +237,12 @@ class WorkerPool(Feature):
     async def _watch(self, worker: _Worker) -> None:
         code = await worker.process.wait()
         self._changed.set()
+        if worker is self._spare:
+            self._spare = None
+            logger.warning("spare worker (pid %d) exited with %s", worker.process.pid, code)
+            if time.time() - worker.started > 1.0:
+                self._refill_spare()
+            return
         if self._stopping or self.workers.get(worker.index) is not worker:
             return
         logger.warning("worker %d (pid %d) exited with %s; starting a replacement",
@@ -253,6 +299,7 @@ class WorkerPool(Feature):
             "version": self.runtime.version,
             "count": self.count,
             "restarts": self.restarts,
+            "spare": self._spare.process.pid if self._spare is not None else None,
             "workers": [w.view() for _, w in sorted(self.workers.items())],
         }
 

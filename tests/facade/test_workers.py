@@ -253,6 +253,8 @@ async def test_kill_9_of_a_worker_is_replaced_on_the_current_step(tmp_path: Path
             await asyncio.gather(*load)
             assert view, (await admin.get("/workers")).json()
             assert view["restarts"] == 1  # type: ignore[index]
+            # The warm spare took the slot (imports done: it binds and acknowledges at once).
+            assert before["spare"] is not None and view["workers"][0]["pid"] == before["spare"]  # type: ignore[index]
             # New connections kept succeeding: a few requests on the killed worker's connections may fail.
             failed = sum(v for k, v in results.items() if k != "catalog")
             assert results.get("catalog", 0) > 50 and failed <= 4, results
