@@ -336,3 +336,56 @@ def _alive(pid: int) -> bool:
             return fh.read().split(") ", 1)[1][0] != "Z"
     except OSError:
         return False
+
+
+GATED = """\
+    name: shop
+    route: catalog
+    from: monolith
+    to: catalog
+    steps:
+      - weight: 50
+        gates: {error_rate: {max_delta: 1%}, min_requests: 20}
+      - weight: 100
+    """
+
+
+@pytest.mark.slow
+async def test_gates_fail_when_only_one_worker_served_the_errors(tmp_path: Path) -> None:
+    (tmp_path / "migrations").mkdir()
+    (tmp_path / "migrations" / "001-shop.yaml").write_text(textwrap.dedent(GATED))
+    new = Switchable("catalog")
+    async with serve_app(Switchable("monolith")) as old_url, serve_app(new) as new_url:
+        (tmp_path / "facade.yaml").write_text(config_text(old_url, new_url))
+        async with supervisor(tmp_path) as (_proc, url, admin_url), \
+                httpx.AsyncClient(base_url=admin_url, headers=AUTH, timeout=30) as admin:
+            assert (await admin.post("/migrations/shop/start", json={})).status_code == 200
+            new.fail = True
+            before = {w["pid"]: w["requests"] for w in (await admin.get("/workers")).json()["workers"]}
+            # One keep-alive connection: one worker serves every request, errors included.
+            seen: dict[int, int] = {}
+            async with httpx.AsyncClient(base_url=url, timeout=10, limits=httpx.Limits(max_connections=1)) as client:
+                for _ in range(120):
+                    r = await client.get("/catalog/item")
+                    seen[r.status_code] = seen.get(r.status_code, 0) + 1
+            assert seen.get(500, 0) > 20 and seen.get(200, 0) > 20, seen
+
+            async def judged() -> dict[str, object] | None:
+                status = (await admin.get("/migrations/shop")).json()
+                return status if status["gates"]["status"] != "inconclusive" else None
+
+            status = await _poll(judged)
+            assert status, (await admin.get("/migrations/shop")).json()
+            gates = {g["name"]: g for g in status["gates"]["results"]}  # type: ignore[index]
+            assert status["gates"]["status"] == "fail", status  # type: ignore[index]
+            assert gates["error_rate.max_delta"]["status"] == "fail"
+
+            async def all_counted() -> bool:
+                workers = (await admin.get("/workers")).json()["workers"]
+                return sum(w["requests"] - before[w["pid"]] for w in workers) >= 120
+
+            assert await _poll(all_counted)
+            after = {w["pid"]: w["requests"] - before[w["pid"]] for w in (await admin.get("/workers")).json()["workers"]}
+            assert sorted(after.values()) == [0, 120], after  # only one worker served them
+            refused = await admin.post("/migrations/shop/next", json={})
+            assert refused.status_code == 409 and refused.json()["code"] == "gate_failed"
