@@ -212,6 +212,16 @@ routes:
     return conf
 
 
+def worker_spread(admin_port: int) -> list[int]:
+    """Requests each worker served so far (its telemetry, as the supervisor absorbed it): how evenly
+    the kernel spreads connections over the workers' SO_REUSEPORT sockets."""
+    import urllib.request
+
+    time.sleep(1.5)  # the last telemetry batch (every 0.5 s)
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/workers", timeout=5) as answer:
+        return [w["requests"] for w in json.loads(answer.read())["workers"]]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per measurement (default 8)")
@@ -256,6 +266,7 @@ def main() -> int:
         contenders = {k: v for k, v in contenders.items() if k in wanted}
 
     results: dict[str, dict[int, dict[str, float]]] = {}
+    spreads: dict[str, list[int]] = {}
     with process(backend_argv, backend, tmp / "backend.log") as backend_proc:
         for name, (argv, port) in contenders.items():
             env = dict(os.environ, BACKEND=f"http://127.0.0.1:{backend}")
@@ -271,6 +282,10 @@ def main() -> int:
                     print(f"  {name:8s} c={c:<3d} {r['rps']:9.0f} req/s  p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms"
                           f"  cpu {r['cpu_us']:.0f} us/req (main process {r['own_cpu_us']:.1f})",
                           file=sys.stderr, flush=True)
+                if name == "facade-w2":
+                    spread = worker_spread(waport)
+                    spreads[name] = spread
+                    print(f"  facade-w2 requests per worker (all runs): {spread}", file=sys.stderr, flush=True)
 
     print()
     print(f"machine: {os.cpu_count()} cores; {args.repeat} runs x {args.duration:g}s each, median; load: "
@@ -289,6 +304,8 @@ def main() -> int:
     if f and d and 1 in f and 1 in d:
         print(f"facade p50 added over direct at 1 connection: {f[1]['p50_ms'] - d[1]['p50_ms']:.3f} ms (target <= 0.35 ms)")
     w = results.get("facade-w2", {})
+    if "facade-w2" in spreads:
+        print(f"facade-w2 requests per worker (SO_REUSEPORT spread): {spreads['facade-w2']}")
     for c in sorted(set(f) & set(w)):
         print(f"facade-w2 / facade at {c} connections: {w[c]['rps'] / f[c]['rps']:.2f}x throughput (target >= 1.4x), "
               f"cpu {w[c]['cpu_us']:.0f} vs {f[c]['cpu_us']:.0f} us/req ({w[c]['cpu_us'] / f[c]['cpu_us'] - 1:+.0%}), "
