@@ -389,3 +389,34 @@ async def test_gates_fail_when_only_one_worker_served_the_errors(tmp_path: Path)
             assert sorted(after.values()) == [0, 120], after  # only one worker served them
             refused = await admin.post("/migrations/shop/next", json={})
             assert refused.status_code == 409 and refused.json()["code"] == "gate_failed"
+
+
+@pytest.mark.slow
+async def test_sticky_cohorts_agree_across_workers(tmp_path: Path) -> None:
+    (tmp_path / "migrations").mkdir()
+    (tmp_path / "migrations" / "001-shop.yaml").write_text(
+        textwrap.dedent(PLAN).replace("steps:", "sticky: {cookie: session_id}\nsteps:"))
+    async with serve_app(Switchable("monolith")) as old_url, serve_app(Switchable("catalog")) as new_url:
+        (tmp_path / "facade.yaml").write_text(config_text(old_url, new_url))
+        async with supervisor(tmp_path) as (_proc, url, admin_url), \
+                httpx.AsyncClient(base_url=admin_url, headers=AUTH, timeout=30) as admin:
+            for action in ("start", "next"):  # weight 50
+                assert (await admin.post(f"/migrations/shop/{action}", json={})).status_code == 200
+            sides: dict[str, set[str]] = {}
+            for round_ in range(3):
+                # A new connection per request: the kernel picks a worker each time.
+                async with httpx.AsyncClient(base_url=url, timeout=10,
+                                             limits=httpx.Limits(max_keepalive_connections=0)) as client:
+                    for i in range(40):
+                        r = await client.get("/catalog/item", headers={"cookie": f"session_id=user-{i}"})
+                        assert r.status_code == 200, (round_, r.text)
+                        sides.setdefault(f"user-{i}", set()).add(r.headers["x-served-by"])
+            assert all(len(s) == 1 for s in sides.values()), sides
+            assert {next(iter(s)) for s in sides.values()} == {"monolith", "catalog"}
+
+            async def both_served() -> bool:
+                workers = (await admin.get("/workers")).json()["workers"]
+                return sum(w["requests"] for w in workers) >= 120
+
+            assert await _poll(both_served)
+            assert all(w["requests"] > 0 for w in (await admin.get("/workers")).json()["workers"])
