@@ -25,7 +25,8 @@ from .config import Config
 from .runtime import FacadeRuntime
 from .server import parse_listen
 from .shadow import ShadowFeature
-from .workers import read_message, write_message
+from .upstream import Upstreams
+from .workers import apply_health, read_message, write_message
 
 logger = logging.getLogger("facade.worker")
 
@@ -91,6 +92,8 @@ async def serve(args: argparse.Namespace) -> int:
     if first is None or first.get("type") != "snapshot":
         return 1
     runtime = FacadeRuntime(first["config"], watch_interval=None)
+    # No active health checks here: the supervisor runs them once per service and sends the results.
+    runtime.install_upstreams(Upstreams(first["config"].services, health_checks=False))
     ShadowFeature.attach(runtime)  # shadow copies leave from the worker that served the request
     runtime.swap(splits=first["splits"], version=first["version"])  # before start: the starting snapshot
     await runtime.start(listen_sock=bind_shared(args.listen), serve_admin=False)
@@ -105,6 +108,9 @@ async def serve(args: argparse.Namespace) -> int:
 
     async def follow() -> None:
         while (message := await read_message(reader)) is not None:
+            if message.get("type") == "health":
+                apply_health(runtime.upstreams, message["states"])
+                continue
             if message.get("type") != "snapshot":
                 continue
             try:

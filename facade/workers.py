@@ -28,6 +28,7 @@ import socket
 import struct
 import sys
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -41,11 +42,14 @@ from .server import parse_listen
 if TYPE_CHECKING:
     from .runtime import FacadeRuntime
     from .snapshot import Snapshot
+    from .upstream import Upstreams
+    from .upstream.health import HealthState
 
-__all__ = ["WorkerPool", "read_message", "reserve_port", "snapshot_message", "write_message"]
+__all__ = ["WorkerPool", "apply_health", "health_states", "read_message", "reserve_port", "snapshot_message", "write_message"]
 
 logger = logging.getLogger("facade.workers")
 
+HEALTH_INTERVAL_S = 0.5  # how often the supervisor's health results go to the workers (when they changed)
 SETTLE_TIMEOUT_S = 10.0  # a worker that has not applied a version by then is replaced
 START_TIMEOUT_S = 30.0  # a worker's first acknowledgement (imports, binding) on a loaded machine
 STOP_TIMEOUT_S = 35.0  # the proxy listener's graceful shutdown (30 s) plus a margin
@@ -70,6 +74,28 @@ def reserve_port(listen: str) -> socket.socket:
 def snapshot_message(snapshot: Snapshot) -> dict[str, Any]:
     """What a worker needs to build the same snapshot: the version, the config (overrides applied), the splits."""
     return {"type": "snapshot", "version": snapshot.version, "config": snapshot.config, "splits": dict(snapshot.splits)}
+
+
+def health_states(upstreams: Upstreams, services: Iterable[str]) -> dict[str, dict[str, HealthState]]:
+    """The supervisor's active health-check results: service -> endpoint URL -> state (checked services only)."""
+    out: dict[str, dict[str, HealthState]] = {}
+    for name in services:
+        pool = upstreams.get(name)
+        if pool is not None and pool.spec.health_check is not None:
+            out[name] = {ep.url: ep.health for ep in pool.endpoints}
+    return out
+
+
+def apply_health(upstreams: Upstreams, states: Mapping[str, Mapping[str, HealthState]]) -> None:
+    """A worker takes the supervisor's health results (its own pools run no active checks)."""
+    for name, by_url in states.items():
+        pool = upstreams.get(name)
+        if pool is None:
+            continue
+        for ep in pool.endpoints:
+            state = by_url.get(ep.url)
+            if state is not None:
+                ep.health = state
 
 
 def write_message(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
@@ -121,6 +147,8 @@ class WorkerPool(Feature):
         self.spare = spare  # keep one idle, imported worker to replace a dead one within a second
         self._spare: _Worker | None = None
         self._refilling: asyncio.Task[None] | None = None
+        self._health_task: asyncio.Task[None] | None = None
+        self._health: dict[str, dict[str, HealthState]] = {}  # the last results sent
         self.count = count
         self.listen = listen  # host:port the workers bind (the reserved port)
         self.log_level = log_level
@@ -140,6 +168,7 @@ class WorkerPool(Feature):
         for index, worker in enumerate(launched):
             self._activate(worker, index)
         self._refill_spare()
+        self._health_task = asyncio.create_task(self._share_health())
         deadline = time.monotonic() + START_TIMEOUT_S
         for worker in list(self.workers.values()):
             left = deadline - time.monotonic()
@@ -152,8 +181,9 @@ class WorkerPool(Feature):
     async def stop(self) -> None:
         """SIGTERM every worker (each drains its connections), then wait; SIGKILL what is left."""
         self._stopping = True
-        if self._refilling is not None:
-            self._refilling.cancel()
+        for task in (self._refilling, self._health_task):
+            if task is not None:
+                task.cancel()
         workers = list(self.workers.values()) + ([self._spare] if self._spare is not None else [])
         for worker in workers:
             with contextlib.suppress(ProcessLookupError):
@@ -202,6 +232,8 @@ class WorkerPool(Feature):
         self.workers[index] = worker
         # The snapshot in force now: a replacement serves the current step, not the config's first state.
         write_message(worker.writer, snapshot_message(self.runtime.holder.current) | {"index": index})
+        if self._health:
+            write_message(worker.writer, {"type": "health", "states": self._health})
 
     def _refill_spare(self) -> None:
         if self.spare and self._spare is None and not self._stopping and self._refilling is None:
@@ -217,6 +249,17 @@ class WorkerPool(Feature):
             self._spare = spare
         finally:
             self._refilling = None
+
+    async def _share_health(self) -> None:
+        """Health checks run once, here; every worker gets their results (when they changed)."""
+        while True:
+            await asyncio.sleep(HEALTH_INTERVAL_S)
+            states = health_states(self.runtime.upstreams, (s.name for s in self.runtime.config.services))
+            if states != self._health:
+                self._health = states
+                for worker in self.workers.values():
+                    if not worker.writer.is_closing():
+                        write_message(worker.writer, {"type": "health", "states": states})
 
     async def _read(self, worker: _Worker, reader: asyncio.StreamReader) -> None:
         while (message := await read_message(reader)) is not None:
@@ -261,6 +304,8 @@ class WorkerPool(Feature):
         for worker in self.workers.values():
             if not worker.writer.is_closing():
                 write_message(worker.writer, message)
+                if self._health:  # pools new in this snapshot start from the supervisor's results too
+                    write_message(worker.writer, {"type": "health", "states": self._health})
 
     async def settled(self) -> None:
         """Return when every worker acknowledged the current version; replace those that do not in time."""

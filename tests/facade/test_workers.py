@@ -420,3 +420,61 @@ async def test_sticky_cohorts_agree_across_workers(tmp_path: Path) -> None:
 
             assert await _poll(both_served)
             assert all(w["requests"] > 0 for w in (await admin.get("/workers")).json()["workers"])
+
+
+class _Checked:
+    """A backend whose /healthz can be told to fail; counts the health checks it receives."""
+
+    def __init__(self) -> None:
+        self.healthy = True
+        self.checks = 0
+
+    async def __call__(self, scope: dict[str, object], receive: object, send: object) -> None:
+        if scope["type"] != "http":
+            return
+        status = 200
+        if scope["path"] == "/healthz":
+            self.checks += 1
+            status = 200 if self.healthy else 503
+        await send({"type": "http.response.start", "status": status, "headers": [(b"x-served-by", b"checked")]})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": b"ok"})  # type: ignore[operator]
+
+
+@pytest.mark.slow
+async def test_health_checks_run_once_and_reach_every_worker(tmp_path: Path) -> None:
+    backend = _Checked()
+    async with serve_app(backend) as backend_url:
+        (tmp_path / "facade.yaml").write_text(textwrap.dedent(f"""\
+            listen: 127.0.0.1:0
+            admin: {{listen: 127.0.0.1:0, token: {TOKEN}}}
+            services:
+              app:
+                endpoints: [{backend_url}]
+                health_check: {{path: /healthz, interval: 1s, unhealthy_threshold: 1}}
+            routes:
+              - name: default
+                match: {{path: {{prefix: /}}}}
+                backend: app
+            """))
+        async with supervisor(tmp_path, workers=2) as (_proc, url, admin_url), \
+                httpx.AsyncClient(base_url=admin_url, timeout=10) as admin:
+            checks_before = backend.checks
+            await asyncio.sleep(3.0)  # ~3 rounds of the supervisor's checks
+            rounds = backend.checks - checks_before
+            # One checker (the supervisor), not three (supervisor + 2 workers): at most one per second, with jitter.
+            assert 1 <= rounds <= 5, rounds
+            backend.healthy = False
+
+            async def refused_by_both() -> bool:
+                # New connections land on both workers; neither checks, so both must have the result.
+                async with httpx.AsyncClient(base_url=url, timeout=5,
+                                             limits=httpx.Limits(max_keepalive_connections=0)) as client:
+                    codes = {(await client.get("/x")).status_code for _ in range(20)}
+                return codes == {503}
+
+            assert await _poll(refused_by_both, 10)
+
+            async def both_answered() -> bool:  # the 503s were served by both workers (their telemetry)
+                return all(w["requests"] > 0 for w in (await admin.get("/workers")).json()["workers"])
+
+            assert await _poll(both_answered), (await admin.get("/workers")).json()
