@@ -22,6 +22,7 @@ import sys
 from typing import Any
 
 from .config import Config
+from .diff import DiffRing, DiffSample
 from .runtime import FacadeRuntime
 from .server import parse_listen
 from .shadow import ShadowFeature
@@ -77,10 +78,24 @@ async def _ship(runtime: FacadeRuntime, writer: asyncio.StreamWriter, shipped: d
         _send_delta(runtime, writer, shipped)
 
 
+def new_diff_samples(ring: DiffRing, shipped: dict[Any, Any]) -> list[DiffSample]:
+    """The diff samples added to ``ring`` since the last call (oldest first; at most what the ring keeps)."""
+    out: list[DiffSample] = []
+    for route in ring.routes():
+        seen = ring.to_json(route, 0)["seen"]
+        fresh = seen - shipped.get(("samples", route), 0)
+        shipped[("samples", route)] = seen
+        if fresh > 0:
+            out.extend(reversed(ring.samples(route, fresh)))
+    return out
+
+
 def _send_delta(runtime: FacadeRuntime, writer: asyncio.StreamWriter, shipped: dict[Any, Any]) -> None:
     delta = runtime.telemetry.take_delta(shipped)
-    if delta["series"] or delta["diffs"] or delta["overflowed"]:
-        write_message(writer, {"type": "telemetry", "delta": delta})
+    shadow = runtime.feature(ShadowFeature)
+    samples = new_diff_samples(shadow.sender.ring, shipped) if shadow is not None else []
+    if delta["series"] or delta["diffs"] or delta["overflowed"] or samples:
+        write_message(writer, {"type": "telemetry", "delta": delta, "diff_samples": samples})
 
 
 async def serve(args: argparse.Namespace) -> int:

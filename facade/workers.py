@@ -38,6 +38,7 @@ from starlette.routing import BaseRoute, Route
 
 from .feature import Feature
 from .server import parse_listen
+from .shadow import ShadowFeature
 
 if TYPE_CHECKING:
     from .runtime import FacadeRuntime
@@ -276,6 +277,11 @@ class WorkerPool(Feature):
             elif kind == "telemetry":
                 worker.requests += self.runtime.telemetry.absorb(message["delta"])
                 worker.batches += 1
+                samples = message.get("diff_samples") or ()
+                shadow = self.runtime.feature(ShadowFeature) if samples else None
+                for sample in samples:  # GET /diffs shows every worker's samples
+                    assert shadow is not None
+                    shadow.sender.ring.add(sample)
 
     async def _watch(self, worker: _Worker) -> None:
         code = await worker.process.wait()

@@ -478,3 +478,31 @@ async def test_health_checks_run_once_and_reach_every_worker(tmp_path: Path) -> 
                 return all(w["requests"] > 0 for w in (await admin.get("/workers")).json()["workers"])
 
             assert await _poll(both_answered), (await admin.get("/workers")).json()
+
+
+@pytest.mark.slow
+async def test_shadow_diffs_of_both_workers_reach_compare_and_the_ring(tmp_path: Path) -> None:
+    (tmp_path / "migrations").mkdir()
+    (tmp_path / "migrations" / "001-shop.yaml").write_text(textwrap.dedent(PLAN).replace(
+        "steps:\n", "steps:\n  - shadow: {percent: 100}\n"))
+    async with serve_app(Switchable("monolith")) as old_url, serve_app(Switchable("catalog")) as new_url:
+        (tmp_path / "facade.yaml").write_text(config_text(old_url, new_url))
+        async with supervisor(tmp_path) as (_proc, url, admin_url), \
+                httpx.AsyncClient(base_url=admin_url, headers=AUTH, timeout=30) as admin:
+            assert (await admin.post("/migrations/shop/start", json={})).status_code == 200
+            served: dict[str, int] = {}
+            await _load_n(url, served, 60)  # new connection each: both workers mirror
+            assert served == {"monolith": 60}
+
+            async def compared() -> dict[str, object] | None:
+                report = (await admin.get("/compare", params={"route": "catalog"})).json()
+                return report if report["diffs"]["compared"] >= 60 else None
+
+            report = await _poll(compared)
+            assert report, (await admin.get("/compare", params={"route": "catalog"})).json()
+            # The echo bodies name the backend: every comparison differs, from whichever worker.
+            found = report["diffs"]  # type: ignore[index]
+            assert (found["compared"], found["differing"], found["diff_rate"]) == (60, 60, 1.0), found
+            diffs = (await admin.get("/diffs", params={"route": "catalog", "limit": 100})).json()
+            assert diffs["seen"] == 60 and len(diffs["samples"]) == min(60, diffs["kept"]), diffs["seen"]
+            assert all(w["requests"] > 0 for w in (await admin.get("/workers")).json()["workers"])
