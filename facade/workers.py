@@ -28,6 +28,7 @@ import socket
 import struct
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -115,6 +116,14 @@ async def read_message(reader: asyncio.StreamReader) -> dict[str, Any] | None:
     return message
 
 
+def served_view(served: Mapping[tuple[str, str, str], int]) -> dict[str, dict[str, dict[str, int]]]:
+    """route -> step label -> backend -> requests (a worker's own split, as it reported it)."""
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for (route, step, backend), count in sorted(served.items()):
+        out.setdefault(route, {}).setdefault(step, {})[backend] = count
+    return out
+
+
 @dataclass(eq=False)
 class _Worker:
     index: int
@@ -123,6 +132,7 @@ class _Worker:
     started: float = field(default_factory=time.time)
     version: int = 0  # the snapshot version it acknowledged last (0: none yet)
     requests: int = 0  # requests it reported (telemetry absorbed)
+    served: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (route, step, backend) -> requests
     batches: int = 0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
@@ -135,6 +145,7 @@ class _Worker:
             "started_at": round(self.started, 3),
             "requests": self.requests,
             "telemetry_batches": self.batches,
+            "served": served_view(self.served),
         }
 
 
@@ -277,6 +288,8 @@ class WorkerPool(Feature):
             elif kind == "telemetry":
                 worker.requests += self.runtime.telemetry.absorb(message["delta"])
                 worker.batches += 1
+                for (route, backend, step, _method, _cls), count, *_ in message["delta"]["series"]:
+                    worker.served[(route, step, backend)] += count
                 samples = message.get("diff_samples") or ()
                 shadow = self.runtime.feature(ShadowFeature) if samples else None
                 for sample in samples:  # GET /diffs shows every worker's samples

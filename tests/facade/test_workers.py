@@ -203,6 +203,15 @@ async def test_two_workers_migrate_under_load_with_one_evidence_store(tmp_path: 
             workers = (await admin.get("/workers")).json()["workers"]
             assert sum(w["requests"] for w in workers) == sent
             assert all(w["requests"] > 0 for w in workers), workers  # both workers served
+            # Each worker's own split, per step, is the plan's (read from its counters, not the sum).
+            for w in workers:
+                steps = {k: v for k, v in w["served"]["catalog"].items() if "weight" in k}  # "": before start
+                assert len(steps) == 3, w["served"]
+                for step, backends in steps.items():
+                    percent = int(step.rsplit(" ", 1)[1])  # "shop step 2: weight 50"
+                    total = sum(backends.values())
+                    assert total > 20, (w["pid"], step, backends)
+                    assert abs(backends.get("catalog", 0) / total - percent / 100) <= 0.2, (w["pid"], step, backends)
             metrics = (await admin.get("/metrics")).text
             total = sum(
                 float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
