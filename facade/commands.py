@@ -172,6 +172,10 @@ async def _serve(config: Any, args: argparse.Namespace) -> int:
             print(str(p), file=sys.stderr)
         await runtime.stop()
         return EXIT_INVALID
+    except RuntimeError as exc:  # a worker of --workers N did not come up (facade.workers.WorkerStartError)
+        print(f"facade serve: {exc}", file=sys.stderr)
+        await runtime.stop()
+        return EXIT_FAILURE
     workers = f" ({worker_count} workers)" if worker_count > 1 else ""
     print(f"facade ready: listening on {runtime.url}{workers}, admin on {runtime.admin_url}", flush=True)
     await runtime.wait_stopped()

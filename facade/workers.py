@@ -37,6 +37,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from .config import Config
 from .feature import Feature
 from .server import parse_listen
 from .shadow import ShadowFeature
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
     from .upstream import Upstreams
     from .upstream.health import HealthState
 
-__all__ = ["WorkerPool", "apply_health", "health_states", "read_message", "reserve_port", "snapshot_message", "write_message"]
+__all__ = ["WorkerPool", "WorkerStartError", "apply_health", "health_states", "read_message", "reserve_port", "snapshot_message", "write_message"]
 
 logger = logging.getLogger("facade.workers")
 
@@ -124,6 +125,10 @@ def served_view(served: Mapping[tuple[str, str, str], int]) -> dict[str, dict[st
     return out
 
 
+class WorkerStartError(RuntimeError):
+    """A worker did not come up at start (it could not bind, or kept dying): the facade does not start."""
+
+
 @dataclass(eq=False)
 class _Worker:
     index: int
@@ -156,6 +161,7 @@ class WorkerPool(Feature):
         self, runtime: FacadeRuntime, count: int, listen: str, *, log_level: str = "warning", spare: bool = True
     ) -> None:
         self.runtime = runtime
+        self._configured = runtime.config.workers  # a reload that changes it applies on restart
         self.spare = spare  # keep one idle, imported worker to replace a dead one within a second
         self._spare: _Worker | None = None
         self._refilling: asyncio.Task[None] | None = None
@@ -188,7 +194,9 @@ class WorkerPool(Feature):
                 await asyncio.wait_for(worker.ready.wait(), max(0.1, left))
             except TimeoutError:
                 await self.stop()
-                raise RuntimeError(f"worker {worker.index} did not start within {START_TIMEOUT_S:g} s") from None
+                raise WorkerStartError(
+                    f"worker {worker.index} did not start within {START_TIMEOUT_S:g} s (its log is above)"
+                ) from None
 
     async def stop(self) -> None:
         """SIGTERM every worker (each drains its connections), then wait; SIGKILL what is left."""
@@ -317,6 +325,12 @@ class WorkerPool(Feature):
             await self._spawn(worker.index)
 
     # -- the runtime's hooks ---------------------------------------------------------------------
+
+    async def config_changed(self, config: Config) -> None:
+        if config.workers != self._configured:
+            self._configured = config.workers
+            logger.warning("reload: workers changed to %s; the number of workers changes on restart "
+                           "(%d run now)", config.workers, self.count)
 
     def swapped(self, snapshot: Snapshot) -> None:
         message = snapshot_message(snapshot)
