@@ -4,7 +4,8 @@
 
 Contenders: direct (no proxy), facade, facade-w2 (``--workers 2``: a supervisor and two worker
 processes, docs/workers.md; its CPU counts all three, and ``sup us/req`` is the supervisor's share:
-telemetry aggregation and control plane), minimal (benchmarks/minimal_proxy.py: raw ASGI + aiohttp
+telemetry aggregation and control plane), facade-w2-shared (the same, accepting from one
+inherited socket instead of one SO_REUSEPORT socket per worker), minimal (benchmarks/minimal_proxy.py: raw ASGI + aiohttp
 with none of the facade's work: the floor of the chosen stack), nginx, haproxy.
 Every contender proxies to the same backend (uvicorn + httptools + uvloop, a raw ASGI app
 answering a small body). Load comes from wrk (Debian package) when present, else from a
@@ -227,7 +228,7 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per measurement (default 8)")
     parser.add_argument("--connections", default="1,32", help="comma list (default 1,32)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per configuration; the median is kept")
-    parser.add_argument("--only", default="", help="comma list of contenders (direct,facade,facade-w2,minimal,lean,nginx,haproxy)")
+    parser.add_argument("--only", default="", help="comma list of contenders (direct,facade,facade-w2,facade-w2-shared,minimal,lean,nginx,haproxy)")
     parser.add_argument("--json", help="write the raw results here")
     args = parser.parse_args()
     conns = [int(c) for c in args.connections.split(",")]
@@ -247,6 +248,10 @@ def main() -> int:
     contenders["facade-w2"] = ([sys.executable, "-m", "facade", "serve", "-c",
                                 str(facade_conf(tmp, wport, waport, backend, name="facade-w2.yaml")),
                                 "--no-watch", "--log-level", "warning", "--workers", "2"], wport)
+    sport, saport = free_port(), free_port()
+    contenders["facade-w2-shared"] = ([sys.executable, "-m", "facade", "serve", "-c",
+                                       str(facade_conf(tmp, sport, saport, backend, name="facade-w2s.yaml")),
+                                       "--no-watch", "--log-level", "warning", "--workers", "2"], sport)
     mport = free_port()
     contenders["minimal"] = ([sys.executable, "-m", "uvicorn", "benchmarks.minimal_proxy:app", "--port", str(mport),
                               "--http", "httptools", "--loop", "uvloop", "--no-access-log", "--log-level", "warning",
@@ -270,6 +275,8 @@ def main() -> int:
     with process(backend_argv, backend, tmp / "backend.log") as backend_proc:
         for name, (argv, port) in contenders.items():
             env = dict(os.environ, BACKEND=f"http://127.0.0.1:{backend}")
+            if name == "facade-w2-shared":  # one inherited listening socket instead of SO_REUSEPORT
+                env["FACADE_WORKERS_SOCKET"] = "shared"
             ctx = process(argv, port, tmp / f"{name}.log", env) if argv else contextlib.nullcontext(backend_proc)
             with ctx as proc:
                 url = f"http://127.0.0.1:{port}/bench"
@@ -282,8 +289,8 @@ def main() -> int:
                     print(f"  {name:8s} c={c:<3d} {r['rps']:9.0f} req/s  p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms"
                           f"  cpu {r['cpu_us']:.0f} us/req (main process {r['own_cpu_us']:.1f})",
                           file=sys.stderr, flush=True)
-                if name == "facade-w2":
-                    spread = worker_spread(waport)
+                if name in ("facade-w2", "facade-w2-shared"):
+                    spread = worker_spread(waport if name == "facade-w2" else saport)
                     spreads[name] = spread
                     print(f"  facade-w2 requests per worker (all runs): {spread}", file=sys.stderr, flush=True)
 
@@ -304,8 +311,8 @@ def main() -> int:
     if f and d and 1 in f and 1 in d:
         print(f"facade p50 added over direct at 1 connection: {f[1]['p50_ms'] - d[1]['p50_ms']:.3f} ms (target <= 0.35 ms)")
     w = results.get("facade-w2", {})
-    if "facade-w2" in spreads:
-        print(f"facade-w2 requests per worker (SO_REUSEPORT spread): {spreads['facade-w2']}")
+    for name, spread in spreads.items():
+        print(f"{name} requests per worker: {spread}")
     for c in sorted(set(f) & set(w)):
         print(f"facade-w2 / facade at {c} connections: {w[c]['rps'] / f[c]['rps']:.2f}x throughput (target >= 1.4x), "
               f"cpu {w[c]['cpu_us']:.0f} vs {f[c]['cpu_us']:.0f} us/req ({w[c]['cpu_us'] / f[c]['cpu_us'] - 1:+.0%}), "

@@ -157,13 +157,16 @@ async def _serve(config: Any, args: argparse.Namespace) -> int:
     start: dict[str, Any] = {}
     worker_count = getattr(args, "worker_count", 1)
     if worker_count > 1:
-        from .workers import WorkerPool, reserve_port
+        from .server import bind
+        from .workers import SOCKET_ENV, WorkerPool, reserve_port
 
-        listen_sock = reserve_port(runtime.config.listen)
+        shared = os.environ.get(SOCKET_ENV) == "shared"
+        listen_sock = bind(runtime.config.listen) if shared else reserve_port(runtime.config.listen)
         host, port = listen_sock.getsockname()[:2]
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         # Added last: it starts after the migration controller put the durable splits in force.
-        runtime.add_feature(WorkerPool(runtime, worker_count, address, log_level=args.log_level))
+        runtime.add_feature(WorkerPool(runtime, worker_count, address, log_level=args.log_level,
+                                       listen_fd=listen_sock.fileno() if shared else None))
         start = {"listen_sock": listen_sock, "serve_clients": False}
     try:
         await runtime.start(**start)

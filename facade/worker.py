@@ -111,7 +111,12 @@ async def serve(args: argparse.Namespace) -> int:
     runtime.install_upstreams(Upstreams(first["config"].services, health_checks=False))
     ShadowFeature.attach(runtime)  # shadow copies leave from the worker that served the request
     runtime.swap(splits=first["splits"], version=first["version"])  # before start: the starting snapshot
-    await runtime.start(listen_sock=bind_shared(args.listen), serve_admin=False)
+    if args.listen_fd is not None:  # one socket shared by every worker, inherited from the supervisor
+        listen_sock = socket.socket(fileno=args.listen_fd)
+        listen_sock.setblocking(False)
+    else:
+        listen_sock = bind_shared(args.listen)
+    await runtime.start(listen_sock=listen_sock, serve_admin=False)
     write_message(writer, {"type": "ack", "version": runtime.version, "pid": os.getpid()})
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -153,7 +158,9 @@ async def serve(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m facade.worker", description=__doc__)
     parser.add_argument("--channel-fd", type=int, required=True)
-    parser.add_argument("--listen", required=True)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--listen", help="bind this host:port with SO_REUSEPORT")
+    where.add_argument("--listen-fd", type=int, help="accept on this inherited listening socket")
     parser.add_argument("--parent-pid", type=int, required=True)
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args(argv)

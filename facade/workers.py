@@ -48,12 +48,15 @@ if TYPE_CHECKING:
     from .upstream import Upstreams
     from .upstream.health import HealthState
 
-__all__ = ["WorkerPool", "WorkerStartError", "apply_health", "health_states", "read_message", "reserve_port", "snapshot_message", "write_message"]
+__all__ = ["SOCKET_ENV", "WorkerPool", "WorkerStartError", "apply_health", "health_states", "read_message", "reserve_port", "snapshot_message", "write_message"]
 
 logger = logging.getLogger("facade.workers")
 
 HEALTH_INTERVAL_S = 0.5  # how often the supervisor's health results go to the workers (when they changed)
-SETTLE_TIMEOUT_S = 10.0  # a worker that has not applied a version by then is replaced
+SETTLE_TIMEOUT_S = 10.0
+# FACADE_WORKERS_SOCKET=shared: one listening socket inherited by every worker instead of one
+# SO_REUSEPORT socket each (docs/workers.md, "Spreading the load": measured, not the default).
+SOCKET_ENV = "FACADE_WORKERS_SOCKET"  # a worker that has not applied a version by then is replaced
 START_TIMEOUT_S = 30.0  # a worker's first acknowledgement (imports, binding) on a loaded machine
 STOP_TIMEOUT_S = 35.0  # the proxy listener's graceful shutdown (30 s) plus a margin
 _HEADER = struct.Struct("!I")
@@ -158,9 +161,18 @@ class WorkerPool(Feature):
     """N worker processes serving clients on ``listen``; the supervisor's runtime stays the one control plane."""
 
     def __init__(
-        self, runtime: FacadeRuntime, count: int, listen: str, *, log_level: str = "warning", spare: bool = True
+        self,
+        runtime: FacadeRuntime,
+        count: int,
+        listen: str,
+        *,
+        log_level: str = "warning",
+        spare: bool = True,
+        listen_fd: int | None = None,
     ) -> None:
         self.runtime = runtime
+        # SOCKET_SHARED: every worker accepts from this one inherited listening socket instead of its own.
+        self.listen_fd = listen_fd
         self._configured = runtime.config.workers  # a reload that changes it applies on restart
         self.spare = spare  # keep one idle, imported worker to replace a dead one within a second
         self._spare: _Worker | None = None
@@ -221,12 +233,14 @@ class WorkerPool(Feature):
     async def _launch(self) -> _Worker:
         """A worker process with its imports done, waiting for its first snapshot (not serving yet)."""
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        listen = ("--listen", self.listen) if self.listen_fd is None else ("--listen-fd", str(self.listen_fd))
+        inherited = () if self.listen_fd is None else (self.listen_fd,)
         try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "facade.worker",
-                "--channel-fd", str(child.fileno()), "--listen", self.listen,
+                "--channel-fd", str(child.fileno()), *listen,
                 "--parent-pid", str(os.getpid()), "--log-level", self.log_level,
-                pass_fds=(child.fileno(),),
+                pass_fds=(child.fileno(), *inherited),
             )
         finally:
             child.close()

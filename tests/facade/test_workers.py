@@ -116,9 +116,11 @@ async def test_config_workers_out_of_range_is_a_config_error(tmp_path: Path) -> 
 
 
 @contextlib.asynccontextmanager
-async def supervisor(tmp_path: Path, workers: int = 2) -> AsyncIterator[tuple[asyncio.subprocess.Process, str, str]]:
+async def supervisor(
+    tmp_path: Path, workers: int = 2, *, env_extra: dict[str, str] | None = None
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, str, str]]:
     """``python -m facade serve --workers N`` on ephemeral ports; yields (process, url, admin_url) once ready."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), **(env_extra or {})}
     with open(tmp_path / "serve.log", "wb") as log:  # noqa: ASYNC230 -- creating an empty log file, once
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "facade", "serve", "-c", str(tmp_path / "facade.yaml"), "--no-watch",
@@ -515,3 +517,24 @@ async def test_shadow_diffs_of_both_workers_reach_compare_and_the_ring(tmp_path:
             diffs = (await admin.get("/diffs", params={"route": "catalog", "limit": 100})).json()
             assert diffs["seen"] == 60 and len(diffs["samples"]) == min(60, diffs["kept"]), diffs["seen"]
             assert all(w["requests"] > 0 for w in (await admin.get("/workers")).json()["workers"])
+
+
+@pytest.mark.slow
+async def test_one_shared_socket_mode_serves_on_every_worker(tmp_path: Path) -> None:
+    async with serve_app(Switchable("monolith")) as old_url:
+        (tmp_path / "facade.yaml").write_text(config_text(old_url, old_url).replace("migrations: migrations/\n", ""))
+        async with supervisor(tmp_path, env_extra={"FACADE_WORKERS_SOCKET": "shared"}) as (proc, url, admin_url), \
+                httpx.AsyncClient(base_url=admin_url, timeout=10) as admin:
+            victim = (await admin.get("/workers")).json()["workers"][0]["pid"]
+            os.kill(victim, signal.SIGKILL)  # the accept queue is the supervisor's: nothing queued is lost
+            seen: dict[str, int] = {}
+            await _load_n(url, seen, 100)
+            assert seen == {"monolith": 100}
+
+            async def both_served() -> bool:
+                workers = (await admin.get("/workers")).json()["workers"]
+                return sum(w["requests"] for w in workers) >= 100 and victim not in [w["pid"] for w in workers]
+
+            assert await _poll(both_served), (await admin.get("/workers")).json()
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 40) == 0
