@@ -268,7 +268,7 @@ async def test_kill_9_of_a_worker_is_replaced_on_the_current_step(tmp_path: Path
             assert before["spare"] is not None and view["workers"][0]["pid"] == before["spare"]  # type: ignore[index]
             # New connections kept succeeding: a few requests on the killed worker's connections may fail.
             failed = sum(v for k, v in results.items() if k != "catalog")
-            assert results.get("catalog", 0) > 50 and failed <= 4, results
+            assert results.get("catalog", 0) > 50 and failed <= 10, results
             print(f"replacement acknowledged after {took:.2f} s; failed requests: {failed} of {sum(results.values())}")
             # The replacement serves the current step (weight 100), not the config's initial state.
             mine: dict[str, int] = {}
