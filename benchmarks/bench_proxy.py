@@ -292,7 +292,7 @@ def main() -> int:
                 if name in ("facade-w2", "facade-w2-shared"):
                     spread = worker_spread(waport if name == "facade-w2" else saport)
                     spreads[name] = spread
-                    print(f"  facade-w2 requests per worker (all runs): {spread}", file=sys.stderr, flush=True)
+                    print(f"  {name} requests per worker (all runs): {spread}", file=sys.stderr, flush=True)
 
     print()
     print(f"machine: {os.cpu_count()} cores; {args.repeat} runs x {args.duration:g}s each, median; load: "
