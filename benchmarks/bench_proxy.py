@@ -2,7 +2,10 @@
 
     python benchmarks/bench_proxy.py [--duration 10] [--connections 1,32] [--repeat 3] [--json OUT]
 
-Contenders: direct (no proxy), facade, minimal (benchmarks/minimal_proxy.py: raw ASGI + aiohttp
+Contenders: direct (no proxy), facade, facade-w2 (``--workers 2``: a supervisor and two worker
+processes, docs/workers.md; its CPU counts all three, and ``sup us/req`` is the supervisor's share:
+telemetry aggregation and control plane), facade-w2-shared (the same, accepting from one
+inherited socket instead of one SO_REUSEPORT socket per worker), minimal (benchmarks/minimal_proxy.py: raw ASGI + aiohttp
 with none of the facade's work: the floor of the chosen stack), nginx, haproxy.
 Every contender proxies to the same backend (uvicorn + httptools + uvloop, a raw ASGI app
 answering a small body). Load comes from wrk (Debian package) when present, else from a
@@ -67,7 +70,7 @@ def process(argv: list[str], port: int, log: Path, env: dict[str, str] | None = 
             proc.kill()
 
 
-def cpu_seconds(pid: int | None) -> float:
+def cpu_seconds(pid: int | None, *, children: bool = True) -> float:
     """CPU time (user + system) of a process and its children so far; 0.0 without psutil.
 
     CPU per request is steadier than req/s on a shared box: it does not depend on who else got the
@@ -81,17 +84,20 @@ def cpu_seconds(pid: int | None) -> float:
         return 0.0
     try:
         procs = [psutil.Process(pid)]
-        procs += procs[0].children(recursive=True)  # nginx: master + worker
+        if children:
+            procs += procs[0].children(recursive=True)  # nginx: master + worker; facade: supervisor + workers
         return sum(t.user + t.system for t in (p.cpu_times() for p in procs))
     except psutil.Error:
         return 0.0
 
 
 def measured(load: Any, pid: int | None, url: str, connections: int, duration: float) -> dict[str, float]:
-    before = cpu_seconds(pid)
+    before, before_own = cpu_seconds(pid), cpu_seconds(pid, children=False)
     r = load(url, connections, duration)
-    spent = cpu_seconds(pid) - before
+    spent, own = cpu_seconds(pid) - before, cpu_seconds(pid, children=False) - before_own
     r["cpu_us"] = spent / (r["rps"] * duration) * 1e6 if r["rps"] and spent else 0.0
+    # The main process alone: with workers, the supervisor (what aggregating telemetry costs).
+    r["own_cpu_us"] = own / (r["rps"] * duration) * 1e6 if r["rps"] and own else 0.0
     return r
 
 
@@ -192,8 +198,8 @@ backend be
     return conf
 
 
-def facade_conf(tmp: Path, port: int, admin: int, backend: int) -> Path:
-    conf = tmp / "facade.yaml"
+def facade_conf(tmp: Path, port: int, admin: int, backend: int, name: str = "facade.yaml") -> Path:
+    conf = tmp / name
     conf.write_text(f"""
 listen: 127.0.0.1:{port}
 admin: {{listen: 127.0.0.1:{admin}}}
@@ -207,12 +213,22 @@ routes:
     return conf
 
 
+def worker_spread(admin_port: int) -> list[int]:
+    """Requests each worker served so far (its telemetry, as the supervisor absorbed it): how evenly
+    the kernel spreads connections over the workers' SO_REUSEPORT sockets."""
+    import urllib.request
+
+    time.sleep(1.5)  # the last telemetry batch (every 0.5 s)
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/workers", timeout=5) as answer:
+        return [w["requests"] for w in json.loads(answer.read())["workers"]]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per measurement (default 8)")
     parser.add_argument("--connections", default="1,32", help="comma list (default 1,32)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per configuration; the median is kept")
-    parser.add_argument("--only", default="", help="comma list of contenders (direct,facade,minimal,lean,nginx,haproxy)")
+    parser.add_argument("--only", default="", help="comma list of contenders (direct,facade,facade-w2,facade-w2-shared,minimal,lean,nginx,haproxy)")
     parser.add_argument("--json", help="write the raw results here")
     args = parser.parse_args()
     conns = [int(c) for c in args.connections.split(",")]
@@ -228,6 +244,14 @@ def main() -> int:
     fport, aport = free_port(), free_port()
     contenders["facade"] = ([sys.executable, "-m", "facade", "serve", "-c", str(facade_conf(tmp, fport, aport, backend)),
                              "--no-watch", "--log-level", "warning"], fport)
+    wport, waport = free_port(), free_port()
+    contenders["facade-w2"] = ([sys.executable, "-m", "facade", "serve", "-c",
+                                str(facade_conf(tmp, wport, waport, backend, name="facade-w2.yaml")),
+                                "--no-watch", "--log-level", "warning", "--workers", "2"], wport)
+    sport, saport = free_port(), free_port()
+    contenders["facade-w2-shared"] = ([sys.executable, "-m", "facade", "serve", "-c",
+                                       str(facade_conf(tmp, sport, saport, backend, name="facade-w2s.yaml")),
+                                       "--no-watch", "--log-level", "warning", "--workers", "2"], sport)
     mport = free_port()
     contenders["minimal"] = ([sys.executable, "-m", "uvicorn", "benchmarks.minimal_proxy:app", "--port", str(mport),
                               "--http", "httptools", "--loop", "uvloop", "--no-access-log", "--log-level", "warning",
@@ -247,9 +271,12 @@ def main() -> int:
         contenders = {k: v for k, v in contenders.items() if k in wanted}
 
     results: dict[str, dict[int, dict[str, float]]] = {}
+    spreads: dict[str, list[int]] = {}
     with process(backend_argv, backend, tmp / "backend.log") as backend_proc:
         for name, (argv, port) in contenders.items():
             env = dict(os.environ, BACKEND=f"http://127.0.0.1:{backend}")
+            if name == "facade-w2-shared":  # one inherited listening socket instead of SO_REUSEPORT
+                env["FACADE_WORKERS_SOCKET"] = "shared"
             ctx = process(argv, port, tmp / f"{name}.log", env) if argv else contextlib.nullcontext(backend_proc)
             with ctx as proc:
                 url = f"http://127.0.0.1:{port}/bench"
@@ -260,7 +287,12 @@ def main() -> int:
                     results[name][c] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
                     r = results[name][c]
                     print(f"  {name:8s} c={c:<3d} {r['rps']:9.0f} req/s  p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms"
-                          f"  cpu {r['cpu_us']:.0f} us/req", file=sys.stderr, flush=True)
+                          f"  cpu {r['cpu_us']:.0f} us/req (main process {r['own_cpu_us']:.1f})",
+                          file=sys.stderr, flush=True)
+                if name in ("facade-w2", "facade-w2-shared"):
+                    spread = worker_spread(waport if name == "facade-w2" else saport)
+                    spreads[name] = spread
+                    print(f"  {name} requests per worker (all runs): {spread}", file=sys.stderr, flush=True)
 
     print()
     print(f"machine: {os.cpu_count()} cores; {args.repeat} runs x {args.duration:g}s each, median; load: "
@@ -278,6 +310,13 @@ def main() -> int:
         print(f"facade / nginx throughput at 32 connections: {f[32]['rps'] / n[32]['rps']:.2f}x (target >= 0.30x)")
     if f and d and 1 in f and 1 in d:
         print(f"facade p50 added over direct at 1 connection: {f[1]['p50_ms'] - d[1]['p50_ms']:.3f} ms (target <= 0.35 ms)")
+    w = results.get("facade-w2", {})
+    for name, spread in spreads.items():
+        print(f"{name} requests per worker: {spread}")
+    for c in sorted(set(f) & set(w)):
+        print(f"facade-w2 / facade at {c} connections: {w[c]['rps'] / f[c]['rps']:.2f}x throughput (target >= 1.4x), "
+              f"cpu {w[c]['cpu_us']:.0f} vs {f[c]['cpu_us']:.0f} us/req ({w[c]['cpu_us'] / f[c]['cpu_us'] - 1:+.0%}), "
+              f"supervisor {w[c]['own_cpu_us']:.1f} us/req ({w[c]['own_cpu_us'] / w[c]['cpu_us']:.1%} of the CPU)")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     shutil.rmtree(tmp, ignore_errors=True)

@@ -58,7 +58,10 @@ def mutation(
         denied = require_token(runtime, request)
         if denied is not None:
             return denied
-        return await handler(request)
+        response = await handler(request)
+        # With workers, answer only once every live worker runs the snapshot this mutation made.
+        await runtime.settled()
+        return response
 
     return guarded
 

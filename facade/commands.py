@@ -35,6 +35,8 @@ def register(sub: Any) -> None:
     p.add_argument("--admin-listen", metavar="HOST:PORT", help="override the config's admin.listen address")
     p.add_argument("--state-dir", metavar="DIR", help="override the config's state_dir (durable migration state, CA)")
     p.add_argument("--no-watch", action="store_true", help="do not reload when the config file changes")
+    p.add_argument("--workers", metavar="N", help="worker processes serving clients: 1..64 or 'auto' (one per core); "
+                   "overrides the config's workers (default 1)")
     p.add_argument("--log-level", default="info", metavar="LEVEL", choices=["debug", "info", "warning", "error"],
                    help="debug, info (default), warning or error")
     p.set_defaults(func=cmd_serve)
@@ -118,6 +120,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return c
 
     args.overrides = overrides
+    from .config import parse_workers
+
+    try:
+        args.worker_count = parse_workers(args.workers if args.workers is not None else config.workers)
+    except ValueError as exc:
+        return fail(args, f"--workers: {exc}" if args.workers is not None else f"{args.config}: {exc}", EXIT_INVALID)
+    if args.worker_count > 1 and config.mesh is not None:
+        return fail(args, f"--workers {args.worker_count}: a config with a mesh: section runs one worker "
+                    "for now (docs/workers.md)", EXIT_INVALID)
     try:
         return _run(_serve(config, args))
     except OSError as exc:
@@ -143,14 +154,33 @@ async def _serve(config: Any, args: argparse.Namespace) -> int:
     )
     attach_features(runtime)
     runtime.install_signal_handlers(asyncio.get_running_loop())
+    start: dict[str, Any] = {}
+    worker_count = getattr(args, "worker_count", 1)
+    if worker_count > 1:
+        from .server import bind
+        from .workers import SOCKET_ENV, WorkerPool, reserve_port
+
+        shared = os.environ.get(SOCKET_ENV) == "shared"
+        listen_sock = bind(runtime.config.listen) if shared else reserve_port(runtime.config.listen)
+        host, port = listen_sock.getsockname()[:2]
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        # Added last: it starts after the migration controller put the durable splits in force.
+        runtime.add_feature(WorkerPool(runtime, worker_count, address, log_level=args.log_level,
+                                       listen_fd=listen_sock.fileno() if shared else None))
+        start = {"listen_sock": listen_sock, "serve_clients": False}
     try:
-        await runtime.start()
+        await runtime.start(**start)
     except ConfigError as exc:  # a feature (migration plans, mesh policy) refused the config at start
         for p in exc.problems:
             print(str(p), file=sys.stderr)
         await runtime.stop()
         return EXIT_INVALID
-    print(f"facade ready: listening on {runtime.url}, admin on {runtime.admin_url}", flush=True)
+    except RuntimeError as exc:  # a worker of --workers N did not come up (facade.workers.WorkerStartError)
+        print(f"facade serve: {exc}", file=sys.stderr)
+        await runtime.stop()
+        return EXIT_FAILURE
+    workers = f" ({worker_count} workers)" if worker_count > 1 else ""
+    print(f"facade ready: listening on {runtime.url}{workers}, admin on {runtime.admin_url}", flush=True)
     await runtime.wait_stopped()
     return EXIT_OK
 

@@ -316,6 +316,7 @@ class Config:
     mesh: MeshSpec | None = None  # when the config has a ``mesh:`` section
     shadow: ShadowSpec = field(default_factory=ShadowSpec)
     warnings: tuple[Problem, ...] = ()  # non-fatal findings (shadowed routes, no routes, ...)
+    workers: int | Literal["auto"] = 1  # processes serving clients (docs/workers.md); "auto": one per core
 
     def service(self, name: str) -> ServiceSpec | None:
         for s in self.services:
@@ -348,6 +349,7 @@ _TOP_FIELDS = (
     "shadow",
     "headers_with_underscores",
     "debug_error_details",
+    "workers",
 )
 _SHADOW_FIELDS = (
     "concurrency",
@@ -470,6 +472,7 @@ def parse_config(doc: YamlDocument, *, env: Mapping[str, str] | None = None) -> 
     routes = _read_routes(f.get("routes"), ctx, declared, doc.root)
     mesh = _read_mesh(f.get("mesh"), problems, declared, ctx)
     shadow_spec = _read_shadow(f.get("shadow"), problems)
+    workers = _read_workers(f.get("workers"), problems)
 
     if not problems.errors:
         for later, earlier in unreachable_routes([r for r, _ in routes]):
@@ -502,8 +505,41 @@ def parse_config(doc: YamlDocument, *, env: Mapping[str, str] | None = None) -> 
         mesh=mesh,
         shadow=shadow_spec,
         warnings=tuple(p for p in found if p.severity == "warning"),
+        workers=workers,
     )
     return config, found
+
+
+MAX_WORKERS = 64
+
+
+def parse_workers(value: object, cores: int | None = None) -> int:
+    """The number of worker processes ``value`` asks for: an integer 1..64 or ``"auto"`` (one per core).
+
+    Shared by ``workers:`` and ``facade serve --workers``; raises ``ValueError`` naming what is wrong.
+    """
+    if value == "auto":
+        return max(1, min(MAX_WORKERS, cores if cores is not None else os.cpu_count() or 1))
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value.strip())
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"workers must be an integer 1..{MAX_WORKERS} or 'auto', got {value!r}")  # noqa: TRY004
+    if not 1 <= value <= MAX_WORKERS:
+        raise ValueError(f"workers must be within 1..{MAX_WORKERS} (or 'auto'), got {value}")
+    return value
+
+
+def _read_workers(node: Node | None, problems: Problems) -> int | Literal["auto"]:
+    """``workers:``: 1..64 or ``auto`` (``parse_workers``)."""
+    if node is None:
+        return 1
+    value = node.value if node.is_scalar else None
+    try:
+        parse_workers(value)
+    except ValueError as exc:
+        problems.error(node, str(exc))
+        return 1
+    return "auto" if value == "auto" else int(value)  # type: ignore[arg-type]
 
 
 def _read_shadow(node: Node | None, problems: Problems) -> ShadowSpec:

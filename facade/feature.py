@@ -22,7 +22,11 @@ When the runtime calls them:
   the new config and that part go in with one swap;
 - ``reload_sources(trigger)``: on a reload whose config file did not change, to re-read the files
   the feature owns (migration plans); returns the problems found (errors mean nothing changed);
-- ``prometheus_text()``: on every ``GET /metrics``, appended to the facade's own exposition.
+- ``prometheus_text()``: on every ``GET /metrics``, appended to the facade's own exposition;
+- ``swapped(snapshot)``: after every swap once the runtime started (reloads, migration steps): the
+  worker pool sends the new version to its workers here (``facade.workers``);
+- ``settled()``: awaited after every admin mutation, before it answers: the worker pool returns when
+  every live worker runs the current snapshot version.
 
 A feature never assigns to the runtime or its snapshot: it changes what the hot path reads only
 through the runtime's methods (``swap``, ``stage``, ``install_upstreams``, ``install_shadow``,
@@ -38,6 +42,7 @@ if TYPE_CHECKING:
 
     from .config import Config
     from .errors import Problem
+    from .snapshot import Snapshot
 
 __all__ = ["Feature", "MeshControl"]
 
@@ -65,6 +70,12 @@ class Feature:
 
     def prometheus_text(self) -> str:
         return ""
+
+    def swapped(self, snapshot: Snapshot) -> None:
+        return None
+
+    async def settled(self) -> None:
+        return None
 
 
 class MeshControl(Protocol):

@@ -165,13 +165,16 @@ class FacadeRuntime:
 
     # -- snapshots: every change goes through swap() -------------------------------------------
 
-    def swap(self, config: Config | None = None, *, splits: Mapping[str, Split] | None = None) -> Snapshot:
+    def swap(
+        self, config: Config | None = None, *, splits: Mapping[str, Split] | None = None, version: int | None = None
+    ) -> Snapshot:
         """Build a new snapshot and put it in force with one reference assignment (the only one).
 
         ``config`` and ``splits`` replace the current ones; left out, the current ones stay (splits
         staged with ``stage()`` since the last swap come in now). Raises ``ConfigError`` (nothing
         changed) when the config does not compile. Before ``start()`` nothing has been served yet:
-        the snapshot the facade will start on is rebuilt and keeps its version.
+        the snapshot the facade will start on is rebuilt and keeps its version. ``version``: a worker
+        takes the supervisor's version number (``facade.worker``), so every process names a snapshot alike.
         """
         current = self.holder.current
         staged, self._staged_splits = self._staged_splits, None
@@ -179,13 +182,21 @@ class FacadeRuntime:
         snapshot = build_snapshot(
             config or current.config,
             self.upstreams,
-            version=current.version + 1 if self._started else current.version,
+            version=version if version is not None else current.version + 1 if self._started else current.version,
             splits=chosen,
             telemetry=self.telemetry,
             shadow=self.shadow,
         )
         self.holder.current = snapshot  # the swap: one reference assignment
+        if self._started:
+            for feature in self.features:
+                feature.swapped(snapshot)
         return snapshot
+
+    async def settled(self) -> None:
+        """Return when every process serving clients runs the current snapshot (features' ``settled``)."""
+        for feature in self.features:
+            await feature.settled()
 
     def stage(self, *, splits: Mapping[str, Split]) -> None:
         """Have the next ``swap()`` put ``splits`` in force: a feature's part of a reload's snapshot,
@@ -273,11 +284,21 @@ class FacadeRuntime:
 
     # -- serving -----------------------------------------------------------------------------
 
-    async def start(self, *, listen_sock: socket.socket | None = None, admin_sock: socket.socket | None = None) -> None:
+    async def start(
+        self,
+        *,
+        listen_sock: socket.socket | None = None,
+        admin_sock: socket.socket | None = None,
+        serve_clients: bool = True,
+        serve_admin: bool = True,
+    ) -> None:
+        """Bind (unless given sockets) and serve. With workers (docs/workers.md) the supervisor serves the
+        admin API only (``serve_clients=False``; ``listen_sock`` is the workers' address) and each worker
+        the clients only (``serve_admin=False``)."""
         config = self.config
         logging.getLogger("uvicorn.error").addFilter(_QUIET_ABORTS)
         listen_sock = listen_sock or bind(config.listen)
-        admin_sock = admin_sock or bind(config.admin.listen)
+        admin_sock = admin_sock or (bind(config.admin.listen) if serve_admin else None)
         await self.upstreams.start()
         for feature in self.features:
             await feature.start()
@@ -296,10 +317,12 @@ class FacadeRuntime:
             ssl_cert_reqs=ssl.CERT_OPTIONAL if tls and tls.client_ca_file else ssl.CERT_NONE,
         )
         # The facade owns SIGHUP/SIGINT/SIGTERM (install_signal_handlers), never uvicorn.
-        self._servers.append(await Server.start(proxy_config, listen_sock))
-        self._servers.append(await Server.start(server_config(build_admin_app(self)), admin_sock))
+        if serve_clients:
+            self._servers.append(await Server.start(proxy_config, listen_sock))
+        if admin_sock is not None:
+            self._servers.append(await Server.start(server_config(build_admin_app(self)), admin_sock))
+            self.admin_url = socket_url(admin_sock, "http")
         self.url = socket_url(listen_sock, "https" if tls else "http")
-        self.admin_url = socket_url(admin_sock, "http")
         if self.watch_interval:
             # Take the first look now, not when the task first runs: a change in between must count.
             self._tasks.append(asyncio.create_task(self._watch_file(_stat(self.config_path))))

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ..stats import DiffCounts, SideStats
@@ -209,6 +209,92 @@ class Telemetry:
             if len(slot_noise) < MAX_NOISE_FIELDS:
                 slot_noise.update(fields)
 
+    # -- workers: deltas shipped to the supervisor, absorbed there (docs/workers.md) ---------------
+
+    def take_delta(self, shipped: dict[Any, Any]) -> dict[str, Any]:
+        """What was recorded since the last call, as plain data (picklable, summable).
+
+        ``shipped`` is the caller's memory of what it sent before (updated here): a worker keeps one
+        dict and calls this every ~0.5 s, off the hot path. Histograms travel as bucket counts, so the
+        supervisor sums them (never averages quantiles).
+        """
+        series_out = []
+        for key, s in self._series.items():
+            before = shipped.get(key)
+            if before is None:
+                before = (0, 0.0, {}, 0, 0.0, {}, 0, 0)
+            if s.count == before[0] and s.upstream_count == before[3]:
+                continue
+            hist = _dict_delta(s.hist, before[2])
+            uhist = _dict_delta(s.upstream_hist, before[5])
+            series_out.append((
+                key, s.count - before[0], s.duration_sum - before[1], hist, s.upstream_count - before[3],
+                s.upstream_sum - before[4], uhist, s.bytes_in - before[6], s.bytes_out - before[7],
+            ))
+            shipped[key] = (
+                s.count, s.duration_sum, dict(s.hist), s.upstream_count, s.upstream_sum, dict(s.upstream_hist),
+                s.bytes_in, s.bytes_out,
+            )
+        diffs_out = []
+        for diff_key, d in self._diffs.items():
+            dkey = ("diff", *diff_key)
+            shipped_diff = shipped.get(dkey, (0, 0, frozenset()))
+            if d.compared == shipped_diff[0]:
+                continue
+            diffs_out.append((
+                diff_key, d.compared - shipped_diff[0], d.differing - shipped_diff[1], tuple(d.noise - shipped_diff[2])
+            ))
+            shipped[dkey] = (d.compared, d.differing, frozenset(d.noise))
+        overflowed = self.overflowed - shipped.get("overflowed", 0)
+        shipped["overflowed"] = self.overflowed
+        return {"series": series_out, "diffs": diffs_out, "overflowed": overflowed}
+
+    def absorb(self, delta: Mapping[str, Any]) -> int:
+        """Add a delta from ``take_delta`` (another process's requests) as if recorded here, now.
+
+        Rolling windows count it in the second it arrives (batches are <= 1 s apart, so a window is
+        off by at most that at its edges). Returns the number of requests absorbed.
+        """
+        absorbed = 0
+        tick = int(self._clock())
+        for key, count, duration_sum, hist, up_count, up_sum, uhist, bytes_in, bytes_out in delta.get("series", ()):
+            series = self._series.get(key) or self._new_series(*key)
+            series.count += count
+            series.duration_sum += duration_sum
+            _add_counts(series.hist, hist)
+            series.upstream_count += up_count
+            series.upstream_sum += up_sum
+            _add_counts(series.upstream_hist, uhist)
+            series.bytes_in += bytes_in
+            series.bytes_out += bytes_out
+            ring = series.ring
+            slot = tick % ring.size
+            if ring.stamps[slot] != tick:
+                ring.reset(slot, tick)
+            ring.requests[slot] += count
+            if series.error:
+                ring.errors[slot] += count
+            _add_counts(ring.hists[slot], hist)
+            absorbed += count
+        for (route, step), compared, differing, noise in delta.get("diffs", ()):
+            series_d = self._diffs.get((route, step))
+            if series_d is None:
+                series_d = self._diffs[(route, step)] = DiffSeries(route, step)
+            series_d.compared += compared
+            series_d.differing += differing
+            if noise and len(series_d.noise) < MAX_NOISE_FIELDS:
+                series_d.noise.update(noise)
+            ring_d = self._diff_rings.get(route)
+            if ring_d is None:
+                ring_d = self._diff_rings[route] = DiffRingSlots(self._horizon)
+            slot = tick % ring_d.size
+            if ring_d.stamps[slot] != tick:
+                ring_d.reset(slot, tick)
+            ring_d.compared[slot] += compared
+            ring_d.differing[slot] += differing
+        self.overflowed += delta.get("overflowed", 0)
+        return absorbed
+
     # -- steps ------------------------------------------------------------------------------------
 
     def begin_step(self, route: str, step: str) -> None:
@@ -356,6 +442,15 @@ class Telemetry:
     def _check_window(self, window: float) -> None:
         if not 0 < window <= self._horizon:
             raise ValueError(f"window must be within 0..{self._horizon:g} s (the longest rolling window), got {window}")
+
+
+def _dict_delta(now: Mapping[int, int], before: Mapping[int, int]) -> dict[int, int]:
+    return {i: c - before.get(i, 0) for i, c in now.items() if c != before.get(i, 0)}
+
+
+def _add_counts(into: dict[int, int], counts: Mapping[int, int]) -> None:
+    for index, count in counts.items():
+        into[index] = into.get(index, 0) + count
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -39,7 +39,10 @@ class Upstreams:
         *,
         ssl_context_factory: SSLContextFactory | None = None,
         drain_grace: float = DEFAULT_DRAIN_GRACE,
+        health_checks: bool = True,
     ) -> None:
+        # False in a worker of `--workers N`: the supervisor checks once and sends the results (docs/workers.md).
+        self.health_checks = health_checks
         self._factory = ssl_context_factory
         self._drain_grace = drain_grace
         self._pools: dict[str, ServicePool] = {s.name: self._build(s, None) for s in specs}
@@ -76,7 +79,7 @@ class Upstreams:
     async def start(self) -> None:
         """Start health checking in every pool."""
         self._started = True
-        for pool in self._pools.values():
+        for pool in self._pools.values() if self.health_checks else ():
             await pool.start()
 
     async def update(self, specs: Sequence[ServiceSpec]) -> None:
@@ -106,7 +109,7 @@ class Upstreams:
             if successor is not None and pool.shares_clients_with(successor):
                 pool.release_session()
         self._pools = fresh
-        if self._started:
+        if self._started and self.health_checks:
             for pool in built:
                 await pool.start()
         for pool in replaced:

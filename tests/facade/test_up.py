@@ -136,7 +136,8 @@ def test_plan_derives_children_and_ports_from_the_config() -> None:
     assert dict(catalog.env)["CATALOG_DB"] == "/s/data/catalog.db"
     assert dict(catalog.env)["PYTHONPATH"] == "/src"
     assert catalog.argv[3] == "sample_monolith.catalog:app"
-    assert facade.argv == ("/py", "-m", "facade", "serve", "-c", "/c/facade.yaml")
+    # No mesh: section: the demo's facade runs one worker per core (docs/workers.md).
+    assert facade.argv == ("/py", "-m", "facade", "serve", "-c", "/c/facade.yaml", "--workers", "auto")
     assert dict(facade.env)["FACADE_ADMIN_TOKEN"] == "tok"
     assert facade.health_url == "http://127.0.0.1:19901/readyz"
     assert [(x.label, x.port) for x in facade.listens] == [("facade", 18080), ("admin", 19901)]
@@ -246,7 +247,9 @@ def test_facade_state_dir_and_the_sidecar_note() -> None:
     config = shop_config([18080, 19901, 18001, 18002])
     plan = plan_stack(config, config_path="c", state_dir="/s", python="py", admin_token=None,
                       facade_state_dir="/s/facade", sidecars=False)  # fmt: skip
-    assert plan.specs[-1].argv == ("py", "-m", "facade", "serve", "-c", "c", "--state-dir", "/s/facade")
+    assert plan.specs[-1].argv == (
+        "py", "-m", "facade", "serve", "-c", "c", "--state-dir", "/s/facade", "--workers", "auto"
+    )
     assert any("no `facade mesh sidecar`" in note for note in plan.notes)
     plan = plan_stack(config, config_path="c", state_dir="/s", python="py", admin_token=None, sidecars=True)
     assert not any("no `facade mesh sidecar`" in note for note in plan.notes)

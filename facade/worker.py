@@ -1,0 +1,174 @@
+"""One worker process of ``facade serve --workers N`` (``python -m facade.worker``, started by ``facade.workers``).
+
+It serves clients only: it binds the client address with SO_REUSEPORT, builds its snapshot from what
+the supervisor sends (``{version, config, splits}``), acknowledges the version it runs, and ships its
+telemetry as deltas every ``SHIP_INTERVAL_S``. It has no admin listener, no config watch and no
+migration controller: what must be single stays in the supervisor (docs/workers.md).
+
+It dies with its supervisor: ``PR_SET_PDEATHSIG`` (Linux) plus the channel's end-of-file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+from .config import Config
+from .diff import DiffRing, DiffSample
+from .runtime import FacadeRuntime
+from .server import parse_listen
+from .shadow import ShadowFeature
+from .upstream import Upstreams
+from .workers import apply_health, read_message, write_message
+
+logger = logging.getLogger("facade.worker")
+
+SHIP_INTERVAL_S = 0.5
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """SIGKILL this process when the supervisor dies, even by kill -9 (no orphans holding the port)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the supervisor died before prctl took effect
+        os._exit(1)
+
+
+def bind_shared(listen: str) -> socket.socket:
+    """The client listener, bound with SO_REUSEPORT next to the other workers': the kernel spreads connections."""
+    host, port = parse_listen(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+async def apply(runtime: FacadeRuntime, message: dict[str, Any]) -> None:
+    """Serve the supervisor's snapshot ``message`` (a new config only when its hash changed)."""
+    config: Config = message["config"]
+    if config.sha256 != runtime.config.sha256:
+        await runtime.upstreams.update(config.services)
+        limits = runtime.head_limits
+        limits.max_head_bytes = config.limits.max_request_headers
+        limits.header_timeout = config.limits.header_timeout
+        limits.max_headers_count = config.limits.max_request_headers_count
+        limits.underscores = config.headers_with_underscores
+        runtime.swap(config, splits=message["splits"], version=message["version"])
+    else:
+        runtime.swap(splits=message["splits"], version=message["version"])
+
+
+async def _ship(runtime: FacadeRuntime, writer: asyncio.StreamWriter, shipped: dict[Any, Any]) -> None:
+    while True:
+        await asyncio.sleep(SHIP_INTERVAL_S)
+        _send_delta(runtime, writer, shipped)
+
+
+def new_diff_samples(ring: DiffRing, shipped: dict[Any, Any]) -> list[DiffSample]:
+    """The diff samples added to ``ring`` since the last call (oldest first; at most what the ring keeps)."""
+    out: list[DiffSample] = []
+    for route in ring.routes():
+        seen = ring.to_json(route, 0)["seen"]
+        fresh = seen - shipped.get(("samples", route), 0)
+        shipped[("samples", route)] = seen
+        if fresh > 0:
+            out.extend(reversed(ring.samples(route, fresh)))
+    return out
+
+
+def _send_delta(runtime: FacadeRuntime, writer: asyncio.StreamWriter, shipped: dict[Any, Any]) -> None:
+    delta = runtime.telemetry.take_delta(shipped)
+    shadow = runtime.feature(ShadowFeature)
+    samples = new_diff_samples(shadow.sender.ring, shipped) if shadow is not None else []
+    if delta["series"] or delta["diffs"] or delta["overflowed"] or samples:
+        write_message(writer, {"type": "telemetry", "delta": delta, "diff_samples": samples})
+
+
+async def serve(args: argparse.Namespace) -> int:
+    _die_with_parent(args.parent_pid)
+    loop = asyncio.get_running_loop()
+    channel = socket.socket(fileno=args.channel_fd)
+    reader, writer = await asyncio.open_unix_connection(sock=channel)
+    first = await read_message(reader)
+    if first is None or first.get("type") != "snapshot":
+        return 1
+    runtime = FacadeRuntime(first["config"], watch_interval=None)
+    # No active health checks here: the supervisor runs them once per service and sends the results.
+    runtime.install_upstreams(Upstreams(first["config"].services, health_checks=False))
+    ShadowFeature.attach(runtime)  # shadow copies leave from the worker that served the request
+    runtime.swap(splits=first["splits"], version=first["version"])  # before start: the starting snapshot
+    if args.listen_fd is not None:  # one socket shared by every worker, inherited from the supervisor
+        listen_sock = socket.socket(fileno=args.listen_fd)
+        listen_sock.setblocking(False)
+    else:
+        listen_sock = bind_shared(args.listen)
+    await runtime.start(listen_sock=listen_sock, serve_admin=False)
+    write_message(writer, {"type": "ack", "version": runtime.version, "pid": os.getpid()})
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    # Ctrl-C reaches the whole process group; the supervisor decides, and sends SIGTERM.
+    loop.add_signal_handler(signal.SIGINT, lambda: None)
+    loop.add_signal_handler(signal.SIGHUP, lambda: None)
+    shipped: dict[Any, Any] = {}  # what was sent so far: every batch is the difference from it
+    shipper = asyncio.create_task(_ship(runtime, writer, shipped))
+
+    async def follow() -> None:
+        while (message := await read_message(reader)) is not None:
+            if message.get("type") == "health":
+                apply_health(runtime.upstreams, message["states"])
+                continue
+            if message.get("type") != "snapshot":
+                continue
+            try:
+                await apply(runtime, message)
+            except Exception as exc:  # the supervisor replaces a worker that cannot follow
+                logger.exception("version %s not applied", message.get("version"))
+                write_message(writer, {"type": "nack", "version": message.get("version"), "error": str(exc)})
+                continue
+            write_message(writer, {"type": "ack", "version": runtime.version})
+        stop.set()  # the supervisor is gone
+
+    follower = asyncio.create_task(follow())
+    await stop.wait()
+    follower.cancel()
+    await runtime.stop()  # drains this worker's connections
+    shipper.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await shipper
+    with contextlib.suppress(Exception):
+        _send_delta(runtime, writer, shipped)  # the requests drained since the last batch
+        await writer.drain()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m facade.worker", description=__doc__)
+    parser.add_argument("--channel-fd", type=int, required=True)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--listen", help="bind this host:port with SO_REUSEPORT")
+    where.add_argument("--listen-fd", type=int, help="accept on this inherited listening socket")
+    parser.add_argument("--parent-pid", type=int, required=True)
+    parser.add_argument("--log-level", default="warning")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s worker %(process)d: %(message)s")
+    from .commands import _run
+
+    return _run(serve(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

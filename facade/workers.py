@@ -1,0 +1,407 @@
+"""``facade serve --workers N``: the supervisor's side, the pool of worker processes (docs/workers.md).
+
+The supervisor runs the ``FacadeRuntime`` with every feature (admin API, migration controller and its
+journal, config reload) but serves no clients; N worker processes (``facade.worker``) accept on the
+client address with ``SO_REUSEPORT`` and each route by its own copy of the supervisor's snapshot:
+
+- every swap of the supervisor (reload, migration step) is sent to every worker as one message
+  ``{version, config, splits}``; a worker builds the same snapshot and acknowledges the version;
+- an admin mutation answers only once every live worker acknowledged the current version
+  (``settled``); a worker that refuses it or does not answer in time is killed and replaced, and a
+  replacement starts on the current snapshot, never the config's initial state;
+- workers ship telemetry deltas (bucket counts, counters, diff counts) every ``SHIP_INTERVAL_S``;
+  the supervisor adds them to its one ``Telemetry``, which gates, compare and ``/metrics`` read.
+
+The channel is a Unix socketpair per worker carrying length-prefixed pickles: both ends are this
+program, started by the supervisor itself. Nothing on the hot path touches it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import signal
+import socket
+import struct
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from .config import Config
+from .feature import Feature
+from .server import parse_listen
+from .shadow import ShadowFeature
+
+if TYPE_CHECKING:
+    from .runtime import FacadeRuntime
+    from .snapshot import Snapshot
+    from .upstream import Upstreams
+    from .upstream.health import HealthState
+
+__all__ = ["SOCKET_ENV", "WorkerPool", "WorkerStartError", "apply_health", "health_states", "read_message", "reserve_port", "snapshot_message", "write_message"]
+
+logger = logging.getLogger("facade.workers")
+
+HEALTH_INTERVAL_S = 0.5  # how often the supervisor's health results go to the workers (when they changed)
+SETTLE_TIMEOUT_S = 10.0
+# FACADE_WORKERS_SOCKET=shared: one listening socket inherited by every worker instead of one
+# SO_REUSEPORT socket each (docs/workers.md, "Spreading the load": measured, not the default).
+SOCKET_ENV = "FACADE_WORKERS_SOCKET"  # a worker that has not applied a version by then is replaced
+START_TIMEOUT_S = 30.0  # a worker's first acknowledgement (imports, binding) on a loaded machine
+STOP_TIMEOUT_S = 35.0  # the proxy listener's graceful shutdown (30 s) plus a margin
+_HEADER = struct.Struct("!I")
+
+
+def reserve_port(listen: str) -> socket.socket:
+    """Bind (never listen) ``listen`` with SO_REUSEPORT: it holds the port (port 0: picks one) that the
+    workers then bind and listen on. A socket that does not listen takes no connections."""
+    host, port = parse_listen(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {listen}: {exc.strerror}") from None
+    return sock
+
+
+def snapshot_message(snapshot: Snapshot) -> dict[str, Any]:
+    """What a worker needs to build the same snapshot: the version, the config (overrides applied), the splits."""
+    return {"type": "snapshot", "version": snapshot.version, "config": snapshot.config, "splits": dict(snapshot.splits)}
+
+
+def health_states(upstreams: Upstreams, services: Iterable[str]) -> dict[str, dict[str, HealthState]]:
+    """The supervisor's active health-check results: service -> endpoint URL -> state (checked services only)."""
+    out: dict[str, dict[str, HealthState]] = {}
+    for name in services:
+        pool = upstreams.get(name)
+        if pool is not None and pool.spec.health_check is not None:
+            out[name] = {ep.url: ep.health for ep in pool.endpoints}
+    return out
+
+
+def apply_health(upstreams: Upstreams, states: Mapping[str, Mapping[str, HealthState]]) -> None:
+    """A worker takes the supervisor's health results (its own pools run no active checks)."""
+    for name, by_url in states.items():
+        pool = upstreams.get(name)
+        if pool is None:
+            continue
+        for ep in pool.endpoints:
+            state = by_url.get(ep.url)
+            if state is not None:
+                ep.health = state
+
+
+def write_message(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    writer.write(_HEADER.pack(len(data)) + data)
+
+
+async def read_message(reader: asyncio.StreamReader) -> dict[str, Any] | None:
+    """The next message, or None when the other end closed."""
+    try:
+        head = await reader.readexactly(_HEADER.size)
+        (size,) = _HEADER.unpack(head)
+        message: dict[str, Any] = pickle.loads(await reader.readexactly(size))
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    return message
+
+
+def served_view(served: Mapping[tuple[str, str, str], int]) -> dict[str, dict[str, dict[str, int]]]:
+    """route -> step label -> backend -> requests (a worker's own split, as it reported it)."""
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for (route, step, backend), count in sorted(served.items()):
+        out.setdefault(route, {}).setdefault(step, {})[backend] = count
+    return out
+
+
+class WorkerStartError(RuntimeError):
+    """A worker did not come up at start (it could not bind, or kept dying): the facade does not start."""
+
+
+@dataclass(eq=False)
+class _Worker:
+    index: int
+    process: asyncio.subprocess.Process
+    writer: asyncio.StreamWriter
+    started: float = field(default_factory=time.time)
+    version: int = 0  # the snapshot version it acknowledged last (0: none yet)
+    requests: int = 0  # requests it reported (telemetry absorbed)
+    served: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (route, step, backend) -> requests
+    batches: int = 0
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "pid": self.process.pid,
+            "version": self.version,
+            "started_at": round(self.started, 3),
+            "requests": self.requests,
+            "telemetry_batches": self.batches,
+            "served": served_view(self.served),
+        }
+
+
+class WorkerPool(Feature):
+    """N worker processes serving clients on ``listen``; the supervisor's runtime stays the one control plane."""
+
+    def __init__(
+        self,
+        runtime: FacadeRuntime,
+        count: int,
+        listen: str,
+        *,
+        log_level: str = "warning",
+        spare: bool = True,
+        listen_fd: int | None = None,
+    ) -> None:
+        self.runtime = runtime
+        # SOCKET_SHARED: every worker accepts from this one inherited listening socket instead of its own.
+        self.listen_fd = listen_fd
+        self._configured = runtime.config.workers  # a reload that changes it applies on restart
+        self.spare = spare  # keep one idle, imported worker to replace a dead one within a second
+        self._spare: _Worker | None = None
+        self._refilling: asyncio.Task[None] | None = None
+        self._health_task: asyncio.Task[None] | None = None
+        self._health: dict[str, dict[str, HealthState]] = {}  # the last results sent
+        self.count = count
+        self.listen = listen  # host:port the workers bind (the reserved port)
+        self.log_level = log_level
+        self.workers: dict[int, _Worker] = {}
+        self.restarts = 0
+        self._stopping = False
+        self._changed = asyncio.Event()  # set on every acknowledgement or worker exit
+
+    def __repr__(self) -> str:
+        return f"WorkerPool({self.count} workers on {self.listen})"
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        # All N start side by side (an interpreter's imports take a second or more), not one after another.
+        launched = await asyncio.gather(*(self._launch() for _ in range(self.count)))
+        for index, worker in enumerate(launched):
+            self._activate(worker, index)
+        self._refill_spare()
+        self._health_task = asyncio.create_task(self._share_health())
+        deadline = time.monotonic() + START_TIMEOUT_S
+        for worker in list(self.workers.values()):
+            left = deadline - time.monotonic()
+            try:
+                await asyncio.wait_for(worker.ready.wait(), max(0.1, left))
+            except TimeoutError:
+                await self.stop()
+                raise WorkerStartError(
+                    f"worker {worker.index} did not start within {START_TIMEOUT_S:g} s (its log is above)"
+                ) from None
+
+    async def stop(self) -> None:
+        """SIGTERM every worker (each drains its connections), then wait; SIGKILL what is left."""
+        self._stopping = True
+        for task in (self._refilling, self._health_task):
+            if task is not None:
+                task.cancel()
+        workers = list(self.workers.values()) + ([self._spare] if self._spare is not None else [])
+        for worker in workers:
+            with contextlib.suppress(ProcessLookupError):
+                worker.process.send_signal(signal.SIGTERM)
+        for worker in workers:
+            try:
+                await asyncio.wait_for(worker.process.wait(), STOP_TIMEOUT_S)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.kill()
+                await worker.process.wait()
+            for task in worker.tasks:
+                task.cancel()
+
+    async def _launch(self) -> _Worker:
+        """A worker process with its imports done, waiting for its first snapshot (not serving yet)."""
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        listen = ("--listen", self.listen) if self.listen_fd is None else ("--listen-fd", str(self.listen_fd))
+        inherited = () if self.listen_fd is None else (self.listen_fd,)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "facade.worker",
+                "--channel-fd", str(child.fileno()), *listen,
+                "--parent-pid", str(os.getpid()), "--log-level", self.log_level,
+                pass_fds=(child.fileno(), *inherited),
+            )
+        finally:
+            child.close()
+        reader, writer = await asyncio.open_unix_connection(sock=parent)
+        worker = _Worker(-1, process, writer)
+        worker.tasks.append(asyncio.create_task(self._read(worker, reader)))
+        worker.tasks.append(asyncio.create_task(self._watch(worker)))
+        return worker
+
+    async def _spawn(self, index: int) -> _Worker:
+        """Put a worker in slot ``index``: the warm spare when there is one (it binds and acknowledges in
+        milliseconds, where a fresh interpreter needs a second or more), else a new process."""
+        worker, self._spare = self._spare, None
+        if worker is None or worker.process.returncode is not None:
+            worker = await self._launch()
+        self._activate(worker, index)
+        self._refill_spare()
+        return worker
+
+    def _activate(self, worker: _Worker, index: int) -> None:
+        worker.index = index
+        worker.started = time.time()
+        self.workers[index] = worker
+        # The snapshot in force now: a replacement serves the current step, not the config's first state.
+        write_message(worker.writer, snapshot_message(self.runtime.holder.current) | {"index": index})
+        if self._health:
+            write_message(worker.writer, {"type": "health", "states": self._health})
+
+    def _refill_spare(self) -> None:
+        if self.spare and self._spare is None and not self._stopping and self._refilling is None:
+            self._refilling = asyncio.create_task(self._launch_spare())
+
+    async def _launch_spare(self) -> None:
+        try:
+            spare = await self._launch()
+            if self._stopping:
+                with contextlib.suppress(ProcessLookupError):
+                    spare.process.kill()
+                return
+            self._spare = spare
+        finally:
+            self._refilling = None
+
+    async def _share_health(self) -> None:
+        """Health checks run once, here; every worker gets their results (when they changed)."""
+        while True:
+            await asyncio.sleep(HEALTH_INTERVAL_S)
+            states = health_states(self.runtime.upstreams, (s.name for s in self.runtime.config.services))
+            if states != self._health:
+                self._health = states
+                for worker in self.workers.values():
+                    if not worker.writer.is_closing():
+                        write_message(worker.writer, {"type": "health", "states": states})
+
+    async def _read(self, worker: _Worker, reader: asyncio.StreamReader) -> None:
+        while (message := await read_message(reader)) is not None:
+            kind = message.get("type")
+            if kind == "ack":
+                worker.version = int(message["version"])
+                worker.ready.set()
+                self._changed.set()
+            elif kind == "nack":
+                logger.error("worker %d could not apply version %s: %s; replacing it",
+                             worker.index, message.get("version"), message.get("error"))
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.kill()
+            elif kind == "telemetry":
+                worker.requests += self.runtime.telemetry.absorb(message["delta"])
+                worker.batches += 1
+                for (route, backend, step, _method, _cls), count, *_ in message["delta"]["series"]:
+                    worker.served[(route, step, backend)] += count
+                samples = message.get("diff_samples") or ()
+                shadow = self.runtime.feature(ShadowFeature) if samples else None
+                for sample in samples:  # GET /diffs shows every worker's samples
+                    assert shadow is not None
+                    shadow.sender.ring.add(sample)
+
+    async def _watch(self, worker: _Worker) -> None:
+        code = await worker.process.wait()
+        self._changed.set()
+        if worker is self._spare:
+            self._spare = None
+            logger.warning("spare worker (pid %d) exited with %s", worker.process.pid, code)
+            if time.time() - worker.started > 1.0:
+                self._refill_spare()
+            return
+        if self._stopping or self.workers.get(worker.index) is not worker:
+            return
+        logger.warning("worker %d (pid %d) exited with %s; starting a replacement",
+                       worker.index, worker.process.pid, code)
+        self.restarts += 1
+        worker.writer.close()
+        if time.time() - worker.started < 1.0:
+            await asyncio.sleep(1.0)  # a worker that dies at start would otherwise spin
+        if not self._stopping:
+            await self._spawn(worker.index)
+
+    # -- the runtime's hooks ---------------------------------------------------------------------
+
+    async def config_changed(self, config: Config) -> None:
+        if config.workers != self._configured:
+            self._configured = config.workers
+            logger.warning("reload: workers changed to %s; the number of workers changes on restart "
+                           "(%d run now)", config.workers, self.count)
+
+    def swapped(self, snapshot: Snapshot) -> None:
+        message = snapshot_message(snapshot)
+        for worker in self.workers.values():
+            if not worker.writer.is_closing():
+                write_message(worker.writer, message)
+                if self._health:  # pools new in this snapshot start from the supervisor's results too
+                    write_message(worker.writer, {"type": "health", "states": self._health})
+
+    async def settled(self) -> None:
+        """Return when every worker acknowledged the current version; replace those that do not in time."""
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        replaced = False
+        while True:
+            version = self.runtime.version
+            behind = [w for w in self.workers.values() if w.version < version]
+            if not behind:
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if replaced:
+                    logger.error("workers %s still not on version %d", [w.index for w in behind], version)
+                    return
+                for worker in behind:
+                    logger.error("worker %d stuck on version %d (current %d): replacing it",
+                                 worker.index, worker.version, version)
+                    with contextlib.suppress(ProcessLookupError):
+                        worker.process.kill()
+                replaced = True
+                deadline = time.monotonic() + START_TIMEOUT_S
+                continue
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), min(left, 0.5))
+
+    def admin_routes(self) -> list[BaseRoute]:
+        async def workers_endpoint(request: Request) -> Response:
+            return JSONResponse(self.view())
+
+        return [Route("/workers", workers_endpoint, methods=["GET"])]
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "version": self.runtime.version,
+            "count": self.count,
+            "restarts": self.restarts,
+            "spare": self._spare.process.pid if self._spare is not None else None,
+            "workers": [w.view() for _, w in sorted(self.workers.items())],
+        }
+
+    def prometheus_text(self) -> str:
+        lines = [
+            "# HELP facade_worker_restarts_total Worker processes replaced after they exited or fell behind.",
+            "# TYPE facade_worker_restarts_total counter",
+            f"facade_worker_restarts_total {self.restarts}",
+            "# HELP facade_worker_snapshot_version The snapshot version each worker acknowledged.",
+            "# TYPE facade_worker_snapshot_version gauge",
+        ]
+        lines += [f'facade_worker_snapshot_version{{worker="{i}"}} {w.version}' for i, w in sorted(self.workers.items())]
+        return "\n".join(lines) + "\n"
