@@ -382,10 +382,10 @@ class ServicePool:
         hc = self.spec.health_check
         if hc is None or self._tasks or self._closed:
             return
-        session = self.session
+        client = self.h1
         for ep in self.endpoints:
             rng = random.Random(self._rng.random())
-            task = asyncio.create_task(run_checks(session, ep, hc, rng=rng, clock=self._clock))
+            task = asyncio.create_task(run_checks(client, ep, hc, rng=rng, clock=self._clock))
             self._tasks.append(task)
 
     async def stop_health_checks(self) -> None:
