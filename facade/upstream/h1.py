@@ -628,6 +628,11 @@ class H1Client:
         self.stats: collections.Counter[str] = collections.Counter()
 
     @property
+    def closed(self) -> bool:
+        """``close()`` was called: no new connection will be opened."""
+        return self._closed
+
+    @property
     def in_use(self) -> int:
         return self._open - sum(len(d) for d in self._idle.values())
 
