@@ -11,8 +11,10 @@ pointing at that same backend, so the only difference between the modes is the m
 - ``on+noise``: ``shadow_percent: 100`` with Diffy noise learning (two copies per request).
 
 Load comes from wrk when present, else a bounded aiohttp client (bench_proxy's). Prints primary
-req/s, p50 and p99 side by side, and the sender's counters (compared / dropped): at saturating
-load the bounded queue fills and copies are dropped, by design, instead of slowing the primary.
+req/s, p50 and p99 side by side, the facade process's CPU µs per primary request (steadier than
+req/s on a shared box), and the sender's counters (compared / dropped): at saturating load the
+bounded queue fills and copies are dropped, by design, instead of slowing the primary. The CPU a
+mirrored copy costs is (CPU per request on - CPU per request off) / copies per request.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -32,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_proxy import free_port, process, run_python_load, run_wrk
+from benchmarks.bench_proxy import cpu_seconds, free_port, process, run_python_load, run_wrk
 
 MODES = ("off", "on", "on+noise")
 
@@ -108,28 +111,43 @@ def main() -> int:
             port, admin = free_port(), free_port()
             conf = facade_conf(tmp, port, admin, backend)
             argv = [sys.executable, str(Path(__file__).resolve()), "--serve", str(conf), mode]
-            with process(argv, port, tmp / f"facade-{mode}.log"):
+            with process(argv, port, tmp / f"facade-{mode}.log") as proc:
                 url = f"http://127.0.0.1:{port}/catalog/products/1"
                 load(url, 8, 1.0)  # warm-up: pools and connections
                 results[mode] = {}
                 for c in conns:
-                    runs = [load(url, c, args.duration) for _ in range(args.repeat)]
+                    runs = []
+                    for _ in range(args.repeat):
+                        cpu0, mirrored0 = cpu_seconds(proc.pid), shadow_stats(admin)["totals"]["mirrored"]
+                        run = load(url, c, args.duration)
+                        time.sleep(0.5)  # copies still queued finish (and cost their CPU) before the reading
+                        cpu1, mirrored1 = cpu_seconds(proc.pid), shadow_stats(admin)["totals"]["mirrored"]
+                        served = max(run["rps"] * args.duration, 1.0)
+                        run["cpu_us"] = (cpu1 - cpu0) / served * 1e6
+                        run["copies_per_request"] = (mirrored1 - mirrored0) / served
+                        runs.append(run)
                     results[mode][c] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
                     r = results[mode][c]
                     print(f"  {mode:9s} c={c:<3d} {r['rps']:9.0f} req/s  p50 {r['p50_ms']:.3f} ms  "
-                          f"p99 {r['p99_ms']:.3f} ms", file=sys.stderr, flush=True)
+                          f"p99 {r['p99_ms']:.3f} ms  cpu {r['cpu_us']:.0f} us/req", file=sys.stderr, flush=True)
                 totals = shadow_stats(admin)["totals"]
                 counters[mode] = totals
 
     print()
     print(f"{len(modes)} modes x {args.repeat} run(s) x {args.duration:g}s each, median; load: "
           f"{'wrk -t1' if load is run_wrk else 'python aiohttp'}; primary and candidate = the same backend")
-    print(f"{'mode':9s} {'conns':>5s} {'req/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} {'vs off':>7s}")
+    print(f"{'mode':9s} {'conns':>5s} {'req/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} {'vs off':>7s} "
+          f"{'p50/off':>7s} {'cpu us/req':>10s} {'us/copy':>8s}")
     for mode, by_c in results.items():
         for c, r in by_c.items():
-            base = results.get("off", {}).get(c, {}).get("rps")
-            ratio = f"{r['rps'] / base:.2f}x" if base else ""
-            print(f"{mode:9s} {c:5d} {r['rps']:9.0f} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f} {ratio:>7s}")
+            base = results.get("off", {}).get(c)
+            ratio = f"{r['rps'] / base['rps']:.2f}x" if base else ""
+            p50 = f"{r['p50_ms'] / base['p50_ms']:.2f}x" if base else ""
+            per_copy = ""
+            if base and r["copies_per_request"] > 0:
+                per_copy = f"{(r['cpu_us'] - base['cpu_us']) / r['copies_per_request']:.0f}"
+            print(f"{mode:9s} {c:5d} {r['rps']:9.0f} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f} {ratio:>7s} "
+                  f"{p50:>7s} {r['cpu_us']:10.0f} {per_copy:>8s}")
     print()
     print("shadow sender totals per mode (whole run incl. warm-up):")
     for mode, totals in counters.items():

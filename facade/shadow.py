@@ -10,7 +10,9 @@ request, in order:
 3. ``submit()`` (proxy, after the client has its whole response) queues the copy, or ``cancel()``
    releases the slot when the primary failed;
 4. a fixed pool of worker tasks sends the copy to the candidate (marker header ``x-facade-shadow: 1``,
-   Host suffixed ``-shadow``) and, to learn noise, a second copy to the primary; both with a timeout;
+   Host suffixed ``-shadow``) and, to learn noise, a second copy to the primary; both with a timeout,
+   through the service's own HTTP/1.1 client (its connections and ``max_connections``; a copy that
+   finds every connection busy is not sent: it never waits for, or takes, a connection the proxy needs);
 5. the responses are diffed (ignore rules, learned noise), the comparison is counted in telemetry
    (the ``diff_rate`` gate reads it) and a differing one is kept, redacted, in a bounded ring.
 
@@ -32,11 +34,10 @@ import time
 import weakref
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import aiohttp
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -59,6 +60,15 @@ from .headers import filter_response_headers
 from .telemetry import LogLinearHistogram
 from .telemetry.prometheus import escape_label_value
 from .upstream import Outcome
+from .upstream.h1 import (
+    ConnectFailed,
+    PoolClosed,
+    PoolExhausted,
+    ReplayableBody,
+    ResponseInvalid,
+    UpstreamError,
+    UpstreamResponse,
+)
 from .yamlfile import parse_duration
 
 if TYPE_CHECKING:
@@ -101,11 +111,10 @@ DEFAULT_QUEUE_SIZE = 256
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_MAX_QUEUED_BYTES = 64 * 1024 * 1024
 DEFAULT_RING_SIZE = 200
-# As the proxy: aiohttp must not add headers the client did not send.
-_SKIP_AUTO_HEADERS = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
-# The copy's body is sent from bytes, so aiohttp sets its Content-Length; the client's framing goes.
+# RFC 9110 9.2.2, as the proxy's: a copy that met a dead keep-alive connection may go again only then.
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+# The copy's body is sent from bytes with its own Content-Length; the client's framing goes.
 _REFRAMED = frozenset({"content-length", "transfer-encoding", SHADOW_HEADER})
-_CHUNK = 64 * 1024
 
 
 # -- pure decisions ----------------------------------------------------------------------------------
@@ -545,43 +554,62 @@ class ShadowSender:
             return _Failed("unavailable", f"no service named {service!r}")
         try:
             endpoint = pool.pick()
-            session = pool.session
+            client = pool.h1
         except ProxyError as exc:
             return _Failed("unavailable", str(exc))
+        if client.exhausted:
+            # Waiting for a connection would hold one the proxy's next request needs: drop the copy.
+            return _Failed("unavailable", f"every connection of service {service} is busy")
         headers = mirrored_headers(job.headers, host_suffix=suffix)
-        outcome = Outcome.RESET
+        method = job.ticket.method
+        body: ReplayableBody | None = None
+        if job.body:
+            headers.append(("content-length", str(len(job.body))))
+            body = ReplayableBody(_one_chunk(job.body))
+        outcome: Outcome | None = Outcome.RESET
         started = time.perf_counter()
         endpoint.begin()
         try:
             async with asyncio.timeout(self.timeout):
-                async with session.request(
-                    job.ticket.method,
-                    endpoint.url_for(job.target),
-                    headers=headers,
-                    data=job.body,
-                    allow_redirects=False,
-                    skip_auto_headers=_SKIP_AUTO_HEADERS,
-                    compress=False,
-                ) as resp:
+                resp = await client.request(
+                    endpoint.address, method, endpoint.target_for(job.target), headers, body,
+                    idempotent=method in _IDEMPOTENT,
+                )
+                try:
                     outcome = Outcome.from_status(resp.status)
-                    body, truncated = await _read_bounded(resp, job.ticket.max_body)
-                    if timed is not None:
-                        hist = self.latency.get(timed)
-                        if hist is None:
-                            hist = self.latency[timed] = LogLinearHistogram()
-                        hist.record(time.perf_counter() - started)
-                    return ResponseSample(resp.status, filter_response_headers(resp.raw_headers), body, truncated)
+                    data, truncated = await _read_bounded(resp, job.ticket.max_body)
+                finally:
+                    resp.release()  # back to the pool only when read whole; a truncated body closes it
+                if timed is not None:
+                    hist = self.latency.get(timed)
+                    if hist is None:
+                        hist = self.latency[timed] = LogLinearHistogram()
+                    hist.record(time.perf_counter() - started)
+                return ResponseSample(resp.status, filter_response_headers(resp.raw_headers), data, truncated)
+        except (PoolExhausted, PoolClosed) as exc:
+            outcome = None  # the service is saturated or was reconfigured: not this endpoint's failure
+            return _Failed("unavailable", f"{service}: {exc}")
         except TimeoutError:
+            if client.exhausted:
+                outcome = None
+                return _Failed("unavailable", f"every connection of service {service} stayed busy")
             outcome = Outcome.TIMEOUT
             return _Failed("timeout", f"no answer from {endpoint.url} within {self.timeout:g}s")
-        except aiohttp.ClientConnectorError as exc:
+        except ConnectFailed as exc:
             outcome = Outcome.CONNECT_FAILURE
-            return _Failed("error", f"connect to {endpoint.url}: {exc.os_error}")
-        except (aiohttp.ClientError, OSError) as exc:
+            return _Failed("error", f"connect to {endpoint.url}: {exc}")
+        except ResponseInvalid as exc:
+            outcome = Outcome.GATEWAY_ERROR
+            return _Failed("error", f"{endpoint.url}: {exc}")
+        except ValueError as exc:
+            outcome = None  # a header the client refuses to serialize: nothing was sent
+            return _Failed("error", f"copy cannot be sent: {exc}")
+        except (UpstreamError, OSError) as exc:
             return _Failed("error", f"{endpoint.url}: {exc!r}")
         finally:
             endpoint.end()
-            pool.report(endpoint, outcome)
+            if outcome is not None:
+                pool.report(endpoint, outcome)
 
     # -- views -----------------------------------------------------------------------------------------
 
@@ -661,11 +689,18 @@ def _quantiles_ms(hist: LogLinearHistogram) -> dict[str, float | int | None]:
     return {"count": hist.total} | {k: None if v is None else round(v * 1000, 3) for k, v in values.items()}
 
 
-async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def _read_bounded(resp: UpstreamResponse, limit: int) -> tuple[bytes, bool]:
     """At most ``limit`` bytes of the body, and whether there was more (the rest is never read)."""
     chunks: list[bytes] = []
     size = 0
-    async for chunk in resp.content.iter_chunked(_CHUNK):
+    while not resp.at_eof():
+        chunk = await resp.readany()
+        if not chunk:
+            break
         room = limit - size
         if len(chunk) > room:
             chunks.append(chunk[:room])

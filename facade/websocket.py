@@ -2,12 +2,14 @@
 
 An upgrade is decided like any request (``facade.resolve``: Host rules, route, header rules, the
 migration split with its sticky cookie) and its upstream headers are built like an HTTP request's
-(``proxy.upstream_request_headers``: hygiene, X-Forwarded-*, route rules, the sidecar's XFCC).
+(``exchange.upstream_request_headers``: hygiene, X-Forwarded-*, route rules, the sidecar's XFCC).
 The upgrade is recorded once, when it is answered: telemetry counts it with its status (101, or the
 refusal) and the time to that answer, not the session's length (a session's length says nothing
 about the backend, and a gate would otherwise wait for it). A refusal is an HTTP response (the
-``websocket.http.response`` extension) with the same JSON body as HTTP. The upstream side is
-``_connect`` on the chosen service's pool; either side closing closes the other with the same code.
+``websocket.http.response`` extension) with the same JSON body as HTTP. The upstream side is the
+``websockets`` library (the one uvicorn serves the client side with) over a connection from the
+chosen service's pool (``H1Client.open_connection``: its TLS context, the mesh's included, and one
+of its ``max_connections`` until it closes). Either side closing closes the other with the same code.
 """
 
 from __future__ import annotations
@@ -20,13 +22,19 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
+from websockets.asyncio.client import ClientConnection
+from websockets.client import ClientProtocol
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+from websockets.http11 import Request
+from websockets.typing import Subprotocol
+from websockets.uri import WebSocketURI
 
 from .error_log import RecentErrors
-from .errors import ProxyError, UpgradeRefused, UpstreamConnectError, UpstreamTimeout
+from .errors import ProxyError, UpgradeRefused, UpstreamConnectError, UpstreamTimeout, UpstreamUnavailable
 from .exchange import error_refusal, is_loopback, record_request, refusal, upstream_request_headers
 from .headers import apply_header_ops_bytes
 from .resolve import Forward, resolve_request
+from .upstream.h1 import PoolClosed, PoolExhausted, UpstreamError
 
 if TYPE_CHECKING:
     from .snapshot import Snapshot
@@ -44,6 +52,69 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 _HANDSHAKE = frozenset({"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
                         "sec-websocket-protocol", "upgrade", "connection", "host"})
 _DEFAULT_HANDSHAKE_TIMEOUT = 30.0  # when neither route nor service bounds a request
+
+
+MAX_MESSAGE = 4 * 1024 * 1024  # bytes of one upstream message (aiohttp's default, which this leg used)
+CLOSE_TIMEOUT = 5.0  # seconds to wait for the upstream's close frame after sending ours
+_UNSENDABLE_CLOSE_CODES = frozenset({1004, 1005, 1006, 1015})  # RFC 6455 7.4.1: never in a close frame
+
+
+def relayable_close_code(code: int | None, *, abnormal: int) -> int:
+    """The code to pass on for a close seen on the other leg: a reserved or missing code becomes 1000
+    (closed without a code) or ``abnormal`` (the connection dropped without a close frame)."""
+    if code is None or code == 1005:
+        return 1000
+    if code in _UNSENDABLE_CLOSE_CODES or not (1000 <= code <= 4999):
+        return abnormal
+    return code
+
+
+class _Handshake(ClientProtocol):
+    """The upstream handshake with the client's Host header (the URI names the endpoint dialled)."""
+
+    def __init__(self, uri: WebSocketURI, host: str, **kwargs: Any) -> None:
+        super().__init__(uri, **kwargs)
+        self.host = host
+
+    def connect(self) -> Request:
+        request = super().connect()
+        if self.host:
+            del request.headers["Host"]
+            request.headers["Host"] = self.host
+        return request
+
+
+async def connect_upstream(
+    pool: ServicePool, endpoint: Endpoint, target: str, headers: list[tuple[str, str]], subprotocols: list[str]
+) -> ClientConnection:
+    """Open the upstream WebSocket: a connection from the pool, then the opening handshake.
+
+    ``target`` is sent byte for byte below the endpoint's base path; ``headers`` are the forwarded
+    ones (a ``host`` among them is sent as the Host header). The connection holds one of the pool's
+    slots until it closes. The handshake must complete within the service's request timeout
+    (Envoy's route timeout covers an upgrade until its response). Raises ``UpstreamError`` (connect,
+    pool), ``WebSocketException`` (refused handshake), ``OSError`` or ``TimeoutError``.
+    """
+    host, port, tls = endpoint.address
+    path, _, query = endpoint.target_for(target).partition("?")
+    client_host = next((v for k, v in headers if k == "host"), "")
+    handshake = _Handshake(
+        WebSocketURI(tls, host, port, path, query), client_host,
+        subprotocols=[Subprotocol(p) for p in subprotocols] or None, max_size=MAX_MESSAGE,
+    )
+    client = pool.h1
+    # No keep-alive pings of our own (the leg never had them): the client's and the upstream's are relayed.
+    upstream = await client.open_connection(
+        endpoint.address, lambda: ClientConnection(handshake, ping_interval=None, close_timeout=CLOSE_TIMEOUT)
+    )
+    upstream.connection_lost_waiter.add_done_callback(lambda _: client.release_slot())
+    try:
+        async with asyncio.timeout(pool.spec.timeouts.request):
+            await upstream.handshake([(k, v) for k, v in headers if k != "host"], user_agent_header=None)
+    except BaseException:
+        upstream.transport.abort()  # connection_lost follows: the slot is freed there
+        raise
+    return upstream
 
 
 async def refuse_websocket(scope: Scope, send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
@@ -107,29 +178,28 @@ async def proxy_websocket(
         accept_headers.append((b"x-facade-backend", backend.encode("latin-1")))
         accept_headers.append((b"x-facade-step", decision.step.encode("latin-1")))
     record_request(snap, decision, "GET", 101, started, upstream_s, 0, 0, ids)
-    await send({"type": "websocket.accept", "subprotocol": upstream.protocol, "headers": accept_headers})
+    await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol, "headers": accept_headers})
 
     async def client_to_upstream() -> None:
         while True:
             msg = await receive()
             if msg["type"] == "websocket.receive":
                 if msg.get("text") is not None:
-                    await upstream.send_str(msg["text"])
+                    await upstream.send(msg["text"])
                 else:
-                    await upstream.send_bytes(msg.get("bytes") or b"")
+                    await upstream.send(msg.get("bytes") or b"")
             elif msg["type"] == "websocket.disconnect":
-                await upstream.close(code=msg.get("code", 1000))
+                await upstream.close(code=relayable_close_code(msg.get("code"), abnormal=1001))
                 return
 
     async def upstream_to_client() -> None:
-        async for msg in upstream:
-            if msg.type == aiohttp.WSMsgType.TEXT:
-                await send({"type": "websocket.send", "text": msg.data})
-            elif msg.type == aiohttp.WSMsgType.BINARY:
-                await send({"type": "websocket.send", "bytes": msg.data})
-            elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED) or msg.type == aiohttp.WSMsgType.ERROR:
-                break
-        code = upstream.close_code or 1000
+        with contextlib.suppress(ConnectionClosed):
+            async for data in upstream:
+                if isinstance(data, str):
+                    await send({"type": "websocket.send", "text": data})
+                else:
+                    await send({"type": "websocket.send", "bytes": data})
+        code = relayable_close_code(upstream.close_code, abnormal=1011)
         with contextlib.suppress(Exception):
             await send({"type": "websocket.close", "code": code})
 
@@ -142,21 +212,21 @@ async def proxy_websocket(
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        if not upstream.closed:
-            await upstream.close()
+        await upstream.close()
 
 
 async def _connect(
     pool: ServicePool, endpoint: Endpoint, target: str, headers: list[tuple[str, str]], subprotocols: Any
-) -> aiohttp.ClientWebSocketResponse:
-    """Open the upstream leg of an upgrade. Raises ``UpgradeRefused`` (the upstream answered with a status)
-    or ``UpstreamConnectError`` (no answer: connect failure, reset)."""
+) -> ClientConnection:
+    """Open the upstream leg of an upgrade, errors in the proxy's terms: ``UpgradeRefused`` (the upstream
+    answered with a status), ``UpstreamUnavailable`` (the pool is full or was reconfigured),
+    ``UpstreamConnectError`` (no answer: connect failure, reset, a broken handshake)."""
     try:
-        return await pool.session.ws_connect(
-            endpoint.url_for(target), headers=headers, protocols=tuple(subprotocols),
-            autoclose=False, autoping=True, timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
-        )
-    except aiohttp.WSServerHandshakeError as exc:
-        raise UpgradeRefused(exc.status, f"{endpoint.url} answered the upgrade with {exc.status}") from None
-    except (aiohttp.ClientError, OSError) as exc:
+        return await connect_upstream(pool, endpoint, target, headers, list(subprotocols))
+    except InvalidStatus as exc:
+        status = exc.response.status_code
+        raise UpgradeRefused(status, f"{endpoint.url} answered the upgrade with {status}") from None
+    except (PoolExhausted, PoolClosed) as exc:
+        raise UpstreamUnavailable(f"websocket upstream {endpoint.url}: {exc}") from None
+    except (UpstreamError, WebSocketException, OSError) as exc:
         raise UpstreamConnectError(f"websocket connect to {endpoint.url} failed: {exc!r}") from None

@@ -1,8 +1,8 @@
-"""mTLS origination with a SPIFFE check on the server, for any ``ssl=`` consumer (aiohttp, asyncio).
+"""mTLS origination with a SPIFFE check on the server, for any ``ssl=`` consumer (the pools, asyncio).
 
     ctx = mesh_client_context(rotating, expected=SpiffeId.parse("spiffe://shop.local/ns/shop/sa/catalog"),
                               trust_domain="shop.local")
-    Upstreams(specs, ssl_context_factory=lambda spec: ctx)     # or aiohttp.TCPConnector(ssl=ctx)
+    Upstreams(specs, ssl_context_factory=lambda spec: ctx)     # or loop.create_connection(..., ssl=ctx)
 
 OpenSSL checks the chain against the mesh bundle during the handshake; the SPIFFE rules
 (``verify_peer``: one URI SAN, our trust domain, not a CA, exactly the expected ID) run right

@@ -14,7 +14,8 @@ only what the proxy needs: one request at a time per connection (no pipelining),
 streamed both ways with backpressure, keep-alive with idle expiry, TLS through any
 ``ssl.SSLContext`` (the mesh's SPIFFE-checking contexts included), and errors classified for
 retries and outlier detection. HTTP parsing is httptools' (llhttp, the parser uvicorn uses).
-Health checks, shadow traffic and WebSocket upgrades keep using the pool's aiohttp session.
+Health checks and shadow copies use it too (one pool, one ``max_connections`` per service), and a
+WebSocket upgrade takes its connection through ``open_connection`` (same TLS, counted in the limit).
 
 Errors (all ``UpstreamError``):
 
@@ -51,8 +52,8 @@ import ipaddress
 import select
 import socket
 import ssl
-from collections.abc import AsyncIterable, AsyncIterator
-from typing import Any, cast
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from typing import Any, TypeVar, cast
 
 import httptools
 
@@ -71,6 +72,8 @@ __all__ = [
     "UpstreamError",
     "UpstreamResponse",
 ]
+
+_P = TypeVar("_P", bound=asyncio.BaseProtocol)
 
 Address = tuple[str, int, bool]
 """(host, port, tls): where a connection goes; connections are pooled per address."""
@@ -625,6 +628,11 @@ class H1Client:
         self.stats: collections.Counter[str] = collections.Counter()
 
     @property
+    def closed(self) -> bool:
+        """``close()`` was called: no new connection will be opened."""
+        return self._closed
+
+    @property
     def in_use(self) -> int:
         return self._open - sum(len(d) for d in self._idle.values())
 
@@ -711,6 +719,21 @@ class H1Client:
             return conn, True
         if self._closed:
             raise PoolClosed(_POOL_CLOSED)
+        if self.limit and self._open >= self.limit:
+            conn = await self._wait_for_slot(address, fresh=fresh)
+            if conn is not None:
+                return conn, True
+        self._open += 1
+        try:
+            conn = await self._connect(address, lambda: _Conn(self, address))
+        except BaseException:
+            self._open -= 1
+            self._wake_next()
+            raise
+        return conn, False
+
+    async def _wait_for_slot(self, address: Address | None, *, fresh: bool) -> _Conn | None:
+        """Wait until a connection may be opened (None) or, unless ``fresh``, one to ``address`` went idle."""
         deadline: float | None = None
         while self.limit and self._open >= self.limit:
             if self._reclaim_idle():
@@ -735,19 +758,33 @@ class H1Client:
                 ) from None
             if self._closed:
                 raise PoolClosed(_POOL_CLOSED)  # woken by close(): no new connection on a closed pool
-            conn = None if fresh else self._take_idle(address)
+            conn = None if fresh or address is None else self._take_idle(address)
             if conn is not None:
-                return conn, True
+                return conn
+        return None
+
+    async def open_connection(self, address: Address, factory: Callable[[], _P]) -> _P:
+        """A connection for another protocol (a WebSocket, after its upgrade) made through this pool.
+
+        The same address resolution, TLS context and connect timeout as the pool's own connections,
+        and it takes one of the ``limit`` slots (waiting for one like a request does) until
+        ``release_slot`` is called, once, when it has closed.
+        """
+        if self._closed:
+            raise PoolClosed(_POOL_CLOSED)
+        await self._wait_for_slot(None, fresh=True)
         self._open += 1
         try:
-            conn = await self._connect(address)
+            return await self._connect(address, factory)
         except BaseException:
-            self._open -= 1
-            self._wake_next()
+            self._slot_freed()
             raise
-        return conn, False
 
-    async def _connect(self, address: Address) -> _Conn:
+    def release_slot(self) -> None:
+        """A connection from ``open_connection`` closed: its slot is free."""
+        self._slot_freed()
+
+    async def _connect(self, address: Address, factory: Callable[[], _P]) -> _P:
         host, port, tls = address
         loop = asyncio.get_running_loop()
         ctx: ssl.SSLContext | None = None
@@ -761,7 +798,7 @@ class H1Client:
                 for ip in ips:  # in the resolver's order, the next on a refusal (IPv6 then IPv4...)
                     try:
                         _, protocol = await loop.create_connection(
-                            lambda: _Conn(self, address), ip, port, ssl=ctx, server_hostname=host if tls else None
+                            factory, ip, port, ssl=ctx, server_hostname=host if tls else None
                         )
                         break
                     except ssl.SSLError:

@@ -1,4 +1,4 @@
-"""One service's pool: its endpoints' runtime state, the pick and report decisions, its HTTP clients.
+"""One service's pool: its endpoints' runtime state, the pick and report decisions, its HTTP client.
 
 Everything here runs on the event loop thread; no locks. The decisions delegate to the pure
 modules (``balancer``, ``outlier``, ``health``); this module keeps the state and does the I/O.
@@ -11,14 +11,10 @@ import contextlib
 import random
 import ssl
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Collection
 from typing import Any
-
-import aiohttp
-import aiohttp.connector
-import multidict
-import yarl
 
 from ..config import EndpointGroup, ServiceSpec
 from ..errors import UpstreamUnavailable
@@ -29,23 +25,25 @@ from .outcome import Outcome
 
 __all__ = ["DEFAULT_DNS_CACHE_TTL", "Endpoint", "ServicePool"]
 
-DEFAULT_DNS_CACHE_TTL = 10  # seconds; aiohttp's default, stated so it is a decision
+DEFAULT_DNS_CACHE_TTL = 10  # seconds (aiohttp's default, which the project used first), stated so it is a decision
 
 
 class Endpoint:
     """The mutable runtime state of one endpoint (touched only from the event loop thread)."""
 
     __slots__ = (
-        "_prefix", "address", "group", "health", "in_flight", "last_checked", "origin", "outcomes", "outlier",
-        "path_prefix", "url",
+        "address", "group", "health", "in_flight", "last_checked", "outcomes", "outlier", "path_prefix", "url",
     )
 
     def __init__(self, url: str, group: str) -> None:
-        parsed = yarl.URL(url)
-        if parsed.scheme not in ("http", "https") or not parsed.host:
+        try:
+            parsed = urllib.parse.urlsplit(url)
+            port = parsed.port
+        except ValueError:
+            parsed, port = None, None
+        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError(f"endpoint {url!r}: expected http://host:port or https://host:port")
         self.url = url
-        self.origin = parsed.origin()
         self.group = group
         self.health = HealthState()
         self.outlier = outlier.OutlierState()
@@ -53,9 +51,9 @@ class Endpoint:
         self.outcomes: Counter[str] = Counter()
         self.last_checked: float | None = None
         # An endpoint may carry a base path ("http://h:1/v2"): requests go below it.
-        self.path_prefix = parsed.raw_path.rstrip("/")
-        self._prefix = str(self.origin) + self.path_prefix
-        self.address: Address = (parsed.host, parsed.port or (443 if parsed.scheme == "https" else 80), parsed.scheme == "https")
+        self.path_prefix = parsed.path.rstrip("/")
+        tls = parsed.scheme == "https"
+        self.address: Address = (parsed.hostname, port or (443 if tls else 80), tls)
 
     def __repr__(self) -> str:
         state = "available" if self.available else ("ejected" if self.outlier.ejected else "unhealthy")
@@ -89,16 +87,12 @@ class Endpoint:
     def end(self) -> None:
         self.in_flight -= 1
 
-    def url_for(self, raw_path_and_query: str) -> yarl.URL:
-        """The upstream URL for an already-encoded path (and query), byte for byte.
-
-        Built with ``encoded=True`` so yarl neither re-quotes nor removes dot segments: the
-        bytes the router matched are the bytes sent (docs/architecture.md, "Invariants").
-        """
-        return yarl.URL(self._prefix + raw_path_and_query, encoded=True)
-
     def target_for(self, raw_path_and_query: str) -> str:
-        """The request target for the proxy's HTTP/1.1 client: the base path + the path as matched."""
+        """The request target for the service's HTTP/1.1 client: the base path + the path as matched.
+
+        Never re-quoted and dot segments never removed: the bytes the router matched are the bytes
+        sent (docs/architecture.md, "Invariants").
+        """
         return self.path_prefix + raw_path_and_query if self.path_prefix else raw_path_and_query
 
     def adopt_state(self, other: Endpoint) -> None:
@@ -128,25 +122,6 @@ class Endpoint:
         }
 
 
-class ProxyClientRequest(aiohttp.ClientRequest):
-    """aiohttp's request, minus the headers a client library adds on its own.
-
-    A proxy forwards the client's headers as they are: no default Accept / Accept-Encoding /
-    User-Agent, and no Content-Type guessed from the body. (Passing ``skip_auto_headers`` per
-    request does the same but costs ~10 us a request in sorting and copying.)
-    """
-
-    DEFAULT_HEADERS = {}  # noqa: RUF012 - no Accept / Accept-Encoding of our own
-
-    def update_auto_headers(self, skip_auto_headers: Any) -> None:
-        self._skip_auto_headers = _NO_AUTO_HEADERS
-
-
-_NO_AUTO_HEADERS: Any = multidict.CIMultiDict(
-    (h, None) for h in ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
-)
-
-
 class _Group:
     __slots__ = ("endpoints", "rr", "spec")
 
@@ -157,15 +132,15 @@ class _Group:
 
 
 class ServicePool:
-    """The endpoints of one service, how to choose among them, and the clients that reach them.
+    """The endpoints of one service, how to choose among them, and the one client that reaches them.
 
-    ``h1`` (facade.upstream.h1) carries proxied requests; ``session`` (aiohttp) carries health
-    checks, shadow requests and WebSocket upgrades. ``ssl_context`` is used for https:// endpoints
-    (None = the system trust store). ``session`` and ``h1`` let a reload hand over warm
-    connections; the pool then owns them. ``previous`` is the pool this
-    one replaces: the state of endpoints with the same URL carries over (and the endpoint objects
-    themselves when the session is handed over and the group is unchanged, so requests still in
-    flight on the old pool keep counting).
+    ``h1`` (facade.upstream.h1) carries everything sent to the service: proxied requests, health
+    checks, shadow copies, and the connections of WebSocket upgrades, so ``max_connections``
+    bounds them all together. ``ssl_context`` is used for https:// endpoints (None = the system
+    trust store). ``h1`` lets a reload hand over warm connections; the pool then owns them.
+    ``previous`` is the pool this one replaces: the state of endpoints with the same URL carries
+    over (and the endpoint objects themselves when the client is handed over and the group is
+    unchanged, so requests still in flight on the old pool keep counting).
     """
 
     def __init__(
@@ -173,7 +148,6 @@ class ServicePool:
         spec: ServiceSpec,
         *,
         ssl_context: ssl.SSLContext | None = None,
-        session: aiohttp.ClientSession | None = None,
         h1: H1Client | None = None,
         previous: ServicePool | None = None,
         rng: random.Random | None = None,
@@ -181,9 +155,8 @@ class ServicePool:
     ) -> None:
         self.spec = spec
         self.ssl_context = ssl_context
-        self._session = session
         self._h1 = h1
-        self._owns_session = True
+        self._owns_client = True
         self._rng = rng if rng is not None else random.Random()
         self._clock = clock
         self._tasks: list[asyncio.Task[None]] = []
@@ -195,7 +168,7 @@ class ServicePool:
             eps = []
             for url in g.endpoints:
                 prior = old.get(url)
-                if prior is not None and (session is not None or h1 is not None) and prior.group == g.name:
+                if prior is not None and h1 is not None and prior.group == g.name:
                     eps.append(prior)  # same object: in-flight counts and late reports stay true
                     continue
                 ep = Endpoint(url, g.name)
@@ -212,17 +185,7 @@ class ServicePool:
         up = sum(ep.available for ep in self.endpoints)
         return f"ServicePool({self.spec.name!r}, {up}/{len(self.endpoints)} available, lb={self.spec.load_balancer})"
 
-    # -- the session ----------------------------------------------------------------------
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        """The service's aiohttp session, created on first use (it must be created inside the loop)."""
-        if self._session is None:
-            if self._closed:
-                # A request that read the old snapshot before a reload replaced this never-used pool.
-                raise UpstreamUnavailable(f"service {self.spec.name} was reconfigured; retry the request")
-            self._session = _new_session(self.spec, self.ssl_context)
-        return self._session
+    # -- the client -----------------------------------------------------------------------
 
     @property
     def h1(self) -> H1Client:
@@ -246,31 +209,17 @@ class ServicePool:
         return self._h1
 
     def shares_clients_with(self, other: ServicePool) -> bool:
-        """``other`` was handed this pool's session or HTTP/1.1 client (a reload kept the connections)."""
-        return (self._session is not None and other._session is self._session) or (
-            self._h1 is not None and other._h1 is self._h1
-        )
+        """``other`` was handed this pool's HTTP/1.1 client (a reload kept the connections)."""
+        return self._h1 is not None and other._h1 is self._h1
+
+    def release_client(self) -> None:
+        """The HTTP/1.1 client now belongs to a successor pool: this pool will not close it."""
+        self._owns_client = False
 
     @property
-    def connector(self) -> aiohttp.TCPConnector:
-        """The session's connector, for connection pool statistics."""
-        conn = self.session.connector
-        assert isinstance(conn, aiohttp.TCPConnector)
-        return conn
-
-    @property
-    def live_session(self) -> aiohttp.ClientSession | None:
-        """The session if it was created already (never creates one)."""
-        return self._session
-
-    def release_session(self) -> None:
-        """The session and the HTTP/1.1 client now belong to a successor pool: this pool will not close them."""
-        self._owns_session = False
-
-    @property
-    def owns_session(self) -> bool:
-        """This pool will close a session or HTTP/1.1 client of its own when it closes."""
-        return self._owns_session and (self._session is not None or self._h1 is not None)
+    def owns_client(self) -> bool:
+        """This pool will close an HTTP/1.1 client of its own when it closes."""
+        return self._owns_client and self._h1 is not None
 
     # -- decisions ------------------------------------------------------------------------
 
@@ -382,10 +331,10 @@ class ServicePool:
         hc = self.spec.health_check
         if hc is None or self._tasks or self._closed:
             return
-        session = self.session
+        client = self.h1
         for ep in self.endpoints:
             rng = random.Random(self._rng.random())
-            task = asyncio.create_task(run_checks(session, ep, hc, rng=rng, clock=self._clock))
+            task = asyncio.create_task(run_checks(client, ep, hc, rng=rng, clock=self._clock))
             self._tasks.append(task)
 
     async def stop_health_checks(self) -> None:
@@ -397,14 +346,11 @@ class ServicePool:
                 await t
 
     async def close(self) -> None:
-        """Stop health checks and close the session (unless it was handed over)."""
+        """Stop health checks and close the HTTP/1.1 client (unless it was handed over)."""
         self._closed = True
         await self.stop_health_checks()
-        if self._owns_session:
-            if self._h1 is not None:
-                await self._h1.close()
-            if self._session is not None:
-                await self._session.close()
+        if self._owns_client and self._h1 is not None:
+            await self._h1.close()
 
     def snapshot(self, *, now: float | None = None) -> dict[str, Any]:
         """JSON-able state: groups with their endpoints, health, ejections, in-flight counts, stats."""
@@ -432,32 +378,3 @@ class ServicePool:
                 for g in self._groups
             ],
         }
-
-
-def _new_session(spec: ServiceSpec, ssl_context: ssl.SSLContext | None) -> aiohttp.ClientSession:
-    """The service's session: one connector with the service's limits; nothing the facade should not keep.
-
-    No cookie jar (the facade never stores upstream cookies), no proxy settings from the
-    environment, no decompression (bodies pass through as the upstream encoded them).
-    """
-    pool = spec.connection_pool
-    connector = aiohttp.TCPConnector(
-        limit=pool.max_connections,
-        limit_per_host=0,
-        keepalive_timeout=pool.idle_timeout,
-        ttl_dns_cache=DEFAULT_DNS_CACHE_TTL,
-        ssl=ssl_context if ssl_context is not None else True,
-        # Needed only on Pythons whose TLS transports can leak when closed (aiohttp warns elsewhere).
-        enable_cleanup_closed=getattr(aiohttp.connector, "NEEDS_CLEANUP_CLOSED", False),
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        request_class=ProxyClientRequest,
-        auto_decompress=False,
-        # Envoy accepts 60 KiB of response headers; aiohttp's default refuses fields over 8 KiB.
-        max_line_size=65536,
-        max_field_size=65536,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        trust_env=False,
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=spec.timeouts.connect),
-    )

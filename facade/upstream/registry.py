@@ -24,8 +24,8 @@ _DRAIN_POLL = 0.05
 SSLContextFactory = Callable[[ServiceSpec], "ssl.SSLContext | None"]
 
 
-def _session_key(spec: ServiceSpec) -> tuple[Any, ...]:
-    """What the session depends on: a reload that leaves these alone keeps the warm session."""
+def _client_key(spec: ServiceSpec) -> tuple[Any, ...]:
+    """What the HTTP/1.1 client depends on: a reload that leaves these alone keeps its warm connections."""
     return (spec.tls, spec.identity, spec.connection_pool, spec.timeouts.connect)
 
 
@@ -64,16 +64,13 @@ class Upstreams:
         return None
 
     def _build(self, spec: ServiceSpec, previous: ServicePool | None) -> ServicePool:
-        """A pool for ``spec``; it shares ``previous``'s session when the connection settings are the same.
+        """A pool for ``spec``; it shares ``previous``'s client when the connection settings are the same.
 
-        Building changes nothing in ``previous``: the caller releases the session once every
+        Building changes nothing in ``previous``: the caller releases the client once every
         pool of the reload was built, so a failed reload leaves the running pools intact.
         """
-        if previous is not None and _session_key(previous.spec) == _session_key(spec):
-            return ServicePool(
-                spec, ssl_context=previous.ssl_context, session=previous.live_session, h1=previous.live_h1,
-                previous=previous,
-            )
+        if previous is not None and _client_key(previous.spec) == _client_key(spec):
+            return ServicePool(spec, ssl_context=previous.ssl_context, h1=previous.live_h1, previous=previous)
         return ServicePool(spec, ssl_context=self._ssl_context(spec), previous=previous)
 
     async def start(self) -> None:
@@ -85,7 +82,7 @@ class Upstreams:
     async def update(self, specs: Sequence[ServiceSpec]) -> None:
         """Hot reload: swap in pools for new and changed services, keep unchanged ones as they are.
 
-        1. Keep the pool of every service whose spec is unchanged (session, health, ejections).
+        1. Keep the pool of every service whose spec is unchanged (client, health, ejections).
         2. Build a pool for every new or changed service, carrying over the state of endpoints
            with the same URL (a weight-only change keeps health and ejections).
         3. Swap the map, so the next request sees the new pools, and start their health checks.
@@ -107,15 +104,15 @@ class Upstreams:
         for pool in replaced:
             successor = fresh.get(pool.spec.name)
             if successor is not None and pool.shares_clients_with(successor):
-                pool.release_session()
+                pool.release_client()
         self._pools = fresh
         if self._started and self.health_checks:
             for pool in built:
                 await pool.start()
         for pool in replaced:
             await pool.stop_health_checks()
-            if not pool.owns_session:
-                await pool.close()  # its session lives on in the successor: nothing to drain
+            if not pool.owns_client:
+                await pool.close()  # its client lives on in the successor: nothing to drain
                 continue
             task = asyncio.create_task(self._drain_and_close(pool))
             self._draining.add(task)

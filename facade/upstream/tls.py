@@ -18,9 +18,9 @@ class UpstreamTLSError(FacadeError):
 class _FixedServerNameContext(ssl.SSLContext):
     """Sends a fixed SNI and verifies the certificate against it, whatever host the URL names.
 
-    aiohttp only sets SNI per request; overriding ``wrap_bio`` (used by both asyncio's and
-    uvloop's TLS transports) lets one connector dial 127.0.0.1 and still verify the name
-    ``catalog.internal``, so the proxy needs no per-request TLS arguments.
+    A client sends as SNI the host it dials; overriding ``wrap_bio`` (used by both asyncio's and
+    uvloop's TLS transports) lets the pool dial 127.0.0.1 and still verify the name
+    ``catalog.internal``, so no caller needs per-connection TLS arguments.
     """
 
     fixed_server_name: str = ""

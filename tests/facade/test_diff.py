@@ -253,6 +253,27 @@ def test_a_document_never_differs_from_itself(doc: Any) -> None:
     assert not diff_responses(j(doc), j(doc)).differs
 
 
+@pytest.mark.parametrize(
+    ("a", "b", "mode"),
+    [
+        (j(PRODUCT), j(PRODUCT), "json"),
+        (ResponseSample(200, {"content-type": "text/plain"}, b' {"a": 1}'),
+         ResponseSample(200, {"content-type": "text/plain"}, b' {"a": 1}'), "json"),  # sniffed by the first byte
+        (ResponseSample(200, JSON_CT, b"not json"), ResponseSample(200, JSON_CT, b"not json"), "bytes"),
+        (ResponseSample(200, JSON_CT, b'{"a": 1', truncated=True), ResponseSample(200, JSON_CT, b'{"a": 1'), "bytes"),
+        (ResponseSample(200, JSON_CT, b'{"a": NaN}'), ResponseSample(200, JSON_CT, b'{"a": NaN}'), "json"),
+        (j({"a": 1}, status=500), j({"a": 1}), "json"),
+    ],
+)
+def test_identical_bodies_give_what_the_full_comparison_gives(a: ResponseSample, b: ResponseSample, mode: str) -> None:
+    """Byte-identical bodies skip the field walk (one parse names the mode); the result is the same."""
+    result = diff_responses(a, b)
+    assert result.body_compared_as == mode
+    assert [d.path for d in result.differences] == (["status"] if a.status != b.status else [])
+    with_noise = diff_responses(a, b, noise=("$.zzz",))  # noise paths take the full walk
+    assert (with_noise.body_compared_as, with_noise.differences) == (result.body_compared_as, result.differences)
+
+
 @given(json_values, json_values)
 def test_diff_is_symmetric_in_its_paths(a: Any, b: Any) -> None:
     forward = {d.path for d in diff_responses(j(a), j(b)).differences}

@@ -6,12 +6,15 @@ import asyncio
 import datetime
 import ssl
 
-import aiohttp
 import httpx
+import pytest
+import websockets.asyncio.client
+import websockets.exceptions
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from websockets.typing import Subprotocol
 
 from tests.backends import EchoApp
 from tests.harness import run_facade
@@ -134,15 +137,15 @@ async def test_the_listener_terminates_tls(tmp_path):
 async def test_websocket_is_proxied_both_ways(tmp_path):
     async with serve_app(EchoApp("ws-backend")) as url:
         async with run_facade(tmp_path, _cfg(url)) as rt:
-            async with aiohttp.ClientSession() as session:
-                async with session.ws_connect(rt.url + "/ws", protocols=("chat",)) as ws:
-                    assert ws.protocol == "chat"
-                    await ws.send_str("hello")
-                    msg = await asyncio.wait_for(ws.receive(), 5)
-                    assert msg.data == "ws-backend:hello"
-                    await ws.send_bytes(b"\x00\x01")
-                    msg = await asyncio.wait_for(ws.receive(), 5)
-                    assert msg.data == b"\x00\x01"
-                    await ws.send_str("close-me")
-                    msg = await asyncio.wait_for(ws.receive(), 5)
-                    assert msg.type == aiohttp.WSMsgType.CLOSE and ws.close_code == 4001
+            async with websockets.asyncio.client.connect(
+                rt.url.replace("http://", "ws://") + "/ws", subprotocols=[Subprotocol("chat")], proxy=None
+            ) as ws:
+                assert ws.subprotocol == "chat"
+                await ws.send("hello")
+                assert await asyncio.wait_for(ws.recv(), 5) == "ws-backend:hello"
+                await ws.send(b"\x00\x01")
+                assert await asyncio.wait_for(ws.recv(), 5) == b"\x00\x01"
+                await ws.send("close-me")
+                with pytest.raises(websockets.exceptions.ConnectionClosed):
+                    await asyncio.wait_for(ws.recv(), 5)
+                assert ws.close_code == 4001

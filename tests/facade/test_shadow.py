@@ -35,7 +35,7 @@ from facade.shadow import (
 from facade.split import Split
 from facade.upstream import Upstreams
 from sample_monolith import catalog, monolith
-from tests.backends import EchoApp
+from tests.backends import EchoApp, raw_server
 from tests.harness import write_config
 from tests.servers import bind_loopback, serve_app
 
@@ -404,6 +404,84 @@ async def test_feature_sends_over_the_pools_the_runtime_has_at_start(tmp_path: P
         await feature.stop()
         await replaced.close()
     assert feature.sender.begin(route="catalog", split=SHADOW_SPLIT, method="GET") is None  # stopped
+
+
+# -- one pool per service ---------------------------------------------------------------------------
+
+
+class CountingBackend:
+    """A minimal HTTP/1.1 keep-alive server that counts the connections it has open (and the most at once)."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.peak = 0
+        self.accepted = 0
+        self.health_checks = 0
+        self.copies = 0
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        self.open += 1
+        self.peak = max(self.peak, self.open)
+        try:
+            for _ in range(10_000):
+                head = (await reader.readuntil(b"\r\n\r\n")).lower()
+                self.health_checks += head.startswith(b"get /healthz ")
+                self.copies += b"\r\nx-facade-shadow: 1\r\n" in head
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                if length:
+                    await reader.readexactly(length)
+                await asyncio.sleep(0.002)  # a little service time, so concurrent requests need connections
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n"
+                             b'{"ok":true}')
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            self.open -= 1
+            writer.close()
+
+
+async def test_proxy_health_checks_and_copies_share_one_pool_within_max_connections(tmp_path: Path) -> None:
+    """Each service's connections (proxied + health checks + shadow copies, noise copies too) stay within
+    its ``max_connections``, counted where they land: at the backend, under concurrent load."""
+    old, new = CountingBackend(), CountingBackend()
+    async with raw_server(old) as old_url, raw_server(new) as new_url:
+        hc = "health_check: {path: /healthz, interval: 0.02s, timeout: 1s}"
+        path = write_config(tmp_path, f"""
+listen: 127.0.0.1:0
+admin: {{listen: 127.0.0.1:0, token: t0ken}}
+services:
+  monolith: {{endpoints: [{old_url}], connection_pool: {{max_connections: 3}}, {hc}}}
+  catalog: {{endpoints: [{new_url}], connection_pool: {{max_connections: 2}}, {hc}}}
+routes:
+  - name: catalog
+    match: {{path: {{prefix: /catalog}}}}
+    backend: monolith
+""")
+        runtime = FacadeRuntime(load_config(str(path)), config_path=str(path), watch_interval=None)
+        feature = ShadowFeature.attach(runtime, learn_noise=True)  # a second copy to the primary's pool
+        await runtime.start(listen_sock=bind_loopback(), admin_sock=bind_loopback())
+        try:
+            runtime.swap(splits={"catalog": SHADOW_SPLIT})
+            statuses: list[int] = []
+            async with httpx.AsyncClient(base_url=runtime.url, timeout=10) as client:
+
+                async def worker(n: int) -> None:
+                    for i in range(15):
+                        statuses.append((await client.get(f"/catalog/{n}/{i}")).status_code)
+
+                await asyncio.wait_for(asyncio.gather(*(worker(n) for n in range(12))), 60)
+            await until(lambda: feature.sender.stats()["in_flight"] == 0 and feature.sender.stats()["queue_depth"] == 0)
+        finally:
+            await runtime.stop()
+    assert statuses.count(200) == len(statuses) == 180  # a full pool makes requests wait, never fail here
+    assert old.health_checks > 0 and new.health_checks > 0 and new.copies > 0 and old.copies > 0
+    assert old.peak <= 3, f"monolith saw {old.peak} connections at once (max_connections 3)"
+    assert new.peak <= 2, f"catalog saw {new.peak} connections at once (max_connections 2)"
 
 
 # -- admin ------------------------------------------------------------------------------------------

@@ -940,8 +940,8 @@ class Capturing(H1Client):
 
     conns: list[_Conn]
 
-    async def _connect(self, address: Address) -> _Conn:
-        conn = await super()._connect(address)
+    async def _connect(self, address: Address, factory: Callable[[], Any]) -> Any:
+        conn = await super()._connect(address, factory)
         self.conns = [*getattr(self, "conns", []), conn]
         return conn
 

@@ -38,32 +38,32 @@ async def test_update_keeps_unchanged_pools_and_closes_removed_ones() -> None:
         kept, dropped = ups.get("keep"), ups.get("drop")
         assert kept is not None and dropped is not None
         kept.report(kept.endpoints[0], Outcome.HTTP_5XX)  # state that must survive
-        session = kept.session
-        dropped_session = dropped.session
+        client = kept.h1
+        dropped_client = dropped.h1
         await ups.update([keep])
-        assert ups.get("keep") is kept and kept.session is session
+        assert ups.get("keep") is kept and kept.h1 is client
         assert ups.get("drop") is None
-        assert await eventually(lambda: dropped_session.closed)
-        assert not session.closed
+        assert await eventually(lambda: dropped_client.closed)
+        assert not client.closed
     finally:
         await ups.close()
-    assert session.closed
+    assert client.closed
 
 
-async def test_weight_only_change_keeps_health_ejections_and_session() -> None:
+async def test_weight_only_change_keeps_health_ejections_and_client() -> None:
     spec = service(group("old", *urls(2), weight=100), group("new", *urls(1, 9), weight=0), outlier=OD)
     ups = Upstreams([spec])
     try:
         before = ups.get("svc")
         assert before is not None
-        session = before.session
+        client = before.h1
         before.report(before.endpoints[0], Outcome.GATEWAY_ERROR)
         before.endpoints[1].healthy = False
         shifted = dataclasses.replace(spec, groups=(group("old", *urls(2), weight=0), group("new", *urls(1, 9))))
         await ups.update([shifted])
         after = ups.get("svc")
         assert after is not None and after is not before
-        assert after.session is session  # the warm connections stay
+        assert after.h1 is client  # the warm connections stay
         assert after.endpoints[0].ejected_until > 0 and not after.endpoints[1].healthy
         assert {after.pick().group for _ in range(5)} == {"new"}
         await ups.update([spec])  # and back by changing one weight
@@ -72,27 +72,27 @@ async def test_weight_only_change_keeps_health_ejections_and_session() -> None:
         assert not back.endpoints[0].available and not back.endpoints[1].available
         assert {back.pick().group for _ in range(5)} == {"new"}  # nothing available in "old": failover
         await asyncio.sleep(0.1)
-        assert not session.closed  # the replaced pools handed their session over
+        assert not client.closed  # the replaced pools handed their client over
     finally:
         await ups.close()
 
 
-async def test_changed_connection_settings_build_a_new_session_and_drain_the_old() -> None:
+async def test_changed_connection_settings_build_a_new_client_and_drain_the_old() -> None:
     spec = service(group("a", *urls(1)))
     ups = Upstreams([spec], drain_grace=10.0)
     try:
         old = ups.get("svc")
         assert old is not None
-        old_session = old.session
+        old_client = old.h1
         ep = old.pick()
         ep.begin()  # a request in flight on the old pool
         await ups.update([dataclasses.replace(spec, connection_pool=ConnectionPool(max_connections=7))])
         new = ups.get("svc")
-        assert new is not None and new.session is not old_session and new.connector.limit == 7
+        assert new is not None and new.h1 is not old_client and new.h1.limit == 7
         await asyncio.sleep(0.1)
-        assert not old_session.closed and ups.draining == 1
+        assert not old_client.closed and ups.draining == 1
         ep.end()
-        assert await eventually(lambda: old_session.closed)
+        assert await eventually(lambda: old_client.closed)
         assert ups.draining == 0
     finally:
         await ups.close()
@@ -104,10 +104,10 @@ async def test_replaced_pool_closes_after_the_grace_period_even_when_busy() -> N
     try:
         old = ups.get("svc")
         assert old is not None
-        old_session = old.session
+        old_client = old.h1
         old.pick().begin()  # never ends
         await ups.update([])
-        assert await eventually(lambda: old_session.closed, timeout=2.0)
+        assert await eventually(lambda: old_client.closed, timeout=2.0)
     finally:
         await ups.close()
 
@@ -138,16 +138,16 @@ async def test_failed_update_changes_nothing() -> None:
     try:
         pool_a, pool_b = ups.get("a"), ups.get("b")
         assert pool_a is not None and pool_b is not None
-        session_a = pool_a.session
+        client_a = pool_a.h1
         reweighted = dataclasses.replace(a, groups=(group("a", *urls(1), weight=50),))
         broken = dataclasses.replace(b, tls=UpstreamTLS(ca_file="/nonexistent/ca.pem"))
         with pytest.raises(UpstreamTLSError, match="service b"):
             await ups.update([reweighted, broken])
         assert ups.get("a") is pool_a and ups.get("b") is pool_b
-        assert pool_a.owns_session  # the session was not promised to a pool that never went live
+        assert pool_a.owns_client  # the client was not promised to a pool that never went live
     finally:
         await ups.close()
-    assert session_a.closed
+    assert client_a.closed
 
 
 async def test_replaced_pool_keeps_working_for_requests_that_still_hold_it() -> None:
@@ -156,9 +156,9 @@ async def test_replaced_pool_keeps_working_for_requests_that_still_hold_it() -> 
     try:
         old = ups.get("svc")
         assert old is not None
-        session = old.session
+        client = old.h1
         await ups.update([dataclasses.replace(spec, groups=(group("a", *urls(2), weight=10),))])
-        assert old.session is session and not session.closed  # a retry on the old snapshot still works
+        assert old.h1 is client and not client.closed  # a retry on the old snapshot still works
         assert old.pick() in ups.get("svc").endpoints  # type: ignore[union-attr]
     finally:
         await ups.close()

@@ -1,4 +1,5 @@
-"""The pool's session against real servers: bytes of the path, cookies, TLS origination with SNI."""
+"""The pool's client against real servers: bytes of the path, cookies, TLS origination with SNI, health
+checks over TLS / mTLS through the pool's context."""
 
 from __future__ import annotations
 
@@ -8,18 +9,18 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from facade.config import UpstreamTLS
+from facade.config import HealthCheck, UpstreamTLS
 from facade.upstream import Endpoint, ServicePool, Upstreams, UpstreamTLSError, client_ssl_context
+from facade.upstream.h1 import ConnectFailed, UpstreamResponse
 from tests.servers import serve_app
 
-from .test_upstream_specs import group, service
+from .test_upstream_specs import eventually, group, service
 
 
 class RecordingBackend:
@@ -38,16 +39,28 @@ class RecordingBackend:
         await send({"type": "http.response.body", "body": b"ok"})
 
 
-def test_url_for_keeps_encoded_bytes() -> None:
+async def _get(pool: ServicePool, target: str) -> UpstreamResponse:
+    ep = pool.pick()
+    resp = await pool.h1.request(ep.address, "GET", ep.target_for(target), [], idempotent=True)
+    while not resp.at_eof():
+        await resp.readany()
+    resp.release()
+    return resp
+
+
+def test_target_and_address_keep_encoded_bytes() -> None:
     ep = Endpoint("http://127.0.0.1:8001", "a")
-    assert str(ep.url_for("/a%2Fb")) == "http://127.0.0.1:8001/a%2Fb"
-    assert str(ep.url_for("/x/%2e%2e/y?q=%41&r")) == "http://127.0.0.1:8001/x/%2e%2e/y?q=%41&r"
-    assert str(Endpoint("http://[::1]:9/base/", "a").url_for("/p")) == "http://[::1]:9/base/p"
+    assert ep.target_for("/a%2Fb") == "/a%2Fb" and ep.address == ("127.0.0.1", 8001, False)
+    assert ep.target_for("/x/%2e%2e/y?q=%41&r") == "/x/%2e%2e/y?q=%41&r"
+    base = Endpoint("https://[::1]:9/base/", "a")
+    assert base.target_for("/p") == "/base/p" and base.address == ("::1", 9, True)
+    assert Endpoint("https://Catalog.Internal", "a").address == ("catalog.internal", 443, True)
 
 
-def test_endpoint_rejects_what_is_not_an_http_url() -> None:
+@pytest.mark.parametrize("url", ["tcp://127.0.0.1:1", "http://", "http://127.0.0.1:port", "127.0.0.1:80"])
+def test_endpoint_rejects_what_is_not_an_http_url(url: str) -> None:
     with pytest.raises(ValueError, match="expected http://host:port"):
-        Endpoint("tcp://127.0.0.1:1", "a")
+        Endpoint(url, "a")
 
 
 async def test_bytes_sent_upstream_are_the_bytes_given_and_cookies_are_not_kept() -> None:
@@ -55,18 +68,14 @@ async def test_bytes_sent_upstream_are_the_bytes_given_and_cookies_are_not_kept(
     async with serve_app(backend) as url:
         pool = ServicePool(service(group("a", url)))
         try:
-            ep = pool.pick()
             for target in ["/a%2Fb", "/x/%2e%2e/y", "/public/../catalog?q=%252e"]:
-                async with pool.session.get(ep.url_for(target)) as resp:
-                    assert resp.status == 200
-                    await resp.read()
+                assert (await _get(pool, target)).status == 200
             assert backend.targets == [b"/a%2Fb", b"/x/%2e%2e/y", b"/public/../catalog?q=%252e"]
             assert backend.cookies == []  # the upstream's Set-Cookie was not stored and replayed
-            assert pool.connector.limit == 1024
-            assert pool.session.auto_decompress is False
+            assert pool.h1.limit == 1024
         finally:
             await pool.close()
-        assert pool.session.closed
+        assert pool.h1.closed
 
 
 # -- TLS ---------------------------------------------------------------------------------------
@@ -145,9 +154,7 @@ async def test_tls_with_server_name_and_client_certificate(pki: dict[str, str]) 
         pool = ups.get("svc")
         assert pool is not None
         try:
-            async with pool.session.get(pool.pick().url_for("/tls")) as resp:
-                assert resp.status == 200
-                await resp.read()
+            assert (await _get(pool, "/tls")).status == 200
             assert backend.targets == [b"/tls"]
         finally:
             await ups.close()
@@ -157,11 +164,53 @@ async def test_tls_without_server_name_fails_verification_against_an_ip(pki: dic
     async with serve_app(RecordingBackend(), ssl_certfile=pki["server"], ssl_keyfile=pki["server_key"]) as url:
         pool = ServicePool(service(group("a", url)), ssl_context=client_ssl_context(UpstreamTLS(ca_file=pki["ca"])))
         try:
-            with pytest.raises(aiohttp.ClientConnectorCertificateError):
-                async with pool.session.get(pool.pick().url_for("/")):
-                    pass
+            with pytest.raises(ConnectFailed, match="CERTIFICATE_VERIFY_FAILED"):
+                await _get(pool, "/")
         finally:
             await pool.close()
+
+
+HC = HealthCheck(path="/healthz", interval=0.05, timeout=1.0, unhealthy_threshold=1)
+
+
+async def test_health_checks_over_mtls_verify_the_server_name_and_present_the_client_certificate(
+    pki: dict[str, str],
+) -> None:
+    backend = RecordingBackend()
+    async with serve_app(
+        backend, ssl_certfile=pki["server"], ssl_keyfile=pki["server_key"], ssl_ca_certs=pki["ca"],
+        ssl_cert_reqs=ssl.CERT_REQUIRED,
+    ) as url:
+        tls = UpstreamTLS(
+            ca_file=pki["ca"], cert_file=pki["client"], key_file=pki["client_key"], server_name="catalog.internal"
+        )
+        ups = Upstreams([dataclasses.replace(service(group("a", url), health=HC), tls=tls)])
+        pool = ups.get("svc")
+        assert pool is not None
+        try:
+            await ups.start()
+            ep = pool.endpoints[0]
+            assert await eventually(lambda: ep.health.checks >= 2)
+            assert ep.healthy and ep.health.last_detail == "200"
+            assert backend.targets[:2] == [b"/healthz", b"/healthz"]
+            assert pool.h1.stats["connects"] == 1  # the checks reuse one connection of the pool
+        finally:
+            await ups.close()
+
+
+async def test_health_checks_fail_when_tls_verification_fails(pki: dict[str, str]) -> None:
+    async with serve_app(RecordingBackend(), ssl_certfile=pki["server"], ssl_keyfile=pki["server_key"]) as url:
+        untrusted = UpstreamTLS(server_name="catalog.internal")  # the system store does not know the test CA
+        no_name = UpstreamTLS(ca_file=pki["ca"])  # the certificate does not name 127.0.0.1
+        for tls in (untrusted, no_name):
+            pool = ServicePool(service(group("a", url), health=HC), ssl_context=client_ssl_context(tls))
+            try:
+                await pool.start()
+                ep = pool.endpoints[0]
+                assert await eventually(lambda: not ep.healthy)  # noqa: B023 - awaited within the iteration
+                assert "CERTIFICATE_VERIFY_FAILED" in ep.health.last_detail
+            finally:
+                await pool.close()
 
 
 def test_unreadable_tls_files_raise_a_named_error(tmp_path: Path) -> None:

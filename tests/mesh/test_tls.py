@@ -273,3 +273,59 @@ def test_looks_like_tls_tells_a_client_hello_from_plaintext(ca: CertificateAutho
     assert not looks_like_tls(b"GET / HTTP/1.1\r\n")
     assert not looks_like_tls(b"\x16")
     assert not looks_like_tls(b"")
+
+
+async def test_health_checks_originate_mtls_through_the_pools_spiffe_checking_context(
+    ca: CertificateAuthority, strict: ssl.SSLContext
+) -> None:
+    """The pool's one client carries health checks with the mesh's context: the SPIFFE check on the server
+    passes for the expected identity and fails the check (never a request byte) for any other."""
+    from facade.config import EndpointGroup, HealthCheck, ServiceSpec
+    from facade.upstream import Upstreams
+    from mesh.origination import mesh_client_context
+
+    checks: list[bytes] = []
+
+    async def http_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            for _ in range(1000):
+                head = await reader.readuntil(b"\r\n\r\n")
+                checks.append(head.split(b" ", 2)[1])
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(http_ok, "127.0.0.1", 0, ssl=strict)
+    port = server.sockets[0].getsockname()[1]
+    hc = HealthCheck(path="/healthz", interval=0.05, timeout=1.0, unhealthy_threshold=1)
+    rotating = RotatingContext(client_context(issue(ca, WEB), ca.trust_bundle_pem))
+    try:
+        for expected, healthy in ((CATALOG, True), (SpiffeId.workload(TD, "shop", "orders"), False)):
+            spec = ServiceSpec(name="catalog", groups=(EndpointGroup(name="a", endpoints=(f"https://127.0.0.1:{port}",)),),
+                               health_check=hc)
+            ctx = mesh_client_context(rotating, expected=expected, trust_domain=TD)
+            ups = Upstreams([spec], ssl_context_factory=lambda _spec, ctx=ctx: ctx)  # type: ignore[misc]
+            pool = ups.get("catalog")
+            assert pool is not None
+            before = len(checks)
+            try:
+                await ups.start()
+                ep = pool.endpoints[0]
+                for _ in range(500):
+                    if ep.health.checks >= 2:
+                        break
+                    await asyncio.sleep(0.01)
+                assert ep.health.checks >= 2 and ep.healthy is healthy, ep.health
+                if healthy:
+                    assert ep.health.last_detail == "200" and checks[before:before + 2] == [b"/healthz"] * 2
+                else:
+                    assert "ConnectFailed" in ep.health.last_detail and "orders" in ep.health.last_detail
+                    assert len(checks) == before  # refused in the handshake: no request reached the server
+            finally:
+                await ups.close()
+    finally:
+        server.close()
+        await server.wait_closed()
