@@ -183,7 +183,6 @@ class MigrationController(Feature):
         self.plans: dict[str, Plan] = {}
         self.states: dict[str, MigrationState] = {}  # the committed state whose routing is in force
         self.store: StateStore | None = None
-        self.instance = f"{socket.gethostname()}:{os.getpid()}"  # how a shared store names this process
         self._follower: asyncio.Task[None] | None = None
         self._leading = False  # whether this instance led auto mode at its last check
         self._report_due = False
@@ -196,6 +195,12 @@ class MigrationController(Feature):
 
     def __repr__(self) -> str:
         return f"MigrationController(plans={sorted(self.plans)}, store={self.store!r})"
+
+    @property
+    def instance(self) -> str:
+        """How a shared store names this facade: host:pid:admin-port (several facades may share a process)."""
+        port = self.runtime.admin_url.rsplit(":", 1)[-1] if self.runtime.admin_url else "?"
+        return f"{socket.gethostname()}:{os.getpid()}:{port}"
 
     # -- feature hooks -------------------------------------------------------------------
 
@@ -614,7 +619,8 @@ class MigrationController(Feature):
                 await store.wait_for_change(FOLLOW_INTERVAL)
                 states = await asyncio.to_thread(store.all_states)
                 changed = await self._follow_states(states)
-                if changed or self._report_due or time.monotonic() - reported >= REPORT_INTERVAL:
+                due = changed or self._report_due or time.monotonic() - reported >= REPORT_INTERVAL
+                if due and self.runtime.admin_url:  # named by its admin port: report once it is known
                     self._report_due = False
                     routed = {name: self._state(name) for name in self.plans}
                     await asyncio.to_thread(store.report_instance, self.instance, self.runtime.admin_url, routed,
