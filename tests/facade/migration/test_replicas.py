@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
+from facade.cli import main
+from facade.console import EXIT_OK
 from facade.runtime import FacadeRuntime
 from tests.facade.migration.stack import TOKEN, Switchable, config_text
 from tests.harness import run_facade
@@ -106,7 +108,9 @@ async def replicas(tmp_path: Path, url: str, plan: str = PLAN) -> AsyncIterator[
             yield pair[0], pair[1]
 
 
-async def test_a_transition_on_one_replica_is_routed_by_the_other(tmp_path: Path, postgres_url: str) -> None:
+async def test_a_transition_on_one_replica_is_routed_by_the_other(
+    tmp_path: Path, postgres_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     async with replicas(tmp_path, postgres_url) as (a, b):
         assert await b.served_by() == "monolith"
         r = await a.act("start")
@@ -129,6 +133,15 @@ async def test_a_transition_on_one_replica_is_routed_by_the_other(tmp_path: Path
 
         await _until(both_listed, within=10, what="a's status lists both replicas at version 1")
         assert (await a.status())["store_error"] is None
+        # `facade migrate status` shows each instance and the step it routes.
+        capsys.readouterr()
+        argv = ["migrate", "status", "shop", "--admin", b.runtime.admin_url, "-c", os.devnull]
+        assert await asyncio.to_thread(main, argv) == EXIT_OK
+        out = capsys.readouterr().out
+        assert "instances:" in out and "INSTANCE" in out, out
+        for replica in (a, b):
+            row = next(line for line in out.splitlines() if replica.runtime.admin_url in line)
+            assert "running 1" in row and "(behind)" not in row, out
 
 
 async def test_concurrent_next_on_both_replicas_makes_one_transition(tmp_path: Path, postgres_url: str) -> None:
