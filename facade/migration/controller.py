@@ -61,9 +61,10 @@ from .engine import (
     mirroring_step,
     strict_services,
 )
+from .evidence import SideEvidence, StepEvidence, epoch_key
 from .gates import GateReport, GateResult, GateStatus, evaluate_gates
 from .plan import Plan, load_plans
-from .store import DEFAULT_JOURNAL, StateStore, StoreUnavailable
+from .store import DEFAULT_JOURNAL, EvidenceKey, StateStore, StoreUnavailable
 from .stores import open_store, store_location
 
 if TYPE_CHECKING:
@@ -186,6 +187,8 @@ class MigrationController(Feature):
         self._follower: asyncio.Task[None] | None = None
         self._leading = False  # whether this instance led auto mode at its last check
         self._report_due = False
+        # Other instances' gate evidence per (plan, route, epoch) window, as last read from a shared store.
+        self._evidence: dict[EvidenceKey, dict[str, StepEvidence]] = {}
         self._lock = asyncio.Lock()  # one transition at a time in this process
         self._auto: dict[str, asyncio.Task[None]] = {}
         self._pending: _Loaded | None = None  # what check_config accepted, for config_changed to install
@@ -349,10 +352,17 @@ class MigrationController(Feature):
             return None
         step = plan.steps[state.step]
         telemetry = self.runtime.telemetry
+        shared = self.store is not None and self.store.shared
         reports = []
         for route in plan.routes:
             diffs = telemetry.diff_counts(route)
-            old, new = telemetry.side_stats(route, plan.from_service), telemetry.side_stats(route, plan.to_service)
+            if shared:
+                # Replicas: judge every instance's traffic, this one's now and the others' as last published.
+                others = self._evidence.get((plan.name, route, epoch_key(state)), {})
+                total = StepEvidence.total([self._local_evidence(plan, route), *others.values()])
+                old, new, diffs = total.old.stats(), total.new.stats(), total.diffs(diffs.noise_fields)
+            else:
+                old, new = telemetry.side_stats(route, plan.from_service), telemetry.side_stats(route, plan.to_service)
             plaintext = self._plaintext_seen(step.mtls_service, state) if step.kind == "mtls" else None
             report = evaluate_gates(step.gates, old, new, diffs, plaintext=plaintext)
             if step.kind == "shadow" and step.gates.min_requests:
@@ -626,6 +636,7 @@ class MigrationController(Feature):
                     await asyncio.to_thread(store.report_instance, self.instance, self.runtime.admin_url, routed,
                                             at=self._clock())
                     reported = time.monotonic()
+                await self._share_evidence(store, publish=due and bool(self.runtime.admin_url))
                 if outage is not None:
                     logger.warning("migration store %s is reachable again", store.location)
                     outage = None
@@ -656,6 +667,38 @@ class MigrationController(Feature):
             if changed:
                 self._sync_auto()
         return changed
+
+    def _local_evidence(self, plan: Plan, route: str) -> StepEvidence:
+        """This instance's part of the current step's window on ``route``, in numbers that add up."""
+        telemetry = self.runtime.telemetry
+        sides = []
+        for service in (plan.from_service, plan.to_service):
+            requests, errors, latency = telemetry.step_window(route, service)
+            sides.append(SideEvidence(requests, errors, latency.counts))
+        diffs = telemetry.diff_counts(route)
+        return StepEvidence(sides[0], sides[1], diffs.compared, diffs.differing)
+
+    def _live_windows(self) -> dict[EvidenceKey, tuple[Plan, str]]:
+        """The (plan, route, epoch) windows gates judge now: every route of a running or paused plan."""
+        windows = {}
+        for name, plan in self.plans.items():
+            state = self._state(name)
+            if state.phase in _ACTIVE:
+                for route in plan.routes:
+                    windows[(name, route, epoch_key(state))] = (plan, route)
+        return windows
+
+    async def _share_evidence(self, store: StateStore, *, publish: bool) -> None:
+        """Publish this instance's windows (when ``publish``) and read the others' (every turn)."""
+        windows = self._live_windows()
+        if publish and windows:
+            mine = {key: json.dumps(self._local_evidence(plan, route).to_json(), sort_keys=True)
+                    for key, (plan, route) in windows.items()}
+            await asyncio.to_thread(store.publish_evidence, self.instance, mine, at=self._clock())
+        found = await asyncio.to_thread(store.evidence, list(windows))
+        me = self.instance
+        self._evidence = {key: {who: StepEvidence.from_json(doc) for who, doc in parts.items() if who != me}
+                          for key, parts in found.items()}
 
     def _report_soon(self) -> None:
         """Heartbeat at the follower's next turn (this instance just changed what it routes)."""

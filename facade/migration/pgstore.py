@@ -20,7 +20,7 @@ nothing special) and maps every connection failure to ``StoreUnavailable``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -28,7 +28,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from .engine import MigrationState, Phase, Refusal, Transition
-from .store import InstanceReport, JournalEntry, StoreUnavailable
+from .store import EvidenceKey, InstanceReport, JournalEntry, StoreUnavailable
 
 __all__ = ["CHANNEL", "LEADER_LOCK", "PostgresStore", "safe_location"]
 
@@ -71,6 +71,15 @@ CREATE TABLE IF NOT EXISTS facade_instances (
     step        INTEGER NOT NULL,
     seen_at     DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (instance, plan)
+);
+CREATE TABLE IF NOT EXISTS facade_evidence (
+    plan          TEXT NOT NULL,
+    route         TEXT NOT NULL,
+    epoch         TEXT NOT NULL,
+    instance      TEXT NOT NULL,
+    evidence_json TEXT NOT NULL,
+    published_at  DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (plan, route, epoch, instance)
 );
 """
 
@@ -218,6 +227,30 @@ class PostgresStore:
             ).fetchall()
         return [InstanceReport(str(r[0]), str(r[1]), str(r[2]), int(r[3]), Phase(r[4]), int(r[5]), float(r[6]))
                 for r in rows]
+
+    # -- gate evidence ---------------------------------------------------------------------------
+
+    def publish_evidence(self, instance: str, windows: Mapping[EvidenceKey, str], *, at: float) -> None:
+        with self._connect() as db, db.transaction():
+            for (plan, route, epoch), text in windows.items():
+                db.execute(
+                    "INSERT INTO facade_evidence (plan, route, epoch, instance, evidence_json, published_at) "
+                    "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (plan, route, epoch, instance) DO UPDATE SET "
+                    "evidence_json = excluded.evidence_json, published_at = excluded.published_at",
+                    (plan, route, epoch, instance, text, at),
+                )
+            db.execute("DELETE FROM facade_evidence WHERE published_at < %s", (at - FORGET_AFTER,))
+
+    def evidence(self, keys: Collection[EvidenceKey]) -> dict[EvidenceKey, dict[str, Any]]:
+        if not keys:
+            return {}
+        found: dict[EvidenceKey, dict[str, Any]] = {}
+        with self._connect() as db:
+            for plan, route, epoch in keys:
+                rows = db.execute("SELECT instance, evidence_json FROM facade_evidence "
+                                  "WHERE plan = %s AND route = %s AND epoch = %s", (plan, route, epoch)).fetchall()
+                found[(plan, route, epoch)] = {str(instance): json.loads(text) for instance, text in rows}
+        return found
 
     # -- following and leading (on the event loop, each on a connection of its own) ----------------
 

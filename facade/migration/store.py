@@ -27,7 +27,7 @@ import contextlib
 import json
 import os
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -38,6 +38,7 @@ from .engine import MigrationState, Phase, Refusal, Transition, check_plan_edit
 __all__ = [
     "DEFAULT_JOURNAL",
     "DEFAULT_STORE_FILE",
+    "EvidenceKey",
     "InstanceReport",
     "JournalEntry",
     "MigrationStore",
@@ -75,6 +76,9 @@ CREATE TABLE IF NOT EXISTS journal (
     UNIQUE (plan, version)
 );
 """
+
+
+EvidenceKey = tuple[str, str, str]  # (plan, route, step epoch: facade.migration.evidence.epoch_key)
 
 
 class StoreUnavailable(Exception):
@@ -142,6 +146,14 @@ class StateStore(Protocol):
 
     def instances(self, name: str, *, since: float) -> list[InstanceReport]:
         """The instances that reported on plan ``name`` at or after ``since``."""
+        ...
+
+    def publish_evidence(self, instance: str, windows: Mapping[EvidenceKey, str], *, at: float) -> None:
+        """Record this instance's gate evidence (JSON) for each (plan, route, step epoch) window."""
+        ...
+
+    def evidence(self, keys: Collection[EvidenceKey]) -> dict[EvidenceKey, dict[str, Any]]:
+        """Every instance's published evidence of each window: key -> {instance: decoded JSON}."""
         ...
 
     async def wait_for_change(self, timeout: float) -> None:
@@ -232,6 +244,12 @@ class MigrationStore:
 
     def instances(self, name: str, *, since: float) -> list[InstanceReport]:
         return []
+
+    def publish_evidence(self, instance: str, windows: Mapping[EvidenceKey, str], *, at: float) -> None:
+        return None
+
+    def evidence(self, keys: Collection[EvidenceKey]) -> dict[EvidenceKey, dict[str, Any]]:
+        return {}
 
     async def wait_for_change(self, timeout: float) -> None:
         return None

@@ -41,6 +41,16 @@ PLAN = """\
       - {weight: 0, rollback: true}
       - weight: 100
     """
+GATED_PLAN = """\
+    name: shop
+    route: catalog
+    from: monolith
+    to: catalog
+    steps:
+      - weight: 100
+        gates: {min_requests: 40, error_rate: {max: 50%}}
+      - weight: 100
+    """
 AUTO_PLAN = """\
     name: shop
     route: catalog
@@ -170,6 +180,32 @@ async def test_concurrent_next_on_both_replicas_makes_one_transition(tmp_path: P
                 await _until(b_caught_up, within=10, what="b follows the rollback")
         journal = (await a.status())["journal"]
         assert [e["action"] for e in journal] == ["start", "next", "rollback", "next", "rollback", "next"]
+
+
+async def test_gates_count_every_replicas_traffic(tmp_path: Path, postgres_url: str) -> None:
+    async with replicas(tmp_path, postgres_url, GATED_PLAN) as (a, b):
+        assert (await a.act("start")).status_code == 200
+
+        async def b_on_catalog() -> bool:
+            return await b.served_by() == "catalog"
+
+        await _until(b_on_catalog, within=10, what="b follows the start")
+        for _ in range(25):  # 25 + 25 requests (and b's probes above): each replica alone is short of 40
+            assert await a.served_by() == "catalog"
+            assert await b.served_by() == "catalog"
+        local = a.runtime.telemetry.side_stats("catalog", "catalog").requests
+        assert local < 40  # a's own window alone would leave min_requests inconclusive
+
+        async def summed() -> bool:
+            gates = (await a.status())["gates"]
+            return gates["status"] == "pass"
+
+        await _until(summed, within=10, what="a's gates see b's published requests too")
+        gates = (await a.status())["gates"]
+        counted = next(r for r in gates["results"] if r["name"] == "min_requests")["value"]
+        assert counted >= 50, gates
+        r = await a.act("next")  # gates pass on the sum: no --force needed
+        assert r.status_code == 200, r.text
 
 
 @pytest.mark.slow
