@@ -9,6 +9,8 @@ concurrent ``next`` one commits and the other gets a ``conflict``. What sharing 
   once (their controller also re-reads every second, in case a notification is lost);
 - ``report_instance`` / ``instances``: each replica's heartbeat says which version of each plan it
   routes (``facade migrate status`` lists them);
+- ``publish_evidence`` / ``evidence``: each replica's window of the current step (counts and
+  latency histograms, ``facade.migration.evidence``), so gates judge every replica's traffic;
 - ``lead``: a session-level advisory lock held on another connection of its own elects the one
   replica whose auto mode acts; when that replica dies its connection closes, PostgreSQL releases
   the lock and the next replica to ask takes it.
