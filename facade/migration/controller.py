@@ -454,7 +454,7 @@ class MigrationController(Feature):
             if isinstance(committed, Refusal):
                 # Someone else moved this plan (another process, or auto mode): serve what is committed.
                 fresh = await asyncio.to_thread(self.store.state, plan.name)
-                if fresh is not None and fresh.version != self._state(plan.name).version:
+                if fresh is not None and fresh.version > self._state(plan.name).version:
                     self._route(plan, fresh)
                     self._sync_auto()
                 return committed
@@ -658,7 +658,9 @@ class MigrationController(Feature):
         async with self._lock:
             for name, plan in self.plans.items():
                 fresh = states.get(name)
-                if fresh is None or fresh.version == self._state(name).version:
+                # Only forward: versions only grow, and a read that started before this instance's own
+                # commit returns an older version that must not undo it.
+                if fresh is None or fresh.version <= self._state(name).version:
                     continue
                 logger.info("migration %s: following version %d (%s at step %d), committed elsewhere", name,
                             fresh.version, fresh.phase.value, display_step(fresh.phase, fresh.step, len(plan.steps)))

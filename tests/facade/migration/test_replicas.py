@@ -182,6 +182,21 @@ async def test_concurrent_next_on_both_replicas_makes_one_transition(tmp_path: P
         assert [e["action"] for e in journal] == ["start", "next", "rollback", "next", "rollback", "next"]
 
 
+async def test_a_replicas_own_commits_are_never_undone_by_its_follower(tmp_path: Path, postgres_url: str) -> None:
+    """A re-read that began before this replica's commit returns an older version: it must not win."""
+    async with replicas(tmp_path, postgres_url) as (a, b):
+        assert (await a.act("start")).status_code == 200
+        for i in range(30):  # back to back, while the follower re-reads every second and on every NOTIFY
+            r = await a.act("next" if i % 2 == 0 else "rollback")
+            assert r.status_code == 200, (i, r.text)
+        assert (await a.status())["version"] == 31
+
+        async def b_at_31() -> bool:
+            return (await b.status())["version"] == 31
+
+        await _until(b_at_31, within=10, what="b follows every transition")
+
+
 async def test_gates_count_every_replicas_traffic(tmp_path: Path, postgres_url: str) -> None:
     async with replicas(tmp_path, postgres_url, GATED_PLAN) as (a, b):
         assert (await a.act("start")).status_code == 200
