@@ -306,6 +306,9 @@ class Config:
     services: tuple[ServiceSpec, ...] = ()
     routes: tuple[Route, ...] = ()
     state_dir: str = ".facade"
+    # Where migration state lives: None = the SQLite file under state_dir; a postgresql:// URL = shared
+    # by every replica (facade.migration.pgstore, docs/replicas.md).
+    state_store: str | None = None
     migrations_dir: str | None = None
     access_log: bool = False
     mark_responses: bool = False  # add x-facade-backend / x-facade-step to responses (load tests, demos)
@@ -337,6 +340,7 @@ _TOP_FIELDS = (
     "tls",
     "admin",
     "state_dir",
+    "state_store",
     "migrations",
     "trusted_proxies",
     "access_log",
@@ -454,6 +458,7 @@ def parse_config(doc: YamlDocument, *, env: Mapping[str, str] | None = None) -> 
     tls = _read_listener_tls(f.get("tls"), ctx)
     admin = _read_admin(f.get("admin"), ctx)
     state_dir = ctx.path(_nonempty_str(f.get("state_dir"), problems) or ".facade")
+    state_store = _read_state_store(f.get("state_store"), problems)
     migrations = _nonempty_str(f.get("migrations"), problems)
     trusted = _read_cidrs(f.get("trusted_proxies"), problems)
     access_log = read_bool(f.get("access_log"), problems, default=False)
@@ -497,6 +502,7 @@ def parse_config(doc: YamlDocument, *, env: Mapping[str, str] | None = None) -> 
         services=tuple(services),
         routes=tuple(r for r, _ in routes),
         state_dir=state_dir,
+        state_store=state_store,
         migrations_dir=ctx.path(migrations) if migrations is not None else None,
         access_log=access_log,
         mark_responses=mark_responses,
@@ -626,6 +632,19 @@ def load_config(path: str) -> Config:
 
 
 # -- scalars ---------------------------------------------------------------------------------
+
+
+def _read_state_store(node: Node | None, problems: Problems) -> str | None:
+    """``state_store``: absent = the SQLite file under state_dir; else a PostgreSQL URL (libpq's form)."""
+    value = _nonempty_str(node, problems)
+    if node is None or value is None:
+        return None
+    if not value.startswith(("postgresql://", "postgres://")):
+        # The value is not echoed: it may carry a password.
+        problems.error(node, "must be a postgresql://user@host:port/dbname URL (leave it out for the SQLite file "
+                       "in state_dir)")
+        return None
+    return value
 
 
 def _nonempty_str(node: Node | None, problems: Problems) -> str | None:

@@ -9,7 +9,8 @@ the action is a ``conflict`` and changes nothing (like Kubernetes' resourceVersi
 action applies to the state in force when the request arrived.
 
 Refusals map once, here: ``not_found`` -> 404; ``refused`` / ``conflict`` / ``gate_failed`` -> 409,
-each with ``Refusal.to_json()`` (``gate_failed`` carries the gate report); a malformed body -> 400.
+``unavailable`` (a shared state store that cannot be reached) -> 503, each with ``Refusal.to_json()``
+(``gate_failed`` carries the gate report); a malformed body -> 400.
 """
 
 from __future__ import annotations
@@ -58,8 +59,11 @@ def parse_action(name: str, body: Any) -> tuple[Action, int | None] | str:
     return Action(name, actor=actor, reason=reason, force=force, to=to), version
 
 
+_REFUSAL_STATUS = {"not_found": 404, "unavailable": 503}  # everything else: 409
+
+
 def _refusal(refusal: Refusal) -> JSONResponse:
-    return JSONResponse(refusal.to_json(), status_code=404 if refusal.code == "not_found" else 409)
+    return JSONResponse(refusal.to_json(), status_code=_REFUSAL_STATUS.get(refusal.code, 409))
 
 
 def _bad_request(message: str) -> JSONResponse:

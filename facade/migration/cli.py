@@ -38,13 +38,14 @@ from ..console import (
 )
 from ..errors import ConfigError, Problem
 from ..yamlfile import YamlDocument
+from .engine import display_step
 from .plan import Plan, load_plans, parse_plan, render_plan
 
 __all__ = ["register"]
 
 # The admin API's refusal codes -> exit codes (the HTTP status alone cannot tell a gate from a refusal).
 _CODE_EXIT = {"gate_failed": EXIT_GATE_FAILED, "not_found": EXIT_NOT_FOUND, "refused": EXIT_REFUSED,
-              "conflict": EXIT_REFUSED}
+              "conflict": EXIT_REFUSED, "unavailable": EXIT_REFUSED}
 _ACTION_HELP = {
     "start": "start the plan at its first step",
     "next": "advance one step if the hold has elapsed and the gates pass (--force --reason overrides)",
@@ -284,6 +285,20 @@ def gate_value(name: Any, value: Any) -> str:
     return f"{value:.4g}"
 
 
+def _render_instances(status: dict[str, Any]) -> str:
+    """The instances sharing the store (``state_store: postgresql://``) and the step each one routes."""
+    steps = int(status.get("steps") or 0)
+    rows = []
+    for i in status.get("instances") or []:
+        step = display_step(str(i.get("state")), int(i.get("step", 0)), steps) if i.get("state") else "-"
+        current = "" if i.get("version") == status.get("version") else " (behind)"
+        rows.append((i.get("instance"), i.get("admin"), f"{i.get('state')} {step}", f"{i.get('version')}{current}",
+                     f"{float(i.get('seen_ago') or 0):.1f}s ago"))
+    if not rows:
+        return "instances: none has reported in the last seconds"
+    return "instances:\n" + render_table(["INSTANCE", "ADMIN", "ROUTES", "VERSION", "SEEN"], rows)
+
+
 def _render_status(status: dict[str, Any], *, journal: int) -> str:
     mode = "auto" if status.get("auto") else "manual"
     checks = f"{status.get('failures', 0)}/{status.get('threshold', '?')} failed checks"
@@ -296,6 +311,10 @@ def _render_status(status: dict[str, Any], *, journal: int) -> str:
         lines.append(f"hold:    {status['hold_left']:.0f}s left")
     if status.get("reason"):
         lines.append(f"reason:  {status['reason']}")
+    if status.get("store_error"):
+        lines.append(f"store:   {status['store_error']}")
+    if isinstance(status.get("instances"), list):
+        lines.append(_render_instances(status))
     gates = status.get("gates")
     if isinstance(gates, dict):
         lines.append(_render_gates(gates, step_summary=str(status.get("step_summary") or "")))

@@ -38,6 +38,7 @@ import json
 import logging
 import math
 import os
+import socket
 import sqlite3
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -68,6 +69,7 @@ from .engine import (
     mirroring_step,
     strict_services,
 )
+from .evidence import SideEvidence, StepEvidence, epoch_key
 from .gates import (
     GateReport,
     GateResult,
@@ -81,7 +83,8 @@ from .gates import (
 )
 from .hooks import Webhook
 from .plan import Plan, load_plans
-from .store import DEFAULT_JOURNAL, DEFAULT_STORE_FILE, MigrationStore
+from .store import DEFAULT_JOURNAL, EvidenceKey, StateStore, StoreUnavailable
+from .stores import open_store, store_location
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -92,6 +95,9 @@ __all__ = ["STABLE_STEP", "MigrationController", "check_plans", "combine_reports
 logger = logging.getLogger("facade.migration")
 
 STABLE_STEP = "stable"  # the step label the proxy records for a route without a split
+FOLLOW_INTERVAL = 1.0  # seconds between re-reads of a shared store (the backstop of its notifications)
+REPORT_INTERVAL = 2.0  # seconds between an instance's heartbeats in a shared store
+INSTANCE_STALE = 15.0  # an instance whose last heartbeat is older is not listed in the status
 _ACTIVE = (Phase.RUNNING, Phase.PAUSED)
 _DRAIN_NOTIFICATIONS = 2.0  # seconds stop() waits for notifications in flight
 _STATUS_QUERY_AGE = 1.0  # seconds a status read reuses the last Prometheus answers (the scrape interval's order)
@@ -194,7 +200,7 @@ class _Loaded:
 
     sha256: str
     plans: dict[str, Plan]
-    store: MigrationStore | None
+    store: StateStore | None
     states: dict[str, MigrationState]
 
 
@@ -206,7 +212,12 @@ class MigrationController(Feature):
         self._clock = clock  # wall clock: step start times are persisted and compared across restarts
         self.plans: dict[str, Plan] = {}
         self.states: dict[str, MigrationState] = {}  # the committed state whose routing is in force
-        self.store: MigrationStore | None = None
+        self.store: StateStore | None = None
+        self._follower: asyncio.Task[None] | None = None
+        self._leading = False  # whether this instance led auto mode at its last check
+        self._report_due = False
+        # Other instances' gate evidence per (plan, route, epoch) window, as last read from a shared store.
+        self._evidence: dict[EvidenceKey, dict[str, StepEvidence]] = {}
         self._lock = asyncio.Lock()  # one transition at a time in this process
         self._auto: dict[str, asyncio.Task[None]] = {}
         self._pending: _Loaded | None = None  # what check_config accepted, for config_changed to install
@@ -221,6 +232,12 @@ class MigrationController(Feature):
 
     def __repr__(self) -> str:
         return f"MigrationController(plans={sorted(self.plans)}, store={self.store!r})"
+
+    @property
+    def instance(self) -> str:
+        """How a shared store names this facade: host:pid:admin-port (several facades may share a process)."""
+        port = self.runtime.admin_url.rsplit(":", 1)[-1] if self.runtime.admin_url else "?"
+        return f"{socket.gethostname()}:{os.getpid()}:{port}"
 
     # -- feature hooks -------------------------------------------------------------------
 
@@ -244,6 +261,8 @@ class MigrationController(Feature):
             self._sync_shadow()
             self._sync_mtls()  # after a restart: the step's STRICT mode comes back from the durable state
             self._sync_auto()
+        if self.store is not None and self.store.shared:
+            self._follower = asyncio.create_task(self._follow(), name="migration-store-follow")
         if self.runtime.watch_interval:
             self._watcher = asyncio.create_task(self._watch_plans(self._fingerprint()), name="migration-plans-watch")
         for name, state in self.states.items():
@@ -255,9 +274,10 @@ class MigrationController(Feature):
         if self._background:
             await asyncio.wait(list(self._background), timeout=_DRAIN_NOTIFICATIONS)
         tasks = list(self._auto.values()) + list(self._background)
-        if self._watcher is not None:
-            tasks.append(self._watcher)
-            self._watcher = None
+        for background in (self._watcher, self._follower):
+            if background is not None:
+                tasks.append(background)
+        self._watcher = self._follower = None
         self._auto.clear()
         for task in tasks:
             task.cancel()
@@ -267,6 +287,11 @@ class MigrationController(Feature):
         if self._http is not None:
             await self._http.aclose()
             self._http = None
+        if self.store is not None:
+            if self.store.shared:
+                with contextlib.suppress(StoreUnavailable):
+                    await asyncio.to_thread(self.store.forget_instance, self.instance)
+            await self.store.close()  # a leader's close hands auto mode over at once
 
     def check_config(self, config: Config) -> None:
         """Veto a reload whose plans are invalid or rewrite applied steps (raises ConfigError)."""
@@ -295,8 +320,12 @@ class MigrationController(Feature):
                         del plans[name]
             states = {name: s for name, s in states.items() if name in plans}
             before = {name: self._state(name) for name in self.plans}
-            old_plans = self.plans
+            old_plans, old_store = self.plans, self.store
             self.plans, self.store, self.states = plans, loaded.store, states
+            if old_store is not None and old_store is not self.store:
+                await old_store.close()  # the config names another store: let go of the old one's sessions
+            if self.store is not None and self.store.shared and self._follower is None:
+                self._follower = asyncio.create_task(self._follow(), name="migration-store-follow")
             for name, plan in plans.items():
                 old_plan = old_plans.get(name)
                 old_splits = effective_split(old_plan, before[name]) if old_plan is not None else {}
@@ -363,10 +392,17 @@ class MigrationController(Feature):
             return None
         step = plan.steps[state.step]
         telemetry = self.runtime.telemetry
+        shared = self.store is not None and self.store.shared
         reports = []
         for route in plan.routes:
             diffs = telemetry.diff_counts(route)
-            old, new = telemetry.side_stats(route, plan.from_service), telemetry.side_stats(route, plan.to_service)
+            if shared:
+                # Replicas: judge every instance's traffic, this one's now and the others' as last published.
+                others = self._evidence.get((plan.name, route, epoch_key(state)), {})
+                total = StepEvidence.total([self._local_evidence(plan, route), *others.values()])
+                old, new, diffs = total.old.stats(), total.new.stats(), total.diffs(diffs.noise_fields)
+            else:
+                old, new = telemetry.side_stats(route, plan.from_service), telemetry.side_stats(route, plan.to_service)
             plaintext = self._plaintext_seen(step.mtls_service, state) if step.kind == "mtls" else None
             report = evaluate_gates(step.gates, old, new, diffs, plaintext=plaintext)
             if step.kind == "shadow" and step.gates.min_requests:
@@ -387,10 +423,23 @@ class MigrationController(Feature):
         state = self._state(name)
         await self._refresh_queries(plan, state, max_age=_STATUS_QUERY_AGE)
         entries: list[dict[str, Any]] = []
-        if journal > 0 and self.store is not None:
-            entries = [e.to_json() for e in await asyncio.to_thread(self.store.journal, name, limit=journal)]
-        return migration_status(plan, state, now=self._clock(), gate_report=self.gate_report(plan, state),
-                                journal=entries)
+        instances: list[dict[str, Any]] = []
+        store_error = None
+        now = self._clock()
+        try:
+            if journal > 0 and self.store is not None:
+                entries = [e.to_json() for e in await asyncio.to_thread(self.store.journal, name, limit=journal)]
+            if self.store is not None and self.store.shared:
+                reports = await asyncio.to_thread(self.store.instances, name, since=now - INSTANCE_STALE)
+                instances = [r.to_json(now=now) for r in reports]
+        except StoreUnavailable as exc:  # the status still says what this instance routes
+            store_error = f"the migration store is unreachable: {exc}"
+        status = migration_status(plan, state, now=now, gate_report=self.gate_report(plan, state), journal=entries)
+        if self.store is not None and self.store.shared:
+            status["instance"] = self.instance
+            status["instances"] = instances
+            status["store_error"] = store_error
+        return status
 
     def prometheus_text(self) -> str:
         """The ``facade_migration_*`` series of every plan (``facade.migration.metrics``), for ``/metrics``."""
@@ -463,13 +512,19 @@ class MigrationController(Feature):
         summary = {route: telemetry.step_summary(route) for route in plan.routes}
         transition = replace(transition, summary_json=json.dumps(summary, sort_keys=True, default=str))
         # 2. One durable transaction, checked against the version the transition was computed from.
-        committed = await asyncio.to_thread(self.store.commit, transition)
-        if isinstance(committed, Refusal):
-            # Someone else moved this plan (another process, or auto mode): serve what is committed.
-            fresh = await asyncio.to_thread(self.store.state, plan.name)
-            if fresh is not None and fresh.version != self._state(plan.name).version:
-                self._route(plan, fresh)
-            return committed
+        try:
+            committed = await asyncio.to_thread(self.store.commit, transition)
+            if isinstance(committed, Refusal):
+                # Someone else moved this plan (another process, or auto mode): serve what is committed.
+                fresh = await asyncio.to_thread(self.store.state, plan.name)
+                if fresh is not None and fresh.version > self._state(plan.name).version:
+                    self._route(plan, fresh)
+                    self._sync_auto()
+                return committed
+        except StoreUnavailable as exc:
+            # Nothing committed, nothing changes here: routing stays on the step in force.
+            return Refusal(f"the migration store is unreachable ({exc}); {plan.name} stays at its current step, "
+                           "try again when the store is back", "unavailable")
         key = (plan.name, transition.action)
         self.transitions[key] = self.transitions.get(key, 0) + 1
         # 3. Put the new routing in force: telemetry windows first, so no request routed by the
@@ -481,6 +536,7 @@ class MigrationController(Feature):
                     f" ({transition.reason})" if transition.reason else "")
         self._sync_auto()
         self._after_commit(plan, transition)
+        self._report_soon()
         return committed
 
     def _route(self, plan: Plan, after: MigrationState) -> None:
@@ -586,6 +642,8 @@ class MigrationController(Feature):
                 await self._auto_step(name, me)
             except asyncio.CancelledError:
                 raise
+            except StoreUnavailable as exc:  # the follower logs the outage and the recovery
+                logger.debug("migration %s: auto check skipped: %s", name, exc)
             except Exception:  # keep checking: the next interval may succeed (a locked or full disk)
                 logger.exception("migration %s: auto check failed", name)
 
@@ -593,6 +651,16 @@ class MigrationController(Feature):
         async with self._lock:
             plan = self.plans.get(name)
             if plan is None or self.store is None or self._auto.get(name) is not me:
+                return
+            # Of the instances sharing a store, only the leader's auto mode acts; another takes over
+            # (from the durable state read below) when the leader is gone.
+            leading = await self.store.lead()
+            if leading != self._leading:
+                self._leading = leading
+                if self.store.shared:
+                    logger.info("auto mode: this instance (%s) %s", self.instance,
+                                "leads now" if leading else "no longer leads")
+            if not leading:
                 return
             # Read the durable state, not the cache: a transition elsewhere must not be overwritten.
             state = await asyncio.to_thread(self.store.state, name)
@@ -712,6 +780,103 @@ class MigrationController(Feature):
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    # -- a shared store: follow other instances' transitions -------------------------------------
+
+    async def _follow(self) -> None:
+        """Route what the shared store says within ``FOLLOW_INTERVAL``, heartbeat, and survive its outages.
+
+        A notification wakes the loop at once; the periodic re-read is the backstop. While the store
+        is unreachable the routing in force stays (never the config's initial state), and the loop
+        keeps trying: the first read that succeeds again is the recovery.
+        """
+        outage: str | None = None
+        reported = 0.0
+        while True:
+            store = self.store
+            if store is None or not store.shared:
+                await asyncio.sleep(FOLLOW_INTERVAL)
+                continue
+            try:
+                await store.wait_for_change(FOLLOW_INTERVAL)
+                states = await asyncio.to_thread(store.all_states)
+                changed = await self._follow_states(states)
+                due = changed or self._report_due or time.monotonic() - reported >= REPORT_INTERVAL
+                if due and self.runtime.admin_url:  # named by its admin port: report once it is known
+                    self._report_due = False
+                    routed = {name: self._state(name) for name in self.plans}
+                    await asyncio.to_thread(store.report_instance, self.instance, self.runtime.admin_url, routed,
+                                            at=self._clock())
+                    reported = time.monotonic()
+                await self._share_evidence(store, publish=due and bool(self.runtime.admin_url))
+                if outage is not None:
+                    logger.warning("migration store %s is reachable again", store.location)
+                    outage = None
+            except StoreUnavailable as exc:
+                if outage is None:
+                    logger.error("migration store unreachable (%s): routing stays at the current step, "
+                                 "transitions are refused until it is back", exc)
+                outage = str(exc)
+                await asyncio.sleep(FOLLOW_INTERVAL)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # keep following: one bad read must not freeze this instance's routing
+                logger.exception("following the migration store failed")
+                await asyncio.sleep(FOLLOW_INTERVAL)
+
+    async def _follow_states(self, states: Mapping[str, MigrationState]) -> bool:
+        """Put in force every committed state another instance moved to; True if any changed."""
+        changed = False
+        async with self._lock:
+            for name, plan in self.plans.items():
+                fresh = states.get(name)
+                # Only forward: versions only grow, and a read that started before this instance's own
+                # commit returns an older version that must not undo it.
+                if fresh is None or fresh.version <= self._state(name).version:
+                    continue
+                logger.info("migration %s: following version %d (%s at step %d), committed elsewhere", name,
+                            fresh.version, fresh.phase.value, display_step(fresh.phase, fresh.step, len(plan.steps)))
+                self._route(plan, fresh)
+                changed = True
+            if changed:
+                self._sync_auto()
+        return changed
+
+    def _local_evidence(self, plan: Plan, route: str) -> StepEvidence:
+        """This instance's part of the current step's window on ``route``, in numbers that add up."""
+        telemetry = self.runtime.telemetry
+        sides = []
+        for service in (plan.from_service, plan.to_service):
+            requests, errors, latency = telemetry.step_window(route, service)
+            sides.append(SideEvidence(requests, errors, latency.counts))
+        diffs = telemetry.diff_counts(route)
+        return StepEvidence(sides[0], sides[1], diffs.compared, diffs.differing)
+
+    def _live_windows(self) -> dict[EvidenceKey, tuple[Plan, str]]:
+        """The (plan, route, epoch) windows gates judge now: every route of a running or paused plan."""
+        windows = {}
+        for name, plan in self.plans.items():
+            state = self._state(name)
+            if state.phase in _ACTIVE:
+                for route in plan.routes:
+                    windows[(name, route, epoch_key(state))] = (plan, route)
+        return windows
+
+    async def _share_evidence(self, store: StateStore, *, publish: bool) -> None:
+        """Publish this instance's windows (when ``publish``) and read the others' (every turn)."""
+        windows = self._live_windows()
+        if publish and windows:
+            mine = {key: json.dumps(self._local_evidence(plan, route).to_json(), sort_keys=True)
+                    for key, (plan, route) in windows.items()}
+            await asyncio.to_thread(store.publish_evidence, self.instance, mine, at=self._clock())
+        found = await asyncio.to_thread(store.evidence, list(windows))
+        me = self.instance
+        self._evidence = {key: {who: StepEvidence.from_json(doc) for who, doc in parts.items() if who != me}
+                          for key, parts in found.items()}
+
+    def _report_soon(self) -> None:
+        """Heartbeat at the follower's next turn (this instance just changed what it routes)."""
+        self._report_due = True
+
     # -- internals ---------------------------------------------------------------------------------
 
     def _state(self, name: str) -> MigrationState:
@@ -727,8 +892,8 @@ class MigrationController(Feature):
 
     def _load(self, config: Config, previous: Mapping[str, Plan]) -> _Loaded:
         """Read plans and durable state for ``config``; ConfigError with every problem if unsafe."""
-        store_path = os.path.join(config.state_dir, DEFAULT_STORE_FILE)
-        if not config.migrations_dir and not os.path.exists(store_path):
+        location = store_location(config)
+        if not config.migrations_dir and config.state_store is None and not os.path.exists(location):
             return _Loaded(config.sha256, {}, None, {})
         problems: list[Problem] = []
         plans: dict[str, Plan] = {}
@@ -741,13 +906,17 @@ class MigrationController(Feature):
             )
         if any(p.severity == "error" for p in problems):
             raise ConfigError(problems)
-        store = self.store if self.store is not None and self.store.path == store_path else None
+        store = self.store if self.store is not None and self.store.location == store_location(config) else None
+        field = "state_store" if config.state_store else "state_dir"
+        where = config.source if config.state_store else location
         try:
-            store = store or MigrationStore(store_path)
-        except (OSError, sqlite3.Error) as exc:  # an unreadable store is a config problem: say where
-            problem = Problem(store_path, 1, 1, "state_dir", f"cannot open the migration store: {exc}")
+            store = store or open_store(config)
+            states = store.all_states()
+        except (OSError, sqlite3.Error, StoreUnavailable, ImportError) as exc:
+            # An unreadable store is a config problem: say where. A shared store that is down refuses
+            # the start (no routing nobody asked for) and a reload (the running table stays).
+            problem = Problem(where, 1, 1, field, f"cannot open the migration store: {exc}")
             raise ConfigError([problem]) from None
-        states = store.all_states()
         route_backends = {r.name: tuple(b.service for b in r.backends) for r in config.routes}
         unsafe = check_plans(plans, states, previous=previous, route_backends=route_backends,
                              where=config.migrations_dir or config.source)

@@ -60,7 +60,7 @@ __all__ = [
 
 ActionName = Literal["start", "next", "pause", "resume", "rollback", "abort", "promote", "auto", "manual"]
 ACTIONS: tuple[ActionName, ...] = ("start", "next", "pause", "resume", "rollback", "abort", "promote", "auto", "manual")
-RefusalCode = Literal["refused", "gate_failed", "not_found", "conflict"]
+RefusalCode = Literal["refused", "gate_failed", "not_found", "conflict", "unavailable"]  # unavailable: store down
 
 
 class Phase(str, Enum):

@@ -1,4 +1,14 @@
-"""Durable migration state: SQLite in WAL mode, one transaction per transition.
+"""Durable migration state: the ``StateStore`` contract and its default, SQLite in WAL mode.
+
+``StateStore`` is what the controller needs of a store: commit a transition in one transaction
+with an optimistic version check, read states and the journal, and (for a store that several
+instances share, ``shared``) hear about other instances' transitions, record which version each
+instance routes, and elect the one instance that runs auto mode. Two implementations:
+``MigrationStore`` here (the default, one facade per file) and ``facade.migration.pgstore.PostgresStore``
+(``state_store: postgresql://...``, shared by replicas; docs/replicas.md). ``facade.migration.stores``
+picks one from the config, so nothing else asks which kind it holds.
+
+The SQLite store: one transaction per transition.
 
 Two tables: ``migration_state`` (the current state of each plan, with a ``version``) and
 ``journal`` (every transition ever committed, append-only).  ``commit`` writes both in one
@@ -17,15 +27,25 @@ import contextlib
 import json
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from .engine import MigrationState, Phase, Refusal, Transition, check_plan_edit
 
 # check_plan_edit lives with the engine (it is pure); it is re-exported here because a reload
 # checks a changed plan against the stored state before accepting it.
-__all__ = ["DEFAULT_JOURNAL", "DEFAULT_STORE_FILE", "JournalEntry", "MigrationStore", "check_plan_edit"]
+__all__ = [
+    "DEFAULT_JOURNAL",
+    "DEFAULT_STORE_FILE",
+    "EvidenceKey",
+    "InstanceReport",
+    "JournalEntry",
+    "MigrationStore",
+    "StateStore",
+    "StoreUnavailable",
+    "check_plan_edit",
+]
 
 DEFAULT_STORE_FILE = "migrations.sqlite3"  # under the config's state_dir
 DEFAULT_JOURNAL = 100  # journal entries a status document carries unless asked otherwise
@@ -56,6 +76,95 @@ CREATE TABLE IF NOT EXISTS journal (
     UNIQUE (plan, version)
 );
 """
+
+
+EvidenceKey = tuple[str, str, str]  # (plan, route, step epoch: facade.migration.evidence.epoch_key)
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached now (a shared store's server is down or unreachable).
+
+    Routing keeps the state in force; transitions are refused until the store is back.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceReport:
+    """What one facade instance routes for one plan, as it last reported it (shared stores)."""
+
+    instance: str  # host:pid
+    admin: str  # its admin URL
+    plan: str
+    version: int
+    phase: Phase
+    step: int  # 0-based, like MigrationState.step
+    seen_at: float  # wall clock of the report
+
+    def to_json(self, *, now: float) -> dict[str, Any]:
+        return {
+            "instance": self.instance,
+            "admin": self.admin,
+            "version": self.version,
+            "state": self.phase.value,
+            "step": self.step,
+            "seen_ago": round(max(0.0, now - self.seen_at), 3),
+        }
+
+
+class StateStore(Protocol):
+    """What the migration controller needs of a durable store (``MigrationStore``, ``PostgresStore``).
+
+    The synchronous methods do blocking I/O (the controller runs them in a thread) and raise
+    ``StoreUnavailable`` when the store cannot be reached; the async ones run on the event loop.
+    """
+
+    @property
+    def location(self) -> str:
+        """Where the state lives, for messages (never a password); equal locations = the same store."""
+        ...
+
+    @property
+    def shared(self) -> bool:
+        """True when other instances write to it too: the controller then follows its changes."""
+        ...
+
+    def commit(self, transition: Transition) -> MigrationState | Refusal: ...
+
+    def state(self, name: str) -> MigrationState | None: ...
+
+    def all_states(self) -> dict[str, MigrationState]: ...
+
+    def journal(self, name: str, *, limit: int | None = None) -> list[JournalEntry]: ...
+
+    def report_instance(self, instance: str, admin: str, states: Mapping[str, MigrationState], *, at: float) -> None:
+        """Record the version of each plan this instance routes now (a heartbeat)."""
+        ...
+
+    def forget_instance(self, instance: str) -> None:
+        """Drop this instance's reports (it is stopping)."""
+        ...
+
+    def instances(self, name: str, *, since: float) -> list[InstanceReport]:
+        """The instances that reported on plan ``name`` at or after ``since``."""
+        ...
+
+    def publish_evidence(self, instance: str, windows: Mapping[EvidenceKey, str], *, at: float) -> None:
+        """Record this instance's gate evidence (JSON) for each (plan, route, step epoch) window."""
+        ...
+
+    def evidence(self, keys: Collection[EvidenceKey]) -> dict[EvidenceKey, dict[str, Any]]:
+        """Every instance's published evidence of each window: key -> {instance: decoded JSON}."""
+        ...
+
+    async def wait_for_change(self, timeout: float) -> None:
+        """Return when another instance may have committed a transition, or after ``timeout`` seconds."""
+        ...
+
+    async def lead(self) -> bool:
+        """Try to be (or stay) the one instance that runs auto mode; True while this instance is it."""
+        ...
+
+    async def close(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +225,40 @@ class MigrationStore:
 
     def __repr__(self) -> str:
         return f"MigrationStore({self.path!r})"
+
+    @property
+    def location(self) -> str:
+        return self.path
+
+    @property
+    def shared(self) -> bool:
+        return False  # one facade per file: nobody else commits, nothing to follow
+
+    # One facade per file: it is alone, so it reports to nobody and always leads its auto mode.
+
+    def report_instance(self, instance: str, admin: str, states: Mapping[str, MigrationState], *, at: float) -> None:
+        return None
+
+    def forget_instance(self, instance: str) -> None:
+        return None
+
+    def instances(self, name: str, *, since: float) -> list[InstanceReport]:
+        return []
+
+    def publish_evidence(self, instance: str, windows: Mapping[EvidenceKey, str], *, at: float) -> None:
+        return None
+
+    def evidence(self, keys: Collection[EvidenceKey]) -> dict[EvidenceKey, dict[str, Any]]:
+        return {}
+
+    async def wait_for_change(self, timeout: float) -> None:
+        return None
+
+    async def lead(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -200,3 +343,4 @@ class MigrationStore:
             )
             for r in reversed(rows)
         ]
+

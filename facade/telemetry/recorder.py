@@ -338,6 +338,11 @@ class Telemetry:
         p50, p95, p99 = hist.quantiles((0.50, 0.95, 0.99))
         return SideStats(requests=requests, errors=errors, p50_ms=_ms(p50), p95_ms=_ms(p95), p99_ms=_ms(p99))
 
+    def step_window(self, route: str, backend: str) -> tuple[int, int, LogLinearHistogram]:
+        """Requests, errors and the latency histogram of ``backend`` since ``route``'s current step began:
+        the numbers ``side_stats`` reads, in a form that adds up across replicas (facade.migration.evidence)."""
+        return self._side(route, backend, step=None, window=None)
+
     def _side(
         self, route: str, backend: str, *, step: str | None, window: float | None
     ) -> tuple[int, int, LogLinearHistogram]:

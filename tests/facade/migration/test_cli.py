@@ -261,3 +261,28 @@ def test_a_pause_step_says_what_it_waits_for_instead_of_an_empty_gate_table() ->
     assert "GATE" not in text
     status |= {"step": 2, "step_summary": "canary header x-canary=1"}
     assert "gates:   pass (this step has no gates)" in _render_status(status, journal=0)
+
+
+def test_status_lists_each_replica_and_says_when_the_store_is_down() -> None:
+    from facade.migration.cli import _render_status
+
+    status = {"name": "shop", "routes": ["catalog"], "from": "monolith", "to": "catalog", "state": "running",
+              "step": 2, "steps": 4, "version": 3, "routing": {}, "store_error": None,
+              "instances": [
+                  {"instance": "web-1:10:9901", "admin": "http://10.0.0.1:9901", "version": 3, "state": "running",
+                   "step": 1, "seen_ago": 0.4},
+                  {"instance": "web-2:11:9901", "admin": "http://10.0.0.2:9901", "version": 2, "state": "running",
+                   "step": 0, "seen_ago": 1.9},
+              ]}  # fmt: skip
+    lines = _render_status(status, journal=0).splitlines()
+    one = next(line for line in lines if "web-1" in line)
+    two = next(line for line in lines if "web-2" in line)
+    assert "running 2" in one and "(behind)" not in one and "0.4s ago" in one  # people's step numbers
+    assert "running 1" in two and "2 (behind)" in two
+    assert not any(line.startswith("store:") for line in lines)
+    status |= {"instances": [], "store_error": "the migration store is unreachable: db:5432: refused"}
+    text = _render_status(status, journal=0)
+    assert "store:   the migration store is unreachable: db:5432: refused" in text
+    assert "instances: none has reported in the last seconds" in text
+    del status["instances"], status["store_error"]  # one facade on SQLite: no replica section at all
+    assert "instances" not in _render_status(status, journal=0)
