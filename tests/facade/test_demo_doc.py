@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from facade.up import default_config_path
-from tests.facade.test_up import free_ports, gone, read_until, started_pids
+from tests.facade.test_up import free_ports, gone, read_until, started_pids, stop_up
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = (ROOT / "docs" / "demo.md", ROOT / "README.md")
@@ -149,7 +149,7 @@ def test_demo_doc_and_readme_run_word_for_word_on_the_default_path(tmp_path: Pat
             up.send_signal(signal.SIGTERM)
             up.wait(timeout=30)
         finally:
-            up.kill()
+            stop_up(up)  # SIGTERM first: a SIGKILLed `facade up` orphans its children
     assert up.returncode == 0
     assert all(gone(pid) for pid in pids.values())
     assert not (tmp_path / ".facade-demo" / "up.json").exists()  # nothing points at a stopped stack
@@ -174,7 +174,7 @@ def test_demo_doc_and_readme_run_word_for_word_on_the_default_path(tmp_path: Pat
             up.send_signal(signal.SIGTERM)
             up.wait(timeout=30)
         finally:
-            up.kill()
+            stop_up(up)  # SIGTERM first: a SIGKILLed `facade up` orphans its children
     assert up.returncode == 0
     assert sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / ".facade-demo" / "facade").iterdir()) == [
         "facade", "facade-mesh"]
