@@ -30,7 +30,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from .engine import MigrationState, Phase, Refusal, Transition
-from .store import EvidenceKey, InstanceReport, JournalEntry, StoreUnavailable
+from .store import EvidenceKey, InstanceReport, JournalEntry, StoreUnavailable, journal_entry, journal_row
 
 __all__ = ["CHANNEL", "LEADER_LOCK", "PostgresStore", "safe_location"]
 
@@ -163,11 +163,7 @@ class PostgresStore:
                 "INSERT INTO facade_migration_journal (plan, version, plan_hash, from_step, to_step, from_state, "
                 "to_state, action, actor, reason, gates_json, at, summary_json) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                (
-                    transition.plan, new.version, transition.plan_hash, transition.from_step, transition.to_step,
-                    transition.from_phase.value, transition.to_phase.value, transition.action, transition.actor,
-                    transition.reason, transition.gates_json, transition.at, transition.summary_json,
-                ),
+                journal_row(transition, new.version),
             )
             db.execute("SELECT pg_notify(%s, %s)", (CHANNEL, transition.plan))
         return new
@@ -193,15 +189,7 @@ class PostgresStore:
             params = (name, limit)
         with self._connect() as db:
             rows = db.execute(query, params).fetchall()
-        return [
-            JournalEntry(
-                seq=int(r[0]), plan=str(r[1]), version=int(r[2]), plan_hash=str(r[3]), from_step=int(r[4]),
-                to_step=int(r[5]), from_state=Phase(r[6]), to_state=Phase(r[7]), action=str(r[8]),
-                actor=str(r[9]), reason=str(r[10]), gates=json.loads(r[11]), at=float(r[12]),
-                summary=json.loads(r[13]),
-            )
-            for r in reversed(rows)
-        ]
+        return [journal_entry(r) for r in reversed(rows)]
 
     # -- instances ---------------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ import contextlib
 import json
 import os
 import sqlite3
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -79,6 +79,25 @@ CREATE TABLE IF NOT EXISTS journal (
 
 
 EvidenceKey = tuple[str, str, str]  # (plan, route, step epoch: facade.migration.evidence.epoch_key)
+
+
+def journal_row(transition: Transition, version: int) -> tuple[Any, ...]:
+    """A transition as the journal's row values, in the journal's column order (every store writes these)."""
+    return (
+        transition.plan, version, transition.plan_hash, transition.from_step, transition.to_step,
+        transition.from_phase.value, transition.to_phase.value, transition.action, transition.actor,
+        transition.reason, transition.gates_json, transition.at, transition.summary_json,
+    )
+
+
+def journal_entry(r: Sequence[Any]) -> JournalEntry:
+    """A journal row read back (``seq`` first, then the written columns), whichever store it came from."""
+    return JournalEntry(
+        seq=int(r[0]), plan=str(r[1]), version=int(r[2]), plan_hash=str(r[3]), from_step=int(r[4]),
+        to_step=int(r[5]), from_state=Phase(r[6]), to_state=Phase(r[7]), action=str(r[8]),
+        actor=str(r[9]), reason=str(r[10]), gates=json.loads(r[11]), at=float(r[12]),
+        summary=json.loads(r[13]),
+    )
 
 
 class StoreUnavailable(Exception):
@@ -297,12 +316,7 @@ class MigrationStore:
                 db.execute(
                     "INSERT INTO journal (plan, version, plan_hash, from_step, to_step, from_state, to_state, "
                     "action, actor, reason, gates_json, at, summary_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        transition.plan, new.version, transition.plan_hash, transition.from_step,
-                        transition.to_step, transition.from_phase.value, transition.to_phase.value,
-                        transition.action, transition.actor, transition.reason, transition.gates_json,
-                        transition.at, transition.summary_json,
-                    ),
+                    journal_row(transition, new.version),
                 )
                 db.execute("COMMIT")
             except BaseException:
@@ -334,13 +348,5 @@ class MigrationStore:
             params = (name, limit)
         with self._connect() as db:
             rows = db.execute(query, params).fetchall()
-        return [
-            JournalEntry(
-                seq=int(r[0]), plan=str(r[1]), version=int(r[2]), plan_hash=str(r[3]), from_step=int(r[4]),
-                to_step=int(r[5]), from_state=Phase(r[6]), to_state=Phase(r[7]), action=str(r[8]),
-                actor=str(r[9]), reason=str(r[10]), gates=json.loads(r[11]), at=float(r[12]),
-                summary=json.loads(r[13]),
-            )
-            for r in reversed(rows)
-        ]
+        return [journal_entry(r) for r in reversed(rows)]
 
