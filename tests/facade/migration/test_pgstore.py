@@ -143,7 +143,10 @@ async def test_one_leader_at_a_time_and_the_next_takes_over(postgres_url: str) -
         assert await a.lead() is True
         assert await b.lead() is False
         assert await a.lead() is True  # stays the leader while its session lives
-        await a.close()  # its session ends: PostgreSQL releases the lock
+        await a.close()  # its session ends: PostgreSQL releases the lock once the backend has exited
+        deadline = time.monotonic() + 10
+        while not await b.lead() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         assert await b.lead() is True
         assert await a.lead() is False
     finally:
