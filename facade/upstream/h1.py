@@ -41,6 +41,11 @@ judged by what the client can really know (docs/upstreams.md, "The keep-alive ra
   cannot be known. It is sent once more on a fresh connection only when the method is
   idempotent and the body is replayable (kept whole, at most ``REPLAY_LIMIT`` bytes); a POST
   or PATCH fails with ``ConnectionReset`` and is never replayed.
+- Learned keep-alive: when an upstream closes an idle connection sooner than ``idle_timeout``
+  (the loop sees it close, the check before reuse catches it, or a reused one dies before a
+  response byte), the pool reuses that address's connections for at most 3/4 of the idle time
+  it observed (never less than ``LEARN_FLOOR``), so the race is met at most once per address
+  instead of on every gap that straddles the upstream's timer.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ import asyncio
 import collections
 import contextlib
 import ipaddress
+import logging
 import select
 import socket
 import ssl
@@ -77,6 +83,8 @@ _P = TypeVar("_P", bound=asyncio.BaseProtocol)
 
 Address = tuple[str, int, bool]
 """(host, port, tls): where a connection goes; connections are pooled per address."""
+
+log = logging.getLogger(__name__)
 
 MAX_RESPONSE_HEAD = 64 * 1024  # status line + headers (+ any 1xx before them); Envoy allows 60 KiB
 MAX_RESPONSE_HEADERS = 100  # header fields in a response head; more is a 502 (Envoy's max_headers_count)
@@ -597,6 +605,10 @@ class _Conn(asyncio.Protocol):
             waiter.set_exception(error)
 
 
+LEARN_MARGIN = 0.75  # reuse for at most this share of the idle time after which an upstream closed
+LEARN_FLOOR = 0.5  # seconds: a close sooner than this is a restart or a one-off, not a keep-alive timer
+
+
 class H1Client:
     """Keep-alive connections to a service's endpoints, at most ``limit`` open at once.
 
@@ -621,6 +633,7 @@ class H1Client:
         self.connect_timeout = connect_timeout
         self._ssl = ssl_context
         self._idle: dict[Address, collections.deque[_Conn]] = {}
+        self._idle_limits: dict[Address, float] = {}  # learned: below idle_timeout for these addresses
         self._open = 0  # connections open or being opened
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._sweep: asyncio.TimerHandle | None = None
@@ -674,10 +687,13 @@ class H1Client:
         fresh = False
         while True:
             conn, reused = await self._acquire(address, fresh=fresh)
+            taken_after = conn.idle_since  # when a reused connection went idle (0.0 for a new one)
             try:
                 return await conn.start(head, source, use_chunked, is_head)
             except ConnectionReset:
                 conn.finish(reusable=False)
+                if reused and not conn.received:
+                    self._learn(address, asyncio.get_running_loop().time() - taken_after)
                 # Written on a pooled connection that closed before a single response byte: most
                 # likely the keep-alive race, but whether the upstream read the request cannot be
                 # known. Sent again (once, on a new connection) only if doing so is harmless.
@@ -698,14 +714,34 @@ class H1Client:
         if not idle:
             return None
         now = asyncio.get_running_loop().time()
+        limit = self._idle_limits.get(address, self.idle_timeout)
         while idle:
             conn = idle.pop()
-            if now - conn.idle_since < self.idle_timeout:
+            if now - conn.idle_since < limit:
                 if not conn.peer_closed():
                     return conn
                 self.stats["closed_while_idle"] += 1  # caught before a byte was written on it
+                self._learn(address, now - conn.idle_since)
             self._drop(conn)
         return None
+
+    def idle_limit(self, address: Address) -> float:
+        """How long an idle connection to ``address`` may wait to be reused (learned or configured)."""
+        return self._idle_limits.get(address, self.idle_timeout)
+
+    def _learn(self, address: Address, idle_for: float) -> None:
+        """The upstream closed a connection that had been idle ``idle_for`` seconds: reuse less long."""
+        limit = max(LEARN_FLOOR, idle_for * LEARN_MARGIN)
+        if limit >= self._idle_limits.get(address, self.idle_timeout):
+            return
+        self._idle_limits[address] = limit
+        self.stats["idle_limit_lowered"] += 1
+        log.warning(
+            "upstream %s:%s closed a connection idle for %.2f s, before idle_timeout %.1f s: "
+            "its pooled connections are now reused for at most %.2f s (set connection_pool.idle_timeout "
+            "below the upstream's keep-alive timeout to avoid the race altogether)",
+            address[0], address[1], idle_for, self.idle_timeout, limit,
+        )
 
     def _drop(self, conn: _Conn) -> None:
         """Close a connection taken out of the idle queues and free its slot (no wake-up)."""
@@ -846,7 +882,8 @@ class H1Client:
         if self._waiters:
             self._wake_next()
         if self._sweep is None:
-            self._sweep = asyncio.get_running_loop().call_later(self.idle_timeout, self._expire_idle)
+            limit = self._idle_limits.get(conn.address, self.idle_timeout)
+            self._sweep = asyncio.get_running_loop().call_later(limit, self._expire_idle)
 
     def _slot_freed(self) -> None:
         self._open -= 1
@@ -880,20 +917,22 @@ class H1Client:
         idle = self._idle.get(conn.address)
         if idle is not None and conn in idle:
             idle.remove(conn)
+            self._learn(conn.address, asyncio.get_running_loop().time() - conn.idle_since)
             self._slot_freed()
 
     def _expire_idle(self) -> None:
         self._sweep = None
         loop = asyncio.get_running_loop()
         now = loop.time()
-        due: float | None = None  # when the oldest connection left turns idle_timeout old
-        for idle in self._idle.values():
-            while idle and now - idle[0].idle_since >= self.idle_timeout:
+        due: float | None = None  # when the oldest connection left turns too old to reuse
+        for address, idle in self._idle.items():
+            limit = self._idle_limits.get(address, self.idle_timeout)
+            while idle and now - idle[0].idle_since >= limit:
                 self._drop(idle.popleft())
-            if idle and (due is None or idle[0].idle_since < due):
-                due = idle[0].idle_since
+            if idle and (due is None or idle[0].idle_since + limit < due):
+                due = idle[0].idle_since + limit
         if due is not None and not self._closed:
-            self._sweep = loop.call_at(due + self.idle_timeout, self._expire_idle)
+            self._sweep = loop.call_at(due, self._expire_idle)
         self._wake_next()
 
     async def close(self) -> None:

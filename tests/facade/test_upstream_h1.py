@@ -27,6 +27,8 @@ from facade.config import UpstreamTLS
 from facade.upstream import client_ssl_context
 from facade.upstream.h1 import (
     HIGH_WATER,
+    LEARN_FLOOR,
+    LEARN_MARGIN,
     MAX_RESPONSE_HEAD,
     Address,
     BodyAborted,
@@ -467,6 +469,43 @@ async def test_idle_connection_closed_by_the_upstream_is_dropped_before_reuse() 
         assert await fetch(client, address, idempotent=True) == b"two"
         assert client.stats["stale_retries"] == 0
         assert server.connections == 2
+
+
+async def test_an_upstream_closing_idle_connections_early_lowers_how_long_they_are_reused() -> None:
+    # The upstream's keep-alive (here: whenever the test closes it) is shorter than idle_timeout:
+    # once the pool saw it close an idle connection, it reuses that address's connections for at
+    # most 3/4 of the observed idle time, so a later request never meets the race on that timer.
+    async with upstream(answering(ok(b"one"), close=False)) as (server, address), h1(idle_timeout=30.0) as client:
+        assert client.idle_limit(address) == 30.0
+        assert await fetch(client, address) == b"one"
+        released = time.monotonic()
+        await asyncio.sleep(1.0)  # the connection's idle age when the upstream closes it
+        server.close_all()
+        await eventually(lambda: client._open == 0)
+        observed = time.monotonic() - released
+        limit = client.idle_limit(address)
+        assert LEARN_FLOOR <= limit <= observed * LEARN_MARGIN + 0.01
+        assert limit >= 1.0 * LEARN_MARGIN - 0.01
+        assert client.stats["idle_limit_lowered"] == 1
+        # A connection idle longer than the learned limit is not reused (the upstream still has it
+        # open: it would close it only later), and one idle less long is.
+        server.answer = answering(ok(b"two"), close=False)
+        assert await fetch(client, address) == b"two"
+        assert await fetch(client, address) == b"two"
+        assert server.connections == 2
+        await asyncio.sleep(limit + 0.05)
+        assert await fetch(client, address) == b"two"
+        assert server.connections == 3
+        assert client.stats["closed_while_idle"] == 0
+
+
+async def test_a_close_sooner_than_the_floor_lowers_the_limit_only_to_the_floor() -> None:
+    # A restart closes connections whatever their age: it must not disable keep-alive.
+    async with upstream(answering(ok(b"one"), close=False)) as (server, address), h1(idle_timeout=30.0) as client:
+        assert await fetch(client, address) == b"one"
+        server.close_all()
+        await eventually(lambda: client._open == 0)
+        assert client.idle_limit(address) == LEARN_FLOOR
 
 
 # -- 6b. the keep-alive race, decided by what the client can know --------------------------------
