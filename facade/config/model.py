@@ -1,0 +1,280 @@
+"""The configuration's values: frozen dataclasses for services, routes, listeners and limits.
+
+Every value here is immutable and already validated; the rest of the facade never sees raw YAML.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from ..errors import Problem
+
+if TYPE_CHECKING:
+    from mesh.config import MeshSpec  # the optional mesh package reads the mesh: section
+
+
+
+DEFAULT_LISTEN = "127.0.0.1:8080"
+DEFAULT_ADMIN_LISTEN = "127.0.0.1:9901"
+
+LoadBalancer = Literal["round_robin", "least_request", "random"]
+RetryOn = Literal["connect-failure", "reset", "502", "503", "504"]
+
+
+# -- services (upstream clusters) -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """Active health checking (Envoy semantics: thresholds count consecutive results)."""
+
+    path: str = "/healthz"
+    interval: float = 5.0
+    timeout: float = 1.0
+    healthy_threshold: int = 1
+    unhealthy_threshold: int = 2
+    expected_statuses: tuple[int, int] = (200, 399)  # inclusive range
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierDetection:
+    """Passive ejection (Envoy semantics): an endpoint with ``consecutive_5xx`` 5xx responses (or
+    ``consecutive_gateway_errors`` 502/503/504/connect failures) is ejected for
+    ``base_ejection * times_ejected``, capped at ``max_ejection``; at most
+    ``max_ejection_percent`` of a service's endpoints are ejected at once (but at least one)."""
+
+    consecutive_5xx: int = 5
+    consecutive_gateway_errors: int = 5
+    base_ejection: float = 30.0
+    max_ejection: float = 300.0
+    max_ejection_percent: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Retries:
+    """``attempts`` is the number of retries after the first try (Istio semantics)."""
+
+    attempts: int = 2
+    per_try_timeout: float | None = None
+    retry_on: tuple[RetryOn, ...] = ("connect-failure",)
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float = 5.0  # Envoy's connect_timeout default
+    request: float | None = 15.0  # Envoy's route timeout default; None = no timeout
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionPool:
+    max_connections: int = 1024  # per service; beyond it requests wait up to connect timeout, then 503
+    idle_timeout: float = 4.0  # keep below the backends' keep-alive (uvicorn: 5 s)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTLS:
+    """TLS origination to an https:// endpoint."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_name: str | None = None
+    verify: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointGroup:
+    """A zone / cluster of endpoints. Groups with the lowest ``priority`` that have a healthy
+    endpoint get traffic, split by ``weight``; weight 0 drains a group."""
+
+    name: str
+    endpoints: tuple[str, ...]  # "http://127.0.0.1:8001" / "https://..."
+    weight: int = 100
+    priority: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSpec:
+    name: str
+    groups: tuple[EndpointGroup, ...]
+    load_balancer: LoadBalancer = "round_robin"
+    health_check: HealthCheck | None = None
+    outlier_detection: OutlierDetection | None = None
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    retries: Retries = field(default_factory=Retries)
+    connection_pool: ConnectionPool = field(default_factory=ConnectionPool)
+    tls: UpstreamTLS | None = None
+    identity: str | None = None  # expected SPIFFE ID of the peer (mesh)
+
+
+# -- routes --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StringMatch:
+    """How a header / query value matches. Exactly one kind."""
+
+    kind: Literal["exact", "prefix", "regex", "present", "absent"]
+    value: str = ""
+    case_sensitive: bool = True  # False for hosts; header *values* are case-sensitive like Istio
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    """All conditions must hold (AND). A route's ``matches`` are ORed, like Istio's match[]."""
+
+    hosts: tuple[str, ...] = ()  # lower-case; "*.shop.local" wildcards; () = any host
+    path_kind: Literal["exact", "prefix", "regex"] = "prefix"
+    path: str = "/"
+    methods: tuple[str, ...] = ()  # upper-case; () = any
+    headers: tuple[tuple[str, StringMatch], ...] = ()  # header names lower-case
+    query: tuple[tuple[str, StringMatch], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class WeightedBackend:
+    service: str
+    weight: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    scheme: str | None = None
+    host: str | None = None
+    port: int | None = None
+    path: str | None = None  # replaces the whole path
+    prefix: str | None = None  # replaces the matched prefix
+    code: int = 301
+
+
+@dataclass(frozen=True, slots=True)
+class DirectResponse:
+    status: int = 200
+    body: str = ""
+    content_type: str = "text/plain; charset=utf-8"
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderOps:
+    """Header manipulation: ``set`` replaces, ``add`` appends, ``remove`` deletes (names lower-case)."""
+
+    set: tuple[tuple[str, str], ...] = ()
+    add: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not (self.set or self.add or self.remove)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One entry of ``routes:``; the first route whose any ``matches`` entry matches wins.
+
+    Exactly one action: ``backends`` (one or weighted), ``redirect`` or ``direct_response``.
+    """
+
+    name: str
+    matches: tuple[RouteMatch, ...]
+    backends: tuple[WeightedBackend, ...] = ()
+    redirect: Redirect | None = None
+    direct_response: DirectResponse | None = None
+    rewrite_prefix: str | None = None
+    request_headers: HeaderOps = field(default_factory=HeaderOps)
+    response_headers: HeaderOps = field(default_factory=HeaderOps)
+    timeout: float | None = None  # overrides the service's request timeout
+    retries: Retries | None = None  # overrides the service's retries
+    line: int = 0  # where the route is declared, for messages
+
+
+# -- listener, admin, limits --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TLSListener:
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None  # when set, client certificates are requested and verified
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_request_headers: int = 60 * 1024  # Envoy's max_request_headers_kb default -> 431 beyond
+    max_request_body: int | None = None  # bytes; None = unlimited (streamed) -> 413 beyond
+    max_concurrent_requests: int = 4096  # -> 503 beyond
+    header_timeout: float = 10.0  # a client must send its whole request head within this
+    max_response_body_buffer: int = 64 * 1024  # bound of any buffering the facade does itself
+    # Header fields in a request head -> 431 beyond; upstream response heads -> 502 (Envoy's max_headers_count).
+    max_request_headers_count: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class AdminSpec:
+    listen: str = DEFAULT_ADMIN_LISTEN
+    token: str | None = None  # mutations need "Authorization: Bearer <token>"; env FACADE_ADMIN_TOKEN
+
+
+@dataclass(frozen=True, slots=True)
+class NormalizeSpec:
+    merge_slashes: bool = True
+    reject_encoded_slash: bool = True  # %2F / %5C in a path -> 400 (Envoy: REJECT_REQUEST)
+    semicolons: Literal["reject", "keep"] = "reject"  # ";" in a path -> 400 (Spring's StrictHttpFirewall)
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowSpec:
+    """The ``shadow:`` section: limits and defaults of the shadow sender (``facade.shadow``).
+
+    None everywhere means "the sender's default" (``facade.shadow.DEFAULT_*``), so the defaults
+    live in one place. ``redact_headers`` are redacted *in addition to* the built-in ones
+    (Authorization, Cookie, Set-Cookie, Proxy-Authorization): a config cannot un-redact them.
+    """
+
+    concurrency: int | None = None
+    queue_size: int | None = None
+    max_body: int | None = None  # bytes
+    timeout: float | None = None  # seconds
+    max_queued_bytes: int | None = None
+    host_suffix: bool | None = None
+    learn_noise: bool | None = None
+    ring_size: int | None = None
+    redact_headers: tuple[str, ...] = ()
+    redact_fields: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: str  # the file path it was read from
+    sha256: str  # of the file's bytes
+    listen: str = DEFAULT_LISTEN
+    tls: TLSListener | None = None
+    admin: AdminSpec = field(default_factory=AdminSpec)
+    limits: Limits = field(default_factory=Limits)
+    normalize: NormalizeSpec = field(default_factory=NormalizeSpec)
+    trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Forwarded-* we keep and extend
+    services: tuple[ServiceSpec, ...] = ()
+    routes: tuple[Route, ...] = ()
+    state_dir: str = ".facade"
+    # Where migration state lives: None = the SQLite file under state_dir; a postgresql:// URL = shared
+    # by every replica (facade.migration.pgstore, docs/replicas.md).
+    state_store: str | None = None
+    migrations_dir: str | None = None
+    access_log: bool = False
+    mark_responses: bool = False  # add x-facade-backend / x-facade-step to responses (load tests, demos)
+    # Request header names with "_": drop (default; nginx's underscores_in_headers off), reject (400), allow.
+    headers_with_underscores: Literal["drop", "reject", "allow"] = "drop"
+    # Error bodies name route, backend and the failure's detail only for loopback clients when True.
+    debug_error_details: bool = False
+    mesh: MeshSpec | None = None  # when the config has a ``mesh:`` section
+    shadow: ShadowSpec = field(default_factory=ShadowSpec)
+    warnings: tuple[Problem, ...] = ()  # non-fatal findings (shadowed routes, no routes, ...)
+    workers: int | Literal["auto"] = 1  # processes serving clients (docs/workers.md); "auto": one per core
+
+    def service(self, name: str) -> ServiceSpec | None:
+        for s in self.services:
+            if s.name == name:
+                return s
+        return None
+
+

@@ -1,0 +1,225 @@
+"""What every reader of ``facade.yaml`` shares: the field lists, the reading context and scalar readers.
+
+YAML -> Config in one pass that never stops at the first error: every reader records a
+Problem and returns a default, so `facade validate` lists everything wrong in the file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ..yamlfile import (
+    Node,
+    Problems,
+    read_duration,
+    read_str,
+)
+
+ENV_ADMIN_TOKEN = "FACADE_ADMIN_TOKEN"
+
+_TOP_FIELDS = (
+    "listen",
+    "tls",
+    "admin",
+    "state_dir",
+    "state_store",
+    "migrations",
+    "trusted_proxies",
+    "access_log",
+    "limits",
+    "normalize",
+    "services",
+    "routes",
+    "mesh",
+    "mark_responses",
+    "shadow",
+    "headers_with_underscores",
+    "debug_error_details",
+    "workers",
+)
+_SHADOW_FIELDS = (
+    "concurrency",
+    "queue_size",
+    "max_body",
+    "timeout",
+    "max_queued_bytes",
+    "host_suffix",
+    "learn_noise",
+    "ring_size",
+    "redact",
+)
+_SHADOW_MAX_CONCURRENCY = 1024
+_SHADOW_MAX_QUEUE = 100_000
+_SHADOW_MAX_RING = 100_000
+_SERVICE_FIELDS = (
+    "endpoints",
+    "groups",
+    "load_balancer",
+    "health_check",
+    "outlier_detection",
+    "timeouts",
+    "retries",
+    "connection_pool",
+    "tls",
+    "identity",
+)
+_ROUTE_FIELDS = (
+    "name",
+    "match",
+    "backend",
+    "backends",
+    "redirect",
+    "direct_response",
+    "rewrite",
+    "request_headers",
+    "response_headers",
+    "timeout",
+    "retries",
+)
+_ACTIONS = ("backend", "backends", "redirect", "direct_response")
+_RETRY_ON: tuple[str, ...] = ("connect-failure", "reset", "502", "503", "504")
+_REDIRECT_CODES = (301, 302, 303, 307, 308)
+_STRING_MATCH_KINDS = ("exact", "prefix", "regex", "present", "absent")
+
+_SERVICE_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9_-]*[a-z0-9])?$")
+_TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token
+_LISTEN_RE = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d+)$")
+_HOST_LABELS_RE = re.compile(r"^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*$")
+_SPIFFE_RE = re.compile(r"^spiffe://[a-z0-9._-]+(/[A-Za-z0-9._-]+)+$")  # only when the mesh is not installed
+
+
+def _workload_id_problem(text: str) -> str | None:
+    """Why ``text`` cannot be a workload's SPIFFE ID (the mesh's own rules when installed), else None."""
+    try:
+        from mesh.spiffe import InvalidSpiffeId, SpiffeId
+    except ModuleNotFoundError:
+        return None if _SPIFFE_RE.match(text) else "not of the form spiffe://<trust-domain>/<path>"
+    try:
+        SpiffeId.parse_workload(text)
+    except InvalidSpiffeId as exc:
+        return str(exc)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Ctx:
+    problems: Problems
+    base_dir: str
+    env: Mapping[str, str]
+
+    def path(self, value: str) -> str:
+        """A path from the config, resolved against the config file's directory."""
+        if os.path.isabs(value) or not self.base_dir:
+            return value
+        return os.path.join(self.base_dir, value)
+
+    def existing_file(self, node: Node | None) -> str | None:
+        value = _nonempty_str(node, self.problems)
+        if node is None or value is None:
+            return None
+        resolved = self.path(value)
+        if not os.path.isfile(resolved):
+            self.problems.error(node, f"file not found: {resolved}")
+            return None
+        return resolved
+
+# -- scalars ---------------------------------------------------------------------------------
+
+
+def _read_state_store(node: Node | None, problems: Problems) -> str | None:
+    """``state_store``: absent = the SQLite file under state_dir; else a PostgreSQL URL (libpq's form)."""
+    value = _nonempty_str(node, problems)
+    if node is None or value is None:
+        return None
+    if not value.startswith(("postgresql://", "postgres://")):
+        # The value is not echoed: it may carry a password.
+        problems.error(node, "must be a postgresql://user@host:port/dbname URL (leave it out for the SQLite file "
+                       "in state_dir)")
+        return None
+    return value
+
+
+def _nonempty_str(node: Node | None, problems: Problems) -> str | None:
+    value = read_str(node, problems)
+    if node is not None and value is not None and not value.strip():
+        problems.error(node, "must not be empty")
+        return None
+    return value
+
+
+def _positive_duration(node: Node | None, problems: Problems, default: float) -> float:
+    if node is not None and node.is_null:
+        problems.error(node, "must be a duration (e.g. 5s), got null")
+        return default
+    value = read_duration(node, problems, default=None)
+    if value is None:
+        return default
+    if value <= 0:
+        problems.error(node, f"must be greater than 0, got {node.value if node else value}")
+        return default
+    return value
+
+
+def _optional_duration(node: Node | None, problems: Problems, default: float | None) -> float | None:
+    """A positive duration, or ``null`` for none."""
+    if node is None:
+        return default
+    if node.is_null:
+        return None
+    value = _positive_duration(node, problems, -1.0)
+    return default if value < 0 else value
+
+
+def _read_listen(node: Node | None, problems: Problems, default: str) -> str:
+    value = read_str(node, problems)
+    if node is None or value is None:
+        return default
+    m = _LISTEN_RE.match(value)
+    if m is None:
+        problems.error(node, f"must be host:port (e.g. 127.0.0.1:8080 or [::1]:8080), got {value!r}")
+        return default
+    if m.group("v6") is not None:
+        try:
+            ipaddress.IPv6Address(m.group("v6"))
+        except ValueError:
+            problems.error(node, f"invalid IPv6 address {m.group('v6')!r}")
+            return default
+    port = int(m.group("port"))
+    if port > 65535:
+        problems.error(node, f"port must be 0-65535, got {port}")
+        return default
+    return value
+
+
+def _read_cidrs(node: Node | None, problems: Problems) -> list[str]:
+    out: list[str] = []
+    if node is None:
+        return out
+    if not node.is_list:
+        problems.error(node, f"must be a list of CIDRs, got {node.kind}")
+        return out
+    for element in node.elements():
+        value = read_str(element, problems)
+        if value is None:
+            continue
+        try:
+            out.append(str(ipaddress.ip_network(value, strict=False)))
+        except ValueError:
+            problems.error(element, f"invalid CIDR {value!r} (expected e.g. 10.0.0.0/8 or 127.0.0.1/32)")
+    return out
+
+
+def _read_abs_path(node: Node | None, problems: Problems) -> str | None:
+    value = _nonempty_str(node, problems)
+    if node is None or value is None:
+        return None
+    if not value.startswith("/"):
+        problems.error(node, f"must start with '/', got {value!r}")
+        return None
+    return value
+
+
