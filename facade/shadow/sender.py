@@ -1,27 +1,6 @@
-"""Shadow traffic: mirror a copy of a route's requests to the candidate and diff the two answers.
+"""The shadow sender: queue, worker tasks, copies to the candidate (and the primary, for noise), diffs, counters.
 
-Envoy's ``request_mirror_policies`` for the sending, Twitter's Diffy for the comparing. Per mirrored
-request, in order:
-
-1. ``begin()`` (proxy, before forwarding): refuse unsafe methods the split does not allow, and refuse
-   when the sender is at capacity (counted as a drop); else hand out a ticket, which reserves a slot;
-2. the proxy forwards the primary request as usual, keeping bounded copies (``ticket.max_body``) of
-   the request body and the primary response body;
-3. ``submit()`` (proxy, after the client has its whole response) queues the copy, or ``cancel()``
-   releases the slot when the primary failed;
-4. a fixed pool of worker tasks sends the copy to the candidate (marker header ``x-facade-shadow: 1``,
-   Host suffixed ``-shadow``) and, to learn noise, a second copy to the primary; both with a timeout,
-   through the service's own HTTP/1.1 client (its connections and ``max_connections``; a copy that
-   finds every connection busy is not sent: it never waits for, or takes, a connection the proxy needs);
-5. the responses are diffed (ignore rules, learned noise), the comparison is counted in telemetry
-   (the ``diff_rate`` gate reads it) and a differing one is kept, redacted, in a bounded ring.
-
-Nothing here raises into the proxy, and nothing runs before the client has its answer: the primary
-response is never changed and never waits. Memory is bounded by the slot count (``concurrency +
-queue_size`` copies of at most ``max_body`` bytes each) and by ``max_queued_bytes``.
-
-``ShadowFeature`` attaches a sender to a runtime and serves ``GET /compare``, ``GET /diffs`` and
-``GET /shadow`` on the admin listener.
+Nothing here raises into the proxy, and nothing runs before the client has its answer.
 """
 
 from __future__ import annotations
@@ -32,18 +11,12 @@ import dataclasses
 import logging
 import time
 import weakref
-import zlib
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
-
-from .compare import compare
-from .diff import (
+from ..diff import (
     DEFAULT_COMPARE_HEADERS,
     DEFAULT_REDACT_HEADERS,
     DiffRing,
@@ -54,13 +27,12 @@ from .diff import (
     ResponseSample,
     diff_responses,
 )
-from .errors import ProxyError
-from .feature import Feature
-from .headers import filter_response_headers
-from .telemetry import LogLinearHistogram
-from .telemetry.prometheus import escape_label_value
-from .upstream import Outcome
-from .upstream.h1 import (
+from ..errors import ProxyError
+from ..headers import filter_response_headers
+from ..telemetry import LogLinearHistogram
+from ..telemetry.prometheus import escape_label_value
+from ..upstream import Outcome
+from ..upstream.h1 import (
     ConnectFailed,
     PoolClosed,
     PoolExhausted,
@@ -69,124 +41,27 @@ from .upstream.h1 import (
     UpstreamError,
     UpstreamResponse,
 )
-from .yamlfile import parse_duration
 
 if TYPE_CHECKING:
-    from .config import Config, ShadowSpec
-    from .runtime import FacadeRuntime
-    from .split import Split
-    from .upstream import Upstreams
-
-__all__ = [
-    "DEFAULT_CONCURRENCY",
-    "DEFAULT_MAX_BODY",
-    "DEFAULT_MAX_QUEUED_BYTES",
-    "DEFAULT_QUEUE_SIZE",
-    "DEFAULT_TIMEOUT",
-    "SAFE_METHODS",
-    "SHADOW_HEADER",
-    "ShadowFeature",
-    "ShadowOptions",
-    "ShadowSender",
-    "ShadowTicket",
-    "mirrorable",
-    "mirrored_headers",
-    "parse_window",
-    "resolve_step",
-    "sender_options",
-    "shadow_host",
-]
+    from ..config import ShadowSpec
+    from ..split import Split
+    from ..upstream import Upstreams
 
 logger = logging.getLogger("facade.shadow")
 
-SHADOW_HEADER = "x-facade-shadow"
-# RFC 9110 safe methods. Anything else (POST, PUT, PATCH, DELETE, invented methods) may change state
-# on the candidate, so it is mirrored only when the split says ``shadow_unsafe``.
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
-# Noise learning costs a second request to the old backend: by default only for GET (Diffy's use).
-NOISE_METHODS = frozenset({"GET"})
-DEFAULT_MAX_BODY = 1024 * 1024
-DEFAULT_CONCURRENCY = 16
-DEFAULT_QUEUE_SIZE = 256
-DEFAULT_TIMEOUT = 5.0
-DEFAULT_MAX_QUEUED_BYTES = 64 * 1024 * 1024
-DEFAULT_RING_SIZE = 200
-# RFC 9110 9.2.2, as the proxy's: a copy that met a dead keep-alive connection may go again only then.
-_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-# The copy's body is sent from bytes with its own Content-Length; the client's framing goes.
-_REFRAMED = frozenset({"content-length", "transfer-encoding", SHADOW_HEADER})
-
-
-# -- pure decisions ----------------------------------------------------------------------------------
-
-
-def mirrorable(method: str, split: Split) -> bool:
-    """Whether a request with ``method`` may be mirrored under ``split`` (safe methods, or the split allows all)."""
-    return method in SAFE_METHODS or split.shadow_unsafe
-
-
-def shadow_host(host: str) -> str:
-    """Envoy's shadow authority: ``-shadow`` after the host name, before any port.
-
-    ``shop.local`` -> ``shop.local-shadow``; ``shop.local:8080`` -> ``shop.local-shadow:8080``;
-    ``[::1]:8080`` -> ``[::1]-shadow:8080``.
-    """
-    if host.startswith("["):
-        end = host.find("]")
-        if end > 0:
-            return f"{host[: end + 1]}-shadow{host[end + 1 :]}"
-    name, sep, port = host.rpartition(":")
-    if sep and name and ":" not in name:
-        return f"{name}-shadow:{port}"
-    return f"{host}-shadow"
-
-
-def mirrored_headers(headers: Iterable[tuple[str, str]], *, host_suffix: bool) -> list[tuple[str, str]]:
-    """The headers of a mirrored copy: the primary's (already sanitized by the proxy), Host suffixed with
-    ``-shadow`` when ``host_suffix``, the client's framing dropped, and the marker ``x-facade-shadow: 1``
-    exactly once (a client cannot send its own)."""
-    out: list[tuple[str, str]] = []
-    for name, value in headers:
-        lower = name.lower()
-        if lower in _REFRAMED:
-            continue
-        if lower == "host" and host_suffix and value:
-            value = shadow_host(value)
-        out.append((name, value))
-    out.append((SHADOW_HEADER, "1"))
-    return out
-
-
-def parse_window(text: str) -> float:
-    """``"5m"`` / ``"90s"`` / ``"300"`` (plain seconds) -> seconds. Raises ValueError."""
-    text = text.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = parse_duration(text)
-    if not seconds > 0:
-        raise ValueError(f"window must be positive, got {text!r}")
-    return seconds
-
-
-def decoded(sample: ResponseSample, limit: int) -> ResponseSample:
-    """``sample`` with a gzip / deflate body decoded (at most ``limit`` bytes), so that two backends that
-    compress differently still compare by content. Anything else is returned as it is."""
-    encoding = (sample.header("content-encoding") or "").strip().lower()
-    if encoding not in ("gzip", "x-gzip", "deflate") or not sample.body:
-        return sample
-    attempts = (31,) if encoding != "deflate" else (15, -15)  # deflate: zlib-wrapped, or raw as some servers send
-    for wbits in attempts:
-        inflater = zlib.decompressobj(wbits)
-        try:
-            body = inflater.decompress(sample.body, limit)
-        except zlib.error:
-            continue
-        truncated = sample.truncated or bool(inflater.unconsumed_tail) or not inflater.eof
-        headers = [(k, v) for k, v in sample.headers if k not in ("content-encoding", "content-length")]
-        return ResponseSample(sample.status, headers, body, truncated)
-    return sample
-
+from .policy import (
+    _IDEMPOTENT,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_BODY,
+    DEFAULT_MAX_QUEUED_BYTES,
+    DEFAULT_QUEUE_SIZE,
+    DEFAULT_RING_SIZE,
+    DEFAULT_TIMEOUT,
+    NOISE_METHODS,
+    decoded,
+    mirrorable,
+    mirrored_headers,
+)
 
 # -- options, tickets, counters ------------------------------------------------------------------------
 
@@ -710,162 +585,3 @@ async def _read_bounded(resp: UpstreamResponse, limit: int) -> tuple[bytes, bool
     return b"".join(chunks), False
 
 
-# -- the feature: admin endpoints ----------------------------------------------------------------------
-
-
-class _BadQuery(Exception):
-    def __init__(self, status: int, body: dict[str, Any]) -> None:
-        super().__init__(body.get("error"))
-        self.status = status
-        self.body = body
-
-
-def _route_param(runtime: FacadeRuntime, request: Request) -> str:
-    route = request.query_params.get("route", "").strip()
-    names = [r.name for r in runtime.config.routes]
-    if not route:
-        raise _BadQuery(400, {"error": "give the route: ?route=NAME", "routes": names})
-    if route not in names:
-        raise _BadQuery(404, {"error": f"no route named {route!r}", "routes": names})
-    return route
-
-
-def compare_view(runtime: FacadeRuntime, params: Mapping[str, str]) -> dict[str, Any]:
-    """``GET /compare``: the route's old (primary) vs new (candidate) backend over a step or a window."""
-    route = params["route"]
-    step = params.get("step") or None
-    window_text = params.get("window") or None
-    if step is not None and window_text is not None:
-        raise _BadQuery(400, {"error": "give step= or window=, not both"})
-    window = None
-    if window_text is not None:
-        try:
-            window = parse_window(window_text)
-        except ValueError as exc:
-            raise _BadQuery(400, {"error": f"window: {exc}"}) from None
-    split = runtime.holder.current.splits.get(route)
-    if step is not None and step.isdigit():
-        labels = _known_steps(runtime, route, split)
-        try:
-            step = resolve_step(step, labels)
-        except ValueError as exc:
-            raise _BadQuery(400, {"error": str(exc), "steps": sorted(set(labels))}) from None
-    old = params.get("old") or (split.primary if split is not None else None)
-    new = params.get("new") or (split.candidate if split is not None else None)
-    if old is None or new is None:
-        raise _BadQuery(400, {"error": f"route {route!r} has no migration in force: give old= and new= backends"})
-    telemetry = runtime.telemetry
-    try:
-        old_stats = telemetry.side_stats(route, old, step=step, window=window)
-        new_stats = telemetry.side_stats(route, new, step=step, window=window)
-        diffs = telemetry.diff_counts(route, step=step, window=window)
-    except ValueError as exc:
-        raise _BadQuery(400, {"error": str(exc)}) from None
-    comparison = compare(old_stats, new_stats, diffs)
-    return {
-        "route": route,
-        "old_backend": old,
-        "new_backend": new,
-        "step": step if step is not None else (None if window is not None else telemetry.current_step(route)),
-        "window_s": window,
-        "migration_step": split.step_label if split is not None else None,
-        **comparison.to_json(),
-    }
-
-
-def resolve_step(number: str, labels: Iterable[str]) -> str:
-    """``--step 3`` -> the one known label of step 3 (``"extract-catalog step 3: weight 25%"``, or ``"3:..."``).
-    Raises ValueError when no label or more than one matches."""
-    matches = sorted({lab for lab in labels if f" step {number}:" in lab or lab.startswith(f"{number}:")})
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise ValueError(f"no step {number} known on this route: give its label")
-    raise ValueError(f"step {number} is ambiguous ({' / '.join(matches)}): give its label")
-
-
-def _known_steps(runtime: FacadeRuntime, route: str, split: Split | None) -> list[str]:
-    labels = [split.step_label] if split is not None and split.step_label else []
-    # Telemetry may list every step it has windows for (past steps too); the split in force always counts.
-    return labels + runtime.telemetry.steps(route)
-
-
-class ShadowFeature(Feature):
-    """Shadow mirroring as a runtime feature: the sender's lifecycle and its admin endpoints.
-
-    ``ShadowFeature.attach(runtime)`` (before ``runtime.start()``) creates the sender, installs it
-    (``runtime.install_shadow``: every later snapshot carries it) and adds ``GET /compare``,
-    ``GET /diffs`` and ``GET /shadow`` to the admin listener and the sender's counters to ``/metrics``.
-    """
-
-    def __init__(self, runtime: FacadeRuntime, sender: ShadowSender) -> None:
-        self.runtime = runtime
-        self.sender = sender
-        self._spec = runtime.config.shadow  # the shadow: section the sender was built from
-
-    def __repr__(self) -> str:
-        return f"ShadowFeature({self.sender!r})"
-
-    @classmethod
-    def attach(cls, runtime: FacadeRuntime, **options: Any) -> ShadowFeature:
-        """Create a ``ShadowSender`` over the runtime's pools and telemetry and plug it in.
-
-        The sender is sized by the config's ``shadow:`` section (``sender_options``); ``options`` override it.
-        """
-        options = sender_options(runtime.config.shadow) | options
-        sender = ShadowSender(upstreams=runtime.upstreams, telemetry=runtime.telemetry, **options)
-        feature = runtime.add_feature(cls(runtime, sender))
-        runtime.install_shadow(sender)
-        return feature
-
-    async def start(self) -> None:
-        # Another feature may have installed other pools after attach (the mesh's mTLS pools):
-        # copies must go through the pools the proxy uses.
-        self.sender.upstreams = self.runtime.upstreams
-        await self.sender.start()
-
-    async def stop(self) -> None:
-        await self.sender.stop()
-
-    async def config_changed(self, config: Config) -> None:
-        if config.shadow != self._spec:
-            # The sender's workers, queue and ring are sized at start: a changed section needs a restart.
-            logger.warning("shadow: section changed; the new limits apply at the next start of the facade")
-
-    def prometheus_text(self) -> str:
-        return self.sender.prometheus_text()
-
-    def admin_routes(self) -> list[BaseRoute]:
-        runtime, sender = self.runtime, self.sender
-
-        async def compare_endpoint(request: Request) -> Response:
-            try:
-                params = dict(request.query_params) | {"route": _route_param(runtime, request)}
-                return JSONResponse(compare_view(runtime, params))
-            except _BadQuery as bad:
-                return JSONResponse(bad.body, status_code=bad.status)
-
-        async def diffs_endpoint(request: Request) -> Response:
-            try:
-                route = _route_param(runtime, request)
-                limit = _limit(request.query_params.get("limit"), sender.ring.maxlen)
-            except _BadQuery as bad:
-                return JSONResponse(bad.body, status_code=bad.status)
-            return JSONResponse(sender.ring.to_json(route, limit) | {"noise_paths": sorted(sender.noise.paths(route))})
-
-        async def shadow_endpoint(request: Request) -> Response:
-            return JSONResponse(sender.stats())
-
-        return [
-            Route("/compare", compare_endpoint, methods=["GET"]),
-            Route("/diffs", diffs_endpoint, methods=["GET"]),
-            Route("/shadow", shadow_endpoint, methods=["GET"]),
-        ]
-
-
-def _limit(text: str | None, maximum: int, default: int = 20) -> int:
-    if text is None or text == "":
-        return min(default, maximum)
-    if not text.isdigit() or int(text) < 1:
-        raise _BadQuery(400, {"error": f"limit must be a positive integer, got {text!r}"})
-    return min(int(text), maximum)
