@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .console import render_table as _render_table
+from .cli.console import render_table as _render_table
 from .stats import DiffCounts, SideStats
 
 __all__ = [

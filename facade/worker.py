@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s worker %(process)d: %(message)s")
-    from .commands import _run
+    from .cli.commands import _run
 
     return _run(serve(args))
 

@@ -23,7 +23,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from facade.console import (
+from facade.cli.console import (
     EXIT_FAILURE,
     EXIT_INVALID,
     EXIT_NOT_FOUND,

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from ..console import EXIT_FAILURE, EXIT_INVALID, EXIT_OK, add_config_option
+from ..cli.console import EXIT_FAILURE, EXIT_INVALID, EXIT_OK, add_config_option
 from .model import (
     DEFAULT_GATEWAY,
     DEFAULT_NAMESPACE,

@@ -12,7 +12,7 @@ import sys
 import tempfile
 from typing import Any
 
-from ..console import EXIT_FAILURE, EXIT_INVALID, EXIT_OK
+from ..cli.console import EXIT_FAILURE, EXIT_INVALID, EXIT_OK
 from .emit import Imported, check_emitted, emit, format_finding
 
 __all__ = ["register", "run_import"]

@@ -1,6 +1,6 @@
 """``facade migrate ...``: list, status, plan (offline dry run) and the step actions.
 
-Everything but ``plan`` talks to a running facade's admin API (``facade.console.AdminClient``)::
+Everything but ``plan`` talks to a running facade's admin API (``facade.cli.console.AdminClient``)::
 
     GET  /migrations                       -> {"migrations": [status, ...]}   (or a bare list)
     GET  /migrations/{name}                -> status        (see engine.migration_status)
@@ -18,7 +18,7 @@ import sys
 from typing import Any
 from urllib.parse import quote
 
-from ..console import (
+from ..cli.console import (
     EXIT_GATE_FAILED,
     EXIT_INVALID,
     EXIT_NOT_FOUND,

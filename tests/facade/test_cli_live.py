@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from facade.cli import main
-from facade.console import EXIT_INVALID, EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE
+from facade.cli.console import EXIT_INVALID, EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE
 from tests.backends import EchoApp
 from tests.harness import run_facade
 from tests.servers import bind_loopback, serve_app

@@ -1,4 +1,4 @@
-"""What every command shares (facade.console): config lookup, token sources, progress, one error
+"""What every command shares (facade.cli.console): config lookup, token sources, progress, one error
 format, quiet exit on a closed pipe, and the README's CLI reference kept in step with the parser."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from facade.cli import build_parser, iter_commands, main, render_reference, update_readme
-from facade.console import EXIT_INVALID, CliError, Progress, admin_token, find_config
-from facade.up import describe_exit, facade_state_key, load_or_create_token
+from facade.cli.console import EXIT_INVALID, CliError, Progress, admin_token, find_config
+from facade.cli.up import describe_exit, facade_state_key, load_or_create_token
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOP = ROOT / "sample_monolith"

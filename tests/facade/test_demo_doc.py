@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from facade.up import default_config_path
+from facade.cli.up import default_config_path
 from tests.facade.test_up import free_ports, gone, read_until, started_pids, stop_up
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -24,7 +24,7 @@ import httpx
 import psutil
 import pytest
 
-from facade.loadtest import (
+from facade.cli.loadtest import (
     Phase,
     Sample,
     aggregate,
@@ -40,7 +40,7 @@ from facade.loadtest import (
     rows_to_csv,
     settings_from_args,
 )
-from facade.up import Stack, default_config_path, load_stack_config, plan_stack
+from facade.cli.up import Stack, default_config_path, load_stack_config, plan_stack
 from tests.facade.test_up import free_ports, read_until, run_up, stop_up
 
 PY = sys.executable
@@ -105,7 +105,7 @@ def test_locustfile_is_found_and_quick_settings_are_short(tmp_path: Path, monkey
     monkeypatch.delenv("FACADE_CONFIG", raising=False)
     assert find_locustfile().name == "locustfile.py" and (find_locustfile().parent / "shape.py").is_file()
     from facade.cli import build_parser
-    from facade.up import default_config_path
+    from facade.cli.up import default_config_path
 
     # The config comes by the lookup every command shares; here: the `facade up` running from this directory.
     (tmp_path / ".facade-demo").mkdir()

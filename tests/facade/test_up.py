@@ -21,8 +21,7 @@ import httpx
 import psutil
 import pytest
 
-from facade.config import AdminSpec, Config, EndpointGroup, HealthCheck, ServiceSpec
-from facade.up import (
+from facade.cli.up import (
     ChildFailed,
     ChildSpec,
     Listen,
@@ -39,6 +38,7 @@ from facade.up import (
     serve_has_state_dir,
     services_unseen,
 )
+from facade.config import AdminSpec, Config, EndpointGroup, HealthCheck, ServiceSpec
 
 PY = sys.executable
 

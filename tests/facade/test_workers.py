@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from facade.cli.console import EXIT_INVALID
 from facade.config import MAX_WORKERS, parse_workers
-from facade.console import EXIT_INVALID
 from facade.telemetry import Telemetry
 from tests.facade.migration.stack import TOKEN, Switchable, config_text
 from tests.servers import serve_app

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from facade.cli import main
-from facade.console import EXIT_INVALID, EXIT_NOT_FOUND, EXIT_OK, EXIT_REFUSED
+from facade.cli.console import EXIT_INVALID, EXIT_NOT_FOUND, EXIT_OK, EXIT_REFUSED
 from mesh.identity import WorkloadIdentity
 from mesh.spiffe import SpiffeId
 

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from facade.cli import main
-from facade.console import EXIT_INVALID
+from facade.cli.console import EXIT_INVALID
 from mesh.ca import CertificateAuthority
 from mesh.identity import WorkloadIdentity
 from mesh.sidecar import ControlPlaneError, Sidecar, SidecarOptions

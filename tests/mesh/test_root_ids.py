@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from facade.cli import main
+from facade.cli.console import EXIT_INVALID
 from facade.config import parse_config
-from facade.console import EXIT_INVALID
 from facade.yamlfile import YamlDocument
 from mesh.ca import CaError, CertificateAuthority, CsrRejected, TokenRejected
 from mesh.document import DocumentError, SidecarDocument

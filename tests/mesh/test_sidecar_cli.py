@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from facade.console import EXIT_INVALID, EXIT_OK, EXIT_REFUSED
+from facade.cli.console import EXIT_INVALID, EXIT_OK, EXIT_REFUSED
 from tests.backends import EchoApp
 from tests.servers import serve_app
 

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from facade.cli import build_parser, main
-from facade.console import EXIT_GATE_FAILED, EXIT_INVALID, EXIT_NOT_FOUND, EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE
+from facade.cli.console import EXIT_GATE_FAILED, EXIT_INVALID, EXIT_NOT_FOUND, EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE
 from facade.migration.cli import gate_value
 from facade.migration.engine import Action, MigrationState, Refusal, apply, migration_status
 from facade.migration.gates import GateReport, GateResult, GateStatus

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from facade.cli import main
+from facade.cli.console import EXIT_GATE_FAILED, EXIT_OK
 from facade.config import load_config
-from facade.console import EXIT_GATE_FAILED, EXIT_OK
 from facade.errors import ConfigError
 from facade.features import attach_features
 from facade.migration.controller import MigrationController

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from facade.cli import main
-from facade.console import EXIT_OK
+from facade.cli.console import EXIT_OK
 from facade.runtime import FacadeRuntime
 from tests.facade.migration.stack import TOKEN, Switchable, config_text
 from tests.harness import run_facade

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from facade.console import EXIT_INVALID
+from facade.cli.console import EXIT_INVALID
 from tests.facade.migration.stack import TOKEN, Switchable, config_text
 from tests.servers import serve_app
 

@@ -46,7 +46,8 @@ from types import FrameType
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
-from .config import Config
+from ..config import Config
+from ..errors import ConfigError, FacadeError
 from .console import (
     DEMO_DIR,
     EXIT_FAILURE,
@@ -58,7 +59,6 @@ from .console import (
     elapsed,
     render_table,
 )
-from .errors import ConfigError, FacadeError
 
 __all__ = [
     "DEFAULT_HEALTH_TIMEOUT",
@@ -895,7 +895,7 @@ def serve_has_state_dir() -> bool:
 
 def has_mesh_sidecar() -> bool:
     """Whether this build's CLI has ``facade mesh sidecar`` (the command ``facade up`` would run)."""
-    from .cli import build_parser
+    from .main import build_parser
 
     def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
         for action in parser._actions:  # argparse keeps subparsers only here
@@ -916,6 +916,6 @@ def _pythonpath() -> str:
 
 def load_stack_config(path: str) -> Config:
     """The config, validated by ``facade.config.load_config`` (raises ConfigError, OSError)."""
-    from .config import load_config
+    from ..config import load_config
 
     return load_config(path)

@@ -17,7 +17,8 @@ import re
 import time
 from typing import Any
 
-from .compare import compare, render_table
+from ..compare import compare, render_table
+from ..stats import DiffCounts, SideStats
 from .console import (
     EXIT_FAILURE,
     EXIT_INVALID,
@@ -29,7 +30,6 @@ from .console import (
     fail,
     print_json,
 )
-from .stats import DiffCounts, SideStats
 
 __all__ = ["cmd_compare", "cmd_diffs", "format_diffs", "register", "render_compare"]
 

@@ -833,7 +833,7 @@ def register(sub: Any) -> None:
 
 
 def _config_path(arg: str | None) -> str:
-    """The one lookup order of every command (``facade.console.find_config``); raises CliError (exit 2)."""
+    """The one lookup order of every command (``facade.cli.console.find_config``); raises CliError (exit 2)."""
     return find_config(arg)
 
 
@@ -857,7 +857,7 @@ def _host_from_config(path: str) -> str | None:
 def _seconds(value: str | None, default: float, what: str) -> float:
     if value is None:
         return default
-    from .yamlfile import parse_duration
+    from ..yamlfile import parse_duration
 
     try:
         seconds = float(parse_duration(value)) if not value.replace(".", "", 1).isdigit() else float(value)
@@ -928,8 +928,8 @@ def plan_holds(config_path: str, name: str) -> list[float] | None:
     """The holds of plan ``name`` from the config's migrations folder; None when it cannot be read
     there (the running facade is asked later, and says what is wrong)."""
     try:
-        from .config import load_config
-        from .migration.plan import load_plans
+        from ..config import load_config
+        from ..migration.plan import load_plans
 
         config = load_config(config_path)
         if not config.migrations_dir:
@@ -1000,7 +1000,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
 def _rehearse(
     args: argparse.Namespace, settings: Settings, admin: AdminClient | None, interrupts: _InterruptOnce
 ) -> int:
-    from .errors import ConfigError
+    from ..errors import ConfigError
     from .loadtest_facade import NoLiveCa, ThrowawayFacade, start_throwaway_facade
     from .up import ChildFailed
 

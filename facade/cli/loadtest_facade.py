@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import FacadeError
+from ..errors import FacadeError
 from .up import DEFAULT_STATE_DIR, ChildSpec, Listen, Stack, _pythonpath
 
 __all__ = ["NoLiveCa", "ThrowawayFacade", "live_ca_source", "start_throwaway_facade"]
@@ -110,7 +110,7 @@ def start_throwaway_facade(
     ``state_dir``; returns once its admin API answers ``/readyz``. Raises ConfigError (invalid
     config), NoLiveCa (a mesh and no CA), ChildFailed (it did not come up); nothing is left
     running on a failure."""
-    from .config import load_config
+    from ..config import load_config
 
     config = load_config(config_path)
     live_ca = live_ca_source(config, live_state_dir=live_state_dir, cwd=os.getcwd())

@@ -57,12 +57,12 @@ def register(sub: Any) -> None:
 
 def validate_all(config_path: str) -> tuple[Any, list[Any]]:
     """Config plus, when the migration feature is present, its plans. Returns (config or None, problems)."""
-    from .config import check_config
+    from ..config import check_config
 
     config, problems = check_config(config_path)
     if config is not None:
         try:
-            from .migration.plan import load_plans
+            from ..migration.plan import load_plans
         except ModuleNotFoundError:
             return config, problems
         if config.migrations_dir:
@@ -94,8 +94,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from .config import load_config
-    from .errors import ConfigError
+    from ..config import load_config
+    from ..errors import ConfigError
 
     args.config = find_config(args.config)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -120,7 +120,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return c
 
     args.overrides = overrides
-    from .config import parse_workers
+    from ..config import parse_workers
 
     try:
         args.worker_count = parse_workers(args.workers if args.workers is not None else config.workers)
@@ -145,9 +145,9 @@ def _run(coro: Any) -> int:
 
 
 async def _serve(config: Any, args: argparse.Namespace) -> int:
-    from .errors import ConfigError
-    from .features import attach_features
-    from .runtime import FacadeRuntime
+    from ..errors import ConfigError
+    from ..features import attach_features
+    from ..runtime import FacadeRuntime
 
     runtime = FacadeRuntime(
         config, config_path=args.config, watch_interval=None if args.no_watch else 1.0, overrides=args.overrides
@@ -157,8 +157,8 @@ async def _serve(config: Any, args: argparse.Namespace) -> int:
     start: dict[str, Any] = {}
     worker_count = getattr(args, "worker_count", 1)
     if worker_count > 1:
-        from .server import bind
-        from .workers import SOCKET_ENV, WorkerPool, reserve_port
+        from ..server import bind
+        from ..workers import SOCKET_ENV, WorkerPool, reserve_port
 
         shared = os.environ.get(SOCKET_ENV) == "shared"
         listen_sock = bind(runtime.config.listen) if shared else reserve_port(runtime.config.listen)

@@ -1,6 +1,6 @@
 """The ``facade`` command line. Each feature module contributes its subcommands through
 ``register(subparsers)``; handlers take the parsed args and return an exit code, or raise
-``CliError`` (see ``facade.console`` for the conventions).
+``CliError`` (see ``facade.cli.console`` for the conventions).
 
 ``render_reference`` turns the parser into the README's CLI reference (between the
 ``<!-- cli-reference -->`` markers); ``python3 -m facade.cli README.md`` rewrites it there and a
@@ -15,7 +15,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
-from . import __version__
+from .. import __version__
 from .console import EXIT_FAILURE, EXIT_INVALID, CliError, command_name, fail
 
 __all__ = ["build_parser", "iter_commands", "main", "render_reference", "update_readme"]
@@ -25,12 +25,12 @@ REFERENCE_END = "<!-- /cli-reference -->"
 
 # Modules that add subcommands. Each has ``register(subparsers) -> None``.
 COMMAND_MODULES = (
-    "facade.commands",  # serve, validate, routes, reload
-    "facade.up",  # up
+    "facade.cli.commands",  # serve, validate, routes, reload
+    "facade.cli.up",  # up
     "facade.migration.cli",  # migrate ...
-    "facade.telemetry_cli",  # compare, diffs
+    "facade.cli.telemetry",  # compare, diffs
     "mesh.cli",  # mesh ...
-    "facade.loadtest",  # loadtest
+    "facade.cli.loadtest",  # loadtest
     "facade.export.cli",  # export istio | gateway-api
     "facade.importers.cli",  # import nginx|istio
 )
@@ -160,12 +160,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == "__main__":  # python3 -m facade.cli README.md: rewrite the README's CLI reference
-    if len(sys.argv) != 2:
-        print("usage: python3 -m facade.cli README.md", file=sys.stderr)
-        sys.exit(EXIT_INVALID)
-    updated = update_readme(sys.argv[1], render_reference(build_parser()))
-    with open(sys.argv[1], "w", encoding="utf-8") as fh:
-        fh.write(updated)
