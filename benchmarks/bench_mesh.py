@@ -75,10 +75,10 @@ routes:
 def serve_mesh_facade(config_path: str) -> int:
     """The mesh facade process: FacadeRuntime + MeshFeature (what ``facade serve`` does once the lead wires it)."""
     import uvloop
+    from facade.mesh.controlplane import MeshFeature
 
     from facade.config import load_config
     from facade.runtime import FacadeRuntime
-    from mesh.controlplane import MeshFeature
 
     async def main() -> int:
         runtime = FacadeRuntime(load_config(config_path), config_path=config_path, watch_interval=None)

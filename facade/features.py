@@ -38,7 +38,7 @@ def attach_features(runtime: FacadeRuntime) -> None:
     sender, which sends over the runtime's pools, is built on the final ones. Migrations come
     last: their start swaps in the splits of the durable state.
     """
-    mesh = _optional("mesh.controlplane")
+    mesh = _optional("facade.mesh.controlplane")
     if mesh is not None:
         mesh.MeshFeature.attach(runtime)
     ShadowFeature.attach(runtime)

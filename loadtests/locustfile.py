@@ -29,7 +29,7 @@ from locust import FastHttpUser, between, events, task
 from locust.env import Environment
 
 try:  # a package when installed / run from the repo root; a plain directory for `locust -f`
-    from loadtests.shape import CutoverShape, read_control
+    from facade.loadtests.shape import CutoverShape, read_control
 except ImportError:  # pragma: no cover - locust put this file's directory on sys.path instead
     from shape import CutoverShape, read_control  # type: ignore[no-redef]
 

@@ -1,7 +1,7 @@
 """The catalog service, carved out of the monolith: the same ``/catalog/*`` endpoints and JSON
 shapes over its own copy of the catalog data.
 
-    uvicorn sample_monolith.catalog:app --port 8002     # CATALOG_DB or SHOP_DB (default: a temp file)
+    uvicorn facade.sample_monolith.catalog:app --port 8002     # CATALOG_DB or SHOP_DB (default: a temp file)
 
 Every response carries ``x-served-by: catalog``.
 

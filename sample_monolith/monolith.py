@@ -1,6 +1,6 @@
 """The shop monolith: catalog, carts, orders and users in one Starlette app over one SQLite file.
 
-    uvicorn sample_monolith.monolith:app --port 8001      # SHOP_DB=/path/shop.db (default: a temp file)
+    uvicorn facade.sample_monolith.monolith:app --port 8001      # SHOP_DB=/path/shop.db (default: a temp file)
 
 Every response carries ``x-served-by: monolith``.
 """

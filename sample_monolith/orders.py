@@ -1,7 +1,7 @@
 """The orders service, carved out of the monolith: ``/orders`` over its own database, pricing every
 order by asking the catalog service for the products.
 
-    ORDERS_CATALOG_URL=http://127.0.0.1:8002 uvicorn sample_monolith.orders:app --port 8003
+    ORDERS_CATALOG_URL=http://127.0.0.1:8002 uvicorn facade.sample_monolith.orders:app --port 8003
 
 In the full demo ``ORDERS_CATALOG_URL`` is the orders sidecar's outbound listener and
 ``ORDERS_CATALOG_HOST=catalog`` names the service the sidecar should reach (over mTLS, where the

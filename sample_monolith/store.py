@@ -83,7 +83,7 @@ class Product:
 
 def load_seed() -> dict[str, Any]:
     """The shipped seed data (``sample_monolith/seed.json``)."""
-    text = resources.files("sample_monolith").joinpath(SEED_FILE).read_text(encoding="utf-8")
+    text = resources.files("facade.sample_monolith").joinpath(SEED_FILE).read_text(encoding="utf-8")
     data: dict[str, Any] = json.loads(text)
     return data
 

@@ -350,7 +350,7 @@ def plan_name(plan: str) -> str:
 def find_locustfile() -> Path:
     """``loadtests/locustfile.py``: from the installed ``loadtests`` package, else next to ``facade``."""
     try:
-        spec = importlib.util.find_spec("loadtests")
+        spec = importlib.util.find_spec("facade.loadtests")
     except (ImportError, ValueError):
         spec = None
     candidates = []

@@ -94,9 +94,9 @@ POLL_INTERVAL = 0.1
 
 # Services of the sample shop that ``facade up`` can run: service name -> ASGI app for uvicorn.
 SHOP_APPS = {
-    "monolith": "sample_monolith.monolith:app",
-    "catalog": "sample_monolith.catalog:app",
-    "orders": "sample_monolith.orders:app",
+    "monolith": "facade.sample_monolith.monolith:app",
+    "catalog": "facade.sample_monolith.catalog:app",
+    "orders": "facade.sample_monolith.orders:app",
 }
 # Where the orders service gets its prices: the first of these services the config runs.
 ORDERS_PRICE_SOURCES = ("catalog", "monolith")
@@ -669,7 +669,7 @@ def _group_alive(running: _Running) -> bool:
 
 def default_config_path(*, mesh: bool = False) -> str:
     """The shipped demo config (``mesh``: the one behind sidecars), wherever ``sample_monolith`` is installed."""
-    return str(resources.files("sample_monolith").joinpath("facade-mesh.yaml" if mesh else "facade.yaml"))
+    return str(resources.files("facade.sample_monolith").joinpath("facade-mesh.yaml" if mesh else "facade.yaml"))
 
 
 def register(sub: Any) -> None:

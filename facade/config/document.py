@@ -25,7 +25,7 @@ from ..yamlfile import (
 )
 
 if TYPE_CHECKING:
-    from mesh.config import MeshSpec  # the optional mesh package reads the mesh: section
+    from facade.mesh.config import MeshSpec  # the optional mesh package reads the mesh: section
 
 from .model import (
     DEFAULT_ADMIN_LISTEN,
@@ -212,7 +212,7 @@ def _read_mesh(node: Node | None, problems: Problems, services: list[str], ctx: 
     if node is None or node.is_null:
         return None
     try:
-        from mesh.config import parse_mesh
+        from facade.mesh.config import parse_mesh
     except ModuleNotFoundError:
         problems.error(node, "the mesh feature is not installed in this build")
         return None

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Literal
 from ..errors import Problem
 
 if TYPE_CHECKING:
-    from mesh.config import MeshSpec  # the optional mesh package reads the mesh: section
+    from facade.mesh.config import MeshSpec  # the optional mesh package reads the mesh: section
 
 
 

@@ -95,7 +95,7 @@ _SPIFFE_RE = re.compile(r"^spiffe://[a-z0-9._-]+(/[A-Za-z0-9._-]+)+$")  # only w
 def _workload_id_problem(text: str) -> str | None:
     """Why ``text`` cannot be a workload's SPIFFE ID (the mesh's own rules when installed), else None."""
     try:
-        from mesh.spiffe import InvalidSpiffeId, SpiffeId
+        from facade.mesh.spiffe import InvalidSpiffeId, SpiffeId
     except ModuleNotFoundError:
         return None if _SPIFFE_RE.match(text) else "not of the form spiffe://<trust-domain>/<path>"
     try:

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from facade.sample_monolith import catalog, monolith
 from prometheus_client.parser import text_string_to_metric_families
 
 from facade.config import load_config
@@ -34,7 +35,6 @@ from facade.shadow import (
 )
 from facade.split import Split
 from facade.upstream import Upstreams
-from sample_monolith import catalog, monolith
 from tests.backends import EchoApp, raw_server
 from tests.harness import write_config
 from tests.servers import bind_loopback, serve_app

@@ -129,13 +129,13 @@ def test_plan_derives_children_and_ports_from_the_config() -> None:
         ("facade", 18080, 1),
     ]
     monolith, catalog, facade = plan.specs
-    assert monolith.argv[:4] == ("/py", "-m", "uvicorn", "sample_monolith.monolith:app")
+    assert monolith.argv[:4] == ("/py", "-m", "uvicorn", "facade.sample_monolith.monolith:app")
     assert monolith.argv[monolith.argv.index("--port") + 1] == "18001"
     assert monolith.health_url == "http://127.0.0.1:18001/healthz"
     assert dict(monolith.env)["SHOP_DB"] == "/s/data/monolith.db"
     assert dict(catalog.env)["CATALOG_DB"] == "/s/data/catalog.db"
     assert dict(catalog.env)["PYTHONPATH"] == "/src"
-    assert catalog.argv[3] == "sample_monolith.catalog:app"
+    assert catalog.argv[3] == "facade.sample_monolith.catalog:app"
     # No mesh: section: the demo's facade runs one worker per core (docs/workers.md).
     assert facade.argv == ("/py", "-m", "facade", "serve", "-c", "/c/facade.yaml", "--workers", "auto")
     assert dict(facade.env)["FACADE_ADMIN_TOKEN"] == "tok"
@@ -234,7 +234,7 @@ def test_orders_prices_from_the_catalog_service_else_the_monolith() -> None:
     config = replace(config, services=(*config.services, orders))
     plan = plan_stack(config, config_path="c", state_dir="/s", python="py", admin_token=None)
     spec = next(s for s in plan.specs if s.name == "orders")
-    assert spec.argv[3] == "sample_monolith.orders:app" and spec.stage == 0
+    assert spec.argv[3] == "facade.sample_monolith.orders:app" and spec.stage == 0
     assert dict(spec.env)["ORDERS_CATALOG_URL"] == "http://127.0.0.1:18002"
     assert dict(spec.env)["ORDERS_DB"] == "/s/data/orders.db"
     without_catalog = replace(config, services=tuple(s for s in config.services if s.name != "catalog"))

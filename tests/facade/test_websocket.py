@@ -22,13 +22,13 @@ from typing import Any
 
 import httpx
 import pytest
+from facade.mesh.spiffe import SpiffeId
+from facade.mesh.tls import client_context
+from facade.mesh.xfcc import parse_xfcc
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
 from facade.split import Split, StickySpec, bucket_of
-from mesh.spiffe import SpiffeId
-from mesh.tls import client_context
-from mesh.xfcc import parse_xfcc
 from tests.backends import EchoApp
 from tests.harness import run_facade
 from tests.mesh.pki import TD, issue

@@ -17,11 +17,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
-
-from mesh.ca import CertificateAuthority
-from mesh.identity import WorkloadIdentity
-from mesh.spiffe import SpiffeId
-from mesh.tls import PeerRejected, verify_peer
+from facade.mesh.ca import CertificateAuthority
+from facade.mesh.identity import WorkloadIdentity
+from facade.mesh.spiffe import SpiffeId
+from facade.mesh.tls import PeerRejected, verify_peer
 
 TD = "shop.local"
 

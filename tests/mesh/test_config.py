@@ -5,11 +5,11 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+from facade.mesh.config import DEFAULT_SVID_TTL_S, MeshSpec
+from facade.mesh.spiffe import SpiffeId
 
 from facade.config import parse_config
 from facade.yamlfile import YamlDocument
-from mesh.config import DEFAULT_SVID_TTL_S, MeshSpec
-from mesh.spiffe import SpiffeId
 
 BASE = """\
 services:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
+from facade.mesh.ca import CertificateAuthority
+from facade.mesh.controlplane import MeshFeature
+from facade.mesh.edge import EdgeIdentity
+from facade.mesh.origination import MeshClientContext
+from facade.mesh.spiffe import SpiffeId
+
 from facade.config import EndpointGroup, ServiceSpec, UpstreamTLS
-from mesh.ca import CertificateAuthority
-from mesh.controlplane import MeshFeature
-from mesh.edge import EdgeIdentity
-from mesh.origination import MeshClientContext
-from mesh.spiffe import SpiffeId
 
 from .pki import TD
 from .stack import mesh_facade

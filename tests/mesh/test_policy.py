@@ -5,11 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-
-from facade.errors import ConfigError
-from facade.normalize import PathRejected, normalize_path
-from facade.yamlfile import Problems, YamlDocument
-from mesh.policy import (
+from facade.mesh.policy import (
     AuthorizationPolicy,
     Condition,
     Operation,
@@ -21,7 +17,11 @@ from mesh.policy import (
     parse_policies,
     policies_for,
 )
-from mesh.spiffe import SpiffeId
+from facade.mesh.spiffe import SpiffeId
+
+from facade.errors import ConfigError
+from facade.normalize import PathRejected, normalize_path
+from facade.yamlfile import Problems, YamlDocument
 
 WEB = SpiffeId.workload("shop.local", "shop", "web")
 ADMIN_TOOL = SpiffeId.workload("shop.local", "ops", "admin-tool")

@@ -8,12 +8,11 @@ from typing import Any
 
 import httpx
 import pytest
-
-from mesh.ca import CertificateAuthority
-from mesh.identity import WorkloadIdentity
-from mesh.reports import MAX_INSTANCES, InboundReports, ReportError, parse_report
-from mesh.spiffe import SpiffeId
-from mesh.svid_auth import sign_request
+from facade.mesh.ca import CertificateAuthority
+from facade.mesh.identity import WorkloadIdentity
+from facade.mesh.reports import MAX_INSTANCES, InboundReports, ReportError, parse_report
+from facade.mesh.spiffe import SpiffeId
+from facade.mesh.svid_auth import sign_request
 
 from .pki import TD
 from .test_controlplane import env

@@ -18,14 +18,14 @@ from typing import Any
 
 import httpx
 import pytest
+from facade.mesh.ca import CertificateAuthority
+from facade.mesh.controlplane import MeshFeature
+from facade.mesh.identity import WorkloadIdentity
+from facade.mesh.sidecar import Sidecar
+from facade.mesh.spiffe import SpiffeId
+from facade.mesh.tls import client_context
+from facade.mesh.xfcc import parse_xfcc
 
-from mesh.ca import CertificateAuthority
-from mesh.controlplane import MeshFeature
-from mesh.identity import WorkloadIdentity
-from mesh.sidecar import Sidecar
-from mesh.spiffe import SpiffeId
-from mesh.tls import client_context
-from mesh.xfcc import parse_xfcc
 from tests.backends import EchoApp
 from tests.servers import bind_loopback, serve_app
 

@@ -1,10 +1,9 @@
 from __future__ import annotations
 
 import pytest
+from facade.mesh.spiffe import InvalidSpiffeId, SpiffeId
 from hypothesis import given
 from hypothesis import strategies as st
-
-from mesh.spiffe import InvalidSpiffeId, SpiffeId
 
 VALID = [
     ("spiffe://shop.local", "shop.local", ""),

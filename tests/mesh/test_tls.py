@@ -9,10 +9,9 @@ import warnings
 from datetime import timedelta
 
 import pytest
-
-from mesh.ca import CertificateAuthority
-from mesh.spiffe import SpiffeId
-from mesh.tls import PeerRejected, RotatingContext, client_context, looks_like_tls, server_context, verify_peer
+from facade.mesh.ca import CertificateAuthority
+from facade.mesh.spiffe import SpiffeId
+from facade.mesh.tls import PeerRejected, RotatingContext, client_context, looks_like_tls, server_context, verify_peer
 
 from .pki import TD, attempt, bare_client_context, der, forge, issue, mesh_server, utcnow
 
@@ -280,9 +279,10 @@ async def test_health_checks_originate_mtls_through_the_pools_spiffe_checking_co
 ) -> None:
     """The pool's one client carries health checks with the mesh's context: the SPIFFE check on the server
     passes for the expected identity and fails the check (never a request byte) for any other."""
+    from facade.mesh.origination import mesh_client_context
+
     from facade.config import EndpointGroup, HealthCheck, ServiceSpec
     from facade.upstream import Upstreams
-    from mesh.origination import mesh_client_context
 
     checks: list[bytes] = []
 

@@ -3,9 +3,8 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-
-from mesh.spiffe import SpiffeId
-from mesh.xfcc import parse_xfcc, xfcc_value
+from facade.mesh.spiffe import SpiffeId
+from facade.mesh.xfcc import parse_xfcc, xfcc_value
 
 from .pki import TD
 

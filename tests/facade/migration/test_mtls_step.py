@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from facade.mesh.controlplane import MeshFeature
+from facade.mesh.sidecar import Sidecar
 
 from facade.runtime import FacadeRuntime
-from mesh.controlplane import MeshFeature
-from mesh.sidecar import Sidecar
 from tests.backends import EchoApp
 from tests.harness import run_facade
 from tests.mesh.stack import port_of, run_sidecar
