@@ -75,9 +75,9 @@ routes:
 def serve_mesh_facade(config_path: str) -> int:
     """The mesh facade process: FacadeRuntime + MeshFeature (what ``facade serve`` does once the lead wires it)."""
     import uvloop
-    from facade.mesh.controlplane import MeshFeature
 
     from facade.config import load_config
+    from facade.mesh.controlplane import MeshFeature
     from facade.runtime import FacadeRuntime
 
     async def main() -> int:

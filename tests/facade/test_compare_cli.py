@@ -9,11 +9,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from facade.sample_monolith import catalog, monolith
 
 from facade.cli import main
 from facade.cli.console import EXIT_INVALID, EXIT_NOT_FOUND, EXIT_OK, EXIT_UNREACHABLE
 from facade.cli.telemetry import format_diffs, render_compare
+from facade.sample_monolith import catalog, monolith
 from tests.facade.migration.stack import TOKEN, migration_stack
 from tests.facade.test_shadow import shadow_facade
 from tests.servers import serve_app

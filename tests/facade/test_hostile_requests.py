@@ -25,10 +25,10 @@ from typing import Any
 
 import httpx
 import pytest
+
 from facade.mesh.sidecar import Sidecar
 from facade.mesh.spiffe import SpiffeId
 from facade.mesh.tls import client_context
-
 from tests.backends import EchoApp, close_immediately, never_answer, raw_server
 from tests.harness import run_facade
 from tests.mesh.pki import TD, issue

@@ -16,12 +16,12 @@ from typing import Any
 
 import httpx
 import pytest
-from facade.sample_monolith import catalog, monolith
 from prometheus_client.parser import text_string_to_metric_families
 
 from facade.config import load_config
 from facade.diff import ResponseSample
 from facade.runtime import FacadeRuntime
+from facade.sample_monolith import catalog, monolith
 from facade.shadow import (
     SHADOW_HEADER,
     ShadowFeature,

@@ -22,12 +22,12 @@ from typing import Any
 
 import httpx
 import pytest
-from facade.mesh.spiffe import SpiffeId
-from facade.mesh.tls import client_context
-from facade.mesh.xfcc import parse_xfcc
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
+from facade.mesh.spiffe import SpiffeId
+from facade.mesh.tls import client_context
+from facade.mesh.xfcc import parse_xfcc
 from facade.split import Split, StickySpec, bucket_of
 from tests.backends import EchoApp
 from tests.harness import run_facade

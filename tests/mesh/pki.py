@@ -17,6 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
+
 from facade.mesh.ca import CertificateAuthority
 from facade.mesh.identity import WorkloadIdentity
 from facade.mesh.spiffe import SpiffeId

@@ -15,10 +15,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from facade.config import load_config
 from facade.mesh.controlplane import MeshFeature
 from facade.mesh.sidecar import Sidecar, SidecarOptions
-
-from facade.config import load_config
 from facade.runtime import FacadeRuntime
 from tests.servers import bind_loopback
 

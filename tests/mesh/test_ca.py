@@ -12,12 +12,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
+from starlette.applications import Starlette
+
 from facade.mesh.ca import CaExists, CaNotFound, CertificateAuthority, CsrRejected, TokenRejected
 from facade.mesh.ca_http import SIGN_PATH, ca_routes
 from facade.mesh.identity import WorkloadIdentity
 from facade.mesh.spiffe import SpiffeId
-from starlette.applications import Starlette
-
 from tests.servers import serve_app
 
 from .pki import TD, utcnow

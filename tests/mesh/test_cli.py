@@ -6,11 +6,11 @@ import stat
 from pathlib import Path
 
 import pytest
-from facade.mesh.identity import WorkloadIdentity
-from facade.mesh.spiffe import SpiffeId
 
 from facade.cli import main
 from facade.cli.console import EXIT_INVALID, EXIT_NOT_FOUND, EXIT_OK, EXIT_REFUSED
+from facade.mesh.identity import WorkloadIdentity
+from facade.mesh.spiffe import SpiffeId
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

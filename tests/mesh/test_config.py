@@ -5,10 +5,10 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-from facade.mesh.config import DEFAULT_SVID_TTL_S, MeshSpec
-from facade.mesh.spiffe import SpiffeId
 
 from facade.config import parse_config
+from facade.mesh.config import DEFAULT_SVID_TTL_S, MeshSpec
+from facade.mesh.spiffe import SpiffeId
 from facade.yamlfile import YamlDocument
 
 BASE = """\

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric import ec
+
 from facade.mesh.ca import CertificateAuthority
 from facade.mesh.controlplane import MeshFeature
 from facade.mesh.identity import WorkloadIdentity
 from facade.mesh.sidecar import Sidecar
 from facade.mesh.spiffe import SpiffeId
 from facade.mesh.svid_auth import sign_request
-
 from facade.runtime import FacadeRuntime
 from tests.backends import EchoApp
 from tests.servers import bind_loopback, serve_app

@@ -16,14 +16,14 @@ from typing import Any
 
 import httpx
 import pytest
+
+from facade.cli import main
+from facade.cli.console import EXIT_INVALID
 from facade.mesh.ca import CertificateAuthority
 from facade.mesh.identity import WorkloadIdentity
 from facade.mesh.sidecar import ControlPlaneError, Sidecar, SidecarOptions
 from facade.mesh.spiffe import SpiffeId
 from facade.mesh.svid_auth import MAX_SKEW_S, ReplayGuard, SignedRequestRejected, sign_request, verify_request
-
-from facade.cli import main
-from facade.cli.console import EXIT_INVALID
 
 from .pki import TD, forge, issue, utcnow
 from .stack import mesh_facade

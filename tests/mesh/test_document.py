@@ -6,11 +6,11 @@ import dataclasses
 import textwrap
 
 import pytest
+
+from facade.config import Config, parse_config
 from facade.mesh.document import DocumentError, SidecarDocument, build_document, policy_from_json, policy_to_json
 from facade.mesh.policy import RequestAttributes, evaluate
 from facade.mesh.spiffe import SpiffeId
-
-from facade.config import Config, parse_config
 from facade.yamlfile import YamlDocument
 
 TEXT = """\

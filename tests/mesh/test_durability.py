@@ -18,16 +18,16 @@ from typing import Any
 import httpx
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from facade.cli import main
+from facade.config import load_config
+from facade.features import attach_features
 from facade.mesh.ca import CertificateAuthority, TokenRejected
 from facade.mesh.controlplane import MeshFeature
 from facade.mesh.identity import WorkloadIdentity
 from facade.mesh.spiffe import SpiffeId
 from facade.mesh.svid_auth import sign_request
 from facade.mesh.tls import client_context
-
-from facade.cli import main
-from facade.config import load_config
-from facade.features import attach_features
 from facade.runtime import FacadeRuntime
 from tests.backends import EchoApp
 from tests.servers import bind_loopback, serve_app

@@ -5,13 +5,12 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
+from facade.config import EndpointGroup, ServiceSpec, UpstreamTLS
 from facade.mesh.ca import CertificateAuthority
 from facade.mesh.controlplane import MeshFeature
 from facade.mesh.edge import EdgeIdentity
 from facade.mesh.origination import MeshClientContext
 from facade.mesh.spiffe import SpiffeId
-
-from facade.config import EndpointGroup, ServiceSpec, UpstreamTLS
 
 from .pki import TD
 from .stack import mesh_facade

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+
+from facade.errors import ConfigError
 from facade.mesh.policy import (
     AuthorizationPolicy,
     Condition,
@@ -18,8 +20,6 @@ from facade.mesh.policy import (
     policies_for,
 )
 from facade.mesh.spiffe import SpiffeId
-
-from facade.errors import ConfigError
 from facade.normalize import PathRejected, normalize_path
 from facade.yamlfile import Problems, YamlDocument
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from facade.mesh.ca import CertificateAuthority
 from facade.mesh.identity import WorkloadIdentity
 from facade.mesh.reports import MAX_INSTANCES, InboundReports, ReportError, parse_report

@@ -17,6 +17,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from facade.cli import main
+from facade.cli.console import EXIT_INVALID
+from facade.config import parse_config
 from facade.mesh.ca import CaError, CertificateAuthority, CsrRejected, TokenRejected
 from facade.mesh.document import DocumentError, SidecarDocument
 from facade.mesh.identity import IdentityError, WorkloadIdentity
@@ -24,10 +28,6 @@ from facade.mesh.policy import PolicyError, Rule, Source
 from facade.mesh.spiffe import InvalidSpiffeId, SpiffeId
 from facade.mesh.svid_auth import sign_request
 from facade.mesh.tls import PeerRejected, verify_peer
-
-from facade.cli import main
-from facade.cli.console import EXIT_INVALID
-from facade.config import parse_config
 from facade.yamlfile import YamlDocument
 
 from .pki import TD, der, forge, issue

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from facade.mesh.origination import mesh_client_context
 from facade.mesh.spiffe import SpiffeId
-
 from tests.backends import EchoApp
 from tests.servers import bind_loopback, serve_app
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from facade.mesh.ca import CertificateAuthority
 from facade.mesh.controlplane import MeshFeature
 from facade.mesh.identity import WorkloadIdentity
@@ -25,7 +26,6 @@ from facade.mesh.sidecar import Sidecar
 from facade.mesh.spiffe import SpiffeId
 from facade.mesh.tls import client_context
 from facade.mesh.xfcc import parse_xfcc
-
 from tests.backends import EchoApp
 from tests.servers import bind_loopback, serve_app
 

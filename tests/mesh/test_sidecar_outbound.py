@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+
 from facade.mesh.spiffe import SpiffeId
 from facade.mesh.xfcc import parse_xfcc
-
 from tests.backends import EchoApp
 from tests.servers import bind_loopback, serve_app
 

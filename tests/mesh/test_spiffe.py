@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 import pytest
-from facade.mesh.spiffe import InvalidSpiffeId, SpiffeId
 from hypothesis import given
 from hypothesis import strategies as st
+
+from facade.mesh.spiffe import InvalidSpiffeId, SpiffeId
 
 VALID = [
     ("spiffe://shop.local", "shop.local", ""),

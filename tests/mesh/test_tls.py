@@ -9,6 +9,7 @@ import warnings
 from datetime import timedelta
 
 import pytest
+
 from facade.mesh.ca import CertificateAuthority
 from facade.mesh.spiffe import SpiffeId
 from facade.mesh.tls import PeerRejected, RotatingContext, client_context, looks_like_tls, server_context, verify_peer
@@ -279,9 +280,8 @@ async def test_health_checks_originate_mtls_through_the_pools_spiffe_checking_co
 ) -> None:
     """The pool's one client carries health checks with the mesh's context: the SPIFFE check on the server
     passes for the expected identity and fails the check (never a request byte) for any other."""
-    from facade.mesh.origination import mesh_client_context
-
     from facade.config import EndpointGroup, HealthCheck, ServiceSpec
+    from facade.mesh.origination import mesh_client_context
     from facade.upstream import Upstreams
 
     checks: list[bytes] = []

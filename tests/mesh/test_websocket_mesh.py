@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import websockets.asyncio.client
 import websockets.exceptions
-from facade.mesh.spiffe import SpiffeId
 
+from facade.mesh.spiffe import SpiffeId
 from tests.backends import EchoApp
 from tests.servers import bind_loopback, serve_app
 

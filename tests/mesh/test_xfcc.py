@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+
 from facade.mesh.spiffe import SpiffeId
 from facade.mesh.xfcc import parse_xfcc, xfcc_value
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import httpx
 import pytest
-from facade.sample_monolith import catalog, monolith, orders
 
+from facade.sample_monolith import catalog, monolith, orders
 from tests.servers import bind_loopback, serve_app
 
 ORDER = {"user_id": 1, "items": [{"product_id": 1, "quantity": 4}, {"product_id": 7, "quantity": 1}]}

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from facade.sample_monolith import catalog, monolith
 
+from facade.sample_monolith import catalog, monolith
 from tests.servers import serve_app
 
 diff = pytest.importorskip("facade.diff")

@@ -9,8 +9,8 @@ from typing import Any
 
 import httpx
 import pytest
-from facade.sample_monolith import catalog, monolith
 
+from facade.sample_monolith import catalog, monolith
 from tests.servers import serve_app
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
 from facade.mesh.controlplane import MeshFeature
 from facade.mesh.sidecar import Sidecar
-
 from facade.runtime import FacadeRuntime
 from tests.backends import EchoApp
 from tests.harness import run_facade
