@@ -69,7 +69,7 @@ from .engine import (
     mirroring_step,
     strict_services,
 )
-from .evidence import SideEvidence, StepEvidence, epoch_key
+from .evidence import FleetWindow, SideEvidence, StepEvidence, epoch_key
 from .gates import (
     GateReport,
     GateResult,
@@ -257,6 +257,7 @@ class MigrationController(Feature):
         self._report_due = False
         # Other instances' gate evidence per (plan, route, epoch) window, as last read from a shared store.
         self._evidence: dict[EvidenceKey, dict[str, StepEvidence]] = {}
+        self._published: dict[EvidenceKey, dict[str, Any]] = {}  # the same, as read (with published_at)
         self._lock = asyncio.Lock()  # one transition at a time in this process
         self._auto: dict[str, asyncio.Task[None]] = {}
         self._pending: _Loaded | None = None  # what check_config accepted, for config_changed to install
@@ -976,6 +977,30 @@ class MigrationController(Feature):
         diffs = telemetry.diff_counts(route)
         return StepEvidence(sides[0], sides[1], diffs.compared, diffs.differing)
 
+    async def fleet_window(self, route: str) -> FleetWindow | None:
+        """``GET /compare`` with replicas: ``route``'s current step summed over every instance sharing the
+        store, read from the store now (this instance's part live); None without a shared store or a
+        running / paused plan on the route (the comparison stays local)."""
+        store = self.store
+        if store is None or not store.shared:
+            return None
+        found = next(((name, plan) for name, plan in self.plans.items()
+                      if route in plan.routes and self._state(name).phase in _ACTIVE), None)
+        if found is None:
+            return None
+        name, plan = found
+        state = self._state(name)
+        key = (name, route, epoch_key(state))
+        error = None
+        try:
+            published = (await asyncio.to_thread(store.evidence, [key])).get(key, {})
+        except StoreUnavailable as exc:  # still an answer: the others' parts as the follower last read them
+            error = f"the migration store is unreachable ({exc}): other instances' numbers are the last ones read"
+            published = self._published.get(key, {})
+        label = step_label(effective_split(plan, state)[route])
+        return FleetWindow.of(route, plan.from_service, plan.to_service, label,
+                              (self.instance, self._local_evidence(plan, route)), published, error)
+
     def _live_windows(self) -> dict[EvidenceKey, tuple[Plan, str]]:
         """The (plan, route, epoch) windows gates judge now: every route of a running or paused plan."""
         windows = {}
@@ -994,6 +1019,7 @@ class MigrationController(Feature):
                     for key, (plan, route) in windows.items()}
             await asyncio.to_thread(store.publish_evidence, self.instance, mine, at=self._clock())
         found = await asyncio.to_thread(store.evidence, list(windows))
+        self._published = found
         me = self.instance
         self._evidence = {key: {who: StepEvidence.from_json(doc) for who, doc in parts.items() if who != me}
                           for key, parts in found.items()}
