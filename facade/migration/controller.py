@@ -23,9 +23,13 @@ It connects the pure core to the running process:
   ``mesh.plaintext_seen(service, since=step_started_at)``;
 - pipelines (``facade.migration.callouts`` does the HTTP): ``prometheus`` gates are queried before
   each decision and status (their values cached per step for ``/metrics``); a move forward that the
-  pure decision allows first asks the hooks (``confirm`` and ``pre_step`` of the step entered,
-  ``post_step`` of the step left) and is held or refused on their verdict; after each commit the
-  plan's ``notify`` targets hear of it, and ``rollback`` hooks of a rollback, in background tasks.
+  pure decision allows first asks the hooks (``rollout`` of the step left on a manual move,
+  ``confirm`` and ``pre_step`` of the step entered, ``post_step`` of the step left) and is held or
+  refused on their verdict; every ``interval`` a check task asks auto mode's ``rollout`` hooks and
+  polls the ``rollback`` hooks (a 2xx rolls back, Flagger's semantics); after each commit the
+  plan's ``notify`` targets and ``event`` hooks hear of it, in background tasks;
+- the lock serialises commits only: Prometheus and hooks are awaited outside it, and a decision
+  commits only if the plan is still at the version it was made on (``_commit_if_current``).
 
 The admin API over this lives in ``facade.migration.api``.
 """
@@ -268,7 +272,7 @@ class MigrationController(Feature):
         self._queries: dict[str, tuple[int, float | None, tuple[QueryResult, ...]]] = {}
         self._queried_at: dict[str, float] = {}  # plan -> monotonic time of those answers
         self._http: httpx.AsyncClient | None = None  # hooks, notifications, Prometheus (never the hot path)
-        self._background: set[asyncio.Task[None]] = set()  # notifications and rollback hooks in flight
+        self._background: set[asyncio.Task[None]] = set()  # notifications and event hooks in flight
 
     def __repr__(self) -> str:
         return f"MigrationController(plans={sorted(self.plans)}, store={self.store!r})"
