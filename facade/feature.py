@@ -26,7 +26,10 @@ When the runtime calls them:
 - ``swapped(snapshot)``: after every swap once the runtime started (reloads, migration steps): the
   worker pool sends the new version to its workers here (``facade.workers``);
 - ``settled()``: awaited after every admin mutation, before it answers: the worker pool returns when
-  every live worker runs the current snapshot version.
+  every live worker runs the current snapshot version;
+- ``fleet_window(route)``: on ``GET /compare`` of a route's current step: the migration controller
+  returns the window summed over every replica sharing its store (``FleetWindow``); None keeps the
+  comparison local.
 
 A feature never assigns to the runtime or its snapshot: it changes what the hot path reads only
 through the runtime's methods (``swap``, ``stage``, ``install_upstreams``, ``install_shadow``,
@@ -42,6 +45,7 @@ if TYPE_CHECKING:
 
     from .config import Config
     from .errors import Problem
+    from .migration.evidence import FleetWindow
     from .snapshot import Snapshot
 
 __all__ = ["Feature", "MeshControl"]
@@ -75,6 +79,9 @@ class Feature:
         return None
 
     async def settled(self) -> None:
+        return None
+
+    async def fleet_window(self, route: str) -> FleetWindow | None:
         return None
 
 

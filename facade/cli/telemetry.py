@@ -148,7 +148,18 @@ def render_compare(report: dict[str, Any]) -> str:
     else:
         scope = "all time"
     heading = f"route {report['route']}: {report['old_backend']} (old) vs {report['new_backend']} (new), {scope}"
-    return f"{heading}\n\n{render_table(comparison)}"
+    return f"{heading}{fleet_line(report)}\n\n{render_table(comparison)}"
+
+
+def fleet_line(report: dict[str, Any]) -> str:
+    """With replicas: which instances the numbers sum, and how old each one's part is ('' when local)."""
+    if report.get("scope") != "fleet":
+        return ""
+    parts = [f"{i['instance']} {i['requests']} req " + ("(live)" if i.get("live") else
+             f"({i['age_s']:.1f} s ago)" if i.get("age_s") is not None else "(age unknown)")
+             for i in report.get("instances") or []]
+    error = f"\n{report['store_error']}" if report.get("store_error") else ""
+    return f"\nsummed over {len(parts)} instance(s): " + ", ".join(parts) + error
 
 
 def format_diffs(report: dict[str, Any]) -> str:

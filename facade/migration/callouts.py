@@ -35,6 +35,7 @@ from .plan import Plan
 __all__ = [
     "EVENT_HEADER",
     "SIGNATURE_HEADER",
+    "call_bound",
     "call_hook",
     "event_payload",
     "is_rollback",
@@ -54,6 +55,11 @@ _MAX_BACKOFF = 2.0
 _MAX_ANSWER = 1 << 20  # a Prometheus answer larger than this is not one value
 
 
+def call_bound(timeout: float, retries: int) -> float:
+    """The longest one hook call can take: every attempt's timeout and the backoffs between them (pure)."""
+    return timeout * (retries + 1) + sum(min(_BACKOFF * 2.0**i, _MAX_BACKOFF) for i in range(retries))
+
+
 def sign(body: bytes, secret: str) -> str:
     """The ``X-Facade-Signature`` value of ``body``."""
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
@@ -66,8 +72,9 @@ def event_payload(
     """The JSON body of a hook call or a JSON notification (pure).
 
     ``step`` is the step the event is about, as people number it: the step being entered for
-    ``confirm`` / ``pre_step``, the step being left for ``post_step`` / ``rollback`` / notifications
-    of a transition away from it.
+    ``confirm`` / ``pre_step``, the step being left for ``post_step`` / notifications of a transition
+    away from it, the current step for ``rollout`` / ``rollback`` checks (a ``check`` transition, from
+    the step to itself).
     """
     steps = len(plan.steps)
     before = display_step(transition.from_phase, transition.from_step, steps)
@@ -128,7 +135,9 @@ async def call_hook(
     if not secret:  # validated at load; the variable was unset since
         return HookOutcome(hook, None, 0, f"environment variable {hook.secret_env} (the hook's secret) is not set")
     body = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
-    headers = {"content-type": "application/json", SIGNATURE_HEADER: sign(body, secret), EVENT_HEADER: hook.kind}
+    # An event hook hears every event: the header names it (the other kinds are asked about one event, their own).
+    event = str(payload.get("event") or hook.kind)
+    headers = {"content-type": "application/json", SIGNATURE_HEADER: sign(body, secret), EVENT_HEADER: event}
     status, error = await _post(client, hook.url, body, headers, hook.timeout, hook.retries)
     return HookOutcome(hook, status[0], status[1], error)
 

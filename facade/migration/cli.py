@@ -147,6 +147,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+_ACTION_MARGIN = 10.0  # seconds an action may take beyond its checks' bound (the commit, a loaded machine)
+
+
 def _cmd_action(args: argparse.Namespace) -> int:
     action = "manual" if args.action == "auto" and getattr(args, "off", False) else args.action
     force = bool(getattr(args, "force", False))
@@ -162,6 +165,9 @@ def _cmd_action(args: argparse.Namespace) -> int:
         seen = client.get(path)
         if isinstance(seen, dict) and isinstance(seen.get("version"), int):
             payload["version"] = seen["version"]
+        # The facade answers once the step's checks (Prometheus, hooks) answered: wait as long as they may take.
+        if not force and isinstance(seen, dict) and isinstance(seen.get("action_timeout"), int | float):
+            client.timeout = max(client.timeout, float(seen["action_timeout"]) + _ACTION_MARGIN)
         body = client.post(f"{path}/{action}", payload)
     except AdminError as exc:
         return _fail(exc, args)

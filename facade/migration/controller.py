@@ -23,9 +23,13 @@ It connects the pure core to the running process:
   ``mesh.plaintext_seen(service, since=step_started_at)``;
 - pipelines (``facade.migration.callouts`` does the HTTP): ``prometheus`` gates are queried before
   each decision and status (their values cached per step for ``/metrics``); a move forward that the
-  pure decision allows first asks the hooks (``confirm`` and ``pre_step`` of the step entered,
-  ``post_step`` of the step left) and is held or refused on their verdict; after each commit the
-  plan's ``notify`` targets hear of it, and ``rollback`` hooks of a rollback, in background tasks.
+  pure decision allows first asks the hooks (``rollout`` of the step left on a manual move,
+  ``confirm`` and ``pre_step`` of the step entered, ``post_step`` of the step left) and is held or
+  refused on their verdict; every ``interval`` a check task asks auto mode's ``rollout`` hooks and
+  polls the ``rollback`` hooks (a 2xx rolls back, Flagger's semantics); after each commit the
+  plan's ``notify`` targets and ``event`` hooks hear of it, in background tasks;
+- the lock serialises commits only: Prometheus and hooks are awaited outside it, and a decision
+  commits only if the plan is still at the version it was made on (``_commit_if_current``).
 
 The admin API over this lives in ``facade.migration.api``.
 """
@@ -53,7 +57,7 @@ from ..feature import Feature
 from ..shadow import ShadowOptions
 from ..split import Split
 from .api import admin_routes as migration_routes
-from .callouts import call_hook, event_payload, is_rollback, query_prometheus, send_notification
+from .callouts import call_bound, call_hook, event_payload, is_rollback, query_prometheus, send_notification
 from .engine import (
     Action,
     MigrationState,
@@ -69,7 +73,7 @@ from .engine import (
     mirroring_step,
     strict_services,
 )
-from .evidence import SideEvidence, StepEvidence, epoch_key
+from .evidence import FleetWindow, SideEvidence, StepEvidence, epoch_key
 from .gates import (
     GateReport,
     GateResult,
@@ -82,7 +86,7 @@ from .gates import (
     with_results,
 )
 from .hooks import Webhook
-from .plan import Plan, load_plans
+from .plan import Plan, Step, load_plans
 from .store import DEFAULT_JOURNAL, EvidenceKey, StateStore, StoreUnavailable
 from .stores import open_store, store_location
 
@@ -90,7 +94,16 @@ if TYPE_CHECKING:
     from ..config import Config
     from ..runtime import FacadeRuntime
 
-__all__ = ["STABLE_STEP", "MigrationController", "check_plans", "combine_reports", "shadow_min_requests", "step_label"]
+__all__ = [
+    "STABLE_STEP",
+    "MigrationController",
+    "action_bound",
+    "check_plans",
+    "check_transition",
+    "combine_reports",
+    "shadow_min_requests",
+    "step_label",
+]
 
 logger = logging.getLogger("facade.migration")
 
@@ -109,6 +122,36 @@ def _moves_forward(transition: Transition) -> bool:
         return transition.from_phase in _ACTIVE
     return transition.to_phase is Phase.RUNNING and (
         transition.from_phase not in _ACTIVE or transition.to_step > transition.from_step)
+
+
+def check_transition(plan: Plan, state: MigrationState, *, actor: str, now: float) -> Transition:
+    """What a hook asked about the current step (``rollout``, ``rollback``) is told: a ``check`` of the step,
+    from the step to itself (pure; never committed)."""
+    return Transition(state=state, expected_version=state.version, plan=plan.name, plan_hash=plan.content_hash,
+                      from_step=state.step, to_step=state.step, from_phase=state.phase, to_phase=state.phase,
+                      action="check", actor=actor, reason="", gates_json="null", at=now)
+
+
+def action_bound(plan: Plan, state: MigrationState) -> float:
+    """Seconds the slowest action on ``state`` may wait for Prometheus and hooks (pure): what the CLI waits.
+
+    A ``next`` / ``resume`` from the current step queries its Prometheus gates, then asks, one kind
+    after the other, its ``rollout`` hooks, ``confirm`` of the step entered, its ``post_step``, and
+    ``pre_step`` of the step entered; hooks of one kind run together (the slowest counts). A
+    ``start`` asks the first step's ``confirm`` / ``pre_step``.
+    """
+    steps = plan.steps
+    active = state.phase in _ACTIVE and state.step < len(steps)
+    current = steps[state.step] if active else None
+    if active:
+        entering = steps[state.step + 1] if state.step + 1 < len(steps) else None
+    else:
+        entering = steps[0] if state.phase in (Phase.PENDING, Phase.ROLLED_BACK) and steps else None
+    total = max((g.timeout for g in current.gates.prometheus), default=0.0) if current is not None else 0.0
+    for kind, step in (("rollout", current), ("confirm", entering), ("post_step", current), ("pre_step", entering)):
+        if step is not None:
+            total += max((call_bound(h.timeout, h.retries) for h in plan.hooks(kind, step)), default=0.0)
+    return total
 
 
 def step_label(split: Split | None) -> str:
@@ -218,6 +261,7 @@ class MigrationController(Feature):
         self._report_due = False
         # Other instances' gate evidence per (plan, route, epoch) window, as last read from a shared store.
         self._evidence: dict[EvidenceKey, dict[str, StepEvidence]] = {}
+        self._published: dict[EvidenceKey, dict[str, Any]] = {}  # the same, as read (with published_at)
         self._lock = asyncio.Lock()  # one transition at a time in this process
         self._auto: dict[str, asyncio.Task[None]] = {}
         self._pending: _Loaded | None = None  # what check_config accepted, for config_changed to install
@@ -228,7 +272,7 @@ class MigrationController(Feature):
         self._queries: dict[str, tuple[int, float | None, tuple[QueryResult, ...]]] = {}
         self._queried_at: dict[str, float] = {}  # plan -> monotonic time of those answers
         self._http: httpx.AsyncClient | None = None  # hooks, notifications, Prometheus (never the hot path)
-        self._background: set[asyncio.Task[None]] = set()  # notifications and rollback hooks in flight
+        self._background: set[asyncio.Task[None]] = set()  # notifications and event hooks in flight
 
     def __repr__(self) -> str:
         return f"MigrationController(plans={sorted(self.plans)}, store={self.store!r})"
@@ -435,6 +479,7 @@ class MigrationController(Feature):
         except StoreUnavailable as exc:  # the status still says what this instance routes
             store_error = f"the migration store is unreachable: {exc}"
         status = migration_status(plan, state, now=now, gate_report=self.gate_report(plan, state), journal=entries)
+        status["action_timeout"] = action_bound(plan, state)  # how long an action may wait for its checks
         if self.store is not None and self.store.shared:
             status["instance"] = self.instance
             status["instances"] = instances
@@ -476,33 +521,48 @@ class MigrationController(Feature):
         if expected_version is not None and expected_version != seen.version:
             return Refusal(f"{name} is at version {seen.version}, not {expected_version}; look at its status "
                            "and try again", "conflict")
+        if self.store is None:
+            return Refusal("migrations have no durable store (the config has no state_dir)")
+        # Prometheus and the hooks are asked WITHOUT the lock: a confirm hook that takes its time must not
+        # hold up a pause or a rollback. The commit below takes the lock and checks that the plan is
+        # still at the version this decision was made on (optimistic); if something else committed
+        # meanwhile, this action is a conflict and the other one stands.
+        if action.name in ("next", "resume") and not action.force:
+            # Only a move that gates decide waits for Prometheus: a pause or a rollback never does.
+            await self._refresh_queries(plan, seen)
+        now = self._clock()
+        report = self.gate_report(plan, seen)
+        result = apply(seen, action, plan=plan, now=now, gate_report=report)
+        if isinstance(result, Refusal):
+            if result.gates is not None and result.gates.status is GateStatus.FAIL:
+                self._announce_refusal(plan, seen, action, result.gates, now)
+            return result
+        if not action.force and _moves_forward(result):
+            # The pure decision lets it move: now the hooks have their say (force skips them too).
+            outcomes = await self._step_hooks(plan, result, report, now, rollout=True)
+            if outcomes:
+                merged = with_results(report, evaluate_hooks(outcomes))
+                if merged.status is not GateStatus.PASS:
+                    if merged.status is GateStatus.FAIL:
+                        self._announce(plan, "gate_failed", result, merged, now)
+                    return Refusal(merged.summary() + " (--force with --reason overrides)", "gate_failed", merged)
+                result = replace(result, gates_json=json.dumps(merged.to_json(), sort_keys=True))
         async with self._lock:
-            plan = self.plans.get(name)
-            if plan is None:
-                return Refusal(f"migration {name!r} was removed by a reload", "not_found")
-            if self.store is None:
-                return Refusal("migrations have no durable store (the config has no state_dir)")
-            if action.name in ("next", "resume") and not action.force:
-                # Only a move that gates decide waits for Prometheus: a pause or a rollback never does.
-                await self._refresh_queries(plan, seen)
-            now = self._clock()
-            report = self.gate_report(plan, seen)
-            result = apply(seen, action, plan=plan, now=now, gate_report=report)
-            if isinstance(result, Refusal):
-                if result.gates is not None and result.gates.status is GateStatus.FAIL:
-                    self._announce_refusal(plan, seen, action, result.gates, now)
-                return result
-            if not action.force and _moves_forward(result):
-                # The pure decision lets it move: now the hooks have their say (force skips them too).
-                outcomes = await self._step_hooks(plan, result, report, now)
-                if outcomes:
-                    merged = with_results(report, evaluate_hooks(outcomes))
-                    if merged.status is not GateStatus.PASS:
-                        if merged.status is GateStatus.FAIL:
-                            self._announce(plan, "gate_failed", result, merged, now)
-                        return Refusal(merged.summary() + " (--force with --reason overrides)", "gate_failed", merged)
-                    result = replace(result, gates_json=json.dumps(merged.to_json(), sort_keys=True))
-            return await self._commit(plan, result)
+            return await self._commit_if_current(plan, result)
+
+    async def _commit_if_current(self, plan: Plan, transition: Transition) -> MigrationState | Refusal:
+        """Commit ``transition`` if the plan is still the one, at the version, it was computed from.
+        Call with ``self._lock`` held (the check and the commit are one step for this process)."""
+        if self.plans.get(plan.name) is not plan:
+            return Refusal(f"migration {plan.name!r} was reloaded or removed while its hooks were asked; "
+                           "look at its status and try again", "conflict")
+        now_at = self._state(plan.name)
+        # Behind (a follower that has not caught up) is for the store's own version check to judge.
+        if now_at.version > transition.expected_version:
+            return Refusal(f"{plan.name} moved to version {now_at.version} ({now_at.phase.value}) while this action "
+                           f"waited for its checks (it was decided at version {transition.expected_version}); look "
+                           "at its status and try again", "conflict")
+        return await self._commit(plan, transition)
 
     async def _commit(self, plan: Plan, transition: Transition) -> MigrationState | Refusal:
         """Commit one transition and put its routing in force. Call with ``self._lock`` held."""
@@ -617,18 +677,24 @@ class MigrationController(Feature):
 
     # -- auto mode ---------------------------------------------------------------------------------
 
+    def _checked(self, name: str) -> bool:
+        """Whether plan ``name`` needs a check every ``interval``: auto mode, or rollback hooks to poll."""
+        state, plan = self.states.get(name), self.plans.get(name)
+        if plan is None or state is None or state.phase not in _ACTIVE:
+            return False
+        return state.auto or bool(plan.hooks("rollback", plan.steps[state.step] if state.step < len(plan.steps)
+                                             else None))
+
     def _sync_auto(self) -> None:
-        """One auto task per plan in auto mode; none for the others."""
+        """One check task per plan in auto mode or with rollback hooks to poll; none for the others."""
         current = asyncio.current_task()
         for name in list(self._auto):
-            state = self.states.get(name)
-            if name not in self.plans or state is None or not state.auto or state.phase not in _ACTIVE:
+            if not self._checked(name):
                 task = self._auto.pop(name)
                 if task is not current:  # an auto task that just turned auto off ends by itself
                     task.cancel()
         for name in self.plans:
-            state = self.states.get(name)
-            if state is not None and state.auto and state.phase in _ACTIVE and name not in self._auto:
+            if self._checked(name) and name not in self._auto:
                 self._auto[name] = asyncio.create_task(self._auto_loop(name), name=f"migration-auto-{name}")
 
     async def _auto_loop(self, name: str) -> None:
@@ -648,37 +714,89 @@ class MigrationController(Feature):
                 logger.exception("migration %s: auto check failed", name)
 
     async def _auto_step(self, name: str, me: asyncio.Task[Any] | None) -> None:
+        """One check of plan ``name``: poll its rollback hooks, then (in auto mode) judge the step.
+
+        The network (the store's leader lock and state, Prometheus, hooks) is awaited without the lock;
+        the commit takes it and re-checks the version the decision was made on.
+        """
+        plan = self.plans.get(name)
+        if plan is None or self.store is None or self._auto.get(name) is not me:
+            return
+        # Of the instances sharing a store, only the leader's checks act; another takes over
+        # (from the durable state read below) when the leader is gone.
+        leading = await self.store.lead()
+        if leading != self._leading:
+            self._leading = leading
+            if self.store.shared:
+                logger.info("auto mode: this instance (%s) %s", self.instance,
+                            "leads now" if leading else "no longer leads")
+        if not leading:
+            return
+        # Read the durable state, not the cache: a transition elsewhere must not be overwritten.
+        state = await asyncio.to_thread(self.store.state, name)
+        if state is None or state.phase not in _ACTIVE or state.step >= len(plan.steps):
+            return
+        now = self._clock()
+        step = plan.steps[state.step]
+        rollback = await self._poll_rollback(plan, state, step, now)
+        if rollback is not None:
+            async with self._lock:
+                await self._commit_if_current(plan, rollback)
+            return
+        if not state.auto:
+            return
+        checks: tuple[HookOutcome, ...] = ()
+        if state.phase is Phase.RUNNING:
+            # Flagger's rollout hooks: asked at every check, before the gates; a failure counts like a gate's.
+            checks = await self._call_hooks(plan, plan.hooks("rollout", step), state, now, report=None)
+        await self._refresh_queries(plan, state)
+        report = self.gate_report(plan, state)
+        if report is None:
+            return
+        if checks:
+            report = with_results(report, evaluate_hooks(checks))
+        transition = auto_tick(state, plan=plan, now=now, gate_report=report)
+        if transition is not None and _moves_forward(transition):
+            outcomes = await self._step_hooks(plan, transition, report, now)
+            if outcomes:  # decide again with the hooks' verdicts: a confirm holds, a failing hook counts
+                transition = auto_tick(state, plan=plan, now=now,
+                                       gate_report=with_results(report, evaluate_hooks(outcomes)))
+        if transition is None:
+            return
         async with self._lock:
-            plan = self.plans.get(name)
-            if plan is None or self.store is None or self._auto.get(name) is not me:
+            if self._auto.get(name) is not me:  # auto mode was turned off (or the plan reloaded) meanwhile
                 return
-            # Of the instances sharing a store, only the leader's auto mode acts; another takes over
-            # (from the durable state read below) when the leader is gone.
-            leading = await self.store.lead()
-            if leading != self._leading:
-                self._leading = leading
-                if self.store.shared:
-                    logger.info("auto mode: this instance (%s) %s", self.instance,
-                                "leads now" if leading else "no longer leads")
-            if not leading:
-                return
-            # Read the durable state, not the cache: a transition elsewhere must not be overwritten.
-            state = await asyncio.to_thread(self.store.state, name)
-            if state is None:
-                return
-            await self._refresh_queries(plan, state)
-            report = self.gate_report(plan, state)
-            if report is None:
-                return
-            now = self._clock()
-            transition = auto_tick(state, plan=plan, now=now, gate_report=report)
-            if transition is not None and _moves_forward(transition):
-                outcomes = await self._step_hooks(plan, transition, report, now)
-                if outcomes:  # decide again with the hooks' verdicts: a confirm holds, a failing hook counts
-                    transition = auto_tick(state, plan=plan, now=now,
-                                           gate_report=with_results(report, evaluate_hooks(outcomes)))
-            if transition is not None:
-                await self._commit(plan, transition)
+            await self._commit_if_current(plan, transition)
+
+    async def _call_hooks(
+        self, plan: Plan, hooks: tuple[Webhook, ...], state: MigrationState, now: float, *, report: GateReport | None
+    ) -> tuple[HookOutcome, ...]:
+        """Ask ``hooks`` (all at once) about the current step of ``state`` (a ``check`` transition)."""
+        if not hooks:
+            return ()
+        asked = check_transition(plan, state, actor="auto", now=now)
+        client = self._client()
+        return tuple(await asyncio.gather(*(call_hook(client, hook, event_payload(
+            plan, hook.kind, asked, report, now=now, hook=hook)) for hook in hooks)))
+
+    async def _poll_rollback(
+        self, plan: Plan, state: MigrationState, step: Step, now: float
+    ) -> Transition | None:
+        """Flagger's rollback hooks: polled at every check of a running or paused plan; the first 2xx
+        rolls everything back to ``from`` (a manual rollback by the hook: auto mode ends). Any other
+        answer, or none, changes nothing."""
+        outcomes = await self._call_hooks(plan, plan.hooks("rollback", step), state, now, report=None)
+        asked = next((o for o in outcomes if o.ok), None)
+        if asked is None:
+            return None
+        reason = f"rollback hook {asked.hook.name} answered {asked.status}"
+        result = apply(state, Action("rollback", actor=f"webhook:{asked.hook.name}", reason=reason, to=0),
+                       plan=plan, now=now)
+        if isinstance(result, Refusal):
+            logger.warning("migration %s: %s, but the rollback was refused: %s", plan.name, reason, result.reason)
+            return None
+        logger.warning("migration %s: %s: rolling back to %s", plan.name, reason, plan.from_service)
+        return result
 
     # -- pipelines: Prometheus gates, hooks, notifications -------------------------------------------
 
@@ -709,15 +827,19 @@ class MigrationController(Feature):
         self._queried_at[plan.name] = time.monotonic()
 
     async def _step_hooks(
-        self, plan: Plan, transition: Transition, report: GateReport | None, now: float
+        self, plan: Plan, transition: Transition, report: GateReport | None, now: float, *, rollout: bool = False
     ) -> tuple[HookOutcome, ...]:
         """Call the hooks of a move forward, in order, stopping at the first kind that does not pass:
-        ``confirm`` of the step entered, ``post_step`` of the step left, ``pre_step`` of the step entered."""
+        (with ``rollout``: the ``rollout`` hooks of the step left, the check a manual move makes; auto mode
+        asks them at every check instead) ``confirm`` of the step entered, ``post_step`` of the step left,
+        ``pre_step`` of the step entered. Call without the lock: this waits for the network."""
         steps = plan.steps
         leaving = steps[transition.from_step] if transition.from_phase in _ACTIVE and transition.from_step < len(steps) \
             else None
         entering = steps[transition.to_step] if transition.to_phase is Phase.RUNNING else None
         sequence = []
+        if rollout and leaving is not None:
+            sequence.append(plan.hooks("rollout", leaving))
         if entering is not None:
             sequence.append(plan.hooks("confirm", entering))
         if leaving is not None:
@@ -737,15 +859,10 @@ class MigrationController(Feature):
         return tuple(outcomes)
 
     def _after_commit(self, plan: Plan, transition: Transition) -> None:
-        """Tell the plan's notification targets (and, on a rollback, its rollback hooks) what was committed."""
+        """Tell the plan's notification targets and event hooks what was committed."""
         report = json.loads(transition.gates_json)  # the gate values as committed in the journal
         if is_rollback(transition):
             event = "rollback"
-            leaving = plan.steps[transition.from_step] if transition.from_phase in _ACTIVE and \
-                transition.from_step < len(plan.steps) else None
-            for hook in plan.hooks("rollback", leaving):
-                payload = event_payload(plan, "rollback", transition, report, now=transition.at, hook=hook)
-                self._spawn(self._notify_hook(hook, payload))
         elif transition.action == "tick" and report is not None and report.get("status") == GateStatus.FAIL.value:
             event = "gate_failed"
         else:
@@ -763,16 +880,29 @@ class MigrationController(Feature):
     def _announce(
         self, plan: Plan, event: str, transition: Transition, report: GateReport | dict[str, Any] | None, now: float
     ) -> None:
-        if not plan.notify:
-            return
         payload = event_payload(plan, event, transition, report, now=now)
         for target in plan.notify:
             self._spawn(send_notification(self._client(), target, payload))
+        # Flagger's event hooks: every event, signed, with the hook's metadata; the answer is only logged.
+        for hook in self._event_hooks(plan, transition):
+            self._spawn(self._notify_hook(hook, event_payload(plan, event, transition, report, now=now, hook=hook)))
+
+    @staticmethod
+    def _event_hooks(plan: Plan, transition: Transition) -> tuple[Webhook, ...]:
+        """The plan's event hooks and those of the step the event leaves or enters (each once)."""
+        steps = plan.steps
+        around = [steps[i] for i, phase in ((transition.from_step, transition.from_phase),
+                                            (transition.to_step, transition.to_phase))
+                  if phase in _ACTIVE and i < len(steps)]
+        hooks = [*plan.hooks("event", None)]
+        for step in around:
+            hooks.extend(h for h in step.webhooks if h.kind == "event" and h not in hooks)
+        return tuple(hooks)
 
     async def _notify_hook(self, hook: Webhook, payload: dict[str, Any]) -> None:
         outcome = await call_hook(self._client(), hook, payload)
         if not outcome.ok:
-            logger.warning("rollback hook %s (%s): %s", hook.name, hook.url,
+            logger.warning("%s hook %s (%s): %s", hook.kind, hook.name, hook.url,
                            f"answered {outcome.status}" if outcome.status is not None else outcome.error)
 
     def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
@@ -851,6 +981,30 @@ class MigrationController(Feature):
         diffs = telemetry.diff_counts(route)
         return StepEvidence(sides[0], sides[1], diffs.compared, diffs.differing)
 
+    async def fleet_window(self, route: str) -> FleetWindow | None:
+        """``GET /compare`` with replicas: ``route``'s current step summed over every instance sharing the
+        store, read from the store now (this instance's part live); None without a shared store or a
+        running / paused plan on the route (the comparison stays local)."""
+        store = self.store
+        if store is None or not store.shared:
+            return None
+        found = next(((name, plan) for name, plan in self.plans.items()
+                      if route in plan.routes and self._state(name).phase in _ACTIVE), None)
+        if found is None:
+            return None
+        name, plan = found
+        state = self._state(name)
+        key = (name, route, epoch_key(state))
+        error = None
+        try:
+            published = (await asyncio.to_thread(store.evidence, [key])).get(key, {})
+        except StoreUnavailable as exc:  # still an answer: the others' parts as the follower last read them
+            error = f"the migration store is unreachable ({exc}): other instances' numbers are the last ones read"
+            published = self._published.get(key, {})
+        label = step_label(effective_split(plan, state)[route])
+        return FleetWindow.of(route, plan.from_service, plan.to_service, label,
+                              (self.instance, self._local_evidence(plan, route)), published, error)
+
     def _live_windows(self) -> dict[EvidenceKey, tuple[Plan, str]]:
         """The (plan, route, epoch) windows gates judge now: every route of a running or paused plan."""
         windows = {}
@@ -869,6 +1023,7 @@ class MigrationController(Feature):
                     for key, (plan, route) in windows.items()}
             await asyncio.to_thread(store.publish_evidence, self.instance, mine, at=self._clock())
         found = await asyncio.to_thread(store.evidence, list(windows))
+        self._published = found
         me = self.instance
         self._evidence = {key: {who: StepEvidence.from_json(doc) for who, doc in parts.items() if who != me}
                           for key, parts in found.items()}

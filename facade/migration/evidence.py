@@ -22,7 +22,7 @@ from ..stats import DiffCounts, SideStats
 from ..telemetry.histogram import LogLinearHistogram
 from .engine import MigrationState
 
-__all__ = ["SideEvidence", "StepEvidence", "epoch_key"]
+__all__ = ["Contribution", "FleetWindow", "SideEvidence", "StepEvidence", "epoch_key"]
 
 
 def epoch_key(state: MigrationState) -> str:
@@ -91,6 +91,61 @@ class StepEvidence:
                 counts[i] += value
         return cls(SideEvidence(counts[0], counts[1], old.counts), SideEvidence(counts[2], counts[3], new.counts),
                    counts[4], counts[5])
+
+
+@dataclass(frozen=True, slots=True)
+class Contribution:
+    """One instance's part of a fleet-wide window: how many requests it counted, and how old that count is."""
+
+    instance: str
+    requests: int  # old + new requests of its summary
+    compared: int  # shadow comparisons of its summary
+    live: bool  # this instance's window, read now (the others' are as last published)
+    published_at: float | None = None  # the publisher's clock when it stored the summary (None: unknown or live)
+
+    def to_json(self, *, now: float) -> dict[str, Any]:
+        age = 0.0 if self.live else None if self.published_at is None else round(max(0.0, now - self.published_at), 3)
+        return {"instance": self.instance, "requests": self.requests, "compared": self.compared,
+                "live": self.live, "age_s": age}
+
+
+@dataclass(frozen=True, slots=True)
+class FleetWindow:
+    """A route's current-step window summed over every instance that shares the store (what gates judge).
+
+    ``facade compare`` reports it instead of the local window when it is about the same backends and
+    step; ``error`` says why the other instances' part is the last one read rather than a fresh one.
+    """
+
+    route: str
+    old_service: str
+    new_service: str
+    step: str  # the step label, as the proxy records it
+    evidence: StepEvidence
+    contributions: tuple[Contribution, ...]
+    error: str | None = None
+
+    @classmethod
+    def of(cls, route: str, old: str, new: str, step: str, mine: tuple[str, StepEvidence],
+           published: Mapping[str, Mapping[str, Any]], error: str | None = None) -> FleetWindow:
+        """This instance's live window plus every other instance's published one (pure); a summary this
+        instance published earlier is replaced by its live numbers."""
+        me, local = mine
+        others = {who: doc for who, doc in published.items() if who != me}
+        parts = [(me, local, None)] + [(who, StepEvidence.from_json(doc), _published_at(doc))
+                                       for who, doc in sorted(others.items())]
+        contributions = tuple(Contribution(who, e.old.requests + e.new.requests, e.compared, who == me, at)
+                              for who, e, at in parts)
+        return cls(route, old, new, step, StepEvidence.total(e for _, e, _ in parts), contributions, error)
+
+    def to_json(self, *, now: float) -> dict[str, Any]:
+        return {"scope": "fleet", "instances": [c.to_json(now=now) for c in self.contributions],
+                "store_error": self.error}
+
+
+def _published_at(doc: Mapping[str, Any]) -> float | None:
+    at = doc.get("published_at")
+    return float(at) if isinstance(at, int | float) else None
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -5,7 +5,7 @@ Parsed here (with positions), called in ``facade.migration.callouts`` (the I/O e
 
     webhooks:
       - name: approve                 # default: the kind
-        kind: confirm                 # confirm | pre_step | post_step | rollback
+        kind: confirm                 # confirm | pre_step | post_step | rollout | rollback | event
         url: http://127.0.0.1:9000/approve
         timeout: 5s                   # each attempt (default 10s, at most 60s)
         retries: 2                    # further attempts after a transport error or a 5xx (default 0, at most 5)
@@ -47,8 +47,8 @@ __all__ = [
     "read_webhooks",
 ]
 
-HookKind = Literal["confirm", "pre_step", "post_step", "rollback"]
-HOOK_KINDS: tuple[HookKind, ...] = ("confirm", "pre_step", "post_step", "rollback")
+HookKind = Literal["confirm", "pre_step", "post_step", "rollout", "rollback", "event"]
+HOOK_KINDS: tuple[HookKind, ...] = ("confirm", "pre_step", "post_step", "rollout", "rollback", "event")
 NotifyFormat = Literal["json", "slack"]
 DEFAULT_HOOK_TIMEOUT = 10.0  # Flagger's webhook timeout default
 MAX_HOOK_TIMEOUT = 60.0  # an approval is re-asked every check; a minute per attempt is already long

@@ -237,9 +237,10 @@ class PostgresStore:
         found: dict[EvidenceKey, dict[str, Any]] = {}
         with self._connect() as db:
             for plan, route, epoch in keys:
-                rows = db.execute("SELECT instance, evidence_json FROM facade_evidence "
+                rows = db.execute("SELECT instance, evidence_json, published_at FROM facade_evidence "
                                   "WHERE plan = %s AND route = %s AND epoch = %s", (plan, route, epoch)).fetchall()
-                found[(plan, route, epoch)] = {str(instance): json.loads(text) for instance, text in rows}
+                found[(plan, route, epoch)] = {str(instance): {**json.loads(text), "published_at": float(at)}
+                                               for instance, text, at in rows}
         return found
 
     # -- following and leading (on the event loop, each on a connection of its own) ----------------

@@ -172,7 +172,8 @@ class StateStore(Protocol):
         ...
 
     def evidence(self, keys: Collection[EvidenceKey]) -> dict[EvidenceKey, dict[str, Any]]:
-        """Every instance's published evidence of each window: key -> {instance: decoded JSON}."""
+        """Every instance's published evidence of each window: key -> {instance: decoded JSON}; each
+        document also carries ``published_at``, the publisher's clock when it was stored (its staleness)."""
         ...
 
     async def wait_for_change(self, timeout: float) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ from ..feature import Feature
 
 if TYPE_CHECKING:
     from ..config import Config
+    from ..migration.evidence import FleetWindow
     from ..runtime import FacadeRuntime
     from ..split import Split
 
@@ -44,8 +46,13 @@ def _route_param(runtime: FacadeRuntime, request: Request) -> str:
     return route
 
 
-def compare_view(runtime: FacadeRuntime, params: Mapping[str, str]) -> dict[str, Any]:
-    """``GET /compare``: the route's old (primary) vs new (candidate) backend over a step or a window."""
+def compare_view(runtime: FacadeRuntime, params: Mapping[str, str], fleet: FleetWindow | None = None) -> dict[str, Any]:
+    """``GET /compare``: the route's old (primary) vs new (candidate) backend over a step or a window.
+
+    With ``fleet`` (replicas sharing a migration store) a comparison of the route's current step and
+    its migration's backends reports the sum over every replica (``scope: fleet``, with each replica's
+    part and age); anything else (a window, a past step, other backends) is this instance's (``local``).
+    """
     route = params["route"]
     step = params.get("step") or None
     window_text = params.get("window") or None
@@ -75,8 +82,15 @@ def compare_view(runtime: FacadeRuntime, params: Mapping[str, str]) -> dict[str,
         diffs = telemetry.diff_counts(route, step=step, window=window)
     except ValueError as exc:
         raise _BadQuery(400, {"error": str(exc)}) from None
+    fleet_wide = fleet is not None and window is None and step in (None, fleet.step) and \
+        (old, new) == (fleet.old_service, fleet.new_service)
+    if fleet_wide:
+        assert fleet is not None
+        old_stats, new_stats = fleet.evidence.old.stats(), fleet.evidence.new.stats()
+        diffs = fleet.evidence.diffs(diffs.noise_fields)
     comparison = compare(old_stats, new_stats, diffs)
     return {
+        **(fleet.to_json(now=time.time()) if fleet is not None and fleet_wide else {"scope": "local"}),
         "route": route,
         "old_backend": old,
         "new_backend": new,
@@ -155,7 +169,10 @@ class ShadowFeature(Feature):
         async def compare_endpoint(request: Request) -> Response:
             try:
                 params = dict(request.query_params) | {"route": _route_param(runtime, request)}
-                return JSONResponse(compare_view(runtime, params))
+                fleet = None
+                for feature in runtime.features:  # replicas: the migration controller sums their windows
+                    fleet = fleet or await feature.fleet_window(params["route"])
+                return JSONResponse(compare_view(runtime, params, fleet))
             except _BadQuery as bad:
                 return JSONResponse(bad.body, status_code=bad.status)
 

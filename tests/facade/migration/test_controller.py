@@ -574,3 +574,23 @@ async def test_plan_shadow_options_reach_the_sender_and_decide_what_counts_as_a_
         # Rolled back: the route compares with the sender's defaults again.
         await s.act("shop", "rollback", to=0)
         assert sender.options_for("catalog") is sender.options
+
+
+async def test_compare_stays_local_with_the_sqlite_store(tmp_path: Path) -> None:
+    """Without a shared store there is no other instance: compare reports this facade's window, and says so."""
+    text = """\
+    name: shop
+    route: catalog
+    from: monolith
+    to: catalog
+    steps:
+      - weight: 100
+    """
+    async with migration_stack(tmp_path, text) as s:
+        assert (await s.act("shop", "start")).status_code == 200
+        for _ in range(7):
+            assert await s.served_by() == "catalog"
+        assert await s.controller.fleet_window("catalog") is None
+        doc = (await s.admin.get("/compare", params={"route": "catalog"})).json()
+        assert doc["scope"] == "local" and "instances" not in doc
+        assert (doc["old"]["requests"], doc["new"]["requests"]) == (0, 7)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from facade.migration.engine import MigrationState, Phase
-from facade.migration.evidence import SideEvidence, StepEvidence, epoch_key
+from facade.migration.evidence import FleetWindow, SideEvidence, StepEvidence, epoch_key
 from facade.telemetry.histogram import LogLinearHistogram
 
 
@@ -39,3 +39,19 @@ def test_a_window_is_named_by_when_its_step_began() -> None:
     paused = MigrationState("shop", Phase.PAUSED, step=1, version=4, step_started_at=1000.5)
     again = MigrationState("shop", Phase.RUNNING, step=1, version=7, step_started_at=2000.0)  # after a rollback
     assert epoch_key(running) == epoch_key(paused) != epoch_key(again)
+
+
+def test_a_fleet_window_sums_the_live_local_part_and_the_others_as_published() -> None:
+    mine = StepEvidence(SideEvidence(3, 1, {10: 3}), SideEvidence(4, 0, {12: 4}), compared=2, differing=1)
+    stale_self = {**StepEvidence(SideEvidence(1), SideEvidence(1)).to_json(), "published_at": 90.0}
+    other = {**StepEvidence(SideEvidence(5, 2, {10: 5}), SideEvidence(6, 1, {12: 6})).to_json(), "published_at": 98.5}
+    unknown_age = StepEvidence(SideEvidence(1), SideEvidence(0)).to_json()
+    fleet = FleetWindow.of("catalog", "monolith", "catalog", "shop step 1: weight 50", ("me", mine),
+                           {"me": stale_self, "b": other, "c": unknown_age})
+    assert (fleet.evidence.old.requests, fleet.evidence.new.requests) == (9, 10)  # me live (not 1+1) + b + c
+    assert (fleet.evidence.old.errors, fleet.evidence.new.errors, fleet.evidence.compared) == (3, 1, 2)
+    assert fleet.to_json(now=100.0) == {"scope": "fleet", "store_error": None, "instances": [
+        {"instance": "me", "requests": 7, "compared": 2, "live": True, "age_s": 0.0},
+        {"instance": "b", "requests": 11, "compared": 0, "live": False, "age_s": 1.5},
+        {"instance": "c", "requests": 1, "compared": 0, "live": False, "age_s": None},
+    ]}

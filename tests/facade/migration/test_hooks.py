@@ -82,8 +82,8 @@ def test_a_plan_with_hooks_notifications_and_a_prometheus_gate() -> None:
     ("change", "expected"),
     [
         (("kind: confirm", "kind: approve"),
-         ("plan.yaml:16:31: steps[1].webhooks[0].kind: must be one of confirm, pre_step, post_step, rollback, "
-         "got 'approve'")),
+         ("plan.yaml:16:31: steps[1].webhooks[0].kind: must be one of confirm, pre_step, post_step, rollout, "
+          "rollback, event, got 'approve'")),
         (('url: "http://127.0.0.1:9/approve"', 'url: "ftp://127.0.0.1/approve"'),
          ("plan.yaml:16:45: steps[1].webhooks[0].url: bad URL 'ftp://127.0.0.1/approve': expected "
          "http://HOST[:PORT]/PATH or https://...")),

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from starlette.routing import Route
 
 from facade.migration.callouts import EVENT_HEADER, SIGNATURE_HEADER
 from tests.backends import never_answer, raw_server
-from tests.facade.migration.stack import migration_stack
+from tests.facade.migration.stack import TOKEN, migration_stack
 from tests.servers import serve_app
 
 SECRET = "hook-s3cret"
@@ -42,12 +43,14 @@ class Recorder:
 
     statuses: dict[str, int] = field(default_factory=dict)
     received: list[Received] = field(default_factory=list)
+    delays: dict[str, float] = field(default_factory=dict)  # seconds before answering ``path``
 
     def app(self) -> Starlette:
         async def record(request: Request) -> Response:
             body = await request.body()
             path = request.url.path
             self.received.append(Received(path, dict(request.headers), body))
+            await asyncio.sleep(self.delays.get(path, 0.0))
             return JSONResponse({"ok": True}, status_code=self.statuses.get(path, 200))
 
         return Starlette(routes=[Route("/{path:path}", record, methods=["POST"])])
@@ -173,7 +176,8 @@ async def test_notifications_tell_of_every_transition_gate_failure_and_rollback(
     async with serve_app(rec.app()) as url:
         notify = (f"notify:\n      - {{url: \"{url}/events\", secret_env: FACADE_TEST_HOOK_SECRET}}\n"
                   f"      - {{url: \"{url}/slack\", format: slack}}\n    webhooks:\n"
-                  f"      - {{kind: rollback, url: \"{url}/rolled-back\", secret_env: FACADE_TEST_HOOK_SECRET}}")
+                  f"      - {{kind: event, url: \"{url}/every-event\", secret_env: FACADE_TEST_HOOK_SECRET, "
+                  "metadata: {team: shop}}")
         text = plan(hook("post_step", f"{url}/post"), notify=notify,
                     gates="gates: {error_rate: {max: 1%}, min_requests: 5}")
         async with migration_stack(tmp_path, text) as s:
@@ -205,8 +209,11 @@ async def test_notifications_tell_of_every_transition_gate_failure_and_rollback(
             rolled = verified(events[2])
             assert rolled["event"] == "rollback" and rolled["transition"]["reason"] == "candidate answers 500"
             assert rolled["transition"]["to_state"] == "rolled_back"
-            hooked = verified((await rec.wait_for("/rolled-back", 1))[0])
-            assert hooked["event"] == "rollback" and hooked["step"] == 1
+            # The event hook (Flagger's `event` kind) heard the same three events, signed, with its metadata.
+            hooked = await rec.wait_for("/every-event", 3)
+            assert [verified(h)["event"] for h in hooked] == ["transition", "gate_failed", "rollback"]
+            assert [h.headers[EVENT_HEADER.lower()] for h in hooked] == ["transition", "gate_failed", "rollback"]
+            assert verified(hooked[2])["step"] == 1 and verified(hooked[2])["metadata"] == {"team": "shop"}
 
             slack = await rec.wait_for("/slack", 3)
             texts = [m.json["text"] for m in slack]
@@ -259,3 +266,129 @@ async def test_plan_hooks_ask_about_every_step_from_start_to_completion(tmp_path
             rec.statuses["/post"] = 200
             assert (await s.act("shop", "next")).json()["state"] == "completed"
             assert len(rec.at("/approve")) == 3  # nothing is entered on completion: no confirm asked
+
+
+async def _until(check: Any, *, within: float, what: str) -> None:
+    """Poll the coroutine function ``check`` until it returns true; fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not await check():
+        assert time.monotonic() < deadline, f"not within {within}s: {what}"
+        await asyncio.sleep(0.05)
+
+
+def staged(step_one_hooks: str, *, head: str = "") -> str:
+    """A two-step plan whose first step carries ``step_one_hooks`` (a ``webhooks:`` list's entries)."""
+    return f"""\
+    name: shop
+    route: catalog
+    from: monolith
+    to: catalog
+    {head}
+    steps:
+      - weight: 10
+        webhooks:
+{step_one_hooks}
+      - weight: 100
+    """
+
+
+async def test_a_rollout_hook_fails_a_manual_next_and_counts_as_a_failed_check_in_auto_mode(tmp_path: Path) -> None:
+    rec = Recorder(statuses={"/smoke": 500})
+    async with serve_app(rec.app()) as url:
+        text = staged(hook("rollout", f"{url}/smoke", name="smoke"), head="interval: 100ms\n    threshold: 3")
+        async with migration_stack(tmp_path, text) as s:
+            assert (await s.act("shop", "start")).status_code == 200
+            refused = await s.act("shop", "next")  # the step's check asks its rollout hook: 500 fails it
+            assert refused.status_code == 409 and refused.json()["gates"]["status"] == "fail"
+            assert "webhook.rollout.smoke: answered 500" in refused.json()["error"]
+            asked = verified(rec.at("/smoke")[0])
+            assert (asked["event"], asked["step"]) == ("rollout", 1)  # about the step being checked
+            assert rec.at("/smoke")[0].headers[EVENT_HEADER.lower()] == "rollout"
+
+            # Auto mode asks it at every check, before the gates: each failure counts towards threshold.
+            assert (await s.act("shop", "auto")).status_code == 200
+
+            async def rolled_back() -> bool:
+                return (await s.status("shop"))["state"] == "rolled_back"
+
+            await _until(rolled_back, within=15, what="three failed rollout checks roll the plan back")
+            journal = (await s.status("shop"))["journal"]
+            assert [e["action"] for e in journal][-3:] == ["tick", "tick", "auto_rollback"]
+            assert "webhook.rollout.smoke: answered 500" in journal[-1]["reason"]
+            checks = [verified(r) for r in rec.at("/smoke")[1:]]
+            assert len(checks) >= 3 and {c["transition"]["action"] for c in checks} == {"check"}
+
+
+async def test_a_rollback_hook_answering_2xx_rolls_the_plan_back(tmp_path: Path) -> None:
+    """Flagger's rollback hook is a manual-rollback gate polled during the step, not a notification."""
+    rec = Recorder(statuses={"/abort": 404})
+    async with serve_app(rec.app()) as url:
+        text = staged(hook("rollback", f"{url}/abort", name="pager"),
+                      head=f"interval: 100ms\n    notify: [{{url: \"{url}/events\"}}]")
+        async with migration_stack(tmp_path, text) as s:
+            assert (await s.act("shop", "start")).status_code == 200  # manual mode: still polled
+            await rec.wait_for("/abort", 3)
+            status = await s.status("shop")
+            assert (status["state"], status["step"]) == ("running", 1)  # a non-2xx changes nothing
+            polled = verified(rec.at("/abort")[0])
+            assert (polled["event"], polled["step"], polled["transition"]["action"]) == ("rollback", 1, "check")
+
+            rec.statuses["/abort"] = 200  # the on-call engineer presses the button
+
+            async def rolled_back() -> bool:
+                return (await s.status("shop"))["state"] == "rolled_back"
+
+            await _until(rolled_back, within=10, what="the rollback hook's 2xx rolls the plan back")
+            entry = (await s.status("shop"))["journal"][-1]
+            assert (entry["action"], entry["actor"]) == ("rollback", "webhook:pager")
+            assert entry["reason"] == "rollback hook pager answered 200"
+            assert await s.served_by() == "monolith"
+            events = [m.json for m in await rec.wait_for("/events", 2)]
+            assert events[-1]["event"] == "rollback" and events[-1]["transition"]["actor"] == "webhook:pager"
+            polls = len(rec.at("/abort"))
+            await asyncio.sleep(0.5)  # five intervals: a rolled-back plan is polled no more
+            assert len(rec.at("/abort")) == polls
+
+
+async def test_a_slow_confirm_hook_does_not_block_a_rollback_which_wins(tmp_path: Path) -> None:
+    rec = Recorder(delays={"/approve": 3.0})
+    async with serve_app(rec.app()) as url:
+        async with migration_stack(tmp_path, plan(hook("confirm", f"{url}/approve", timeout="10s"))) as s:
+            assert (await s.act("shop", "start")).status_code == 200
+            waiting = asyncio.create_task(s.act("shop", "next"))
+            await rec.wait_for("/approve", 1)  # the hook is being asked (it answers in 3 s)
+            rolled = await s.act("shop", "rollback", reason="page from on-call")
+            assert rolled.status_code == 200, rolled.text
+            assert not waiting.done()  # the rollback answered while the confirm hook still hangs
+            assert rolled.json()["state"] == "rolled_back"
+            late = await waiting  # the hook approved, but the plan moved meanwhile: the rollback stands
+            assert late.status_code == 409 and late.json()["code"] == "conflict", late.text
+            assert "while this action waited for its checks" in late.json()["error"]
+            status = await s.status("shop")
+            assert status["state"] == "rolled_back"
+            assert [e["action"] for e in status["journal"]] == ["start", "rollback"]
+
+
+@pytest.mark.slow
+async def test_migrate_next_waits_as_long_as_the_steps_hooks_may_take(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CLI's default admin timeout is 10 s; a confirm hook may take longer, and the CLI waits for it."""
+    from facade.cli.console import EXIT_OK
+
+    from facade.cli import main
+
+    rec = Recorder(delays={"/approve": 11.0})
+    async with serve_app(rec.app()) as url:
+        text = plan(hook("confirm", f"{url}/approve", timeout="15s", retries=1))
+        async with migration_stack(tmp_path, text) as s:
+            assert (await s.act("shop", "start")).status_code == 200
+            status = await s.status("shop")
+            assert status["action_timeout"] == 15 * 2 + 0.2  # two attempts of 15 s and one backoff
+            argv = ["migrate", "next", "shop", "--admin", s.runtime.admin_url, "--token", TOKEN, "-c", os.devnull]
+            capsys.readouterr()
+            code = await asyncio.to_thread(main, argv)
+            out, err = capsys.readouterr()
+            assert code == EXIT_OK, (out, err)
+            assert "shop: running at 2/2" in out, out
+            assert len(rec.at("/approve")) == 1  # one slow answer, no retry and no second request

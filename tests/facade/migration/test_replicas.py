@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import sys
 import textwrap
@@ -317,3 +318,75 @@ async def test_kill_9_of_the_auto_mode_leader_hands_over_to_the_other(tmp_path: 
             assert versions == list(range(1, len(versions) + 1))  # one transition per version, none lost
             survivor_log = (folders[1] if leaders == ["a"] else folders[0]) / "serve.log"
             assert "leads now" in survivor_log.read_text()
+
+
+SPLIT_PLAN = """\
+    name: shop
+    route: catalog
+    from: monolith
+    to: catalog
+    steps:
+      - weight: 50
+      - weight: 100
+    """
+
+
+@pytest.mark.slow
+async def test_compare_sums_every_replicas_published_window(
+    tmp_path: Path, postgres_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two `facade serve` processes on one PostgreSQL: `facade compare` counts the requests both served."""
+    async with serve_app(Switchable("monolith")) as old_url, serve_app(Switchable("catalog")) as new_url:
+        text = config_text(old_url, new_url) + f"state_store: {postgres_url}\n"
+        folders = [_prepare(tmp_path / name, SPLIT_PLAN) for name in ("a", "b")]
+        for folder in folders:
+            (folder / "facade.yaml").write_text(text)
+        async with (
+            facade_process(folders[0]) as (_, url_a, admin_a),
+            facade_process(folders[1]) as (_, url_b, admin_b),
+            httpx.AsyncClient(timeout=10, headers=AUTH) as http,
+        ):
+            r = await http.post(f"{admin_a}/migrations/shop/start", json={"actor": "test"})
+            assert r.status_code == 200, r.text
+
+            async def both_on_step_1() -> bool:
+                versions = [(await http.get(f"{admin}/migrations/shop", params={"journal": 0})).json()["version"]
+                            for admin in (admin_a, admin_b)]
+                return versions == [1, 1]
+
+            await _until(both_on_step_1, within=15, what="both replicas route step 1")
+            sent = {url_a: 30, url_b: 20}  # every request in step 1's window, split across the two
+            for url, count in sent.items():
+                for i in range(count):
+                    answer = await http.get(f"{url}/catalog/item/{i}")
+                    assert answer.status_code == 200, answer.text
+
+            async def fleet_counts_all() -> bool:
+                doc = (await http.get(f"{admin_a}/compare", params={"route": "catalog"})).json()
+                return int(doc["old"]["requests"]) + int(doc["new"]["requests"]) == sum(sent.values())
+
+            await _until(fleet_counts_all, within=20, what="a's compare counts b's published requests too")
+            doc = (await http.get(f"{admin_a}/compare", params={"route": "catalog"})).json()
+            assert doc["scope"] == "fleet" and doc["store_error"] is None
+            assert doc["old"]["requests"] > 0 and doc["new"]["requests"] > 0  # weight 50: both sides served
+            parts = {i["instance"].rsplit(":", 1)[1]: i for i in doc["instances"]}
+            port_a, port_b = admin_a.rsplit(":", 1)[1], admin_b.rsplit(":", 1)[1]
+            assert set(parts) == {port_a, port_b}
+            assert (parts[port_a]["requests"], parts[port_a]["live"], parts[port_a]["age_s"]) == (30, True, 0.0)
+            assert parts[port_b]["requests"] == 20 and parts[port_b]["live"] is False
+            assert parts[port_b]["age_s"] is not None and parts[port_b]["age_s"] >= 0
+            # A rolling window is this instance's own numbers, and says so.
+            local = (await http.get(f"{admin_a}/compare", params={"route": "catalog", "window": "1m"})).json()
+            assert local["scope"] == "local" and local["old"]["requests"] + local["new"]["requests"] == 30
+
+            # The CLI reads the same numbers and names the instances they come from.
+            capsys.readouterr()
+            argv = ["compare", "catalog", "--admin", admin_b, "-c", os.devnull]
+            assert await asyncio.to_thread(main, argv) == EXIT_OK
+            out = capsys.readouterr().out
+            assert "summed over 2 instance(s)" in out and f":{port_b} 20 req (live)" in out, out
+            assert f":{port_a} 30 req (" in out, out
+            argv = ["compare", "catalog", "--admin", admin_b, "-c", os.devnull, "--json"]
+            assert await asyncio.to_thread(main, argv) == EXIT_OK
+            report = json.loads(capsys.readouterr().out)
+            assert report["old"]["requests"] + report["new"]["requests"] == 50
