@@ -18,6 +18,21 @@ import uvicorn
 
 from facade.server import Server, bind, socket_url
 
+_REFUSING: list[socket.socket] = []  # held until the test process ends
+
+
+def refusing_url() -> str:
+    """A loopback URL whose connections are refused, for as long as the test process runs.
+
+    The port stays bound (without listen(), so the kernel answers SYN with RST): a port merely
+    released by a closed server can be taken at once by any other process on a busy machine, and a
+    "dead" endpoint then answers (a 404 from somebody else's server instead of a refused connect).
+    """
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    _REFUSING.append(sock)
+    return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
 
 def bind_loopback(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     """A listening socket on loopback (port 0: a free ephemeral port), as the facade binds its own."""

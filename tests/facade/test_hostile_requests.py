@@ -33,7 +33,7 @@ from tests.backends import EchoApp, close_immediately, never_answer, raw_server
 from tests.harness import run_facade
 from tests.mesh.pki import TD, issue
 from tests.mesh.stack import mesh_facade, port_of, run_sidecar
-from tests.servers import bind_loopback, serve_app
+from tests.servers import bind_loopback, refusing_url, serve_app
 
 pytestmark = pytest.mark.slow
 
@@ -495,8 +495,7 @@ async def speak_plain_http(reader: asyncio.StreamReader, writer: asyncio.StreamW
 
 
 async def test_error_bodies_name_no_internals_at_the_edge(tmp_path: Path) -> None:
-    async with raw_server(close_immediately) as dead:
-        pass
+    dead = refusing_url()
     async with (
         raw_server(close_immediately) as resetting,
         raw_server(never_answer) as silent,
@@ -546,8 +545,7 @@ async def test_error_bodies_name_no_internals_at_the_edge(tmp_path: Path) -> Non
 
 
 async def test_debug_error_details_reach_loopback_clients_only_when_enabled(tmp_path: Path) -> None:
-    async with raw_server(close_immediately) as dead:
-        pass
+    dead = refusing_url()
     text = f"state_dir: {tmp_path}/state\ndebug_error_details: true\nservices:\n  svc: {{endpoints: [{dead}]}}\n"
     text += "routes:\n  - {name: all, backend: svc}\n"
     async with run_facade(tmp_path, text) as rt, httpx.AsyncClient(base_url=rt.url) as client:
@@ -556,8 +554,7 @@ async def test_debug_error_details_reach_loopback_clients_only_when_enabled(tmp_
 
 
 async def test_error_bodies_name_no_internals_at_the_sidecar(tmp_path: Path) -> None:
-    async with raw_server(close_immediately) as dead:
-        pass
+    dead = refusing_url()
     async with raw_server(close_immediately) as resetting:
         for app_url in (dead, resetting):
             sock = bind_loopback()

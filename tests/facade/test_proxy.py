@@ -15,7 +15,7 @@ import pytest
 from facade.proxy import Proxy
 from tests.backends import EchoApp, close_immediately, never_answer, raw_server
 from tests.harness import run_facade
-from tests.servers import serve_app
+from tests.servers import refusing_url, serve_app
 
 
 def _cfg(services: str, routes: str, extra: str = "") -> str:
@@ -147,9 +147,7 @@ async def test_weighted_backends_split_within_statistical_bounds(tmp_path):
 
 
 async def test_connect_failure_is_retried_on_another_endpoint(tmp_path):
-    async with raw_server(close_immediately) as dead_url:
-        dead = dead_url.replace("http://", "")
-    # That server is closed now: its port refuses connections.
+    dead = refusing_url().replace("http://", "")  # a bound port nobody listens on: refused
     async with serve_app(EchoApp("live")) as live:
         cfg = _cfg(
             f"  svc: {{endpoints: [http://{dead}, {live}], retries: {{attempts: 2, retry_on: [connect-failure]}}}}",
@@ -162,8 +160,7 @@ async def test_connect_failure_is_retried_on_another_endpoint(tmp_path):
 
 
 async def test_dead_upstream_is_502_json_whose_details_go_to_the_admin_api_only(tmp_path):
-    async with raw_server(close_immediately) as dead_url:
-        pass
+    dead_url = refusing_url()
     cfg = _cfg(f"  svc: {{endpoints: [{dead_url}]}}", "  - name: all\n    backend: svc")
     async with run_facade(tmp_path, cfg) as rt, httpx.AsyncClient(base_url=rt.url) as client:
         r = await client.get("/")

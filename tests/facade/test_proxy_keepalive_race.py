@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from tests.backends import EchoApp, close_immediately, raw_server
+from tests.backends import EchoApp
 from tests.harness import run_facade
-from tests.servers import bind_loopback, serve_app
+from tests.servers import bind_loopback, refusing_url, serve_app
 
 BACKEND = r"""
 import sys
@@ -128,8 +128,7 @@ routes:
 async def test_a_post_body_taken_before_a_connect_failure_is_replayed_whole_on_the_next_endpoint(tmp_path) -> None:
     # The body's first chunk is taken from the client before a connection is chosen; when that
     # connect fails (nothing sent: retried for any method) the kept chunk goes out again.
-    async with raw_server(close_immediately) as dead_url:
-        dead = dead_url.replace("http://", "")
+    dead = refusing_url().replace("http://", "")
     live_app = EchoApp("live")
     async with serve_app(live_app) as live:
         cfg = f"""

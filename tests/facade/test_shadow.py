@@ -7,7 +7,6 @@ import contextlib
 import gc
 import gzip
 import json
-import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from facade.split import Split
 from facade.upstream import Upstreams
 from tests.backends import EchoApp, raw_server
 from tests.harness import write_config
-from tests.servers import bind_loopback, serve_app
+from tests.servers import bind_loopback, refusing_url, serve_app
 
 SHADOW_SPLIT = Split(primary="monolith", candidate="catalog", weight_bps=0, shadow_percent=100.0, step_label="0:shadow")
 
@@ -133,10 +132,7 @@ def noisy(value: int) -> Handler:
 
 
 def closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    return refusing_url()
 
 
 # -- the mirrored request ----------------------------------------------------------------------------

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Callable
 
 from facade.config import EndpointGroup, HealthCheck, OutlierDetection, ServiceSpec
+from tests.servers import refusing_url
 
 
 def group(name: str, *urls: str, weight: int = 100, priority: int = 0) -> EndpointGroup:
@@ -43,9 +43,5 @@ async def eventually(cond: Callable[[], bool], *, timeout: float = 3.0) -> bool:
 
 
 def closed_port_url() -> str:
-    """A loopback URL on which nothing listens (the port was just released)."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return f"http://127.0.0.1:{port}"
+    """A loopback URL on which nothing listens (and nothing else can start listening: see refusing_url)."""
+    return refusing_url()

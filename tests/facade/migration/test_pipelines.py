@@ -374,9 +374,8 @@ async def test_migrate_next_waits_as_long_as_the_steps_hooks_may_take(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The CLI's default admin timeout is 10 s; a confirm hook may take longer, and the CLI waits for it."""
-    from facade.cli.console import EXIT_OK
-
     from facade.cli import main
+    from facade.cli.console import EXIT_OK
 
     rec = Recorder(delays={"/approve": 11.0})
     async with serve_app(rec.app()) as url:
