@@ -16,7 +16,7 @@ from facade.cli import main
 from facade.cli.console import EXIT_INVALID, EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE
 from tests.backends import EchoApp
 from tests.harness import run_facade
-from tests.servers import bind_loopback, serve_app
+from tests.servers import refusing_url, serve_app
 
 TOKEN = "t0ken"
 
@@ -175,9 +175,7 @@ async def test_admin_url_and_token_come_from_the_config_file(
 
 
 async def test_unreachable_admin_exits_6(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    sock = bind_loopback()
-    closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    sock.close()  # nothing listens there now: connections are refused
+    closed = refusing_url()  # connections are refused
     for command in (("routes",), ("routes", "--json"), ("reload", "--token", TOKEN)):
         code, out, err = await run_cli(capsys, *command, *_admin(closed, tmp_path))
         assert code == EXIT_UNREACHABLE, (command, err)

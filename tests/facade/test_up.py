@@ -39,6 +39,7 @@ from facade.cli.up import (
     services_unseen,
 )
 from facade.config import AdminSpec, Config, EndpointGroup, HealthCheck, ServiceSpec
+from tests.servers import refusing_url
 
 PY = sys.executable
 
@@ -290,9 +291,8 @@ def test_mesh_config_puts_apps_behind_sidecars_started_last() -> None:
 
 
 def test_bootstrap_token_failures_are_stack_errors() -> None:
-    (port,) = free_ports(1)  # nothing listens there
     with pytest.raises(StackError, match="cannot get a bootstrap token for catalog's sidecar"):
-        fetch_bootstrap_token(f"http://127.0.0.1:{port}", "tok", "catalog")
+        fetch_bootstrap_token(refusing_url(), "tok", "catalog")  # connections are refused
 
 
 def test_this_build_serve_takes_a_state_dir() -> None:
