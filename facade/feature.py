@@ -26,7 +26,10 @@ When the runtime calls them:
 - ``swapped(snapshot)``: after every swap once the runtime started (reloads, migration steps): the
   worker pool sends the new version to its workers here (``facade.workers``);
 - ``settled()``: awaited after every admin mutation, before it answers: the worker pool returns when
-  every live worker runs the current snapshot version.
+  every live worker runs the current snapshot version;
+- ``gather_telemetry()``: awaited before anything judges or reports the telemetry (gates, ``/compare``,
+  ``/metrics``, ``/diffs``, ``/errors``): a feature whose evidence is recorded in other processes fetches
+  what they hold; it returns the names of those that did not answer in time (the verdict is partial).
 
 A feature never assigns to the runtime or its snapshot: it changes what the hot path reads only
 through the runtime's methods (``swap``, ``stage``, ``install_upstreams``, ``install_shadow``,
@@ -76,6 +79,9 @@ class Feature:
 
     async def settled(self) -> None:
         return None
+
+    async def gather_telemetry(self) -> tuple[str, ...]:
+        return ()
 
 
 class MeshControl(Protocol):

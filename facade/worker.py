@@ -131,6 +131,11 @@ async def serve(args: argparse.Namespace) -> int:
             if message.get("type") == "health":
                 apply_health(runtime.upstreams, message["states"])
                 continue
+            if message.get("type") == "flush":  # something is about to judge: ship what is pending now
+                await asyncio.sleep(0)  # a request whose response just went out records in this turn
+                _send_delta(runtime, writer, shipped)
+                write_message(writer, {"type": "flushed", "seq": message["seq"]})
+                continue
             if message.get("type") != "snapshot":
                 continue
             try:

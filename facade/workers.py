@@ -53,10 +53,11 @@ __all__ = ["SOCKET_ENV", "WorkerPool", "WorkerStartError", "apply_health", "heal
 logger = logging.getLogger("facade.workers")
 
 HEALTH_INTERVAL_S = 0.5  # how often the supervisor's health results go to the workers (when they changed)
-SETTLE_TIMEOUT_S = 10.0
+SETTLE_TIMEOUT_S = 10.0  # a worker that has not applied a version by then is replaced
 # FACADE_WORKERS_SOCKET=shared: one listening socket inherited by every worker instead of one
 # SO_REUSEPORT socket each (docs/workers.md, "Spreading the load": measured, not the default).
-SOCKET_ENV = "FACADE_WORKERS_SOCKET"  # a worker that has not applied a version by then is replaced
+SOCKET_ENV = "FACADE_WORKERS_SOCKET"
+FLUSH_TIMEOUT_S = 1.0  # how long gates, compare and /metrics wait for a worker's pending telemetry
 START_TIMEOUT_S = 30.0  # a worker's first acknowledgement (imports, binding) on a loaded machine
 STOP_TIMEOUT_S = 35.0  # the proxy listener's graceful shutdown (30 s) plus a margin
 _HEADER = struct.Struct("!I")
@@ -143,6 +144,7 @@ class _Worker:
     served: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (route, step, backend) -> requests
     batches: int = 0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    flushes: dict[int, asyncio.Future[bool]] = field(default_factory=dict)  # flush seq -> answered (False: exited)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     def view(self) -> dict[str, Any]:
@@ -186,6 +188,7 @@ class WorkerPool(Feature):
         self.restarts = 0
         self._stopping = False
         self._changed = asyncio.Event()  # set on every acknowledgement or worker exit
+        self._flush_seq = 0
 
     def __repr__(self) -> str:
         return f"WorkerPool({self.count} workers on {self.listen})"
@@ -307,6 +310,12 @@ class WorkerPool(Feature):
                              worker.index, message.get("version"), message.get("error"))
                 with contextlib.suppress(ProcessLookupError):
                     worker.process.kill()
+            elif kind == "flushed":  # everything it recorded before the request is absorbed (read in order)
+                seq = int(message["seq"])
+                for asked in [s for s in worker.flushes if s <= seq]:
+                    future = worker.flushes.pop(asked)
+                    if not future.done():
+                        future.set_result(True)
             elif kind == "telemetry":
                 worker.requests += self.runtime.telemetry.absorb(message["delta"])
                 worker.batches += 1
@@ -321,6 +330,10 @@ class WorkerPool(Feature):
     async def _watch(self, worker: _Worker) -> None:
         code = await worker.process.wait()
         self._changed.set()
+        for future in worker.flushes.values():  # what it had not shipped is lost with it
+            if not future.done():
+                future.set_result(False)
+        worker.flushes.clear()
         if worker is self._spare:
             self._spare = None
             logger.warning("spare worker (pid %d) exited with %s", worker.process.pid, code)
@@ -379,6 +392,31 @@ class WorkerPool(Feature):
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), min(left, 0.5))
+
+    async def gather_telemetry(self) -> tuple[str, ...]:
+        """Have every live worker ship what it recorded since its last batch, and wait for it (at most
+        ``FLUSH_TIMEOUT_S``): a gate or a report asked right after a burst counts the whole burst. The
+        names of the workers that did not answer in time (or exited first): their last batch is missing."""
+        self._flush_seq += 1
+        seq = self._flush_seq
+        loop = asyncio.get_running_loop()
+        asked: dict[str, asyncio.Future[bool]] = {}
+        for worker in self.workers.values():
+            if worker.process.returncode is not None or worker.writer.is_closing() or not worker.ready.is_set():
+                continue
+            future = worker.flushes[seq] = loop.create_future()
+            asked[f"worker {worker.index} (pid {worker.process.pid})"] = future
+            write_message(worker.writer, {"type": "flush", "seq": seq})
+        if not asked:
+            return ()
+        await asyncio.wait(asked.values(), timeout=FLUSH_TIMEOUT_S)
+        missing = tuple(name for name, future in asked.items() if not (future.done() and future.result()))
+        for worker in self.workers.values():
+            worker.flushes.pop(seq, None)
+        if missing:
+            logger.warning("telemetry of %s did not arrive within %g s: what is judged now is partial",
+                           ", ".join(missing), FLUSH_TIMEOUT_S)
+        return missing
 
     def admin_routes(self) -> list[BaseRoute]:
         async def workers_endpoint(request: Request) -> Response:

@@ -538,3 +538,91 @@ async def test_one_shared_socket_mode_serves_on_every_worker(tmp_path: Path) -> 
             assert await _poll(both_served), (await admin.get("/workers")).json()
             proc.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(proc.wait(), 40) == 0
+
+
+def _requests_total(metrics: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith("http_server_requests_total{"))
+
+
+JUDGED = """\
+    name: shop
+    route: catalog
+    from: monolith
+    to: catalog
+    steps:
+      - weight: 50
+        gates: {error_rate: {max_delta: 1%}, min_requests: 10}
+      - weight: 100
+    """
+
+
+@pytest.mark.slow
+async def test_gates_and_reports_asked_right_after_a_burst_count_every_request(tmp_path: Path) -> None:
+    (tmp_path / "migrations").mkdir()
+    (tmp_path / "migrations" / "001-shop.yaml").write_text(textwrap.dedent(JUDGED))
+    async with serve_app(Switchable("monolith")) as old_url, serve_app(Switchable("catalog")) as new_url:
+        (tmp_path / "facade.yaml").write_text(config_text(old_url, new_url))
+        async with supervisor(tmp_path) as (_proc, url, admin_url), \
+                httpx.AsyncClient(base_url=admin_url, headers=AUTH, timeout=30) as admin:
+            assert (await admin.post("/migrations/shop/start", json={})).status_code == 200
+            sent = 0
+            for burst in range(3):
+                served: dict[str, int] = {}
+                # Four clients, a new connection per request: both workers serve the burst.
+                await asyncio.gather(*(_load_n(url, served, 50) for _ in range(4)))
+                sent += 200
+                # Asked at once, no polling: the workers' last (unshipped) requests must be in every answer.
+                report = (await admin.get("/compare", params={"route": "catalog", "window": "5m"})).json()
+                assert report["old"]["requests"] + report["new"]["requests"] == sent, (burst, report)
+                assert "partial" not in report
+                assert report["new"]["requests"] == sum(
+                    w["served"]["catalog"]["shop step 1: weight 50"].get("catalog", 0)
+                    for w in (await admin.get("/workers")).json()["workers"]
+                )
+                status = (await admin.get("/migrations/shop")).json()
+                gates = {g["name"]: g for g in status["gates"]["results"]}
+                assert gates["min_requests"]["value"] == report["new"]["requests"], gates
+                assert status["gates"]["status"] == "pass", status["gates"]
+                assert _requests_total((await admin.get("/metrics")).text) == sent
+            workers = (await admin.get("/workers")).json()["workers"]
+            assert all(w["requests"] > 0 for w in workers) and sum(w["requests"] for w in workers) == sent
+
+
+@pytest.mark.slow
+async def test_a_worker_that_does_not_answer_makes_the_verdict_partial(tmp_path: Path) -> None:
+    (tmp_path / "migrations").mkdir()
+    (tmp_path / "migrations" / "001-shop.yaml").write_text(textwrap.dedent(JUDGED))
+    async with serve_app(Switchable("monolith")) as old_url, serve_app(Switchable("catalog")) as new_url:
+        (tmp_path / "facade.yaml").write_text(config_text(old_url, new_url))
+        async with supervisor(tmp_path) as (_proc, url, admin_url), \
+                httpx.AsyncClient(base_url=admin_url, headers=AUTH, timeout=30) as admin:
+            assert (await admin.post("/migrations/shop/start", json={})).status_code == 200
+            served: dict[str, int] = {}
+            await _load_n(url, served, 80)
+            frozen = (await admin.get("/workers")).json()["workers"][0]["pid"]
+            os.kill(frozen, signal.SIGSTOP)  # alive, but answers nothing: its next batch cannot arrive
+            try:
+                status = (await admin.get("/migrations/shop")).json()
+                gates = {g["name"]: g for g in status["gates"]["results"]}
+                # Enough requests and no errors, but one worker's latest telemetry is missing: not a pass.
+                assert status["gates"]["status"] == "inconclusive", status["gates"]
+                assert gates["telemetry.complete"]["status"] == "inconclusive"
+                assert f"pid {frozen}" in gates["telemetry.complete"]["message"]
+                report = (await admin.get("/compare", params={"route": "catalog"})).json()
+                assert report["partial"]["missing"] == [f"worker 0 (pid {frozen})"], report
+                refused = await admin.post("/migrations/shop/next", json={})
+                assert refused.status_code == 409, refused.text
+            finally:
+                os.kill(frozen, signal.SIGCONT)
+
+            async def whole() -> dict[str, object] | None:
+                status = (await admin.get("/migrations/shop")).json()
+                return status if status["gates"]["status"] == "pass" else None
+
+            status = await _poll(whole)
+            assert status, (await admin.get("/migrations/shop")).json()
+            assert "telemetry.complete" not in {g["name"] for g in status["gates"]["results"]}  # type: ignore[index]
+            report = (await admin.get("/compare", params={"route": "catalog"})).json()
+            assert report["old"]["requests"] + report["new"]["requests"] == 80 and "partial" not in report
+            assert (await admin.post("/migrations/shop/next", json={})).status_code == 200
