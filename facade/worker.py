@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from .config import Config
@@ -90,12 +91,44 @@ def new_diff_samples(ring: DiffRing, shipped: dict[Any, Any]) -> list[DiffSample
     return out
 
 
-def _send_delta(runtime: FacadeRuntime, writer: asyncio.StreamWriter, shipped: dict[Any, Any]) -> None:
-    delta = runtime.telemetry.take_delta(shipped)
+def counter_delta(counts: Mapping[str, int], shipped: dict[str, int]) -> dict[str, int]:
+    """What ``counts`` gained since ``shipped`` (updated here to the current counts)."""
+    fresh = {key: n - shipped.get(key, 0) for key, n in counts.items() if n != shipped.get(key, 0)}
+    shipped.update(counts)
+    return fresh
+
+
+def take_batch(runtime: FacadeRuntime, shipped: dict[Any, Any]) -> dict[str, Any] | None:
+    """Everything this worker recorded since its last batch that an admin view sums over workers
+    (telemetry, diff samples, upstream failure details, the listener's drops and refusals, the shadow
+    sender's counters and learned noise, its queue gauges); None when there is nothing new."""
+    batch: dict[str, Any] = {"type": "telemetry", "delta": runtime.telemetry.take_delta(shipped)}
+    delta = batch["delta"]
+    busy = bool(delta["series"] or delta["diffs"] or delta["overflowed"])
+    errors = runtime.errors.since(shipped.get("errors", 0))
+    shipped["errors"] = runtime.errors.added
+    head = runtime.head_limits.stats
+    dropped = counter_delta(head.dropped, shipped.setdefault("head-dropped", {}))
+    rejected = counter_delta(head.rejected, shipped.setdefault("head-rejected", {}))
+    if errors or dropped or rejected:
+        batch |= {"errors": errors, "head": {"dropped": dropped, "rejected": rejected}}
+        busy = True
     shadow = runtime.feature(ShadowFeature)
-    samples = new_diff_samples(shadow.sender.ring, shipped) if shadow is not None else []
-    if delta["series"] or delta["diffs"] or delta["overflowed"] or samples:
-        write_message(writer, {"type": "telemetry", "delta": delta, "diff_samples": samples})
+    if shadow is not None:
+        samples = new_diff_samples(shadow.sender.ring, shipped)
+        counts = shadow.sender.take_delta(shipped)
+        gauges = shadow.sender.gauges()
+        if samples or any(counts.values()) or gauges != shipped.get("shadow-gauges"):
+            batch |= {"diff_samples": samples, "shadow": counts, "shadow_gauges": gauges}
+            shipped["shadow-gauges"] = gauges
+            busy = True
+    return batch if busy else None
+
+
+def _send_delta(runtime: FacadeRuntime, writer: asyncio.StreamWriter, shipped: dict[Any, Any]) -> None:
+    batch = take_batch(runtime, shipped)
+    if batch is not None:
+        write_message(writer, batch)
 
 
 async def serve(args: argparse.Namespace) -> int:
@@ -130,6 +163,13 @@ async def serve(args: argparse.Namespace) -> int:
         while (message := await read_message(reader)) is not None:
             if message.get("type") == "health":
                 apply_health(runtime.upstreams, message["states"])
+                continue
+            if message.get("type") == "noise":  # paths another worker learned: every worker ignores them
+                shadow = runtime.feature(ShadowFeature)
+                for route, paths in message["paths"].items():
+                    if shadow is not None:
+                        shadow.sender.noise.add(route, paths)
+                    shipped.setdefault(("shadow-noise", route), set()).update(paths)  # not shipped back
                 continue
             if message.get("type") == "flush":  # something is about to judge: ship what is pending now
                 await asyncio.sleep(0)  # a request whose response just went out records in this turn

@@ -143,6 +143,7 @@ class _Worker:
     requests: int = 0  # requests it reported (telemetry absorbed)
     served: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (route, step, backend) -> requests
     batches: int = 0
+    shadow: dict[str, int] = field(default_factory=dict)  # its shadow sender's queue gauges, as last shipped
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     flushes: dict[int, asyncio.Future[bool]] = field(default_factory=dict)  # flush seq -> answered (False: exited)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
@@ -155,6 +156,7 @@ class _Worker:
             "started_at": round(self.started, 3),
             "requests": self.requests,
             "telemetry_batches": self.batches,
+            "shadow": self.shadow,
             "served": served_view(self.served),
         }
 
@@ -271,6 +273,10 @@ class WorkerPool(Feature):
         write_message(worker.writer, snapshot_message(self.runtime.holder.current) | {"index": index})
         if self._health:
             write_message(worker.writer, {"type": "health", "states": self._health})
+        shadow = self.runtime.feature(ShadowFeature)
+        noise = shadow.sender.noise.to_json() if shadow is not None else {}
+        if noise:  # the noise every worker learned so far: a replacement diffs as the others do
+            write_message(worker.writer, {"type": "noise", "paths": {r: v["paths"] for r, v in noise.items()}})
 
     def _refill_spare(self) -> None:
         if self.spare and self._spare is None and not self._stopping and self._refilling is None:
@@ -317,15 +323,34 @@ class WorkerPool(Feature):
                     if not future.done():
                         future.set_result(True)
             elif kind == "telemetry":
-                worker.requests += self.runtime.telemetry.absorb(message["delta"])
-                worker.batches += 1
-                for (route, backend, step, _method, _cls), count, *_ in message["delta"]["series"]:
-                    worker.served[(route, step, backend)] += count
-                samples = message.get("diff_samples") or ()
-                shadow = self.runtime.feature(ShadowFeature) if samples else None
-                for sample in samples:  # GET /diffs shows every worker's samples
-                    assert shadow is not None
-                    shadow.sender.ring.add(sample)
+                self._absorb(worker, message)
+
+    def _absorb(self, worker: _Worker, batch: dict[str, Any]) -> None:
+        """Add a worker's batch (``facade.worker.take_batch``) to what the admin API reports."""
+        runtime = self.runtime
+        worker.requests += runtime.telemetry.absorb(batch["delta"])
+        worker.batches += 1
+        for (route, backend, step, _method, _cls), count, *_ in batch["delta"]["series"]:
+            worker.served[(route, step, backend)] += count
+        runtime.errors.absorb(batch.get("errors") or [], worker=worker.index)  # GET /errors: every worker's
+        head = batch.get("head") or {}
+        for reason, n in head.get("dropped", {}).items():
+            runtime.head_limits.stats.count_dropped(reason, n)
+        for reason, n in head.get("rejected", {}).items():
+            runtime.head_limits.stats.count_rejected(reason, n)
+        if "shadow_gauges" in batch:
+            worker.shadow = batch["shadow_gauges"]
+        shadow = runtime.feature(ShadowFeature)
+        if shadow is None:
+            return
+        for sample in batch.get("diff_samples") or ():  # GET /diffs shows every worker's samples
+            shadow.sender.ring.add(sample)
+        learned = shadow.sender.absorb(batch.get("shadow") or {})
+        if learned:  # noise one worker learned is ignored by every worker, so they diff alike
+            message = {"type": "noise", "paths": {route: sorted(paths) for route, paths in learned.items()}}
+            for other in self.workers.values():
+                if not other.writer.is_closing():
+                    write_message(other.writer, message)
 
     async def _watch(self, worker: _Worker) -> None:
         code = await worker.process.wait()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
 import textwrap
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import pytest
 from facade.config import MAX_WORKERS, parse_workers
 from facade.console import EXIT_INVALID
 from facade.telemetry import Telemetry
+from facade.telemetry.histogram import LogLinearHistogram
 from tests.facade.migration.stack import TOKEN, Switchable, config_text
 from tests.servers import serve_app
 
@@ -626,3 +629,129 @@ async def test_a_worker_that_does_not_answer_makes_the_verdict_partial(tmp_path:
             report = (await admin.get("/compare", params={"route": "catalog"})).json()
             assert report["old"]["requests"] + report["new"]["requests"] == 80 and "partial" not in report
             assert (await admin.post("/migrations/shop/next", json={})).status_code == 200
+
+
+def test_shadow_sender_deltas_sum_counters_latencies_and_noise() -> None:
+    from facade.shadow import ShadowSender
+    from facade.upstream import Upstreams
+
+    worker, supervisor_sender = ShadowSender(upstreams=Upstreams([])), ShadowSender(upstreams=Upstreams([]))
+    shipped: dict[object, object] = {}
+    worker.results[("catalog", "compared")] += 3
+    worker.dropped[("catalog", "queue_full")] += 1
+    worker.latency[("catalog", "s1")] = hist = LogLinearHistogram.of([0.010, 0.020])
+    worker.noise.add("catalog", ["$.nonce"])
+    assert supervisor_sender.absorb(worker.take_delta(shipped)) == {"catalog": frozenset({"$.nonce"})}
+    worker.results[("catalog", "compared")] += 2
+    hist.record(0.030)
+    worker.noise.add("catalog", ["$.nonce", "$.at"])
+    # Only what is new travels: a path already shipped is not new again.
+    assert supervisor_sender.absorb(worker.take_delta(shipped)) == {"catalog": frozenset({"$.at"})}
+    assert worker.take_delta(shipped) == {"counters": {}, "latency": [], "noise": {}}
+    assert supervisor_sender.results[("catalog", "compared")] == 5
+    assert supervisor_sender.dropped[("catalog", "queue_full")] == 1
+    assert supervisor_sender.latency[("catalog", "s1")].counts == hist.counts
+    assert supervisor_sender.noise.paths("catalog") == {"$.nonce", "$.at"}
+
+
+def test_recent_errors_since_and_absorb() -> None:
+    from facade.error_log import RecentErrors
+
+    worker_errors, supervisor_errors = RecentErrors(size=3), RecentErrors()
+    for i in range(5):
+        worker_errors.add(request_id=f"r{i}", status=502, reason="connect", detail="refused", route="r", backend="b")
+    assert [e["request_id"] for e in worker_errors.since(0)] == ["r2", "r3", "r4"]  # what the ring still keeps
+    assert [e["request_id"] for e in worker_errors.since(4)] == ["r4"] and worker_errors.since(5) == []
+    supervisor_errors.absorb(worker_errors.since(3), worker=1)
+    assert [(e["request_id"], e["worker"]) for e in supervisor_errors.view()] == [("r4", 1), ("r3", 1)]
+
+
+async def _one_off(url: str, n: int, **headers: str) -> dict[int, int]:
+    """``n`` GETs, a new connection each (both workers serve them); status -> count."""
+    seen: dict[int, int] = {}
+    async with httpx.AsyncClient(base_url=url, timeout=10, limits=httpx.Limits(max_keepalive_connections=0)) as c:
+        for _ in range(n):
+            status = (await c.get("/catalog/item", headers=headers)).status_code
+            seen[status] = seen.get(status, 0) + 1
+    return seen
+
+
+@pytest.mark.slow
+async def test_errors_and_listener_counters_count_every_worker(tmp_path: Path) -> None:
+    from tests.facade.test_shadow import closed_port_url
+
+    (tmp_path / "facade.yaml").write_text(config_text(closed_port_url(), closed_port_url()).replace(
+        "migrations: migrations/\n", ""))
+    async with supervisor(tmp_path) as (_proc, url, admin_url), \
+            httpx.AsyncClient(base_url=admin_url, timeout=10) as admin:
+        assert await _one_off(url, 40, x_legacy_id="7") == {502: 40}  # refused upstream, an underscore header
+        # Asked at once: the flush brings each worker's last failures and counters.
+        errors = (await admin.get("/errors")).json()["errors"]
+        assert len(errors) == 40 and {e["status"] for e in errors} == {502}
+        assert {e["worker"] for e in errors} == {0, 1}, errors  # both workers' failures, in one view
+        one = errors[7]["request_id"]
+        assert [e["request_id"] for e in (await admin.get("/errors", params={"request_id": one})).json()["errors"]] \
+            == [one]
+        metrics = (await admin.get("/metrics")).text
+        assert 'facade_request_headers_dropped_total{reason="underscore"} 40' in metrics, metrics
+    # A request the listener refuses (userinfo in an absolute-form target) is counted too, whichever worker refused it.
+    (tmp_path / "facade.yaml").write_text(config_text(closed_port_url(), closed_port_url()).replace(
+        "migrations: migrations/\n", ""))
+    async with supervisor(tmp_path) as (_proc, url, admin_url), \
+            httpx.AsyncClient(base_url=admin_url, timeout=10) as admin:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        for _ in range(10):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"GET http://user@other.example/catalog/item HTTP/1.1\r\nhost: other.example\r\n\r\n")
+            await writer.drain()
+            assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"HTTP/1.1 400")
+            writer.close()
+            await writer.wait_closed()
+        metrics = (await admin.get("/metrics")).text
+        assert 'facade_requests_rejected_total{reason="absolute_form"} 10' in metrics, metrics
+
+
+def _noisy_app(name: str) -> object:
+    async def app(scope: dict[str, object], receive: object, send: object) -> None:
+        if scope["type"] != "http":
+            return
+        body = json.dumps({"nonce": uuid.uuid4().hex, "name": "same"}).encode()
+        await send({"type": "http.response.start", "status": 200,  # type: ignore[operator]
+                    "headers": [(b"content-type", b"application/json"), (b"x-served-by", name.encode())]})
+        await send({"type": "http.response.body", "body": body})  # type: ignore[operator]
+
+    return app
+
+
+@pytest.mark.slow
+async def test_shadow_counters_and_learned_noise_of_every_worker(tmp_path: Path) -> None:
+    (tmp_path / "migrations").mkdir()
+    (tmp_path / "migrations" / "001-shop.yaml").write_text(textwrap.dedent(PLAN).replace(
+        "steps:\n", "steps:\n  - shadow: {percent: 100}\n"))
+    async with serve_app(_noisy_app("monolith")) as old_url, serve_app(_noisy_app("catalog")) as new_url:
+        (tmp_path / "facade.yaml").write_text(config_text(old_url, new_url))
+        async with supervisor(tmp_path) as (_proc, url, admin_url), \
+                httpx.AsyncClient(base_url=admin_url, headers=AUTH, timeout=30) as admin:
+            assert (await admin.post("/migrations/shop/start", json={})).status_code == 200
+            assert await _one_off(url, 40) == {200: 40}
+
+            async def mirrored() -> dict[str, object] | None:
+                stats = (await admin.get("/shadow")).json()
+                return stats if stats["totals"]["mirrored"] >= 40 else None
+
+            stats = await _poll(mirrored)
+            assert stats, (await admin.get("/shadow")).json()
+            assert stats["totals"]["mirrored"] == 40 and stats["totals"]["dropped"] == 0  # type: ignore[index]
+            route = stats["routes"]["catalog"]  # type: ignore[index]
+            assert route["noise_copies"] == 40 and route["noise_paths"] == ["$.nonce"], route
+            assert sum(v["count"] for v in route["candidate_latency_ms"].values()) == 40, route
+            # The nonce differs in every answer: learned as noise, no comparison counts it as a difference.
+            report = (await admin.get("/compare", params={"route": "catalog"})).json()
+            assert (report["diffs"]["compared"], report["diffs"]["differing"]) == (40, 0), report["diffs"]
+            assert (await admin.get("/diffs", params={"route": "catalog"})).json()["noise_paths"] == ["$.nonce"]
+            workers = (await admin.get("/workers")).json()["workers"]
+            assert all(w["requests"] > 0 for w in workers)
+            assert all(w["shadow"]["queue_depth"] == 0 and w["shadow"]["in_flight"] == 0 for w in workers), workers
+            metrics = (await admin.get("/metrics")).text
+            assert sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                       if line.startswith("facade_shadow_requests_total{")) == 40
