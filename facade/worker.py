@@ -36,6 +36,26 @@ SHIP_INTERVAL_S = 0.5
 _PR_SET_PDEATHSIG = 1
 
 
+def _edge_client() -> Any | None:
+    """A ``mesh.edge.EdgeClient`` when this build has the mesh package, else None."""
+    try:
+        from mesh.edge import EdgeClient
+    except ModuleNotFoundError as exc:
+        if exc.name in ("mesh", "mesh.edge"):
+            return None
+        raise
+    return EdgeClient()
+
+
+def apply_state(edge: Any | None, state: Mapping[str, Any]) -> None:
+    """Take the supervisor's features' worker state (``Feature.worker_state``): today the mesh's edge SVID."""
+    credentials = state.get("mesh_edge")
+    if credentials is not None and edge is not None:
+        edge.update(credentials)
+        logger.info("edge identity %s from the supervisor (expires %s)", credentials["spiffe_id"],
+                    edge.identity.not_after.isoformat())
+
+
 def _die_with_parent(parent_pid: int) -> None:
     """SIGKILL this process when the supervisor dies, even by kill -9 (no orphans holding the port)."""
     if sys.platform.startswith("linux"):
@@ -136,12 +156,16 @@ async def serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     channel = socket.socket(fileno=args.channel_fd)
     reader, writer = await asyncio.open_unix_connection(sock=channel)
-    first = await read_message(reader)
+    edge = _edge_client()
+    while (first := await read_message(reader)) is not None and first.get("type") == "state":
+        apply_state(edge, first["state"])  # the supervisor's features' state comes before the first snapshot
     if first is None or first.get("type") != "snapshot":
         return 1
     runtime = FacadeRuntime(first["config"], watch_interval=None)
     # No active health checks here: the supervisor runs them once per service and sends the results.
-    runtime.install_upstreams(Upstreams(first["config"].services, health_checks=False))
+    # With the mesh package, the pools originate mTLS with the supervisor's edge SVID (as MeshFeature.attach).
+    factory = edge.ssl_context_factory if edge is not None else None
+    runtime.install_upstreams(Upstreams(first["config"].services, health_checks=False, ssl_context_factory=factory))
     ShadowFeature.attach(runtime)  # shadow copies leave from the worker that served the request
     runtime.swap(splits=first["splits"], version=first["version"])  # before start: the starting snapshot
     if args.listen_fd is not None:  # one socket shared by every worker, inherited from the supervisor
@@ -163,6 +187,13 @@ async def serve(args: argparse.Namespace) -> int:
         while (message := await read_message(reader)) is not None:
             if message.get("type") == "health":
                 apply_health(runtime.upstreams, message["states"])
+                continue
+            if message.get("type") == "state":
+                try:
+                    apply_state(edge, message["state"])
+                except Exception:  # a worker that cannot present the edge SVID exits; the supervisor replaces it
+                    logger.exception("the supervisor's state not applied")
+                    break
                 continue
             if message.get("type") == "noise":  # paths another worker learned: every worker ignores them
                 shadow = runtime.feature(ShadowFeature)

@@ -183,6 +183,7 @@ class WorkerPool(Feature):
         self._refilling: asyncio.Task[None] | None = None
         self._health_task: asyncio.Task[None] | None = None
         self._health: dict[str, dict[str, HealthState]] = {}  # the last results sent
+        self._state: dict[str, Any] = {}  # the features' worker_state() last sent (the mesh's edge SVID)
         self.count = count
         self.listen = listen  # host:port the workers bind (the reserved port)
         self.log_level = log_level
@@ -269,6 +270,9 @@ class WorkerPool(Feature):
         worker.index = index
         worker.started = time.time()
         self.workers[index] = worker
+        state = self._worker_state()
+        if state:  # before the snapshot: its pools are built with it (the mesh's mTLS contexts)
+            write_message(worker.writer, {"type": "state", "state": state})
         # The snapshot in force now: a replacement serves the current step, not the config's first state.
         write_message(worker.writer, snapshot_message(self.runtime.holder.current) | {"index": index})
         if self._health:
@@ -293,10 +297,27 @@ class WorkerPool(Feature):
         finally:
             self._refilling = None
 
+    def _worker_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {}
+        for feature in self.runtime.features:
+            state.update(feature.worker_state())
+        return state
+
+    def _share_state(self) -> None:
+        """Send the features' worker state to every worker when it changed (an edge SVID rotated, a new CA)."""
+        state = self._worker_state()
+        if state != self._state:
+            self._state = state
+            for worker in self.workers.values():
+                if not worker.writer.is_closing():
+                    write_message(worker.writer, {"type": "state", "state": state})
+
     async def _share_health(self) -> None:
-        """Health checks run once, here; every worker gets their results (when they changed)."""
+        """Health checks run once, here; every worker gets their results (when they changed). The
+        features' worker state rides on the same beat."""
         while True:
             await asyncio.sleep(HEALTH_INTERVAL_S)
+            self._share_state()
             states = health_states(self.runtime.upstreams, (s.name for s in self.runtime.config.services))
             if states != self._health:
                 self._health = states
@@ -385,6 +406,7 @@ class WorkerPool(Feature):
                            "(%d run now)", config.workers, self.count)
 
     def swapped(self, snapshot: Snapshot) -> None:
+        self._share_state()  # first: a reload that brings a mesh brings the credentials its pools need
         message = snapshot_message(snapshot)
         for worker in self.workers.values():
             if not worker.writer.is_closing():

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import ssl
 import sys
 import textwrap
 import time
@@ -755,3 +756,62 @@ async def test_shadow_counters_and_learned_noise_of_every_worker(tmp_path: Path)
             metrics = (await admin.get("/metrics")).text
             assert sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                        if line.startswith("facade_shadow_requests_total{")) == 40
+
+
+async def _closing_app(scope: dict[str, object], receive: object, send: object) -> None:
+    """Answers and closes the connection: every proxied request is a new mTLS handshake."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200,  # type: ignore[operator]
+                "headers": [(b"x-served-by", b"catalog"), (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": b"ok"})  # type: ignore[operator]
+
+
+@pytest.mark.slow
+async def test_workers_originate_mesh_mtls_with_the_supervisors_rotating_edge_svid(tmp_path: Path) -> None:
+    from mesh.ca import CertificateAuthority
+    from mesh.spiffe import SpiffeId
+    from tests.mesh.pki import issue
+
+    trust_domain, catalog_id = "shop.local", "spiffe://shop.local/ns/shop/sa/catalog"
+    # The CA the supervisor will load (it keeps it: workers never see its key), and the catalog's SVID.
+    ca = CertificateAuthority.init(tmp_path / "state", trust_domain)
+    catalog = issue(ca, SpiffeId.parse(catalog_id))
+    (tmp_path / "catalog.crt").write_bytes(catalog.cert_pem)
+    (tmp_path / "catalog.key").write_bytes(catalog.key_pem())
+    (tmp_path / "bundle.pem").write_bytes(ca.trust_bundle_pem)
+    ttl = 4.0
+    # The backend demands a client certificate from the mesh CA: an expired or missing edge SVID fails.
+    async with serve_app(_closing_app, ssl_certfile=str(tmp_path / "catalog.crt"),
+                         ssl_keyfile=str(tmp_path / "catalog.key"), ssl_ca_certs=str(tmp_path / "bundle.pem"),
+                         ssl_cert_reqs=ssl.CERT_REQUIRED) as backend_url:
+        (tmp_path / "facade.yaml").write_text(textwrap.dedent(f"""\
+            listen: 127.0.0.1:0
+            admin: {{listen: 127.0.0.1:0, token: {TOKEN}}}
+            state_dir: state
+            services:
+              catalog: {{endpoints: ["{backend_url}"], identity: "{catalog_id}"}}
+            routes:
+              - name: all
+                match: {{path: {{prefix: /}}}}
+                backend: catalog
+            mesh:
+              trust_domain: {trust_domain}
+              ca: {{svid_ttl: {ttl:g}s}}
+            """))
+        async with supervisor(tmp_path) as (_proc, url, admin_url), \
+                httpx.AsyncClient(base_url=admin_url, timeout=10) as admin:
+            assert await _one_off(url, 40) == {200: 40}
+            # Keep sending past two lifetimes of the edge SVID: each worker must present the supervisor's
+            # rotated SVID on every new handshake, or the backend refuses it once the first one expired.
+            seen: dict[int, int] = {}
+            deadline = time.monotonic() + 2.5 * ttl
+            for _ in range(400):
+                if time.monotonic() > deadline:
+                    break
+                for status, n in (await _one_off(url, 4)).items():
+                    seen[status] = seen.get(status, 0) + n
+                await asyncio.sleep(0.1)
+            assert time.monotonic() > deadline and set(seen) == {200}, seen
+            workers = (await admin.get("/workers")).json()["workers"]
+            assert len(workers) == 2 and all(w["requests"] > 0 for w in workers), workers
