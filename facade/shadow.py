@@ -679,9 +679,10 @@ class ShadowSender:
 
     def absorb(self, delta: Mapping[str, Any]) -> dict[str, frozenset[str]]:
         """Add another process's ``take_delta``; returns the noise paths new to this sender, per route."""
+        counters: dict[str, Counter[Any]] = {"results": self.results, "dropped": self.dropped,
+                                             "skipped_unsafe": self.skipped_unsafe, "noise_copies": self.noise_copies}
         for name, fresh in delta.get("counters", {}).items():
-            counter = {"results": self.results, "dropped": self.dropped, "skipped_unsafe": self.skipped_unsafe,
-                       "noise_copies": self.noise_copies}[name]
+            counter = counters[name]
             for key, n in fresh:
                 counter[key] += n
         for key, counts in delta.get("latency", ()):
