@@ -416,15 +416,22 @@ class MigrationController(Feature):
             combined = with_results(combined, evaluate_queries(step.gates.prometheus, answers))
         return combined
 
-    async def judged_report(self, plan: Plan, state: MigrationState) -> GateReport | None:
+    async def judged_report(
+        self, plan: Plan, state: MigrationState, *, missing: tuple[str, ...] | None = None
+    ) -> GateReport | None:
         """``gate_report`` over every process's evidence: the workers ship what they have not yet shipped
-        first; a worker that does not answer in time makes the report inconclusive, never a quiet pass."""
-        missing = await self.runtime.gather_telemetry()
+        first (``missing``: the caller gathered already); a worker that does not answer in time makes the
+        report inconclusive, never a quiet pass."""
+        if missing is None:
+            missing = await self.runtime.gather_telemetry()
         report = self.gate_report(plan, state)
         return with_results(report, partial_evidence(missing)) if report is not None and missing else report
 
-    async def status(self, name: str, *, journal: int = DEFAULT_JOURNAL) -> dict[str, Any] | None:
-        """The ``GET /migrations/{name}`` document (gates evaluated now), or None for an unknown plan."""
+    async def status(
+        self, name: str, *, journal: int = DEFAULT_JOURNAL, missing: tuple[str, ...] | None = None
+    ) -> dict[str, Any] | None:
+        """The ``GET /migrations/{name}`` document (gates evaluated now), or None for an unknown plan.
+        ``missing``: what ``runtime.gather_telemetry()`` returned when the caller gathered already."""
         plan = self.plans.get(name)
         if plan is None:
             return None
@@ -442,7 +449,7 @@ class MigrationController(Feature):
                 instances = [r.to_json(now=now) for r in reports]
         except StoreUnavailable as exc:  # the status still says what this instance routes
             store_error = f"the migration store is unreachable: {exc}"
-        report = await self.judged_report(plan, state)
+        report = await self.judged_report(plan, state, missing=missing)
         status = migration_status(plan, state, now=now, gate_report=report, journal=entries)
         if self.store is not None and self.store.shared:
             status["instance"] = self.instance
