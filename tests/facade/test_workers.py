@@ -615,6 +615,14 @@ async def test_a_worker_that_does_not_answer_makes_the_verdict_partial(tmp_path:
                 assert f"pid {frozen}" in gates["telemetry.complete"]["message"]
                 report = (await admin.get("/compare", params={"route": "catalog"})).json()
                 assert report["partial"]["missing"] == [f"worker 0 (pid {frozen})"], report
+                cli = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "facade", "compare", "catalog", "--admin", admin_url, "--token", TOKEN,
+                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=str(tmp_path),
+                    env={**os.environ, "PYTHONPATH": str(REPO)},
+                )
+                out, err = await asyncio.wait_for(cli.communicate(), 60)
+                assert cli.returncode == 0, err
+                assert f"partial: the latest telemetry of worker 0 (pid {frozen}) is missing" in out.decode(), out
                 refused = await admin.post("/migrations/shop/next", json={})
                 assert refused.status_code == 409, refused.text
             finally:
