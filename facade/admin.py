@@ -159,12 +159,14 @@ def build_admin_app(runtime: FacadeRuntime) -> Starlette:
         return JSONResponse(result.to_json(), status_code=200 if result.ok else 422)
 
     async def metrics(request: Request) -> Response:
+        await runtime.gather_telemetry()  # every worker's latest batch, not up to half a second old
         text = runtime.telemetry.prometheus_text() + runtime.head_limits.stats.prometheus_text()
         text += "".join(feature.prometheus_text() for feature in runtime.features)
         return Response(text, media_type=CONTENT_TYPE)
 
     async def errors(request: Request) -> Response:
         # Details of recent upstream failures (clients got only status, reason and request id).
+        await runtime.gather_telemetry()
         return JSONResponse({"errors": runtime.errors.view(request.query_params.get("request_id"))})
 
     endpoints: list[BaseRoute] = [

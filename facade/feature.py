@@ -30,6 +30,12 @@ When the runtime calls them:
 - ``fleet_window(route)``: on ``GET /compare`` of a route's current step: the migration controller
   returns the window summed over every replica sharing its store (``FleetWindow``); None keeps the
   comparison local.
+- ``gather_telemetry()``: awaited before anything judges or reports the telemetry (gates, ``/compare``,
+  ``/metrics``, ``/diffs``, ``/errors``): a feature whose evidence is recorded in other processes fetches
+  what they hold; it returns the names of those that did not answer in time (the verdict is partial);
+- ``worker_state()``: what the worker processes of ``--workers N`` need of this feature's process-held
+  state (picklable, e.g. the mesh's edge SVID); the worker pool sends it before a worker's first
+  snapshot and again whenever it changed (looked at before every swap and every 0.5 s).
 
 A feature never assigns to the runtime or its snapshot: it changes what the hot path reads only
 through the runtime's methods (``swap``, ``stage``, ``install_upstreams``, ``install_shadow``,
@@ -38,7 +44,7 @@ through the runtime's methods (``swap``, ``stage``, ``install_upstreams``, ``ins
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     from starlette.routing import BaseRoute
@@ -83,6 +89,11 @@ class Feature:
 
     async def fleet_window(self, route: str) -> FleetWindow | None:
         return None
+    async def gather_telemetry(self) -> tuple[str, ...]:
+        return ()
+
+    def worker_state(self) -> dict[str, Any]:
+        return {}
 
 
 class MeshControl(Protocol):

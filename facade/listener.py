@@ -78,8 +78,8 @@ class HeadStats:
     def count_dropped(self, reason: str, n: int) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + n
 
-    def count_rejected(self, reason: str) -> None:
-        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+    def count_rejected(self, reason: str, n: int = 1) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + n
 
     def prometheus_text(self, prefix: str = "facade") -> str:
         """Two counter families, ``<prefix>_request_headers_dropped_total`` and ``<prefix>_requests_rejected_total``.

@@ -198,6 +198,14 @@ class FacadeRuntime:
         for feature in self.features:
             await feature.settled()
 
+    async def gather_telemetry(self) -> tuple[str, ...]:
+        """Fetch the evidence other processes recorded and not yet shipped (features' ``gather_telemetry``);
+        the names of those that did not answer in time: what judges then judges on partial evidence."""
+        missing: list[str] = []
+        for feature in self.features:
+            missing.extend(await feature.gather_telemetry())
+        return tuple(missing)
+
     def stage(self, *, splits: Mapping[str, Split]) -> None:
         """Have the next ``swap()`` put ``splits`` in force: a feature's part of a reload's snapshot,
         staged in ``config_changed`` so the new config and its splits are served together."""

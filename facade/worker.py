@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from .config import Config
@@ -33,6 +34,26 @@ logger = logging.getLogger("facade.worker")
 
 SHIP_INTERVAL_S = 0.5
 _PR_SET_PDEATHSIG = 1
+
+
+def _edge_client() -> Any | None:
+    """A ``facade.mesh.edge.EdgeClient`` when this build has the mesh package, else None."""
+    try:
+        from .mesh.edge import EdgeClient
+    except ModuleNotFoundError as exc:
+        if exc.name in ("facade.mesh", "facade.mesh.edge"):
+            return None
+        raise
+    return EdgeClient()
+
+
+def apply_state(edge: Any | None, state: Mapping[str, Any]) -> None:
+    """Take the supervisor's features' worker state (``Feature.worker_state``): today the mesh's edge SVID."""
+    credentials = state.get("mesh_edge")
+    if credentials is not None and edge is not None:
+        edge.update(credentials)
+        logger.info("edge identity %s from the supervisor (expires %s)", credentials["spiffe_id"],
+                    edge.identity.not_after.isoformat())
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -90,12 +111,44 @@ def new_diff_samples(ring: DiffRing, shipped: dict[Any, Any]) -> list[DiffSample
     return out
 
 
-def _send_delta(runtime: FacadeRuntime, writer: asyncio.StreamWriter, shipped: dict[Any, Any]) -> None:
-    delta = runtime.telemetry.take_delta(shipped)
+def counter_delta(counts: Mapping[str, int], shipped: dict[str, int]) -> dict[str, int]:
+    """What ``counts`` gained since ``shipped`` (updated here to the current counts)."""
+    fresh = {key: n - shipped.get(key, 0) for key, n in counts.items() if n != shipped.get(key, 0)}
+    shipped.update(counts)
+    return fresh
+
+
+def take_batch(runtime: FacadeRuntime, shipped: dict[Any, Any]) -> dict[str, Any] | None:
+    """Everything this worker recorded since its last batch that an admin view sums over workers
+    (telemetry, diff samples, upstream failure details, the listener's drops and refusals, the shadow
+    sender's counters and learned noise, its queue gauges); None when there is nothing new."""
+    batch: dict[str, Any] = {"type": "telemetry", "delta": runtime.telemetry.take_delta(shipped)}
+    delta = batch["delta"]
+    busy = bool(delta["series"] or delta["diffs"] or delta["overflowed"])
+    errors = runtime.errors.since(shipped.get("errors", 0))
+    shipped["errors"] = runtime.errors.added
+    head = runtime.head_limits.stats
+    dropped = counter_delta(head.dropped, shipped.setdefault("head-dropped", {}))
+    rejected = counter_delta(head.rejected, shipped.setdefault("head-rejected", {}))
+    if errors or dropped or rejected:
+        batch |= {"errors": errors, "head": {"dropped": dropped, "rejected": rejected}}
+        busy = True
     shadow = runtime.feature(ShadowFeature)
-    samples = new_diff_samples(shadow.sender.ring, shipped) if shadow is not None else []
-    if delta["series"] or delta["diffs"] or delta["overflowed"] or samples:
-        write_message(writer, {"type": "telemetry", "delta": delta, "diff_samples": samples})
+    if shadow is not None:
+        samples = new_diff_samples(shadow.sender.ring, shipped)
+        counts = shadow.sender.take_delta(shipped)
+        gauges = shadow.sender.gauges()
+        if samples or any(counts.values()) or gauges != shipped.get("shadow-gauges"):
+            batch |= {"diff_samples": samples, "shadow": counts, "shadow_gauges": gauges}
+            shipped["shadow-gauges"] = gauges
+            busy = True
+    return batch if busy else None
+
+
+def _send_delta(runtime: FacadeRuntime, writer: asyncio.StreamWriter, shipped: dict[Any, Any]) -> None:
+    batch = take_batch(runtime, shipped)
+    if batch is not None:
+        write_message(writer, batch)
 
 
 async def serve(args: argparse.Namespace) -> int:
@@ -103,12 +156,16 @@ async def serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     channel = socket.socket(fileno=args.channel_fd)
     reader, writer = await asyncio.open_unix_connection(sock=channel)
-    first = await read_message(reader)
+    edge = _edge_client()
+    while (first := await read_message(reader)) is not None and first.get("type") == "state":
+        apply_state(edge, first["state"])  # the supervisor's features' state comes before the first snapshot
     if first is None or first.get("type") != "snapshot":
         return 1
     runtime = FacadeRuntime(first["config"], watch_interval=None)
     # No active health checks here: the supervisor runs them once per service and sends the results.
-    runtime.install_upstreams(Upstreams(first["config"].services, health_checks=False))
+    # With the mesh package, the pools originate mTLS with the supervisor's edge SVID (as MeshFeature.attach).
+    factory = edge.ssl_context_factory if edge is not None else None
+    runtime.install_upstreams(Upstreams(first["config"].services, health_checks=False, ssl_context_factory=factory))
     ShadowFeature.attach(runtime)  # shadow copies leave from the worker that served the request
     runtime.swap(splits=first["splits"], version=first["version"])  # before start: the starting snapshot
     if args.listen_fd is not None:  # one socket shared by every worker, inherited from the supervisor
@@ -130,6 +187,25 @@ async def serve(args: argparse.Namespace) -> int:
         while (message := await read_message(reader)) is not None:
             if message.get("type") == "health":
                 apply_health(runtime.upstreams, message["states"])
+                continue
+            if message.get("type") == "state":
+                try:
+                    apply_state(edge, message["state"])
+                except Exception:  # a worker that cannot present the edge SVID exits; the supervisor replaces it
+                    logger.exception("the supervisor's state not applied")
+                    break
+                continue
+            if message.get("type") == "noise":  # paths another worker learned: every worker ignores them
+                shadow = runtime.feature(ShadowFeature)
+                for route, paths in message["paths"].items():
+                    if shadow is not None:
+                        shadow.sender.noise.add(route, paths)
+                    shipped.setdefault(("shadow-noise", route), set()).update(paths)  # not shipped back
+                continue
+            if message.get("type") == "flush":  # something is about to judge: ship what is pending now
+                await asyncio.sleep(0)  # a request whose response just went out records in this turn
+                _send_delta(runtime, writer, shipped)
+                write_message(writer, {"type": "flushed", "seq": message["seq"]})
                 continue
             if message.get("type") != "snapshot":
                 continue

@@ -53,10 +53,11 @@ __all__ = ["SOCKET_ENV", "WorkerPool", "WorkerStartError", "apply_health", "heal
 logger = logging.getLogger("facade.workers")
 
 HEALTH_INTERVAL_S = 0.5  # how often the supervisor's health results go to the workers (when they changed)
-SETTLE_TIMEOUT_S = 10.0
+SETTLE_TIMEOUT_S = 10.0  # a worker that has not applied a version by then is replaced
 # FACADE_WORKERS_SOCKET=shared: one listening socket inherited by every worker instead of one
 # SO_REUSEPORT socket each (docs/workers.md, "Spreading the load": measured, not the default).
-SOCKET_ENV = "FACADE_WORKERS_SOCKET"  # a worker that has not applied a version by then is replaced
+SOCKET_ENV = "FACADE_WORKERS_SOCKET"
+FLUSH_TIMEOUT_S = 1.0  # how long gates, compare and /metrics wait for a worker's pending telemetry
 START_TIMEOUT_S = 30.0  # a worker's first acknowledgement (imports, binding) on a loaded machine
 STOP_TIMEOUT_S = 35.0  # the proxy listener's graceful shutdown (30 s) plus a margin
 _HEADER = struct.Struct("!I")
@@ -142,7 +143,9 @@ class _Worker:
     requests: int = 0  # requests it reported (telemetry absorbed)
     served: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (route, step, backend) -> requests
     batches: int = 0
+    shadow: dict[str, int] = field(default_factory=dict)  # its shadow sender's queue gauges, as last shipped
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    flushes: dict[int, asyncio.Future[bool]] = field(default_factory=dict)  # flush seq -> answered (False: exited)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     def view(self) -> dict[str, Any]:
@@ -153,6 +156,7 @@ class _Worker:
             "started_at": round(self.started, 3),
             "requests": self.requests,
             "telemetry_batches": self.batches,
+            "shadow": self.shadow,
             "served": served_view(self.served),
         }
 
@@ -179,6 +183,7 @@ class WorkerPool(Feature):
         self._refilling: asyncio.Task[None] | None = None
         self._health_task: asyncio.Task[None] | None = None
         self._health: dict[str, dict[str, HealthState]] = {}  # the last results sent
+        self._state: dict[str, Any] = {}  # the features' worker_state() last sent (the mesh's edge SVID)
         self.count = count
         self.listen = listen  # host:port the workers bind (the reserved port)
         self.log_level = log_level
@@ -186,6 +191,7 @@ class WorkerPool(Feature):
         self.restarts = 0
         self._stopping = False
         self._changed = asyncio.Event()  # set on every acknowledgement or worker exit
+        self._flush_seq = 0
 
     def __repr__(self) -> str:
         return f"WorkerPool({self.count} workers on {self.listen})"
@@ -264,10 +270,17 @@ class WorkerPool(Feature):
         worker.index = index
         worker.started = time.time()
         self.workers[index] = worker
+        state = self._worker_state()
+        if state:  # before the snapshot: its pools are built with it (the mesh's mTLS contexts)
+            write_message(worker.writer, {"type": "state", "state": state})
         # The snapshot in force now: a replacement serves the current step, not the config's first state.
         write_message(worker.writer, snapshot_message(self.runtime.holder.current) | {"index": index})
         if self._health:
             write_message(worker.writer, {"type": "health", "states": self._health})
+        shadow = self.runtime.feature(ShadowFeature)
+        noise = shadow.sender.noise.to_json() if shadow is not None else {}
+        if noise:  # the noise every worker learned so far: a replacement diffs as the others do
+            write_message(worker.writer, {"type": "noise", "paths": {r: v["paths"] for r, v in noise.items()}})
 
     def _refill_spare(self) -> None:
         if self.spare and self._spare is None and not self._stopping and self._refilling is None:
@@ -284,10 +297,27 @@ class WorkerPool(Feature):
         finally:
             self._refilling = None
 
+    def _worker_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {}
+        for feature in self.runtime.features:
+            state.update(feature.worker_state())
+        return state
+
+    def _share_state(self) -> None:
+        """Send the features' worker state to every worker when it changed (an edge SVID rotated, a new CA)."""
+        state = self._worker_state()
+        if state != self._state:
+            self._state = state
+            for worker in self.workers.values():
+                if not worker.writer.is_closing():
+                    write_message(worker.writer, {"type": "state", "state": state})
+
     async def _share_health(self) -> None:
-        """Health checks run once, here; every worker gets their results (when they changed)."""
+        """Health checks run once, here; every worker gets their results (when they changed). The
+        features' worker state rides on the same beat."""
         while True:
             await asyncio.sleep(HEALTH_INTERVAL_S)
+            self._share_state()
             states = health_states(self.runtime.upstreams, (s.name for s in self.runtime.config.services))
             if states != self._health:
                 self._health = states
@@ -307,20 +337,49 @@ class WorkerPool(Feature):
                              worker.index, message.get("version"), message.get("error"))
                 with contextlib.suppress(ProcessLookupError):
                     worker.process.kill()
+            elif kind == "flushed":  # everything it recorded before the request is absorbed (read in order)
+                seq = int(message["seq"])
+                for asked in [s for s in worker.flushes if s <= seq]:
+                    future = worker.flushes.pop(asked)
+                    if not future.done():
+                        future.set_result(True)
             elif kind == "telemetry":
-                worker.requests += self.runtime.telemetry.absorb(message["delta"])
-                worker.batches += 1
-                for (route, backend, step, _method, _cls), count, *_ in message["delta"]["series"]:
-                    worker.served[(route, step, backend)] += count
-                samples = message.get("diff_samples") or ()
-                shadow = self.runtime.feature(ShadowFeature) if samples else None
-                for sample in samples:  # GET /diffs shows every worker's samples
-                    assert shadow is not None
-                    shadow.sender.ring.add(sample)
+                self._absorb(worker, message)
+
+    def _absorb(self, worker: _Worker, batch: dict[str, Any]) -> None:
+        """Add a worker's batch (``facade.worker.take_batch``) to what the admin API reports."""
+        runtime = self.runtime
+        worker.requests += runtime.telemetry.absorb(batch["delta"])
+        worker.batches += 1
+        for (route, backend, step, _method, _cls), count, *_ in batch["delta"]["series"]:
+            worker.served[(route, step, backend)] += count
+        runtime.errors.absorb(batch.get("errors") or [], worker=worker.index)  # GET /errors: every worker's
+        head = batch.get("head") or {}
+        for reason, n in head.get("dropped", {}).items():
+            runtime.head_limits.stats.count_dropped(reason, n)
+        for reason, n in head.get("rejected", {}).items():
+            runtime.head_limits.stats.count_rejected(reason, n)
+        if "shadow_gauges" in batch:
+            worker.shadow = batch["shadow_gauges"]
+        shadow = runtime.feature(ShadowFeature)
+        if shadow is None:
+            return
+        for sample in batch.get("diff_samples") or ():  # GET /diffs shows every worker's samples
+            shadow.sender.ring.add(sample)
+        learned = shadow.sender.absorb(batch.get("shadow") or {})
+        if learned:  # noise one worker learned is ignored by every worker, so they diff alike
+            message = {"type": "noise", "paths": {route: sorted(paths) for route, paths in learned.items()}}
+            for other in self.workers.values():
+                if not other.writer.is_closing():
+                    write_message(other.writer, message)
 
     async def _watch(self, worker: _Worker) -> None:
         code = await worker.process.wait()
         self._changed.set()
+        for future in worker.flushes.values():  # what it had not shipped is lost with it
+            if not future.done():
+                future.set_result(False)
+        worker.flushes.clear()
         if worker is self._spare:
             self._spare = None
             logger.warning("spare worker (pid %d) exited with %s", worker.process.pid, code)
@@ -347,6 +406,7 @@ class WorkerPool(Feature):
                            "(%d run now)", config.workers, self.count)
 
     def swapped(self, snapshot: Snapshot) -> None:
+        self._share_state()  # first: a reload that brings a mesh brings the credentials its pools need
         message = snapshot_message(snapshot)
         for worker in self.workers.values():
             if not worker.writer.is_closing():
@@ -379,6 +439,31 @@ class WorkerPool(Feature):
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), min(left, 0.5))
+
+    async def gather_telemetry(self) -> tuple[str, ...]:
+        """Have every live worker ship what it recorded since its last batch, and wait for it (at most
+        ``FLUSH_TIMEOUT_S``): a gate or a report asked right after a burst counts the whole burst. The
+        names of the workers that did not answer in time (or exited first): their last batch is missing."""
+        self._flush_seq += 1
+        seq = self._flush_seq
+        loop = asyncio.get_running_loop()
+        asked: dict[str, asyncio.Future[bool]] = {}
+        for worker in self.workers.values():
+            if worker.process.returncode is not None or worker.writer.is_closing() or not worker.ready.is_set():
+                continue
+            future = worker.flushes[seq] = loop.create_future()
+            asked[f"worker {worker.index} (pid {worker.process.pid})"] = future
+            write_message(worker.writer, {"type": "flush", "seq": seq})
+        if not asked:
+            return ()
+        await asyncio.wait(asked.values(), timeout=FLUSH_TIMEOUT_S)
+        missing = tuple(name for name, future in asked.items() if not (future.done() and future.result()))
+        for worker in self.workers.values():
+            worker.flushes.pop(seq, None)
+        if missing:
+            logger.warning("telemetry of %s did not arrive within %g s: what is judged now is partial",
+                           ", ".join(missing), FLUSH_TIMEOUT_S)
+        return missing
 
     def admin_routes(self) -> list[BaseRoute]:
         async def workers_endpoint(request: Request) -> Response:

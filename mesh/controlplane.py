@@ -69,7 +69,7 @@ from .ca import CaError, CaNotFound, CertificateAuthority, CsrRejected
 from .ca_http import MAX_SIGN_REQUEST_BYTES, ca_routes
 from .config import MeshSpec
 from .document import SidecarDocument, build_document
-from .edge import EdgeIdentity
+from .edge import EdgeIdentity, edge_credentials
 from .reports import InboundReports, ReportError, parse_report
 from .spiffe import SpiffeId
 from .state import DEFAULT_STATE_FILE, MeshStateStore
@@ -125,6 +125,7 @@ class MeshFeature(Feature):
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._config: Config | None = None
+        self._credentials: tuple[object, bytes, dict[str, Any]] | None = None  # (identity, bundle, edge_credentials)
         # A CA that cannot be loaded is reported by start(), inside the runtime's start-up error handling.
         self._startup_error: ConfigError | None = None
         if runtime.config.mesh is not None:
@@ -219,6 +220,16 @@ class MeshFeature(Feature):
         return self.edge.ssl_context_factory(spec)
 
     # -- feature hooks ----------------------------------------------------------------------
+
+    def worker_state(self) -> dict[str, Any]:
+        """The edge SVID for the workers of ``--workers N`` (the CA and the rotation stay here; each new
+        SVID or bundle reaches them within ~0.5 s, before it is needed: rotation is at half the lifetime)."""
+        if self.edge is None or self.ca is None:
+            return {}
+        identity, bundle = self.edge.identity, self.ca.trust_bundle_pem
+        if self._credentials is None or self._credentials[0] is not identity or self._credentials[1] != bundle:
+            self._credentials = (identity, bundle, edge_credentials(self.edge))
+        return {"mesh_edge": self._credentials[2]}
 
     def check_config(self, config: Config) -> None:
         """Veto a reload whose mesh cannot be served; prepares the CA/edge identity for it."""

@@ -126,9 +126,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args.worker_count = parse_workers(args.workers if args.workers is not None else config.workers)
     except ValueError as exc:
         return fail(args, f"--workers: {exc}" if args.workers is not None else f"{args.config}: {exc}", EXIT_INVALID)
-    if args.worker_count > 1 and config.mesh is not None:
-        return fail(args, f"--workers {args.worker_count}: a config with a mesh: section runs one worker "
-                    "for now (docs/workers.md)", EXIT_INVALID)
     try:
         return _run(_serve(config, args))
     except OSError as exc:

@@ -79,6 +79,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return EXIT_OK
     try:
         print(render_compare(report))
+        if isinstance(report, dict) and report.get("partial"):  # a worker's latest batch did not arrive
+            print(f"partial: the latest telemetry of {', '.join(report['partial']['missing'])} is missing")
     except (KeyError, TypeError, ValueError) as exc:
         return fail(args, f"unexpected report from the admin API: {exc!r}", EXIT_FAILURE)
     return EXIT_OK

@@ -251,10 +251,7 @@ def plan_stack(
     serve_argv: tuple[str, ...] = (python, "-m", "facade", "serve", "-c", config_path)
     if facade_state_dir is not None:
         serve_argv += ("--state-dir", facade_state_dir)
-    if config.mesh is None:
-        serve_argv += ("--workers", "auto")  # one per core (docs/workers.md)
-    else:
-        notes.append("workers: a config with a mesh: section runs the facade on one worker for now (docs/workers.md)")
+    serve_argv += ("--workers", "auto")  # one per core (docs/workers.md)
     if not sidecars and any(s.name in SHOP_APPS for s in config.services):
         notes.append("mesh: this build has no `facade mesh sidecar`; services talk plain HTTP on loopback "
                      "(no mTLS or policy between them)")  # fmt: skip

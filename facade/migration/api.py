@@ -74,7 +74,8 @@ def admin_routes(controller: MigrationController) -> list[BaseRoute]:
     """The routes the admin app mounts for ``controller`` (mutations behind the admin token)."""
 
     async def list_migrations(request: Request) -> Response:
-        statuses = [await controller.status(name, journal=0) for name in sorted(controller.plans)]
+        missing = await controller.runtime.gather_telemetry()  # once for every plan's gates
+        statuses = [await controller.status(name, journal=0, missing=missing) for name in sorted(controller.plans)]
         return JSONResponse({"migrations": [s for s in statuses if s is not None]})
 
     async def show(request: Request) -> Response:

@@ -83,6 +83,7 @@ from .gates import (
     evaluate_gates,
     evaluate_hooks,
     evaluate_queries,
+    partial_evidence,
     with_results,
 )
 from .hooks import Webhook
@@ -459,8 +460,22 @@ class MigrationController(Feature):
             combined = with_results(combined, evaluate_queries(step.gates.prometheus, answers))
         return combined
 
-    async def status(self, name: str, *, journal: int = DEFAULT_JOURNAL) -> dict[str, Any] | None:
-        """The ``GET /migrations/{name}`` document (gates evaluated now), or None for an unknown plan."""
+    async def judged_report(
+        self, plan: Plan, state: MigrationState, *, missing: tuple[str, ...] | None = None
+    ) -> GateReport | None:
+        """``gate_report`` over every process's evidence: the workers ship what they have not yet shipped
+        first (``missing``: the caller gathered already); a worker that does not answer in time makes the
+        report inconclusive, never a quiet pass."""
+        if missing is None:
+            missing = await self.runtime.gather_telemetry()
+        report = self.gate_report(plan, state)
+        return with_results(report, partial_evidence(missing)) if report is not None and missing else report
+
+    async def status(
+        self, name: str, *, journal: int = DEFAULT_JOURNAL, missing: tuple[str, ...] | None = None
+    ) -> dict[str, Any] | None:
+        """The ``GET /migrations/{name}`` document (gates evaluated now), or None for an unknown plan.
+        ``missing``: what ``runtime.gather_telemetry()`` returned when the caller gathered already."""
         plan = self.plans.get(name)
         if plan is None:
             return None
@@ -478,7 +493,8 @@ class MigrationController(Feature):
                 instances = [r.to_json(now=now) for r in reports]
         except StoreUnavailable as exc:  # the status still says what this instance routes
             store_error = f"the migration store is unreachable: {exc}"
-        status = migration_status(plan, state, now=now, gate_report=self.gate_report(plan, state), journal=entries)
+        report = await self.judged_report(plan, state, missing=missing)
+        status = migration_status(plan, state, now=now, gate_report=report, journal=entries)
         status["action_timeout"] = action_bound(plan, state)  # how long an action may wait for its checks
         if self.store is not None and self.store.shared:
             status["instance"] = self.instance
@@ -530,8 +546,8 @@ class MigrationController(Feature):
         if action.name in ("next", "resume") and not action.force:
             # Only a move that gates decide waits for Prometheus: a pause or a rollback never does.
             await self._refresh_queries(plan, seen)
+        report = await self.judged_report(plan, seen)
         now = self._clock()
-        report = self.gate_report(plan, seen)
         result = apply(seen, action, plan=plan, now=now, gate_report=report)
         if isinstance(result, Refusal):
             if result.gates is not None and result.gates.status is GateStatus.FAIL:
@@ -750,7 +766,7 @@ class MigrationController(Feature):
             # Flagger's rollout hooks: asked at every check, before the gates; a failure counts like a gate's.
             checks = await self._call_hooks(plan, plan.hooks("rollout", step), state, now, report=None)
         await self._refresh_queries(plan, state)
-        report = self.gate_report(plan, state)
+        report = await self.judged_report(plan, state)
         if report is None:
             return
         if checks:

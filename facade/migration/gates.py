@@ -24,6 +24,7 @@ Values fetched by the controller's edge (``facade.migration.callouts``) are judg
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -41,6 +42,7 @@ __all__ = [
     "evaluate_gates",
     "evaluate_hooks",
     "evaluate_queries",
+    "partial_evidence",
     "with_results",
 ]
 
@@ -283,6 +285,16 @@ def evaluate_hooks(outcomes: tuple[HookOutcome, ...]) -> tuple[GateResult, ...]:
             status, message = GateStatus.FAIL, f"{name}: {answer}{tries}"
         out.append(GateResult(name, status, value, 200.0, message))
     return tuple(out)
+
+
+def partial_evidence(missing: Sequence[str]) -> tuple[GateResult, ...]:
+    """An inconclusive result when some processes' latest telemetry did not arrive (``facade serve --workers``):
+    a verdict on part of the evidence must not pass silently (a failure seen in the rest still fails)."""
+    if not missing:
+        return ()
+    names = ", ".join(missing)
+    return (GateResult("telemetry.complete", GateStatus.INCONCLUSIVE, float(len(missing)), 0.0,
+                       f"telemetry.complete: inconclusive, the latest telemetry of {names} did not arrive in time"),)
 
 
 def with_results(report: GateReport | None, extra: tuple[GateResult, ...]) -> GateReport:

@@ -169,10 +169,12 @@ class ShadowFeature(Feature):
         async def compare_endpoint(request: Request) -> Response:
             try:
                 params = dict(request.query_params) | {"route": _route_param(runtime, request)}
+                missing = await runtime.gather_telemetry()  # every worker's latest requests count
                 fleet = None
                 for feature in runtime.features:  # replicas: the migration controller sums their windows
                     fleet = fleet or await feature.fleet_window(params["route"])
-                return JSONResponse(compare_view(runtime, params, fleet))
+                report = compare_view(runtime, params, fleet)
+                return JSONResponse(report | ({"partial": {"missing": list(missing)}} if missing else {}))
             except _BadQuery as bad:
                 return JSONResponse(bad.body, status_code=bad.status)
 
@@ -182,9 +184,11 @@ class ShadowFeature(Feature):
                 limit = _limit(request.query_params.get("limit"), sender.ring.maxlen)
             except _BadQuery as bad:
                 return JSONResponse(bad.body, status_code=bad.status)
+            await runtime.gather_telemetry()
             return JSONResponse(sender.ring.to_json(route, limit) | {"noise_paths": sorted(sender.noise.paths(route))})
 
         async def shadow_endpoint(request: Request) -> Response:
+            await runtime.gather_telemetry()
             return JSONResponse(sender.stats())
 
         return [

@@ -12,7 +12,7 @@ import logging
 import time
 import weakref
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -523,6 +523,55 @@ class ShadowSender:
             },
             "routes": per_route,
         }
+
+    # -- several processes (facade serve --workers N) ------------------------------------------------
+
+    def take_delta(self, shipped: dict[Any, Any]) -> dict[str, Any]:
+        """The counters, candidate latencies and noise paths added since the last call (``shipped``: the
+        caller's memory, updated here), as plain data a supervisor's sender ``absorb``s (docs/workers.md)."""
+        counters: dict[str, list[tuple[Any, int]]] = {}
+        for name, counter in (("results", self.results), ("dropped", self.dropped),
+                              ("skipped_unsafe", self.skipped_unsafe), ("noise_copies", self.noise_copies)):
+            before = shipped.setdefault(("shadow", name), {})
+            fresh = [(key, n - before.get(key, 0)) for key, n in counter.items() if n != before.get(key, 0)]
+            before.update(counter)
+            if fresh:
+                counters[name] = fresh
+        latency = []
+        for key, hist in self.latency.items():
+            before = shipped.setdefault(("shadow-latency", key), {})
+            if hist.total != sum(before.values()):
+                latency.append((key, hist.subtract(before).counts))
+                shipped[("shadow-latency", key)] = dict(hist.counts)
+        noise = {}
+        for route in self.noise.to_json():
+            known = shipped.setdefault(("shadow-noise", route), set())
+            paths = self.noise.paths(route) - known
+            if paths:
+                noise[route] = sorted(paths)
+                known.update(paths)
+        return {"counters": counters, "latency": latency, "noise": noise}
+
+    def absorb(self, delta: Mapping[str, Any]) -> dict[str, frozenset[str]]:
+        """Add another process's ``take_delta``; returns the noise paths new to this sender, per route."""
+        counters: dict[str, Counter[Any]] = {"results": self.results, "dropped": self.dropped,
+                                             "skipped_unsafe": self.skipped_unsafe, "noise_copies": self.noise_copies}
+        for name, fresh in delta.get("counters", {}).items():
+            counter = counters[name]
+            for key, n in fresh:
+                counter[key] += n
+        for key, counts in delta.get("latency", ()):
+            hist = self.latency.get(key)
+            if hist is None:
+                hist = self.latency[key] = LogLinearHistogram()
+            hist.merge(counts)
+        added = {route: self.noise.add(route, paths) for route, paths in delta.get("noise", {}).items()}
+        return {route: paths for route, paths in added.items() if paths}
+
+    def gauges(self) -> dict[str, int]:
+        """What this process's sender holds now (a worker's; ``GET /workers`` shows each worker's)."""
+        return {"queue_depth": self._queue.qsize(), "in_flight": self._in_flight, "pending": len(self._pending),
+                "queued_bytes": self._queued_bytes}
 
     def prometheus_text(self) -> str:
         """The sender's counters and gauges in the Prometheus text format 0.0.4 (to append to ``/metrics``)."""

@@ -137,7 +137,7 @@ def test_plan_derives_children_and_ports_from_the_config() -> None:
     assert dict(catalog.env)["CATALOG_DB"] == "/s/data/catalog.db"
     assert dict(catalog.env)["PYTHONPATH"] == "/src"
     assert catalog.argv[3] == "facade.sample_monolith.catalog:app"
-    # No mesh: section: the demo's facade runs one worker per core (docs/workers.md).
+    # The demo's facade runs one worker per core (docs/workers.md).
     assert facade.argv == ("/py", "-m", "facade", "serve", "-c", "/c/facade.yaml", "--workers", "auto")
     assert dict(facade.env)["FACADE_ADMIN_TOKEN"] == "tok"
     assert facade.health_url == "http://127.0.0.1:19901/readyz"
@@ -278,6 +278,9 @@ def test_mesh_config_puts_apps_behind_sidecars_started_last() -> None:
     assert argv[argv.index("--control-plane") + 1] == "http://127.0.0.1:9901"
     assert "--outbound" not in argv and catalog_sidecar.bootstrap == "catalog"
     assert catalog_sidecar.health_url == "http://127.0.0.1:40002/healthz"
+    # With the mesh too, the facade runs one worker per core (the supervisor keeps the CA; docs/workers.md).
+    assert by_name["facade"].argv[-2:] == ("--workers", "auto")
+    assert not any(n.startswith("workers:") for n in plan.notes)
     # Orders reaches the catalog through its own sidecar's outbound listener, Host: catalog.
     outbound = orders_sidecar.argv[orders_sidecar.argv.index("--outbound") + 1]
     env = dict(by_name["orders"].env)

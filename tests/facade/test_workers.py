@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
+import ssl
 import sys
 import textwrap
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,6 +21,7 @@ import pytest
 from facade.cli.console import EXIT_INVALID
 from facade.config import MAX_WORKERS, parse_workers
 from facade.telemetry import Telemetry
+from facade.telemetry.histogram import LogLinearHistogram
 from tests.facade.migration.stack import TOKEN, Switchable, config_text
 from tests.servers import serve_app
 
@@ -538,3 +542,284 @@ async def test_one_shared_socket_mode_serves_on_every_worker(tmp_path: Path) -> 
             assert await _poll(both_served), (await admin.get("/workers")).json()
             proc.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(proc.wait(), 40) == 0
+
+
+def _requests_total(metrics: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith("http_server_requests_total{"))
+
+
+JUDGED = """\
+    name: shop
+    route: catalog
+    from: monolith
+    to: catalog
+    steps:
+      - weight: 50
+        gates: {error_rate: {max_delta: 1%}, min_requests: 10}
+      - weight: 100
+    """
+
+
+@pytest.mark.slow
+async def test_gates_and_reports_asked_right_after_a_burst_count_every_request(tmp_path: Path) -> None:
+    (tmp_path / "migrations").mkdir()
+    (tmp_path / "migrations" / "001-shop.yaml").write_text(textwrap.dedent(JUDGED))
+    async with serve_app(Switchable("monolith")) as old_url, serve_app(Switchable("catalog")) as new_url:
+        (tmp_path / "facade.yaml").write_text(config_text(old_url, new_url))
+        async with supervisor(tmp_path) as (_proc, url, admin_url), \
+                httpx.AsyncClient(base_url=admin_url, headers=AUTH, timeout=30) as admin:
+            assert (await admin.post("/migrations/shop/start", json={})).status_code == 200
+            sent = 0
+            for burst in range(3):
+                served: dict[str, int] = {}
+                # Four clients, a new connection per request: both workers serve the burst.
+                await asyncio.gather(*(_load_n(url, served, 50) for _ in range(4)))
+                sent += 200
+                # Asked at once, no polling: the workers' last (unshipped) requests must be in every answer.
+                report = (await admin.get("/compare", params={"route": "catalog", "window": "5m"})).json()
+                assert report["old"]["requests"] + report["new"]["requests"] == sent, (burst, report)
+                assert "partial" not in report
+                assert report["new"]["requests"] == sum(
+                    w["served"]["catalog"]["shop step 1: weight 50"].get("catalog", 0)
+                    for w in (await admin.get("/workers")).json()["workers"]
+                )
+                status = (await admin.get("/migrations/shop")).json()
+                gates = {g["name"]: g for g in status["gates"]["results"]}
+                assert gates["min_requests"]["value"] == report["new"]["requests"], gates
+                assert status["gates"]["status"] == "pass", status["gates"]
+                assert _requests_total((await admin.get("/metrics")).text) == sent
+            workers = (await admin.get("/workers")).json()["workers"]
+            assert all(w["requests"] > 0 for w in workers) and sum(w["requests"] for w in workers) == sent
+
+
+@pytest.mark.slow
+async def test_a_worker_that_does_not_answer_makes_the_verdict_partial(tmp_path: Path) -> None:
+    (tmp_path / "migrations").mkdir()
+    (tmp_path / "migrations" / "001-shop.yaml").write_text(textwrap.dedent(JUDGED))
+    async with serve_app(Switchable("monolith")) as old_url, serve_app(Switchable("catalog")) as new_url:
+        (tmp_path / "facade.yaml").write_text(config_text(old_url, new_url))
+        async with supervisor(tmp_path) as (_proc, url, admin_url), \
+                httpx.AsyncClient(base_url=admin_url, headers=AUTH, timeout=30) as admin:
+            assert (await admin.post("/migrations/shop/start", json={})).status_code == 200
+            served: dict[str, int] = {}
+            await _load_n(url, served, 80)
+            frozen = (await admin.get("/workers")).json()["workers"][0]["pid"]
+            os.kill(frozen, signal.SIGSTOP)  # alive, but answers nothing: its next batch cannot arrive
+            try:
+                status = (await admin.get("/migrations/shop")).json()
+                gates = {g["name"]: g for g in status["gates"]["results"]}
+                # Enough requests and no errors, but one worker's latest telemetry is missing: not a pass.
+                assert status["gates"]["status"] == "inconclusive", status["gates"]
+                assert gates["telemetry.complete"]["status"] == "inconclusive"
+                assert f"pid {frozen}" in gates["telemetry.complete"]["message"]
+                report = (await admin.get("/compare", params={"route": "catalog"})).json()
+                assert report["partial"]["missing"] == [f"worker 0 (pid {frozen})"], report
+                cli = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "facade", "compare", "catalog", "--admin", admin_url, "--token", TOKEN,
+                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=str(tmp_path),
+                    env={**os.environ, "PYTHONPATH": str(REPO)},
+                )
+                out, err = await asyncio.wait_for(cli.communicate(), 60)
+                assert cli.returncode == 0, err
+                assert f"partial: the latest telemetry of worker 0 (pid {frozen}) is missing" in out.decode(), out
+                refused = await admin.post("/migrations/shop/next", json={})
+                assert refused.status_code == 409, refused.text
+            finally:
+                os.kill(frozen, signal.SIGCONT)
+
+            async def whole() -> dict[str, object] | None:
+                status = (await admin.get("/migrations/shop")).json()
+                return status if status["gates"]["status"] == "pass" else None
+
+            status = await _poll(whole)
+            assert status, (await admin.get("/migrations/shop")).json()
+            assert "telemetry.complete" not in {g["name"] for g in status["gates"]["results"]}  # type: ignore[index]
+            report = (await admin.get("/compare", params={"route": "catalog"})).json()
+            assert report["old"]["requests"] + report["new"]["requests"] == 80 and "partial" not in report
+            assert (await admin.post("/migrations/shop/next", json={})).status_code == 200
+
+
+def test_shadow_sender_deltas_sum_counters_latencies_and_noise() -> None:
+    from facade.shadow import ShadowSender
+    from facade.upstream import Upstreams
+
+    worker, supervisor_sender = ShadowSender(upstreams=Upstreams([])), ShadowSender(upstreams=Upstreams([]))
+    shipped: dict[object, object] = {}
+    worker.results[("catalog", "compared")] += 3
+    worker.dropped[("catalog", "queue_full")] += 1
+    worker.latency[("catalog", "s1")] = hist = LogLinearHistogram.of([0.010, 0.020])
+    worker.noise.add("catalog", ["$.nonce"])
+    assert supervisor_sender.absorb(worker.take_delta(shipped)) == {"catalog": frozenset({"$.nonce"})}
+    worker.results[("catalog", "compared")] += 2
+    hist.record(0.030)
+    worker.noise.add("catalog", ["$.nonce", "$.at"])
+    # Only what is new travels: a path already shipped is not new again.
+    assert supervisor_sender.absorb(worker.take_delta(shipped)) == {"catalog": frozenset({"$.at"})}
+    assert worker.take_delta(shipped) == {"counters": {}, "latency": [], "noise": {}}
+    assert supervisor_sender.results[("catalog", "compared")] == 5
+    assert supervisor_sender.dropped[("catalog", "queue_full")] == 1
+    assert supervisor_sender.latency[("catalog", "s1")].counts == hist.counts
+    assert supervisor_sender.noise.paths("catalog") == {"$.nonce", "$.at"}
+
+
+def test_recent_errors_since_and_absorb() -> None:
+    from facade.error_log import RecentErrors
+
+    worker_errors, supervisor_errors = RecentErrors(size=3), RecentErrors()
+    for i in range(5):
+        worker_errors.add(request_id=f"r{i}", status=502, reason="connect", detail="refused", route="r", backend="b")
+    assert [e["request_id"] for e in worker_errors.since(0)] == ["r2", "r3", "r4"]  # what the ring still keeps
+    assert [e["request_id"] for e in worker_errors.since(4)] == ["r4"] and worker_errors.since(5) == []
+    supervisor_errors.absorb(worker_errors.since(3), worker=1)
+    assert [(e["request_id"], e["worker"]) for e in supervisor_errors.view()] == [("r4", 1), ("r3", 1)]
+
+
+async def _one_off(url: str, n: int, **headers: str) -> dict[int, int]:
+    """``n`` GETs, a new connection each (both workers serve them); status -> count."""
+    seen: dict[int, int] = {}
+    async with httpx.AsyncClient(base_url=url, timeout=10, limits=httpx.Limits(max_keepalive_connections=0)) as c:
+        for _ in range(n):
+            status = (await c.get("/catalog/item", headers=headers)).status_code
+            seen[status] = seen.get(status, 0) + 1
+    return seen
+
+
+@pytest.mark.slow
+async def test_errors_and_listener_counters_count_every_worker(tmp_path: Path) -> None:
+    from tests.facade.test_shadow import closed_port_url
+
+    (tmp_path / "facade.yaml").write_text(config_text(closed_port_url(), closed_port_url()).replace(
+        "migrations: migrations/\n", ""))
+    async with supervisor(tmp_path) as (_proc, url, admin_url), \
+            httpx.AsyncClient(base_url=admin_url, timeout=10) as admin:
+        assert await _one_off(url, 40, x_legacy_id="7") == {502: 40}  # refused upstream, an underscore header
+        # Asked at once: the flush brings each worker's last failures and counters.
+        errors = (await admin.get("/errors")).json()["errors"]
+        assert len(errors) == 40 and {e["status"] for e in errors} == {502}
+        assert {e["worker"] for e in errors} == {0, 1}, errors  # both workers' failures, in one view
+        one = errors[7]["request_id"]
+        assert [e["request_id"] for e in (await admin.get("/errors", params={"request_id": one})).json()["errors"]] \
+            == [one]
+        metrics = (await admin.get("/metrics")).text
+        assert 'facade_request_headers_dropped_total{reason="underscore"} 40' in metrics, metrics
+    # A request the listener refuses (userinfo in an absolute-form target) is counted too, whichever worker refused it.
+    (tmp_path / "facade.yaml").write_text(config_text(closed_port_url(), closed_port_url()).replace(
+        "migrations: migrations/\n", ""))
+    async with supervisor(tmp_path) as (_proc, url, admin_url), \
+            httpx.AsyncClient(base_url=admin_url, timeout=10) as admin:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        for _ in range(10):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"GET http://user@other.example/catalog/item HTTP/1.1\r\nhost: other.example\r\n\r\n")
+            await writer.drain()
+            assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"HTTP/1.1 400")
+            writer.close()
+            await writer.wait_closed()
+        metrics = (await admin.get("/metrics")).text
+        assert 'facade_requests_rejected_total{reason="absolute_form"} 10' in metrics, metrics
+
+
+def _noisy_app(name: str) -> object:
+    async def app(scope: dict[str, object], receive: object, send: object) -> None:
+        if scope["type"] != "http":
+            return
+        body = json.dumps({"nonce": uuid.uuid4().hex, "name": "same"}).encode()
+        await send({"type": "http.response.start", "status": 200,  # type: ignore[operator]
+                    "headers": [(b"content-type", b"application/json"), (b"x-served-by", name.encode())]})
+        await send({"type": "http.response.body", "body": body})  # type: ignore[operator]
+
+    return app
+
+
+@pytest.mark.slow
+async def test_shadow_counters_and_learned_noise_of_every_worker(tmp_path: Path) -> None:
+    (tmp_path / "migrations").mkdir()
+    (tmp_path / "migrations" / "001-shop.yaml").write_text(textwrap.dedent(PLAN).replace(
+        "steps:\n", "steps:\n  - shadow: {percent: 100}\n"))
+    async with serve_app(_noisy_app("monolith")) as old_url, serve_app(_noisy_app("catalog")) as new_url:
+        (tmp_path / "facade.yaml").write_text(config_text(old_url, new_url))
+        async with supervisor(tmp_path) as (_proc, url, admin_url), \
+                httpx.AsyncClient(base_url=admin_url, headers=AUTH, timeout=30) as admin:
+            assert (await admin.post("/migrations/shop/start", json={})).status_code == 200
+            assert await _one_off(url, 40) == {200: 40}
+
+            async def mirrored() -> dict[str, object] | None:
+                stats = (await admin.get("/shadow")).json()
+                return stats if stats["totals"]["mirrored"] >= 40 else None
+
+            stats = await _poll(mirrored)
+            assert stats, (await admin.get("/shadow")).json()
+            assert stats["totals"]["mirrored"] == 40 and stats["totals"]["dropped"] == 0  # type: ignore[index]
+            route = stats["routes"]["catalog"]  # type: ignore[index]
+            assert route["noise_copies"] == 40 and route["noise_paths"] == ["$.nonce"], route
+            assert sum(v["count"] for v in route["candidate_latency_ms"].values()) == 40, route
+            # The nonce differs in every answer: learned as noise, no comparison counts it as a difference.
+            report = (await admin.get("/compare", params={"route": "catalog"})).json()
+            assert (report["diffs"]["compared"], report["diffs"]["differing"]) == (40, 0), report["diffs"]
+            assert (await admin.get("/diffs", params={"route": "catalog"})).json()["noise_paths"] == ["$.nonce"]
+            workers = (await admin.get("/workers")).json()["workers"]
+            assert all(w["requests"] > 0 for w in workers)
+            assert all(w["shadow"]["queue_depth"] == 0 and w["shadow"]["in_flight"] == 0 for w in workers), workers
+            metrics = (await admin.get("/metrics")).text
+            assert sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                       if line.startswith("facade_shadow_requests_total{")) == 40
+
+
+async def _closing_app(scope: dict[str, object], receive: object, send: object) -> None:
+    """Answers and closes the connection: every proxied request is a new mTLS handshake."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200,  # type: ignore[operator]
+                "headers": [(b"x-served-by", b"catalog"), (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": b"ok"})  # type: ignore[operator]
+
+
+@pytest.mark.slow
+async def test_workers_originate_mesh_mtls_with_the_supervisors_rotating_edge_svid(tmp_path: Path) -> None:
+    from facade.mesh.spiffe import SpiffeId
+    from mesh.ca import CertificateAuthority
+    from tests.mesh.pki import issue
+
+    trust_domain, catalog_id = "shop.local", "spiffe://shop.local/ns/shop/sa/catalog"
+    # The CA the supervisor will load (it keeps it: workers never see its key), and the catalog's SVID.
+    ca = CertificateAuthority.init(tmp_path / "state", trust_domain)
+    catalog = issue(ca, SpiffeId.parse(catalog_id))
+    (tmp_path / "catalog.crt").write_bytes(catalog.cert_pem)
+    (tmp_path / "catalog.key").write_bytes(catalog.key_pem())
+    (tmp_path / "bundle.pem").write_bytes(ca.trust_bundle_pem)
+    ttl = 4.0
+    # The backend demands a client certificate from the mesh CA: an expired or missing edge SVID fails.
+    async with serve_app(_closing_app, ssl_certfile=str(tmp_path / "catalog.crt"),
+                         ssl_keyfile=str(tmp_path / "catalog.key"), ssl_ca_certs=str(tmp_path / "bundle.pem"),
+                         ssl_cert_reqs=ssl.CERT_REQUIRED) as backend_url:
+        (tmp_path / "facade.yaml").write_text(textwrap.dedent(f"""\
+            listen: 127.0.0.1:0
+            admin: {{listen: 127.0.0.1:0, token: {TOKEN}}}
+            state_dir: state
+            services:
+              catalog: {{endpoints: ["{backend_url}"], identity: "{catalog_id}"}}
+            routes:
+              - name: all
+                match: {{path: {{prefix: /}}}}
+                backend: catalog
+            mesh:
+              trust_domain: {trust_domain}
+              ca: {{svid_ttl: {ttl:g}s}}
+            """))
+        async with supervisor(tmp_path) as (_proc, url, admin_url), \
+                httpx.AsyncClient(base_url=admin_url, timeout=10) as admin:
+            assert await _one_off(url, 40) == {200: 40}
+            # Keep sending past two lifetimes of the edge SVID: each worker must present the supervisor's
+            # rotated SVID on every new handshake, or the backend refuses it once the first one expired.
+            seen: dict[int, int] = {}
+            deadline = time.monotonic() + 2.5 * ttl
+            for _ in range(400):
+                if time.monotonic() > deadline:
+                    break
+                for status, n in (await _one_off(url, 4)).items():
+                    seen[status] = seen.get(status, 0) + n
+                await asyncio.sleep(0.1)
+            assert time.monotonic() > deadline and set(seen) == {200}, seen
+            workers = (await admin.get("/workers")).json()["workers"]
+            assert len(workers) == 2 and all(w["requests"] > 0 for w in workers), workers

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from facade.migration.gates import GateStatus, evaluate_gates
+from facade.migration.gates import GateStatus, evaluate_gates, partial_evidence, with_results
 from facade.migration.plan import Gate, Gates
 from facade.stats import DiffCounts, SideStats
 
@@ -96,3 +96,15 @@ def test_overall_fail_beats_inconclusive_beats_pass() -> None:
     assert "error_rate.max: 50% > 1%" in report.summary()
     gates = Gates((Gate("latency_p99", "max_ms", 100.0), Gate("error_rate", "max", 60.0)))
     assert evaluate_gates(gates, OLD, new, NO_DIFFS).status is INC
+
+
+def test_partial_evidence_turns_a_pass_inconclusive_but_never_hides_a_failure() -> None:
+    assert partial_evidence(()) == ()
+    gates = Gates((Gate("error_rate", "max", 60.0),))
+    passing = evaluate_gates(gates, OLD, SideStats(requests=100, errors=1), NO_DIFFS)
+    assert passing.status is PASS
+    partial = with_results(passing, partial_evidence(["worker 1 (pid 42)"]))
+    assert partial.status is INC and partial.results[-1].name == "telemetry.complete"
+    assert "worker 1 (pid 42)" in partial.summary()
+    failing = evaluate_gates(gates, OLD, SideStats(requests=100, errors=90), NO_DIFFS)
+    assert with_results(failing, partial_evidence(["worker 1 (pid 42)"])).status is FAIL
