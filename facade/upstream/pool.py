@@ -162,6 +162,9 @@ class ServicePool:
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self.stats: Counter[str] = Counter()
+        # The proxy's requests to this service now, and how many of them are retrying (retry budget).
+        self.requests_active = 0
+        self.retries_active = 0
         old = {ep.url: ep for ep in previous.endpoints} if previous is not None else {}
         groups = []
         for g in spec.groups:
@@ -200,6 +203,7 @@ class ServicePool:
                 connect_timeout=self.spec.timeouts.connect,
                 ssl_context=self.ssl_context,
                 dns_ttl=DEFAULT_DNS_CACHE_TTL,
+                max_pending=pool.max_pending_requests,
             )
         return self._h1
 
