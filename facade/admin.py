@@ -160,6 +160,7 @@ def build_admin_app(runtime: FacadeRuntime) -> Starlette:
 
     async def metrics(request: Request) -> Response:
         text = runtime.telemetry.prometheus_text() + runtime.head_limits.stats.prometheus_text()
+        text += runtime.upstreams.prometheus_text() + runtime.rate_limits.prometheus_text()
         text += "".join(feature.prometheus_text() for feature in runtime.features)
         return Response(text, media_type=CONTENT_TYPE)
 

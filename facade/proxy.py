@@ -36,6 +36,7 @@ from .headers import (
     apply_header_ops_bytes,
     filter_response_headers,
 )
+from .ratelimit import RateLimits, client_key
 from .resolve import Forward, Reject, Respond, resolve_request
 from .upstream import Outcome, retry
 from .upstream.h1 import (
@@ -164,11 +165,14 @@ class RequestBody:
 class Proxy:
     """ASGI application of the client-facing listener."""
 
-    def __init__(self, holder: SnapshotHolder, *, errors: RecentErrors | None = None) -> None:
+    def __init__(
+        self, holder: SnapshotHolder, *, errors: RecentErrors | None = None, rate_limits: RateLimits | None = None
+    ) -> None:
         self._holder = holder
         self._active = 0
         self._rand = random.random
         self.errors = errors if errors is not None else RecentErrors()
+        self.rate_limits = rate_limits if rate_limits is not None else RateLimits()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -192,8 +196,13 @@ class Proxy:
         if not isinstance(decision, Forward):
             await _answer(send, decision)
             return
-        method: str = scope["method"]
         route = decision.route
+        if route.rate_limit is not None:  # a route without one pays this one check
+            limited = self._rate_limited(snap, route, scope)
+            if limited is not None:
+                await _json_response(send, 429, {"error": "rate limited", "route": route.name}, limited)
+                return
+        method: str = scope["method"]
         backend = decision.backend
         pool = decision.pool
         target = decision.target
@@ -287,6 +296,21 @@ class Proxy:
                 )
             else:
                 sender.cancel(ticket)
+
+    def _rate_limited(self, snap: Snapshot, route: Any, scope: Scope) -> list[tuple[bytes, bytes]] | None:
+        """None when the route's rate limit lets the request pass, else the 429's headers."""
+        limiter = self.rate_limits.limiter(route)
+        spec = limiter.spec
+        if spec.key == "route":
+            key = ""
+        elif spec.key == "client_ip":
+            peer = (scope.get("client") or ("", 0))[0]
+            key = client_key(peer, (v for k, v in scope["headers"] if k == b"x-forwarded-for"), snap.is_trusted)
+        else:
+            name = spec.header.encode("latin-1")
+            key = next((v.decode("latin-1") for k, v in scope["headers"] if k == name), "")
+        wait = limiter.check(key, self.rate_limits.clock())
+        return limiter.headers(wait) if wait else None
 
     async def _forward(
         self,

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from .config import RateLimit, Route
+from .telemetry.prometheus import escape_label_value
 
 __all__ = ["DEFAULT_MAX_KEYS", "RateLimits", "RouteLimiter", "TokenBucket", "client_key"]
 
@@ -145,11 +146,11 @@ class RateLimits:
             "# TYPE facade_ratelimit_requests_total counter",
         ]
         for name in sorted(self._routes):
-            limiter = self._routes[name]
-            lines.append(f'facade_ratelimit_requests_total{{route="{name}",decision="allowed"}} {limiter.allowed}')
-            lines.append(f'facade_ratelimit_requests_total{{route="{name}",decision="limited"}} {limiter.limited}')
+            limiter, label = self._routes[name], escape_label_value(name)
+            lines.append(f'facade_ratelimit_requests_total{{route="{label}",decision="allowed"}} {limiter.allowed}')
+            lines.append(f'facade_ratelimit_requests_total{{route="{label}",decision="limited"}} {limiter.limited}')
         lines.append("# HELP facade_ratelimit_keys Rate limit buckets held per route (bounded by the key cap).")
         lines.append("# TYPE facade_ratelimit_keys gauge")
         for name in sorted(self._routes):
-            lines.append(f'facade_ratelimit_keys{{route="{name}"}} {self._routes[name].keys}')
+            lines.append(f'facade_ratelimit_keys{{route="{escape_label_value(name)}"}} {self._routes[name].keys}')
         return "\n".join(lines) + "\n"
