@@ -301,14 +301,17 @@ class Proxy:
         """None when the route's rate limit lets the request pass, else the 429's headers."""
         limiter = self.rate_limits.limiter(route)
         spec = limiter.spec
-        if spec.key == "route":
-            key = ""
-        elif spec.key == "client_ip":
-            peer = (scope.get("client") or ("", 0))[0]
-            key = client_key(peer, (v for k, v in scope["headers"] if k == b"x-forwarded-for"), snap.is_trusted)
-        else:
+        key = ""  # key "route", and requests without the keyed header: one shared bucket
+        if spec.key == "client_ip":
+            key = (scope.get("client") or ("", 0))[0]
+            if snap.is_trusted(key):
+                key = client_key(key, [v for k, v in scope["headers"] if k == b"x-forwarded-for"], snap.is_trusted)
+        elif spec.key == "header":
             name = spec.header.encode("latin-1")
-            key = next((v.decode("latin-1") for k, v in scope["headers"] if k == name), "")
+            for k, v in scope["headers"]:
+                if k == name:
+                    key = v.decode("latin-1")
+                    break
         wait = limiter.check(key, self.rate_limits.clock())
         return limiter.headers(wait) if wait else None
 

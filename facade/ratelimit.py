@@ -43,7 +43,9 @@ class TokenBucket:
 
     def take(self, now: float, rate: float, capacity: float) -> float:
         """Take one token: 0.0 when granted, else the seconds until one is available (nothing taken)."""
-        tokens = min(capacity, self.tokens + (now - self.stamp) * rate)
+        tokens = self.tokens + (now - self.stamp) * rate
+        if tokens > capacity:
+            tokens = capacity
         self.stamp = now
         if tokens >= 1.0:
             self.tokens = tokens - 1.0
@@ -55,7 +57,7 @@ class TokenBucket:
 class RouteLimiter:
     """The buckets of one route's ``rate_limit`` and what they decided."""
 
-    __slots__ = ("_buckets", "allowed", "capacity", "evicted", "limited", "max_keys", "rate", "spec")
+    __slots__ = ("_buckets", "_one", "allowed", "capacity", "evicted", "limited", "max_keys", "rate", "spec")
 
     def __init__(self, spec: RateLimit, *, max_keys: int = DEFAULT_MAX_KEYS) -> None:
         self.spec = spec
@@ -63,6 +65,7 @@ class RouteLimiter:
         self.capacity = float(spec.capacity)
         self.max_keys = max_keys
         self._buckets: collections.OrderedDict[str, TokenBucket] = collections.OrderedDict()
+        self._one = TokenBucket(self.capacity, float("-inf")) if spec.key == "route" else None
         self.allowed = 0
         self.limited = 0
         self.evicted = 0
@@ -72,24 +75,32 @@ class RouteLimiter:
 
     @property
     def keys(self) -> int:
-        return len(self._buckets)
+        return 1 if self._one is not None else len(self._buckets)
 
     def check(self, key: str, now: float) -> float:
         """One request under ``key``: 0.0 when it may pass, else the seconds until it could."""
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            if len(self._buckets) >= self.max_keys:
-                self._buckets.popitem(last=False)  # the least recently used key
-                self.evicted += 1
-            bucket = self._buckets[key] = TokenBucket(self.capacity, now)
+        bucket = self._one
+        if bucket is not None:  # key "route": one bucket, no key bookkeeping
+            wait = bucket.take(now, self.rate, self.capacity)
         else:
-            self._buckets.move_to_end(key)
-        wait = bucket.take(now, self.rate, self.capacity)
+            wait = self._keyed(key).take(now, self.rate, self.capacity)
         if wait:
             self.limited += 1
         else:
             self.allowed += 1
         return wait
+
+    def _keyed(self, key: str) -> TokenBucket:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self.max_keys:
+                self._buckets.popitem(last=False)  # the least recently used key
+                self.evicted += 1
+            # Full, as of "long ago": take() refills it to the capacity whatever the clock says.
+            bucket = self._buckets[key] = TokenBucket(self.capacity, float("-inf"))
+        else:
+            self._buckets.move_to_end(key)
+        return bucket
 
     def headers(self, wait: float) -> list[tuple[bytes, bytes]]:
         """The 429's headers: ``retry-after`` in whole seconds (at least 1) and the limit's x-ratelimit-*."""
@@ -135,8 +146,12 @@ class RateLimits:
         spec = route.rate_limit
         assert spec is not None, "only routes with a rate_limit have a limiter"
         limiter = self._routes.get(route.name)
+        if limiter is not None and limiter.spec is spec:  # the common case: the same route object
+            return limiter
         if limiter is None or limiter.spec != spec:
             limiter = self._routes[route.name] = RouteLimiter(spec, max_keys=self.max_keys)
+        else:
+            limiter.spec = spec  # an equal spec from a new snapshot: compared once, by identity after
         return limiter
 
     def prometheus_text(self) -> str:
