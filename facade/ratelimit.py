@@ -44,7 +44,7 @@ class TokenBucket:
     def take(self, now: float, rate: float, capacity: float) -> float:
         """Take one token: 0.0 when granted, else the seconds until one is available (nothing taken)."""
         tokens = self.tokens + (now - self.stamp) * rate
-        if tokens > capacity:
+        if tokens > capacity:  # noqa: PLR1730 - min() is a builtin call on every request
             tokens = capacity
         self.stamp = now
         if tokens >= 1.0:
