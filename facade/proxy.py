@@ -200,7 +200,7 @@ class Proxy:
         if route.rate_limit is not None:  # a route without one pays this one check
             limited = self._rate_limited(snap, route, scope)
             if limited is not None:
-                await _json_response(send, 429, {"error": "rate limited", "route": route.name}, limited)
+                await _json_response(send, 429, {"error": "rate limited"}, limited)  # no route name: as errors
                 return
         method: str = scope["method"]
         backend = decision.backend

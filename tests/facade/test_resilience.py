@@ -124,7 +124,7 @@ async def test_rate_limit_per_route_answers_429_with_retry_after(tmp_path):
                 statuses = [(await client.get("/api/x")).status_code for _ in range(3)]
                 assert statuses == [200, 200, 429]
                 r = await client.get("/api/y")
-                assert r.status_code == 429 and r.json() == {"error": "rate limited", "route": "limited"}
+                assert r.status_code == 429 and r.json() == {"error": "rate limited"}  # the route is not named
                 assert r.headers["retry-after"] == "30"  # 2 a minute: the next token in 30 s
                 assert r.headers["x-ratelimit-limit"] == "2, 2;w=60"
                 assert r.headers["x-ratelimit-remaining"] == "0"
