@@ -783,7 +783,12 @@ class H1Client:
             raise PoolClosed(_POOL_CLOSED)
         handed = await self._reserve(address, fresh=fresh)
         if handed is not None:
-            return handed, True
+            # Checked like an idle one before reuse: the upstream may have closed it in the turn
+            # it was handed over. Then its slot is this request's: a new connection on it.
+            if not handed.peer_closed():
+                return handed, True
+            self.stats["closed_while_idle"] += 1
+            handed.close_idle()
         try:
             conn = await self._connect(address, lambda: _Conn(self, address))
         except BaseException:
