@@ -2,7 +2,8 @@
 
     python benchmarks/bench_proxy.py [--duration 10] [--connections 1,32] [--repeat 3] [--json OUT]
 
-Contenders: direct (no proxy), facade, facade-w2 (``--workers 2``: a supervisor and two worker
+Contenders: direct (no proxy), facade, facade-rl (the facade with a route rate limit that never
+refuses: the cost of the check), facade-w2 (``--workers 2``: a supervisor and two worker
 processes, docs/workers.md; its CPU counts all three, and ``sup us/req`` is the supervisor's share:
 telemetry aggregation and control plane), facade-w2-shared (the same, accepting from one
 inherited socket instead of one SO_REUSEPORT socket per worker), minimal (benchmarks/minimal_proxy.py: raw ASGI + aiohttp
@@ -198,7 +199,7 @@ backend be
     return conf
 
 
-def facade_conf(tmp: Path, port: int, admin: int, backend: int, name: str = "facade.yaml") -> Path:
+def facade_conf(tmp: Path, port: int, admin: int, backend: int, name: str = "facade.yaml", route_extra: str = "") -> Path:
     conf = tmp / name
     conf.write_text(f"""
 listen: 127.0.0.1:{port}
@@ -209,7 +210,7 @@ routes:
   - name: all
     match: {{path: {{prefix: /}}}}
     backend: backend
-""")
+{route_extra}""")
     return conf
 
 
@@ -228,7 +229,7 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per measurement (default 8)")
     parser.add_argument("--connections", default="1,32", help="comma list (default 1,32)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per configuration; the median is kept")
-    parser.add_argument("--only", default="", help="comma list of contenders (direct,facade,facade-w2,facade-w2-shared,minimal,lean,nginx,haproxy)")
+    parser.add_argument("--only", default="", help="comma list of contenders (direct,facade,facade-rl,facade-w2,facade-w2-shared,minimal,lean,nginx,haproxy)")
     parser.add_argument("--json", help="write the raw results here")
     args = parser.parse_args()
     conns = [int(c) for c in args.connections.split(",")]
@@ -244,6 +245,12 @@ def main() -> int:
     fport, aport = free_port(), free_port()
     contenders["facade"] = ([sys.executable, "-m", "facade", "serve", "-c", str(facade_conf(tmp, fport, aport, backend)),
                              "--no-watch", "--log-level", "warning"], fport)
+    rport, raport = free_port(), free_port()
+    # The same facade with a per-client rate limit too high to refuse anything: what the check costs.
+    limit = "    rate_limit: {requests_per_unit: 1000000000, key: client_ip}\n"
+    contenders["facade-rl"] = ([sys.executable, "-m", "facade", "serve", "-c",
+                                str(facade_conf(tmp, rport, raport, backend, name="facade-rl.yaml", route_extra=limit)),
+                                "--no-watch", "--log-level", "warning"], rport)
     wport, waport = free_port(), free_port()
     contenders["facade-w2"] = ([sys.executable, "-m", "facade", "serve", "-c",
                                 str(facade_conf(tmp, wport, waport, backend, name="facade-w2.yaml")),

@@ -161,6 +161,7 @@ def build_admin_app(runtime: FacadeRuntime) -> Starlette:
     async def metrics(request: Request) -> Response:
         await runtime.gather_telemetry()  # every worker's latest batch, not up to half a second old
         text = runtime.telemetry.prometheus_text() + runtime.head_limits.stats.prometheus_text()
+        text += runtime.upstreams.prometheus_text() + runtime.rate_limits.prometheus_text()
         text += "".join(feature.prometheus_text() for feature in runtime.features)
         return Response(text, media_type=CONTENT_TYPE)
 

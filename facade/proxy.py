@@ -36,14 +36,16 @@ from .headers import (
     apply_header_ops_bytes,
     filter_response_headers,
 )
+from .ratelimit import RateLimits, client_key
 from .resolve import Forward, Reject, Respond, resolve_request
-from .upstream import Outcome
+from .upstream import Outcome, retry
 from .upstream.h1 import (
     BodyAborted,
     ConnectFailed,
     ConnectTimeout,
     PoolClosed,
     PoolExhausted,
+    PoolOverflow,
     ReplayableBody,
     ResponseInvalid,
     UpstreamError,
@@ -63,7 +65,6 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 logger = logging.getLogger("facade.proxy")
 
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _JSON = [(b"content-type", b"application/json")]
 _BODYLESS = frozenset({204, 304})
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
@@ -164,11 +165,14 @@ class RequestBody:
 class Proxy:
     """ASGI application of the client-facing listener."""
 
-    def __init__(self, holder: SnapshotHolder, *, errors: RecentErrors | None = None) -> None:
+    def __init__(
+        self, holder: SnapshotHolder, *, errors: RecentErrors | None = None, rate_limits: RateLimits | None = None
+    ) -> None:
         self._holder = holder
         self._active = 0
         self._rand = random.random
         self.errors = errors if errors is not None else RecentErrors()
+        self.rate_limits = rate_limits if rate_limits is not None else RateLimits()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -192,8 +196,13 @@ class Proxy:
         if not isinstance(decision, Forward):
             await _answer(send, decision)
             return
-        method: str = scope["method"]
         route = decision.route
+        if route.rate_limit is not None:  # a route without one pays this one check
+            limited = self._rate_limited(snap, route, scope)
+            if limited is not None:
+                await _json_response(send, 429, {"error": "rate limited"}, limited)  # no route name: as errors
+                return
+        method: str = scope["method"]
         backend = decision.backend
         pool = decision.pool
         target = decision.target
@@ -288,6 +297,24 @@ class Proxy:
             else:
                 sender.cancel(ticket)
 
+    def _rate_limited(self, snap: Snapshot, route: Any, scope: Scope) -> list[tuple[bytes, bytes]] | None:
+        """None when the route's rate limit lets the request pass, else the 429's headers."""
+        limiter = self.rate_limits.limiter(route)
+        spec = limiter.spec
+        key = ""  # key "route", and requests without the keyed header: one shared bucket
+        if spec.key == "client_ip":
+            key = (scope.get("client") or ("", 0))[0]
+            if snap.is_trusted(key):
+                key = client_key(key, [v for k, v in scope["headers"] if k == b"x-forwarded-for"], snap.is_trusted)
+        elif spec.key == "header":
+            name = spec.header.encode("latin-1")
+            for k, v in scope["headers"]:
+                if k == name:
+                    key = v.decode("latin-1")
+                    break
+        wait = limiter.check(key, self.rate_limits.clock())
+        return limiter.headers(wait) if wait else None
+
     async def _forward(
         self,
         snap: Snapshot,
@@ -309,110 +336,138 @@ class Proxy:
         request_timeout = route.timeout if route.timeout is not None else spec.timeouts.request
         per_try = retries.per_try_timeout or request_timeout
         deadline = time.monotonic() + request_timeout if request_timeout else None
-        retry_on = retries.retry_on
-        idempotent = method in IDEMPOTENT
+        idempotent = method in retry.IDEMPOTENT
         client = pool.h1
         # One replay buffer for every try: what was taken from the client (the first chunk at
         # least, up to 64 KiB) can go out again; a retry needs ``source.replayable``.
         source = ReplayableBody(body) if body is not None else None
         tried: list[Endpoint] = []
         attempt = 0
-        while True:
-            endpoint = pool.pick(exclude=tried)  # raises UpstreamUnavailable
-            tried.append(endpoint)
-            timeout = per_try
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                timeout = min(timeout, remaining) if timeout else remaining
-            outcome: Outcome
-            error: ProxyError
-            retry_status = False
-            endpoint.begin()
-            try:  # in flight until this try ends, however it ends (cancellation included)
-                try:
-                    async with asyncio.timeout(timeout if timeout and timeout > 0 else None):
-                        resp = await client.request(
-                            endpoint.address,
-                            method,
-                            endpoint.target_for(target),
-                            headers,
-                            source,
-                            idempotent=idempotent,
-                        )
-                        first = resp.read_nowait()
-                        if not first and not resp.at_eof() and resp.content_type != "text/event-stream":
-                            # (An event stream may stay silent for long: its headers go out now and the
-                            # stream is watched by _stream_response under the idle timeout instead.)
-                            try:
-                                first = await resp.readany()
-                            except BaseException:
-                                resp.close()  # the connection's state is unknown: never back to the pool
-                                raise
-                except PoolExhausted as exc:
-                    # The service is saturated, not this endpoint: no outlier report, no retry.
-                    raise UpstreamUnavailable(f"connection pool of service {spec.name} exhausted: {exc}") from None
-                except PoolClosed:
-                    # A reload replaced the service while this request waited (between retries, for a
-                    # slot): not the endpoint's failure, and this pool will not accept it again.
-                    raise UpstreamUnavailable(f"service {spec.name} was reconfigured during the request; retry it") from None
-                except ConnectTimeout as exc:
-                    outcome, error = Outcome.CONNECT_FAILURE, UpstreamTimeout(str(exc))
-                except ConnectFailed as exc:
-                    outcome, error = Outcome.CONNECT_FAILURE, UpstreamConnectError(str(exc))
-                except TimeoutError:
-                    outcome, error = Outcome.TIMEOUT, UpstreamTimeout(f"no response from {endpoint.url} within {timeout:.3g}s")
-                    if client.exhausted:
-                        error = UpstreamUnavailable(f"connection pool of service {spec.name} exhausted")
-                except ValueError as exc:
-                    # A header the client refuses to serialize (not latin-1, CR/LF): the config refuses
-                    # such rules, but an in-process caller's header extension could still carry one.
-                    # Nothing was sent; the same request would fail on any endpoint.
-                    raise ProxyError(f"request cannot be sent upstream: {exc}") from None
-                except ResponseInvalid as exc:
-                    # The upstream answered something that is not valid HTTP: not a reset, not retried.
-                    pool.report(endpoint, Outcome.GATEWAY_ERROR)
-                    raise UpstreamConnectError(f"invalid response from {endpoint.url}: {exc}") from None
-                except (UpstreamError, OSError) as exc:
-                    if isinstance(exc, BodyAborted) or (body is not None and body.error is not None):
-                        raise UpstreamConnectError("request body aborted") from None
-                    outcome, error = Outcome.RESET, UpstreamConnectError(f"{endpoint.url} reset the connection: {exc}")
-                else:
-                    status = resp.status
-                    pool.report(endpoint, Outcome.from_status(status))
-                    if (
-                        status in (502, 503, 504)
-                        and str(status) in retry_on
-                        and attempt < retries.attempts
-                        and idempotent
-                        and (source is None or source.replayable)
-                        and _time_left(deadline)
-                    ):
-                        resp.release()
-                        retry_status = True
+        pool.requests_active += 1  # the retry budget's "active requests" (retries counted once, here)
+        retrying = False
+        try:
+            while True:
+                endpoint = pool.pick(exclude=tried)  # raises UpstreamUnavailable
+                tried.append(endpoint)
+                timeout = per_try
+                if deadline is not None:
+                    remaining = deadline - time.monotonic()
+                    timeout = min(timeout, remaining) if timeout else remaining
+                outcome: Outcome
+                error: ProxyError
+                retry_status = False
+                endpoint.begin()
+                try:  # in flight until this try ends, however it ends (cancellation included)
+                    try:
+                        async with asyncio.timeout(timeout if timeout and timeout > 0 else None):
+                            resp = await client.request(
+                                endpoint.address,
+                                method,
+                                endpoint.target_for(target),
+                                headers,
+                                source,
+                                idempotent=idempotent,
+                            )
+                            first = resp.read_nowait()
+                            if not first and not resp.at_eof() and resp.content_type != "text/event-stream":
+                                # (An event stream may stay silent for long: its headers go out now and the
+                                # stream is watched by _stream_response under the idle timeout instead.)
+                                try:
+                                    first = await resp.readany()
+                                except BaseException:
+                                    resp.close()  # the connection's state is unknown: never back to the pool
+                                    raise
+                    except PoolOverflow as exc:
+                        # Envoy's x-envoy-overloaded: the queue of waiters is full; answered at once.
+                        pool.stats["pending_overflow"] += 1
+                        raise UpstreamUnavailable(
+                            f"service {spec.name} overloaded (upstream_rq_pending_overflow): {exc}"
+                        ) from None
+                    except PoolExhausted as exc:
+                        # The service is saturated, not this endpoint: no outlier report, no retry.
+                        raise UpstreamUnavailable(f"connection pool of service {spec.name} exhausted: {exc}") from None
+                    except PoolClosed:
+                        # A reload replaced the service while this request waited (between retries, for a
+                        # slot): not the endpoint's failure, and this pool will not accept it again.
+                        raise UpstreamUnavailable(
+                            f"service {spec.name} was reconfigured during the request; retry it"
+                        ) from None
+                    except ConnectTimeout as exc:
+                        outcome, error = Outcome.CONNECT_FAILURE, UpstreamTimeout(str(exc))
+                    except ConnectFailed as exc:
+                        outcome, error = Outcome.CONNECT_FAILURE, UpstreamConnectError(str(exc))
+                    except TimeoutError:
+                        outcome = Outcome.TIMEOUT
+                        error = UpstreamTimeout(f"no response from {endpoint.url} within {timeout:.3g}s")
+                        if client.exhausted:
+                            error = UpstreamUnavailable(f"connection pool of service {spec.name} exhausted")
+                    except ValueError as exc:
+                        # A header the client refuses to serialize (not latin-1, CR/LF): the config refuses
+                        # such rules, but an in-process caller's header extension could still carry one.
+                        # Nothing was sent; the same request would fail on any endpoint.
+                        raise ProxyError(f"request cannot be sent upstream: {exc}") from None
+                    except ResponseInvalid as exc:
+                        # The upstream answered something that is not valid HTTP: not a reset, not retried.
+                        pool.report(endpoint, Outcome.GATEWAY_ERROR)
+                        raise UpstreamConnectError(f"invalid response from {endpoint.url}: {exc}") from None
+                    except (UpstreamError, OSError) as exc:
+                        if isinstance(exc, BodyAborted) or (body is not None and body.error is not None):
+                            raise UpstreamConnectError("request body aborted") from None
+                        outcome = Outcome.RESET
+                        error = UpstreamConnectError(f"{endpoint.url} reset the connection: {exc}")
                     else:
-                        return resp, first
-            finally:
-                endpoint.end()
-            if retry_status:  # (the backoff is spent outside the try: not in flight on the endpoint)
-                attempt += 1
-                await _backoff(attempt)
-                continue
-            pool.report(endpoint, outcome)
-            body_replayable = source is None or source.replayable
-            retryable = (
-                attempt < retries.attempts
-                and body_replayable
-                and _time_left(deadline)
-                and (
-                    (outcome is Outcome.CONNECT_FAILURE and "connect-failure" in retry_on)
-                    or (outcome is Outcome.RESET and "reset" in retry_on and idempotent)
-                    or (outcome is Outcome.TIMEOUT and "504" in retry_on and idempotent)
+                        status = resp.status
+                        pool.report(endpoint, Outcome.from_status(status))
+                        if (
+                            status >= 400
+                            and attempt < retries.attempts
+                            and retry.retry_status(status, retries, idempotent=idempotent)
+                            and (source is None or source.replayable)
+                            and _time_left(deadline)
+                            and (retrying or _retry_granted(pool))
+                        ):
+                            resp.release()
+                            retry_status = True
+                        else:
+                            return resp, first
+                finally:
+                    endpoint.end()
+                if retry_status:  # (the backoff is spent outside the try: not in flight on the endpoint)
+                    retrying = True
+                    attempt += 1
+                    pool.stats["retries"] += 1  # Envoy: upstream_rq_retry
+                    await _backoff(attempt)
+                    continue
+                pool.report(endpoint, outcome)
+                retryable = (
+                    attempt < retries.attempts
+                    and (source is None or source.replayable)
+                    and _time_left(deadline)
+                    and retry.retry_failure(outcome, retries, idempotent=idempotent)
+                    and (retrying or _retry_granted(pool))
                 )
-            )
-            if not retryable:
-                raise error
-            attempt += 1
-            await _backoff(attempt)
+                if not retryable:
+                    raise error
+                retrying = True
+                attempt += 1
+                pool.stats["retries"] += 1
+                await _backoff(attempt)
+        finally:
+            pool.requests_active -= 1
+            if retrying:
+                pool.retries_active -= 1
+
+
+def _retry_granted(pool: ServicePool) -> bool:
+    """The first retry of a request asks the service's retry budget; once granted, the request keeps
+    it (counted as one retry in flight) until it ends, whatever its attempts."""
+    if not retry.budget_allows(
+        pool.spec.retries.retry_budget, retries_active=pool.retries_active, requests_active=pool.requests_active
+    ):
+        pool.stats["retries_budget_refused"] += 1  # Envoy: upstream_rq_retry_overflow
+        return False
+    pool.retries_active += 1
+    return True
 
 
 def _time_left(deadline: float | None) -> bool:

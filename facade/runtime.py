@@ -30,6 +30,7 @@ from .errors import ConfigError, Problem
 from .feature import Feature, MeshControl
 from .listener import HeadLimits, guarded_protocol
 from .proxy import DownstreamAborted, Proxy
+from .ratelimit import RateLimits
 from .server import Server, bind, parse_listen, server_config, socket_url
 from .snapshot import Snapshot, SnapshotHolder, build_snapshot
 from .split import Split
@@ -110,6 +111,7 @@ class FacadeRuntime:
         self._staged_splits: Mapping[str, Split] | None = None  # stage(): taken by the next swap
         self._started = False
         self.errors = RecentErrors()  # upstream failures' details, for GET /errors (clients see none)
+        self.rate_limits = RateLimits()  # routes' token buckets, kept across snapshots (facade.ratelimit)
         self.head_limits = HeadLimits(
             max_head_bytes=config.limits.max_request_headers,
             header_timeout=config.limits.header_timeout,
@@ -314,7 +316,7 @@ class FacadeRuntime:
 
         tls = config.tls
         proxy_config = server_config(
-            Proxy(self.holder, errors=self.errors),
+            Proxy(self.holder, errors=self.errors, rate_limits=self.rate_limits),
             protocol=guarded_protocol(self.head_limits),
             passthrough=True,
             graceful_shutdown=30,

@@ -19,7 +19,10 @@ DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_ADMIN_LISTEN = "127.0.0.1:9901"
 
 LoadBalancer = Literal["round_robin", "least_request", "random"]
-RetryOn = Literal["connect-failure", "reset", "502", "503", "504"]
+RetryOn = Literal[
+    "connect-failure", "reset", "5xx", "gateway-error", "retriable-4xx", "retriable-status-codes", "502", "503", "504"
+]
+RateLimitUnit = Literal["second", "minute", "hour"]
 
 
 # -- services (upstream clusters) -------------------------------------------------------
@@ -49,15 +52,45 @@ class OutlierDetection:
     base_ejection: float = 30.0
     max_ejection: float = 300.0
     max_ejection_percent: float = 10.0
+    # Statistical detectors (Envoy), judged every ``interval`` over the outcomes seen since the last
+    # judgement. Success rate: on when ``success_rate_stdev_factor`` is set (Envoy's integer form:
+    # 1900 = mean - 1.9 stdev); failure percentage: on when ``failure_percentage_threshold`` is set.
+    interval: float = 10.0
+    success_rate_stdev_factor: int | None = None
+    success_rate_minimum_hosts: int = 5
+    success_rate_request_volume: int = 100
+    failure_percentage_threshold: int | None = None
+    failure_percentage_minimum_hosts: int = 5
+    failure_percentage_request_volume: int = 50
+
+    @property
+    def statistical(self) -> bool:
+        """A success-rate or failure-percentage detector is on (the pool counts outcomes per interval)."""
+        return self.success_rate_stdev_factor is not None or self.failure_percentage_threshold is not None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryBudget:
+    """Envoy's retry budget: retries in flight to a service at most ``budget_percent`` % of its
+    active requests, but always at least ``min_retry_concurrency``."""
+
+    budget_percent: float = 20.0
+    min_retry_concurrency: int = 3
 
 
 @dataclass(frozen=True, slots=True)
 class Retries:
-    """``attempts`` is the number of retries after the first try (Istio semantics)."""
+    """``attempts`` is the number of retries after the first try (Istio semantics).
+
+    ``retry_on`` kinds (Envoy's names; docs/upstreams.md, "Retries"): which failures are retried and
+    for which methods is decided in ``facade.upstream.retry``. ``retry_budget`` is per service.
+    """
 
     attempts: int = 2
     per_try_timeout: float | None = None
     retry_on: tuple[RetryOn, ...] = ("connect-failure",)
+    retriable_status_codes: tuple[int, ...] = ()  # with "retriable-status-codes" in retry_on
+    retry_budget: RetryBudget | None = None  # None: retries are bounded by attempts only
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +102,9 @@ class Timeouts:
 @dataclass(frozen=True, slots=True)
 class ConnectionPool:
     max_connections: int = 1024  # per service; beyond it requests wait up to connect timeout, then 503
+    # Requests waiting for a connection at once (Envoy circuit_breakers max_pending_requests); one
+    # more is answered 503 at once instead of waiting for the connect timeout.
+    max_pending_requests: int = 1024
     idle_timeout: float = 4.0  # keep below the backends' keep-alive (uvicorn: 5 s)
 
 
@@ -169,6 +205,30 @@ class HeaderOps:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimit:
+    """Local rate limiting of one route (Envoy local_ratelimit): a token bucket per key that holds
+    ``burst`` tokens and gains ``requests_per_unit`` per ``unit``; a request without a token gets 429.
+
+    ``key``: "route" (one bucket), "client_ip", or "header" with ``header`` naming the header
+    (requests without it share one bucket).
+    """
+
+    requests_per_unit: int
+    unit: RateLimitUnit = "second"
+    burst: int = 0  # 0 = requests_per_unit
+    key: Literal["route", "client_ip", "header"] = "route"
+    header: str = ""  # lower-case, for key "header"
+
+    @property
+    def unit_seconds(self) -> float:
+        return {"second": 1.0, "minute": 60.0, "hour": 3600.0}[self.unit]
+
+    @property
+    def capacity(self) -> int:
+        return self.burst or self.requests_per_unit
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     """One entry of ``routes:``; the first route whose any ``matches`` entry matches wins.
 
@@ -185,6 +245,7 @@ class Route:
     response_headers: HeaderOps = field(default_factory=HeaderOps)
     timeout: float | None = None  # overrides the service's request timeout
     retries: Retries | None = None  # overrides the service's retries
+    rate_limit: RateLimit | None = None  # local rate limiting (facade.ratelimit)
     line: int = 0  # where the route is declared, for messages
 
 

@@ -79,9 +79,12 @@ _ROUTE_FIELDS = (
     "response_headers",
     "timeout",
     "retries",
+    "rate_limit",
 )
 _ACTIONS = ("backend", "backends", "redirect", "direct_response")
-_RETRY_ON: tuple[str, ...] = ("connect-failure", "reset", "502", "503", "504")
+_RETRY_ON: tuple[str, ...] = (
+    "connect-failure", "reset", "5xx", "gateway-error", "retriable-4xx", "retriable-status-codes", "502", "503", "504",
+)
 _REDIRECT_CODES = (301, 302, 303, 307, 308)
 _STRING_MATCH_KINDS = ("exact", "prefix", "regex", "present", "absent")
 

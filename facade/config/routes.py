@@ -15,7 +15,17 @@ from ..yamlfile import (
     read_int,
     read_str,
 )
-from .model import DirectResponse, HeaderOps, Redirect, Route, RouteMatch, StringMatch, WeightedBackend
+from .model import (
+    DirectResponse,
+    HeaderOps,
+    RateLimit,
+    RateLimitUnit,
+    Redirect,
+    Route,
+    RouteMatch,
+    StringMatch,
+    WeightedBackend,
+)
 from .reading import (
     _ACTIONS,
     _HOST_LABELS_RE,
@@ -96,6 +106,12 @@ def _read_route(node: Node, ctx: _Ctx, services: list[str], names: dict[str, int
                 where, f"rewrite needs a prefix path match, this route matches by {kind}", path=f["rewrite"].path
             )
 
+    if "rate_limit" in f and not ("backend" in f or "backends" in f):
+        problems.error(
+            node.key_node("rate_limit") or f["rate_limit"],
+            "rate_limit applies to routes with backend or backends",
+            path=f["rate_limit"].path,
+        )
     # null or absent: the service's request timeout applies
     timeout = _optional_duration(f.get("timeout"), problems, None)
     route = Route(
@@ -109,9 +125,36 @@ def _read_route(node: Node, ctx: _Ctx, services: list[str], names: dict[str, int
         response_headers=_read_header_ops(f.get("response_headers"), problems, _RESERVED_RESPONSE_HEADERS),
         timeout=timeout,
         retries=_read_retries(f.get("retries"), problems),
+        rate_limit=_read_rate_limit(f.get("rate_limit"), problems),
         line=node.line,
     )
     return route if len(problems.errors) == before else None
+
+
+def _read_rate_limit(node: Node | None, problems: Problems) -> RateLimit | None:
+    """``rate_limit: {requests_per_unit: 100, unit: second, burst: 200, key: client_ip}`` (Envoy local_ratelimit)."""
+    if node is None or node.is_null:
+        return None
+    f = node.fields(problems, ("requests_per_unit", "unit", "burst", "key"), required=("requests_per_unit",))
+    if not node.is_mapping:
+        return None
+    rate = read_int(f.get("requests_per_unit"), problems, default=None, min=1)
+    unit = read_str(f.get("unit"), problems, default="second", choices=("second", "minute", "hour"))
+    burst = read_int(f.get("burst"), problems, default=0, min=1)
+    raw_key = read_str(f.get("key"), problems, default="route")
+    key: Literal["route", "client_ip", "header"] = "route"
+    header = ""
+    if raw_key in ("route", "client_ip"):
+        key = cast(Literal["route", "client_ip"], raw_key)
+    elif raw_key is not None and raw_key.startswith("header:") and _TOKEN_RE.match(raw_key[7:].strip()):
+        key, header = "header", raw_key[7:].strip().lower()
+    elif raw_key is not None:
+        problems.error(f["key"], f"must be route, client_ip or header:<name> (e.g. header:x-api-key), got {raw_key!r}")
+    if rate is None:
+        return None
+    return RateLimit(
+        requests_per_unit=rate, unit=cast(RateLimitUnit, unit), burst=burst, key=key, header=header
+    )
 
 
 def _service_ref(node: Node, problems: Problems, services: list[str]) -> str | None:

@@ -23,6 +23,7 @@ from .model import (
     LoadBalancer,
     OutlierDetection,
     Retries,
+    RetryBudget,
     RetryOn,
     ServiceSpec,
     Timeouts,
@@ -121,7 +122,7 @@ def _read_service(name: str, node: Node, ctx: _Ctx) -> ServiceSpec | None:
         health_check=_read_health_check(f.get("health_check"), problems),
         outlier_detection=_read_outlier(f.get("outlier_detection"), problems),
         timeouts=_read_timeouts(f.get("timeouts"), problems),
-        retries=_read_retries(f.get("retries"), problems) or Retries(),
+        retries=_read_retries(f.get("retries"), problems, per_service=True) or Retries(),
         connection_pool=_read_pool(f.get("connection_pool"), problems),
         tls=tls,
         identity=identity,
@@ -221,18 +222,29 @@ def _read_health_check(node: Node | None, problems: Problems) -> HealthCheck | N
     )
 
 
+_OUTLIER_FIELDS = (
+    "consecutive_5xx", "consecutive_gateway_errors", "base_ejection", "max_ejection", "max_ejection_percent",
+    "interval", "success_rate_stdev_factor", "success_rate_minimum_hosts", "success_rate_request_volume",
+    "failure_percentage_threshold", "failure_percentage_minimum_hosts", "failure_percentage_request_volume",
+)
+
+
 def _read_outlier(node: Node | None, problems: Problems) -> OutlierDetection | None:
     if node is None or node.is_null:
         return None
     d = OutlierDetection()
-    f = node.fields(
-        problems,
-        ("consecutive_5xx", "consecutive_gateway_errors", "base_ejection", "max_ejection", "max_ejection_percent"),
-    )
+    f = node.fields(problems, _OUTLIER_FIELDS)
     base = _positive_duration(f.get("base_ejection"), problems, d.base_ejection)
     longest = _positive_duration(f.get("max_ejection"), problems, max(d.max_ejection, base))
     if "max_ejection" in f and longest < base:
         problems.error(f["max_ejection"], f"must be at least base_ejection ({base:g}s)")
+    # Any success_rate_* key turns the success-rate detector on, with Envoy's default factor (1900 = 1.9).
+    success_rate = any(k.startswith("success_rate_") for k in f)
+    stdev_factor = read_int(f.get("success_rate_stdev_factor"), problems, default=1900, min=1, max=100_000)
+    threshold = f.get("failure_percentage_threshold")
+    if threshold is None and any(k.startswith("failure_percentage_") for k in f):
+        key = next(k for k in f if k.startswith("failure_percentage_"))
+        problems.error(f[key], "needs failure_percentage_threshold (the failure percentage detector is off without it)")
     return OutlierDetection(
         consecutive_5xx=read_int(f.get("consecutive_5xx"), problems, default=d.consecutive_5xx, min=1),
         consecutive_gateway_errors=read_int(
@@ -241,6 +253,21 @@ def _read_outlier(node: Node | None, problems: Problems) -> OutlierDetection | N
         base_ejection=base,
         max_ejection=longest,
         max_ejection_percent=read_percent(f.get("max_ejection_percent"), problems, default=d.max_ejection_percent),
+        interval=_positive_duration(f.get("interval"), problems, d.interval),
+        success_rate_stdev_factor=stdev_factor if success_rate else None,
+        success_rate_minimum_hosts=read_int(
+            f.get("success_rate_minimum_hosts"), problems, default=d.success_rate_minimum_hosts, min=1
+        ),
+        success_rate_request_volume=read_int(
+            f.get("success_rate_request_volume"), problems, default=d.success_rate_request_volume, min=1
+        ),
+        failure_percentage_threshold=read_int(threshold, problems, default=None, min=0, max=100),
+        failure_percentage_minimum_hosts=read_int(
+            f.get("failure_percentage_minimum_hosts"), problems, default=d.failure_percentage_minimum_hosts, min=1
+        ),
+        failure_percentage_request_volume=read_int(
+            f.get("failure_percentage_request_volume"), problems, default=d.failure_percentage_request_volume, min=1
+        ),
     )
 
 
@@ -255,11 +282,12 @@ def _read_timeouts(node: Node | None, problems: Problems) -> Timeouts:
     )
 
 
-def _read_retries(node: Node | None, problems: Problems) -> Retries | None:
+def _read_retries(node: Node | None, problems: Problems, *, per_service: bool = False) -> Retries | None:
     if node is None or node.is_null:
         return None
     d = Retries()
-    f = node.fields(problems, ("attempts", "per_try_timeout", "retry_on"))
+    allowed = ("attempts", "per_try_timeout", "retry_on", "retriable_status_codes", "retry_budget")
+    f = node.fields(problems, allowed)
     retry_on: list[str] = []
     on = f.get("retry_on")
     if on is not None and not on.is_list:
@@ -271,13 +299,66 @@ def _read_retries(node: Node | None, problems: Problems) -> Retries | None:
         if value not in _RETRY_ON:
             hint = difflib.get_close_matches(value, _RETRY_ON, n=1)
             extra = f"; did you mean {hint[0]!r}?" if hint else ""
+            if value.isdigit():
+                extra = f"; for other statuses use retriable-status-codes with retriable_status_codes: [{value}]"
             problems.error(element, f"must be one of {', '.join(_RETRY_ON)}, got {value!r}{extra}")
         elif value not in retry_on:
             retry_on.append(value)
+    codes = _read_status_codes(f.get("retriable_status_codes"), problems)
+    if "retriable_status_codes" in f and "retriable-status-codes" not in retry_on:
+        problems.error(
+            node.key_node("retriable_status_codes") or f["retriable_status_codes"],
+            "applies only with retriable-status-codes in retry_on",
+            path=f["retriable_status_codes"].path,
+        )
+    if "retriable-status-codes" in retry_on and not codes and "retriable_status_codes" not in f:
+        problems.error(
+            on or node, "retriable-status-codes needs retriable_status_codes: [...] (e.g. [503, 429])",
+            path=f"{node.path}.retriable_status_codes",
+        )
+    budget_node = f.get("retry_budget")
+    budget = _read_retry_budget(budget_node, problems)
+    if budget_node is not None and not per_service:
+        problems.error(
+            node.key_node("retry_budget") or budget_node,
+            "retry_budget is per service (services.<name>.retries.retry_budget): every route to it shares it",
+            path=budget_node.path,
+        )
     return Retries(
         attempts=read_int(f.get("attempts"), problems, default=d.attempts, min=0, max=10),
         per_try_timeout=_optional_duration(f.get("per_try_timeout"), problems, d.per_try_timeout),
         retry_on=cast(tuple[RetryOn, ...], tuple(retry_on)) if on is not None else d.retry_on,
+        retriable_status_codes=codes,
+        retry_budget=budget,
+    )
+
+
+def _read_status_codes(node: Node | None, problems: Problems) -> tuple[int, ...]:
+    if node is None or node.is_null:
+        return ()
+    if not node.is_list:
+        problems.error(node, f"must be a list of statuses 400-599 (e.g. [503, 429]), got {node.kind}")
+        return ()
+    if not node.elements():
+        problems.error(node, "must list at least one status (e.g. [503, 429])")
+    codes: list[int] = []
+    for element in node.elements():
+        code = read_int(element, problems, default=None, min=400, max=599)
+        if code is not None and code not in codes:
+            codes.append(code)
+    return tuple(codes)
+
+
+def _read_retry_budget(node: Node | None, problems: Problems) -> RetryBudget | None:
+    if node is None or node.is_null:
+        return None
+    d = RetryBudget()
+    f = node.fields(problems, ("budget_percent", "min_retry_concurrency"))
+    return RetryBudget(
+        budget_percent=read_percent(f.get("budget_percent"), problems, default=d.budget_percent),
+        min_retry_concurrency=read_int(
+            f.get("min_retry_concurrency"), problems, default=d.min_retry_concurrency, min=0
+        ),
     )
 
 
@@ -285,9 +366,12 @@ def _read_pool(node: Node | None, problems: Problems) -> ConnectionPool:
     d = ConnectionPool()
     if node is None or node.is_null:
         return d
-    f = node.fields(problems, ("max_connections", "idle_timeout"))
+    f = node.fields(problems, ("max_connections", "max_pending_requests", "idle_timeout"))
     return ConnectionPool(
         max_connections=read_int(f.get("max_connections"), problems, default=d.max_connections, min=1),
+        max_pending_requests=read_int(
+            f.get("max_pending_requests"), problems, default=d.max_pending_requests, min=0
+        ),
         idle_timeout=_positive_duration(f.get("idle_timeout"), problems, d.idle_timeout),
     )
 

@@ -272,7 +272,12 @@ def _retries(r: Retries) -> dict[str, Any]:
     if r.attempts:
         if r.per_try_timeout is not None:
             out["perTryTimeout"] = duration(r.per_try_timeout)
-        out["retryOn"] = ",".join(r.retry_on) if r.retry_on else "connect-failure"
+        # Istio takes the retriable statuses as numbers in retryOn (retriable-status-codes alone
+        # would read them from a request header).
+        kinds: list[str] = [k for k in r.retry_on if k != "retriable-status-codes"]
+        if "retriable-status-codes" in r.retry_on:
+            kinds += [str(code) for code in r.retriable_status_codes if str(code) not in kinds]
+        out["retryOn"] = ",".join(kinds) if kinds else "connect-failure"
     return out
 
 

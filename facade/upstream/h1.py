@@ -28,6 +28,12 @@ Errors (all ``UpstreamError``):
   a connection (a ``ConnectFailed``: nothing was sent).
 - ``PoolExhausted``: every connection stayed busy for ``connect_timeout`` (the wait for a free
   connection counts as connecting; Envoy answers a full pool with 503 as well).
+- ``PoolOverflow`` (a ``PoolExhausted``): every connection busy and ``max_pending`` requests already
+  waiting; refused at once (Envoy's circuit breaker ``max_pending_requests``).
+
+Waiting is first come, first served: a connection that comes back, or a slot that frees, goes
+to the oldest waiter (handed over, never left for a newcomer to grab), and a new request queues
+behind the waiters instead of taking it.
 
 The keep-alive race (an upstream closes an idle connection just as the next request is sent),
 judged by what the client can really know (docs/upstreams.md, "The keep-alive race"):
@@ -73,6 +79,7 @@ __all__ = [
     "H1Client",
     "PoolClosed",
     "PoolExhausted",
+    "PoolOverflow",
     "ReplayableBody",
     "ResponseInvalid",
     "UpstreamError",
@@ -126,6 +133,10 @@ class PoolClosed(ConnectFailed):
 
 class PoolExhausted(UpstreamError):
     """Every connection was busy for the whole connect timeout: nothing was sent."""
+
+
+class PoolOverflow(PoolExhausted):
+    """Every connection was busy and ``max_pending`` requests already waited: refused at once, nothing sent."""
 
 
 class ReplayableBody:
@@ -613,7 +624,8 @@ class H1Client:
     """Keep-alive connections to a service's endpoints, at most ``limit`` open at once.
 
     Callers wait for a free slot when every connection is busy (bounded by the caller's own
-    timeout; ``exhausted`` tells a timeout spent waiting from one spent on the upstream).
+    timeout; ``exhausted`` tells a timeout spent waiting from one spent on the upstream), at
+    most ``max_pending`` of them at once (None: no bound), in the order they came.
     Idle connections are reused newest first and closed after ``idle_timeout`` seconds.
     """
 
@@ -625,8 +637,10 @@ class H1Client:
         connect_timeout: float | None,
         ssl_context: ssl.SSLContext | None = None,
         dns_ttl: float = 10.0,
+        max_pending: int | None = None,
     ) -> None:
         self.limit = limit
+        self.max_pending = max_pending
         self.dns_ttl = dns_ttl  # aiohttp's default; endpoints named by DNS are resolved once per TTL
         self._dns: dict[tuple[str, int], tuple[float, list[str]]] = {}
         self.idle_timeout = idle_timeout
@@ -635,7 +649,13 @@ class H1Client:
         self._idle: dict[Address, collections.deque[_Conn]] = {}
         self._idle_limits: dict[Address, float] = {}  # learned: below idle_timeout for these addresses
         self._open = 0  # connections open or being opened
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        # Waiters in arrival order: (future, address wanted or None for "a slot", fresh). A future's
+        # result is what was handed over: an idle connection to its address, or None for a slot
+        # already counted in ``_open`` (the waiter opens the connection).
+        self._waiters: collections.deque[tuple[asyncio.Future[_Conn | None], Address | None, bool]] = (
+            collections.deque()
+        )
+        self._pending = 0  # waiters nothing was handed to yet (the deque keeps ones that gave up until its front)
         self._sweep: asyncio.TimerHandle | None = None
         self._closed = False
         self.stats: collections.Counter[str] = collections.Counter()
@@ -749,55 +769,71 @@ class H1Client:
             conn.close_idle()
         self._open -= 1
 
+    @property
+    def pending(self) -> int:
+        """Requests waiting for a connection now."""
+        return self._pending
+
     async def _acquire(self, address: Address, *, fresh: bool = False) -> tuple[_Conn, bool]:
-        conn = None if fresh else self._take_idle(address)
-        if conn is not None:
-            return conn, True
-        if self._closed:
-            raise PoolClosed(_POOL_CLOSED)
-        if self.limit and self._open >= self.limit:
-            conn = await self._wait_for_slot(address, fresh=fresh)
+        if self._pending == 0:  # nobody waits: no one to jump ahead of
+            conn = None if fresh else self._take_idle(address)
             if conn is not None:
                 return conn, True
-        self._open += 1
+        if self._closed:
+            raise PoolClosed(_POOL_CLOSED)
+        handed = await self._reserve(address, fresh=fresh)
+        if handed is not None:
+            # Checked like an idle one before reuse: the upstream may have closed it in the turn
+            # it was handed over. Then its slot is this request's: a new connection on it.
+            if not handed.peer_closed():
+                return handed, True
+            self.stats["closed_while_idle"] += 1
+            handed.close_idle()
         try:
             conn = await self._connect(address, lambda: _Conn(self, address))
         except BaseException:
-            self._open -= 1
-            self._wake_next()
+            self._slot_freed()
             raise
         return conn, False
 
-    async def _wait_for_slot(self, address: Address | None, *, fresh: bool) -> _Conn | None:
-        """Wait until a connection may be opened (None) or, unless ``fresh``, one to ``address`` went idle."""
-        deadline: float | None = None
-        while self.limit and self._open >= self.limit:
-            if self._reclaim_idle():
-                continue
-            loop = asyncio.get_running_loop()
-            if deadline is None and self.connect_timeout is not None:
-                deadline = loop.time() + self.connect_timeout  # the wait for a slot is part of connecting
-            waiter = loop.create_future()
-            self._waiters.append(waiter)
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await waiter
-            except BaseException as exc:
-                if waiter.done() and not waiter.cancelled():
-                    self._wake_next()  # woken in the turn it gave up: the slot goes to the next waiter
-                self._prune_waiters()
-                if not isinstance(exc, TimeoutError):
-                    raise
-                self.stats["pool_exhausted"] += 1
-                raise PoolExhausted(
-                    f"all {self.limit} connections busy for {self.connect_timeout:g}s (connection_pool.max_connections)"
-                ) from None
-            if self._closed:
-                raise PoolClosed(_POOL_CLOSED)  # woken by close(): no new connection on a closed pool
-            conn = None if fresh or address is None else self._take_idle(address)
-            if conn is not None:
-                return conn
-        return None
+    async def _reserve(self, address: Address | None, *, fresh: bool) -> _Conn | None:
+        """A slot counted in ``_open`` (None: the caller opens the connection) or, unless ``fresh``,
+        an idle connection to ``address`` handed over by a request that finished with it."""
+        if self._pending == 0 and (not self.limit or self._open < self.limit or self._reclaim_idle()):
+            self._open += 1
+            return None
+        if self.max_pending is not None and self._pending >= self.max_pending:
+            self.stats["pending_overflow"] += 1
+            raise PoolOverflow(
+                f"all {self.limit} connections busy and {self._pending} requests waiting "
+                "(connection_pool.max_pending_requests)"
+            )
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[_Conn | None] = loop.create_future()
+        self._waiters.append((waiter, address, fresh))
+        self._pending += 1
+        try:
+            # The wait for a slot is part of connecting: bounded by the connect timeout.
+            async with asyncio.timeout(self.connect_timeout):
+                return await waiter
+        except BaseException as exc:
+            if not waiter.done() or waiter.cancelled():
+                self._pending -= 1  # gave up before anything was handed over (else _next_waiter counted it)
+            elif waiter.exception() is None:
+                self._give_back(waiter.result())  # handed over in the turn it gave up: to the next waiter
+            self._prune_waiters()
+            if not isinstance(exc, TimeoutError):
+                raise
+            self.stats["pool_exhausted"] += 1
+            raise PoolExhausted(
+                f"all {self.limit} connections busy for {self.connect_timeout:g}s (connection_pool.max_connections)"
+            ) from None
+
+    def _give_back(self, handed: _Conn | None) -> None:
+        if handed is None:
+            self._slot_freed()
+        else:
+            self._put(handed)
 
     async def open_connection(self, address: Address, factory: Callable[[], _P]) -> _P:
         """A connection for another protocol (a WebSocket, after its upgrade) made through this pool.
@@ -808,8 +844,7 @@ class H1Client:
         """
         if self._closed:
             raise PoolClosed(_POOL_CLOSED)
-        await self._wait_for_slot(None, fresh=True)
-        self._open += 1
+        await self._reserve(None, fresh=True)  # fresh: always a slot, never a handed-over connection
         try:
             return await self._connect(address, factory)
         except BaseException:
@@ -877,31 +912,52 @@ class H1Client:
             conn.close_idle()
             self._slot_freed()
             return
+        waiter = self._next_waiter()
+        if waiter is not None:
+            future, address, fresh = waiter
+            if address == conn.address and not fresh:
+                future.set_result(conn)  # handed over warm: the oldest waiter wants this address
+                return
+            conn.close_idle()  # the oldest waiter wants another address: its slot goes to it
+            future.set_result(None)
+            return
         conn.idle_since = asyncio.get_running_loop().time()
         self._idle.setdefault(conn.address, collections.deque()).append(conn)
-        if self._waiters:
-            self._wake_next()
         if self._sweep is None:
             limit = self._idle_limits.get(conn.address, self.idle_timeout)
             self._sweep = asyncio.get_running_loop().call_later(limit, self._expire_idle)
 
     def _slot_freed(self) -> None:
+        """A connection closed (or a reserved slot went unused): the oldest waiter gets the slot."""
+        waiter = self._next_waiter()
+        if waiter is not None:
+            waiter[0].set_result(None)  # the slot stays counted in _open: it is the waiter's now
+            return
         self._open -= 1
-        self._wake_next()
 
-    def _wake_next(self) -> None:
+    def _next_waiter(self) -> tuple[asyncio.Future[_Conn | None], Address | None, bool] | None:
         while self._waiters:
             waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
+            if not waiter[0].done():
+                self._pending -= 1
+                return waiter
+        return None
+
+    def _grant_free_slots(self) -> None:
+        """Slots freed without a hand-over (idle connections expired): to waiters, oldest first."""
+        while self._pending and (not self.limit or self._open < self.limit):
+            waiter = self._next_waiter()
+            if waiter is None:
                 return
+            self._open += 1
+            waiter[0].set_result(None)
 
     def _prune_waiters(self) -> None:
         # Waiters that gave up leave from the front: with one connect timeout for all, they give
         # up in the order they came, so the queue stays about as long as the live waiters are
         # many (it kept every one until a slot freed: unbounded while long streams held them all).
         waiters = self._waiters
-        while waiters and waiters[0].done():
+        while waiters and waiters[0][0].done():
             waiters.popleft()
 
     def _reclaim_idle(self) -> bool:
@@ -933,7 +989,7 @@ class H1Client:
                 due = idle[0].idle_since + limit
         if due is not None and not self._closed:
             self._sweep = loop.call_at(due, self._expire_idle)
-        self._wake_next()
+        self._grant_free_slots()
 
     async def close(self) -> None:
         """Close idle connections now; busy ones close when their requests finish."""
@@ -944,10 +1000,8 @@ class H1Client:
         for idle in self._idle.values():
             while idle:
                 self._drop(idle.popleft())
-        for waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        self._waiters.clear()
+        while (waiter := self._next_waiter()) is not None:
+            waiter[0].set_exception(PoolClosed(_POOL_CLOSED))  # no new connection on a closed pool
 
 
 def _serialize(

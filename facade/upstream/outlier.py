@@ -3,16 +3,34 @@
 An endpoint's bookkeeping is an immutable ``OutlierState``; the pool replaces it after each
 reported outcome. Ejection ends lazily: ``refresh(state, spec, now)`` is called before a
 decision, so no timers are needed.
+
+Next to the consecutive-errors detectors, two statistical ones (Envoy's) judge the outcomes of
+every endpoint over an ``interval``: ``success_rate_outliers`` (success rate below the mean of
+the service's endpoints by more than ``success_rate_stdev_factor / 1000`` standard deviations) and
+``failure_percentage_outliers`` (failures at least ``failure_percentage_threshold`` percent of an
+endpoint's requests). Both only judge endpoints with enough requests in the interval, and only
+when enough endpoints have them.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from ..config import OutlierDetection
 from .outcome import Outcome
 
-__all__ = ["OutlierState", "count_outcome", "eject", "ejection_allowed", "refresh", "should_eject"]
+__all__ = [
+    "OutlierState",
+    "count_outcome",
+    "eject",
+    "ejection_allowed",
+    "failure_percentage_outliers",
+    "refresh",
+    "should_eject",
+    "success_rate_outliers",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,3 +96,34 @@ def refresh(state: OutlierState, spec: OutlierDetection, now: float) -> OutlierS
     if state.times_ejected and now - state.released_at >= spec.max_ejection:
         return replace(state, times_ejected=0)
     return state
+
+
+def success_rate_outliers(volumes: Sequence[tuple[int, int]], spec: OutlierDetection) -> list[int]:
+    """The endpoints (indices into ``volumes``: requests, failures in the interval) whose success rate
+    is below ``mean - stdev_factor / 1000 * stdev`` of the endpoints with at least
+    ``success_rate_request_volume`` requests; nobody when fewer than ``success_rate_minimum_hosts``
+    endpoints have that many (Envoy's success-rate detector; population standard deviation)."""
+    if spec.success_rate_stdev_factor is None:
+        return []
+    volume = spec.success_rate_request_volume
+    judged = [(i, 100.0 * (n - failed) / n) for i, (n, failed) in enumerate(volumes) if n >= volume]
+    if not judged or len(judged) < spec.success_rate_minimum_hosts:
+        return []
+    mean = sum(rate for _, rate in judged) / len(judged)
+    stdev = math.sqrt(sum((rate - mean) ** 2 for _, rate in judged) / len(judged))
+    threshold = mean - spec.success_rate_stdev_factor / 1000.0 * stdev
+    return [i for i, rate in judged if rate < threshold]
+
+
+def failure_percentage_outliers(volumes: Sequence[tuple[int, int]], spec: OutlierDetection) -> list[int]:
+    """The endpoints whose failures are at least ``failure_percentage_threshold`` % of their requests,
+    among those with at least ``failure_percentage_request_volume`` requests; nobody when fewer than
+    ``failure_percentage_minimum_hosts`` endpoints have that many (Envoy's failure-percentage detector)."""
+    threshold = spec.failure_percentage_threshold
+    if threshold is None:
+        return []
+    volume = spec.failure_percentage_request_volume
+    judged = [(i, 100.0 * failed / n) for i, (n, failed) in enumerate(volumes) if n >= volume]
+    if not judged or len(judged) < spec.failure_percentage_minimum_hosts:
+        return []
+    return [i for i, share in judged if share >= threshold]

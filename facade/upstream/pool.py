@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Collection
 from typing import Any
 
-from ..config import EndpointGroup, ServiceSpec
+from ..config import EndpointGroup, OutlierDetection, ServiceSpec
 from ..errors import UpstreamUnavailable
 from . import balancer, outlier
 from .h1 import Address, H1Client
@@ -33,6 +33,7 @@ class Endpoint:
 
     __slots__ = (
         "address", "group", "health", "in_flight", "last_checked", "outcomes", "outlier", "path_prefix", "url",
+        "window_failures", "window_requests",
     )
 
     def __init__(self, url: str, group: str) -> None:
@@ -50,6 +51,9 @@ class Endpoint:
         self.in_flight = 0
         self.outcomes: Counter[str] = Counter()
         self.last_checked: float | None = None
+        # Outcomes since the statistical outlier detectors last judged (only counted when they are on).
+        self.window_requests = 0
+        self.window_failures = 0
         # An endpoint may carry a base path ("http://h:1/v2"): requests go below it.
         self.path_prefix = parsed.path.rstrip("/")
         tls = parsed.scheme == "https"
@@ -116,6 +120,8 @@ class Endpoint:
             "consecutive_5xx": o.consecutive_5xx,
             "consecutive_gateway_errors": o.consecutive_gateway_errors,
             "in_flight": self.in_flight,
+            "interval_requests": self.window_requests,
+            "interval_failures": self.window_failures,
             "health_checks": self.health.checks,
             "last_health_check": self.health.last_detail,
             "outcomes": dict(self.outcomes),
@@ -162,6 +168,9 @@ class ServicePool:
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self.stats: Counter[str] = Counter()
+        # The proxy's requests to this service now, and how many of them are retrying (retry budget).
+        self.requests_active = 0
+        self.retries_active = 0
         old = {ep.url: ep for ep in previous.endpoints} if previous is not None else {}
         groups = []
         for g in spec.groups:
@@ -180,6 +189,10 @@ class ServicePool:
         self.endpoints: tuple[Endpoint, ...] = tuple(ep for g in self._groups for ep in g.endpoints)
         # The next time an ejection ends or a count decays: pick() scans the endpoints only then.
         self._next_event = self._earliest_event()
+        # Success rate / failure percentage: outcomes counted per endpoint, judged once per interval.
+        od = spec.outlier_detection
+        self._statistical = od is not None and od.statistical
+        self._next_judgement = clock() + od.interval if od is not None and self._statistical else float("inf")
 
     def __repr__(self) -> str:
         up = sum(ep.available for ep in self.endpoints)
@@ -200,6 +213,7 @@ class ServicePool:
                 connect_timeout=self.spec.timeouts.connect,
                 ssl_context=self.ssl_context,
                 dns_ttl=DEFAULT_DNS_CACHE_TTL,
+                max_pending=pool.max_pending_requests,
             )
         return self._h1
 
@@ -285,6 +299,14 @@ class ServicePool:
         self._release_due(now)
         if ep.outlier.ejected:
             return  # late results of requests sent before the ejection do not extend it
+        if self._statistical:
+            ep.window_requests += 1
+            if outcome is not Outcome.SUCCESS:
+                ep.window_failures += 1
+            if now >= self._next_judgement:
+                self._judge(spec, now)
+                if ep.outlier.ejected:
+                    return
         state = outlier.count_outcome(ep.outlier, outcome)
         if outlier.should_eject(state, spec):
             ejected_now = sum(1 for e in self.endpoints if e.outlier.ejected)
@@ -295,6 +317,28 @@ class ServicePool:
             else:
                 self.stats["ejections_overflow"] += 1  # Envoy: ejections_overflow
         ep.outlier = state
+
+    def _judge(self, spec: OutlierDetection, now: float) -> None:
+        """One judgement of the statistical detectors over the interval that ended (Envoy runs it on
+        a timer every ``interval``; here the first outcome reported after it does, which judges the
+        same counts: without outcomes there is nothing new to judge)."""
+        volumes = [(ep.window_requests, ep.window_failures) for ep in self.endpoints]
+        found = [(i, "ejections_success_rate") for i in outlier.success_rate_outliers(volumes, spec)]
+        found += [(i, "ejections_failure_percentage") for i in outlier.failure_percentage_outliers(volumes, spec)]
+        for i, stat in found:
+            ep = self.endpoints[i]
+            if ep.outlier.ejected:
+                continue  # found by both detectors, or ejected already
+            ejected_now = sum(1 for e in self.endpoints if e.outlier.ejected)
+            if outlier.ejection_allowed(ejected_now, len(self.endpoints), spec.max_ejection_percent):
+                ep.outlier = outlier.eject(ep.outlier, spec, now)
+                self._next_event = min(self._next_event, ep.outlier.ejected_until)
+                self.stats[stat] += 1
+            else:
+                self.stats["ejections_overflow"] += 1
+        for ep in self.endpoints:
+            ep.window_requests = ep.window_failures = 0
+        self._next_judgement = now + spec.interval
 
     def _release_due(self, now: float) -> None:
         """End ejections whose time has passed and decay old ejection counts (lazy, no timers)."""

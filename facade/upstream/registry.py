@@ -144,3 +144,43 @@ class Upstreams:
 
     def snapshot(self) -> dict[str, Any]:
         return {"services": {name: pool.snapshot() for name, pool in sorted(self._pools.items())}}
+
+    def prometheus_text(self) -> str:
+        """Resilience counters per service (Envoy's cluster stats in their names): retries, retries the
+        budget refused, requests refused by a full waiting queue, ejections by detector.
+
+        Counters of a pool a reload rebuilt start again at 0 (Prometheus' rate() reads that as a reset).
+        """
+        lines: list[str] = []
+        for name, help_text, stat in _COUNTERS:
+            lines.append(f"# HELP {name} {help_text}")
+            lines.append(f"# TYPE {name} counter")
+            for service, pool in sorted(self._pools.items()):
+                lines.append(f'{name}{{service="{service}"}} {pool.stats[stat]}')
+        name = "facade_upstream_ejections_total"
+        lines.append(f"# HELP {name} Endpoints ejected by outlier detection, by detector.")
+        lines.append(f"# TYPE {name} counter")
+        for service, pool in sorted(self._pools.items()):
+            for detector, stat in _EJECTIONS:
+                lines.append(f'{name}{{service="{service}",detector="{detector}"}} {pool.stats[stat]}')
+        return "\n".join(lines) + "\n"
+
+
+_COUNTERS = (
+    ("facade_upstream_retries_total", "Retries of requests to the service (Envoy upstream_rq_retry).", "retries"),
+    (
+        "facade_upstream_retries_budget_refused_total",
+        "Retries not made because the service's retry budget was spent (Envoy upstream_rq_retry_overflow).",
+        "retries_budget_refused",
+    ),
+    (
+        "facade_upstream_pending_overflow_total",
+        "Requests answered 503 at once: max_pending_requests already waited (Envoy upstream_rq_pending_overflow).",
+        "pending_overflow",
+    ),
+)
+_EJECTIONS = (
+    ("consecutive", "ejections"),
+    ("success_rate", "ejections_success_rate"),
+    ("failure_percentage", "ejections_failure_percentage"),
+)

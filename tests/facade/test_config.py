@@ -512,12 +512,9 @@ def test_action_errors_redirect_direct_response_rewrite_retries() -> None:
         "facade.yaml:13:23: routes[2].rewrite.prefix: must start with '/', got 'v2'",
         "facade.yaml:14:25: routes[2].retries.attempts: must be 0-10, got 11",
         (
-            "facade.yaml:14:57: routes[2].retries.retry_on[1]: must be one of connect-failure, reset, 502, 503, 504, "
-            "got '500'; did you mean '504'?"
-        ),
-        (
-            "facade.yaml:14:62: routes[2].retries.retry_on[2]: must be one of connect-failure, reset, 502, 503, 504, "
-            "got 'gateway-error'"
+            "facade.yaml:14:57: routes[2].retries.retry_on[1]: must be one of connect-failure, reset, 5xx, "
+            "gateway-error, retriable-4xx, retriable-status-codes, 502, 503, 504, got '500'; "
+            "for other statuses use retriable-status-codes with retriable_status_codes: [500]"
         ),
         "facade.yaml:16:26: routes[3].redirect.prefix: give either path or prefix, not both",
         "facade.yaml:16:44: routes[3].redirect.code: must be one of 301, 302, 303, 307, 308, got 300",
