@@ -28,9 +28,6 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCS = (ROOT / "docs" / "demo.md", ROOT / "README.md")
 SKIP = "<!-- demo-test: skip"
 FIXED_PORTS = ("8080", "9901", "8001", "15102", "15103")  # the shipped facade-mesh.yaml's
-# The locust rehearsals run on one xdist worker, one after another: two of them at once on two cores
-# would starve each other's stacks (pyproject.toml: --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("locust")
 
 
 def sh_blocks(text: str) -> list[list[str]]:

@@ -46,9 +46,6 @@ from tests.facade.test_up import free_ports, read_until, run_up, stop_up
 PY = sys.executable
 TOKEN = "loadtest-token"
 ROOT = Path(__file__).resolve().parents[2]
-# The locust rehearsals run on one xdist worker, one after another: two of them at once on two cores
-# would starve each other's stacks (pyproject.toml: --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("locust")
 
 
 # -- pure ----------------------------------------------------------------------------------------
