@@ -5,6 +5,7 @@ imported, or is listed below with the reason it is needed without an import."""
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.metadata
 import re
 import sys
@@ -38,8 +39,9 @@ def _declared() -> dict[str, set[str]]:
     return groups
 
 
+@functools.cache  # both tests read it: every file of the packages is parsed once
 def _imports() -> dict[str, set[str]]:
-    """Top-level third-party module -> the files importing it."""
+    """Top-level third-party module -> the files importing it (callers must not change it)."""
     found: dict[str, set[str]] = {}
     for package in FIRST_PARTY:
         for path in (ROOT / package).rglob("*.py"):

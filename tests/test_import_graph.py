@@ -18,6 +18,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 # facade/ and the folders installed in its namespace (facade/mesh etc. are symlinks to them).
 PACKAGES = {"facade": "facade", "mesh": "facade.mesh", "sample_monolith": "facade.sample_monolith", "loadtests": "facade.loadtests"}
@@ -213,8 +215,13 @@ def test_imports_under_type_checking_are_left_out_and_function_imports_are_lazy(
 # -- the project ----------------------------------------------------------------------------------------
 
 
-def test_the_graph_sees_the_modules_and_their_imports() -> None:
-    graph = import_graph()
+@pytest.fixture(scope="module")
+def graph() -> dict[str, Imports]:
+    """The project's graph, parsed once for the tests below (it reads every module of both packages)."""
+    return import_graph()
+
+
+def test_the_graph_sees_the_modules_and_their_imports(graph: dict[str, Imports]) -> None:
     assert {"facade.runtime", "facade.proxy", "facade.mesh.controlplane", "facade.migration.controller"} <= graph.keys()
     assert "facade.config" in graph["facade.runtime"].module_level
     # From outside the package, importing a submodule runs the package's __init__ too.
@@ -222,14 +229,13 @@ def test_the_graph_sees_the_modules_and_their_imports() -> None:
     assert {"facade.upstream", "facade.upstream.h1"} <= graph["facade.proxy"].module_level
 
 
-def test_no_import_cycles_among_module_level_imports() -> None:
-    graph = import_graph()
+def test_no_import_cycles_among_module_level_imports(graph: dict[str, Imports]) -> None:
     cycle = find_cycle({name: imports.module_level for name, imports in graph.items()})
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
-def test_lazy_imports_that_put_a_cycle_off_are_listed() -> None:
-    found = lazy_cycles(import_graph())
+def test_lazy_imports_that_put_a_cycle_off_are_listed(graph: dict[str, Imports]) -> None:
+    found = lazy_cycles(graph)
     unlisted = {pair: " -> ".join(cycle) for pair, cycle in found.items() if pair not in LAZY_CYCLES}
     assert not unlisted, f"lazy imports closing a cycle (break the cycle, or list them in LAZY_CYCLES): {unlisted}"
     stale = sorted(set(LAZY_CYCLES) - set(found))
