@@ -391,7 +391,7 @@ async def _headers_then_silence(reader: asyncio.StreamReader, writer: asyncio.St
         await reader.readuntil(b"\r\n\r\n")
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
         await writer.drain()
-        await asyncio.sleep(0.5)  # the body comes after the route's timeout
+        await asyncio.sleep(3.0)  # the body comes long after the route's 0.3 s timeout
         writer.write(b"x" * 100)
 
 
@@ -412,7 +412,11 @@ async def test_a_full_connection_pool_answers_503_after_the_connect_timeout(tmp_
         cfg = _one_route_cfg(url, "    connection_pool: {max_connections: 1}", timeouts="{connect: 0.2s, request: 3s}")
         async with run_facade(tmp_path, cfg) as rt, httpx.AsyncClient(base_url=rt.url, trust_env=False) as client:
             holder = asyncio.create_task(client.get("/slow"))  # takes the only connection for 3 s
-            await asyncio.sleep(0.1)
+            h1 = rt.holder.current.upstreams.get("svc").live_h1
+            async with asyncio.timeout(5):
+                while h1 is None or h1.in_use < 1:
+                    await asyncio.sleep(0.01)
+                    h1 = rt.holder.current.upstreams.get("svc").live_h1
             t0 = time.monotonic()
             resp = await client.get("/next")
             waited = time.monotonic() - t0
