@@ -9,14 +9,51 @@ The socket is bound before uvicorn starts, so the port is known and free of race
 from __future__ import annotations
 
 import contextlib
+import random
 import socket
 import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 
 from facade.server import Server, bind, socket_url
+
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST_CHOSEN = 10000
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct loopback ports free now, for a child process that binds its own (it is given a
+    number, not a socket: ``facade up``, nginx, Prometheus, a ``facade serve`` subprocess).
+
+    Chosen at random BELOW the kernel's ephemeral range: a port taken from the ephemeral range with
+    bind(port 0) and released can be handed at once to any other test's bind(0) (two xdist workers
+    do that all the time), and the child then fails to bind. Below the range only another caller
+    of this function can pick the same port, which random choice makes rare.
+    """
+    try:
+        low = int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default
+    chosen: list[int] = []
+    rng = random.SystemRandom()
+    for _ in range(50 * n + 100):
+        if len(chosen) == n:
+            break
+        port = rng.randrange(_LOWEST_CHOSEN, low) if low > _LOWEST_CHOSEN + 1000 else 0
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            port = probe.getsockname()[1]
+        if port not in chosen:
+            chosen.append(port)
+    assert len(chosen) == n, "no free loopback ports below the ephemeral range"
+    return chosen
+
 
 _REFUSING: list[socket.socket] = []  # held until the test process ends
 

@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.backends import EchoApp, raw_server
 from tests.harness import run_facade
-from tests.servers import bind_loopback, serve_app
+from tests.servers import free_ports, serve_app
 
 TOKEN = "t0ken"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -245,9 +245,7 @@ async def test_gzip_bodies_pass_through_byte_identical_both_ways(tmp_path: Path)
 
 
 def _free_port() -> int:
-    sock = bind_loopback()
-    port = int(sock.getsockname()[1])
-    sock.close()
+    (port,) = free_ports(1)  # below the ephemeral range: see tests.servers.free_ports
     return port
 
 

@@ -18,16 +18,14 @@ import psutil
 import pytest
 
 from tests.backends import EchoApp
-from tests.servers import bind_loopback, serve_app
+from tests.servers import free_ports, serve_app
 
 GIB = 1024**3
 RSS_BUDGET = 50 * 1024 * 1024
 
 
 def _free_port() -> int:
-    sock = bind_loopback()
-    port = sock.getsockname()[1]
-    sock.close()
+    (port,) = free_ports(1)  # below the ephemeral range: see tests.servers.free_ports
     return port
 
 

@@ -39,22 +39,11 @@ from facade.cli.up import (
     services_unseen,
 )
 from facade.config import AdminSpec, Config, EndpointGroup, HealthCheck, ServiceSpec
-from tests.servers import refusing_url
+from tests.servers import free_ports, refusing_url
 
 PY = sys.executable
 
 
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def shop_config(ports: list[int], **overrides: object) -> Config:

@@ -12,11 +12,12 @@ import asyncio
 import contextlib
 import shutil
 import signal
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+
+from tests.servers import free_ports
 
 __all__ = ["NGINX", "nginx_conf", "require_nginx", "run_nginx"]
 
@@ -32,9 +33,8 @@ def require_nginx() -> str:
 
 
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    (port,) = free_ports(1)  # below the ephemeral range: see tests.servers.free_ports
+    return port
 
 
 def nginx_conf(prefix: Path, http_body: str) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -21,6 +20,7 @@ import httpx
 import pytest
 
 from tests.facade.migration.stack import Stack, migration_stack
+from tests.servers import free_ports
 
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = [
@@ -52,10 +52,8 @@ steps:
 
 
 def free_port() -> int:
-    # Prometheus binds its own socket: pick a free port and hand it over (the window is tiny).
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    (port,) = free_ports(1)  # below the ephemeral range: see tests.servers.free_ports
+    return port
 
 
 @contextlib.asynccontextmanager
