@@ -37,6 +37,7 @@ from .config import NormalizeSpec, Route, RouteMatch
 from .headers import apply_header_ops_bytes
 from .normalize import HostRejected, PathRejected, normalize_host, normalize_path
 from .split import Split
+from .upstream.balancer import request_hash
 
 if TYPE_CHECKING:
     from .runtime import Snapshot
@@ -62,6 +63,8 @@ class Forward(NamedTuple):
     set_cookie: bytes | None  # a Set-Cookie value for a newcomer to a sticky cookie split
     shadow: bool  # mirror a copy to the split's candidate
     has_body: bool  # the head announces a body (Content-Length other than 0, or Transfer-Encoding)
+    hash_key: int | None = None  # consistent hashing: the request's key (None: no policy, or no key)
+    hash_cookie: bytes | None = None  # a Set-Cookie for the consistent-hash cookie the request lacked
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +165,10 @@ def resolve_request(snap: Snapshot, head: Scope, rand: Callable[[], float]) -> D
     if max_body is not None and content_length is not None and content_length.isdigit() and int(content_length) > max_body:
         return Reject(413, "request body too large", limit=max_body)
     upstream_path = entry.upstream_path(path)
+    hash_key = hash_cookie = None
+    if pool.spec.hash_policy is not None:  # decided by the service's config: other pools pay this one test
+        client = head.get("client")
+        hash_key, hash_cookie = request_hash(pool.spec.hash_policy, headers, client[0] if client else None)
     return Forward(
         path,
         host,
@@ -175,6 +182,8 @@ def resolve_request(snap: Snapshot, head: Scope, rand: Callable[[], float]) -> D
         set_cookie,
         shadow,
         chunked or (content_length is not None and content_length != b"0"),
+        hash_key,
+        hash_cookie,
     )
 
 

@@ -34,7 +34,9 @@ __all__ = [
     "WeightedChoice",
     "bucket_of",
     "choose_weighted",
+    "cookie_value",
     "decide",
+    "header_value",
 ]
 
 BUCKETS = 10_000  # basis points: weight_bps / BUCKETS is the candidate's share
@@ -139,14 +141,16 @@ def decide(
     return Decision(backend=backend, sticky_key=sticky_key, set_cookie=set_cookie, shadow=shadow)
 
 
-def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+def header_value(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lower-case), or None."""
     for key, value in headers:
         if key == name or key.lower() == name:
             return value
     return None
 
 
-def _cookie_value(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+def cookie_value(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The value of cookie ``name`` in any Cookie header, or None."""
     # HTTP/2 clients may split cookies over several headers (RFC 9113 8.2.3); look at all of them.
     for key, value in headers:
         if key != b"cookie" and key.lower() != b"cookie":
@@ -160,7 +164,7 @@ def _cookie_value(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes 
 
 def _sticky_key(sticky: StickySpec, headers: Sequence[tuple[bytes, bytes]]) -> str | None:
     name = sticky.name.encode("latin-1")
-    raw = _cookie_value(headers, name) if sticky.kind == "cookie" else _header(headers, name.lower())
+    raw = cookie_value(headers, name) if sticky.kind == "cookie" else header_value(headers, name.lower())
     if not raw:
         return None
     return raw.decode("latin-1")
@@ -168,7 +172,7 @@ def _sticky_key(sticky: StickySpec, headers: Sequence[tuple[bytes, bytes]]) -> s
 
 def _canary_matches(canary: CanarySpec, headers: Sequence[tuple[bytes, bytes]]) -> bool:
     name = canary.name.encode("latin-1")
-    raw = _cookie_value(headers, name) if canary.kind == "cookie" else _header(headers, name.lower())
+    raw = cookie_value(headers, name) if canary.kind == "cookie" else header_value(headers, name.lower())
     return raw is not None and raw.decode("latin-1") == canary.value
 
 
