@@ -222,8 +222,9 @@ def _split_rules(route: Route, split: Split, config: Config, state: RoutingState
                 "matches when a later cookie of the same name has the value (the facade reads the first)")))
         matches = tuple(_with_header(m, condition, route) for m in route.matches)
         out.append(_rule(route, route.name + "-canary", matches, config, (Destination(candidate),), findings))
-        out.append(_rule(route, route.name, route.matches, config, (Destination(primary),), findings))
-        return out
+        if split.weight_bps == 0:  # a canary step; a weight step that keeps the canary goes on below
+            out.append(_rule(route, route.name, route.matches, config, (Destination(primary),), findings))
+            return out
     weight = split.weight_bps * 100 // 10_000
     destinations = tuple(
         Destination(s, w) for s, w in ((primary, 100 - weight), (candidate, weight)) if w > 0
