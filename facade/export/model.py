@@ -289,7 +289,8 @@ def _upstream_policy(
     """The route's timeout and retries; the facade takes them per chosen service, a target per rule."""
     if not destinations:
         return None, None
-    specs = [s for s in (config.service(d.service) for d in destinations) if s is not None]
+    # A subset ("catalog/v2") takes its service's timeouts and retries.
+    specs = [s for s in (config.service(d.service.split("/", 1)[0]) for d in destinations) if s is not None]
     timeouts = {route.timeout if route.timeout is not None else s.timeouts.request for s in specs}
     retries = {route.retries or s.retries for s in specs}
     timeout = route.timeout if route.timeout is not None else specs[0].timeouts.request

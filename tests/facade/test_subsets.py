@@ -180,3 +180,46 @@ async def test_routes_and_weighted_backends_reach_subsets_through_the_facade(tmp
             assert set(split) == {"v1", "v2"} and min(split.values()) >= 10
             everyone = Counter([(await client.get("/")).json()["name"] for _ in range(6)])
             assert everyone == {"v1": 3, "v2": 3}  # the service itself: round robin over both
+
+
+def test_subsets_and_consistent_hashing_export_to_istio_and_are_refused_by_gateway_api(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import yaml
+
+    from facade.cli import main
+
+    Path("facade.yaml").write_text(textwrap.dedent(SERVICES).lstrip("\n") + (
+        "    load_balancer: {consistent_hash: {cookie: {name: lb, ttl: 1h}}}\n"
+        "routes:\n  - {name: beta, match: {path: {prefix: /beta}}, backend: catalog/v2}\n"
+        "  - {name: all, backend: catalog}\n"
+    ))
+    assert main(["export", "istio", "-c", "facade.yaml", "-o", str(tmp_path / "istio")]) == 0
+    docs = [d for f in sorted((tmp_path / "istio").glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
+    dr = next(d for d in docs if d["kind"] == "DestinationRule")
+    assert dr["spec"]["subsets"] == [{"name": "v2", "labels": {"version": "v2"}},
+                                     {"name": "v2a", "labels": {"version": "v2", "zone": "a"}}]
+    assert dr["spec"]["trafficPolicy"]["loadBalancer"] == {"consistentHash": {"httpCookie": {"name": "lb", "ttl": "1h"}}}
+    vs = next(d for d in docs if d["kind"] == "VirtualService")
+    assert [r["route"][0]["destination"] for r in vs["spec"]["http"]] == [
+        {"host": "catalog", "subset": "v2"}, {"host": "catalog"}]
+    capsys.readouterr()
+    assert main(["export", "gateway-api", "-c", "facade.yaml", "-o", str(tmp_path / "gw")]) == 2
+    assert "backend 'catalog/v2' is a subset: Gateway API has no subsets" in capsys.readouterr().err
+
+
+async def test_a_reload_rebuilds_subsets_over_the_new_service_pool() -> None:
+    config, _ = run(SERVICES + "routes:\n  - {name: r, backend: catalog}\n")
+    assert config is not None
+    upstreams = Upstreams(config.services, health_checks=False)
+    relabelled, _ = run(SERVICES.replace("{version: v2, zone: b}", "{version: v1, zone: b}")
+                        + "routes:\n  - {name: r, backend: catalog}\n")
+    assert relabelled is not None
+    await upstreams.update(relabelled.services)
+    try:
+        service, v2 = upstreams.get("catalog"), upstreams.get("catalog/v2")
+        assert service is not None and v2 is not None
+        assert [ep.url for ep in v2.endpoints] == ["http://127.0.0.1:8002"]  # 8003 left the subset
+        assert v2.endpoints[0] is next(ep for ep in service.endpoints if ep.url == "http://127.0.0.1:8002")
+    finally:
+        await upstreams.close()
