@@ -147,6 +147,9 @@ class HashRing:
 
     def pick(self, key: int, usable: Sequence[bool]) -> int | None:
         """The first usable endpoint clockwise from ``key`` (None when none is usable)."""
+        owner = self.owners[bisect.bisect_left(self.points, key % _HASH_SPACE) % len(self.points)]
+        if usable[owner]:  # the common case: the owner is up; no walk
+            return owner
         return next((i for i in self.order(key) if usable[i]), None)
 
 

@@ -276,6 +276,12 @@ class ServicePool:
         return chosen
 
     def _pick_hashed(self, key: int, exclude: Collection[Endpoint]) -> Endpoint:
+        if len(self._groups) == 1 and not exclude:  # the common case, without the group choice
+            only = self._groups[0]
+            assert only.ring is not None
+            index = only.ring.pick(key, [ep.available for ep in only.endpoints])
+            if index is not None:
+                return only.endpoints[index]
         draw = (key & 0xFFFFFFFF) / 0x100000000  # the group draw, independent of the ring position's high bits
         for allow_reuse, drained in ((False, False), (True, False), (False, True), (True, True)):
             views = [
