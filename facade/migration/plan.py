@@ -880,7 +880,17 @@ def _routing(plan: Plan, step: Step, previous: float) -> str:
                 f"({previous:g} % -> {new})")
     sticky = f" (sticky by {plan.sticky})" if plan.sticky else " (per request)"
     mirror = f"; {step.mirror_percent:g} % of those mirrored to {new}" if step.mirror_percent else ""
-    return f"{step.weight} % of {routes} -> {new}{sticky}, {100 - step.weight} % -> {old}{mirror}"
+    canary = _persisting_canary(plan, step) if step.weight is not None and step.weight < 100 else None
+    testers = f"; requests with {canary} -> {new} (the canary persists)" if canary is not None else ""
+    return f"{step.weight} % of {routes} -> {new}{sticky}, {100 - step.weight} % -> {old}{mirror}{testers}"
+
+
+def _persisting_canary(plan: Plan, step: Step) -> CanarySpec | None:
+    """The canary a weight step keeps (the last canary step before it), unless the plan turned that off."""
+    if not plan.canary_persist:
+        return None
+    before = plan.steps[: plan.steps.index(step)]
+    return next((s.canary for s in reversed(before) if s.kind == "canary"), None)
 
 
 def _duration(seconds: float) -> str:
