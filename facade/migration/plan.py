@@ -683,8 +683,13 @@ def _read_mtls(value: Node, service_node: Node | None, problems: Problems, conte
         problems.error(value, "an mtls step needs a 'mesh:' section in the facade config (sidecars to switch)")
         return None
     if service_node is None:
-        return context.to_service  # None when 'to' is itself invalid (already reported)
-    return _read_service(service_node, problems, context.services)
+        # None when 'to' is itself invalid (already reported); sidecars belong to a service, not a subset
+        return context.to_service.split("/", 1)[0] if context.to_service else None
+    service = _read_service(service_node, problems, context.services)
+    if service is not None and "/" in service:
+        problems.error(service_node, f"names a subset; sidecars belong to the service: {service.split('/')[0]!r}")
+        return None
+    return service
 
 
 def _read_canary(node: Node, problems: Problems) -> CanarySpec | None:

@@ -223,3 +223,15 @@ async def test_a_reload_rebuilds_subsets_over_the_new_service_pool() -> None:
         assert v2.endpoints[0] is next(ep for ep in service.endpoints if ep.url == "http://127.0.0.1:8002")
     finally:
         await upstreams.close()
+
+
+def test_an_mtls_step_of_a_plan_to_a_subset_switches_the_service_sidecars() -> None:
+    services = ["monolith", "catalog", "catalog/v2"]
+    text = "name: p\nroute: r\nfrom: monolith\nto: catalog/v2\nsteps: [{weight: 100}, {mtls: strict}]\n"
+    plan, problems = parse_plan(YamlDocument.load(text, "p.yaml"), routes={"r"}, services=services, mesh=True)
+    assert problems == [] and plan is not None and plan.steps[1].mtls_service == "catalog"
+    bad = text.replace("{mtls: strict}", "{mtls: strict, service: catalog/v2}")
+    _, problems = parse_plan(YamlDocument.load(bad, "p.yaml"), routes={"r"}, services=services, mesh=True)
+    assert [str(p) for p in problems] == [
+        "p.yaml:5:48: steps[1].service: names a subset; sidecars belong to the service: 'catalog'"
+    ]
