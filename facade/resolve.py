@@ -168,7 +168,10 @@ def resolve_request(snap: Snapshot, head: Scope, rand: Callable[[], float]) -> D
     hash_key = hash_cookie = None
     if pool.spec.hash_policy is not None:  # decided by the service's config: other pools pay this one test
         client = head.get("client")
-        hash_key, hash_cookie = request_hash(pool.spec.hash_policy, headers, client[0] if client else None)
+        peer = client[0] if client else None
+        if pool.spec.hash_policy.source_ip and peer:
+            peer = _client_address(snap, headers, peer)
+        hash_key, hash_cookie = request_hash(pool.spec.hash_policy, headers, peer)
     return Forward(
         path,
         host,
@@ -185,6 +188,21 @@ def resolve_request(snap: Snapshot, head: Scope, rand: Callable[[], float]) -> D
         hash_key,
         hash_cookie,
     )
+
+
+def _client_address(snap: Snapshot, headers: list[tuple[bytes, bytes]], peer: str) -> str:
+    """The client behind trusted proxies: X-Forwarded-For read right to left, past every trusted address.
+
+    A peer outside ``trusted_proxies`` is the client itself (its X-Forwarded-For is not believed), as for
+    the X-Forwarded-* the facade sends on; nginx's ``real_ip_recursive`` and Envoy's trusted CIDRs agree.
+    """
+    if not snap.is_trusted(peer):
+        return peer
+    chain = [a.strip() for name, v in headers if name == b"x-forwarded-for" for a in v.decode("latin-1").split(",")]
+    for address in reversed(chain):
+        if address and not snap.is_trusted(address):
+            return address
+    return chain[0] if chain and chain[0] else peer
 
 
 def read_target(norm: NormalizeSpec, head: Scope) -> Target | Reject:

@@ -186,3 +186,32 @@ async def test_consistent_hash_through_the_facade(tmp_path: Path) -> None:
 
             # Source IP: every request of this client (127.0.0.1) lands on one endpoint.
             assert len({(await client.get("/")).json()["name"] for _ in range(6)}) == 1
+
+
+async def test_source_ip_behind_a_trusted_proxy_is_the_forwarded_client(tmp_path: Path) -> None:
+    apps = [EchoApp(f"e{i}") for i in range(4)]
+    async with (
+        serve_app(apps[0]) as u0, serve_app(apps[1]) as u1, serve_app(apps[2]) as u2, serve_app(apps[3]) as u3,
+    ):
+        text = f"""
+        listen: 127.0.0.1:0
+        admin: {{listen: 127.0.0.1:0}}
+        trusted_proxies: [127.0.0.1/32, 10.9.0.0/16]
+        services:
+          byip:
+            endpoints: [{u0}, {u1}, {u2}, {u3}]
+            load_balancer: {{consistent_hash: {{source_ip: true}}}}
+        routes:
+          - {{name: ip, backend: byip}}
+        """
+        async with run_facade(tmp_path, text) as rt, httpx.AsyncClient(base_url=rt.url, timeout=10) as client:
+            async def served(xff: str) -> str:
+                return str((await client.get("/", headers={"x-forwarded-for": xff})).json()["name"])
+
+            # The facade's peer (127.0.0.1) is a trusted proxy: the client is the address it forwarded for.
+            by_client = {i: await served(f"203.0.113.{i}") for i in range(16)}
+            assert len(set(by_client.values())) >= 2
+            # Stable per client, and trusted hops to the right of it do not change who the client is.
+            for i in range(4):
+                assert await served(f"203.0.113.{i}") == by_client[i]
+                assert await served(f"203.0.113.{i}, 10.9.1.1") == by_client[i]
