@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import ProxyError
 from .headers import ForwardContext, RequestIds, apply_header_ops, build_upstream_headers, new_request_id
 from .resolve import Forward, Reject, Respond
+from .split import baggage_with_cohort
 
 if TYPE_CHECKING:
     from .snapshot import Snapshot
@@ -98,12 +99,24 @@ def upstream_request_headers(
     route = forward.route
     if not route.request_headers.empty:
         up_headers = apply_header_ops(up_headers, route.request_headers)
+    split = forward.split
+    if split is not None and split.baggage:  # a migrating route whose plan lets the cohort travel
+        up_headers = _with_cohort(up_headers, "new" if forward.backend == split.candidate else "old")
     extensions = scope.get("extensions")
     if extensions:
         extra = extensions.get("facade.upstream_headers")
         if extra:
             up_headers.extend(extra)
     return up_headers, ids, client[0]
+
+
+def _with_cohort(headers: list[tuple[str, str]], cohort: str) -> list[tuple[str, str]]:
+    """The request's ``baggage`` headers folded into one, with ``facade-cohort`` set (unless over W3C's limits)."""
+    values = [v for k, v in headers if k == "baggage"]
+    merged = baggage_with_cohort(values, cohort)
+    if merged is None:
+        return headers
+    return [(k, v) for k, v in headers if k != "baggage"] + [("baggage", merged)]
 
 
 def refusal(decision: Respond | Reject) -> tuple[int, list[tuple[bytes, bytes]], bytes]:

@@ -229,7 +229,9 @@ class Proxy:
         response_started = False
         try:
             t0 = time.perf_counter()
-            resp, first = await self._forward(snap, pool, route, method, target, up_headers, body)
+            resp, first = await self._forward(
+                snap, pool, route, method, target, up_headers, body, hash_key=decision.hash_key
+            )
             upstream_s = time.perf_counter() - t0
             status = resp.status
             try:
@@ -243,6 +245,8 @@ class Proxy:
                     out_headers = apply_header_ops_bytes(out_headers, route.response_headers)
                 if decision.set_cookie is not None:
                     out_headers.append((b"set-cookie", decision.set_cookie))
+                if decision.hash_cookie is not None:
+                    out_headers.append((b"set-cookie", decision.hash_cookie))
                 if snap.config.mark_responses:
                     out_headers.append((b"x-facade-backend", backend.encode("latin-1")))
                     out_headers.append((b"x-facade-step", decision.step.encode("latin-1")))
@@ -324,6 +328,8 @@ class Proxy:
         target: str,
         headers: list[tuple[str, str]],
         body: RequestBody | None,
+        *,
+        hash_key: int | None = None,
     ) -> tuple[UpstreamResponse, bytes]:
         """Send the request, retrying what is safe to retry.
 
@@ -347,7 +353,7 @@ class Proxy:
         retrying = False
         try:
             while True:
-                endpoint = pool.pick(exclude=tried)  # raises UpstreamUnavailable
+                endpoint = pool.pick(exclude=tried, hash_key=hash_key)  # raises UpstreamUnavailable
                 tried.append(endpoint)
                 timeout = per_try
                 if deadline is not None:

@@ -37,6 +37,7 @@ from .config import NormalizeSpec, Route, RouteMatch
 from .headers import apply_header_ops_bytes
 from .normalize import HostRejected, PathRejected, normalize_host, normalize_path
 from .split import Split
+from .upstream.balancer import request_hash
 
 if TYPE_CHECKING:
     from .runtime import Snapshot
@@ -62,6 +63,8 @@ class Forward(NamedTuple):
     set_cookie: bytes | None  # a Set-Cookie value for a newcomer to a sticky cookie split
     shadow: bool  # mirror a copy to the split's candidate
     has_body: bool  # the head announces a body (Content-Length other than 0, or Transfer-Encoding)
+    hash_key: int | None = None  # consistent hashing: the request's key (None: no policy, or no key)
+    hash_cookie: bytes | None = None  # a Set-Cookie for the consistent-hash cookie the request lacked
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +165,13 @@ def resolve_request(snap: Snapshot, head: Scope, rand: Callable[[], float]) -> D
     if max_body is not None and content_length is not None and content_length.isdigit() and int(content_length) > max_body:
         return Reject(413, "request body too large", limit=max_body)
     upstream_path = entry.upstream_path(path)
+    hash_key = hash_cookie = None
+    if pool.spec.hash_policy is not None:  # decided by the service's config: other pools pay this one test
+        client = head.get("client")
+        peer = client[0] if client else None
+        if pool.spec.hash_policy.source_ip and peer:
+            peer = _client_address(snap, headers, peer)
+        hash_key, hash_cookie = request_hash(pool.spec.hash_policy, headers, peer)
     return Forward(
         path,
         host,
@@ -175,7 +185,24 @@ def resolve_request(snap: Snapshot, head: Scope, rand: Callable[[], float]) -> D
         set_cookie,
         shadow,
         chunked or (content_length is not None and content_length != b"0"),
+        hash_key,
+        hash_cookie,
     )
+
+
+def _client_address(snap: Snapshot, headers: list[tuple[bytes, bytes]], peer: str) -> str:
+    """The client behind trusted proxies: X-Forwarded-For read right to left, past every trusted address.
+
+    A peer outside ``trusted_proxies`` is the client itself (its X-Forwarded-For is not believed), as for
+    the X-Forwarded-* the facade sends on; nginx's ``real_ip_recursive`` and Envoy's trusted CIDRs agree.
+    """
+    if not snap.is_trusted(peer):
+        return peer
+    chain = [a.strip() for name, v in headers if name == b"x-forwarded-for" for a in v.decode("latin-1").split(",")]
+    for address in reversed(chain):
+        if address and not snap.is_trusted(address):
+            return address
+    return chain[0] if chain and chain[0] else peer
 
 
 def read_target(norm: NormalizeSpec, head: Scope) -> Target | Reject:

@@ -152,7 +152,7 @@ async def proxy_websocket(
     timeout = route.timeout if route.timeout is not None else (pool.spec.timeouts.request or _DEFAULT_HANDSHAKE_TIMEOUT)
     upstream_s: float | None = None
     try:
-        endpoint = pool.pick()  # raises UpstreamUnavailable
+        endpoint = pool.pick(hash_key=decision.hash_key)  # raises UpstreamUnavailable
         t0 = time.perf_counter()
         try:
             async with asyncio.timeout(timeout):
@@ -174,6 +174,8 @@ async def proxy_websocket(
         accept_headers = apply_header_ops_bytes(accept_headers, route.response_headers)
     if decision.set_cookie is not None:
         accept_headers.append((b"set-cookie", decision.set_cookie))
+    if decision.hash_cookie is not None:
+        accept_headers.append((b"set-cookie", decision.hash_cookie))
     if snap.config.mark_responses:
         accept_headers.append((b"x-facade-backend", backend.encode("latin-1")))
         accept_headers.append((b"x-facade-step", decision.step.encode("latin-1")))

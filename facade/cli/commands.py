@@ -69,7 +69,7 @@ def validate_all(config_path: str) -> tuple[Any, list[Any]]:
             _, plan_problems = load_plans(
                 config.migrations_dir,
                 routes=[r.name for r in config.routes],
-                services=[s.name for s in config.services],
+                services=config.backend_names,
                 mesh=config.mesh is not None,
             )
             problems = [*problems, *plan_problems]

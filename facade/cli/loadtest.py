@@ -935,7 +935,7 @@ def plan_holds(config_path: str, name: str) -> list[float] | None:
         if not config.migrations_dir:
             return None
         plans, _ = load_plans(config.migrations_dir, routes=[r.name for r in config.routes],
-                              services=[s.name for s in config.services], mesh=config.mesh is not None)  # fmt: skip
+                              services=config.backend_names, mesh=config.mesh is not None)  # fmt: skip
     except Exception:  # noqa: BLE001 - a best-effort early check; the facade validates for real
         return None
     plan = plans.get(name)

@@ -54,7 +54,7 @@ from .reading import (
     _read_state_store,
 )
 from .routes import _read_routes
-from .services import _read_services
+from .services import _declared_subsets, _read_services
 
 
 def parse_config(doc: YamlDocument, *, env: Mapping[str, str] | None = None) -> tuple[Config | None, list[Problem]]:
@@ -89,7 +89,8 @@ def parse_config(doc: YamlDocument, *, env: Mapping[str, str] | None = None) -> 
     # Routes may name any declared service, even one with errors of its own (reported there).
     services_node = f.get("services")
     declared = [name for name, _ in services_node.items()] if services_node is not None else []
-    routes = _read_routes(f.get("routes"), ctx, declared, doc.root)
+    backends = declared + _declared_subsets(services_node)
+    routes = _read_routes(f.get("routes"), ctx, backends, doc.root)
     mesh = _read_mesh(f.get("mesh"), problems, declared, ctx)
     shadow_spec = _read_shadow(f.get("shadow"), problems)
     workers = _read_workers(f.get("workers"), problems)

@@ -5,7 +5,7 @@ Every value here is immutable and already validated; the rest of the facade neve
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
 from ..errors import Problem
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_ADMIN_LISTEN = "127.0.0.1:9901"
 
-LoadBalancer = Literal["round_robin", "least_request", "random"]
+LoadBalancer = Literal["round_robin", "least_request", "random", "consistent_hash"]
 RetryOn = Literal[
     "connect-failure", "reset", "5xx", "gateway-error", "retriable-4xx", "retriable-status-codes", "502", "503", "504"
 ]
@@ -128,6 +128,39 @@ class EndpointGroup:
     endpoints: tuple[str, ...]  # "http://127.0.0.1:8001" / "https://..."
     weight: int = 100
     priority: int = 0
+    # url -> its labels, only for endpoints that carry some (``{url: ..., labels: {version: v2}}``)
+    labels: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
+
+    def labels_of(self, url: str) -> dict[str, str]:
+        return next((dict(pairs) for u, pairs in self.labels if u == url), {})
+
+
+@dataclass(frozen=True, slots=True)
+class Subset:
+    """A named slice of a service's endpoints, selected by labels (Istio DestinationRule subsets).
+
+    Routes, weighted backends and migration plans name it ``service/subset``; its endpoints keep
+    their health and outlier state, shared with the service and every other subset.
+    """
+
+    name: str
+    labels: tuple[tuple[str, str], ...]
+
+    def selects(self, labels: dict[str, str]) -> bool:
+        return all(labels.get(k) == v for k, v in self.labels)
+
+
+@dataclass(frozen=True, slots=True)
+class HashPolicy:
+    """Consistent-hash load balancing (Istio ``consistentHash``): exactly one key source.
+
+    ``cookie_ttl`` None issues a session cookie when the request has none; a number is its Max-Age.
+    """
+
+    header: str | None = None  # lower-case
+    cookie: str | None = None
+    cookie_ttl: float | None = None
+    source_ip: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +175,17 @@ class ServiceSpec:
     connection_pool: ConnectionPool = field(default_factory=ConnectionPool)
     tls: UpstreamTLS | None = None
     identity: str | None = None  # expected SPIFFE ID of the peer (mesh)
+    subsets: tuple[Subset, ...] = ()
+    hash_policy: HashPolicy | None = None  # with load_balancer "consistent_hash"
+
+    def subset_spec(self, subset: Subset) -> ServiceSpec:
+        """The service restricted to one subset's endpoints, named ``service/subset``."""
+        groups = []
+        for g in self.groups:
+            urls = tuple(u for u in g.endpoints if subset.selects(g.labels_of(u)))
+            if urls:
+                groups.append(replace(g, endpoints=urls, labels=tuple(x for x in g.labels if x[0] in urls)))
+        return replace(self, name=f"{self.name}/{subset.name}", groups=tuple(groups), subsets=())
 
 
 # -- routes --------------------------------------------------------------------------------
@@ -337,5 +381,10 @@ class Config:
             if s.name == name:
                 return s
         return None
+
+    @property
+    def backend_names(self) -> list[str]:
+        """What a route or a migration plan may name: every service and every ``service/subset``."""
+        return [s.name for s in self.services] + [f"{s.name}/{sub.name}" for s in self.services for sub in s.subsets]
 
 

@@ -66,6 +66,7 @@ _SERVICE_FIELDS = (
     "connection_pool",
     "tls",
     "identity",
+    "subsets",
 )
 _ROUTE_FIELDS = (
     "name",

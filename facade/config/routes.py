@@ -161,6 +161,16 @@ def _service_ref(node: Node, problems: Problems, services: list[str]) -> str | N
     name = _nonempty_str(node, problems)
     if name is None:
         return None
+    if name not in services and "/" in name and name.split("/", 1)[0] in services:
+        # service/subset: the service exists, the subset does not
+        service, subset = name.split("/", 1)
+        subsets = [s.split("/", 1)[1] for s in services if s.startswith(service + "/")]
+        hint = difflib.get_close_matches(subset, subsets, n=1)
+        known = f" (subsets: {', '.join(subsets)})" if subsets else " (it declares no subsets)"
+        problems.error(
+            node, f"unknown subset {subset!r} of service {service!r}" + (f"; did you mean {hint[0]!r}?" if hint else known)
+        )
+        return None
     if name not in services:
         hint = difflib.get_close_matches(name, services, n=1)
         if hint:

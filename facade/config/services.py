@@ -14,11 +14,11 @@ from ..yamlfile import (
     read_int,
     read_percent,
     read_str,
-    read_str_list,
 )
 from .model import (
     ConnectionPool,
     EndpointGroup,
+    HashPolicy,
     HealthCheck,
     LoadBalancer,
     OutlierDetection,
@@ -26,6 +26,7 @@ from .model import (
     RetryBudget,
     RetryOn,
     ServiceSpec,
+    Subset,
     Timeouts,
     UpstreamTLS,
 )
@@ -72,6 +73,18 @@ def _read_services(node: Node | None, ctx: _Ctx) -> list[ServiceSpec]:
     return out
 
 
+def _declared_subsets(node: Node | None) -> list[str]:
+    """``service/subset`` for every subset written down, valid or not (routes may name them; errors are reported once)."""
+    out: list[str] = []
+    for name, body in node.items() if node is not None and node.is_mapping else []:
+        subsets = body.get("subsets") if body.is_mapping else None
+        for element in subsets.elements() if subsets is not None and subsets.is_list else []:
+            sub = element.get("name") if element.is_mapping else None
+            if sub is not None and sub.is_scalar and isinstance(sub.value, str):
+                out.append(f"{name}/{sub.value}")
+    return out
+
+
 def _read_service(name: str, node: Node, ctx: _Ctx) -> ServiceSpec | None:
     problems = ctx.problems
     before = len(problems.errors)
@@ -84,7 +97,8 @@ def _read_service(name: str, node: Node, ctx: _Ctx) -> ServiceSpec | None:
             node.key_node("groups") or f["groups"], "give either endpoints or groups, not both", path=f["groups"].path
         )
     elif "endpoints" in f:
-        groups.append(EndpointGroup(name="default", endpoints=_read_endpoints(f["endpoints"], problems)))
+        urls, labels = _read_endpoints(f["endpoints"], problems)
+        groups.append(EndpointGroup(name="default", endpoints=urls, labels=labels))
     elif "groups" in f:
         groups = _read_groups(f["groups"], problems)
     else:
@@ -107,18 +121,13 @@ def _read_service(name: str, node: Node, ctx: _Ctx) -> ServiceSpec | None:
             f"must be a SPIFFE ID like spiffe://shop.local/ns/shop/sa/catalog, got {identity!r}"
             + (f" ({reason})" if identity.startswith("spiffe://") else ""),
         )
+    load_balancer, hash_policy = _read_load_balancer(f.get("load_balancer"), problems)
     spec = ServiceSpec(
         name=name,
         groups=tuple(groups),
-        load_balancer=cast(
-            LoadBalancer,
-            read_str(
-                f.get("load_balancer"),
-                problems,
-                default="round_robin",
-                choices=("round_robin", "least_request", "random"),
-            ),
-        ),
+        load_balancer=load_balancer,
+        hash_policy=hash_policy,
+        subsets=_read_subsets(f.get("subsets"), groups, problems),
         health_check=_read_health_check(f.get("health_check"), problems),
         outlier_detection=_read_outlier(f.get("outlier_detection"), problems),
         timeouts=_read_timeouts(f.get("timeouts"), problems),
@@ -130,28 +139,150 @@ def _read_service(name: str, node: Node, ctx: _Ctx) -> ServiceSpec | None:
     return spec if len(problems.errors) == before else None
 
 
-def _read_endpoints(node: Node, problems: Problems) -> tuple[str, ...]:
-    urls = read_str_list(node, problems, default=[], allow_scalar=False)
-    if node.is_list and not node.elements():
+def _read_endpoints(node: Node, problems: Problems) -> tuple[tuple[str, ...], tuple[tuple[str, tuple[tuple[str, str], ...]], ...]]:
+    """The endpoint URLs, and the labels of those written as ``{url: ..., labels: {k: v}}``."""
+    if not node.is_list:
+        problems.error(node, f"must be a list of endpoints, got {node.kind}")
+        return (), ()
+    if not node.elements():
         problems.error(node, "must list at least one endpoint")
     out: list[str] = []
+    labelled: list[tuple[str, tuple[tuple[str, str], ...]]] = []
     for element in node.elements():
-        url = _endpoint_url(element, problems)
+        labels: tuple[tuple[str, str], ...] = ()
+        url_node = element
+        if element.is_mapping:
+            f = element.fields(problems, ("url", "labels"), required=("url",))
+            if "url" not in f:
+                continue
+            url_node = f["url"]
+            labels = _read_labels(f.get("labels"), problems)
+        elif not element.is_scalar or not isinstance(element.value, str):
+            problems.error(element, f"must be a URL or {{url, labels}}, got {element.kind}")
+            continue
+        url = _endpoint_url(url_node, problems)
         if url is None:
             continue
         if url in out:
-            problems.error(element, f"duplicate endpoint {url}")
+            problems.error(url_node, f"duplicate endpoint {url}")
             continue
         out.append(url)
-    del urls  # read only for its type errors
+        if labels:
+            labelled.append((url, labels))
+    return tuple(out), tuple(labelled)
+
+
+def _read_labels(node: Node | None, problems: Problems) -> tuple[tuple[str, str], ...]:
+    """``{version: v2, zone: a}`` -> sorted pairs; keys and values are non-empty strings (numbers read as text)."""
+    if node is None or node.is_null:
+        return ()
+    if not node.is_mapping:
+        problems.error(node, f"must be a mapping of label -> value, got {node.kind}")
+        return ()
+    out: list[tuple[str, str]] = []
+    for key, value in node.items():
+        text = read_str(value, problems, default=None)
+        if text is None or not key:
+            if text == "" or not key:
+                problems.error(value, "labels need a non-empty name and value")
+            continue
+        out.append((key, text))
+    return tuple(sorted(out))
+
+
+def _read_subsets(node: Node | None, groups: list[EndpointGroup], problems: Problems) -> tuple[Subset, ...]:
+    """``subsets: [{name: v2, labels: {version: v2}}]``; each label must exist on some endpoint."""
+    if node is None or node.is_null:
+        return ()
+    if not node.is_list:
+        problems.error(node, f"must be a list of {{name, labels}}, got {node.kind}")
+        return ()
+    present: dict[str, set[str]] = {}
+    for g in groups:
+        for _, pairs in g.labels:
+            for k, v in pairs:
+                present.setdefault(k, set()).add(v)
+    out: list[Subset] = []
+    names: dict[str, int] = {}
+    for element in node.elements():
+        f = element.fields(problems, ("name", "labels"), required=("name", "labels"))
+        name = _nonempty_str(f.get("name"), problems)
+        if name is not None and not _SERVICE_NAME_RE.match(name):
+            problems.error(f["name"], f"invalid subset name {name!r}: use lower-case letters, digits, '-' and '_'")
+            name = None
+        if name is not None and name in names:
+            problems.error(f["name"], f"duplicate subset name {name!r} (first at line {names[name]})")
+            name = None
+        labels = _read_labels(f.get("labels"), problems)
+        if "labels" in f and f["labels"].is_mapping and not labels and not f["labels"].items():
+            problems.error(f["labels"], "must name at least one label")
+        ok = True
+        for key, value in labels:
+            where = f["labels"].get(key) or f["labels"]
+            if key not in present:
+                hint = difflib.get_close_matches(key, list(present), n=1)
+                known = f"; did you mean {hint[0]!r}?" if hint else (
+                    f" (endpoint labels: {', '.join(sorted(present))})" if present else " (no endpoint has labels)"
+                )
+                problems.error(where, f"no endpoint has the label {key!r}{known}")
+                ok = False
+            elif value not in present[key]:
+                problems.error(where, f"no endpoint has {key}={value} (values: {', '.join(sorted(present[key]))})")
+                ok = False
+        subset = Subset(name or "", labels)
+        if ok and labels and not any(subset.selects(g.labels_of(u)) for g in groups for u in g.endpoints):
+            problems.error(f["labels"], "selects no endpoint: no endpoint carries all these labels")
+            ok = False
+        if name is not None:
+            names[name] = element.line
+            if ok and labels:
+                out.append(subset)
     return tuple(out)
+
+
+def _read_load_balancer(node: Node | None, problems: Problems) -> tuple[LoadBalancer, HashPolicy | None]:
+    """A name (``round_robin``, ``least_request``, ``random``) or ``{consistent_hash: {header | cookie | source_ip}}``."""
+    if node is None or not node.is_mapping:
+        name = read_str(node, problems, default="round_robin", choices=("round_robin", "least_request", "random"))
+        return cast(LoadBalancer, name), None
+    f = node.fields(problems, ("consistent_hash",))
+    ch = f.get("consistent_hash")
+    if ch is None:
+        if not node.items():
+            problems.error(node, "must be round_robin, least_request, random or {consistent_hash: ...}")
+        return "round_robin", None
+    keys = ch.fields(problems, ("header", "cookie", "source_ip"))
+    if len(keys) != 1:
+        problems.error(ch, "needs exactly one of header: NAME, cookie: {name, ttl} or source_ip: true")
+        return "consistent_hash", None
+    (kind, value), = keys.items()
+    if kind == "header":
+        header = _nonempty_str(value, problems)
+        return "consistent_hash", HashPolicy(header=header.lower()) if header else None
+    if kind == "source_ip":
+        if read_bool(value, problems, default=None) is not True:
+            problems.error(value, "must be true (or give header / cookie instead)")
+            return "consistent_hash", None
+        return "consistent_hash", HashPolicy(source_ip=True)
+    cf = value.fields(problems, ("name", "ttl"), required=("name",)) if value.is_mapping else {}
+    if not value.is_mapping:
+        problems.error(value, f"must be a mapping {{name, ttl}}, got {value.kind}")
+    cookie = _nonempty_str(cf.get("name"), problems)
+    ttl = _optional_duration(cf.get("ttl"), problems, None)
+    if cookie is None:
+        return "consistent_hash", None
+    if any(c in cookie for c in ' ;,="\t'):
+        problems.error(cf["name"], f"not a valid cookie name: {cookie!r}")
+        return "consistent_hash", None
+    return "consistent_hash", HashPolicy(cookie=cookie, cookie_ttl=ttl or None)
 
 
 def _endpoint_url(node: Node, problems: Problems) -> str | None:
     """``http(s)://host[:port]`` -> its canonical form (lower-case scheme and host, no trailing slash)."""
     raw = node.value if node.is_scalar else None
     if not isinstance(raw, str):
-        return None  # already reported by read_str_list
+        problems.error(node, f"endpoint must be a URL string, got {node.kind}")
+        return None
     parts = urlsplit(raw.strip())
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
@@ -197,11 +328,11 @@ def _read_groups(node: Node, problems: Problems) -> list[EndpointGroup]:
             name = None
         if name is not None:
             names[name] = element.line
-        endpoints = _read_endpoints(f["endpoints"], problems) if "endpoints" in f else ()
+        endpoints, labels = _read_endpoints(f["endpoints"], problems) if "endpoints" in f else ((), ())
         weight = read_int(f.get("weight"), problems, default=100, min=0)
         priority = read_int(f.get("priority"), problems, default=0, min=0)
         if name is not None and endpoints:
-            out.append(EndpointGroup(name=name, endpoints=endpoints, weight=weight, priority=priority))
+            out.append(EndpointGroup(name=name, endpoints=endpoints, weight=weight, priority=priority, labels=labels))
     if out and all(g.weight == 0 for g in out):
         problems.warn(node, "every group has weight 0: no endpoint gets traffic")
     return out

@@ -176,7 +176,7 @@ def _plan(config: Any, name: str) -> Any:
     plans, problems = load_plans(
         config.migrations_dir,
         routes=[r.name for r in config.routes],
-        services=[s.name for s in config.services],
+        services=config.backend_names,
         mesh=config.mesh is not None,
     )
     errors = [p for p in problems if p.severity == "error"]

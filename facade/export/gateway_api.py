@@ -395,6 +395,9 @@ def _header_modifier(ops: HeaderOps) -> dict[str, Any]:
 
 def _backend_ref(service: str, options: ExportOptions) -> dict[str, Any]:
     """A backendRef names a Service object (and its namespace), not a DNS host."""
+    if "/" in service:
+        raise ExportError(f"backend {service!r} is a subset: Gateway API has no subsets; give the subset's "
+                          "pods a Service of their own, or export to Istio (a DestinationRule subset)")
     host = options.host_of(service)
     name, namespace = host, None
     if host.endswith(_CLUSTER_SUFFIX) and host.count(".") == 4:

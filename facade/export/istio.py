@@ -156,9 +156,12 @@ def _http_route(
 
 
 def _destination(service: str, options: ExportOptions) -> dict[str, Any]:
+    service, _, subset = service.partition("/")  # a facade subset is an Istio subset of the service's host
     host = options.host_of(service)
     out: dict[str, Any] = {"host": host}
-    if sum(options.host_of(s) == host for s in options.services) > 1:
+    if subset:
+        out["subset"] = subset
+    elif sum(options.host_of(s) == host for s in options.services) > 1:
         out["subset"] = subset_name(service)
     port = options.port_of(service)
     if port is not None:
@@ -306,7 +309,14 @@ def _destination_rule(
     dr = _meta("DestinationRule", object_name(host), options)
     if len(services) == 1:
         dr["spec"] = {"host": host, "trafficPolicy": policies[0]}
+        if services[0].subsets:  # DestinationRule subsets: the pods carry the endpoints' labels
+            dr["spec"]["subsets"] = [{"name": sub.name, "labels": dict(sub.labels)} for sub in services[0].subsets]
     else:
+        for s in services:
+            if s.subsets:
+                findings.append(Finding(f"service {s.name!r}", (
+                    f"its subsets are not exported: host {host!r} is shared, and its subsets already select "
+                    "services by version")))
         names = ", ".join(s.name for s in services)
         findings.append(Finding(f"host {host!r}", (
             f"services {names} share it: each is a subset selected by the pod label version=<service name>")))
@@ -323,7 +333,7 @@ def _traffic_policy(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     subject = f"service {service.name!r}"
     docs: list[dict[str, Any]] = []
-    policy: dict[str, Any] = {"loadBalancer": {"simple": _LB[service.load_balancer]}}
+    policy: dict[str, Any] = {"loadBalancer": _load_balancer(service)}
     pool = service.connection_pool
     policy["connectionPool"] = {
         "tcp": {"maxConnections": pool.max_connections, "connectTimeout": duration(service.timeouts.connect)},
@@ -364,6 +374,18 @@ def _traffic_policy(
                 tls["insecureSkipVerify"] = True
             policy["tls"] = tls
     return policy, docs
+
+
+def _load_balancer(service: ServiceSpec) -> dict[str, Any]:
+    hp = service.hash_policy
+    if hp is None:
+        return {"simple": _LB.get(service.load_balancer, "ROUND_ROBIN")}
+    if hp.header is not None:
+        return {"consistentHash": {"httpHeaderName": hp.header}}
+    if hp.cookie is not None:
+        # Istio issues the cookie only with a ttl; "0s" asks for a session cookie, as the facade's default.
+        return {"consistentHash": {"httpCookie": {"name": hp.cookie, "ttl": duration(hp.cookie_ttl or 0.0)}}}
+    return {"consistentHash": {"useSourceIp": True}}
 
 
 def _service_entry(service: ServiceSpec, host: str, options: ExportOptions, findings: list[Finding]) -> dict[str, Any]:

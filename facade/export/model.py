@@ -222,8 +222,9 @@ def _split_rules(route: Route, split: Split, config: Config, state: RoutingState
                 "matches when a later cookie of the same name has the value (the facade reads the first)")))
         matches = tuple(_with_header(m, condition, route) for m in route.matches)
         out.append(_rule(route, route.name + "-canary", matches, config, (Destination(candidate),), findings))
-        out.append(_rule(route, route.name, route.matches, config, (Destination(primary),), findings))
-        return out
+        if split.weight_bps == 0:  # a canary step; a weight step that keeps the canary goes on below
+            out.append(_rule(route, route.name, route.matches, config, (Destination(primary),), findings))
+            return out
     weight = split.weight_bps * 100 // 10_000
     destinations = tuple(
         Destination(s, w) for s, w in ((primary, 100 - weight), (candidate, weight)) if w > 0
@@ -288,7 +289,8 @@ def _upstream_policy(
     """The route's timeout and retries; the facade takes them per chosen service, a target per rule."""
     if not destinations:
         return None, None
-    specs = [s for s in (config.service(d.service) for d in destinations) if s is not None]
+    # A subset ("catalog/v2") takes its service's timeouts and retries.
+    specs = [s for s in (config.service(d.service.split("/", 1)[0]) for d in destinations) if s is not None]
     timeouts = {route.timeout if route.timeout is not None else s.timeouts.request for s in specs}
     retries = {route.retries or s.retries for s in specs}
     timeout = route.timeout if route.timeout is not None else specs[0].timeouts.request

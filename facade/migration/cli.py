@@ -386,5 +386,5 @@ def _plan_context(config_path: str) -> tuple[set[str], set[str], str | None, boo
 
     config = load_config(config_path)
     plans_dir = os.path.abspath(config.migrations_dir) if config.migrations_dir is not None else None
-    routes, services = {r.name for r in config.routes}, {s.name for s in config.services}
+    routes, services = {r.name for r in config.routes}, set(config.backend_names)
     return routes, services, plans_dir, config.mesh is not None

@@ -1072,7 +1072,7 @@ class MigrationController(Feature):
             plans, problems = load_plans(
                 config.migrations_dir,
                 routes=[r.name for r in config.routes],
-                services=[s.name for s in config.services],
+                services=config.backend_names,
                 mesh=config.mesh is not None,
             )
         if any(p.severity == "error" for p in problems):

@@ -95,6 +95,9 @@ class MigrationState:
     plan_hash: str = ""  # the plan content the last transition was made with
     step_hashes: tuple[str, ...] = ()
     frame_hash: str = ""  # routes / from / to / sticky at the last transition
+    # The sticky salt the migration started with, kept until it is all on ``from`` again. "" in the state
+    # of a migration started before salts existed: its users keep their buckets (docs/migrations.md).
+    salt: str = ""
 
     @classmethod
     def initial(cls, plan: str) -> MigrationState:
@@ -114,6 +117,7 @@ class MigrationState:
             "plan_hash": self.plan_hash,
             "step_hashes": list(self.step_hashes),
             "frame_hash": self.frame_hash,
+            "salt": self.salt,
         }
 
     @classmethod
@@ -131,6 +135,7 @@ class MigrationState:
             plan_hash=str(data.get("plan_hash", "")),
             step_hashes=tuple(data.get("step_hashes", ())),
             frame_hash=str(data.get("frame_hash", "")),
+            salt=str(data.get("salt", "")),
         )
 
 
@@ -368,6 +373,8 @@ def _to(
         plan_hash=plan.content_hash,
         step_hashes=plan.step_hashes,
         frame_hash=frame_hash(plan),
+        # A (re)start takes the plan's salt; while anyone is on ``to`` the salt never changes.
+        salt=plan.sticky_salt if state.phase in _ALL_ON_FROM else state.salt,
     )
     return Transition(
         state=new,
@@ -434,13 +441,14 @@ def effective_split(plan: Plan, state: MigrationState) -> dict[str, Split | None
     if state.phase in _ALL_ON_FROM:
         split = None
     elif state.phase is Phase.COMPLETED:
-        split = Split(plan.from_service, plan.to_service, weight_bps=BUCKETS, step_label=f"{plan.name} completed")
+        split = Split(plan.from_service, plan.to_service, weight_bps=BUCKETS, step_label=f"{plan.name} completed",
+                      baggage=plan.baggage)
     else:
-        split = _step_split(plan, min(state.step, len(plan.steps) - 1))
+        split = _step_split(plan, min(state.step, len(plan.steps) - 1), state.salt)
     return {route: split for route in plan.routes}
 
 
-def _step_split(plan: Plan, index: int) -> Split | None:
+def _step_split(plan: Plan, index: int, salt: str = "") -> Split | None:
     # A pause or mtls step keeps the routing of the step before it.
     routing = index
     while routing >= 0 and plan.steps[routing].kind in ("pause", "mtls"):
@@ -452,11 +460,15 @@ def _step_split(plan: Plan, index: int) -> Split | None:
     old, new = plan.from_service, plan.to_service
     unsafe = step.shadow is not None and step.shadow.unsafe_methods
     if step.kind == "shadow":
-        return Split(old, new, shadow_percent=step.shadow_percent, step_label=label, shadow_unsafe=unsafe)
+        return Split(old, new, shadow_percent=step.shadow_percent, step_label=label, shadow_unsafe=unsafe,
+                     baggage=plan.baggage)
     if step.kind == "canary":
-        return Split(old, new, canary=step.canary, step_label=label)
+        return Split(old, new, canary=step.canary, step_label=label, baggage=plan.baggage)
+    # Testers who send the canary header stay on ``to`` through the weight steps (Argo Rollouts' ask).
+    canary = next((s.canary for s in reversed(plan.steps[:routing]) if s.kind == "canary"), None)
     return Split(old, new, weight_bps=step.weight * (BUCKETS // 100), sticky=plan.sticky, step_label=label,
-                 shadow_percent=step.mirror_percent, shadow_unsafe=unsafe)
+                 shadow_percent=step.mirror_percent, shadow_unsafe=unsafe,
+                 canary=canary if plan.canary_persist else None, salt=salt, baggage=plan.baggage)
 
 
 def mirroring_step(plan: Plan, state: MigrationState) -> Step | None:
@@ -566,7 +578,7 @@ def migration_status(
     routing = {}
     for route, split in effective_split(plan, state).items():
         routing[route] = {
-            "to_percent": (split.weight_bps / 100 if split.canary is None else 0.0) if split else 0.0,
+            "to_percent": split.weight_bps / 100 if split else 0.0,
             "shadow_percent": split.shadow_percent if split else 0.0,
             "canary": str(split.canary) if split and split.canary else None,
             "sticky": str(split.sticky) if split and split.sticky else None,

@@ -33,7 +33,7 @@ import json
 import os
 import re
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from ..diff import IgnoreRules
@@ -287,23 +287,54 @@ class Plan:
     webhooks: tuple[Webhook, ...] = ()  # hooks of every step
     notify: tuple[Notification, ...] = ()  # where transitions, gate failures and rollbacks are announced
     source: str = ""  # the file it was read from (not part of the hash)
+    # Sticky salt: None = auto (the plan's name), or a string; ``salt_shared_with`` names another plan
+    # whose salt this one uses (``shared_salt`` is that salt, filled in by ``load_plans``).
+    salt: str | None = None
+    salt_shared_with: str | None = None
+    shared_salt: str | None = None
+    canary_persist: bool = True  # weight steps keep the last canary step's canary (testers stay on ``to``)
+    baggage: bool = True  # the cohort travels downstream as W3C baggage and is honoured on re-entry
+
+    @property
+    def sticky_salt(self) -> str:
+        """The salt of this plan's sticky buckets (what a new start records in the migration's state)."""
+        if self.salt is not None:
+            return self.salt
+        if self.salt_shared_with is not None:
+            return self.shared_salt if self.shared_salt is not None else self.salt_shared_with
+        return self.name
 
     def to_json(self) -> dict[str, Any]:
-        out = {
+        out: dict[str, Any] = {
             "name": self.name,
             "routes": list(self.routes),
             "from": self.from_service,
             "to": self.to_service,
-            "sticky": {"kind": self.sticky.kind, "name": self.sticky.name} if self.sticky else None,
+            "sticky": self._sticky_json(),
             "threshold": self.threshold,
             "interval": self.interval,
             "steps": [s.to_json() for s in self.steps],
         }
         # Only when present: the hashes of plans written before these keys existed stay the same.
+        if not self.canary_persist:
+            out["canary"] = {"persist": False}
+        if not self.baggage:
+            out["cohort"] = {"baggage": False}
         if self.webhooks:
             out["webhooks"] = [h.to_json() for h in self.webhooks]
         if self.notify:
             out["notify"] = [n.to_json() for n in self.notify]
+        return out
+
+    def _sticky_json(self) -> dict[str, str] | None:
+        if self.sticky is None:
+            return None
+        out = {"kind": self.sticky.kind, "name": self.sticky.name}
+        # Only when written: a plan from before salts keeps its hash (and its frame, see engine.frame_hash).
+        if self.salt is not None:
+            out["salt"] = self.salt
+        if self.salt_shared_with is not None:
+            out["salt_shared_with"] = self.salt_shared_with
         return out
 
     def hooks(self, kind: str, step: Step | None) -> tuple[Webhook, ...]:
@@ -329,7 +360,7 @@ def _sha256_json(value: Any) -> str:
 # -- parsing ---------------------------------------------------------------------------------
 
 _PLAN_FIELDS = ("name", "route", "routes", "from", "to", "sticky", "threshold", "interval", "shadow", "steps",
-                "webhooks", "notify")
+                "webhooks", "notify", "canary", "cohort")
 _STEP_FIELDS = (*_STEP_KINDS, "service", "mirror", "hold", "gates", "rollback", "webhooks")
 _SHADOW_OPTION_FIELDS = ("unsafe_methods", "ignore", "compare_headers", "learn_noise")
 
@@ -364,7 +395,11 @@ def parse_plan(
     if from_service is not None and from_service == to_service:
         problems.error(fields["to"], f"must differ from 'from' ({from_service!r})")
 
-    sticky = _read_sticky(fields.get("sticky"), problems)
+    sticky, salt, shared_with = _read_sticky(fields.get("sticky"), problems)
+    canary_persist = _read_flag(fields.get("canary"), "persist", problems)
+    baggage = _read_flag(fields.get("cohort"), "baggage", problems)
+    if shared_with is not None and shared_with == name:
+        problems.error(fields["sticky"].get("salt") or fields["sticky"], "a plan cannot share the salt of itself")
     threshold = read_int(fields.get("threshold"), problems, default=DEFAULT_THRESHOLD, min=1)
     interval = read_duration(fields.get("interval"), problems, default=DEFAULT_INTERVAL, min=0.001)
     shadow_defaults = _read_shadow_options(fields.get("shadow"), problems)
@@ -387,6 +422,10 @@ def parse_plan(
         webhooks=webhooks,
         notify=notify,
         source=doc.file,
+        salt=salt,
+        salt_shared_with=shared_with,
+        canary_persist=canary_persist,
+        baggage=baggage,
     )
     return plan, problems.sorted()
 
@@ -435,21 +474,55 @@ def _did_you_mean(value: str, options: Collection[str]) -> str:
     return ""
 
 
-def _read_sticky(node: Node | None, problems: Problems) -> StickySpec | None:
+def _read_sticky(node: Node | None, problems: Problems) -> tuple[StickySpec | None, str | None, str | None]:
+    """``{cookie: NAME}`` or ``{header: NAME}``, plus ``salt: auto | TEXT | {shared_with: PLAN}``.
+
+    Returns the spec, the explicit salt (None = auto) and the plan whose salt is shared (or None).
+    """
     if node is None or node.is_null:
-        return None
-    fields = node.fields(problems, ("cookie", "header"))
-    if len(fields) > 1 or (node.is_mapping and not node.items()):
+        return None, None, None
+    fields = node.fields(problems, ("cookie", "header", "salt"))
+    salt_node = fields.pop("salt", None)
+    salt, shared_with = _read_salt(salt_node, problems)
+    if len(fields) > 1 or (node.is_mapping and not fields):
         problems.error(node, "needs exactly one of 'cookie: NAME' or 'header: NAME'")
     if len(fields) != 1:
-        return None
+        return None, salt, shared_with
     (kind, value_node), = fields.items()
     name = read_str(value_node, problems)
     if not name:
         if name == "":
             problems.error(value_node, "must not be empty")
-        return None
-    return StickySpec("cookie", name) if kind == "cookie" else StickySpec("header", name.lower())
+        return None, salt, shared_with
+    spec = StickySpec("cookie", name) if kind == "cookie" else StickySpec("header", name.lower())
+    return spec, salt, shared_with
+
+
+def _read_salt(node: Node | None, problems: Problems) -> tuple[str | None, str | None]:
+    if node is None or node.is_null:
+        return None, None
+    if node.is_mapping:
+        f = node.fields(problems, ("shared_with",), required=("shared_with",))
+        other = read_str(f.get("shared_with"), problems)
+        if other is not None and not _NAME_RE.match(other):
+            problems.error(f["shared_with"], f"must be a plan name ([a-z0-9-]+), got {other!r}")
+            return None, None
+        return None, other
+    text = read_str(node, problems)
+    if text is None or text == "auto":
+        return None, None
+    if not text:
+        problems.error(node, "must not be empty (auto, a string, or {shared_with: PLAN})")
+        return None, None
+    return text, None
+
+
+def _read_flag(node: Node | None, key: str, problems: Problems) -> bool:
+    """``{KEY: true|false}`` (default true)."""
+    if node is None or node.is_null:
+        return True
+    f = node.fields(problems, (key,))
+    return bool(read_bool(f.get(key), problems, default=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -610,8 +683,13 @@ def _read_mtls(value: Node, service_node: Node | None, problems: Problems, conte
         problems.error(value, "an mtls step needs a 'mesh:' section in the facade config (sidecars to switch)")
         return None
     if service_node is None:
-        return context.to_service  # None when 'to' is itself invalid (already reported)
-    return _read_service(service_node, problems, context.services)
+        # None when 'to' is itself invalid (already reported); sidecars belong to a service, not a subset
+        return context.to_service.split("/", 1)[0] if context.to_service else None
+    service = _read_service(service_node, problems, context.services)
+    if service is not None and "/" in service:
+        problems.error(service_node, f"names a subset; sidecars belong to the service: {service.split('/')[0]!r}")
+        return None
+    return service
 
 
 def _read_canary(node: Node, problems: Problems) -> CanarySpec | None:
@@ -696,6 +774,7 @@ def load_plans(
         return {}, [Problem(directory, 1, 1, "", f"cannot read migrations folder: {exc.strerror or exc}")]
     plans: dict[str, Plan] = {}
     claimed: dict[str, Plan] = {}  # route -> the plan that migrates it
+    salt_nodes: dict[str, Node | None] = {}  # plan -> its sticky: node, for a position in salt errors
     problems: list[Problem] = []
     for filename in names:
         if not filename.endswith((".yaml", ".yml")):
@@ -726,8 +805,34 @@ def load_plans(
                                     f"{owner.name!r} ({owner.source}); one plan per route"))
             continue
         plans[plan.name] = plan
+        salt_nodes[plan.name] = doc.root.get("sticky")
         claimed.update((route, plan) for route in plan.routes)
-    return plans, problems
+    return _share_salts(plans, salt_nodes, problems), problems
+
+
+def _share_salts(plans: dict[str, Plan], nodes: dict[str, Node | None], problems: list[Problem]) -> dict[str, Plan]:
+    """Fill in ``shared_salt`` of plans that share another plan's salt; an unknown plan is an error."""
+    out = dict(plans)
+    for name, plan in plans.items():
+        other = plan.salt_shared_with
+        if other is None:
+            continue
+        seen = {name}
+        target = plans.get(other)
+        while target is not None and target.salt_shared_with is not None and target.name not in seen:
+            seen.add(target.name)  # a chain: share with whom the other plan shares
+            target = plans.get(target.salt_shared_with)
+        if target is None or target.name in seen:
+            sticky = nodes.get(name)
+            where = (sticky.get("salt") if sticky is not None and sticky.is_mapping else None) or sticky
+            line, col = (where.line, where.col) if where is not None else (1, 1)
+            why = f"unknown plan {other!r}" if other not in plans else f"plan {other!r} shares its salt in a cycle"
+            problems.append(Problem(plan.source, line, col, "sticky.salt.shared_with",
+                                    f"{why}{_did_you_mean(other, [p for p in plans if p != name])}"))
+            del out[name]
+            continue
+        out[name] = replace(plan, shared_salt=target.sticky_salt)
+    return out
 
 
 # -- dry run ---------------------------------------------------------------------------------
@@ -780,7 +885,17 @@ def _routing(plan: Plan, step: Step, previous: float) -> str:
                 f"({previous:g} % -> {new})")
     sticky = f" (sticky by {plan.sticky})" if plan.sticky else " (per request)"
     mirror = f"; {step.mirror_percent:g} % of those mirrored to {new}" if step.mirror_percent else ""
-    return f"{step.weight} % of {routes} -> {new}{sticky}, {100 - step.weight} % -> {old}{mirror}"
+    canary = _persisting_canary(plan, step) if step.weight is not None and step.weight < 100 else None
+    testers = f"; requests with {canary} -> {new} (the canary persists)" if canary is not None else ""
+    return f"{step.weight} % of {routes} -> {new}{sticky}, {100 - step.weight} % -> {old}{mirror}{testers}"
+
+
+def _persisting_canary(plan: Plan, step: Step) -> CanarySpec | None:
+    """The canary a weight step keeps (the last canary step before it), unless the plan turned that off."""
+    if not plan.canary_persist:
+        return None
+    before = plan.steps[: plan.steps.index(step)]
+    return next((s.canary for s in reversed(before) if s.kind == "canary"), None)
 
 
 def _duration(seconds: float) -> str:

@@ -129,12 +129,14 @@ class Endpoint:
 
 
 class _Group:
-    __slots__ = ("endpoints", "rr", "spec")
+    __slots__ = ("endpoints", "ring", "rr", "spec")
 
-    def __init__(self, spec: EndpointGroup, endpoints: tuple[Endpoint, ...]) -> None:
+    def __init__(self, spec: EndpointGroup, endpoints: tuple[Endpoint, ...], *, hashed: bool = False) -> None:
         self.spec = spec
         self.endpoints = endpoints
         self.rr = 0  # round-robin counter of this group
+        # Placed by URL, so every replica and every reload builds the same ring.
+        self.ring = balancer.HashRing.build([ep.url for ep in endpoints]) if hashed else None
 
 
 class ServicePool:
@@ -147,6 +149,11 @@ class ServicePool:
     ``previous`` is the pool this one replaces: the state of endpoints with the same URL carries
     over (and the endpoint objects themselves when the client is handed over and the group is
     unchanged, so requests still in flight on the old pool keep counting).
+
+    ``parent`` makes this pool a subset of another (``service/subset``, built by ``subset()``): it
+    holds the parent's own endpoint objects, so health, ejections and in-flight counts are shared;
+    it reaches them through the parent's client, reports outcomes to the parent (ejection limits
+    count the whole service) and runs no health checks of its own.
     """
 
     def __init__(
@@ -158,8 +165,10 @@ class ServicePool:
         previous: ServicePool | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        parent: ServicePool | None = None,
     ) -> None:
         self.spec = spec
+        self.parent = parent
         self.ssl_context = ssl_context
         self._h1 = h1
         self._owns_client = True
@@ -172,10 +181,14 @@ class ServicePool:
         self.requests_active = 0
         self.retries_active = 0
         old = {ep.url: ep for ep in previous.endpoints} if previous is not None else {}
+        shared = {ep.url: ep for ep in parent.endpoints} if parent is not None else {}
         groups = []
         for g in spec.groups:
             eps = []
             for url in g.endpoints:
+                if url in shared:
+                    eps.append(shared[url])
+                    continue
                 prior = old.get(url)
                 if prior is not None and h1 is not None and prior.group == g.name:
                     eps.append(prior)  # same object: in-flight counts and late reports stay true
@@ -184,7 +197,7 @@ class ServicePool:
                 if prior is not None:
                     ep.adopt_state(prior)
                 eps.append(ep)
-            groups.append(_Group(g, tuple(eps)))
+            groups.append(_Group(g, tuple(eps), hashed=spec.load_balancer == "consistent_hash"))
         self._groups = tuple(groups)
         self.endpoints: tuple[Endpoint, ...] = tuple(ep for g in self._groups for ep in g.endpoints)
         # The next time an ejection ends or a count decays: pick() scans the endpoints only then.
@@ -203,6 +216,8 @@ class ServicePool:
     @property
     def h1(self) -> H1Client:
         """The proxy's HTTP/1.1 client for this service (facade.upstream.h1), created on first use."""
+        if self.parent is not None:
+            return self.parent.h1
         if self._h1 is None:
             if self._closed:
                 raise UpstreamUnavailable(f"service {self.spec.name} was reconfigured; retry the request")
@@ -220,7 +235,7 @@ class ServicePool:
     @property
     def live_h1(self) -> H1Client | None:
         """The HTTP/1.1 client if it was created already (never creates one)."""
-        return self._h1
+        return self.parent.live_h1 if self.parent is not None else self._h1
 
     def shares_clients_with(self, other: ServicePool) -> bool:
         """``other`` was handed this pool's HTTP/1.1 client (a reload kept the connections)."""
@@ -237,15 +252,21 @@ class ServicePool:
 
     # -- decisions ------------------------------------------------------------------------
 
-    def pick(self, *, exclude: Collection[Endpoint] = (), now: float | None = None) -> Endpoint:
+    def pick(
+        self, *, exclude: Collection[Endpoint] = (), now: float | None = None, hash_key: int | None = None
+    ) -> Endpoint:
         """Choose the endpoint for one try.
 
         Order of preference: weighted groups among endpoints not in ``exclude`` (the ones this
         request already tried), then weighted groups allowing reuse, then drained (weight 0)
         groups the same two ways. Raises UpstreamUnavailable when no endpoint is available.
+        ``hash_key`` (consistent hashing) makes the group and the endpoint a function of the key:
+        a retry walks on to the next endpoint of the ring.
         """
         if self.spec.outlier_detection is not None:
-            self._release_due(self._clock() if now is None else now)
+            (self.parent or self)._release_due(self._clock() if now is None else now)
+        if hash_key is not None and self._groups[0].ring is not None:
+            return self._pick_hashed(hash_key, exclude)
         if exclude:
             fresh = [[ep for ep in g.endpoints if ep.available and ep not in exclude] for g in self._groups]
             chosen = self._choose(fresh, drained=False)
@@ -268,6 +289,34 @@ class ServicePool:
             raise UpstreamUnavailable(f"no healthy endpoint in service {self.spec.name}")
         return chosen
 
+    def _pick_hashed(self, key: int, exclude: Collection[Endpoint]) -> Endpoint:
+        if len(self._groups) == 1 and not exclude:  # the common case, without the group choice
+            only = self._groups[0]
+            assert only.ring is not None
+            index = only.ring.pick(key, [ep.available for ep in only.endpoints])
+            if index is not None:
+                return only.endpoints[index]
+        draw = (key & 0xFFFFFFFF) / 0x100000000  # the group draw, independent of the ring position's high bits
+        for allow_reuse, drained in ((False, False), (True, False), (False, True), (True, True)):
+            views = [
+                balancer.GroupCandidates(
+                    g.spec.weight, g.spec.priority,
+                    sum(1 for ep in g.endpoints if ep.available and (allow_reuse or ep not in exclude)),
+                )
+                for g in self._groups
+            ]
+            gi = balancer.choose_group(views, self._rng, drained=drained, draw=draw)
+            if gi is None:
+                continue
+            group = self._groups[gi]
+            assert group.ring is not None
+            usable = [ep.available and (allow_reuse or ep not in exclude) for ep in group.endpoints]
+            index = group.ring.pick(key, usable)
+            if index is not None:
+                return group.endpoints[index]
+        self.stats["no_healthy_endpoint"] += 1
+        raise UpstreamUnavailable(f"no healthy endpoint in service {self.spec.name}")
+
     def _choose(self, candidates: list[list[Endpoint]], *, drained: bool) -> Endpoint | None:
         views = [
             balancer.GroupCandidates(g.spec.weight, g.spec.priority, len(c))
@@ -282,7 +331,7 @@ class ServicePool:
         lb = self.spec.load_balancer
         if lb == "least_request":
             i = balancer.pick_least_request([ep.in_flight for ep in cands], self._rng)
-        elif lb == "random":
+        elif lb == "random" or lb == "consistent_hash":  # a request without a hash key: random, as Envoy
             i = balancer.pick_random(len(cands), self._rng)
         else:
             i = balancer.pick_round_robin(len(cands), group.rr)
@@ -291,6 +340,9 @@ class ServicePool:
 
     def report(self, ep: Endpoint, outcome: Outcome, *, now: float | None = None) -> None:
         """Record the outcome of one try; may eject the endpoint (outlier detection)."""
+        if self.parent is not None:
+            self.parent.report(ep, outcome, now=now)  # the service's ejection limits, not the subset's
+            return
         ep.outcomes[outcome.value] += 1
         spec = self.spec.outlier_detection
         if spec is None:
@@ -373,7 +425,7 @@ class ServicePool:
     async def start(self) -> None:
         """Start active health checking if the service has a health check (first round at once)."""
         hc = self.spec.health_check
-        if hc is None or self._tasks or self._closed:
+        if hc is None or self._tasks or self._closed or self.parent is not None:
             return
         client = self.h1
         for ep in self.endpoints:
@@ -395,6 +447,10 @@ class ServicePool:
         await self.stop_health_checks()
         if self._owns_client and self._h1 is not None:
             await self._h1.close()
+
+    def subset(self, spec: ServiceSpec) -> ServicePool:
+        """A pool over some of this pool's endpoints (``ServiceSpec.subset_spec``), sharing their state."""
+        return ServicePool(spec, ssl_context=self.ssl_context, rng=self._rng, clock=self._clock, parent=self)
 
     def snapshot(self, *, now: float | None = None) -> dict[str, Any]:
         """JSON-able state: groups with their endpoints, health, ejections, in-flight counts, stats."""

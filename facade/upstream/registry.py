@@ -29,6 +29,20 @@ def _client_key(spec: ServiceSpec) -> tuple[Any, ...]:
     return (spec.tls, spec.identity, spec.connection_pool, spec.timeouts.connect)
 
 
+def _with_subsets(pools: dict[str, ServicePool]) -> dict[str, ServicePool]:
+    """Every pool by name, plus one per subset (``service/subset``) over its service's endpoints.
+
+    Subset pools hold no state of their own (the endpoints are the service pool's objects), so
+    they are rebuilt whenever the map changes and always point at the current service pool.
+    """
+    out = dict(pools)
+    for pool in pools.values():
+        for subset in pool.spec.subsets:
+            sub = pool.subset(pool.spec.subset_spec(subset))
+            out[sub.spec.name] = sub
+    return out
+
+
 class Upstreams:
     """The pool of every service, by name. ``ssl_context_factory`` (the mesh's) replaces the
     contexts built from each service's ``tls:`` block."""
@@ -46,6 +60,7 @@ class Upstreams:
         self._factory = ssl_context_factory
         self._drain_grace = drain_grace
         self._pools: dict[str, ServicePool] = {s.name: self._build(s, None) for s in specs}
+        self._lookup = _with_subsets(self._pools)
         self._draining: set[asyncio.Task[None]] = set()
         self._started = False
 
@@ -53,7 +68,8 @@ class Upstreams:
         return f"Upstreams({sorted(self._pools)})"
 
     def get(self, name: str) -> ServicePool | None:
-        return self._pools.get(name)
+        """The pool of a service or of a ``service/subset``."""
+        return self._lookup.get(name)
 
 
     def _ssl_context(self, spec: ServiceSpec) -> ssl.SSLContext | None:
@@ -106,6 +122,7 @@ class Upstreams:
             if successor is not None and pool.shares_clients_with(successor):
                 pool.release_client()
         self._pools = fresh
+        self._lookup = _with_subsets(fresh)
         if self._started and self.health_checks:
             for pool in built:
                 await pool.start()
@@ -138,6 +155,7 @@ class Upstreams:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         pools, self._pools = list(self._pools.values()), {}
+        self._lookup = {}
         for pool in pools:
             await pool.close()
         self._started = False

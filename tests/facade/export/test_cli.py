@@ -139,9 +139,13 @@ def test_gateway_api_all_steps_and_a_refusal(tmp_path: Path, capsys: pytest.Capt
     step = _docs((out / "03-weight-5" / "manifests.yaml").read_text())
     assert [d["kind"] for d in step] == ["HTTPRoute"]
     assert step[0]["spec"]["parentRefs"] == [{"name": "edge", "namespace": "infra"}]
-    orders = next(r for r in step[0]["spec"]["rules"] if r["matches"][0]["path"]["value"] == "/orders")
-    assert orders["backendRefs"] == [{"name": "monolith", "port": 80, "weight": 95},
-                                     {"name": "orders", "port": 80, "weight": 5}]
+    orders = [r for r in step[0]["spec"]["rules"] if r["matches"][0]["path"]["value"] == "/orders"]
+    # The canary of step 2 persists: testers first (all to orders), then everyone else by weight.
+    assert [r["backendRefs"] for r in orders] == [
+        [{"name": "orders", "port": 80, "weight": 100}],
+        [{"name": "monolith", "port": 80, "weight": 95}, {"name": "orders", "port": 80, "weight": 5}],
+    ]
+    assert "headers" in orders[0]["matches"][0] and "headers" not in orders[1]["matches"][0]
     capsys.readouterr()
     refused = tmp_path / "refused"
     assert main(["export", "gateway-api", "-c", RICH, "-o", str(refused)]) == 2

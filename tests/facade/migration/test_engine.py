@@ -234,7 +234,7 @@ def test_effective_split_per_phase_and_step() -> None:
     assert shadow is not None and (shadow.weight_bps, shadow.shadow_percent) == (0, 50.0)
     weight = split_at(Phase.PAUSED, 1)
     assert weight == Split("monolith", "catalog", weight_bps=2500, sticky=StickySpec("header", "x-user"),
-                           step_label="shop step 2: weight 25")
+                           step_label="shop step 2: weight 25", baggage=True)
     on_pause = split_at(Phase.RUNNING, 2)
     assert on_pause is not None and on_pause.weight_bps == 2500  # a pause keeps the previous step's routing
     done = split_at(Phase.COMPLETED, 4)

@@ -169,9 +169,11 @@ def test_render_plan() -> None:
         "step 1 shadow 100%: 100 % of catalog -> monolith; 100 % mirrored to catalog (responses diffed, discarded)",
         "    hold 2m; gates: diff_rate <= 0.5%, min 200 requests",
         "step 2 canary header x-canary=1: requests with header x-canary=1 -> catalog; all other traffic -> monolith",
-        "step 3 weight 5: 5 % of catalog -> catalog (sticky by cookie session_id), 95 % -> monolith",
+        ("step 3 weight 5: 5 % of catalog -> catalog (sticky by cookie session_id), 95 % -> monolith; "
+        "requests with header x-canary=1 -> catalog (the canary persists)"),
         "    hold 5m; gates: error_rate <= old + 0.5%, latency_p99 <= 1.25x old",
-        "step 4 weight 25: 25 % of catalog -> catalog (sticky by cookie session_id), 75 % -> monolith",
+        ("step 4 weight 25: 25 % of catalog -> catalog (sticky by cookie session_id), 75 % -> monolith; "
+        "requests with header x-canary=1 -> catalog (the canary persists)"),
         (
             "step 5 pause (approve before full cutover): waits for a human 'next' or 'resume'; "
             "routing stays as before (25 % -> catalog)"
