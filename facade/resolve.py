@@ -37,6 +37,7 @@ from .config import NormalizeSpec, Route, RouteMatch
 from .headers import apply_header_ops_bytes
 from .normalize import HostRejected, PathRejected, normalize_host, normalize_path
 from .split import Split
+from .traffic_policy import Extras, draw_extras, preflight_headers
 
 if TYPE_CHECKING:
     from .runtime import Snapshot
@@ -62,6 +63,7 @@ class Forward(NamedTuple):
     set_cookie: bytes | None  # a Set-Cookie value for a newcomer to a sticky cookie split
     shadow: bool  # mirror a copy to the split's candidate
     has_body: bool  # the head announces a body (Content-Length other than 0, or Transfer-Encoding)
+    extras: Extras | None = None  # a fault to inject, CORS headers to add (facade/traffic_policy.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +136,11 @@ def resolve_request(snap: Snapshot, head: Scope, rand: Callable[[], float]) -> D
     if entry is None:
         return Reject(404, "no route matches", detail=f"no route matches host {host!r} path {path!r}")
     route = entry.route
+    policy = entry.policy  # compiled with the table: None for a route without fault or CORS
+    if policy is not None and policy.cors is not None and method == "OPTIONS":
+        answer = preflight_headers(policy.cors, headers)
+        if answer is not None:  # a preflight from an allowed origin: answered here (Envoy's cors filter)
+            return Respond(route, 200, answer, b"")
     if route.direct_response is not None:
         return _direct(route)
     if route.redirect is not None:
@@ -148,11 +155,14 @@ def resolve_request(snap: Snapshot, head: Scope, rand: Callable[[], float]) -> D
         step = split.step_label
         set_cookie = choice.set_cookie
         shadow = choice.shadow
+        # A step's fault rehearses "the new service misbehaves": the candidate's share only.
+        fault = split.fault if backend == split.candidate else None
     else:
         backend = snap.pick_backend(route, rand())
         step = "stable"
         set_cookie = None
         shadow = False
+        fault = None
     pool = snap.upstreams.get(backend)
     if pool is None:
         return Reject(503, "no healthy upstream", detail=f"route {route.name} names backend {backend}, which has no pool")
@@ -162,6 +172,11 @@ def resolve_request(snap: Snapshot, head: Scope, rand: Callable[[], float]) -> D
     if max_body is not None and content_length is not None and content_length.isdigit() and int(content_length) > max_body:
         return Reject(413, "request body too large", limit=max_body)
     upstream_path = entry.upstream_path(path)
+    extras = None
+    if policy is not None or fault is not None:
+        if fault is None and policy is not None:
+            fault = policy.fault
+        extras = draw_extras(fault, policy.cors if policy is not None else None, headers, rand)
     return Forward(
         path,
         host,
@@ -175,6 +190,7 @@ def resolve_request(snap: Snapshot, head: Scope, rand: Callable[[], float]) -> D
         set_cookie,
         shadow,
         chunked or (content_length is not None and content_length != b"0"),
+        extras,
     )
 
 

@@ -22,7 +22,10 @@ import hashlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from .config import FaultPolicy
 
 __all__ = [
     "BUCKETS",
@@ -83,6 +86,7 @@ class Split:
     shadow_percent: float = 0.0
     step_label: str = ""
     shadow_unsafe: bool = False  # mirror POST/PUT/PATCH/DELETE too (the plan must say so explicitly)
+    fault: FaultPolicy | None = None  # injected into the candidate's share only (a step's ``fault`` option)
 
     def __post_init__(self) -> None:
         assert 0 <= self.weight_bps <= BUCKETS, f"weight_bps out of range: {self.weight_bps}"

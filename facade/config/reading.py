@@ -79,6 +79,8 @@ _ROUTE_FIELDS = (
     "response_headers",
     "timeout",
     "retries",
+    "fault",
+    "cors",
 )
 _ACTIONS = ("backend", "backends", "redirect", "direct_response")
 _RETRY_ON: tuple[str, ...] = ("connect-failure", "reset", "502", "503", "504")

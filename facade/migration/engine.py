@@ -454,9 +454,9 @@ def _step_split(plan: Plan, index: int) -> Split | None:
     if step.kind == "shadow":
         return Split(old, new, shadow_percent=step.shadow_percent, step_label=label, shadow_unsafe=unsafe)
     if step.kind == "canary":
-        return Split(old, new, canary=step.canary, step_label=label)
+        return Split(old, new, canary=step.canary, step_label=label, fault=step.fault)
     return Split(old, new, weight_bps=step.weight * (BUCKETS // 100), sticky=plan.sticky, step_label=label,
-                 shadow_percent=step.mirror_percent, shadow_unsafe=unsafe)
+                 shadow_percent=step.mirror_percent, shadow_unsafe=unsafe, fault=step.fault)
 
 
 def mirroring_step(plan: Plan, state: MigrationState) -> Step | None:

@@ -88,7 +88,7 @@ async def test_unreachable_endpoint_goes_down_and_traffic_fails_over() -> None:
 
 async def test_unexpected_status_range_is_a_failure() -> None:
     backend = FlippingBackend()
-    hc = HealthCheck(path="/healthz", interval=0.05, timeout=0.5, unhealthy_threshold=1, expected_statuses=(204, 204))
+    hc = HealthCheck(path="/healthz", interval=0.05, timeout=0.5, unhealthy_threshold=1, expected_statuses=((204, 204),))
     async with serve_app(backend) as url:
         pool = ServicePool(service(group("a", url), health=hc))
         try:
