@@ -259,7 +259,10 @@ class Telemetry:
             if count != shipped.get(fkey, 0):
                 faults_out.append((fault_key, count - shipped.get(fkey, 0)))
                 shipped[fkey] = count
-        return {"series": series_out, "diffs": diffs_out, "overflowed": overflowed, "faults": faults_out}
+        delta: dict[str, Any] = {"series": series_out, "diffs": diffs_out, "overflowed": overflowed}
+        if faults_out:
+            delta["faults"] = faults_out
+        return delta
 
     def absorb(self, delta: Mapping[str, Any]) -> int:
         """Add a delta from ``take_delta`` (another process's requests) as if recorded here, now.
