@@ -11,12 +11,15 @@ one of three values, in this order (docs/architecture.md, "The data flow of one 
    only on HTTP/1.0 (it routes as "", so only host-less routes match: nginx's default server and
    Envoy do the same, never the listener's own address), the canonical host -> ``Reject`` 400;
 3. the route, first match wins (``RouteTable.lookup``) -> ``Reject`` 404;
+   a CORS preflight from an origin the route's ``cors`` allows -> ``Respond`` 200 (never forwarded);
 4. a route that answers itself (direct response, redirect) -> ``Respond`` (status, headers, body);
 5. the backend: the migration split in force for the route (weight / sticky cohort / header
    canary, maybe a shadow copy, maybe a sticky cookie to set) or the route's weights, and its
    pool -> ``Reject`` 503 when the backend has none (a validated config never does that);
 6. a declared body over ``limits.max_request_body`` -> ``Reject`` 413;
-7. otherwise ``Forward``: everything the caller needs to send the request on.
+7. otherwise ``Forward``: everything the caller needs to send the request on, with ``extras`` (a
+   fault's delay and abort status drawn now, CORS response headers) when the route or the migration
+   step has a ``fault`` or ``cors`` (``facade/traffic_policy.py``), else None.
 
 The callers do the I/O and render the value: ``facade.proxy`` (HTTP), ``facade.websocket``
 (upgrades) and ``mesh.gate`` (steps 1-2 through ``read_target``, so the path and host the policy

@@ -3,6 +3,8 @@ front of real upstreams (and a migration step's fault on the candidate's share o
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,7 +13,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from facade.cli import main
 from facade.cli.commands import validate_all
+from facade.cli.console import EXIT_OK
 from facade.config import CorsPolicy, FaultAbort, FaultDelay, FaultPolicy, StringMatch
 from facade.traffic_policy import CorsRule, Extras, draw_extras, preflight_headers, with_cors
 from tests.backends import EchoApp
@@ -329,26 +333,38 @@ WARNING = (
 )
 
 
-async def test_a_plan_on_a_weighted_route_warns_at_validate_and_at_start(tmp_path: Path) -> None:
-    (tmp_path / "migrations").mkdir()
-    (tmp_path / "migrations" / "001.yaml").write_text(
-        "name: shop\nroute: catalog\nfrom: monolith\nto: catalog\nsteps:\n  - weight: 50\n  - weight: 100\n"
-    )
+async def test_a_plan_on_a_weighted_route_warns_at_validate_and_at_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     async with serve_app(EchoApp("app")) as url:
-        path = write_config(tmp_path, WEIGHTED.format(url=url))
+        for where in ("api", "cli"):
+            (tmp_path / where / "migrations").mkdir(parents=True)
+            (tmp_path / where / "migrations" / "001.yaml").write_text(
+                "name: shop\nroute: catalog\nfrom: monolith\nto: catalog\nsteps:\n  - weight: 50\n  - weight: 100\n"
+            )
+        path = write_config(tmp_path / "api", WEIGHTED.format(url=url))
         config, problems = validate_all(str(path))
         assert config is not None
-        assert [str(p).replace(str(tmp_path) + "/", "") for p in problems] == [WARNING]
+        assert [str(p).replace(str(tmp_path / "api") + "/", "") for p in problems] == [WARNING]
 
         async with (
-            run_facade(tmp_path, WEIGHTED.format(url=url), features=True) as rt,
+            run_facade(tmp_path / "api", WEIGHTED.format(url=url), features=True) as rt,
             httpx.AsyncClient(base_url=rt.admin_url, headers={"authorization": "Bearer t0ken"}) as admin,
         ):
             r = await admin.post("/migrations/shop/start", json={})
             assert r.status_code == 200, r.text
-            assert [w.replace(str(tmp_path) + "/", "") for w in r.json()["warnings"]] == [WARNING]
+            assert [w.replace(str(tmp_path / "api") + "/", "") for w in r.json()["warnings"]] == [WARNING]
             r = await admin.post("/migrations/shop/pause", json={})
             assert "warnings" not in r.json()  # said at start, where it matters
+
+        # `facade migrate start` prints it on stderr, then the new state.
+        async with run_facade(tmp_path / "cli", WEIGHTED.format(url=url), features=True) as rt:
+            capsys.readouterr()
+            argv = ["migrate", "start", "shop", "--admin", rt.admin_url, "--token", "t0ken", "-c", os.devnull]
+            assert await asyncio.to_thread(main, argv) == EXIT_OK
+            out, err = capsys.readouterr()
+            assert err.replace(str(tmp_path / "cli") + "/", "") == WARNING + "\n"
+            assert out.startswith("shop: running at")
 
 
 def test_fault_counts_travel_from_workers_to_the_supervisor() -> None:
