@@ -213,6 +213,8 @@ class Proxy:
         up_headers, ids, client_ip = upstream_request_headers(snap, scope, decision)
         extras = decision.extras  # None unless the route or step has a fault or a CORS policy
         if extras is not None and (extras.delay or extras.abort) and await _inject_fault(snap, decision, extras, send):
+            if ticket is not None and sender is not None:
+                sender.cancel(ticket)  # nothing was forwarded: no answer to compare the copy with
             record_request(snap, decision, method, extras.abort, started, None, 0, 0, ids)
             return
 
