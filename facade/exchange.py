@@ -97,6 +97,8 @@ def upstream_request_headers(
     )
     up_headers, ids = build_upstream_headers(scope["headers"], ctx)
     route = forward.route
+    if route.rewrite_authority is not None:  # Istio rewrite.authority; X-Forwarded-Host keeps the client's
+        up_headers = [("host", route.rewrite_authority), *(h for h in up_headers if h[0] != "host")]
     if not route.request_headers.empty:
         up_headers = apply_header_ops(up_headers, route.request_headers)
     split = forward.split

@@ -38,6 +38,7 @@ from .headers import (
 )
 from .ratelimit import RateLimits, client_key
 from .resolve import Forward, Reject, Respond, resolve_request
+from .traffic_policy import Extras, with_cors
 from .upstream import Outcome, retry
 from .upstream.h1 import (
     BodyAborted,
@@ -219,6 +220,12 @@ class Proxy:
         body = RequestBody(receive, max_body, req_tee) if has_body else None
 
         up_headers, ids, client_ip = upstream_request_headers(snap, scope, decision)
+        extras = decision.extras  # None unless the route or step has a fault or a CORS policy
+        if extras is not None and (extras.delay or extras.abort) and await _inject_fault(snap, decision, extras, send):
+            if ticket is not None and sender is not None:
+                sender.cancel(ticket)  # nothing was forwarded: no answer to compare the copy with
+            record_request(snap, decision, method, extras.abort, started, None, 0, 0, ids)
+            return
 
         # The route's timeout also bounds silence mid-body (Envoy's stream idle timeout: 5 min).
         idle_timeout = route.timeout if route.timeout is not None else (pool.spec.timeouts.request or 300.0)
@@ -243,6 +250,8 @@ class Proxy:
                     primary_headers = list(out_headers)
                 if not route.response_headers.empty:
                     out_headers = apply_header_ops_bytes(out_headers, route.response_headers)
+                if extras is not None and extras.cors:
+                    out_headers = with_cors(out_headers, extras.cors)
                 if decision.set_cookie is not None:
                     out_headers.append((b"set-cookie", decision.set_cookie))
                 if decision.hash_cookie is not None:
@@ -583,6 +592,28 @@ async def _error_response(
     status, headers, payload = error_refusal(exc, route, backend, request_id, debug=debug)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload, "more_body": False})
+
+
+async def _inject_fault(snap: Snapshot, decision: Forward, extras: Extras, send: Send) -> bool:
+    """Istio's fault injection, decided in ``resolve``: wait the delay, then answer the abort status
+    instead of forwarding (True: the request is answered). Counted in /metrics either way."""
+    telemetry = snap.telemetry
+    route = decision.route.name
+    if extras.delay:
+        if telemetry is not None:
+            telemetry.record_fault(route=route, backend=decision.backend, kind="delay")
+        await asyncio.sleep(extras.delay)
+    if not extras.abort:
+        return False
+    if telemetry is not None:
+        telemetry.record_fault(route=route, backend=decision.backend, kind="abort")
+    body = b"fault filter abort"  # Envoy's body for an injected abort
+    headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
+    if extras.cors:
+        headers.extend(extras.cors)
+    await send({"type": "http.response.start", "status": extras.abort, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+    return True
 
 
 async def _answer(send: Send, decision: Respond | Reject) -> None:

@@ -11,12 +11,15 @@ one of three values, in this order (docs/architecture.md, "The data flow of one 
    only on HTTP/1.0 (it routes as "", so only host-less routes match: nginx's default server and
    Envoy do the same, never the listener's own address), the canonical host -> ``Reject`` 400;
 3. the route, first match wins (``RouteTable.lookup``) -> ``Reject`` 404;
+   a CORS preflight from an origin the route's ``cors`` allows -> ``Respond`` 200 (never forwarded);
 4. a route that answers itself (direct response, redirect) -> ``Respond`` (status, headers, body);
 5. the backend: the migration split in force for the route (weight / sticky cohort / header
    canary, maybe a shadow copy, maybe a sticky cookie to set) or the route's weights, and its
    pool -> ``Reject`` 503 when the backend has none (a validated config never does that);
 6. a declared body over ``limits.max_request_body`` -> ``Reject`` 413;
-7. otherwise ``Forward``: everything the caller needs to send the request on.
+7. otherwise ``Forward``: everything the caller needs to send the request on, with ``extras`` (a
+   fault's delay and abort status drawn now, CORS response headers) when the route or the migration
+   step has a ``fault`` or ``cors`` (``facade/traffic_policy.py``), else None.
 
 The callers do the I/O and render the value: ``facade.proxy`` (HTTP), ``facade.websocket``
 (upgrades) and ``mesh.gate`` (steps 1-2 through ``read_target``, so the path and host the policy
@@ -37,6 +40,7 @@ from .config import NormalizeSpec, Route, RouteMatch
 from .headers import apply_header_ops_bytes
 from .normalize import HostRejected, PathRejected, normalize_host, normalize_path
 from .split import Split
+from .traffic_policy import Extras, draw_extras, preflight_headers
 from .upstream.balancer import request_hash
 
 if TYPE_CHECKING:
@@ -65,6 +69,7 @@ class Forward(NamedTuple):
     has_body: bool  # the head announces a body (Content-Length other than 0, or Transfer-Encoding)
     hash_key: int | None = None  # consistent hashing: the request's key (None: no policy, or no key)
     hash_cookie: bytes | None = None  # a Set-Cookie for the consistent-hash cookie the request lacked
+    extras: Extras | None = None  # a fault to inject, CORS headers to add (facade/traffic_policy.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +142,11 @@ def resolve_request(snap: Snapshot, head: Scope, rand: Callable[[], float]) -> D
     if entry is None:
         return Reject(404, "no route matches", detail=f"no route matches host {host!r} path {path!r}")
     route = entry.route
+    policy = entry.policy  # compiled with the table: None for a route without fault or CORS
+    if policy is not None and policy.cors is not None and method == "OPTIONS":
+        answer = preflight_headers(policy.cors, headers)
+        if answer is not None:  # a preflight from an allowed origin: answered here (Envoy's cors filter)
+            return Respond(route, 200, answer, b"")
     if route.direct_response is not None:
         return _direct(route)
     if route.redirect is not None:
@@ -151,11 +161,14 @@ def resolve_request(snap: Snapshot, head: Scope, rand: Callable[[], float]) -> D
         step = split.step_label
         set_cookie = choice.set_cookie
         shadow = choice.shadow
+        # A step's fault rehearses "the new service misbehaves": the candidate's share only.
+        fault = split.fault if backend == split.candidate else None
     else:
         backend = snap.pick_backend(route, rand())
         step = "stable"
         set_cookie = None
         shadow = False
+        fault = None
     pool = snap.upstreams.get(backend)
     if pool is None:
         return Reject(503, "no healthy upstream", detail=f"route {route.name} names backend {backend}, which has no pool")
@@ -172,6 +185,11 @@ def resolve_request(snap: Snapshot, head: Scope, rand: Callable[[], float]) -> D
         if pool.spec.hash_policy.source_ip and peer:
             peer = _client_address(snap, headers, peer)
         hash_key, hash_cookie = request_hash(pool.spec.hash_policy, headers, peer)
+    extras = None
+    if policy is not None or fault is not None:
+        if fault is None and policy is not None:
+            fault = policy.fault
+        extras = draw_extras(fault, policy.cors if policy is not None else None, headers, rand)
     return Forward(
         path,
         host,
@@ -187,6 +205,7 @@ def resolve_request(snap: Snapshot, head: Scope, rand: Callable[[], float]) -> D
         chunked or (content_length is not None and content_length != b"0"),
         hash_key,
         hash_cookie,
+        extras,
     )
 
 

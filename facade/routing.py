@@ -22,6 +22,7 @@ compile time; a compiled table is never mutated and can be shared across threads
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from urllib.parse import parse_qsl
 
 from .config import Route, RouteMatch, StringMatch
 from .errors import ConfigError, Problem
+from .traffic_policy import RoutePolicy, compile_policy
 
 __all__ = ["RouteEntry", "RouteHit", "RouteTable"]
 
@@ -126,8 +128,10 @@ class RouteEntry:
     headers: tuple[tuple[bytes, _ValueTest], ...]
     query: tuple[tuple[str, _ValueTest], ...]
     strip: int  # prefix matches: length of the prefix without its trailing "/"; else -1
-    rewrite: str | None
+    rewrite: str | None  # "" with a regex rewrite (``path_sub``): None alone means "the path as is"
     rewrite_base: str  # the rewrite without its trailing "/", joined with the rest of the path
+    path_sub: Callable[[str], str] | None  # Envoy's regex_rewrite: every match of the pattern substituted
+    policy: RoutePolicy | None  # fault injection / CORS; None for a route without either
 
     def accepts(self, req: _Request) -> bool:
         if self.methods is not None and req.method not in self.methods:
@@ -150,6 +154,9 @@ class RouteEntry:
         rewrite = self.rewrite
         if rewrite is None:
             return path
+        if self.path_sub is not None:
+            out = self.path_sub(path)
+            return out if out.startswith("/") else "/" + out
         if self.strip < 0:
             return rewrite  # exact / regex match: the whole path is replaced (Istio uri rewrite)
         # Replace the matched segments, keep the rest: "/catalog" -> "/v2" maps "/catalog/x" to
@@ -289,9 +296,16 @@ class RouteTable:
             rewrite = route.rewrite_prefix
             if rewrite is not None:
                 rewrite = report.path(canonicalize, rewrite, f"routes[{index}].rewrite")
+            path_sub: Callable[[str], str] | None = None
+            if route.rewrite_regex is not None:
+                pattern = report.regex(route.rewrite_regex[0], 0, f"routes[{index}].rewrite.regex.pattern")
+                if pattern is not None:
+                    path_sub = functools.partial(pattern.sub, route.rewrite_regex[1])
+                    rewrite = ""
+            policy = compile_policy(route)
             for j, match in enumerate(route.matches):
                 where = f"routes[{index}].match[{j}]"
-                entry = _compile_entry(seq, index, route, match, canonicalize, rewrite, where, report)
+                entry = _compile_entry(seq, index, route, match, canonicalize, rewrite, where, report, path_sub, policy)
                 seq += 1
                 if entry is None:
                     continue
@@ -503,6 +517,8 @@ def _compile_entry(
     rewrite: str | None,
     where: str,
     report: _Report,
+    path_sub: Callable[[str], str] | None = None,
+    policy: RoutePolicy | None = None,
 ) -> RouteEntry | None:
     """Precompile one match entry; report what is wrong with it (and return None)."""
     before = len(report.problems)
@@ -544,6 +560,8 @@ def _compile_entry(
         strip=strip,
         rewrite=rewrite,
         rewrite_base=(rewrite or "").rstrip("/"),
+        path_sub=path_sub,
+        policy=policy,
     )
 
 

@@ -30,7 +30,10 @@ import hashlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from .config import FaultPolicy
 
 __all__ = [
     "BAGGAGE_MAX_BYTES",
@@ -103,6 +106,7 @@ class Split:
     shadow_unsafe: bool = False  # mirror POST/PUT/PATCH/DELETE too (the plan must say so explicitly)
     salt: str = ""  # prefixed to sticky keys ("" = the unsalted buckets of plans started before salts)
     baggage: bool = False  # set facade-cohort baggage upstream, honour it on the way in
+    fault: FaultPolicy | None = None  # injected into the candidate's share only (a step's ``fault`` option)
 
     @property
     def both_live(self) -> bool:

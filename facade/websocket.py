@@ -146,8 +146,9 @@ async def proxy_websocket(
     route, backend, pool = decision.route, decision.backend, decision.pool
     up_headers, ids, client_ip = upstream_request_headers(snap, scope, decision)
     up_headers = [(k, v) for k, v in up_headers if k not in _HANDSHAKE]
-    if decision.host_header:
-        up_headers.append(("host", decision.host_header))
+    host = route.rewrite_authority or decision.host_header
+    if host:
+        up_headers.append(("host", host))
     # The handshake is bounded like a request (a backend that accepts and never answers must not hold the client).
     timeout = route.timeout if route.timeout is not None else (pool.spec.timeouts.request or _DEFAULT_HANDSHAKE_TIMEOUT)
     upstream_s: float | None = None

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -236,6 +237,12 @@ class YamlDocument:
             mark = exc.problem_mark or exc.context_mark
             line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
             message = f"invalid YAML: {exc.problem or exc.context}"
+            if isinstance(exc, yaml.composer.ComposerError) and exc.problem == "but found another document":
+                name = os.path.basename(file) or file
+                message = (
+                    f"{name} holds more than one YAML document (a second '---' at line {line}); "
+                    "put everything in one document"
+                )
             raise ConfigError([Problem(file, line, col, "", message)]) from None
         except yaml.YAMLError as exc:
             raise ConfigError([Problem(file, 1, 1, "", f"invalid YAML: {exc}")]) from None

@@ -62,7 +62,7 @@ def validate_all(config_path: str) -> tuple[Any, list[Any]]:
     config, problems = check_config(config_path)
     if config is not None:
         try:
-            from ..migration.plan import load_plans
+            from ..migration.plan import load_plans, weighted_routes
         except ModuleNotFoundError:
             return config, problems
         if config.migrations_dir:
@@ -71,6 +71,7 @@ def validate_all(config_path: str) -> tuple[Any, list[Any]]:
                 routes=[r.name for r in config.routes],
                 services=config.backend_names,
                 mesh=config.mesh is not None,
+                weighted=weighted_routes(config.routes),
             )
             problems = [*problems, *plan_problems]
     return config, problems

@@ -37,7 +37,8 @@ class HealthCheck:
     timeout: float = 1.0
     healthy_threshold: int = 1
     unhealthy_threshold: int = 2
-    expected_statuses: tuple[int, int] = (200, 399)  # inclusive range
+    # Inclusive ranges; a status in any of them is a success (Envoy's expected_statuses, default 200-399).
+    expected_statuses: tuple[tuple[int, int], ...] = ((200, 399),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +272,37 @@ class RateLimit:
     def capacity(self) -> int:
         return self.burst or self.requests_per_unit
 
+@dataclass(frozen=True, slots=True)
+class FaultDelay:
+    fixed: float  # seconds
+    percent: float = 100.0  # of the requests; Istio: an unset percentage faults every request
+
+
+@dataclass(frozen=True, slots=True)
+class FaultAbort:
+    status: int  # 200-599
+    percent: float = 100.0
+
+
+@dataclass(frozen=True, slots=True)
+class FaultPolicy:
+    """Istio's HTTPFaultInjection: a delay, then an abort, each drawn independently per request."""
+
+    delay: FaultDelay | None = None
+    abort: FaultAbort | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CorsPolicy:
+    """Istio's CorsPolicy (Envoy's cors filter): ``allow_origins`` are exact / prefix / regex matches."""
+
+    allow_origins: tuple[StringMatch, ...]
+    allow_methods: tuple[str, ...] = ()
+    allow_headers: tuple[str, ...] = ()
+    expose_headers: tuple[str, ...] = ()
+    max_age: int | None = None  # seconds
+    allow_credentials: bool = False
+
 
 @dataclass(frozen=True, slots=True)
 class Route:
@@ -284,12 +316,16 @@ class Route:
     backends: tuple[WeightedBackend, ...] = ()
     redirect: Redirect | None = None
     direct_response: DirectResponse | None = None
-    rewrite_prefix: str | None = None
+    rewrite_prefix: str | None = None  # a prefix match: the prefix; an exact / regex match: the whole path
+    rewrite_regex: tuple[str, str] | None = None  # (pattern, substitution): Envoy's regex_rewrite
+    rewrite_authority: str | None = None  # the Host sent upstream (Istio rewrite.authority)
     request_headers: HeaderOps = field(default_factory=HeaderOps)
     response_headers: HeaderOps = field(default_factory=HeaderOps)
     timeout: float | None = None  # overrides the service's request timeout
     retries: Retries | None = None  # overrides the service's retries
     rate_limit: RateLimit | None = None  # local rate limiting (facade.ratelimit)
+    fault: FaultPolicy | None = None
+    cors: CorsPolicy | None = None
     line: int = 0  # where the route is declared, for messages
 
 

@@ -81,6 +81,8 @@ _ROUTE_FIELDS = (
     "timeout",
     "retries",
     "rate_limit",
+    "fault",
+    "cors",
 )
 _ACTIONS = ("backend", "backends", "redirect", "direct_response")
 _RETRY_ON: tuple[str, ...] = (

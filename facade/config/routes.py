@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import re
-from typing import Literal, cast
+from typing import Literal, NamedTuple, cast
 
 from ..yamlfile import (
     Node,
@@ -26,6 +26,7 @@ from .model import (
     StringMatch,
     WeightedBackend,
 )
+from .policies import read_cors, read_fault
 from .reading import (
     _ACTIONS,
     _HOST_LABELS_RE,
@@ -93,18 +94,12 @@ def _read_route(node: Node, ctx: _Ctx, services: list[str], names: dict[str, int
     redirect = _read_redirect(f["redirect"], problems) if "redirect" in f else None
     direct = _read_direct_response(f["direct_response"], problems) if "direct_response" in f else None
 
-    rewrite: str | None = None
-    if "rewrite" in f:
-        rf = f["rewrite"].fields(problems, ("prefix",), required=("prefix",))
-        rewrite = _read_abs_path(rf.get("prefix"), problems)
-        where = node.key_node("rewrite") or f["rewrite"]
-        if not ("backend" in f or "backends" in f):
-            problems.error(where, "rewrite only applies to routes with backend or backends", path=f["rewrite"].path)
-        elif any(m.path_kind != "prefix" for m in matches):
-            kind = next(m.path_kind for m in matches if m.path_kind != "prefix")
-            problems.error(
-                where, f"rewrite needs a prefix path match, this route matches by {kind}", path=f["rewrite"].path
-            )
+    rewrite = _read_rewrite(f.get("rewrite"), problems)
+    forwards = "backend" in f or "backends" in f
+    for key in ("rewrite", "fault", "cors"):
+        if key in f and not forwards:
+            where = node.key_node(key) or f[key]
+            problems.error(where, f"{key} only applies to routes with backend or backends", path=f[key].path)
 
     if "rate_limit" in f and not ("backend" in f or "backends" in f):
         problems.error(
@@ -120,12 +115,16 @@ def _read_route(node: Node, ctx: _Ctx, services: list[str], names: dict[str, int
         backends=backends,
         redirect=redirect,
         direct_response=direct,
-        rewrite_prefix=rewrite,
+        rewrite_prefix=rewrite.prefix,
+        rewrite_regex=rewrite.regex,
+        rewrite_authority=rewrite.authority,
         request_headers=_read_header_ops(f.get("request_headers"), problems, _RESERVED_REQUEST_HEADERS),
         response_headers=_read_header_ops(f.get("response_headers"), problems, _RESERVED_RESPONSE_HEADERS),
         timeout=timeout,
         retries=_read_retries(f.get("retries"), problems),
         rate_limit=_read_rate_limit(f.get("rate_limit"), problems),
+        fault=read_fault(f.get("fault"), problems),
+        cors=read_cors(f.get("cors"), problems),
         line=node.line,
     )
     return route if len(problems.errors) == before else None
@@ -155,6 +154,61 @@ def _read_rate_limit(node: Node | None, problems: Problems) -> RateLimit | None:
     return RateLimit(
         requests_per_unit=rate, unit=cast(RateLimitUnit, unit), burst=burst, key=key, header=header
     )
+
+
+class _Rewrite(NamedTuple):
+    prefix: str | None = None
+    regex: tuple[str, str] | None = None
+    authority: str | None = None
+
+
+# What a regex substitution may put into a path: RFC 3986 pchar, "/" and group references; never
+# a space, "?" or "#" (the upstream target would be another request line, query or fragment).
+_SUBSTITUTION_RE = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:@%/\\<>]*$")
+
+
+def _read_rewrite(node: Node | None, problems: Problems) -> _Rewrite:
+    """``rewrite: {prefix | regex: {pattern, substitution}, authority}``.
+
+    ``prefix`` replaces the matched prefix of a prefix match and the whole path of an exact or
+    regex match (Istio ``rewrite.uri``); ``regex`` substitutes every match of ``pattern`` in the
+    path (Envoy ``regex_rewrite``, ``\\1`` for groups); ``authority`` is the Host sent upstream.
+    """
+    if node is None or node.is_null:
+        return _Rewrite()
+    f = node.fields(problems, ("prefix", "regex", "authority"))
+    if node.is_mapping and not f and not node.items():
+        problems.error(node, "needs prefix, regex or authority")
+    if "prefix" in f and "regex" in f:
+        problems.error(node.key_node("regex") or f["regex"], "give either prefix or regex, not both", path=f["regex"].path)
+    prefix = _read_abs_path(f.get("prefix"), problems)
+    regex: tuple[str, str] | None = None
+    if "regex" in f:
+        rf = f["regex"].fields(problems, ("pattern", "substitution"), required=("pattern", "substitution"))
+        pattern = _read_regex(rf["pattern"], problems) if "pattern" in rf else None
+        substitution: str | None = read_str(rf.get("substitution"), problems)
+        if substitution is not None and not _SUBSTITUTION_RE.match(substitution):
+            problems.error(
+                rf["substitution"], f"substitution {substitution!r} may hold only path characters and \\N group references"
+            )
+            substitution = None
+        if pattern is not None and substitution is not None:
+            try:
+                re.compile(pattern).sub(substitution, "")  # checks the group references against the pattern
+            except (re.error, IndexError) as exc:
+                problems.error(rf["substitution"], f"invalid substitution {substitution!r}: {exc}")
+            else:
+                regex = (pattern, substitution)
+    authority: str | None = None
+    if "authority" in f:
+        value = _nonempty_str(f["authority"], problems)
+        if value is not None:
+            host = _canonical_host(value)
+            if host is None or "*" in host:
+                problems.error(f["authority"], f"invalid authority {value!r} (expected a host, e.g. catalog.internal:8080)")
+            else:
+                authority = value.strip().lower()
+    return _Rewrite(prefix, regex, authority)
 
 
 def _service_ref(node: Node, problems: Problems, services: list[str]) -> str | None:

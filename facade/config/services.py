@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -342,9 +343,12 @@ def _read_health_check(node: Node | None, problems: Problems) -> HealthCheck | N
     if node is None or node.is_null:
         return None
     d = HealthCheck()
-    f = node.fields(problems, ("path", "interval", "timeout", "healthy_threshold", "unhealthy_threshold"))
+    f = node.fields(
+        problems, ("path", "interval", "timeout", "healthy_threshold", "unhealthy_threshold", "expected_statuses")
+    )
     path = _read_abs_path(f.get("path"), problems) or d.path
     return HealthCheck(
+        expected_statuses=_read_status_ranges(f.get("expected_statuses"), problems) or d.expected_statuses,
         path=path,
         interval=_positive_duration(f.get("interval"), problems, d.interval),
         timeout=_positive_duration(f.get("timeout"), problems, d.timeout),
@@ -358,6 +362,32 @@ _OUTLIER_FIELDS = (
     "interval", "success_rate_stdev_factor", "success_rate_minimum_hosts", "success_rate_request_volume",
     "failure_percentage_threshold", "failure_percentage_minimum_hosts", "failure_percentage_request_volume",
 )
+
+
+def _read_status_ranges(node: Node | None, problems: Problems) -> tuple[tuple[int, int], ...]:
+    """``expected_statuses: [200, 204, "200-299"]``: statuses and inclusive ranges, 100-599 (() when absent or bad)."""
+    if node is None or node.is_null:
+        return ()
+    elements = node.elements() if node.is_list else [node]
+    if node.is_list and not elements:
+        problems.error(node, "must list at least one status or range (e.g. [200-299, 404])")
+    out: list[tuple[int, int]] = []
+    for element in elements:
+        value = element.value if element.is_scalar else None
+        low = high = None
+        if isinstance(value, int) and not isinstance(value, bool):
+            low = high = value
+        elif isinstance(value, str) and re.fullmatch(r"\s*\d{3}\s*-\s*\d{3}\s*", value):
+            low, high = (int(part) for part in value.split("-"))
+        if low is None or high is None:
+            problems.error(element, f"must be a status (200) or an inclusive range (\"200-299\"), got {value!r}")
+        elif not (100 <= low <= 599 and 100 <= high <= 599):
+            problems.error(element, f"statuses must be 100-599, got {value}")
+        elif low > high:
+            problems.error(element, f"range {value!r} is empty: its start is above its end")
+        else:
+            out.append((low, high))
+    return tuple(out) if len(out) == len(elements) else ()
 
 
 def _read_outlier(node: Node | None, problems: Problems) -> OutlierDetection | None:

@@ -331,9 +331,19 @@ def _rule(rule: Rule, matches: list[GwMatch], options: ExportOptions, findings: 
             else:
                 mirror["fraction"] = {"numerator": round(rule.mirror.percent * 100), "denominator": 10_000}
             filters.append({"type": "RequestMirror", "requestMirror": mirror})
+        rewrite: dict[str, Any] = {}
         if rule.rewrite_prefix is not None:
-            filters.append({"type": "URLRewrite", "urlRewrite": {"path": _prefix_path(rule, rule.rewrite_prefix,
-                                                                                      matches)}})
+            rewrite["path"] = _prefix_path(rule, rule.rewrite_prefix, matches)
+        if rule.rewrite_authority is not None:
+            rewrite["hostname"] = _hostname(rule.rewrite_authority)
+        if rewrite:
+            filters.append({"type": "URLRewrite", "urlRewrite": rewrite})
+        lacking = [what for what, given in (("fault injection", rule.fault), ("a CORS policy", rule.cors),
+                                            ("a regex rewrite", rule.rewrite_regex)) if given is not None]
+        if lacking and f"policy:{rule.route}" not in warned:
+            warned.add(f"policy:{rule.route}")
+            findings.append(Finding(f"route {rule.route!r}", (
+                f"{', '.join(lacking)}: no Gateway API equivalent, not exported (export istio has them)")))
     if filters:
         out["filters"] = filters
     if rule.redirect is None:
@@ -350,6 +360,12 @@ def _rule(rule: Rule, matches: list[GwMatch], options: ExportOptions, findings: 
         if rule.retries is not None and rule.retries.attempts:
             warned.add(f"retries:{rule.route}")
     return out
+
+
+def _hostname(authority: str) -> str:
+    """URLRewrite's hostname has no port: ``api.internal:8080`` -> ``api.internal`` (``[::1]:80`` -> ``[::1]``)."""
+    host, sep, port = authority.rpartition(":")
+    return host if sep and port.isdigit() and not authority.endswith("]") else authority
 
 
 def _prefix_path(rule: Rule, value: str, matches: list[GwMatch]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..config import Config, HeaderOps, Retries, RouteMatch, ServiceSpec, StringMatch
+from ..config import Config, CorsPolicy, FaultPolicy, HeaderOps, Retries, RouteMatch, ServiceSpec, StringMatch
 from .model import (
     ExportError,
     ExportOptions,
@@ -142,8 +142,20 @@ def _http_route(
         if rule.mirror is not None:
             entry["mirror"] = _destination(rule.mirror.service, options)
             entry["mirrorPercentage"] = {"value": rule.mirror.percent}
+        rewrite: dict[str, Any] = {}
         if rule.rewrite_prefix is not None:
-            entry["rewrite"] = {"uri": _prefix_value(rule.rewrite_prefix, kind)}
+            rewrite["uri"] = _prefix_value(rule.rewrite_prefix, kind)
+        if rule.rewrite_regex is not None:
+            _check_re2(rule.rewrite_regex[0], rule, "rewrite pattern")
+            rewrite["uriRegexRewrite"] = {"match": rule.rewrite_regex[0], "rewrite": rule.rewrite_regex[1]}
+        if rule.rewrite_authority is not None:
+            rewrite["authority"] = rule.rewrite_authority
+        if rewrite:
+            entry["rewrite"] = rewrite
+        if rule.fault is not None:
+            entry["fault"] = _fault(rule.fault)
+        if rule.cors is not None:
+            entry["corsPolicy"] = _cors(rule.cors, rule)
     headers = _header_ops(rule.request_headers, rule.response_headers, rule)
     if headers:
         entry["headers"] = headers
@@ -153,6 +165,29 @@ def _http_route(
         if rule.retries is not None:
             entry["retries"] = _retries(rule.retries)
     return entry
+
+
+def _fault(fault: FaultPolicy) -> dict[str, Any]:
+    """Istio's HTTPFaultInjection (the facade's percents are Istio's ``percentage.value``)."""
+    out: dict[str, Any] = {}
+    if fault.delay is not None:
+        out["delay"] = {"fixedDelay": duration(fault.delay.fixed), "percentage": {"value": fault.delay.percent}}
+    if fault.abort is not None:
+        out["abort"] = {"httpStatus": fault.abort.status, "percentage": {"value": fault.abort.percent}}
+    return out
+
+
+def _cors(cors: CorsPolicy, rule: Rule) -> dict[str, Any]:
+    out: dict[str, Any] = {"allowOrigins": [istio_string_match(m, rule, "CORS origin")[0] for m in cors.allow_origins]}
+    for key, values in (("allowMethods", cors.allow_methods), ("allowHeaders", cors.allow_headers),
+                        ("exposeHeaders", cors.expose_headers)):
+        if values:
+            out[key] = list(values)
+    if cors.max_age is not None:
+        out["maxAge"] = duration(cors.max_age)
+    if cors.allow_credentials:
+        out["allowCredentials"] = True
+    return out
 
 
 def _destination(service: str, options: ExportOptions) -> dict[str, Any]:

@@ -22,7 +22,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from ..config import Config, DirectResponse, HeaderOps, Redirect, Retries, Route, RouteMatch, StringMatch
+from ..config import (
+    Config,
+    CorsPolicy,
+    DirectResponse,
+    FaultPolicy,
+    HeaderOps,
+    Redirect,
+    Retries,
+    Route,
+    RouteMatch,
+    StringMatch,
+)
 from ..split import Split
 
 __all__ = [
@@ -180,6 +191,10 @@ class Rule:
     response_headers: HeaderOps = field(default_factory=HeaderOps)
     timeout: float | None = None  # None = no timeout
     retries: Retries | None = None
+    rewrite_regex: tuple[str, str] | None = None  # (pattern, substitution)
+    rewrite_authority: str | None = None
+    fault: FaultPolicy | None = None  # the route's, or a step's on a rule that only the candidate serves
+    cors: CorsPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +236,8 @@ def _split_rules(route: Route, split: Split, config: Config, state: RoutingState
                 f"the cookie canary {canary.name}={canary.value} becomes a regex on the Cookie header: it also "
                 "matches when a later cookie of the same name has the value (the facade reads the first)")))
         matches = tuple(_with_header(m, condition, route) for m in route.matches)
-        out.append(_rule(route, route.name + "-canary", matches, config, (Destination(candidate),), findings))
+        out.append(_rule(route, route.name + "-canary", matches, config, (Destination(candidate),), findings,
+                         fault=split.fault or route.fault))
         if split.weight_bps == 0:  # a canary step; a weight step that keeps the canary goes on below
             out.append(_rule(route, route.name, route.matches, config, (Destination(primary),), findings))
             return out
@@ -229,6 +245,12 @@ def _split_rules(route: Route, split: Split, config: Config, state: RoutingState
     destinations = tuple(
         Destination(s, w) for s, w in ((primary, 100 - weight), (candidate, weight)) if w > 0
     )
+    step_fault = split.fault if weight > 0 else None
+    if step_fault is not None and weight < 100:
+        findings.append(Finding(where, (
+            f"the step's fault applies to {candidate}'s {weight}% share only; an Istio fault applies to a whole "
+            "http route, so it is not exported (rehearse it on the facade, or give the candidate a canary step)")))
+        step_fault = None
     if split.sticky is not None and 0 < weight < 100:
         findings.append(Finding(where, (
             f"sticky cohorts by {split.sticky} have no equivalent: the target draws a destination per request, "
@@ -252,7 +274,8 @@ def _split_rules(route: Route, split: Split, config: Config, state: RoutingState
         if safe:
             out.append(_rule(route, route.name + "-mirror", safe, config, destinations, findings, mirror=mirror))
         mirror = None
-    out.append(_rule(route, route.name, route.matches, config, destinations, findings, mirror=mirror))
+    out.append(_rule(route, route.name, route.matches, config, destinations, findings, mirror=mirror,
+                     fault=step_fault or route.fault))
     return out
 
 
@@ -265,6 +288,7 @@ def _rule(
     findings: list[Finding] | None = None,
     *,
     mirror: Mirror | None = None,
+    fault: FaultPolicy | None = None,
 ) -> Rule:
     timeout, retries = _upstream_policy(route, destinations, config, findings)
     return Rule(
@@ -280,6 +304,10 @@ def _rule(
         response_headers=route.response_headers,
         timeout=timeout,
         retries=retries,
+        rewrite_regex=route.rewrite_regex,
+        rewrite_authority=route.rewrite_authority,
+        fault=fault if fault is not None else route.fault,
+        cors=route.cors,
     )
 
 

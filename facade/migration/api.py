@@ -107,6 +107,10 @@ def admin_routes(controller: MigrationController) -> list[BaseRoute]:
         status = await controller.status(name, journal=_POST_JOURNAL)
         if status is None:  # removed by a reload between the commit and now
             return _refusal(Refusal(f"migration {name!r} was removed by a reload", "not_found"))
+        plan = controller.plans.get(name)
+        if verb == "start" and plan is not None and plan.warnings:
+            # Said again when it matters: e.g. the plan's steps now replace a route's weighted backends.
+            status["warnings"] = [str(p) for p in plan.warnings]
         return JSONResponse(status)
 
     return [

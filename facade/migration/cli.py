@@ -174,6 +174,9 @@ def _cmd_action(args: argparse.Namespace) -> int:
     if args.json:
         print_json(body)
         return EXIT_OK
+    if isinstance(body, dict):
+        for warning in body.get("warnings") or ():
+            print(warning, file=sys.stderr)
     if isinstance(body, dict) and "state" in body:
         print(f"{body.get('name', args.name)}: {body.get('state')} at {_step_text(body)} -> {_routing_text(body)}")
         # The status's gates are the new step's; the transition's journal entry keeps the ones overridden.

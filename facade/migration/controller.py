@@ -87,7 +87,7 @@ from .gates import (
     with_results,
 )
 from .hooks import Webhook
-from .plan import Plan, Step, load_plans
+from .plan import Plan, Step, load_plans, weighted_routes
 from .store import DEFAULT_JOURNAL, EvidenceKey, StateStore, StoreUnavailable
 from .stores import open_store, store_location
 
@@ -1074,6 +1074,7 @@ class MigrationController(Feature):
                 routes=[r.name for r in config.routes],
                 services=config.backend_names,
                 mesh=config.mesh is not None,
+                weighted=weighted_routes(config.routes),
             )
         if any(p.severity == "error" for p in problems):
             raise ConfigError(problems)

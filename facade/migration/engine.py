@@ -463,12 +463,12 @@ def _step_split(plan: Plan, index: int, salt: str = "") -> Split | None:
         return Split(old, new, shadow_percent=step.shadow_percent, step_label=label, shadow_unsafe=unsafe,
                      baggage=plan.baggage)
     if step.kind == "canary":
-        return Split(old, new, canary=step.canary, step_label=label, baggage=plan.baggage)
+        return Split(old, new, canary=step.canary, step_label=label, baggage=plan.baggage, fault=step.fault)
     # Testers who send the canary header stay on ``to`` through the weight steps (Argo Rollouts' ask).
     canary = next((s.canary for s in reversed(plan.steps[:routing]) if s.kind == "canary"), None)
     return Split(old, new, weight_bps=step.weight * (BUCKETS // 100), sticky=plan.sticky, step_label=label,
                  shadow_percent=step.mirror_percent, shadow_unsafe=unsafe,
-                 canary=canary if plan.canary_persist else None, salt=salt, baggage=plan.baggage)
+                 canary=canary if plan.canary_persist else None, salt=salt, baggage=plan.baggage, fault=step.fault)
 
 
 def mirroring_step(plan: Plan, state: MigrationState) -> Step | None:

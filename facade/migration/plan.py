@@ -32,10 +32,12 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from ..config import FaultPolicy, Route
+from ..config.policies import read_fault
 from ..diff import IgnoreRules
 from ..errors import ConfigError, Problem
 from ..split import CanarySpec, StickySpec
@@ -218,6 +220,7 @@ class Step:
     gates: Gates = field(default_factory=Gates)
     rollback: bool = False  # explicitly allowed to move traffic back towards ``from``
     webhooks: tuple[Webhook, ...] = ()  # this step's hooks (the plan's apply to every step as well)
+    fault: FaultPolicy | None = None  # weight / canary steps: injected into the candidate's share only
     line: int = 0  # position in the plan file (not part of the hash)
     col: int = 0
 
@@ -257,6 +260,8 @@ class Step:
             out["shadow"] = self.shadow.to_json()
         if self.webhooks:
             out["webhooks"] = [h.to_json() for h in self.webhooks]
+        if self.fault is not None:  # only when set, like shadow: older plans keep their hashes
+            out["fault"] = _fault_json(self.fault)
         return out
 
     @property
@@ -303,6 +308,8 @@ class Plan:
         if self.salt_shared_with is not None:
             return self.shared_salt if self.shared_salt is not None else self.salt_shared_with
         return self.name
+    # Positioned warnings found when it was read against the config (shown again by `migrate start`).
+    warnings: tuple[Problem, ...] = field(default=(), compare=False)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -352,6 +359,15 @@ class Plan:
         return tuple(s.hash for s in self.steps)
 
 
+def _fault_json(fault: FaultPolicy) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if fault.delay is not None:
+        out["delay"] = {"fixed": fault.delay.fixed, "percent": fault.delay.percent}
+    if fault.abort is not None:
+        out["abort"] = {"status": fault.abort.status, "percent": fault.abort.percent}
+    return out
+
+
 def _sha256_json(value: Any) -> str:
     canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()
@@ -361,7 +377,7 @@ def _sha256_json(value: Any) -> str:
 
 _PLAN_FIELDS = ("name", "route", "routes", "from", "to", "sticky", "threshold", "interval", "shadow", "steps",
                 "webhooks", "notify", "canary", "cohort")
-_STEP_FIELDS = (*_STEP_KINDS, "service", "mirror", "hold", "gates", "rollback", "webhooks")
+_STEP_FIELDS = (*_STEP_KINDS, "service", "mirror", "hold", "gates", "rollback", "webhooks", "fault")
 _SHADOW_OPTION_FIELDS = ("unsafe_methods", "ignore", "compare_headers", "learn_noise")
 
 
@@ -372,12 +388,14 @@ def parse_plan(
     services: Collection[str],
     mesh: bool | None = None,
     environ: Mapping[str, str] | None = None,
+    weighted: Mapping[str, str] | None = None,
 ) -> tuple[Plan | None, list[Problem]]:
     """Validate one plan document against the config's route and service names.
 
     ``mesh`` says whether the config has a ``mesh:`` section (an ``mtls`` step needs one);
     None leaves that unchecked (a caller that does not know the config). ``environ`` (default
-    ``os.environ``) is where the hooks' ``secret_env`` variables must be set.
+    ``os.environ``) is where the hooks' ``secret_env`` variables must be set. ``weighted``
+    (``weighted_routes(config.routes)``) names the routes with weighted backends, which a plan replaces.
     Returns the plan (None when there is any error) and every problem found, warnings included.
     """
     problems = Problems(doc.file)
@@ -427,7 +445,32 @@ def parse_plan(
         canary_persist=canary_persist,
         baggage=baggage,
     )
-    return plan, problems.sorted()
+    for problem in _weighted_route_warnings(root, fields, plan, weighted or {}):
+        problems.warn(*problem)
+    found = problems.sorted()
+    return replace(plan, warnings=tuple(p for p in found if p.severity == "warning")), found
+
+
+def weighted_routes(routes: Iterable[Route]) -> dict[str, str]:
+    """Routes that split by weight between backends -> their weights, for the warning below."""
+    return {r.name: ", ".join(f"{b.service} {b.weight}%" for b in r.backends) for r in routes if len(r.backends) > 1}
+
+
+def _weighted_route_warnings(
+    root: Node, fields: dict[str, Node], plan: Plan, weighted: Mapping[str, str]
+) -> list[tuple[Node, str]]:
+    """A plan on a route with weighted backends replaces those weights with its own steps: say so."""
+    node = fields.get("route") or fields.get("routes") or root
+    elements = node.elements() or [node]
+    out: list[tuple[Node, str]] = []
+    for element, route in zip(elements, plan.routes, strict=False):
+        if route in weighted:
+            out.append((element, (
+                f"route {route!r} splits by weight ({weighted[route]}); while plan {plan.name!r} runs, its steps "
+                f"replace those weights ({plan.from_service} -> {plan.to_service}), and a completed plan keeps "
+                f"everything on {plan.to_service!r}"
+            )))
+    return out
 
 
 def _read_routes(root: Node, fields: dict[str, Node], problems: Problems, known: Collection[str]) -> list[str]:
@@ -591,6 +634,13 @@ def _read_step(node: Node, problems: Problems, context: _StepContext) -> Step | 
     value = fields[kind]
     if kind != "mtls" and "service" in fields:
         problems.error(fields["service"], "only an 'mtls' step names a service")
+    fault = read_fault(fields.get("fault"), problems)
+    if fault is not None and kind not in ("weight", "canary"):
+        problems.error(
+            node.key_node("fault") or fields["fault"],
+            f"only a weight or canary step injects faults (into the share 'to' serves), not a {kind} step",
+            path=fields["fault"].path,
+        )
     if kind != "weight" and "mirror" in fields:
         problems.error(fields["mirror"], "only a 'weight' step mirrors (a shadow step has its own percent)")
     hold = read_duration(fields.get("hold"), problems, default=0.0, min=0.0)
@@ -599,6 +649,8 @@ def _read_step(node: Node, problems: Problems, context: _StepContext) -> Step | 
     webhooks = read_webhooks(fields.get("webhooks"), problems, context.environ)
     common: dict[str, Any] = {"hold": hold, "gates": gates, "rollback": rollback, "webhooks": webhooks,
                               "line": node.line, "col": node.col}
+    if fault is not None:
+        common["fault"] = fault
     if kind == "weight":
         weight = read_int(value, problems, min=0, max=100)
         mirror = read_percent(fields.get("mirror"), problems, default=0.0)
@@ -762,6 +814,7 @@ def load_plans(
     services: Collection[str],
     mesh: bool | None = None,
     environ: Mapping[str, str] | None = None,
+    weighted: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, Plan], list[Problem]]:
     """Every ``*.yaml`` / ``*.yml`` plan in ``directory`` (sorted by file name), and all problems.
 
@@ -785,7 +838,7 @@ def load_plans(
         except ConfigError as exc:
             problems.extend(exc.problems)
             continue
-        plan, found = parse_plan(doc, routes=routes, services=services, mesh=mesh, environ=environ)
+        plan, found = parse_plan(doc, routes=routes, services=services, mesh=mesh, environ=environ, weighted=weighted)
         problems.extend(found)
         if plan is None:
             continue

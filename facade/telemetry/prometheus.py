@@ -8,7 +8,7 @@ histograms expose a fixed coarse set of ``le`` boundaries derived from the fine 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from .histogram import LogLinearHistogram
 from .series import DiffSeries, RequestSeries
@@ -51,7 +51,9 @@ def _histogram(
     lines.append(f"{name}_count{{{base}}} {total}")
 
 
-def render_exposition(requests: Iterable[RequestSeries], diffs: Iterable[DiffSeries]) -> str:
+def render_exposition(
+    requests: Iterable[RequestSeries], diffs: Iterable[DiffSeries], faults: Mapping[tuple[str, str, str], int] | None = None
+) -> str:
     """The whole ``/metrics`` body: request histograms and counters, then shadow comparison counters."""
     series = sorted(requests, key=lambda s: (s.route, s.backend, s.step, s.method, s.status_class))
     diff_series = sorted(diffs, key=lambda d: (d.route, d.step))
@@ -90,4 +92,9 @@ def render_exposition(requests: Iterable[RequestSeries], diffs: Iterable[DiffSer
         _header(lines, name, "counter", help_text)
         for d in diff_series:
             lines.append(f"{name}{{{_labels((('route', d.route), ('step', d.step)))}}} {value_of(d)}")
+    _header(lines, "facade_faults_injected_total", "counter",
+            "Faults injected by a route's or a migration step's fault policy (kind: delay or abort).")
+    for (route, backend, kind), count in sorted((faults or {}).items()):
+        lines.append(f"facade_faults_injected_total{{{_labels((('route', route), ('backend', backend), ('kind', kind)))}}} "
+                     f"{count}")
     return "\n".join(lines) + "\n"

@@ -97,6 +97,7 @@ class Telemetry:
         self._diff_rings: dict[str, DiffRingSlots] = {}
         self._steps: dict[str, _StepMark] = {}  # route -> current step
         self._epochs: dict[tuple[str, str], int] = {}
+        self._faults: dict[tuple[str, str, str], int] = {}  # (route, backend, kind) -> injected faults
 
     def __repr__(self) -> str:
         return f"Telemetry(series={len(self._series)}, routes={len(self.routes())}, rolling={self.rolling})"
@@ -181,6 +182,11 @@ class Telemetry:
         self._by_step.setdefault((route, step), []).append(series)
         return series
 
+    def record_fault(self, *, route: str, backend: str, kind: str) -> None:
+        """Count one injected fault (``kind``: delay or abort) of a route's or a migration step's ``fault``."""
+        key = (route, backend, kind)
+        self._faults[key] = self._faults.get(key, 0) + 1
+
     def record_diff(self, *, route: str, step: str, differing: bool, noise_fields: Iterable[str] = ()) -> None:
         """Count one shadow comparison; ``noise_fields`` are paths suppressed as noise in it."""
         series = self._diffs.get((route, step))
@@ -247,7 +253,16 @@ class Telemetry:
             shipped[dkey] = (d.compared, d.differing, frozenset(d.noise))
         overflowed = self.overflowed - shipped.get("overflowed", 0)
         shipped["overflowed"] = self.overflowed
-        return {"series": series_out, "diffs": diffs_out, "overflowed": overflowed}
+        faults_out = []
+        for fault_key, count in self._faults.items():
+            fkey = ("fault", *fault_key)
+            if count != shipped.get(fkey, 0):
+                faults_out.append((fault_key, count - shipped.get(fkey, 0)))
+                shipped[fkey] = count
+        delta: dict[str, Any] = {"series": series_out, "diffs": diffs_out, "overflowed": overflowed}
+        if faults_out:
+            delta["faults"] = faults_out
+        return delta
 
     def absorb(self, delta: Mapping[str, Any]) -> int:
         """Add a delta from ``take_delta`` (another process's requests) as if recorded here, now.
@@ -293,6 +308,9 @@ class Telemetry:
             ring_d.compared[slot] += compared
             ring_d.differing[slot] += differing
         self.overflowed += delta.get("overflowed", 0)
+        for fault_key, count in delta.get("faults", ()):
+            key = tuple(fault_key)
+            self._faults[key] = self._faults.get(key, 0) + count
         return absorbed
 
     # -- steps ------------------------------------------------------------------------------------
@@ -437,7 +455,7 @@ class Telemetry:
 
     def prometheus_text(self) -> str:
         """Every series in the Prometheus text exposition format 0.0.4."""
-        return render_exposition(self._series.values(), self._diffs.values())
+        return render_exposition(self._series.values(), self._diffs.values(), self._faults)
 
     # -- internals --------------------------------------------------------------------------------
 

@@ -58,7 +58,7 @@ async def probe(client: H1Client, endpoint: Endpoint, spec: HealthCheck) -> tupl
 
     None when the check could not be sent because every connection of the pool was busy.
     """
-    low, high = spec.expected_statuses
+    expected = spec.expected_statuses
     path = spec.path if spec.path.startswith("/") else "/" + spec.path
     headers = [("user-agent", HEALTH_CHECK_USER_AGENT)]
     try:
@@ -70,7 +70,8 @@ async def probe(client: H1Client, endpoint: Endpoint, spec: HealthCheck) -> tupl
                     size += len(await resp.readany())  # drained so the connection can serve the next request
             finally:
                 resp.release()  # back to the pool only when complete (else closed)
-            return low <= resp.status <= high, str(resp.status)
+            status = resp.status
+            return any(low <= status <= high for low, high in expected), str(status)
     except PoolExhausted:
         return None
     except TimeoutError:

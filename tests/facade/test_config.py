@@ -508,7 +508,6 @@ def test_action_errors_redirect_direct_response_rewrite_retries() -> None:
         "facade.yaml:6:5: routes[0].redirect: only one action per route: 'backend' is already given",
         "facade.yaml:8:31: routes[1].direct_response.status: must be 100-599, got 600",
         "facade.yaml:9:5: routes[1].rewrite: rewrite only applies to routes with backend or backends",
-        "facade.yaml:13:5: routes[2].rewrite: rewrite needs a prefix path match, this route matches by exact",
         "facade.yaml:13:23: routes[2].rewrite.prefix: must start with '/', got 'v2'",
         "facade.yaml:14:25: routes[2].retries.attempts: must be 0-10, got 11",
         (

@@ -88,11 +88,30 @@ async def test_unreachable_endpoint_goes_down_and_traffic_fails_over() -> None:
 
 async def test_unexpected_status_range_is_a_failure() -> None:
     backend = FlippingBackend()
-    hc = HealthCheck(path="/healthz", interval=0.05, timeout=0.5, unhealthy_threshold=1, expected_statuses=(204, 204))
+    hc = HealthCheck(path="/healthz", interval=0.05, timeout=0.5, unhealthy_threshold=1, expected_statuses=((204, 204),))
     async with serve_app(backend) as url:
         pool = ServicePool(service(group("a", url), health=hc))
         try:
             await pool.start()
+            assert await eventually(lambda: not pool.endpoints[0].healthy)
+        finally:
+            await pool.close()
+
+
+async def test_expected_statuses_accept_any_listed_range() -> None:
+    # Envoy's expected_statuses as configured (`[200-299, 404]`): a 404 health answer is a success, a 500 is not.
+    backend = FlippingBackend()
+    backend.status = 404
+    hc = HealthCheck(
+        path="/healthz", interval=0.05, timeout=0.5, unhealthy_threshold=1, expected_statuses=((200, 299), (404, 404))
+    )
+    async with serve_app(backend) as url:
+        pool = ServicePool(service(group("a", url), health=hc))
+        try:
+            await pool.start()
+            assert await eventually(lambda: backend.checks >= 3)
+            assert pool.endpoints[0].healthy
+            backend.status = 500
             assert await eventually(lambda: not pool.endpoints[0].healthy)
         finally:
             await pool.close()

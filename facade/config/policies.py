@@ -1,0 +1,129 @@
+"""Reading a route's traffic policies: ``fault`` (also a migration step option) and ``cors``.
+
+Semantics are Istio's (HTTPFaultInjection, CorsPolicy); docs/configuration.md lists the keys.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal, cast
+
+from ..yamlfile import Node, Problems, read_bool, read_duration, read_int, read_percent, read_str
+from .model import CorsPolicy, FaultAbort, FaultDelay, FaultPolicy, StringMatch
+from .reading import _TOKEN_RE
+
+__all__ = ["read_cors", "read_fault"]
+
+_ORIGIN_KINDS = ("exact", "prefix", "regex")
+
+
+def read_fault(node: Node | None, problems: Problems) -> FaultPolicy | None:
+    """``fault: {delay: {fixed: 2s, percent: 10}, abort: {status: 503, percent: 5}}``; None when absent."""
+    if node is None or node.is_null:
+        return None
+    f = node.fields(problems, ("delay", "abort"))
+    if node.is_mapping and not f and not node.items():
+        problems.error(node, "needs delay, abort or both")
+    delay: FaultDelay | None = None
+    abort: FaultAbort | None = None
+    if "delay" in f:
+        df = f["delay"].fields(problems, ("fixed", "percent"), required=("fixed",))
+        fixed = read_duration(df.get("fixed"), problems, default=None)
+        if fixed is not None and fixed <= 0:
+            problems.error(df["fixed"], f"must be greater than 0, got {df['fixed'].value}")
+            fixed = None
+        percent = read_percent(df.get("percent"), problems, default=100.0)
+        if fixed is not None and percent is not None:
+            delay = FaultDelay(fixed=fixed, percent=percent)
+    if "abort" in f:
+        af = f["abort"].fields(problems, ("status", "percent"), required=("status",))
+        status = read_int(af.get("status"), problems, default=None)
+        if status is not None and not 200 <= status <= 599:
+            problems.error(af["status"], f"must be an HTTP status 200-599, got {status}")
+            status = None
+        percent = read_percent(af.get("percent"), problems, default=100.0)
+        if status is not None and percent is not None:
+            abort = FaultAbort(status=status, percent=percent)
+    if delay is None and abort is None:
+        return None
+    return FaultPolicy(delay=delay, abort=abort)
+
+
+def read_cors(node: Node | None, problems: Problems) -> CorsPolicy | None:
+    """``cors: {allow_origins: [...], allow_methods, allow_headers, expose_headers, max_age, allow_credentials}``."""
+    if node is None or node.is_null:
+        return None
+    f = node.fields(
+        problems,
+        ("allow_origins", "allow_methods", "allow_headers", "expose_headers", "max_age", "allow_credentials"),
+        required=("allow_origins",),
+    )
+    if not node.is_mapping:
+        return None
+    origins: list[StringMatch] = []
+    on = f.get("allow_origins")
+    if on is not None and (not on.is_list or not on.elements()):
+        problems.error(on, "must be a non-empty list of origins (\"https://shop.example\", {prefix: ...}, {regex: ...})")
+    for element in on.elements() if on is not None and on.is_list else []:
+        match = _read_origin(element, problems)
+        if match is not None:
+            origins.append(match)
+    methods = _read_tokens(f.get("allow_methods"), problems, "method", upper=True)
+    max_age: int | None = None
+    if "max_age" in f:
+        seconds = read_duration(f["max_age"], problems, default=None, min=0.0)
+        max_age = int(seconds) if seconds is not None else None
+    return CorsPolicy(
+        allow_origins=tuple(origins),
+        allow_methods=methods,
+        allow_headers=_read_tokens(f.get("allow_headers"), problems, "header name", upper=False),
+        expose_headers=_read_tokens(f.get("expose_headers"), problems, "header name", upper=False),
+        max_age=max_age,
+        allow_credentials=read_bool(f.get("allow_credentials"), problems, default=False),
+    )
+
+
+def _read_origin(node: Node, problems: Problems) -> StringMatch | None:
+    if node.is_scalar and not node.is_null:
+        value = read_str(node, problems)  # a bare string is exact; "*" is any origin
+        return StringMatch("exact", value) if value else None
+    f = node.fields(problems, _ORIGIN_KINDS)
+    given = [k for k, _ in node.items() if k in f]
+    if node.is_mapping and len(given) != 1:
+        problems.error(node, "needs exactly one of exact, prefix, regex")
+        return None
+    if not given:
+        return None
+    kind = given[0]
+    value = read_str(f[kind], problems)
+    if not value:
+        if value is not None:
+            problems.error(f[kind], "must not be empty")
+        return None
+    if kind == "regex":
+        try:
+            re.compile(value)
+        except re.error as exc:
+            problems.error(f[kind], f"invalid regex {value!r}: {exc}")
+            return None
+    return StringMatch(cast(Literal["exact", "prefix", "regex"], kind), value)
+
+
+def _read_tokens(node: Node | None, problems: Problems, what: str, *, upper: bool) -> tuple[str, ...]:
+    if node is None or node.is_null:
+        return ()
+    if not node.is_list:
+        problems.error(node, f"must be a list of {what}s, got {node.kind}")
+        return ()
+    out: list[str] = []
+    for element in node.elements():
+        value = read_str(element, problems)
+        if value is None:
+            continue
+        if value != "*" and not _TOKEN_RE.match(value):
+            problems.error(element, f"invalid {what} {value!r}")
+            continue
+        value = value.upper() if upper else value.lower()
+        if value not in out:
+            out.append(value)
+    return tuple(out)
