@@ -125,8 +125,18 @@ def test_full_fixture_parses_to_expected_frozen_values() -> None:
     assert route.request_headers.set == (("x-env", "demo"),) and route.request_headers.remove == ("x-internal",)
     assert route.response_headers.add == (("x-route", "catalog"),)
     assert route.timeout == 5.0 and route.retries is not None and route.retries.attempts == 1
-    assert (route.line, product.line, default.line) == (47, 67, 70)
-    assert product.matches[0].path_kind == "regex"
+    assert (route.line, product.line, default.line) == (53, 76, 79)
+    assert route.rate_limit is not None and (route.rate_limit.requests_per_unit, route.rate_limit.capacity) == (100, 200)
+    assert route.rate_limit.key == "client_ip"
+    assert route.fault is not None and route.fault.delay is not None and route.fault.abort is not None
+    assert (route.fault.delay.fixed, route.fault.delay.percent) == (2.0, 10.0)
+    assert (route.fault.abort.status, route.fault.abort.percent) == (503, 5.0)
+    assert route.cors is not None and route.cors.allow_origins[1] == StringMatch("prefix", "https://preview-")
+    assert (route.cors.allow_methods, route.cors.max_age) == (("GET",), 3600)
+    assert product.matches[0].path_kind == "regex" and product.backends == (WeightedBackend("catalog/v2", 100),)
+    assert [(s.name, s.labels) for s in catalog.subsets] == [("v2", (("version", "v2"),))]
+    assert (config.mark_responses, config.headers_with_underscores, config.debug_error_details) == (True, "reject", True)
+    assert config.workers == 2
     assert default.backends == (WeightedBackend("monolith", 100),) and default.matches == (RouteMatch(),)
 
     with pytest.raises(dataclasses.FrozenInstanceError):
