@@ -13,7 +13,9 @@ space, e.g. rate limit by client IP rather than a client-chosen header).
 
 State lives in ``RateLimits``, owned by the runtime and shared by every snapshot, so a reload or a
 migration step keeps the buckets of routes whose ``rate_limit`` did not change. Each worker
-process (``--workers N``) has its own buckets, like each Envoy has its own local limiter.
+process (``--workers N``) has its own buckets, like each Envoy has its own local limiter; the
+workers ship their decisions (``counts()``/``absorb()``) and buckets held (``report_keys()``) to the
+supervisor, whose ``/metrics`` sums them (docs/workers.md).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import collections
 import ipaddress
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping
 
 from .config import RateLimit, Route
 from .telemetry.prometheus import escape_label_value
@@ -137,6 +139,10 @@ class RateLimits:
         self.max_keys = max_keys
         self.clock = clock
         self._routes: dict[str, RouteLimiter] = {}
+        # What other processes decided (the workers of `--workers N`): route -> decision -> requests,
+        # and the buckets each of them holds now (a gauge: the latest report per process).
+        self._absorbed: dict[str, collections.Counter[str]] = {}
+        self._remote_keys: dict[Hashable, dict[str, int]] = {}
 
     def __repr__(self) -> str:
         return f"RateLimits(routes={sorted(self._routes)})"
@@ -154,18 +160,48 @@ class RateLimits:
             limiter.spec = spec  # an equal spec from a new snapshot: compared once, by identity after
         return limiter
 
+    def counts(self) -> dict[str, tuple[RouteLimiter, dict[str, int]]]:
+        """Each route's limiter and its decisions so far (a changed spec's new limiter counts from 0)."""
+        return {name: (lim, {"allowed": lim.allowed, "limited": lim.limited}) for name, lim in self._routes.items()}
+
+    def keys(self) -> dict[str, int]:
+        """The buckets held per route."""
+        return {name: limiter.keys for name, limiter in self._routes.items()}
+
+    def absorb(self, decisions: Mapping[str, Mapping[str, int]]) -> None:
+        """Add another process's new decisions (route -> ``allowed``/``limited`` -> requests)."""
+        for route, counts in decisions.items():
+            self._absorbed.setdefault(route, collections.Counter()).update(counts)
+
+    def report_keys(self, source: Hashable, keys: Mapping[str, int] | None) -> None:
+        """The buckets another process holds now; None when it is gone (its buckets went with it)."""
+        if keys is None:
+            self._remote_keys.pop(source, None)
+        else:
+            self._remote_keys[source] = dict(keys)
+
     def prometheus_text(self) -> str:
-        """``facade_ratelimit_requests_total{route, decision}`` and the keys held per route."""
+        """``facade_ratelimit_requests_total{route, decision}`` and the keys held per route, this
+        process's and those of every process that reported (summed)."""
+        decided: dict[str, collections.Counter[str]] = {
+            name: collections.Counter(absorbed) for name, absorbed in self._absorbed.items()
+        }
+        keys: collections.Counter[str] = collections.Counter()
+        for name, limiter in self._routes.items():
+            decided.setdefault(name, collections.Counter()).update(allowed=limiter.allowed, limited=limiter.limited)
+            keys[name] += limiter.keys
+        for reported in self._remote_keys.values():
+            keys.update(reported)
         lines = [
             "# HELP facade_ratelimit_requests_total Requests judged by a route's local rate limit.",
             "# TYPE facade_ratelimit_requests_total counter",
         ]
-        for name in sorted(self._routes):
-            limiter, label = self._routes[name], escape_label_value(name)
-            lines.append(f'facade_ratelimit_requests_total{{route="{label}",decision="allowed"}} {limiter.allowed}')
-            lines.append(f'facade_ratelimit_requests_total{{route="{label}",decision="limited"}} {limiter.limited}')
+        for name in sorted(decided):
+            counts, label = decided[name], escape_label_value(name)
+            lines.append(f'facade_ratelimit_requests_total{{route="{label}",decision="allowed"}} {counts["allowed"]}')
+            lines.append(f'facade_ratelimit_requests_total{{route="{label}",decision="limited"}} {counts["limited"]}')
         lines.append("# HELP facade_ratelimit_keys Rate limit buckets held per route (bounded by the key cap).")
         lines.append("# TYPE facade_ratelimit_keys gauge")
-        for name in sorted(self._routes):
-            lines.append(f'facade_ratelimit_keys{{route="{escape_label_value(name)}"}} {self._routes[name].keys}')
+        for name in sorted(keys):
+            lines.append(f'facade_ratelimit_keys{{route="{escape_label_value(name)}"}} {keys[name]}')
         return "\n".join(lines) + "\n"

@@ -118,10 +118,30 @@ def counter_delta(counts: Mapping[str, int], shipped: dict[str, int]) -> dict[st
     return fresh
 
 
+def owned_counters_delta(
+    owned: Mapping[str, tuple[object, Mapping[str, int]]], shipped: dict[Any, Any], kind: str
+) -> dict[str, dict[str, int]]:
+    """What each name's counters gained since the last call (``owned``: name -> (owner, counters)).
+
+    The owner is the object that holds the counters (a service's pool, a route's limiter); a
+    reload that replaces it starts new counters at 0, so a new owner counts from 0, not from what
+    its predecessor had shipped."""
+    out: dict[str, dict[str, int]] = {}
+    for name, (owner, counts) in owned.items():
+        seen = shipped.get((kind, name))
+        if seen is None or seen[0] != id(owner):
+            seen = shipped[(kind, name)] = (id(owner), {})
+        fresh = counter_delta(counts, seen[1])
+        if fresh:
+            out[name] = fresh
+    return out
+
+
 def take_batch(runtime: FacadeRuntime, shipped: dict[Any, Any]) -> dict[str, Any] | None:
     """Everything this worker recorded since its last batch that an admin view sums over workers
     (telemetry, diff samples, upstream failure details, the listener's drops and refusals, the shadow
-    sender's counters and learned noise, its queue gauges); None when there is nothing new."""
+    sender's counters and learned noise, its queue gauges, rate limit decisions and buckets held,
+    resilience counters); None when there is nothing new."""
     batch: dict[str, Any] = {"type": "telemetry", "delta": runtime.telemetry.take_delta(shipped)}
     delta = batch["delta"]
     busy = bool(delta["series"] or delta["diffs"] or delta["overflowed"])
@@ -132,6 +152,15 @@ def take_batch(runtime: FacadeRuntime, shipped: dict[Any, Any]) -> dict[str, Any
     rejected = counter_delta(head.rejected, shipped.setdefault("head-rejected", {}))
     if errors or dropped or rejected:
         batch |= {"errors": errors, "head": {"dropped": dropped, "rejected": rejected}}
+        busy = True
+    # Rate limit decisions and resilience counters (retries, budget refusals, pending overflows,
+    # ejections) are summed by the supervisor; the buckets held are a gauge, sent when they change.
+    decisions = owned_counters_delta(runtime.rate_limits.counts(), shipped, "ratelimit")
+    resilience = owned_counters_delta(runtime.upstreams.resilience_counts(), shipped, "resilience")
+    keys = runtime.rate_limits.keys()
+    if decisions or resilience or keys != shipped.get("ratelimit-keys"):
+        batch |= {"ratelimit": decisions, "ratelimit_keys": keys, "resilience": resilience}
+        shipped["ratelimit-keys"] = keys
         busy = True
     shadow = runtime.feature(ShadowFeature)
     if shadow is not None:

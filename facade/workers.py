@@ -359,6 +359,10 @@ class WorkerPool(Feature):
             runtime.head_limits.stats.count_dropped(reason, n)
         for reason, n in head.get("rejected", {}).items():
             runtime.head_limits.stats.count_rejected(reason, n)
+        runtime.rate_limits.absorb(batch.get("ratelimit") or {})
+        if "ratelimit_keys" in batch and worker.process.returncode is None:  # a gauge: this worker's latest, summed over the live workers
+            runtime.rate_limits.report_keys(worker.process.pid, batch["ratelimit_keys"])
+        runtime.upstreams.absorb_resilience(batch.get("resilience") or {})
         if "shadow_gauges" in batch:
             worker.shadow = batch["shadow_gauges"]
         shadow = runtime.feature(ShadowFeature)
@@ -376,6 +380,7 @@ class WorkerPool(Feature):
     async def _watch(self, worker: _Worker) -> None:
         code = await worker.process.wait()
         self._changed.set()
+        self.runtime.rate_limits.report_keys(worker.process.pid, None)  # its buckets went with it
         for future in worker.flushes.values():  # what it had not shipped is lost with it
             if not future.done():
                 future.set_result(False)

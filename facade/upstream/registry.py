@@ -7,7 +7,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..config import ServiceSpec
@@ -163,6 +163,19 @@ class Upstreams:
     def snapshot(self) -> dict[str, Any]:
         return {"services": {name: pool.snapshot() for name, pool in sorted(self._pools.items())}}
 
+    def resilience_counts(self) -> dict[str, tuple[ServicePool, dict[str, int]]]:
+        """Each service's pool and its resilience counters (those ``prometheus_text`` exports): what a
+        worker of ``--workers N`` ships to the supervisor. A pool a reload rebuilt counts from 0."""
+        return {name: (pool, {stat: pool.stats[stat] for stat in RESILIENCE_STATS}) for name, pool in self._pools.items()}
+
+    def absorb_resilience(self, counts: Mapping[str, Mapping[str, int]]) -> None:
+        """Add another process's new resilience counts (service -> stat -> n) to this process's pools,
+        so ``prometheus_text`` reports the sum. Counts of a service this process no longer has are dropped."""
+        for service, stats in counts.items():
+            pool = self._pools.get(service)
+            if pool is not None:
+                pool.stats.update({stat: n for stat, n in stats.items() if stat in RESILIENCE_STATS})
+
     def prometheus_text(self) -> str:
         """Resilience counters per service (Envoy's cluster stats in their names): retries, retries the
         budget refused, requests refused by a full waiting queue, ejections by detector.
@@ -202,3 +215,4 @@ _EJECTIONS = (
     ("success_rate", "ejections_success_rate"),
     ("failure_percentage", "ejections_failure_percentage"),
 )
+RESILIENCE_STATS = frozenset(stat for _, _, stat in _COUNTERS) | frozenset(stat for _, stat in _EJECTIONS)

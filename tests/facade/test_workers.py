@@ -830,3 +830,103 @@ async def test_workers_originate_mesh_mtls_with_the_supervisors_rotating_edge_sv
             assert time.monotonic() > deadline and set(seen) == {200}, seen
             workers = (await admin.get("/workers")).json()["workers"]
             assert len(workers) == 2 and all(w["requests"] > 0 for w in workers), workers
+
+
+def _metric_value(metrics: str, series: str) -> float:
+    values = [float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(series + " ")]
+    assert len(values) == 1, f"{series} not exposed once:\n{metrics}"
+    return values[0]
+
+
+@pytest.mark.slow
+async def test_rate_limit_and_resilience_counters_are_summed_over_workers(tmp_path: Path) -> None:
+    from tests.backends import EchoApp
+    from tests.facade.test_shadow import closed_port_url
+
+    app = EchoApp("echo")
+    async with serve_app(app) as echo:
+        (tmp_path / "facade.yaml").write_text(textwrap.dedent(f"""\
+            listen: 127.0.0.1:0
+            admin: {{listen: 127.0.0.1:0, token: {TOKEN}}}
+            services:
+              ok: {{endpoints: [{echo}]}}
+              broken: {{endpoints: [{closed_port_url()}], retries: {{attempts: 1, retry_on: [connect-failure]}}}}
+              erring:
+                endpoints: [{echo}]
+                retries: {{attempts: 0}}
+                outlier_detection: {{consecutive_5xx: 1, max_ejection_percent: 100}}
+              narrow:
+                endpoints: [{echo}]
+                timeouts: {{connect: 30s}}
+                retries: {{attempts: 0}}
+                connection_pool: {{max_connections: 1, max_pending_requests: 0}}
+            routes:
+              - name: limited
+                match: {{path: {{prefix: /limited}}}}
+                backend: ok
+                rate_limit: {{requests_per_unit: 5, unit: hour, key: route}}
+              - name: erring
+                match: {{path: {{prefix: /status}}}}
+                backend: erring
+              - name: narrow
+                match: {{path: {{prefix: /slow}}}}
+                backend: narrow
+              - name: broken
+                match: {{path: {{prefix: /}}}}
+                backend: broken
+            """))
+        async with supervisor(tmp_path) as (_proc, url, admin_url), \
+                httpx.AsyncClient(base_url=admin_url, headers=AUTH, timeout=30) as admin, \
+                httpx.AsyncClient(base_url=url, timeout=20, limits=httpx.Limits(max_keepalive_connections=0)) as c:
+            # Each worker has its own bucket of 5: more than 5 allowed means both workers' counts are in the sum.
+            seen: dict[int, int] = {}
+            for _ in range(200):
+                status = (await c.get("/limited")).status_code
+                seen[status] = seen.get(status, 0) + 1
+                if seen.get(200, 0) > 5 and seen.get(429, 0) > 0:
+                    break
+            assert set(seen) == {200, 429} and 5 < seen[200] <= 10, seen
+            # Every request to the closed port is retried once, whichever worker took it.
+            assert {(await c.get("/x")).status_code for _ in range(20)} == {502}
+            # A 500 ejects the one endpoint in the worker that saw it (ejection is per worker).
+            assert {(await c.get("/status/500")).status_code for _ in range(20)} <= {500, 503}
+            # Concurrent slow requests: a worker with its one connection busy refuses the next at once.
+            slow = await asyncio.gather(*(c.get("/slow", params={"ms": "1500"}) for _ in range(8)))
+            overflowed = sum(r.status_code == 503 for r in slow)
+            assert overflowed > 0 and {r.status_code for r in slow} == {200, 503}, [r.status_code for r in slow]
+
+            metrics = (await admin.get("/metrics")).text
+            assert _metric_value(metrics, 'facade_ratelimit_requests_total{route="limited",decision="allowed"}') \
+                == seen[200]
+            assert _metric_value(metrics, 'facade_ratelimit_requests_total{route="limited",decision="limited"}') \
+                == seen[429]
+            assert _metric_value(metrics, 'facade_ratelimit_keys{route="limited"}') == 2  # one bucket per worker
+            assert _metric_value(metrics, 'facade_upstream_retries_total{service="broken"}') == 20
+            assert _metric_value(metrics, 'facade_upstream_pending_overflow_total{service="narrow"}') == overflowed
+            workers = (await admin.get("/workers")).json()["workers"]
+            saw_500 = sum(1 for w in workers if sum(n for step in w["served"].get("erring", {}).values()
+                                                    for n in step.values()))
+            assert saw_500 >= 1
+            assert _metric_value(metrics, 'facade_upstream_ejections_total{service="erring",detector="consecutive"}') \
+                == saw_500
+
+
+def test_owned_counters_delta_starts_a_replaced_owner_from_zero() -> None:
+    from facade.ratelimit import RateLimits
+    from facade.worker import owned_counters_delta
+
+    worker, summed = RateLimits(), RateLimits()
+    shipped: dict[object, object] = {}
+    old, new = object(), object()
+    summed.absorb(owned_counters_delta({"r": (old, {"allowed": 7, "limited": 2})}, shipped, "ratelimit"))
+    assert owned_counters_delta({"r": (old, {"allowed": 7, "limited": 2})}, shipped, "ratelimit") == {}
+    summed.absorb(owned_counters_delta({"r": (old, {"allowed": 9, "limited": 2})}, shipped, "ratelimit"))
+    # A reload changed the route's rate_limit: a new limiter, counting from 0 (3 is new, not 3 - 9).
+    summed.absorb(owned_counters_delta({"r": (new, {"allowed": 3, "limited": 0})}, shipped, "ratelimit"))
+    summed.report_keys(101, {"r": 1})
+    summed.report_keys(102, {"r": 1})
+    summed.report_keys(101, None)  # that worker exited: its buckets are gone
+    text = summed.prometheus_text() + worker.prometheus_text()
+    assert 'facade_ratelimit_requests_total{route="r",decision="allowed"} 12' in text, text
+    assert 'facade_ratelimit_requests_total{route="r",decision="limited"} 2' in text
+    assert 'facade_ratelimit_keys{route="r"} 1' in text
