@@ -11,8 +11,9 @@ as ``kubectl get -o yaml`` writes them. The translation (docs/import.md has the 
   facade's), matching the VirtualService's hosts; destinations become ``backend``/``backends``.
 
 Istio's ``prefix`` compares characters (``/api`` matches ``/apix``), so a prefix that does not end
-in ``/`` becomes a regex. Whatever has no facade equivalent (fault injection, CORS, mirroring,
-TCP/TLS routes, ...) is reported with its position and what is lost. Services (ServiceEntry,
+in ``/`` becomes a regex. Fault injection, CORS policies, rewrites (uri, regex, authority) and
+retry kinds become the facade's keys of the same meaning. Whatever has no facade equivalent
+(mirroring, TCP/TLS routes, gRPC faults, ...) is reported with its position and what is lost. Services (ServiceEntry,
 DestinationRule) are read by ``istio_services``; this module reads the documents and the routes.
 """
 
@@ -49,14 +50,16 @@ _OTHER_ISTIO_KINDS = frozenset(
     }
 )
 _REDIRECT_CODES = (301, 302, 303, 307, 308)
+# Istio retryOn policies -> facade retry_on kinds (the same Envoy names); a number is a status.
 _RETRY_ON = {
-    "connect-failure": ["connect-failure"],
-    "reset": ["reset"],
-    "503": ["503"],
-    "gateway-error": ["502", "503", "504"],
-    "5xx": ["502", "503", "504"],
-    "refused-stream": ["reset"],
+    "connect-failure": "connect-failure",
+    "reset": "reset",
+    "refused-stream": "reset",  # a stream the upstream refused before processing: a reset to the facade
+    "5xx": "5xx",
+    "gateway-error": "gateway-error",
+    "retriable-4xx": "retriable-4xx",
 }
+_NAMED_STATUSES = frozenset({502, 503, 504})  # statuses the facade's retry_on names itself
 _RESERVED_HEADERS = frozenset(
     {
         "content-length",
@@ -146,21 +149,26 @@ class _Reader(MeshServices):
             self.http_route(entry, i, vs_name, match_hosts, namespace)
 
     def http_route(self, entry: Node, index: int, vs_name: str, hosts: list[str], namespace: str) -> None:
-        handled = {"name", "match", "route", "redirect", "directResponse", "rewrite", "headers", "timeout", "retries"}
+        handled = {
+            "name", "match", "route", "redirect", "directResponse", "rewrite", "headers", "timeout", "retries",
+            "fault", "corsPolicy",
+        }
         for key in [k for k, _ in entry.items() if k not in handled]:
             self.lost_key(entry, key, f"http[{index}].{key}: not imported")
         label = self.str_of(entry.get("name")) or str(index)
         route: dict[str, Any] = {"name": unique_name(f"{vs_name}-{label}", self.route_names, fallback="route")}
         rewrite = entry.get("rewrite")
         match_node = entry.get("match")
-        # The facade rewrites prefix matches only: a rewriting route whose every match is a uri prefix
-        # keeps its prefixes as (segment) prefixes; otherwise the rewrite is what is lost.
+        # rewrite.uri replaces a prefix match's prefix and an exact or regex match's whole path (Istio
+        # and the facade alike). A rewriting route keeps its prefixes as (segment) prefixes, so each
+        # match keeps its kind; a case-insensitive prefix (a regex here) or no uri match cannot.
         rewritable = (
             rewrite is not None
             and rewrite.get("uri") is not None
+            and entry.get("route") is not None
             and match_node is not None
             and bool(match_node.elements())
-            and all(_plain_prefix(m) for m in match_node.elements())
+            and all(_rewritable_match(m) for m in match_node.elements())
         )
         matches = self.matches(match_node, hosts, segment_prefixes=rewritable)
         if matches is None:
@@ -191,7 +199,7 @@ class _Reader(MeshServices):
             if response is None:
                 return
             route["direct_response"] = response
-        self.rewrite(entry.get("rewrite"), route, matches)
+        self.rewrite(entry.get("rewrite"), route, rewritable=rewritable)
         ops = self.header_ops(entry.get("headers"))
         for direction, value in ops.items():
             route[direction] = value
@@ -203,6 +211,17 @@ class _Reader(MeshServices):
         retries = entry.get("retries")
         if retries is not None and action == "route":
             route["retries"] = self.retries(retries)
+        for key, read, target in (("fault", self.fault, "fault"), ("corsPolicy", self.cors, "cors")):
+            policy_node = entry.get(key)
+            if policy_node is None or policy_node.is_null:
+                continue
+            if action != "route":
+                self.lost_key(entry, key, f"http[{index}].{key}: not imported (the facade applies it to routes "
+                              "that forward only)")
+                continue
+            policy = read(policy_node)
+            if policy:
+                route[target] = policy
         comment = f"{entry.file}:{entry.line} VirtualService {vs_name}, http[{index}]"
         self.out.routes.append((comment, route))
 
@@ -386,23 +405,161 @@ class _Reader(MeshServices):
                 out["body"] = text
         return out
 
-    def rewrite(self, node: Node | None, route: dict[str, Any], matches: list[dict[str, Any]]) -> None:
-        if node is None:
+    def rewrite(self, node: Node | None, route: dict[str, Any], *, rewritable: bool) -> None:
+        """``rewrite.uri`` -> ``rewrite.prefix`` (on a route whose matches kept their kind), ``authority``
+        -> ``rewrite.authority``, ``uriRegexRewrite`` -> ``rewrite.regex`` (RE2 and Python agree on
+        ``\\1``; a pattern Python cannot compile is an error)."""
+        if node is None or node.is_null:
             return
+        out: dict[str, Any] = {}
+        forwards = "redirect" not in route and "direct_response" not in route
         for key, child in node.items():
-            uri = self.str_of(child) if key == "uri" else None
-            if (
-                key == "uri"
-                and uri
-                and "redirect" not in route
-                and "direct_response" not in route
-                and matches
-                and all("prefix" in m.get("path", {}) for m in matches)
-            ):
-                route["rewrite"] = {"prefix": uri}
+            if not forwards:
+                self.lost(child, f"rewrite.{key}: not imported (a route that does not forward rewrites nothing)")
+            elif key == "uri":
+                uri = self.str_of(child)
+                if uri and rewritable:
+                    out["prefix"] = uri
+                else:
+                    self.lost(child, "rewrite.uri: not imported (the facade rewrites only routes whose every match "
+                              "is a uri prefix, exact or regex, a prefix case-sensitive)")
+            elif key == "authority":
+                authority = self.str_of(child)
+                if authority:
+                    out["authority"] = authority
+            elif key == "uriRegexRewrite":
+                regex = self.regex_rewrite(child)
+                if regex is not None:
+                    out["regex"] = regex
             else:
-                why = " (the facade rewrites only routes whose every match is a uri prefix)" if key == "uri" else ""
-                self.lost(child, f"rewrite.{key}: not imported{why}")
+                self.lost(child, f"rewrite.{key}: not imported")
+        if "prefix" in out and "regex" in out:
+            self.error(node, "rewrite.uri and rewrite.uriRegexRewrite together (Istio refuses them too)")
+            return
+        if out:
+            route["rewrite"] = out
+
+    def regex_rewrite(self, node: Node) -> dict[str, str] | None:
+        pattern_node, substitution_node = node.get("match"), node.get("rewrite")
+        pattern, substitution = self.str_of(pattern_node), self.str_of(substitution_node)
+        if pattern_node is None or pattern is None or substitution is None:
+            self.error(node, "uriRegexRewrite needs match and rewrite")
+            return None
+        if not self.regex_ok(pattern_node, pattern):
+            return None
+        return {"pattern": pattern, "substitution": substitution}
+
+    def fault(self, node: Node) -> dict[str, Any]:
+        """``fault.delay`` (``fixedDelay``, ``percentage``) and ``fault.abort`` (``httpStatus``,
+        ``percentage``) -> the facade's ``fault``; an unset percentage faults every request in both."""
+        out: dict[str, Any] = {}
+        for key, child in node.items():
+            if key == "delay":
+                delay = self.fault_part(child, "delay", "fixedDelay", "fixed")
+                if delay is not None:
+                    out["delay"] = delay
+            elif key == "abort":
+                abort = self.fault_part(child, "abort", "httpStatus", "status")
+                if abort is not None:
+                    out["abort"] = abort
+            else:
+                self.lost(child, f"fault.{key}: not imported")
+        return out
+
+    def fault_part(self, node: Node, what: str, key: str, target: str) -> dict[str, Any] | None:
+        out: dict[str, Any] = {}
+        reported = False
+        for name, child in node.items():
+            if name == key == "fixedDelay":
+                fixed = self.duration(child, "fault.delay.fixedDelay")
+                if fixed is None:
+                    return None
+                out[target] = fixed
+            elif name == key == "httpStatus":
+                status = self.int_of(child, lo=0, hi=999)
+                if status is None:
+                    return None
+                if not 200 <= status <= 599:
+                    self.lost(child, f"fault.abort.httpStatus {status}: the facade aborts with 200-599; not imported")
+                    return None
+                out[target] = status
+            elif name in ("percentage", "percent"):
+                percent = _percent(child)
+                if percent is None or not 0 <= percent <= 100:
+                    self.error(child, f"fault.{what}.{name} must be a percentage 0-100")
+                    return None
+                out["percent"] = percent
+            else:
+                self.lost(child, f"fault.{what}.{name}: not imported (the facade injects {key} only)")
+                reported = True
+        if target not in out:
+            if not reported:
+                self.lost(node, f"fault.{what} without {key}: not imported")
+            return None
+        return out
+
+    def cors(self, node: Node) -> dict[str, Any]:
+        """``corsPolicy`` -> ``cors`` (Envoy's cors filter both: origins matched exactly, by prefix or
+        by a full-match regex; ``"*"`` allows any)."""
+        out: dict[str, Any] = {}
+        lists = {"allowMethods": "allow_methods", "allowHeaders": "allow_headers", "exposeHeaders": "expose_headers"}
+        for key, child in node.items():
+            if key in ("allowOrigins", "allowOrigin"):  # allowOrigin: the deprecated list of exact strings
+                for origin in child.elements():
+                    if origin.is_scalar:
+                        value = self.str_of(origin)
+                        if value:
+                            out.setdefault("allow_origins", []).append(value)
+                        continue
+                    kind, value = self.string_match(origin)
+                    if kind == "regex" and not self.regex_ok(origin, value):
+                        continue
+                    if kind is not None:
+                        out.setdefault("allow_origins", []).append(value if kind == "exact" else {kind: value})
+            elif key in lists:
+                out[lists[key]] = [v for v in (self.str_of(e) for e in child.elements()) if v]
+            elif key == "maxAge":
+                age = self.duration(child, "corsPolicy.maxAge")
+                if age is not None:
+                    out["max_age"] = age
+            elif key == "allowCredentials":
+                if child.value is True:
+                    out["allow_credentials"] = True
+            elif key == "unmatchedPreflights" and self.str_of(child) == "FORWARD":
+                pass  # what the facade does: a preflight from another origin goes upstream
+            else:
+                self.lost(child, f"corsPolicy.{key}: not imported")
+        if not out.get("allow_origins"):
+            self.lost(node, "corsPolicy without allowOrigins: allows no origin; not imported")
+            return {}
+        return out
+
+    def retry_on(self, node: Node) -> dict[str, Any]:
+        """``retryOn: "5xx,gateway-error,retriable-4xx,429"`` -> ``retry_on`` (and the statuses other
+        than 502/503/504 as ``retriable_status_codes``)."""
+        kinds: list[str] = []
+        codes: list[int] = []
+        for part in (p.strip() for p in (self.str_of(node) or "").split(",")):
+            if not part:
+                continue
+            if part.isdigit() and 400 <= int(part) <= 599:
+                status = int(part)
+                if status in _NAMED_STATUSES:
+                    kinds.append(part)
+                elif status not in codes:
+                    codes.append(status)
+                continue
+            mapped = _RETRY_ON.get(part)
+            if mapped is None:
+                self.lost(node, f"retryOn {part!r}: not imported")
+            elif mapped not in kinds:
+                kinds.append(mapped)
+        if codes:
+            kinds.append("retriable-status-codes")
+        out: dict[str, Any] = {"retry_on": list(dict.fromkeys(kinds)) or ["connect-failure"]}
+        if codes:
+            out["retriable_status_codes"] = codes
+        return out
 
     def header_ops(self, node: Node | None) -> dict[str, Any]:
         if node is None or node.is_null:
@@ -447,23 +604,30 @@ class _Reader(MeshServices):
                 if per_try is not None:
                     out["per_try_timeout"] = per_try
             elif key == "retryOn":
-                kinds: list[str] = []
-                for part in (self.str_of(child) or "").split(","):
-                    mapped = _RETRY_ON.get(part.strip())
-                    if mapped is None:
-                        self.lost(child, f"retryOn {part.strip()!r}: not imported")
-                        continue
-                    kinds.extend(k for k in mapped if k not in kinds)
-                out["retry_on"] = kinds or ["connect-failure"]
+                out |= self.retry_on(child)
             else:
                 self.lost(child, f"retries.{key}: not imported")
         return out
 
 
-def _plain_prefix(match: Node) -> bool:
+def _percent(node: Node | None) -> float | None:
+    """Istio's ``percentage: {value: 12.5}`` (or the deprecated integer ``percent``) as a number."""
+    if node is None or node.is_null:
+        return None
+    inner = node.get("value") if node.is_mapping else node
+    value = inner.value if inner is not None and inner.is_scalar else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _rewritable_match(match: Node) -> bool:
+    """A match whose uri condition the facade keeps as the same kind (prefix, exact, regex), so a
+    ``rewrite.uri`` replaces what Istio's replaces: not a case-insensitive prefix (a regex here)."""
     uri = match.get("uri")
+    if uri is None or not uri.is_mapping:
+        return False
     ignore_case = match.get("ignoreUriCase")
-    return uri is not None and uri.get("prefix") is not None and not (ignore_case is not None and ignore_case.value)
+    icase = ignore_case is not None and ignore_case.value is True
+    return any(uri.get(k) is not None for k in ("exact", "regex")) or (uri.get("prefix") is not None and not icase)
 
 
 def _scale_to_100(weights: list[int]) -> list[int]:

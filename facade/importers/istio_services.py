@@ -194,17 +194,67 @@ class MeshServices(Findings):
                 if simple in _LB:
                     out["load_balancer"] = _LB[simple]
                 for k2, c2 in child.items():
-                    if k2 != "simple" or simple not in _LB:
-                        self.lost(
-                            c2,
-                            f"loadBalancer.{k2}{' ' + simple if simple and k2 == 'simple' else ''}: "
-                            "not imported (round robin)",
-                        )
+                    if k2 == "simple" and simple in _LB:
+                        continue
+                    if k2 == "consistentHash":
+                        hashed = self.consistent_hash(c2)
+                        if hashed:
+                            out["load_balancer"] = {"consistent_hash": hashed}
+                        continue
+                    self.lost(
+                        c2,
+                        f"loadBalancer.{k2}{' ' + simple if simple and k2 == 'simple' else ''}: "
+                        "not imported (round robin)",
+                    )
             elif key == "outlierDetection":
                 out["outlier_detection"] = self.outlier(child)
             else:
                 self.lost(child, f"trafficPolicy.{key}: not imported")
         return out
+
+    def consistent_hash(self, node: Node) -> dict[str, Any]:
+        """``consistentHash`` -> ``{consistent_hash: {header | cookie | source_ip}}``; the ring's own
+        settings (``ringHash``, ``maglev``, ``minimumRingSize``) are the facade's (lost)."""
+        out: dict[str, Any] = {}
+        for key, child in node.items():
+            if key == "httpHeaderName" and self.str_of(child):
+                out["header"] = (self.str_of(child) or "").lower()
+            elif key == "useSourceIp" and child.value is True:
+                out["source_ip"] = True
+            elif key == "httpCookie":
+                cookie = self.hash_cookie(child)
+                if cookie is not None:
+                    out["cookie"] = cookie
+            else:
+                self.lost(child, f"consistentHash.{key}: not imported (the facade's ring: docs/upstreams.md)")
+        if len(out) > 1:
+            self.error(node, "consistentHash needs exactly one of httpHeaderName, httpCookie, useSourceIp")
+            return {}
+        return out
+
+    def hash_cookie(self, node: Node) -> dict[str, Any] | None:
+        name = self.str_of(node.get("name"))
+        if not name:
+            self.error(node, "consistentHash.httpCookie needs a name")
+            return None
+        cookie: dict[str, Any] = {"name": name}
+        ttl_node = node.get("ttl")
+        ttl = self.str_of(ttl_node) if ttl_node is not None else None
+        if ttl is not None:
+            try:
+                parse_duration(ttl)
+            except ValueError:
+                self.lost(node, f"httpCookie.ttl {ttl!r}: not a duration the facade reads; a session cookie")
+            else:
+                cookie["ttl"] = ttl
+        else:
+            self.lost(node, f"httpCookie {name} without ttl: Istio sets no cookie, the facade sets a session cookie")
+        for key, child in node.items():
+            if key == "path" and self.str_of(child) != "/":
+                self.lost(child, "httpCookie.path: not imported (the facade's cookie has Path=/)")
+            elif key not in ("name", "ttl", "path"):
+                self.lost(child, f"httpCookie.{key}: not imported")
+        return cookie
 
     def outlier(self, node: Node) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -239,6 +289,8 @@ class MeshServices(Findings):
             return self.services[key]
         entry = self.hosts.get(host)
         rule = self.rules.get(host)
+        if subset is not None and entry is not None and rule is not None and _labelled_subset(entry, rule, subset):
+            return self.facade_subset(dest, host, subset, port)
         spec: dict[str, Any] = {}
         if entry is None:
             # A Kubernetes Service: only its cluster DNS name is known.
@@ -266,18 +318,9 @@ class MeshServices(Findings):
                     f"no endpoint of {host!r}" + (f" in subset {subset!r}" if subset else "") + " to send traffic to",
                 )
                 return None
-            weights = sorted({w for _, w in urls}, reverse=True)
-            if len(weights) == 1:
-                spec["endpoints"] = [u for u, _ in urls]
-            else:
-                spec["groups"] = [
-                    {
-                        "name": f"weight-{w}",
-                        "endpoints": [u for u, wu in urls if wu == w],
-                        "weight": w * sum(1 for _, wu in urls if wu == w),
-                    }
-                    for w in weights
-                ]
+            # Labels travel with the endpoints of a host whose subsets select by them (facade_subset).
+            labelled = subset is None and rule is not None and bool(rule.subsets)
+            spec |= _endpoint_groups(urls, labelled=labelled)
         if rule is not None:
             spec |= rule.policy
             if subset is not None and subset in rule.subsets:
@@ -295,9 +338,29 @@ class MeshServices(Findings):
         self.services[key] = name
         return name
 
+    def facade_subset(self, dest: Node, host: str, subset: str, port: int | None) -> str | None:
+        """``service/subset``: the host's service (its endpoints with their labels) gains the subset
+        (``{name, labels}``), so the service and its subsets share endpoints' health and ejections."""
+        base = self.service(dest, host, None, port)
+        if base is None:
+            return None
+        rule = self.rules[host]
+        labels = rule.subsets[subset][0]
+        spec = self.out.services[base]
+        endpoints = [e for g in spec.get("groups", [{"endpoints": spec.get("endpoints", [])}]) for e in g["endpoints"]]
+        if not any(isinstance(e, dict) and all(e["labels"].get(k) == v for k, v in labels.items()) for e in endpoints):
+            self.error(dest, f"no endpoint of {host!r} in subset {subset!r} to send traffic to")
+            return None
+        subsets = spec.setdefault("subsets", [])
+        if all(s["name"] != subset for s in subsets):
+            subsets.append({"name": subset, "labels": dict(labels)})
+        name = f"{base}/{subset}"
+        self.services[(host, subset, port)] = name
+        return name
+
     def endpoint_urls(
         self, entry: _Host, endpoints: list[_Endpoint], port: int | None, dest: Node
-    ) -> list[tuple[str, int]]:
+    ) -> list[tuple[str, int, dict[str, str]]]:
         chosen = (
             next((p for p in entry.ports if p[0] == port), None) if port else (entry.ports[0] if entry.ports else None)
         )
@@ -309,12 +372,47 @@ class MeshServices(Findings):
         if protocol not in ("HTTP", "HTTP2", "GRPC", "HTTPS", "TLS"):
             self.lost(dest, f"port {number} protocol {protocol}: treated as HTTP")
         if not endpoints:  # resolution DNS without endpoints: the host itself
-            return [(f"{scheme}://{_netloc(entry.host)}:{target or number}", 1)]
+            return [(f"{scheme}://{_netloc(entry.host)}:{target or number}", 1, {})]
         return [
-            (f"{scheme}://{_netloc(e.address)}:{e.ports.get(name, target or number)}", e.weight)
+            (f"{scheme}://{_netloc(e.address)}:{e.ports.get(name, target or number)}", e.weight, e.labels)
             for e in endpoints
             if e.weight > 0
         ]
+
+
+def _labelled_subset(entry: _Host, rule: _Rule, subset: str) -> bool:
+    """Whether ``subset`` can be a facade subset of the host's service: the ServiceEntry's endpoints
+    carry labels, the subset selects by labels and has no traffic policy of its own (a facade subset
+    takes its service's load balancer and outlier detection). Otherwise it is a service of its own."""
+    if subset not in rule.subsets or not any(e.labels for e in entry.endpoints):
+        return False
+    labels, policy, _ = rule.subsets[subset]
+    return bool(labels) and not policy
+
+
+def _endpoint_groups(urls: list[tuple[str, int, dict[str, str]]], *, labelled: bool) -> dict[str, Any]:
+    """``endpoints`` (one weight) or ``groups`` weighted by endpoint weight; ``{url, labels}`` entries
+    when ``labelled`` and the endpoint has labels.
+
+    Labelled, a group holds endpoints of one weight *and* one label set: a subset then takes whole
+    groups, so its endpoints keep Istio's weights relative to each other (a group that lost some of
+    its endpoints to a subset would keep the weight of all of them)."""
+    def entry(url: str, labels: dict[str, str]) -> str | dict[str, Any]:
+        return {"url": url, "labels": dict(labels)} if labelled and labels else url
+
+    def key(weight: int, labels: dict[str, str]) -> tuple[Any, ...]:
+        return (weight, tuple(sorted(labels.items())) if labelled else ())
+
+    keys = sorted({key(w, labels) for _, w, labels in urls}, key=lambda k: (-k[0], k[1]))
+    if len(keys) == 1:
+        return {"endpoints": [entry(u, labels) for u, _, labels in urls]}
+    groups: list[dict[str, Any]] = []
+    for k in keys:
+        members = [entry(u, labels) for u, w, labels in urls if key(w, labels) == k]
+        same_weight = sum(1 for other in keys if other[0] == k[0])
+        name = f"weight-{k[0]}" if same_weight == 1 else f"weight-{k[0]}-{len(groups) + 1}"
+        groups.append({"name": name, "endpoints": members, "weight": k[0] * len(members)})
+    return {"groups": groups}
 
 
 def _items(node: Node | None) -> list[tuple[str, Node]]:

@@ -136,8 +136,11 @@ def _facade_decide(
         return ("direct", r.direct_response.status)
 
     def endpoints(name: str) -> frozenset[str]:
-        service = config.service(name)
+        base, _, subset = name.partition("/")  # a facade subset: service/subset
+        service = config.service(base)
         assert service is not None
+        if subset:
+            service = service.subset_spec(next(s for s in service.subsets if s.name == subset))
         return frozenset(e.split("://", 1)[1] for g in service.groups for e in g.endpoints)
 
     return ("route", frozenset((endpoints(b.service), b.weight) for b in r.backends))
@@ -190,37 +193,43 @@ def test_the_imported_routes_decide_like_the_virtual_services(imported_config: t
 
 def test_services_subsets_and_policies(imported_config: tuple[Any, Config]) -> None:
     imported, config = imported_config
-    v1 = config.service("catalog-v1")
+    catalog = config.service("catalog")
     v2 = config.service("catalog-v2")
     monolith = config.service("monolith")
-    assert v1 is not None and v2 is not None and monolith is not None
-    # Endpoint weights 1 and 3 become groups weighing 1 and 3; a subset's endpoints are those with its labels.
+    assert catalog is not None and v2 is not None and monolith is not None
+    # The ServiceEntry's endpoints carry labels: subset v1 (no policy of its own) is a facade subset of
+    # the host's service, whose endpoints keep their labels; weights 3 and 1 become groups.
+    assert [s.name for s in catalog.subsets] == ["v1"] and catalog.subsets[0].labels == (("version", "v1"),)
+    v1 = catalog.subset_spec(catalog.subsets[0])
     assert [(g.endpoints, g.weight) for g in v1.groups] == [
         (("http://10.0.0.2:8080",), 3),
-        (("http://10.0.0.1:8080",), 1),
+        (("http://10.0.0.1:8080",), 1),  # a group per weight and label set: the subset keeps Istio's 3:1
     ]
-    assert v1.load_balancer == "least_request" and v2.load_balancer == "random"  # a subset's policy wins
-    assert v2.groups[0].endpoints == ("http://10.0.0.3:9090",)
-    assert v1.outlier_detection is not None and v1.outlier_detection.consecutive_5xx == 3
+    assert catalog.load_balancer == "least_request"
+    # Subset v2 has a traffic policy of its own: a service of its own, as before (its policy wins).
+    assert v2.load_balancer == "random" and v2.groups[0].endpoints == ("http://10.0.0.3:9090",)
+    assert catalog.outlier_detection is not None and catalog.outlier_detection.consecutive_5xx == 3
     assert monolith.groups[0].endpoints == ("http://monolith.shop.internal:80",)  # DNS resolution: the host itself
     routes = {r.name: r for r in config.routes}
-    catalog = routes["shop-catalog"]
-    assert catalog.timeout == 5.0 and catalog.retries is not None
-    assert (catalog.retries.attempts, catalog.retries.retry_on) == (3, ("502", "503", "504", "connect-failure"))
-    assert catalog.request_headers.set == (("x-route", "catalog"),) and catalog.request_headers.remove == ("x-debug",)
-    assert catalog.response_headers.add == (("x-served-via", "facade"),)
+    route = routes["shop-catalog"]
+    assert [b.service for b in route.backends] == ["catalog/v1", "catalog-v2"]
+    assert route.timeout == 5.0 and route.retries is not None
+    assert (route.retries.attempts, route.retries.retry_on) == (3, ("gateway-error", "connect-failure"))
+    assert route.request_headers.set == (("x-route", "catalog"),) and route.request_headers.remove == ("x-debug",)
+    assert route.response_headers.add == (("x-served-via", "facade"),)
     assert routes["shop-beta"].rewrite_prefix == "/v2/"
+    # fault and corsPolicy are imported: the facade has both now.
+    fault = routes["shop-api"].fault
+    assert fault is not None and fault.delay is not None and (fault.delay.fixed, fault.delay.percent) == (5.0, 10.0)
+    cors = routes["shop-beta"].cors
+    assert cors is not None and [(m.kind, m.value) for m in cors.allow_origins] == [("exact", "https://example.com")]
     lost = {format_finding(f).split(": warning: ", 1)[1] for f in imported.warnings}
-    assert "http[4].fault: not imported" in lost
-    assert "http[5].corsPolicy: not imported" in lost
-    assert "tcp routes: not imported (the facade routes HTTP)" in lost
-    assert "spec.gateways: not imported" not in lost  # gateways are the facade's listener: nothing lost
+    assert lost == {"tcp routes: not imported (the facade routes HTTP)"}  # gateways are the facade's listener
 
 
 def test_losses_are_positioned_in_their_file(imported_config: tuple[Any, Config]) -> None:
     imported, _ = imported_config
     where = {f.message: (Path(f.file).name, f.line, f.col) for f in imported.warnings}
-    assert where["http[4].fault: not imported"] == ("istio-routes.yaml", 47, 5)
     assert where["tcp routes: not imported (the facade routes HTTP)"] == ("istio-routes.yaml", 74, 3)
 
 
@@ -274,7 +283,7 @@ def test_the_cli_writes_a_valid_config_and_strict_refuses_losses(
         files.append(str(tmp_path / f.name))
     out = tmp_path / "facade.yaml"
     assert main(["import", "istio", *files, "-o", str(out), "--strict"]) == 2
-    assert "fault: not imported" in capsys.readouterr().err and not out.exists()
+    assert "tcp routes: not imported" in capsys.readouterr().err and not out.exists()
     assert main(["import", "istio", *files, "-o", str(out)]) == 0
     assert main(["validate", "-c", str(out)]) == 0
     assert "valid (4 services, 9 routes)" in capsys.readouterr().out
@@ -340,7 +349,7 @@ spec:
     assert any("has no ServiceEntry" in m for _, m in lost)
 
 
-def test_a_rewrite_with_a_non_prefix_match_is_what_is_lost(tmp_path: Path) -> None:
+def test_a_rewrite_with_a_match_the_facade_cannot_keep_is_what_is_lost(tmp_path: Path) -> None:
     source = _write(
         tmp_path,
         """\
@@ -352,18 +361,146 @@ spec:
   http:
   - match:
     - uri: {prefix: /api}
+      ignoreUriCase: true
     - uri: {exact: /v1}
     rewrite: {uri: /v2}
+    route:
+    - destination: {host: b.test}
+  - match:
+    - uri: {prefix: /old/}
+    - uri: {exact: /legacy}
+    rewrite: {uri: /new/}
+    route:
+    - destination: {host: b.test}
+  - match:
+    - uri: {exact: /gone}
+    rewrite: {authority: c.test}
     directResponse: {status: 204}
 """,
     )
     imported = import_istio([str(source)])
-    route = imported.routes[0][1]
-    # The prefix keeps Istio's character semantics (a regex); the rewrite cannot apply to it.
-    assert route["match"][0]["path"] == {"regex": "/api.*"} and "rewrite" not in route
-    assert [(f.line, f.message) for f in imported.warnings] == [
-        (10, "rewrite.uri: not imported (the facade rewrites only routes whose every match is a uri prefix)")
+    assert imported.errors == []
+    first, second, third = (r for _, r in imported.routes)
+    # A case-insensitive prefix is a regex here (its whole path would be replaced): the rewrite is lost.
+    assert first["match"][0]["path"] == {"regex": "(?i:/api.*)"} and "rewrite" not in first
+    # Prefix and exact matches keep their kind, and rewrite.uri means the same on both (Istio and facade).
+    assert [m["path"] for m in second["match"]] == [{"prefix": "/old/"}, {"exact": "/legacy"}]
+    assert second["rewrite"] == {"prefix": "/new/"}
+    assert "rewrite" not in third
+    assert [(f.line, f.message) for f in imported.warnings if "rewrite" in f.message] == [
+        (11, ("rewrite.uri: not imported (the facade rewrites only routes whose every match is a uri prefix, "
+              "exact or regex, a prefix case-sensitive)")),
+        (22, "rewrite.authority: not imported (a route that does not forward rewrites nothing)"),
     ]
+
+
+def test_faults_cors_rewrites_retry_kinds_and_consistent_hashing_are_imported(tmp_path: Path) -> None:
+    source = _write(
+        tmp_path,
+        """\
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: cart, namespace: shop}
+spec:
+  host: cart
+  trafficPolicy:
+    loadBalancer:
+      consistentHash: {httpCookie: {name: lb, ttl: 1h}, minimumRingSize: 1024}
+  subsets:
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: user}
+spec:
+  host: user.test
+  trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: X-User}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: user}
+spec:
+  hosts: [user.test]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shop, namespace: shop}
+spec:
+  hosts: [shop.test]
+  http:
+  - name: cart
+    match:
+    - uri: {prefix: /cart/}
+    route:
+    - destination: {host: cart, subset: v2}
+    fault:
+      delay: {fixedDelay: 2s, percentage: {value: 12.5}}
+      abort: {httpStatus: 503, percentage: {value: 5}}
+    corsPolicy:
+      allowOrigins: [{exact: "https://shop.test"}, {prefix: "https://preview-"}, {regex: "https://.*[.]shop[.]dev"}]
+      allowMethods: [GET, POST]
+      allowHeaders: [content-type]
+      exposeHeaders: [x-request-id]
+      maxAge: 24h
+      allowCredentials: true
+    retries: {attempts: 2, retryOn: "5xx,retriable-4xx,429,503,refused-stream,cancelled"}
+  - name: users
+    match:
+    - uri: {regex: "/users/[0-9]+/.*"}
+    rewrite:
+      authority: users.internal
+      uriRegexRewrite: {match: '^/users/([0-9]+)/(.*)$', rewrite: '/v2/\\2/by/\\1'}
+    route:
+    - destination: {host: user.test}
+    fault:
+      abort: {grpcStatus: UNAVAILABLE}
+  - name: teapot
+    directResponse: {status: 418}
+    fault: {abort: {httpStatus: 503}}
+""",
+    )
+    imported = import_istio([str(source)])
+    assert imported.errors == [], [format_finding(f) for f in imported.errors]
+    out = tmp_path / "facade.yaml"
+    out.write_text(emit(imported, header="test"))
+    config = load_config(str(out))  # the facade's own reader accepts every imported key
+    routes = {r.name: r for r in config.routes}
+    cart = routes["shop-cart"]
+    assert cart.fault is not None and cart.fault.delay is not None and cart.fault.abort is not None
+    assert (cart.fault.delay.fixed, cart.fault.delay.percent) == (2.0, 12.5)
+    assert (cart.fault.abort.status, cart.fault.abort.percent) == (503, 5.0)
+    assert cart.cors is not None
+    assert [(m.kind, m.value) for m in cart.cors.allow_origins] == [
+        ("exact", "https://shop.test"), ("prefix", "https://preview-"), ("regex", "https://.*[.]shop[.]dev")
+    ]
+    assert (cart.cors.allow_methods, cart.cors.allow_headers, cart.cors.expose_headers) == (
+        ("GET", "POST"), ("content-type",), ("x-request-id",)
+    )
+    assert (cart.cors.max_age, cart.cors.allow_credentials) == (86400, True)
+    assert cart.retries is not None
+    assert cart.retries.retry_on == ("5xx", "retriable-4xx", "503", "reset", "retriable-status-codes")
+    assert cart.retries.retriable_status_codes == (429,)
+    users = routes["shop-users"]
+    assert users.rewrite_authority == "users.internal"
+    assert users.rewrite_regex == ("^/users/([0-9]+)/(.*)$", "/v2/\\2/by/\\1")
+    assert users.fault is None and routes["shop-teapot"].fault is None
+    # A Kubernetes Service (no ServiceEntry): endpoint labels are unknown, so subset v2 is a service of
+    # its own pointing at the host, as before (reported); the hash policy goes with it.
+    cart_v2 = config.service("cart-v2")
+    assert cart.backends[0].service == "cart-v2" and cart_v2 is not None and not cart_v2.subsets
+    assert cart_v2.hash_policy is not None and (cart_v2.hash_policy.cookie, cart_v2.hash_policy.cookie_ttl) == (
+        "lb", 3600.0
+    )
+    user = config.service("user")
+    assert user is not None and user.hash_policy is not None and user.hash_policy.header == "x-user"
+    lost = {(f.line, f.message) for f in imported.warnings}
+    assert (8, "consistentHash.minimumRingSize: not imported (the facade's ring: docs/upstreams.md)") in lost
+    assert (48, "retryOn 'cancelled': not imported") in lost
+    assert (58, "fault.abort.grpcStatus: not imported (the facade injects httpStatus only)") in lost
+    assert (61, "http[2].fault: not imported (the facade applies it to routes that forward only)") in lost
+    assert any("subset 'v2' of 'cart.shop.svc.cluster.local'" in m for _, m in lost)
 
 
 def test_a_missing_file_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
