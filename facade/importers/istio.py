@@ -5,8 +5,10 @@ Files hold any number of YAML documents (``---``), each one resource or a ``kind
 as ``kubectl get -o yaml`` writes them. The translation (docs/import.md has the table):
 
 - a ServiceEntry's hosts become services, its ``endpoints`` their endpoints (weights become groups);
-- a DestinationRule's traffic policy (load balancer, outlier detection) goes onto the service of its
-  host, and each subset becomes a service of its own: the endpoints whose labels match the subset's;
+- a DestinationRule's traffic policy (load balancer, consistent hashing, outlier detection) goes onto
+  the service of its host; a subset becomes a facade subset of that service (``service/subset``)
+  when the ServiceEntry's endpoints carry labels and the subset has no policy of its own, else a
+  service of its own: the endpoints whose labels match the subset's;
 - each ``http[]`` entry of a VirtualService becomes a route, in order (Istio's first match is the
   facade's), matching the VirtualService's hosts; destinations become ``backend``/``backends``.
 

@@ -2,7 +2,8 @@
 
 ``MeshServices`` remembers what the ServiceEntries say about each host (ports, endpoints with
 labels and weights) and what the DestinationRules say (traffic policy, subsets), and declares a
-facade service the first time a route's destination names a (host, subset, port). ``Findings``
+facade service the first time a route's destination names a (host, subset, port): a subset over
+labelled endpoints is a ``subsets:`` entry of its host's service (``facade_subset``). ``Findings``
 is what every Istio reader shares: typed reads of YAML nodes that record problems at their
 position instead of raising.
 """
@@ -242,11 +243,12 @@ class MeshServices(Findings):
         ttl = self.str_of(ttl_node) if ttl_node is not None else None
         if ttl is not None:
             try:
-                parse_duration(ttl)
+                seconds = parse_duration(ttl)
             except ValueError:
                 self.lost(node, f"httpCookie.ttl {ttl!r}: not a duration the facade reads; a session cookie")
             else:
-                cookie["ttl"] = ttl
+                if seconds > 0:  # 0s: Istio's session cookie, the facade's cookie without ttl
+                    cookie["ttl"] = ttl
         else:
             self.lost(node, f"httpCookie {name} without ttl: Istio sets no cookie, the facade sets a session cookie")
         for key, child in node.items():

@@ -144,6 +144,12 @@ def istio_outcome(docs: Sequence[Mapping[str, Any]], services: Mapping[str, str]
     return None
 
 
+def _istio_service(destination: Mapping[str, Any], services: Mapping[str, str]) -> str:
+    """The facade service a destination names: its host's, or ``service/subset`` for a subset."""
+    service = services[destination["host"]]
+    return f"{service}/{destination['subset']}" if "subset" in destination else service
+
+
 def _istio_action(http: Mapping[str, Any], uri: Mapping[str, str], services: Mapping[str, str], req: Request
                   ) -> Outcome:
     if "directResponse" in http:
@@ -157,7 +163,7 @@ def _istio_action(http: Mapping[str, Any], uri: Mapping[str, str], services: Map
             path = rd["prefixRewrite"] + req.path[len(uri["prefix"]):]
         return ("redirect", rd.get("redirectCode", 301), rd.get("scheme"), rd.get("authority"), rd.get("port"), path)
     route = http["route"]
-    weights = frozenset((services[r["destination"]["host"]], r.get("weight", 100)) for r in route)
+    weights = frozenset((_istio_service(r["destination"], services), r.get("weight", 100)) for r in route)
     mirror = None
     if "mirror" in http:
         mirror = (services[http["mirror"]["host"]], round(http["mirrorPercentage"]["value"], 2))
