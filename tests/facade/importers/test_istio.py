@@ -503,6 +503,52 @@ spec:
     assert any("subset 'v2' of 'cart.shop.svc.cluster.local'" in m for _, m in lost)
 
 
+def test_a_subset_over_labelled_endpoints_is_a_facade_subset_and_a_0s_cookie_a_session_cookie(tmp_path: Path) -> None:
+    source = _write(
+        tmp_path,
+        """\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: a}
+spec:
+  hosts: [a.test]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  endpoints: [{address: 10.0.0.1, labels: {v: "1"}}, {address: 10.0.0.2}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: a}
+spec:
+  host: a.test
+  trafficPolicy: {loadBalancer: {consistentHash: {httpCookie: {name: lb, ttl: 0s}}}}
+  subsets: [{name: one, labels: {v: "1"}}, {name: unused, labels: {v: "9"}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: a}
+spec:
+  hosts: [a.test]
+  http:
+  - match: [{uri: {prefix: /one/}}]
+    route: [{destination: {host: a.test, subset: one}}]
+  - route: [{destination: {host: a.test}}]
+""",
+    )
+    imported = import_istio([str(source)])
+    assert imported.errors == [] and imported.warnings == []
+    out = tmp_path / "facade.yaml"
+    out.write_text(emit(imported, header="test"))
+    config = load_config(str(out))
+    assert [r.backends[0].service for r in config.routes] == ["a/one", "a"]
+    (service,) = config.services
+    # Only the subset a route uses is declared (one selecting no endpoint would not validate).
+    assert [s.name for s in service.subsets] == ["one"]
+    assert [g.endpoints for g in service.subset_spec(service.subsets[0]).groups] == [("http://10.0.0.1:80",)]
+    assert service.hash_policy is not None and (service.hash_policy.cookie, service.hash_policy.cookie_ttl) == (
+        "lb", None
+    )
+
+
 def test_a_missing_file_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["import", "istio", str(tmp_path / "nope.yaml")]) == 2
     assert f"{tmp_path / 'nope.yaml'}:1: error: cannot read file" in capsys.readouterr().err
