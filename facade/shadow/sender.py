@@ -59,6 +59,7 @@ from .policy import (
     DEFAULT_TIMEOUT,
     NOISE_METHODS,
     decoded,
+    identical,
     mirrorable,
     mirrored_headers,
 )
@@ -394,6 +395,12 @@ class ShadowSender:
             # hide every status difference of the route from then on.
             if second.status == primary.status:
                 self.noise.learn(route, primary, second, compare_headers=options.compare_headers)
+        self.results[(route, "compared")] += 1
+        if identical(primary, candidate, options.compare_headers):
+            # The common case of a healthy migration: nothing can differ, so no parse and no walk.
+            if self.telemetry is not None:
+                self.telemetry.record_diff(route=route, step=split.step_label, differing=False)
+            return
         result = diff_responses(
             primary,
             candidate,
@@ -401,7 +408,6 @@ class ShadowSender:
             compare_headers=options.compare_headers,
             noise=self.noise.paths(route),
         )
-        self.results[(route, "compared")] += 1
         if self.telemetry is not None:
             self.telemetry.record_diff(
                 route=route, step=split.step_label, differing=result.differs, noise_fields=result.noise_suppressed
