@@ -353,8 +353,14 @@ async def test_candidate_that_never_answers_times_out(tmp_path: Path) -> None:
     ):
         assert (await client.get("/catalog/x")).status_code == 200
         assert await sender.drain(5)
+        assert sender.results[("catalog", "timeout")] == 1
         gate.set()
+        # The workers outlive a timed-out copy: the next copies are compared (concurrency 16: each worker).
+        for _ in range(20):
+            assert (await client.get("/catalog/x")).status_code == 200
+        assert await sender.drain(5)
     assert sender.results[("catalog", "timeout")] == 1
+    assert sender.results[("catalog", "compared")] == 20
 
 
 async def test_byte_budget_drops_copies_that_do_not_fit(tmp_path: Path) -> None:
