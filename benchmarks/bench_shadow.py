@@ -1,14 +1,21 @@
 """Shadow traffic on vs off: what mirroring every request costs the primary path.
 
-    python benchmarks/bench_shadow.py [--duration 5] [--connections 1,32] [--repeat 1] [--json OUT]
+    python benchmarks/bench_shadow.py [--duration 5] [--connections 1,32] [--repeat 1] [--candidate same|separate] [--json OUT]
 
 One backend (benchmarks/backend.py under uvicorn + httptools + uvloop); the facade runs in its
 own process with the route in a migration split whose primary and candidate are two services
-pointing at that same backend, so the only difference between the modes is the mirroring:
+pointing at that same backend (unless ``--candidate separate``), so the only difference between the
+modes is the mirroring:
 
 - ``off``: the split with ``shadow_percent: 0`` (the same decision path, no copies);
 - ``on``: ``shadow_percent: 100``, diffing, no noise learning (one copy per request);
 - ``on+noise``: ``shadow_percent: 100`` with Diffy noise learning (two copies per request).
+
+Every mode's facade runs for the whole benchmark and the modes take turns within each repeat
+(off, on, ... for c=1, then again), so that a neighbour's load on a shared machine falls on all
+modes alike: quote the ratios to ``off``, not the absolute figures. ``--candidate separate`` puts the
+candidate on a second backend process (as in a real migration), so that the copies do not queue in
+front of the primary's requests inside one single-threaded backend.
 
 Load comes from wrk when present, else a bounded aiohttp client (bench_proxy's). Prints primary
 req/s, p50 and p99 side by side, the facade process's CPU µs per primary request (steadier than
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import shutil
 import statistics
@@ -40,14 +48,14 @@ from benchmarks.bench_proxy import cpu_seconds, free_port, process, run_python_l
 MODES = ("off", "on", "on+noise")
 
 
-def facade_conf(tmp: Path, port: int, admin: int, backend: int) -> Path:
-    conf = tmp / "facade-shadow.yaml"
+def facade_conf(tmp: Path, port: int, admin: int, backend: int, candidate: int | None = None) -> Path:
+    conf = tmp / f"facade-shadow-{port}.yaml"
     conf.write_text(f"""
 listen: 127.0.0.1:{port}
 admin: {{listen: 127.0.0.1:{admin}}}
 services:
   primary: {{endpoints: [http://127.0.0.1:{backend}]}}
-  candidate: {{endpoints: [http://127.0.0.1:{backend}]}}
+  candidate: {{endpoints: [http://127.0.0.1:{candidate or backend}]}}
 routes:
   - name: all
     match: {{path: {{prefix: /}}}}
@@ -85,6 +93,8 @@ def main() -> int:
     parser.add_argument("--connections", default="1,32", help="comma list (default 1,32)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per configuration; the median is kept")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma list of {', '.join(MODES)}")
+    parser.add_argument("--candidate", choices=("same", "separate"), default="same",
+                        help="the candidate service on the primary's backend process (default) or a second one")
     parser.add_argument("--json", help="write the raw results here")
     parser.add_argument("--serve", nargs=2, metavar=("CONFIG", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -101,41 +111,53 @@ def main() -> int:
         parser.error(f"unknown mode(s): {', '.join(sorted(unknown))}")
     load = run_wrk if shutil.which("wrk") else run_python_load
     tmp = Path(tempfile.mkdtemp(prefix="facade-bench-shadow-"))
-    backend = free_port()
-    backend_argv = [sys.executable, "-m", "uvicorn", "benchmarks.backend:app", "--port", str(backend),
-                    "--http", "httptools", "--loop", "uvloop", "--no-access-log", "--log-level", "warning"]
+
+    def backend_argv(port: int) -> list[str]:
+        return [sys.executable, "-m", "uvicorn", "benchmarks.backend:app", "--port", str(port),
+                "--http", "httptools", "--loop", "uvloop", "--no-access-log", "--log-level", "warning"]
+
     results: dict[str, dict[int, dict[str, float]]] = {}
     counters: dict[str, dict[str, Any]] = {}
-    with process(backend_argv, backend, tmp / "backend.log"):
+    runs: dict[tuple[str, int], list[dict[str, float]]] = {(m, c): [] for m in modes for c in conns}
+    with contextlib.ExitStack() as stack:
+        backend = free_port()
+        stack.enter_context(process(backend_argv(backend), backend, tmp / "backend.log"))
+        candidate = None
+        if args.candidate == "separate":
+            candidate = free_port()
+            stack.enter_context(process(backend_argv(candidate), candidate, tmp / "candidate.log"))
+        facades: dict[str, tuple[Any, int, str]] = {}
         for mode in modes:
             port, admin = free_port(), free_port()
-            conf = facade_conf(tmp, port, admin, backend)
+            conf = facade_conf(tmp, port, admin, backend, candidate)
             argv = [sys.executable, str(Path(__file__).resolve()), "--serve", str(conf), mode]
-            with process(argv, port, tmp / f"facade-{mode}.log") as proc:
-                url = f"http://127.0.0.1:{port}/catalog/products/1"
-                load(url, 8, 1.0)  # warm-up: pools and connections
-                results[mode] = {}
-                for c in conns:
-                    runs = []
-                    for _ in range(args.repeat):
-                        cpu0, mirrored0 = cpu_seconds(proc.pid), shadow_stats(admin)["totals"]["mirrored"]
-                        run = load(url, c, args.duration)
-                        time.sleep(0.5)  # copies still queued finish (and cost their CPU) before the reading
-                        cpu1, mirrored1 = cpu_seconds(proc.pid), shadow_stats(admin)["totals"]["mirrored"]
-                        served = max(run["rps"] * args.duration, 1.0)
-                        run["cpu_us"] = (cpu1 - cpu0) / served * 1e6
-                        run["copies_per_request"] = (mirrored1 - mirrored0) / served
-                        runs.append(run)
-                    results[mode][c] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-                    r = results[mode][c]
-                    print(f"  {mode:9s} c={c:<3d} {r['rps']:9.0f} req/s  p50 {r['p50_ms']:.3f} ms  "
-                          f"p99 {r['p99_ms']:.3f} ms  cpu {r['cpu_us']:.0f} us/req", file=sys.stderr, flush=True)
-                totals = shadow_stats(admin)["totals"]
-                counters[mode] = totals
+            proc = stack.enter_context(process(argv, port, tmp / f"facade-{mode}.log"))
+            url = f"http://127.0.0.1:{port}/catalog/products/1"
+            load(url, 8, 1.0)  # warm-up: pools and connections
+            facades[mode] = (proc, admin, url)
+        for _ in range(args.repeat):
+            for c in conns:
+                for mode in modes:
+                    proc, admin, url = facades[mode]
+                    cpu0, mirrored0 = cpu_seconds(proc.pid), shadow_stats(admin)["totals"]["mirrored"]
+                    run = load(url, c, args.duration)
+                    time.sleep(0.5)  # copies still queued finish (and cost their CPU) before the reading
+                    cpu1, mirrored1 = cpu_seconds(proc.pid), shadow_stats(admin)["totals"]["mirrored"]
+                    served = max(run["rps"] * args.duration, 1.0)
+                    run["cpu_us"] = (cpu1 - cpu0) / served * 1e6
+                    run["copies_per_request"] = (mirrored1 - mirrored0) / served
+                    runs[(mode, c)].append(run)
+                    print(f"  {mode:9s} c={c:<3d} {run['rps']:9.0f} req/s  p50 {run['p50_ms']:.3f} ms  "
+                          f"p99 {run['p99_ms']:.3f} ms  cpu {run['cpu_us']:.0f} us/req", file=sys.stderr, flush=True)
+        for mode in modes:
+            results[mode] = {c: {k: statistics.median(r[k] for r in runs[(mode, c)]) for k in runs[(mode, c)][0]}
+                             for c in conns}
+            counters[mode] = shadow_stats(facades[mode][1])["totals"]
 
     print()
     print(f"{len(modes)} modes x {args.repeat} run(s) x {args.duration:g}s each, median; load: "
-          f"{'wrk -t1' if load is run_wrk else 'python aiohttp'}; primary and candidate = the same backend")
+          f"{'wrk -t1' if load is run_wrk else 'python aiohttp'}; candidate on the {args.candidate} backend process, "
+          "modes interleaved")
     print(f"{'mode':9s} {'conns':>5s} {'req/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} {'vs off':>7s} "
           f"{'p50/off':>7s} {'cpu us/req':>10s} {'us/copy':>8s}")
     for mode, by_c in results.items():

@@ -76,6 +76,14 @@ def mirrored_headers(headers: Iterable[tuple[str, str]], *, host_suffix: bool) -
     return out
 
 
+def identical(primary: ResponseSample, candidate: ResponseSample, compare_headers: Iterable[str]) -> bool:
+    """Whether two (decoded) responses cannot differ under any rule: same status, same bytes, same compared
+    headers. Ignore rules and noise paths only ever suppress differences, so this needs neither."""
+    if primary.status != candidate.status or primary.body != candidate.body:
+        return False
+    return all(primary.header(name) == candidate.header(name) for name in compare_headers)
+
+
 def parse_window(text: str) -> float:
     """``"5m"`` / ``"90s"`` / ``"300"`` (plain seconds) -> seconds. Raises ValueError."""
     text = text.strip()

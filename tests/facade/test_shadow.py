@@ -353,8 +353,14 @@ async def test_candidate_that_never_answers_times_out(tmp_path: Path) -> None:
     ):
         assert (await client.get("/catalog/x")).status_code == 200
         assert await sender.drain(5)
+        assert sender.results[("catalog", "timeout")] == 1
         gate.set()
+        # The workers outlive a timed-out copy: the next copies are compared (concurrency 16: each worker).
+        for _ in range(20):
+            assert (await client.get("/catalog/x")).status_code == 200
+        assert await sender.drain(5)
     assert sender.results[("catalog", "timeout")] == 1
+    assert sender.results[("catalog", "compared")] == 20
 
 
 async def test_byte_budget_drops_copies_that_do_not_fit(tmp_path: Path) -> None:
@@ -592,3 +598,26 @@ def test_gzip_bodies_are_compared_by_content() -> None:
     assert decoded(zipped, 5).truncated and decoded(zipped, 5).body == doc[:5]
     broken = ResponseSample(200, [("content-encoding", "gzip")], b"not gzip")
     assert decoded(broken, 100) is broken
+
+
+@pytest.mark.parametrize(
+    ("candidate", "same"),
+    [
+        (ResponseSample(200, [("Content-Type", "application/json"), ("date", "Tue")], b'{"a": 1}'), True),
+        (ResponseSample(200, [("content-type", "application/json")], b'{"a": 2}'), False),  # body
+        (ResponseSample(201, [("content-type", "application/json")], b'{"a": 1}'), False),  # status
+        (ResponseSample(200, [("content-type", "text/plain")], b'{"a": 1}'), False),  # compared header
+        (ResponseSample(200, [], b'{"a": 1}'), False),  # compared header missing
+        (ResponseSample(200, [("content-type", "application/json")], b'{"a":1}'), False),  # same JSON, other bytes
+    ],
+)
+def test_identical_answers_skip_the_diff_only_when_nothing_could_differ(candidate: ResponseSample, same: bool) -> None:
+    from facade.diff import IgnoreRules, diff_responses
+    from facade.shadow.policy import identical
+
+    primary = ResponseSample(200, [("content-type", "application/json"), ("date", "Mon")], b'{"a": 1}')
+    assert identical(primary, candidate, ("content-type",)) is same
+    if same:  # the fast path agrees with the full diff under any rules (they only ever suppress)
+        for ignore, noise in ((IgnoreRules(), ()), (IgnoreRules.parse(["$.a"]), ("$.a",))):
+            assert not diff_responses(primary, candidate, ignore=ignore, noise=noise).differs
+    assert identical(primary, candidate, ()) is (primary.status == candidate.status and primary.body == candidate.body)
