@@ -10,7 +10,10 @@ parser buffer them. ``guarded_protocol(limits)`` returns an ``HttpToolsProtocol`
 - applies ``facade.request_head`` to every complete head, before the app (HTTP or WebSocket) sees it:
   more than ``max_headers_count`` header fields -> 431; header names with "_" dropped (counted) or
   refused with 400 per ``underscores``; an absolute-form target's authority replaces Host and the
-  target becomes origin-form (RFC 9112 3.2.2). ``HeadStats`` counts what was dropped and refused.
+  target becomes origin-form (RFC 9112 3.2.2). ``HeadStats`` counts what was dropped and refused;
+- writes a response head together with the first body bytes that follow it in the same event-loop
+  turn (``HeadCoalescingWriter``): uvicorn writes the head as soon as ``http.response.start`` is
+  sent, so a small complete response cost two write syscalls instead of one.
 
 httptools (llhttp) is used on purpose: h11 accepts Content-Length together with
 Transfer-Encoding (request smuggling) and obs-folded headers; httptools rejects both.
@@ -34,7 +37,7 @@ from .request_head import (
     with_host,
 )
 
-__all__ = ["HeadLimits", "HeadStats", "guarded_protocol"]
+__all__ = ["HeadCoalescingWriter", "HeadLimits", "HeadStats", "guarded_protocol"]
 
 logger = logging.getLogger("facade.listener")
 
@@ -121,6 +124,55 @@ _RESPONSE_408 = _plain_response(b"HTTP/1.1 408 Request Timeout\r\n", "request he
 _STATUS_LINES = {400: b"HTTP/1.1 400 Bad Request\r\n", 431: _RESPONSE_431.split(b"\r\n", 1)[0] + b"\r\n"}
 
 
+class HeadCoalescingWriter(asyncio.Transport):
+    """What one request/response cycle of uvicorn writes through: its first write (the response head,
+    or a 100 Continue) is held until the next write, a close, or the end of the event-loop turn,
+    whichever comes first, and goes out joined with it.
+
+    The proxy sends ``http.response.body`` in the same turn as ``http.response.start`` when the
+    upstream's whole body came with its head, so a small response leaves in one write. A head
+    followed by a slow body (a stream) waits one loop turn at most, and still leaves before the next
+    pipelined response (that one's task runs in a later turn). Not used for HEAD requests: no body
+    write follows their head (uvicorn writes nothing for it). The cycle only writes, closes and asks
+    ``is_closing``.
+    """
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None  # None: nothing written yet (the next write is held)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        held = self._held
+        if held is None:
+            self._held = bytes(data)
+            self._loop.call_soon(self._flush)
+        elif held:
+            self._held = b""
+            self._transport.write(held + data)
+        else:
+            self._transport.write(data)
+
+    def _flush(self) -> None:
+        held = self._held
+        if held:
+            self._held = b""
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+
 def guarded_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
     """An HttpToolsProtocol subclass bound to ``limits``."""
 
@@ -172,7 +224,14 @@ def guarded_protocol(limits: HeadLimits) -> type[HttpToolsProtocol]:
                 self._screen_head()
             if self._refusal is not None:
                 return
+            previous = self.cycle
             super().on_headers_complete()
+            cycle = self.cycle
+            # A new request/response cycle (not a WebSocket upgrade, which makes none): its response
+            # head leaves with the body bytes that follow it (HeadCoalescingWriter). Set before its
+            # task first runs: the task was only created.
+            if cycle is not None and cycle is not previous and cycle.scope["method"] != "HEAD":
+                cycle.transport = HeadCoalescingWriter(self.transport, self.loop)
 
         def _screen_head(self) -> None:
             # One pass over the head the parser already built; the app (HTTP or WebSocket) sees the result.

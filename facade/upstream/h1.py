@@ -316,6 +316,9 @@ class _Conn(asyncio.Protocol):
     def __init__(self, pool: H1Client, address: Address) -> None:
         self.pool = pool
         self.address = address
+        # Made inside the loop (loop.create_connection's factory). Kept: asyncio.get_running_loop()
+        # costs a getpid() syscall on every call (its fork check), and the request path needs the loop thrice.
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
@@ -506,7 +509,7 @@ class _Conn(asyncio.Protocol):
         self._framing_bytes = 0
         self._body_seen = False
         self.received = False
-        waiter = self._head_waiter = asyncio.get_running_loop().create_future()
+        waiter = self._head_waiter = self.loop.create_future()
         if body is None:
             self.transport.write(head)
             return waiter
@@ -733,7 +736,7 @@ class H1Client:
         idle = self._idle.get(address)
         if not idle:
             return None
-        now = asyncio.get_running_loop().time()
+        now = idle[-1].loop.time()
         limit = self._idle_limits.get(address, self.idle_timeout)
         while idle:
             conn = idle.pop()
@@ -912,7 +915,7 @@ class H1Client:
             conn.close_idle()
             self._slot_freed()
             return
-        waiter = self._next_waiter()
+        waiter = self._next_waiter() if self._waiters else None  # (nobody waits: the common case, no call)
         if waiter is not None:
             future, address, fresh = waiter
             if address == conn.address and not fresh:
@@ -921,11 +924,11 @@ class H1Client:
             conn.close_idle()  # the oldest waiter wants another address: its slot goes to it
             future.set_result(None)
             return
-        conn.idle_since = asyncio.get_running_loop().time()
+        conn.idle_since = conn.loop.time()
         self._idle.setdefault(conn.address, collections.deque()).append(conn)
         if self._sweep is None:
             limit = self._idle_limits.get(conn.address, self.idle_timeout)
-            self._sweep = asyncio.get_running_loop().call_later(limit, self._expire_idle)
+            self._sweep = conn.loop.call_later(limit, self._expire_idle)
 
     def _slot_freed(self) -> None:
         """A connection closed (or a reserved slot went unused): the oldest waiter gets the slot."""

@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from websockets.typing import Subprotocol
 
-from tests.backends import EchoApp
+from facade.listener import HeadCoalescingWriter
+from tests.backends import EchoApp, raw_server
 from tests.harness import run_facade
 from tests.servers import serve_app
 
@@ -149,3 +150,96 @@ async def test_websocket_is_proxied_both_ways(tmp_path):
                 with pytest.raises(websockets.exceptions.ConnectionClosed):
                     await asyncio.wait_for(ws.recv(), 5)
                 assert ws.close_code == 4001
+
+class _Recorded(asyncio.Transport):
+    """Stands for the socket under HeadCoalescingWriter: what reached it, one entry per write call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+async def test_a_response_head_leaves_with_the_body_written_in_the_same_turn():
+    sock = _Recorded()
+    writer = HeadCoalescingWriter(sock, asyncio.get_running_loop())
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+    assert sock.writes == []  # held: the body may follow in this turn
+    writer.write(b"ok")
+    assert sock.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"]
+    writer.write(b"more")  # later writes pass straight through
+    await asyncio.sleep(0)
+    assert sock.writes[1:] == [b"more"]
+
+
+async def test_a_held_head_goes_out_alone_after_one_loop_turn_and_before_a_close():
+    sock = _Recorded()
+    writer = HeadCoalescingWriter(sock, asyncio.get_running_loop())
+    writer.write(b"HEAD-BYTES")
+    for _ in range(3):  # the flush is scheduled with call_soon: due within a turn or two
+        await asyncio.sleep(0)
+    assert sock.writes == [b"HEAD-BYTES"]
+    writer.write(b"body")
+    assert sock.writes == [b"HEAD-BYTES", b"body"]
+
+    sock2 = _Recorded()
+    writer2 = HeadCoalescingWriter(sock2, asyncio.get_running_loop())
+    writer2.write(b"HEAD-BYTES")
+    writer2.close()  # uvicorn closes after a response when keep-alive is off: the head first
+    assert sock2.writes == [b"HEAD-BYTES"] and sock2.closed
+    await asyncio.sleep(0)
+    assert sock2.writes == [b"HEAD-BYTES"]  # the scheduled flush finds nothing left
+
+
+async def test_pipelined_requests_with_a_head_request_are_answered_in_order(tmp_path):
+    # A HEAD response has no body write to carry its head: it must not be held behind the next response.
+    async with serve_app(EchoApp("b")) as url:
+        async with run_facade(tmp_path, _cfg(url)) as rt:
+            reader, writer = await asyncio.open_connection("127.0.0.1", _port(rt.url))
+            try:
+                writer.write(
+                    b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n"
+                    b"HEAD /two HTTP/1.1\r\nHost: x\r\n\r\n"
+                    b"GET /three HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                )
+                await writer.drain()
+                data = await asyncio.wait_for(reader.read(), 10)  # until the close the last request asked for
+            finally:
+                writer.close()
+    parts = data.split(b"HTTP/1.1 ")
+    assert parts[0] == b"" and len(parts) == 4, data
+    first, second, third = parts[1:]
+    assert first.startswith(b"200") and b"/one" in first.split(b"\r\n\r\n", 1)[1]
+    assert second.startswith(b"200") and second.endswith(b"\r\n\r\n")  # a head, no body
+    assert third.startswith(b"200") and b"/three" in third.split(b"\r\n\r\n", 1)[1]
+
+
+async def _head_then_silence(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+    await writer.drain()
+    await asyncio.sleep(30)  # no body byte: the test ends first
+
+
+async def test_a_stream_head_reaches_the_client_before_any_body_byte(tmp_path):
+    # The listener holds a response head for the body write that usually follows in the same turn;
+    # a stream whose body has not started must still get its head at once.
+    async with raw_server(_head_then_silence) as url:
+        async with run_facade(tmp_path, _cfg(url)) as rt:
+            reader, writer = await asyncio.open_connection("127.0.0.1", _port(rt.url))
+            try:
+                writer.write(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+                await writer.drain()
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            finally:
+                writer.close()
+    assert head.startswith(b"HTTP/1.1 200") and b"text/event-stream" in head
