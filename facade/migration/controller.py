@@ -85,6 +85,7 @@ from .gates import (
     evaluate_queries,
     partial_evidence,
     with_results,
+    worst_status,
 )
 from .hooks import Webhook
 from .plan import Plan, Step, load_plans, weighted_routes
@@ -171,7 +172,7 @@ def combine_reports(reports: Sequence[tuple[str, GateReport]]) -> GateReport:
     results: list[GateResult] = []
     for route, report in reports:
         results.extend(replace(r, name=f"{route}:{r.name}", message=f"{route}: {r.message}") for r in report.results)
-    return GateReport(_worst({report.status for _, report in reports}), tuple(results))
+    return GateReport(worst_status({report.status for _, report in reports}), tuple(results))
 
 
 def shadow_min_requests(report: GateReport, minimum: int, compared: int) -> GateReport:
@@ -185,15 +186,7 @@ def shadow_min_requests(report: GateReport, minimum: int, compared: int) -> Gate
     counted = GateResult("min_requests", status, float(compared), float(minimum),
                          f"min_requests: {compared} of {minimum} shadow comparisons", new=float(compared))
     results = tuple(counted if r.name == "min_requests" else r for r in report.results)
-    return GateReport(_worst({r.status for r in results}), results)
-
-
-def _worst(statuses: set[GateStatus]) -> GateStatus:
-    if GateStatus.FAIL in statuses:
-        return GateStatus.FAIL
-    if GateStatus.INCONCLUSIVE in statuses:
-        return GateStatus.INCONCLUSIVE
-    return GateStatus.PASS
+    return GateReport(worst_status({r.status for r in results}), results)
 
 
 def check_plans(

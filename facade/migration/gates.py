@@ -44,6 +44,7 @@ __all__ = [
     "evaluate_queries",
     "partial_evidence",
     "with_results",
+    "worst_status",
 ]
 
 
@@ -301,10 +302,11 @@ def with_results(report: GateReport | None, extra: tuple[GateResult, ...]) -> Ga
     """``report`` with ``extra`` results added; the status is the worst of all."""
     results = (*(report.results if report is not None else ()), *extra)
     statuses = {r.status for r in results} | ({report.status} if report is not None else set())
-    return GateReport(_worst(statuses), results)
+    return GateReport(worst_status(statuses), results)
 
 
-def _worst(statuses: set[GateStatus]) -> GateStatus:
+def worst_status(statuses: set[GateStatus]) -> GateStatus:
+    """FAIL over INCONCLUSIVE over PASS (an empty set passes)."""
     if GateStatus.FAIL in statuses:
         return GateStatus.FAIL
     if GateStatus.INCONCLUSIVE in statuses:
