@@ -118,7 +118,7 @@ def _read_route(node: Node, ctx: _Ctx, services: list[str], names: dict[str, int
         rewrite_prefix=rewrite.prefix,
         rewrite_regex=rewrite.regex,
         rewrite_authority=rewrite.authority,
-        request_headers=_read_header_ops(f.get("request_headers"), problems, _RESERVED_REQUEST_HEADERS),
+        request_headers=_read_header_ops(f.get("request_headers"), problems, RESERVED_REQUEST_HEADERS),
         response_headers=_read_header_ops(f.get("response_headers"), problems, _RESERVED_RESPONSE_HEADERS),
         timeout=timeout,
         retries=_read_retries(f.get("retries"), problems),
@@ -306,7 +306,8 @@ def _read_direct_response(node: Node, problems: Problems) -> DirectResponse | No
 _FRAMING_HEADERS = frozenset(
     {"content-length", "transfer-encoding", "connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"}
 )
-_RESERVED_REQUEST_HEADERS = _FRAMING_HEADERS | {"host"}
+# What a route may not set on the request (the importers leave such rules out for the same reason).
+RESERVED_REQUEST_HEADERS = _FRAMING_HEADERS | {"host"}
 _RESERVED_RESPONSE_HEADERS = _FRAMING_HEADERS
 _BAD_VALUE_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # RFC 9110 5.5: no CTLs but HTAB
 

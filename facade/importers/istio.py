@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from ..config.routes import RESERVED_REQUEST_HEADERS
 from ..yamlfile import Node, _SafeLoader
 from .emit import Imported, unique_name
 from .istio_services import MeshServices, fqdn
@@ -62,19 +63,6 @@ _RETRY_ON = {
     "retriable-4xx": "retriable-4xx",
 }
 _NAMED_STATUSES = frozenset({502, 503, 504})  # statuses the facade's retry_on names itself
-_RESERVED_HEADERS = frozenset(
-    {
-        "content-length",
-        "transfer-encoding",
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "upgrade",
-        "host",
-    }
-)
 
 
 class _Reader(MeshServices):
@@ -575,14 +563,14 @@ class _Reader(MeshServices):
             for op, values in ops.items():
                 if op in ("set", "add"):
                     for name, value in values.items():
-                        if name.lower() in _RESERVED_HEADERS:
+                        if name.lower() in RESERVED_REQUEST_HEADERS:
                             self.lost(value, f"header {name}: the facade sets it itself")
                             continue
                         rules.setdefault(op, {})[name.lower()] = self.str_of(value) or ""
                 elif op == "remove":
                     for name_node in values.elements():
                         name = self.str_of(name_node) or ""
-                        if name.lower() in _RESERVED_HEADERS:
+                        if name.lower() in RESERVED_REQUEST_HEADERS:
                             self.lost(name_node, f"header {name}: the facade sets it itself")
                             continue
                         rules.setdefault("remove", []).append(name.lower())

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..config.routes import RESERVED_REQUEST_HEADERS
 from .emit import Imported, unique_name
 from .nginx_precedence import Location, Server, host_tiers, nginx_regex_to_facade, order_locations
 
@@ -77,19 +78,6 @@ _HEADER_EQUIVALENT = {
     "x-forwarded-host": ("$host", "$http_host"),
     "connection": ("",),
 }
-_RESERVED_HEADERS = frozenset(
-    {
-        "content-length",
-        "transfer-encoding",
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "upgrade",
-        "host",
-    }
-)
 # Blocks whose entries are table rows, not directives ("text/html html;" in types, "~^/a 1;" in map).
 _TABLE_BLOCKS = frozenset({"types", "map", "geo", "split_clients", "charset_map", "match"})
 _DIRECTIVE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -331,7 +319,7 @@ class _Translator:
             if _VAR.search(value):
                 self.out.lost(s.file, s.line, s.col, f"{directive} {s.args[0]} {s.args[1]}: variables are not imported")
                 continue
-            if name in _RESERVED_HEADERS:
+            if name in RESERVED_REQUEST_HEADERS:
                 self.out.lost(s.file, s.line, s.col, f"{directive} {s.args[0]}: the facade sets this header itself")
                 continue
             if directive == "proxy_set_header" and value == "":
