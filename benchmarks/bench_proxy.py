@@ -9,7 +9,9 @@ telemetry aggregation and control plane), facade-w2-shared (the same, accepting 
 inherited socket instead of one SO_REUSEPORT socket per worker), minimal (benchmarks/minimal_proxy.py: raw ASGI + aiohttp
 with none of the facade's work: the floor of the chosen stack), nginx, haproxy.
 Every contender proxies to the same backend (uvicorn + httptools + uvloop, a raw ASGI app
-answering a small body). Load comes from wrk (Debian package) when present, else from a
+answering a small body; ``--backend nginx``: nginx returning the same body, which leaves more of the
+shared cores to the contenders). Every contender is up for the whole run and they take turns within each
+repeat, so a neighbour's load falls on all of them alike. Load comes from wrk (Debian package) when present, else from a
 bounded aiohttp client. nginx and haproxy run only when installed; each runs ONE worker
 process, like the facade, so the comparison is per core. Each configuration runs ``--repeat``
 times and the median is reported, because this machine is shared and noisy.
@@ -177,6 +179,35 @@ http {{
     return conf
 
 
+def nginx_backend_conf(tmp: Path, port: int) -> Path:
+    """nginx as the backend: one worker answering the Python backend's body, keep-alive without a request cap."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from benchmarks.backend import BODY
+
+    conf = tmp / "nginx-backend.conf"
+    (tmp / "backend-nginx").mkdir(exist_ok=True)
+    conf.write_text(f"""
+worker_processes 1;
+daemon off;
+pid {tmp}/backend-nginx.pid;
+error_log {tmp}/backend-nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 100000000;
+    client_body_temp_path {tmp}/backend-nginx/body; proxy_temp_path {tmp}/backend-nginx/proxy;
+    fastcgi_temp_path {tmp}/backend-nginx/fcgi; uwsgi_temp_path {tmp}/backend-nginx/uwsgi;
+    scgi_temp_path {tmp}/backend-nginx/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ default_type application/json; return 200 '{BODY.decode()}'; }}
+    }}
+}}
+""")
+    return conf
+
+
 def haproxy_conf(tmp: Path, port: int, backend: int) -> Path:
     conf = tmp / "haproxy.cfg"
     conf.write_text(f"""
@@ -231,6 +262,9 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs per configuration; the median is kept")
     parser.add_argument("--only", default="", help="comma list of contenders (direct,facade,facade-rl,facade-w2,facade-w2-shared,minimal,lean,nginx,haproxy)")
     parser.add_argument("--json", help="write the raw results here")
+    parser.add_argument("--backend", choices=("uvicorn", "nginx"), default="uvicorn",
+                        help="what answers behind every contender: the Python backend (default) or nginx returning "
+                             "the same body (a backend that takes less of the shared cores)")
     args = parser.parse_args()
     conns = [int(c) for c in args.connections.split(",")]
     load = run_wrk if shutil.which("wrk") else run_python_load
@@ -241,6 +275,10 @@ def main() -> int:
     backend = free_port()
     backend_argv = [sys.executable, "-m", "uvicorn", "benchmarks.backend:app", "--port", str(backend),
                     "--http", "httptools", "--loop", "uvloop", "--no-access-log", "--log-level", "warning"]
+    if args.backend == "nginx":
+        if not shutil.which("nginx"):
+            parser.error("--backend nginx: nginx is not installed (apt-get install nginx)")
+        backend_argv = ["nginx", "-c", str(nginx_backend_conf(tmp, backend)), "-p", str(tmp)]
     contenders: dict[str, tuple[list[str], int]] = {"direct": ([], backend)}
     fport, aport = free_port(), free_port()
     contenders["facade"] = ([sys.executable, "-m", "facade", "serve", "-c", str(facade_conf(tmp, fport, aport, backend)),
@@ -279,27 +317,31 @@ def main() -> int:
 
     results: dict[str, dict[int, dict[str, float]]] = {}
     spreads: dict[str, list[int]] = {}
-    with process(backend_argv, backend, tmp / "backend.log") as backend_proc:
+    runs: dict[tuple[str, int], list[dict[str, float]]] = {}
+    with contextlib.ExitStack() as stack:
+        backend_proc = stack.enter_context(process(backend_argv, backend, tmp / "backend.log"))
+        procs: dict[str, subprocess.Popen[bytes]] = {}
         for name, (argv, port) in contenders.items():
             env = dict(os.environ, BACKEND=f"http://127.0.0.1:{backend}")
             if name == "facade-w2-shared":  # one inherited listening socket instead of SO_REUSEPORT
                 env["FACADE_WORKERS_SOCKET"] = "shared"
-            ctx = process(argv, port, tmp / f"{name}.log", env) if argv else contextlib.nullcontext(backend_proc)
-            with ctx as proc:
-                url = f"http://127.0.0.1:{port}/bench"
-                load(url, 8, 1.0)  # warm-up: pools, JIT-free but caches and connections
-                results[name] = {}
-                for c in conns:
-                    runs = [measured(load, proc.pid, url, c, args.duration) for _ in range(args.repeat)]
-                    results[name][c] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-                    r = results[name][c]
+            procs[name] = stack.enter_context(process(argv, port, tmp / f"{name}.log", env)) if argv else backend_proc
+            load(f"http://127.0.0.1:{port}/bench", 8, 1.0)  # warm-up: pools, caches and connections
+        # Every contender stays up for the whole run and they take turns within each repeat, so that a
+        # neighbour's load on a shared machine falls on all of them alike: the ratios are what to quote.
+        for _ in range(args.repeat):
+            for c in conns:
+                for name, (_argv, port) in contenders.items():
+                    r = measured(load, procs[name].pid, f"http://127.0.0.1:{port}/bench", c, args.duration)
+                    runs.setdefault((name, c), []).append(r)
                     print(f"  {name:8s} c={c:<3d} {r['rps']:9.0f} req/s  p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms"
                           f"  cpu {r['cpu_us']:.0f} us/req (main process {r['own_cpu_us']:.1f})",
                           file=sys.stderr, flush=True)
-                if name in ("facade-w2", "facade-w2-shared"):
-                    spread = worker_spread(waport if name == "facade-w2" else saport)
-                    spreads[name] = spread
-                    print(f"  {name} requests per worker (all runs): {spread}", file=sys.stderr, flush=True)
+        for (name, c), rs in runs.items():
+            results.setdefault(name, {})[c] = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+        for name in ("facade-w2", "facade-w2-shared"):
+            if name in contenders:
+                spreads[name] = worker_spread(waport if name == "facade-w2" else saport)
 
     print()
     print(f"machine: {os.cpu_count()} cores; {args.repeat} runs x {args.duration:g}s each, median; load: "

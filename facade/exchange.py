@@ -5,6 +5,7 @@ or could not be, and the telemetry and access-log record of one exchange. ``faca
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -18,8 +19,12 @@ from .split import baggage_with_cohort
 
 if TYPE_CHECKING:
     from .snapshot import Snapshot
+    from .traffic_policy import Extras
 
-__all__ = ["error_refusal", "is_loopback", "record_request", "refusal", "upstream_request_headers"]
+__all__ = [
+    "error_refusal", "injected_fault", "is_loopback", "json_answer", "record_request", "refusal",
+    "upstream_request_headers",
+]
 
 Scope = MutableMapping[str, Any]
 
@@ -70,6 +75,35 @@ def error_refusal(
     payload = json.dumps(body).encode()
     headers = [*JSON_HEADERS, (b"content-length", str(len(payload)).encode()), (b"x-request-id", request_id.encode("latin-1"))]
     return exc.status, headers, payload
+
+
+def json_answer(
+    status: int, body: dict[str, Any], extra: list[tuple[bytes, bytes]] | None = None
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """A small JSON answer the facade gives itself (HTTP and WebSocket refusals alike)."""
+    payload = json.dumps(body).encode()
+    return status, [*JSON_HEADERS, (b"content-length", str(len(payload)).encode()), *(extra or [])], payload
+
+
+async def injected_fault(
+    snap: Snapshot, decision: Forward, extras: Extras
+) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+    """Istio's fault injection, decided in ``resolve``: wait the delay, then the abort's answer instead of
+    forwarding (``None``: forward). Counted in /metrics either way. A WebSocket upgrade is a request
+    like any other here, as in Envoy's filter chain."""
+    telemetry = snap.telemetry
+    route = decision.route.name
+    if extras.delay:
+        if telemetry is not None:
+            telemetry.record_fault(route=route, backend=decision.backend, kind="delay")
+        await asyncio.sleep(extras.delay)
+    if not extras.abort:
+        return None
+    if telemetry is not None:
+        telemetry.record_fault(route=route, backend=decision.backend, kind="abort")
+    body = b"fault filter abort"  # Envoy's body for an injected abort
+    headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode()), *extras.cors]
+    return extras.abort, headers, body
 
 
 def is_loopback(ip: str) -> bool:

@@ -22,7 +22,6 @@ truncated transfer, never a silently shortened 200.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import time
@@ -31,7 +30,15 @@ from typing import TYPE_CHECKING, Any
 
 from .error_log import RecentErrors
 from .errors import ProxyError, UpstreamConnectError, UpstreamTimeout, UpstreamUnavailable
-from .exchange import error_refusal, is_loopback, record_request, refusal, upstream_request_headers
+from .exchange import (
+    error_refusal,
+    injected_fault,
+    is_loopback,
+    json_answer,
+    record_request,
+    refusal,
+    upstream_request_headers,
+)
 from .headers import (
     apply_header_ops_bytes,
     filter_response_headers,
@@ -52,7 +59,7 @@ from .upstream.h1 import (
     UpstreamError,
     UpstreamResponse,
 )
-from .websocket import proxy_websocket
+from .websocket import proxy_websocket, refuse_websocket
 
 if TYPE_CHECKING:
     from .snapshot import Snapshot, SnapshotHolder
@@ -66,7 +73,6 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 logger = logging.getLogger("facade.proxy")
 
-_JSON = [(b"content-type", b"application/json")]
 _BODYLESS = frozenset({204, 304})
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 _RETRY_BACKOFF = 0.025  # Envoy's base retry interval
@@ -187,7 +193,20 @@ class Proxy:
             finally:
                 self._active -= 1
         elif scope["type"] == "websocket":
-            await proxy_websocket(self._holder.current, scope, receive, send, rand=self._rand, errors=self.errors)
+            # An upgrade is a request like any other (Envoy's filter chain): the concurrency limit counts
+            # it for as long as its session lasts, and its route's rate limit and faults apply.
+            snap = self._holder.current
+            if self._active >= snap.config.limits.max_concurrent_requests:
+                if (await receive())["type"] == "websocket.connect":
+                    await refuse_websocket(scope, send, *json_answer(503, {"error": "too many concurrent requests"}))
+                return
+            self._active += 1
+            try:
+                await proxy_websocket(
+                    snap, scope, receive, send, rand=self._rand, errors=self.errors, rate_limited=self._rate_limited
+                )
+            finally:
+                self._active -= 1
         elif scope["type"] == "lifespan":
             await _lifespan(receive, send)
 
@@ -580,8 +599,7 @@ async def _wait_disconnect(receive: Receive, body: RequestBody | None) -> None:
 
 
 async def _json_response(send: Send, status: int, body: dict[str, Any], extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    payload = json.dumps(body).encode()
-    headers = [*_JSON, (b"content-length", str(len(payload)).encode()), *(extra or [])]
+    status, headers, payload = json_answer(status, body, extra)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload, "more_body": False})
 
@@ -595,23 +613,12 @@ async def _error_response(
 
 
 async def _inject_fault(snap: Snapshot, decision: Forward, extras: Extras, send: Send) -> bool:
-    """Istio's fault injection, decided in ``resolve``: wait the delay, then answer the abort status
-    instead of forwarding (True: the request is answered). Counted in /metrics either way."""
-    telemetry = snap.telemetry
-    route = decision.route.name
-    if extras.delay:
-        if telemetry is not None:
-            telemetry.record_fault(route=route, backend=decision.backend, kind="delay")
-        await asyncio.sleep(extras.delay)
-    if not extras.abort:
+    """The fault's delay, then its abort answered instead of forwarding (True: the request is answered)."""
+    answer = await injected_fault(snap, decision, extras)
+    if answer is None:
         return False
-    if telemetry is not None:
-        telemetry.record_fault(route=route, backend=decision.backend, kind="abort")
-    body = b"fault filter abort"  # Envoy's body for an injected abort
-    headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
-    if extras.cors:
-        headers.extend(extras.cors)
-    await send({"type": "http.response.start", "status": extras.abort, "headers": headers})
+    status, headers, body = answer
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
     return True
 

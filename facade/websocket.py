@@ -31,7 +31,15 @@ from websockets.uri import WebSocketURI
 
 from .error_log import RecentErrors
 from .errors import ProxyError, UpgradeRefused, UpstreamConnectError, UpstreamTimeout, UpstreamUnavailable
-from .exchange import error_refusal, is_loopback, record_request, refusal, upstream_request_headers
+from .exchange import (
+    error_refusal,
+    injected_fault,
+    is_loopback,
+    json_answer,
+    record_request,
+    refusal,
+    upstream_request_headers,
+)
 from .headers import apply_header_ops_bytes
 from .resolve import Forward, resolve_request
 from .upstream.h1 import PoolClosed, PoolExhausted, UpstreamError
@@ -134,7 +142,10 @@ async def proxy_websocket(
     *,
     rand: Callable[[], float] = random.random,
     errors: RecentErrors | None = None,
+    rate_limited: Callable[[Snapshot, Any, Scope], list[tuple[bytes, bytes]] | None] | None = None,
 ) -> None:
+    """Proxy one WebSocket session. ``rate_limited`` is the proxy's check of a route's rate limit
+    (``None`` when the request may pass, else the 429's headers)."""
     message = await receive()
     if message["type"] != "websocket.connect":
         return
@@ -145,6 +156,19 @@ async def proxy_websocket(
         return
     route, backend, pool = decision.route, decision.backend, decision.pool
     up_headers, ids, client_ip = upstream_request_headers(snap, scope, decision)
+    if route.rate_limit is not None and rate_limited is not None:
+        limited = rate_limited(snap, route, scope)
+        if limited is not None:
+            await refuse_websocket(scope, send, *json_answer(429, {"error": "rate limited"}, limited))
+            record_request(snap, decision, "GET", 429, started, None, 0, 0, ids)
+            return
+    extras = decision.extras
+    if extras is not None and (extras.delay or extras.abort):
+        fault = await injected_fault(snap, decision, extras)
+        if fault is not None:
+            await refuse_websocket(scope, send, *fault)
+            record_request(snap, decision, "GET", fault[0], started, None, 0, 0, ids)
+            return
     up_headers = [(k, v) for k, v in up_headers if k not in _HANDSHAKE]
     host = route.rewrite_authority or decision.host_header
     if host:

@@ -302,3 +302,57 @@ async def test_upgrade_through_a_sidecar_with_mtls_and_policy(tmp_path: Path) ->
                 f'source_principal="{principal}",status_class="{status_class}"}} 1.0'
             )
             assert series in metrics, metrics
+
+
+async def test_upgrades_meet_the_routes_rate_limit_fault_and_concurrency_limit(tmp_path: Path) -> None:
+    """An upgrade is a request like any other (Envoy's filter chain): a client cannot step around a route's
+    rate limit or fault by asking for a WebSocket, and an open session counts toward max_concurrent_requests."""
+    monolith = EchoApp("monolith")
+    async with serve_app(monolith) as m_url:
+        yaml = f"""
+        listen: 127.0.0.1:0
+        admin: {{listen: 127.0.0.1:0}}
+        limits: {{max_concurrent_requests: 2}}
+        services:
+          monolith: {{endpoints: [{m_url}]}}
+        routes:
+          - name: limited
+            match: {{path: {{prefix: /live}}}}
+            backend: monolith
+            rate_limit: {{requests_per_unit: 2, unit: hour}}
+          - name: faulted
+            match: {{path: {{prefix: /broken}}}}
+            backend: monolith
+            fault: {{abort: {{status: 418}}}}
+          - name: open
+            match: {{path: {{prefix: /}}}}
+            backend: monolith
+        """
+        async with run_facade(tmp_path, yaml) as rt:
+            port = int(rt.url.rsplit(":", 1)[1])
+            for _ in range(2):
+                async with ws(_ws_url(rt.url, "/live")) as conn:
+                    assert await echo(conn, "hi") == "monolith:hi"
+            status, head, body = await raw_upgrade(port, upgrade(["Host: x"]))
+            assert (status, json.loads(body)) == (429, {"error": "rate limited"})
+            assert b"retry-after:" in head.lower()
+            async with httpx.AsyncClient() as client:  # the HTTP requests of the route share the bucket
+                assert (await client.get(rt.url + "/live")).status_code == 429
+            status, _, body = await raw_upgrade(port, upgrade(["Host: x"], target="/broken"))
+            assert (status, body) == (418, b"fault filter abort")
+            assert len(monolith.upgrades) == 2  # neither refusal reached the backend
+            text = rt.telemetry.prometheus_text()
+            assert 'facade_faults_injected_total{route="faulted",backend="monolith",kind="abort"} 1' in text
+
+            # Two open sessions fill max_concurrent_requests: a third upgrade and an HTTP request get 503.
+            async with ws(_ws_url(rt.url, "/chat")) as one, ws(_ws_url(rt.url, "/chat")) as two:
+                assert await echo(one, "a") == "monolith:a" and await echo(two, "b") == "monolith:b"
+                status, _, body = await raw_upgrade(port, upgrade(["Host: x"], target="/chat"))
+                assert (status, json.loads(body)) == (503, {"error": "too many concurrent requests"})
+                async with httpx.AsyncClient() as client:
+                    assert (await client.get(rt.url + "/chat")).status_code == 503
+            async with httpx.AsyncClient() as client:  # closed sessions free their slots
+                deadline = asyncio.get_running_loop().time() + 10
+                while (await client.get(rt.url + "/chat")).status_code != 200:
+                    assert asyncio.get_running_loop().time() < deadline, "slots not freed after the sessions closed"
+                    await asyncio.sleep(0.05)
