@@ -889,6 +889,10 @@ class H1Client:
         except ssl.SSLError as exc:
             raise ConnectFailed(f"TLS handshake with {host}:{port} failed: {exc}") from None
         except OSError as exc:
+            if self._idle_limits.pop(address, None) is not None:
+                # The upstream went away (a restart closes its idle connections whatever their age, which
+                # the pool took for a short keep-alive): what was learned of the old process is forgotten.
+                log.info("upstream %s:%s unreachable: its learned keep-alive limit is forgotten", host, port)
             raise ConnectFailed(f"connect to {host}:{port} failed: {exc.strerror or exc}") from None
         return protocol
 

@@ -508,6 +508,20 @@ async def test_a_close_sooner_than_the_floor_lowers_the_limit_only_to_the_floor(
         assert client.idle_limit(address) == LEARN_FLOOR
 
 
+async def test_a_learned_limit_is_forgotten_when_the_upstream_goes_away() -> None:
+    # A restart closes every idle connection at once, which the pool takes for a short keep-alive; the
+    # refused connect that follows says the process it learned from is gone: back to idle_timeout.
+    async with h1(idle_timeout=30.0) as client:
+        async with upstream(answering(ok(b"one"), close=False)) as (server, address):
+            assert await fetch(client, address) == b"one"
+            server.close_all()
+            await eventually(lambda: client._open == 0)
+            assert client.idle_limit(address) == LEARN_FLOOR
+        with pytest.raises(ConnectFailed):
+            await client.request(address, "GET", "/", [], None, idempotent=True)
+        assert client.idle_limit(address) == 30.0
+
+
 # -- 6b. the keep-alive race, decided by what the client can know --------------------------------
 
 
