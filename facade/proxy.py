@@ -377,7 +377,8 @@ class Proxy:
         source = ReplayableBody(body) if body is not None else None
         tried: list[Endpoint] = []
         attempt = 0
-        pool.requests_active += 1  # the retry budget's "active requests" (retries counted once, here)
+        cluster = pool.cluster  # a subset's requests count in its service's budget
+        cluster.requests_active += 1  # the retry budget's "active requests" (retries counted once, here)
         retrying = False
         try:
             while True:
@@ -487,20 +488,21 @@ class Proxy:
                 pool.stats["retries"] += 1
                 await _backoff(attempt)
         finally:
-            pool.requests_active -= 1
+            cluster.requests_active -= 1
             if retrying:
-                pool.retries_active -= 1
+                cluster.retries_active -= 1
 
 
 def _retry_granted(pool: ServicePool) -> bool:
     """The first retry of a request asks the service's retry budget; once granted, the request keeps
     it (counted as one retry in flight) until it ends, whatever its attempts."""
+    cluster = pool.cluster
     if not retry.budget_allows(
-        pool.spec.retries.retry_budget, retries_active=pool.retries_active, requests_active=pool.requests_active
+        pool.spec.retries.retry_budget, retries_active=cluster.retries_active, requests_active=cluster.requests_active
     ):
         pool.stats["retries_budget_refused"] += 1  # Envoy: upstream_rq_retry_overflow
         return False
-    pool.retries_active += 1
+    cluster.retries_active += 1
     return True
 
 

@@ -176,8 +176,12 @@ class ServicePool:
         self._clock = clock
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
-        self.stats: Counter[str] = Counter()
-        # The proxy's requests to this service now, and how many of them are retrying (retry budget).
+        # A subset counts in its service's counters and retry budget (Envoy: a subset is part of its
+        # cluster, whose stats and circuit breakers it shares), so /metrics and the budget see all of it.
+        self.cluster: ServicePool = parent if parent is not None else self
+        self.stats: Counter[str] = parent.stats if parent is not None else Counter()
+        # The proxy's requests to this service now, and how many of them are retrying (retry budget):
+        # kept on ``cluster``.
         self.requests_active = 0
         self.retries_active = 0
         old = {ep.url: ep for ep in previous.endpoints} if previous is not None else {}

@@ -235,3 +235,31 @@ def test_an_mtls_step_of_a_plan_to_a_subset_switches_the_service_sidecars() -> N
     assert [str(p) for p in problems] == [
         "p.yaml:5:48: steps[1].service: names a subset; sidecars belong to the service: 'catalog'"
     ]
+
+
+async def test_a_subsets_retries_count_in_its_services_metrics(tmp_path: Path) -> None:
+    """Envoy counts a subset's requests in its cluster's stats: retries through ``shop/v2`` show in
+    ``facade_upstream_retries_total{service="shop"}`` (they were counted on a pool /metrics never read)."""
+    v1, v2 = EchoApp("v1"), EchoApp("v2")
+    async with serve_app(v1) as u1, serve_app(v2) as u2:
+        text = f"""
+        listen: 127.0.0.1:0
+        admin: {{listen: 127.0.0.1:0}}
+        services:
+          shop:
+            endpoints:
+              - {{url: {u1}, labels: {{version: v1}}}}
+              - {{url: {u2}, labels: {{version: v2}}}}
+            subsets:
+              - {{name: v2, labels: {{version: v2}}}}
+            retries: {{attempts: 2, retry_on: [503]}}
+        routes:
+          - name: beta
+            backend: shop/v2
+        """
+        async with run_facade(tmp_path, text) as rt, httpx.AsyncClient(base_url=rt.url, timeout=10) as client:
+            for _ in range(3):
+                assert (await client.get("/status/503")).status_code == 503
+            metrics = (await client.get(rt.admin_url + "/metrics")).text
+            assert 'facade_upstream_retries_total{service="shop"} 6' in metrics
+            assert len(v1.requests) == 0
