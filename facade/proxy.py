@@ -28,6 +28,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
+from . import timers
 from .error_log import RecentErrors
 from .errors import ProxyError, UpstreamConnectError, UpstreamTimeout, UpstreamUnavailable
 from .exchange import (
@@ -394,7 +395,7 @@ class Proxy:
                 endpoint.begin()
                 try:  # in flight until this try ends, however it ends (cancellation included)
                     try:
-                        async with asyncio.timeout(timeout if timeout and timeout > 0 else None):
+                        with timers.timeout(timeout if timeout and timeout > 0 else None):  # (coarse: 0-10 ms late)
                             resp = await client.request(
                                 endpoint.address,
                                 method,
@@ -581,7 +582,7 @@ async def _send_chunk(send: Send, chunk: bytes, idle_timeout: float | None) -> N
     # likes, holding an upstream connection: the idle timeout bounds that silence too (Envoy's
     # stream idle timeout counts both directions).
     try:
-        async with asyncio.timeout(idle_timeout):
+        with timers.timeout(idle_timeout):
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
     except TimeoutError:
         raise TimeoutError(f"client read nothing for {idle_timeout:g}s mid-body") from None

@@ -84,6 +84,26 @@ async def test_a_silent_connection_is_closed_after_the_header_timeout(tmp_path):
             writer.close()
 
 
+async def test_an_idle_keep_alive_connection_is_closed_after_the_keep_alive_timeout(tmp_path, monkeypatch):
+    # The keep-alive and request-head deadlines run on the loop's coarse timer wheel (facade/timers.py):
+    # they still fire, a little late at most, and a connection reused in time stays open.
+    monkeypatch.setattr("facade.server.KEEP_ALIVE_S", 0.5)
+    async with serve_app(EchoApp()) as url:
+        async with run_facade(tmp_path, _cfg(url)) as rt:
+            reader, writer = await asyncio.open_connection("127.0.0.1", _port(rt.url))
+            loop = asyncio.get_running_loop()
+            for _ in range(3):  # reused well within the timeout: the same connection answers every time
+                writer.write(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+                assert head.startswith(b"HTTP/1.1 200")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                await asyncio.wait_for(reader.readexactly(length), 5)
+            idle_from = loop.time()
+            assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the facade
+            assert loop.time() - idle_from >= 0.5 - 0.01
+            writer.close()
+
+
 async def test_concurrency_limit_answers_503(tmp_path):
     backend = EchoApp()
     async with serve_app(backend) as url:
