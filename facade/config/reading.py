@@ -93,6 +93,34 @@ _STRING_MATCH_KINDS = ("exact", "prefix", "regex", "present", "absent")
 
 _SERVICE_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9_-]*[a-z0-9])?$")
 _TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token
+_CTL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # RFC 9110 5.5: no CTLs but HTAB
+
+
+def wire_name_problem(name: str, what: str) -> str | None:
+    """Why ``name`` cannot be a header or cookie name on the wire (RFC 9110 / RFC 6265: a token), or None.
+
+    Every key that names a header or a cookie the facade reads or writes (hash keys, sticky and
+    canary keys, rate-limit keys) goes through here: a space, ';' or '=' in a cookie name would
+    forge attributes of the Set-Cookie the facade sends, and a header name with a space never matches.
+    """
+    if not name:
+        return f"{what} must not be empty"
+    if not _TOKEN_RE.match(name):
+        return f"invalid {what} {name!r}: use letters, digits and !#$%&'*+-.^_`|~ (no spaces, ';', '=' or ',')"
+    return None
+
+
+def header_value_problem(value: str) -> str | None:
+    """Why ``value`` cannot be sent (or matched) as a header value, or None: CTLs and non-latin-1 text."""
+    if _CTL_RE.search(value):
+        return "header value contains a control character (CR, LF, NUL...)"
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return "header value must be ASCII (or latin-1): percent-encode other text"
+    return None
+
+
 _LISTEN_RE = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d+)$")
 _HOST_LABELS_RE = re.compile(r"^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*$")
 _SPIFFE_RE = re.compile(r"^spiffe://[a-z0-9._-]+(/[A-Za-z0-9._-]+)+$")  # only when the mesh is not installed
