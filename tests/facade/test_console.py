@@ -70,6 +70,37 @@ def test_loadtest_uses_the_same_lookup(here: Path, capsys: pytest.CaptureFixture
     assert capsys.readouterr().err.startswith("facade loadtest: no config file: tried -c FILE")
 
 
+@pytest.mark.parametrize("target", ["istio", "gateway-api"])
+def test_export_uses_the_same_lookup(here: Path, target: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # A bare `facade export istio` in a folder without a config was a TypeError traceback.
+    assert main(["export", target]) == EXIT_INVALID
+    assert capsys.readouterr().err == ("facade export: no config file: tried -c FILE, $FACADE_CONFIG, ./facade.yaml, "
+                                       "a `facade up` running from this directory; pass -c FILE\n")
+
+
+def test_loadtest_checks_config_plans_and_the_name_before_starting_anything(
+    here: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (here / "facade.yaml").write_text(
+        "services: {a: {endpoints: ['http://127.0.0.1:1']}, b: {endpoints: ['http://127.0.0.1:2']}}\n"
+        "routes: [{name: r, backend: a}]\nmigrations: plans/\n"
+    )
+    (here / "plans").mkdir()
+    plan = here / "plans" / "001.yaml"
+    plan.write_text("name: move-r\nroute: r\nfrom: a\nto: b\nsteps: [{weight: 100}]\n")
+    # Before, each of these started a throwaway facade (and left a loadtest-* folder) to fail there.
+    assert main(["loadtest", "move-rr", "--quick"]) == EXIT_INVALID
+    assert capsys.readouterr().err == (
+        "facade loadtest: no migration named 'move-rr' in plans/ (plans: move-r); did you mean 'move-r'?\n"
+    )
+    plan.write_text("name: move-r\nroute: r\nfrom: a\nto: ghost\nsteps: [{weight: 100}]\n")
+    assert main(["loadtest", "move-r", "--quick"]) == EXIT_INVALID
+    err = capsys.readouterr().err
+    assert err.startswith("facade loadtest: invalid config or plans (nothing was started):\n")
+    assert "plans/001.yaml:4:5: to: unknown service 'ghost'" in err
+    assert sorted(p.name for p in here.iterdir()) == ["facade.yaml", "plans"]  # nothing started, nothing written
+
+
 # -- the admin token -------------------------------------------------------------------------------
 
 
