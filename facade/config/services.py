@@ -471,6 +471,10 @@ def _read_retries(node: Node | None, problems: Problems, *, per_service: bool = 
             problems.error(element, f"must be one of {', '.join(_RETRY_ON)}, got {value!r}{extra}")
         elif value not in retry_on:
             retry_on.append(value)
+    if on is not None and on.is_list and not on.elements():
+        # Envoy's empty retry_on: nothing is retried, whatever attempts says; likely meant the default.
+        problems.warn(on, "an empty retry_on retries nothing (attempts has no effect); leave it out for the "
+                          "default [connect-failure], or write attempts: 0")
     codes = _read_status_codes(f.get("retriable_status_codes"), problems)
     if "retriable_status_codes" in f and "retriable-status-codes" not in retry_on:
         problems.error(

@@ -145,6 +145,15 @@ def test_a_bad_value_is_an_error_at_its_key(tmp_path: Path, key: str, value: Any
     assert any(re.match(where + re.escape(path) + ": .*" + re.escape(says), e) for e in errors), errors
 
 
+def test_an_empty_retry_on_warns_that_nothing_is_retried(tmp_path: Path) -> None:
+    path = tmp_path / "facade.yaml"
+    path.write_text(yaml.safe_dump(_with(BASE, f"{SVC}.retries", {"attempts": 3, "retry_on": []}), sort_keys=False))
+    config, problems = check_config(str(path))
+    assert config is not None and config.services[1].retries.retry_on == ()
+    assert [p.path for p in problems if p.severity == "warning"] == [f"{SVC}.retries.retry_on"]
+    assert "retries nothing" in problems[0].message
+
+
 def test_durations_and_integers_have_one_documented_ceiling() -> None:
     assert parse_duration("8760h") == MAX_DURATION
     with pytest.raises(ValueError, match="at most 8760h"):
@@ -256,3 +265,26 @@ async def test_a_reload_with_a_catastrophic_regex_is_refused_and_the_old_table_s
                 assert statuses == {200}
                 cfg = (await admin.get("/config")).json()
                 assert cfg["version"] == 1 and cfg["last_reload"]["ok"] is False
+
+
+async def test_a_reload_with_a_plan_turned_invalid_is_refused_and_the_running_plan_stays(tmp_path: Path) -> None:
+    from .migration.stack import migration_stack
+
+    plan = "name: shop\nroute: catalog\nfrom: monolith\nto: catalog\nsticky: {cookie: sid}\nsteps: [{weight: 10}, {weight: 30}]\n"
+    async with migration_stack(tmp_path, plan) as s:
+        assert (await s.act("shop", "start")).status_code == 200
+        before = s.runtime.holder.current.splits["catalog"]
+        for bad in (
+            plan.replace("{cookie: sid}", "{cookie: 'sid; Domain=evil.test'}"),  # a step not applied yet is editable,
+            plan.replace("{weight: 30}", "{weight: 30, hold: 99999999h}"),  # but not into an invalid plan
+            plan.replace("steps:", "steps: 5\nbogus:"),
+        ):
+            s.write_plan(bad)
+            s.touch_config(bad[-20:])
+            result = await s.runtime.reload("test")
+            assert not result.ok and any(p.severity == "error" for p in result.problems), bad
+            assert s.controller.plans["shop"].steps[1].hold == 0.0 and s.controller.plans["shop"].sticky is not None
+            assert s.runtime.holder.current.splits["catalog"] == before
+            assert (await s.status("shop"))["step"] == 1
+        served = {(await s.client.get("/catalog/item", headers={"cookie": f"sid=user-{i}"})).status_code for i in range(10)}
+        assert served == {200}
