@@ -174,7 +174,30 @@ def _read_state_store(node: Node | None, problems: Problems) -> str | None:
         problems.error(node, "must be a postgresql://user@host:port/dbname URL (leave it out for the SQLite file "
                        "in state_dir)")
         return None
+    reason = _postgres_url_problem(value)
+    if reason is not None:
+        problems.error(node, reason)
+        return None
     return value
+
+
+def _postgres_url_problem(url: str) -> str | None:
+    """Why libpq cannot parse ``url`` (checked offline, so `facade validate` catches it), or None.
+
+    Without psycopg installed the URL is taken as written: opening the store says what to install.
+    """
+    try:
+        from psycopg import ProgrammingError
+        from psycopg.conninfo import conninfo_to_dict
+    except ModuleNotFoundError:
+        return None
+    try:
+        conninfo_to_dict(url)
+    except ProgrammingError as exc:
+        # libpq's message quotes the whole URL, password included: say what is wrong without it.
+        detail = re.sub(r'\s*in URI: ".*"', "", str(exc).splitlines()[0]) if str(exc) else "cannot be parsed"
+        return f"not a valid PostgreSQL URL: {detail} (the value is not shown: it may carry a password)"
+    return None
 
 
 def _nonempty_str(node: Node | None, problems: Problems) -> str | None:

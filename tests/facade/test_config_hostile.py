@@ -145,6 +145,14 @@ def test_a_bad_value_is_an_error_at_its_key(tmp_path: Path, key: str, value: Any
     assert any(re.match(where + re.escape(path) + ": .*" + re.escape(says), e) for e in errors), errors
 
 
+@pytest.mark.parametrize("url", ["postgresql://u:s3cretpw@[::1/db", "postgresql://u:s3cretpw@db/x?bogus_option=1"])
+def test_an_unparsable_state_store_is_an_error_that_never_shows_the_password(tmp_path: Path, url: str) -> None:
+    # It passed validation and `facade serve` died with psycopg's traceback, quoting the password.
+    errors = _errors(tmp_path, {**BASE, "state_store": url})
+    assert len(errors) == 1 and ": state_store: not a valid PostgreSQL URL: " in errors[0]
+    assert "s3cretpw" not in errors[0]
+
+
 def test_an_empty_retry_on_warns_that_nothing_is_retried(tmp_path: Path) -> None:
     path = tmp_path / "facade.yaml"
     path.write_text(yaml.safe_dump(_with(BASE, f"{SVC}.retries", {"attempts": 3, "retry_on": []}), sort_keys=False))
