@@ -7,7 +7,8 @@ random draws:
 
 - a CORS preflight (OPTIONS with Origin and Access-Control-Request-Method) from an allowed origin
   -> the headers of the facade's own answer (Envoy's cors filter: the request never goes upstream);
-  a preflight from another origin goes on upstream like any request, and gets no CORS headers;
+  a preflight from another origin goes on upstream like any request, and gets no CORS headers
+  (only ``Vary: Origin``, which every response of a CORS route carries);
 - otherwise ``Extras``: a delay, an abort status (Istio HTTPFaultInjection: delay first, then
   abort, each drawn independently) and the CORS headers for the response, which the proxy applies.
 """
