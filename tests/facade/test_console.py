@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from facade.cli import build_parser, iter_commands, main, render_reference, update_readme
-from facade.cli.console import EXIT_INVALID, CliError, Progress, admin_token, find_config
+from facade.cli.console import EXIT_INVALID, EXIT_NOT_FOUND, CliError, Progress, admin_token, find_config
 from facade.cli.up import describe_exit, facade_state_key, load_or_create_token
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,7 +89,7 @@ def test_loadtest_checks_config_plans_and_the_name_before_starting_anything(
     plan = here / "plans" / "001.yaml"
     plan.write_text("name: move-r\nroute: r\nfrom: a\nto: b\nsteps: [{weight: 100}]\n")
     # Before, each of these started a throwaway facade (and left a loadtest-* folder) to fail there.
-    assert main(["loadtest", "move-rr", "--quick"]) == EXIT_INVALID
+    assert main(["loadtest", "move-rr", "--quick"]) == EXIT_NOT_FOUND
     assert capsys.readouterr().err == (
         "facade loadtest: no migration named 'move-rr' in plans/ (plans: move-r); did you mean 'move-r'?\n"
     )
