@@ -114,6 +114,15 @@ def _origin_problem(kind: str, value: str) -> str | None:
     return None
 
 
+def _warn_upper_case(node: Node, value: str, problems: Problems) -> None:
+    # Browsers serialize an origin's scheme and host in lower case, and origins compare case-sensitively.
+    scheme, sep, rest = value.partition("://")
+    host = rest.split(":")[0] if not rest.startswith("[") else rest
+    if sep and (scheme + host) != (scheme + host).lower():
+        lower = f"{scheme.lower()}://{host.lower()}{rest[len(host):]}"
+        problems.warn(node, f"browsers send the origin in lower case: {value!r} never matches; write {lower!r}")
+
+
 def _read_origin(node: Node, problems: Problems) -> StringMatch | None:
     if node.is_scalar and not node.is_null:
         if not isinstance(node.value, str):
@@ -124,6 +133,7 @@ def _read_origin(node: Node, problems: Problems) -> StringMatch | None:
         if reason is not None:
             problems.error(node, reason)
             return None
+        _warn_upper_case(node, value, problems)
         return StringMatch("exact", value)
     f = node.fields(problems, _ORIGIN_KINDS)
     given = [k for k, _ in node.items() if k in f]
@@ -145,6 +155,8 @@ def _read_origin(node: Node, problems: Problems) -> StringMatch | None:
         if reason is not None:
             problems.error(f[kind], reason)
             return None
+    else:
+        _warn_upper_case(f[kind], value, problems)
     return StringMatch(cast(Literal["exact", "prefix", "regex"], kind), value)
 
 

@@ -153,6 +153,16 @@ def test_an_unparsable_state_store_is_an_error_that_never_shows_the_password(tmp
     assert "s3cretpw" not in errors[0]
 
 
+@pytest.mark.parametrize("origin", ["https://Shop.example", {"exact": "HTTPS://shop.example:8443"}, {"prefix": "https://Preview-"}])
+def test_an_origin_in_upper_case_warns_that_it_never_matches(tmp_path: Path, origin: Any) -> None:
+    path = tmp_path / "facade.yaml"
+    path.write_text(yaml.safe_dump(_with(BASE, f"{ROUTE}.cors", {"allow_origins": [origin]}), sort_keys=False))
+    config, problems = check_config(str(path))
+    assert config is not None
+    assert [p.path.split(".allow_origins")[0] for p in problems] == ["routes[0].cors"]
+    assert "never matches; write 'https://" in problems[0].message and problems[0].severity == "warning"
+
+
 def test_an_empty_retry_on_warns_that_nothing_is_retried(tmp_path: Path) -> None:
     path = tmp_path / "facade.yaml"
     path.write_text(yaml.safe_dump(_with(BASE, f"{SVC}.retries", {"attempts": 3, "retry_on": []}), sort_keys=False))
