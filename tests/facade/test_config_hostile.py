@@ -185,14 +185,17 @@ def test_durations_and_integers_have_one_documented_ceiling() -> None:
 
 @pytest.mark.parametrize(
     "pattern",
-    ["(/[a-z]+)*", "^/orders/\\d+$", "(,\\d+)+", "https://.*\\.shop\\.test", "(\\d+)?", "(\\.[a-z]+)+", "(a|ab)*"],
+    ["(/[a-z]+)*", "^/orders/\\d+$", "(,\\d+)+", "https://.*\\.shop\\.test", "(\\d+)?", "(\\.[a-z]+)+", "(a|ab)*",
+     "(/[^/]*)*", "(\\w+\\.)*\\w+", "^/api/(v\\d+/)*items$", "(/(ab)+)*", "(/[a-z0-9._-]+)*"],
 )
 def test_unambiguous_repeats_stay_allowed(pattern: str) -> None:
     assert regex_problem(pattern) is None
 
 
 @pytest.mark.parametrize(
-    "pattern", ["(a+)+", "((a+))+", "(?:a*)*", "(a{1,10})+", "(a+b?)+", "(x+x+)+y", "(a|b+)+", "(?:x|(?:y*z*))*"]
+    "pattern",
+    ["(a+)+", "((a+))+", "(?:a*)*", "(a{1,10})+", "(a+b?)+", "(x+x+)+y", "(a|b+)+", "(?:x|(?:y*z*))*",
+     "(/.*)*", "(a.*)+", "(.*,)*", "(/\\S+)*", "(-?\\d+)*"],
 )
 def test_repeats_made_only_of_repeats_are_refused(pattern: str) -> None:
     problem = regex_problem(pattern)
