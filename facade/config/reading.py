@@ -231,23 +231,30 @@ def _optional_duration(node: Node | None, problems: Problems, default: float | N
     return default if value < 0 else value
 
 
-def _read_listen(node: Node | None, problems: Problems, default: str) -> str:
-    value = read_str(node, problems)
-    if node is None or value is None:
-        return default
+def listen_problem(value: str) -> str | None:
+    """Why ``value`` is not a ``host:port`` to listen on, or None (the config's listen keys and
+    ``facade serve --listen / --admin-listen`` alike)."""
     m = _LISTEN_RE.match(value)
     if m is None:
-        problems.error(node, f"must be host:port (e.g. 127.0.0.1:8080 or [::1]:8080), got {value!r}")
-        return default
+        return f"must be host:port (e.g. 127.0.0.1:8080 or [::1]:8080), got {value!r}"
     if m.group("v6") is not None:
         try:
             ipaddress.IPv6Address(m.group("v6"))
         except ValueError:
-            problems.error(node, f"invalid IPv6 address {m.group('v6')!r}")
-            return default
+            return f"invalid IPv6 address {m.group('v6')!r}"
     port = int(m.group("port"))
     if port > 65535:
-        problems.error(node, f"port must be 0-65535, got {port}")
+        return f"port must be 0-65535, got {port}"
+    return None
+
+
+def _read_listen(node: Node | None, problems: Problems, default: str) -> str:
+    value = read_str(node, problems)
+    if node is None or value is None:
+        return default
+    reason = listen_problem(value)
+    if reason is not None:
+        problems.error(node, reason)
         return default
     return value
 

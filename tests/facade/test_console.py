@@ -218,3 +218,20 @@ def test_usage_errors_use_the_same_format_and_exit_2(capsys: pytest.CaptureFixtu
         "\nfacade migrate next: the following arguments are required: name\n")
     assert main(["routes", "--bogus"]) == EXIT_INVALID
     assert capsys.readouterr().err == "facade routes: unrecognized arguments: --bogus (see facade routes --help)\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--listen", "nonsense"], "--listen: must be host:port (e.g. 127.0.0.1:8080 or [::1]:8080), got 'nonsense'"),
+        (["--listen", "127.0.0.1:99999"], "--listen: port must be 0-65535, got 99999"),
+        (["--admin-listen", "[zz]:80"], "--admin-listen: invalid IPv6 address 'zz'"),
+    ],
+)
+def test_serve_refuses_a_bad_listen_override_in_one_line(
+    here: Path, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # These were a ValueError / OverflowError traceback when the listener bound.
+    (here / "facade.yaml").write_text("routes: []\n")
+    assert main(["serve", *argv]) == EXIT_INVALID
+    assert capsys.readouterr().err == f"facade serve: {message}\n"
