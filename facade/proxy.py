@@ -221,6 +221,8 @@ class Proxy:
         if route.rate_limit is not None:  # a route without one pays this one check
             limited = self._rate_limited(snap, route, scope)
             if limited is not None:
+                if decision.extras is not None:  # a browser reads the 429 only with the route's CORS headers
+                    limited.extend(decision.extras.cors)
                 await _json_response(send, 429, {"error": "rate limited"}, limited)  # no route name: as errors
                 return
         method: str = scope["method"]
@@ -304,7 +306,9 @@ class Proxy:
                     route=route.name, backend=backend,
                 )
                 debug = snap.config.debug_error_details and is_loopback(client_ip)
-                await _error_response(send, exc, route.name, backend, ids.request_id, debug=debug)
+                await _error_response(
+                    send, exc, route.name, backend, ids.request_id, debug=debug, cors=extras.cors if extras else ()
+                )
         except (TimeoutError, UpstreamError, OSError) as exc:
             # Failure while streaming the response body: abort, never truncate silently.
             logger.warning("upstream %s failed mid-response on route %s: %r", backend, route.name, exc)
@@ -608,9 +612,11 @@ async def _json_response(send: Send, status: int, body: dict[str, Any], extra: l
 
 
 async def _error_response(
-    send: Send, exc: ProxyError, route: str, backend: str, request_id: str, *, debug: bool = False
+    send: Send, exc: ProxyError, route: str, backend: str, request_id: str, *, debug: bool = False,
+    cors: tuple[tuple[bytes, bytes], ...] = (),
 ) -> None:
     status, headers, payload = error_refusal(exc, route, backend, request_id, debug=debug)
+    headers.extend(cors)  # like Envoy's cors filter on local replies: the browser may read the 502/503/504
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload, "more_body": False})
 

@@ -6,8 +6,9 @@ a request takes one token or is answered 429 with ``retry-after`` (docs/routing.
 limiting"). Keys: the route (one bucket), the client's IP, or a header's value.
 
 Buckets of per-key limiters are bounded: at most ``max_keys`` (``DEFAULT_MAX_KEYS``) per route,
-least recently used evicted first. An evicted key comes back with a full bucket, which loses
-nothing when its bucket had refilled anyway (idle for ``capacity / rate`` seconds); a client that
+least recently used evicted first, and a key longer than ``MAX_KEY_CHARS`` is kept as its digest,
+so a client choosing header values cannot grow the table past ~2-3 MB a route. An evicted key comes
+back with a full bucket, which loses nothing when its bucket had refilled anyway (idle for ``capacity / rate`` seconds); a client that
 cycles through more keys than the cap within that time is not limited per key (bound the key
 space, e.g. rate limit by client IP rather than a client-chosen header).
 
@@ -21,6 +22,7 @@ supervisor, whose ``/metrics`` sums them (docs/workers.md).
 from __future__ import annotations
 
 import collections
+import hashlib
 import ipaddress
 import math
 import time
@@ -29,9 +31,12 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from .config import RateLimit, Route
 from .telemetry.prometheus import escape_label_value
 
-__all__ = ["DEFAULT_MAX_KEYS", "RateLimits", "RouteLimiter", "TokenBucket", "client_key"]
+__all__ = ["DEFAULT_MAX_KEYS", "MAX_KEY_CHARS", "RateLimits", "RouteLimiter", "TokenBucket", "client_key"]
 
 DEFAULT_MAX_KEYS = 10_000  # per route; a bucket is ~100 bytes, so ~1 MB per keyed route at most
+# A key longer than this is kept as its digest: a header value is the client's to choose and may be as
+# long as the request head allows (32 KiB), and 10,000 such keys would hold ~300 MB per route.
+MAX_KEY_CHARS = 64
 
 
 class TokenBucket:
@@ -93,6 +98,9 @@ class RouteLimiter:
         return wait
 
     def _keyed(self, key: str) -> TokenBucket:
+        if len(key) > MAX_KEY_CHARS:
+            # 128 bits: two values sharing a bucket by chance would take ~2^64 keys.
+            key = "#" + hashlib.blake2b(key.encode("latin-1", "replace"), digest_size=16).hexdigest()
         bucket = self._buckets.get(key)
         if bucket is None:
             if len(self._buckets) >= self.max_keys:

@@ -7,7 +7,8 @@ random draws:
 
 - a CORS preflight (OPTIONS with Origin and Access-Control-Request-Method) from an allowed origin
   -> the headers of the facade's own answer (Envoy's cors filter: the request never goes upstream);
-  a preflight from another origin goes on upstream like any request, and gets no CORS headers;
+  a preflight from another origin goes on upstream like any request, and gets no CORS headers
+  (only ``Vary: Origin``, which every response of a CORS route carries);
 - otherwise ``Extras``: a delay, an abort status (Istio HTTPFaultInjection: delay first, then
   abort, each drawn independently) and the CORS headers for the response, which the proxy applies.
 """
@@ -96,16 +97,25 @@ def compile_policy(route: Route) -> RoutePolicy | None:
     return RoutePolicy(route.fault, CorsRule.compile(route.cors) if route.cors is not None else None)
 
 
+_VARY_ORIGIN = ((b"vary", b"Origin"),)
+
+
 def _origin(headers: Headers) -> tuple[bytes | None, bool]:
-    """The Origin header and whether Access-Control-Request-Method is present."""
+    """The Origin header and whether Access-Control-Request-Method is present.
+
+    A browser sends one Origin; a request with two is not a browser's, and which one a cache or the
+    upstream would look at is anyone's guess, so it counts as no origin (nothing is echoed).
+    """
     origin: bytes | None = None
+    seen = 0
     requested = False
     for name, value in headers:
         if name == b"origin":
             origin = value
+            seen += 1
         elif name == b"access-control-request-method":
             requested = True
-    return origin, requested
+    return (origin if seen == 1 else None), requested
 
 
 def preflight_headers(cors: CorsRule, headers: Headers) -> tuple[tuple[bytes, bytes], ...] | None:
@@ -133,6 +143,11 @@ def draw_extras(
         origin, _ = _origin(headers)
         if origin is not None and cors.allows(origin):
             cors_headers = (*cors.origin_headers(origin), *cors.actual)
+        else:
+            # The answer depends on Origin whether or not this one is allowed (or sent): without Vary a
+            # shared cache keeps the header-less answer and serves it to an allowed site, which the
+            # browser then blocks (envoyproxy/envoy#35873; jetty, rs/cors and fastify-cors always vary).
+            cors_headers = _VARY_ORIGIN
     if not delay and not abort and not cors_headers:
         return None
     return Extras(delay, abort, cors_headers)
@@ -142,4 +157,5 @@ def with_cors(headers: list[tuple[bytes, bytes]], cors: tuple[tuple[bytes, bytes
     """The response headers with the route's CORS headers: they replace the upstream's own (Envoy's
     cors filter sets them), except Vary, which is added to."""
     names = {name for name, _ in cors if name != b"vary"}
-    return [*(h for h in headers if h[0] not in names), *cors]
+    varies = any(name == b"vary" and (b"origin" in value.lower() or b"*" in value) for name, value in headers)
+    return [*(h for h in headers if h[0] not in names), *(h for h in cors if not (varies and h[0] == b"vary"))]

@@ -278,6 +278,14 @@ def _check_constructible(loader: yaml.SafeLoader, node: yaml.Node) -> None:
 _DURATION_RE = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*(ms|us|µs|s|m|h))+\s*$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|us|µs|s|m|h)")
 _UNIT_SECONDS = {"us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+# The longest duration any key takes. Without a bound "99999999999h" (or 400 digits, which is float
+# infinity) passed validation and broke later: int(inf) for a Max-Age, exported manifests Kubernetes
+# rejects. A year is beyond every sensible timeout, hold, interval and TTL.
+MAX_DURATION = 365 * 24 * 3600.0
+# The largest integer a count, limit or threshold may be: the range of Envoy's and Istio's uint32 /
+# int32 fields (max_connections, max_pending_requests, tokens_per_fill...), so a value facade
+# accepts also exports, and a typo of a few extra digits is caught.
+MAX_INT = 2**31 - 1
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|KiB|MB|MiB|GB|GiB|K|M|G)?\s*$", re.IGNORECASE)
 _SIZE_UNIT = {
     "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
@@ -289,7 +297,10 @@ def parse_duration(text: str) -> float:
     """``"1m30s"`` -> 90.0. Units: us, ms, s, m, h (a unit is required). Raises ValueError."""
     if not isinstance(text, str) or not _DURATION_RE.match(text):
         raise ValueError(f"invalid duration {text!r} (expected e.g. 250ms, 5s, 2m, 1h30m)")
-    return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
+    seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
+    if not seconds <= MAX_DURATION:  # also catches inf
+        raise ValueError(f"duration {text!r} is too long: at most {MAX_DURATION / 3600:g}h (a year)")
+    return seconds
 
 
 def parse_size(value: str | int) -> int:
@@ -346,6 +357,9 @@ def read_int(
         return default
     if (min is not None and value < min) or (max is not None and value > max):
         problems.error(node, _range_message(min, max, value))
+        return default
+    if not -MAX_INT <= value <= MAX_INT:
+        problems.error(node, _range_message(-MAX_INT if value < 0 else None, MAX_INT if value > 0 else None, value))
         return default
     return value
 
@@ -435,6 +449,8 @@ def read_str_list(node: Node | None, problems: Problems, *, default: T = None, a
 
 
 def _range_message(lo: float | None, hi: float | None, value: float) -> str:
+    if lo is None and hi == MAX_INT or lo == -MAX_INT and hi is None:
+        return f"must be at most {MAX_INT} in size, got {value}"
     if lo is not None and hi is not None:
         return f"must be {lo:g}-{hi:g}, got {value:g}"
     if lo is not None:

@@ -99,6 +99,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
 
     args.config = find_config(args.config)
+    from ..config.reading import listen_problem
+
+    for flag, value in (("--listen", args.listen), ("--admin-listen", args.admin_listen)):
+        reason = listen_problem(value) if value else None
+        if reason is not None:  # it was a ValueError / OverflowError traceback at bind time
+            return fail(args, f"{flag}: {reason}", EXIT_INVALID)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args.config)

@@ -271,6 +271,9 @@ class AdminClient:
             detail = str(body.get("error") if isinstance(body, dict) else body).strip() or response.reason_phrase
             if response.status_code == 401:
                 detail = self._token_message(detail)
+            known = body.get("routes") if isinstance(body, dict) and response.status_code == 404 else None
+            if isinstance(known, list) and "(routes:" not in detail:  # what to type instead
+                detail += f" (routes: {', '.join(map(str, known)) or 'none'})"
             code = _STATUS_EXIT.get(response.status_code, EXIT_FAILURE)
             raise AdminError(detail, code, response.status_code, body)
         return body

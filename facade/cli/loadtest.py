@@ -60,6 +60,7 @@ from .console import (
     EXIT_FAILURE,
     EXIT_GATE_FAILED,
     EXIT_INVALID,
+    EXIT_NOT_FOUND,
     EXIT_OK,
     EXIT_REFUSED,
     EXIT_UNREACHABLE,
@@ -942,9 +943,44 @@ def plan_holds(config_path: str, name: str) -> list[float] | None:
     return None if plan is None else [float(step.hold) for step in plan.steps]
 
 
+def rehearsal_problem(config_path: str, name: str) -> LoadtestError | None:
+    """Why a rehearsal of plan ``name`` cannot start, known offline, or None: the config or a plan is
+    invalid (exit 2), or no plan has that name (exit 3, with a did-you-mean). Checked before the
+    throwaway facade starts, so a typo is not a facade that fails (or starts for nothing) and a log
+    folder left behind."""
+    import difflib
+
+    from .commands import validate_all
+
+    config, problems = validate_all(config_path)
+    errors = [str(p) for p in problems if p.severity == "error"]
+    if config is None or errors:
+        text = "\n".join(f"    {e}" for e in errors)
+        return LoadtestError(f"invalid config or plans (nothing was started):\n{text}", EXIT_INVALID)
+    if not config.migrations_dir:
+        return LoadtestError(f"{config_path} has no 'migrations:' folder, so there is no plan {name!r} to rehearse",
+                             EXIT_NOT_FOUND)
+    try:
+        from ..migration.plan import load_plans
+    except ModuleNotFoundError:
+        return None  # a build without migrations: the facade says what is missing
+    plans, _ = load_plans(config.migrations_dir, routes=[r.name for r in config.routes],
+                          services=config.backend_names, mesh=config.mesh is not None)  # fmt: skip
+    if name in plans:
+        return None
+    hint = difflib.get_close_matches(name, list(plans), n=1)
+    known = f"plans: {', '.join(sorted(plans))}" if plans else "it holds no plans"
+    return LoadtestError(f"no migration named {name!r} in {config.migrations_dir} ({known})"
+                         + (f"; did you mean {hint[0]!r}?" if hint else ""), EXIT_NOT_FOUND)
+
+
 def check_before_start(settings: Settings) -> None:
-    """What can be known to fail before anything starts: a --gates run that could never pass a
+    """What can be known to fail before anything starts: an invalid config or plan, an unknown plan
+    (for a rehearsal; a --live run asks the running facade), a --gates run that could never pass a
     hold, and locust missing from the interpreter that would run it."""
+    invalid = None if settings.live else rehearsal_problem(settings.config, settings.name)
+    if invalid is not None:
+        raise invalid
     if settings.gates:
         holds = plan_holds(settings.config, settings.name)
         problem = holds and hold_problem(holds, step_duration=settings.step_duration,

@@ -5,12 +5,12 @@ Semantics are Istio's (HTTPFaultInjection, CorsPolicy); docs/configuration.md li
 
 from __future__ import annotations
 
-import re
 from typing import Literal, cast
 
 from ..yamlfile import Node, Problems, read_bool, read_duration, read_int, read_percent, read_str
 from .model import CorsPolicy, FaultAbort, FaultDelay, FaultPolicy, StringMatch
-from .reading import _TOKEN_RE
+from .reading import _TOKEN_RE, header_value_problem
+from .regex import regex_problem
 
 __all__ = ["read_cors", "read_fault"]
 
@@ -68,6 +68,15 @@ def read_cors(node: Node | None, problems: Problems) -> CorsPolicy | None:
         match = _read_origin(element, problems)
         if match is not None:
             origins.append(match)
+    credentials = read_bool(f.get("allow_credentials"), problems, default=False)
+    if credentials and any(m.kind == "exact" and m.value == "*" for m in origins):
+        # The facade echoes the request's origin (never "*", which browsers refuse with credentials),
+        # so this lets every web site send requests with the user's cookies and read the answers.
+        problems.warn(
+            f["allow_credentials"],
+            'with allow_origins "*" every web site may make credentialed requests and read the answers; '
+            "list the origins that may",
+        )
     methods = _read_tokens(f.get("allow_methods"), problems, "method", upper=True)
     max_age: int | None = None
     if "max_age" in f:
@@ -79,14 +88,53 @@ def read_cors(node: Node | None, problems: Problems) -> CorsPolicy | None:
         allow_headers=_read_tokens(f.get("allow_headers"), problems, "header name", upper=False),
         expose_headers=_read_tokens(f.get("expose_headers"), problems, "header name", upper=False),
         max_age=max_age,
-        allow_credentials=read_bool(f.get("allow_credentials"), problems, default=False),
+        allow_credentials=credentials,
     )
+
+
+def _origin_problem(kind: str, value: str) -> str | None:
+    """Why an allowed origin can never match a browser's ``Origin`` (or is not header text), or None.
+
+    A browser sends ``scheme://host[:port]`` (or ``null``), never a path: ``https://shop.example/`` looks
+    allowed in the file but matches nothing, which shows up only as CORS errors in someone's browser.
+    """
+    if not value:
+        return "must not be empty"
+    reason = header_value_problem(value)
+    if reason is not None or any(c.isspace() for c in value):
+        return reason or "an origin has no spaces or tabs"
+    if kind != "exact" or value in ("*", "null"):
+        return None
+    scheme, sep, rest = value.partition("://")
+    if not sep or not scheme or not rest:
+        return f"an origin is scheme://host[:port] (e.g. https://shop.example) or \"*\", got {value!r}"
+    if "/" in rest or "?" in rest or "#" in rest:
+        bare = f"{scheme}://{rest.split('/')[0].split('?')[0].split('#')[0]}"
+        return f"an origin has no path, and browsers send none: {value!r} never matches; did you mean {bare!r}?"
+    return None
+
+
+def _warn_upper_case(node: Node, value: str, problems: Problems) -> None:
+    # Browsers serialize an origin's scheme and host in lower case, and origins compare case-sensitively.
+    scheme, sep, rest = value.partition("://")
+    host = rest.split(":")[0] if not rest.startswith("[") else rest
+    if sep and (scheme + host) != (scheme + host).lower():
+        lower = f"{scheme.lower()}://{host.lower()}{rest[len(host):]}"
+        problems.warn(node, f"browsers send the origin in lower case: {value!r} never matches; write {lower!r}")
 
 
 def _read_origin(node: Node, problems: Problems) -> StringMatch | None:
     if node.is_scalar and not node.is_null:
-        value = read_str(node, problems)  # a bare string is exact; "*" is any origin
-        return StringMatch("exact", value) if value else None
+        if not isinstance(node.value, str):
+            problems.error(node, f"must be a string (an origin such as \"https://shop.example\"), got {node.value!r}")
+            return None
+        value = node.value  # a bare string is exact; "*" is any origin
+        reason = _origin_problem("exact", value)
+        if reason is not None:
+            problems.error(node, reason)
+            return None
+        _warn_upper_case(node, value, problems)
+        return StringMatch("exact", value)
     f = node.fields(problems, _ORIGIN_KINDS)
     given = [k for k, _ in node.items() if k in f]
     if node.is_mapping and len(given) != 1:
@@ -96,16 +144,19 @@ def _read_origin(node: Node, problems: Problems) -> StringMatch | None:
         return None
     kind = given[0]
     value = read_str(f[kind], problems)
-    if not value:
-        if value is not None:
-            problems.error(f[kind], "must not be empty")
+    if value is None:
+        return None
+    reason = _origin_problem(kind, value) if kind != "regex" or not value else None
+    if reason is not None:
+        problems.error(f[kind], reason)
         return None
     if kind == "regex":
-        try:
-            re.compile(value)
-        except re.error as exc:
-            problems.error(f[kind], f"invalid regex {value!r}: {exc}")
+        reason = regex_problem(value)
+        if reason is not None:
+            problems.error(f[kind], reason)
             return None
+    else:
+        _warn_upper_case(f[kind], value, problems)
     return StringMatch(cast(Literal["exact", "prefix", "regex"], kind), value)
 
 

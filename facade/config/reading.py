@@ -93,6 +93,34 @@ _STRING_MATCH_KINDS = ("exact", "prefix", "regex", "present", "absent")
 
 _SERVICE_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9_-]*[a-z0-9])?$")
 _TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token
+_CTL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # RFC 9110 5.5: no CTLs but HTAB
+
+
+def wire_name_problem(name: str, what: str) -> str | None:
+    """Why ``name`` cannot be a header or cookie name on the wire (RFC 9110 / RFC 6265: a token), or None.
+
+    Every key that names a header or a cookie the facade reads or writes (hash keys, sticky and
+    canary keys, rate-limit keys) goes through here: a space, ';' or '=' in a cookie name would
+    forge attributes of the Set-Cookie the facade sends, and a header name with a space never matches.
+    """
+    if not name:
+        return f"{what} must not be empty"
+    if not _TOKEN_RE.match(name):
+        return f"invalid {what} {name!r}: use letters, digits and !#$%&'*+-.^_`|~ (no spaces, ';', '=' or ',')"
+    return None
+
+
+def header_value_problem(value: str) -> str | None:
+    """Why ``value`` cannot be sent (or matched) as a header value, or None: CTLs and non-latin-1 text."""
+    if _CTL_RE.search(value):
+        return "header value contains a control character (CR, LF, NUL...)"
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return "header value must be ASCII (or latin-1): percent-encode other text"
+    return None
+
+
 _LISTEN_RE = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d+)$")
 _HOST_LABELS_RE = re.compile(r"^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*$")
 _SPIFFE_RE = re.compile(r"^spiffe://[a-z0-9._-]+(/[A-Za-z0-9._-]+)+$")  # only when the mesh is not installed
@@ -146,7 +174,30 @@ def _read_state_store(node: Node | None, problems: Problems) -> str | None:
         problems.error(node, "must be a postgresql://user@host:port/dbname URL (leave it out for the SQLite file "
                        "in state_dir)")
         return None
+    reason = _postgres_url_problem(value)
+    if reason is not None:
+        problems.error(node, reason)
+        return None
     return value
+
+
+def _postgres_url_problem(url: str) -> str | None:
+    """Why libpq cannot parse ``url`` (checked offline, so `facade validate` catches it), or None.
+
+    Without psycopg installed the URL is taken as written: opening the store says what to install.
+    """
+    try:
+        from psycopg import ProgrammingError
+        from psycopg.conninfo import conninfo_to_dict
+    except ModuleNotFoundError:
+        return None
+    try:
+        conninfo_to_dict(url)
+    except ProgrammingError as exc:
+        # libpq's message quotes the whole URL, password included: say what is wrong without it.
+        detail = re.sub(r'\s*in URI: ".*"', "", str(exc).splitlines()[0]) if str(exc) else "cannot be parsed"
+        return f"not a valid PostgreSQL URL: {detail} (the value is not shown: it may carry a password)"
+    return None
 
 
 def _nonempty_str(node: Node | None, problems: Problems) -> str | None:
@@ -180,23 +231,30 @@ def _optional_duration(node: Node | None, problems: Problems, default: float | N
     return default if value < 0 else value
 
 
-def _read_listen(node: Node | None, problems: Problems, default: str) -> str:
-    value = read_str(node, problems)
-    if node is None or value is None:
-        return default
+def listen_problem(value: str) -> str | None:
+    """Why ``value`` is not a ``host:port`` to listen on, or None (the config's listen keys and
+    ``facade serve --listen / --admin-listen`` alike)."""
     m = _LISTEN_RE.match(value)
     if m is None:
-        problems.error(node, f"must be host:port (e.g. 127.0.0.1:8080 or [::1]:8080), got {value!r}")
-        return default
+        return f"must be host:port (e.g. 127.0.0.1:8080 or [::1]:8080), got {value!r}"
     if m.group("v6") is not None:
         try:
             ipaddress.IPv6Address(m.group("v6"))
         except ValueError:
-            problems.error(node, f"invalid IPv6 address {m.group('v6')!r}")
-            return default
+            return f"invalid IPv6 address {m.group('v6')!r}"
     port = int(m.group("port"))
     if port > 65535:
-        problems.error(node, f"port must be 0-65535, got {port}")
+        return f"port must be 0-65535, got {port}"
+    return None
+
+
+def _read_listen(node: Node | None, problems: Problems, default: str) -> str:
+    value = read_str(node, problems)
+    if node is None or value is None:
+        return default
+    reason = listen_problem(value)
+    if reason is not None:
+        problems.error(node, reason)
         return default
     return value
 

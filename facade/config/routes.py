@@ -38,7 +38,9 @@ from .reading import (
     _nonempty_str,
     _optional_duration,
     _read_abs_path,
+    header_value_problem,
 )
+from .regex import regex_problem
 from .services import _read_retries
 
 # -- routes --------------------------------------------------------------------------------------
@@ -204,8 +206,11 @@ def _read_rewrite(node: Node | None, problems: Problems) -> _Rewrite:
         value = _nonempty_str(f["authority"], problems)
         if value is not None:
             host = _canonical_host(value)
+            port = value.strip().rpartition("]")[2].partition(":")[2] if ":" in value.strip().rpartition("]")[2] else ""
             if host is None or "*" in host:
                 problems.error(f["authority"], f"invalid authority {value!r} (expected a host, e.g. catalog.internal:8080)")
+            elif port and not 1 <= int(port) <= 65535:
+                problems.error(f["authority"], f"invalid authority {value!r}: the port must be 1-65535")
             else:
                 authority = value.strip().lower()
     return _Rewrite(prefix, regex, authority)
@@ -309,7 +314,6 @@ _FRAMING_HEADERS = frozenset(
 # What a route may not set on the request (the importers leave such rules out for the same reason).
 RESERVED_REQUEST_HEADERS = _FRAMING_HEADERS | {"host"}
 _RESERVED_RESPONSE_HEADERS = _FRAMING_HEADERS
-_BAD_VALUE_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # RFC 9110 5.5: no CTLs but HTAB
 
 
 def _read_header_ops(node: Node | None, problems: Problems, reserved: frozenset[str]) -> HeaderOps:
@@ -334,16 +338,10 @@ def _read_header_ops(node: Node | None, problems: Problems, reserved: frozenset[
             at = n.key_node(key) or value_node
             header = allowed(_header_name(key, at, problems, value_node.path), at, value_node.path)
             value: str | None = read_str(value_node, problems)
-            if value is not None:
-                if _BAD_VALUE_CHARS.search(value):
-                    problems.error(value_node, "header value contains a control character (CR, LF, NUL...)")
-                    value = None
-                elif not value.isascii():
-                    try:
-                        value.encode("latin-1")
-                    except UnicodeEncodeError:
-                        problems.error(value_node, "header value must be ASCII (or latin-1): percent-encode other text")
-                        value = None
+            reason = header_value_problem(value) if value is not None else None
+            if reason is not None:
+                problems.error(value_node, reason)
+                value = None
             if header is not None and value is not None:
                 out.append((header, value))
         return tuple(out)
@@ -476,10 +474,9 @@ def _read_regex(node: Node, problems: Problems) -> str | None:
     pattern = read_str(node, problems)
     if pattern is None:
         return None
-    try:
-        re.compile(pattern)
-    except re.error as exc:
-        problems.error(node, f"invalid regex {pattern!r}: {exc}")
+    reason = regex_problem(pattern)
+    if reason is not None:
+        problems.error(node, reason)
         return None
     return pattern
 

@@ -41,6 +41,7 @@ from .reading import (
     _positive_duration,
     _read_abs_path,
     _workload_id_problem,
+    wire_name_problem,
 )
 
 # -- services ------------------------------------------------------------------------------------
@@ -259,6 +260,10 @@ def _read_load_balancer(node: Node | None, problems: Problems) -> tuple[LoadBala
     (kind, value), = keys.items()
     if kind == "header":
         header = _nonempty_str(value, problems)
+        reason = wire_name_problem(header, "header name") if header else None
+        if header and reason:
+            problems.error(value, reason)
+            return "consistent_hash", None
         return "consistent_hash", HashPolicy(header=header.lower()) if header else None
     if kind == "source_ip":
         if read_bool(value, problems, default=None) is not True:
@@ -272,8 +277,9 @@ def _read_load_balancer(node: Node | None, problems: Problems) -> tuple[LoadBala
     ttl = _optional_duration(cf.get("ttl"), problems, None)
     if cookie is None:
         return "consistent_hash", None
-    if any(c in cookie for c in ' ;,="\t'):
-        problems.error(cf["name"], f"not a valid cookie name: {cookie!r}")
+    reason = wire_name_problem(cookie, "cookie name")
+    if reason:
+        problems.error(cf["name"], reason)
         return "consistent_hash", None
     return "consistent_hash", HashPolicy(cookie=cookie, cookie_ttl=ttl or None)
 
@@ -465,6 +471,10 @@ def _read_retries(node: Node | None, problems: Problems, *, per_service: bool = 
             problems.error(element, f"must be one of {', '.join(_RETRY_ON)}, got {value!r}{extra}")
         elif value not in retry_on:
             retry_on.append(value)
+    if on is not None and on.is_list and not on.elements():
+        # Envoy's empty retry_on: nothing is retried, whatever attempts says; likely meant the default.
+        problems.warn(on, "an empty retry_on retries nothing (attempts has no effect); leave it out for the "
+                          "default [connect-failure], or write attempts: 0")
     codes = _read_status_codes(f.get("retriable_status_codes"), problems)
     if "retriable_status_codes" in f and "retriable-status-codes" not in retry_on:
         problems.error(

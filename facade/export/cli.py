@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from ..cli.console import EXIT_FAILURE, EXIT_INVALID, EXIT_OK, add_config_option
+from ..cli.console import EXIT_FAILURE, EXIT_INVALID, EXIT_OK, CliError, add_config_option, find_config
 from .model import (
     DEFAULT_GATEWAY,
     DEFAULT_NAMESPACE,
@@ -120,7 +120,10 @@ def _build(args: argparse.Namespace) -> tuple[dict[str, str], str, list[Finding]
     if args.plan is not None and args.step is None and not args.all_steps:
         raise _Usage(f"--plan {args.plan} needs --step N or --all-steps")
     try:
+        args.config = find_config(args.config)  # the one lookup order; without it a bare `export istio` crashed
         config = load_config(args.config)
+    except CliError as exc:
+        raise _Usage(str(exc)) from None
     except ConfigError as exc:
         raise _Usage("invalid config:\n" + "\n".join(f"  {p}" for p in exc.problems)) from None
     service_hosts: dict[str, str] = {}

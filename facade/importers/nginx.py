@@ -566,7 +566,9 @@ def import_nginx(path: str) -> Imported:
     payload = crossplane.parse(path, comments=False, check_ctx=False, catch_errors=True)
     if payload["errors"]:
         for e in payload["errors"]:
-            message = re.sub(r" in \S+:\d+$", "", str(e.get("error", "syntax error")))
+            message = re.sub(r" in \S+:\d+$", "", str(e.get("error") or ""))
+            # crossplane gives no text for a last directive left open at the end of the file.
+            message = message or "not nginx syntax: a directive without its ';', or a block without its '}'?"
             out.error(e.get("file") or path, int(e.get("line") or 1), 0, message)
         return out
     src = _Sources()

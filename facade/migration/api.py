@@ -85,7 +85,8 @@ def admin_routes(controller: MigrationController) -> list[BaseRoute]:
             return _bad_request(f"journal must be a number of entries, got {raw!r}")
         status = await controller.status(name, journal=int(raw))
         if status is None:
-            return _refusal(Refusal(f"no migration named {name!r}", "not_found"))
+            known = ", ".join(sorted(controller.plans)) or "none"
+            return _refusal(Refusal(f"no migration named {name!r} (known: {known})", "not_found"))
         return JSONResponse(status)
 
     async def act(request: Request) -> Response:

@@ -119,6 +119,7 @@ _PROM_FIELDS = ("name", "url", "query", "max", "min", "timeout")
 def read_webhooks(node: Node | None, problems: Problems, environ: Mapping[str, str] | None = None) -> tuple[Webhook, ...]:
     """A ``webhooks:`` list (plan or step level); every problem reported at its position."""
     hooks: list[Webhook] = []
+    placed: list[Node] = []  # each hook's element, for a duplicate name's position
     for element in _elements(node, problems, "webhooks"):
         fields = element.fields(problems, _HOOK_FIELDS, required=("kind", "url"))
         if not element.is_mapping:
@@ -126,6 +127,9 @@ def read_webhooks(node: Node | None, problems: Problems, environ: Mapping[str, s
         kind = read_str(fields.get("kind"), problems, choices=HOOK_KINDS)
         url = _read_url(fields.get("url"), problems)
         name = read_str(fields.get("name"), problems, default=kind or "")
+        if name == "" and "name" in fields:
+            problems.error(fields["name"], "must not be empty (leave 'name' out to use the kind)")
+            continue
         timeout = _read_timeout(fields.get("timeout"), problems, DEFAULT_HOOK_TIMEOUT)
         retries = read_int(fields.get("retries"), problems, default=0, min=0, max=MAX_RETRIES)
         secret_env = _read_secret_env(element, fields, problems, environ, required=True)
@@ -133,8 +137,9 @@ def read_webhooks(node: Node | None, problems: Problems, environ: Mapping[str, s
         if kind is None or url is None or timeout is None or retries is None or secret_env is None:
             continue
         hooks.append(Webhook(kind, url, name, secret_env, timeout, retries, metadata))  # type: ignore[arg-type]
+        placed.append(element)
     seen: set[str] = set()
-    for hook, element in zip(hooks, node.elements() if node is not None and node.is_list else [], strict=False):
+    for hook, element in zip(hooks, placed, strict=True):
         if hook.name in seen:
             problems.error(element.get("name") or element, f"hook name {hook.name!r} is used twice here; "
                            "give each hook a distinct 'name'")
@@ -212,6 +217,10 @@ def _read_url(node: Node | None, problems: Problems) -> str | None:
         return None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         problems.error(node, f"bad URL {url!r}: expected http://HOST[:PORT]/PATH or https://...")
+        return None
+    if any(c.isspace() or not c.isprintable() for c in url):
+        # The HTTP client refuses such a URL only when the hook is called, mid-migration.
+        problems.error(node, f"bad URL {url!r}: contains a space or control character (percent-encode it, e.g. %20)")
         return None
     return url
 

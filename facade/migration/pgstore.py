@@ -130,6 +130,9 @@ class PostgresStore:
         except psycopg.OperationalError as exc:
             self._broken = True
             raise StoreUnavailable(f"{self._location}: {_first_line(exc)}") from None
+        except psycopg.ProgrammingError:
+            # An unparsable URL (the config reader refuses those; its message would quote the password).
+            raise StoreUnavailable(f"{self._location}: libpq cannot parse the URL") from None
 
     # -- the transactional part --------------------------------------------------------------------
 

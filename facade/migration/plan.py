@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 from ..config import FaultPolicy, Route
 from ..config.policies import read_fault
+from ..config.reading import header_value_problem, wire_name_problem
 from ..diff import IgnoreRules
 from ..errors import ConfigError, Problem
 from ..split import CanarySpec, StickySpec
@@ -537,6 +538,10 @@ def _read_sticky(node: Node | None, problems: Problems) -> tuple[StickySpec | No
         if name == "":
             problems.error(value_node, "must not be empty")
         return None, salt, shared_with
+    reason = wire_name_problem(name, f"{kind} name")
+    if reason is not None:
+        problems.error(value_node, reason)
+        return None, salt, shared_with
     spec = StickySpec("cookie", name) if kind == "cookie" else StickySpec("header", name.lower())
     return spec, salt, shared_with
 
@@ -761,6 +766,14 @@ def _read_canary(node: Node, problems: Problems) -> CanarySpec | None:
         return None
     value = read_str(value_node, problems)
     if value is None:
+        return None
+    reason = wire_name_problem(name, f"{kind} name")
+    if reason is not None:
+        problems.error(match.key_node(name) or value_node, reason, path=value_node.path)
+        return None
+    reason = header_value_problem(value)
+    if reason is not None:
+        problems.error(value_node, reason)
         return None
     if kind == "header":
         return CanarySpec("header", name.lower(), value)

@@ -75,6 +75,10 @@ def compare_view(runtime: FacadeRuntime, params: Mapping[str, str], fleet: Fleet
     new = params.get("new") or (split.candidate if split is not None else None)
     if old is None or new is None:
         raise _BadQuery(400, {"error": f"route {route!r} has no migration in force: give old= and new= backends"})
+    known = runtime.config.backend_names
+    for side, name in (("old", old), ("new", new)):
+        if name not in known:  # a typo compared nothing with nothing and answered "not enough traffic"
+            raise _BadQuery(400, {"error": f"{side}: unknown service {name!r} (services: {', '.join(known)})"})
     telemetry = runtime.telemetry
     try:
         old_stats = telemetry.side_stats(route, old, step=step, window=window)

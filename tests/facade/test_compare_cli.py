@@ -65,7 +65,7 @@ async def test_compare_and_diffs_against_the_running_facade(tmp_path: Path, caps
         assert code == EXIT_OK and len(json.loads(out)["samples"]) == 2
 
         code, out, err = await run_cli(capsys, "compare", "nope", *admin)
-        assert code == EXIT_NOT_FOUND and "no route named 'nope'" in err
+        assert code == EXIT_NOT_FOUND and "no route named 'nope' (routes: catalog, " in err  # what to type instead
         code, out, err = await run_cli(capsys, "compare", "catalog", "--window", "soon", *admin)
         assert code == EXIT_INVALID and "window" in err
         code, out, err = await run_cli(capsys, "diffs", "catalog", "--limit", "0", *admin)
@@ -142,3 +142,6 @@ async def test_compare_after_a_rollback_speaks_in_flags_and_step_numbers(
         # A route no plan moves: the error names the CLI's flags, not the API's parameters.
         code, out, err = await run_cli(capsys, "compare", "default", *admin)
         assert code == EXIT_INVALID and "give --old and --new" in err and "old=" not in err, err
+        # A mistyped service compared nothing with nothing ("not enough traffic"); now it is named.
+        code, out, err = await run_cli(capsys, "compare", "catalog", "--old", "monolit", *admin)
+        assert code == EXIT_INVALID and err.startswith("facade compare: old: unknown service 'monolit' (services: ")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from facade.cli import build_parser, iter_commands, main, render_reference, update_readme
-from facade.cli.console import EXIT_INVALID, CliError, Progress, admin_token, find_config
+from facade.cli.console import EXIT_INVALID, EXIT_NOT_FOUND, CliError, Progress, admin_token, find_config
 from facade.cli.up import describe_exit, facade_state_key, load_or_create_token
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,6 +68,37 @@ def test_every_command_without_a_config_exits_2_with_one_line(
 def test_loadtest_uses_the_same_lookup(here: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["loadtest", "extract-catalog"]) == EXIT_INVALID
     assert capsys.readouterr().err.startswith("facade loadtest: no config file: tried -c FILE")
+
+
+@pytest.mark.parametrize("target", ["istio", "gateway-api"])
+def test_export_uses_the_same_lookup(here: Path, target: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # A bare `facade export istio` in a folder without a config was a TypeError traceback.
+    assert main(["export", target]) == EXIT_INVALID
+    assert capsys.readouterr().err == ("facade export: no config file: tried -c FILE, $FACADE_CONFIG, ./facade.yaml, "
+                                       "a `facade up` running from this directory; pass -c FILE\n")
+
+
+def test_loadtest_checks_config_plans_and_the_name_before_starting_anything(
+    here: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (here / "facade.yaml").write_text(
+        "services: {a: {endpoints: ['http://127.0.0.1:1']}, b: {endpoints: ['http://127.0.0.1:2']}}\n"
+        "routes: [{name: r, backend: a}]\nmigrations: plans/\n"
+    )
+    (here / "plans").mkdir()
+    plan = here / "plans" / "001.yaml"
+    plan.write_text("name: move-r\nroute: r\nfrom: a\nto: b\nsteps: [{weight: 100}]\n")
+    # Before, each of these started a throwaway facade (and left a loadtest-* folder) to fail there.
+    assert main(["loadtest", "move-rr", "--quick"]) == EXIT_NOT_FOUND
+    assert capsys.readouterr().err == (
+        "facade loadtest: no migration named 'move-rr' in plans/ (plans: move-r); did you mean 'move-r'?\n"
+    )
+    plan.write_text("name: move-r\nroute: r\nfrom: a\nto: ghost\nsteps: [{weight: 100}]\n")
+    assert main(["loadtest", "move-r", "--quick"]) == EXIT_INVALID
+    err = capsys.readouterr().err
+    assert err.startswith("facade loadtest: invalid config or plans (nothing was started):\n")
+    assert "plans/001.yaml:4:5: to: unknown service 'ghost'" in err
+    assert sorted(p.name for p in here.iterdir()) == ["facade.yaml", "plans"]  # nothing started, nothing written
 
 
 # -- the admin token -------------------------------------------------------------------------------
@@ -187,3 +218,20 @@ def test_usage_errors_use_the_same_format_and_exit_2(capsys: pytest.CaptureFixtu
         "\nfacade migrate next: the following arguments are required: name\n")
     assert main(["routes", "--bogus"]) == EXIT_INVALID
     assert capsys.readouterr().err == "facade routes: unrecognized arguments: --bogus (see facade routes --help)\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--listen", "nonsense"], "--listen: must be host:port (e.g. 127.0.0.1:8080 or [::1]:8080), got 'nonsense'"),
+        (["--listen", "127.0.0.1:99999"], "--listen: port must be 0-65535, got 99999"),
+        (["--admin-listen", "[zz]:80"], "--admin-listen: invalid IPv6 address 'zz'"),
+    ],
+)
+def test_serve_refuses_a_bad_listen_override_in_one_line(
+    here: Path, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # These were a ValueError / OverflowError traceback when the listener bound.
+    (here / "facade.yaml").write_text("routes: []\n")
+    assert main(["serve", *argv]) == EXIT_INVALID
+    assert capsys.readouterr().err == f"facade serve: {message}\n"

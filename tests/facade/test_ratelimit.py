@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import tracemalloc
 
 import pytest
 
 from facade.config import RateLimit, Route, RouteMatch, WeightedBackend
-from facade.ratelimit import RateLimits, RouteLimiter, TokenBucket, client_key
+from facade.ratelimit import DEFAULT_MAX_KEYS, MAX_KEY_CHARS, RateLimits, RouteLimiter, TokenBucket, client_key
 
 
 def test_bucket_grants_its_capacity_then_refills_at_the_rate() -> None:
@@ -90,3 +91,18 @@ def _trusted(ip: str) -> bool:
 )
 def test_client_key(peer: str, xff: list[bytes], key: str) -> None:
     assert client_key(peer, xff, _trusted) == key
+
+
+def test_long_client_chosen_keys_are_kept_as_digests_so_memory_stays_bounded() -> None:
+    limiter = RouteLimiter(RateLimit(requests_per_unit=1, unit="hour", key="header", header="x-k"))
+    tracemalloc.start()
+    try:
+        for i in range(DEFAULT_MAX_KEYS + 500):
+            assert limiter.check(f"{i}:" + "x" * 30_000, 0.0) == 0.0  # each long value has its own full bucket
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert limiter.keys == DEFAULT_MAX_KEYS and limiter.evicted == 500
+    assert held < 4_000_000  # raw keys would hold ~300 MB
+    assert limiter.check(f"{DEFAULT_MAX_KEYS + 499}:" + "x" * 30_000, 1.0) > 0  # the same long value: the same bucket
+    assert limiter.check("x" * (MAX_KEY_CHARS + 1), 1.0) == 0.0  # a value just over the bound is its own key too

@@ -101,10 +101,18 @@ def test_cors_preflight_and_actual_headers() -> None:
         (b"access-control-allow-credentials", b"true"),
         (b"access-control-expose-headers", b"x-request-id"),
     ))
-    assert draw_extras(None, CORS, [(b"origin", b"https://evil")], draws()) is None
-    assert draw_extras(None, CORS, [], draws()) is None
+    # Another origin, none, or two: nothing echoed, but the answer still varies by Origin (caches).
+    vary_only = Extras(0.0, 0, ((b"vary", b"Origin"),))
+    assert draw_extras(None, CORS, [(b"origin", b"https://evil")], draws()) == vary_only
+    assert draw_extras(None, CORS, [], draws()) == vary_only
+    two = [(b"origin", b"https://evil"), (b"origin", b"https://shop.example")]
+    assert draw_extras(None, CORS, two, draws()) == vary_only
+    assert preflight_headers(CORS, [*two, pre[1]]) is None
     upstream = [(b"access-control-allow-origin", b"*"), (b"vary", b"Accept"), (b"x-a", b"1")]
     assert with_cors(upstream, actual.cors) == [(b"vary", b"Accept"), (b"x-a", b"1"), *actual.cors]
+    # An upstream that already varies by Origin (or by everything) gets no second Vary: Origin.
+    assert with_cors([(b"vary", b"Accept, origin")], vary_only.cors) == [(b"vary", b"Accept, origin")]
+    assert with_cors([(b"vary", b"*")], vary_only.cors) == [(b"vary", b"*")]
 
 
 # -- through a real facade -----------------------------------------------------------------------
@@ -220,7 +228,8 @@ async def test_cors_preflight_is_answered_and_actual_responses_get_headers(tmp_p
 
             r = await client.get("/api/items", headers={"origin": "https://evil.example"})
             assert r.headers.get_list("access-control-allow-origin") == ["*"]
-            assert "vary" not in r.headers and "access-control-expose-headers" not in r.headers
+            assert "access-control-expose-headers" not in r.headers
+            assert r.headers.get_list("vary") == ["Origin"]  # the answer depends on Origin all the same
 
             # A route without a policy: an OPTIONS preflight is forwarded, nothing added.
             before = len(echo.requests)

@@ -295,6 +295,7 @@ def test_an_nginx_regex_search_becomes_an_equivalent_full_match(pattern: str, ig
         ("server {\n  location ~ ^/[[:alpha:]]+$ { return 200; }\n}\n", ":2:3", "means something else in Python"),
         ("server {\n  location ~ \\h+ { return 200; }\n}\n", ":2:3", "bad escape \\h"),
         ("events {}\n", ":1", "no server blocks"),
+        ("garbage\n", ":1", "a directive without its ';'"),  # crossplane's own message is empty here
     ],
 )
 def test_bad_input_is_a_positioned_error_and_nothing_is_written(

@@ -92,6 +92,9 @@ async def test_gates_inconclusive_pass_and_fail_on_real_traffic(tmp_path: Path) 
         # status and list render what the real API answers.
         assert await asyncio.to_thread(main, ["migrate", "status", "shop", *cli]) == EXIT_OK
         assert await asyncio.to_thread(main, ["migrate", "list", *cli]) == EXIT_OK
+        # A mistyped name says which names exist, as every other refusal of the controller does.
+        missing = await s.admin.get("/migrations/shpo")
+        assert missing.status_code == 404 and missing.json()["error"] == "no migration named 'shpo' (known: shop)"
 
 
 async def test_shadow_step_diff_rate_gate_on_mirrored_traffic(tmp_path: Path) -> None:
