@@ -55,6 +55,7 @@ COPY, CONTROL = 0, 1
 SHIP_INTERVAL_S = 0.25  # how often the child ships its results (admin reads flush it anyway)
 FLUSH_TIMEOUT_S = 0.5  # how long an admin read waits for the child's pending results (a worker's is 1 s)
 START_TIMEOUT_S = 30.0  # imports and pools on a loaded machine; copies go inline meanwhile
+HAND_OVER_DELAY_S = float(os.environ.get("FACADE_SHADOW_DELAY_MS", "0")) / 1000
 RESTART_BACKOFF_S = 1.0  # a child that dies within a second of its start is restarted after this
 
 
@@ -131,7 +132,10 @@ class ShadowChild:
         self._buffer += frame
         if not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._write)
+            if HAND_OVER_DELAY_S > 0:
+                asyncio.get_running_loop().call_later(HAND_OVER_DELAY_S, self._write)
+            else:
+                asyncio.get_running_loop().call_soon(self._write)
         return True
 
     def _write(self) -> None:

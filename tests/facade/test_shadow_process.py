@@ -225,3 +225,31 @@ async def test_an_unknown_sender_is_a_config_error_naming_the_key(tmp_path: Path
     assert proc.returncode == EXIT_INVALID, err
     assert b"sender" in err and b"must be one of process, inline" in err and b"'thread'" in err, err
     assert not out
+
+
+async def test_a_child_that_does_not_read_makes_copies_drop_never_wait(tmp_path: Path) -> None:
+    from tests.facade.test_shadow import JsonApp, fixed, shadow_facade, until
+
+    body = {"pad": "x" * 32_768}  # ~32 KiB a copy: the 256 KiB budget plus the socket's buffer fill fast
+    async with serve_app(JsonApp(fixed(body))) as m, serve_app(JsonApp(fixed(body))) as c, \
+            shadow_facade(tmp_path, m, c, sender="process", max_queued_bytes=256 * 1024, learn_noise=False) \
+            as (rt, sender), httpx.AsyncClient(base_url=rt.url, timeout=10) as client:
+        assert (await client.get("/catalog/1")).status_code == 200  # the first copy starts the child
+        child = sender.child  # type: ignore[attr-defined]
+        await until(lambda: child.ready, 30)
+        os.kill(child.pid, signal.SIGSTOP)  # alive, reading nothing
+        try:
+            for _ in range(100):
+                assert (await client.get("/catalog/1")).status_code == 200  # the primary never waits
+                if sender.dropped[("catalog", "capacity")]:
+                    break
+            assert sender.dropped[("catalog", "capacity")] > 0, sender.stats()["totals"]
+            handed = sender.copies["process"]
+        finally:
+            os.kill(child.pid, signal.SIGCONT)
+        # Once it reads again, every copy it was handed gets its fate: a result, or a drop by its own
+        # byte budget (the burst arrives at once); none is lost or counted twice.
+        await until(lambda: sum(child.accounted.values()) == handed, 20)
+        assert (await sender.flush()) == ()
+        assert sum(child.accounted.values()) == handed and sender.dropped[("catalog", "lost")] == 0
+        assert sender.results[("catalog", "compared")] > sender.copies["inline"]  # the child compared some
