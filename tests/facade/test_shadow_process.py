@@ -121,6 +121,27 @@ async def test_copies_leave_from_the_child_and_its_results_reach_every_view(tmp_
 
 
 @pytest.mark.slow
+async def test_the_child_compares_with_the_plan_steps_ignore_rules(tmp_path: Path) -> None:
+    (tmp_path / "migrations").mkdir()
+    # The echo answers differ only in the backend's name and the headers it saw (Host gets -shadow).
+    (tmp_path / "migrations" / "001-shop.yaml").write_text(textwrap.dedent(PLAN).replace(
+        "steps:\n", 'steps:\n  - shadow: {percent: 100, ignore: ["$.name", "$.headers"], learn_noise: false}\n'))
+    async with serve_app(Switchable("monolith")) as old_url, serve_app(Switchable("catalog")) as new_url:
+        (tmp_path / "facade.yaml").write_text(config_text(old_url, new_url))
+        async with supervisor(tmp_path, workers=1) as (_proc, url, admin_url), \
+                httpx.AsyncClient(base_url=admin_url, headers=AUTH, timeout=30) as admin:
+            assert (await admin.post("/migrations/shop/start", json={})).status_code == 200
+            await _child_ready(admin, url)
+            before = await _settled(admin, 1)
+            assert await _one_off(url, 20) == {200: 20}
+            stats = await _settled(admin, before["totals"]["mirrored"] + 20)
+            assert stats["copies"]["process"] - before["copies"]["process"] == 20, stats["copies"]
+            report = (await admin.get("/compare", params={"route": "catalog"})).json()
+            assert report["diffs"]["compared"] == stats["totals"]["mirrored"] and report["diffs"]["differing"] == 0, \
+                report["diffs"]
+
+
+@pytest.mark.slow
 async def test_a_killed_child_is_replaced_and_copies_go_inline_meanwhile(tmp_path: Path) -> None:
     (tmp_path / "migrations").mkdir()
     (tmp_path / "migrations" / "001-shop.yaml").write_text(SHADOW_PLAN)
