@@ -24,8 +24,7 @@ from ..split import Split
 from ..telemetry import Telemetry
 from ..upstream import Upstreams
 from ..worker import _die_with_parent, new_diff_samples
-from ..workers import write_message
-from .process import COPY, FRAME, SHIP_INTERVAL_S
+from .process import COPY, FRAME, SHIP_INTERVAL_S, control_frame
 from .sender import ShadowSender
 
 logger = logging.getLogger("facade.shadow.child")
@@ -79,7 +78,7 @@ class Child:
             for route, paths in message["noise"].items():
                 self._known_noise(route, paths)
             await sender.start()
-            write_message(self.writer, {"type": "ready", "pid": os.getpid()})
+            self.writer.write(control_frame({"type": "ready", "pid": os.getpid()}))
         elif kind == "services" and self.upstreams is not None:
             await self.upstreams.update(message["services"])
             self._splits.clear()
@@ -90,7 +89,7 @@ class Child:
         elif kind == "flush":
             await asyncio.sleep(0)
             self.ship()
-            write_message(self.writer, {"type": "flushed", "seq": message["seq"]})
+            self.writer.write(control_frame({"type": "flushed", "seq": message["seq"]}))
 
     def _known_noise(self, route: str, paths: list[str]) -> None:
         """Noise the parent knows (other processes learned it): ignored here, and not shipped back."""
@@ -110,8 +109,8 @@ class Child:
         gauges = sender.gauges()
         if delta["diffs"] or samples or any(counts.values()) or gauges != self.shipped.get("gauges"):
             self.shipped["gauges"] = gauges
-            write_message(self.writer, {"type": "batch", "delta": delta, "diff_samples": samples, "shadow": counts,
-                                        "gauges": gauges})
+            self.writer.write(control_frame({"type": "batch", "delta": delta, "diff_samples": samples,
+                                             "shadow": counts, "gauges": gauges}))
 
 
 async def _ship(child: Child) -> None:

@@ -22,8 +22,8 @@ the machine's other core:
   + queue_size`` slots, ``max_queued_bytes``) and counts its drops the same way.
 
 Frames and control messages share one stream: ``!IB`` (length, kind) then the payload, ``marshal`` for
-a copy and ``pickle`` for control; the child answers with ``facade.workers``' length-prefixed pickles.
-Both ends are this program, started by this process.
+a copy and ``pickle`` for control; the child answers with control messages. Both ends are this
+program, started by this process.
 """
 
 from __future__ import annotations
@@ -77,8 +77,22 @@ def copy_frame(
 
 
 def control_frame(message: Mapping[str, Any]) -> bytes:
+    """A control message (either way: the child's results and answers are control messages too)."""
     payload = pickle.dumps(dict(message), protocol=pickle.HIGHEST_PROTOCOL)
     return FRAME.pack(len(payload), CONTROL) + payload
+
+
+async def read_control(reader: asyncio.StreamReader) -> dict[str, Any] | None:
+    """The child's next message, or None when it closed the channel (or sent something else than control)."""
+    try:
+        size, kind = FRAME.unpack(await reader.readexactly(FRAME.size))
+        payload = await reader.readexactly(size)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    if kind != CONTROL:
+        return None
+    message: dict[str, Any] = pickle.loads(payload)
+    return message
 
 
 def inline_services(services: Iterable[ServiceSpec], *, mtls: bool) -> frozenset[str]:
@@ -187,8 +201,6 @@ class ShadowChild:
                 await asyncio.sleep(RESTART_BACKOFF_S)  # a child that dies at start would otherwise spin
 
     async def _serve_one(self) -> int | None:
-        from ..workers import read_message
-
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             process = await asyncio.create_subprocess_exec(
@@ -211,7 +223,7 @@ class ShadowChild:
         })
         waiter = asyncio.create_task(process.wait())
         try:
-            while (message := await read_message(reader)) is not None:
+            while (message := await read_control(reader)) is not None:
                 self._receive(message)
         finally:
             writer.close()
