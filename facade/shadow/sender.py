@@ -661,6 +661,10 @@ class ShadowSender:
         )
         for route, n in sorted(self.skipped_unsafe.items()):
             lines.append(f'facade_shadow_skipped_unsafe_total{{route="{label(route)}"}} {n}')
+        header("facade_shadow_copies_total", "counter",
+               "Shadow copies queued by path: inline (this process) or process (handed to the sender process).")
+        for path in ("inline", "process"):
+            lines.append(f'facade_shadow_copies_total{{path="{path}"}} {self.copies[path]}')
         header("facade_shadow_queue_depth", "gauge", "Shadow copies waiting for a worker.")
         lines.append(f"facade_shadow_queue_depth {self._queue.qsize()}")
         header("facade_shadow_in_flight", "gauge", "Shadow copies being sent or compared.")

@@ -118,6 +118,7 @@ async def test_copies_leave_from_the_child_and_its_results_reach_every_view(tmp_
             metrics = (await admin.get("/metrics")).text
             assert sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                        if line.startswith("facade_shadow_requests_total{")) == warm + 30
+            assert f'facade_shadow_copies_total{{path="process"}} {stats["copies"]["process"]}' in metrics
 
 
 @pytest.mark.slow
