@@ -267,6 +267,10 @@ async def test_a_child_that_does_not_read_makes_copies_drop_never_wait(tmp_path:
                     break
             assert sender.dropped[("catalog", "capacity")] > 0, sender.stats()["totals"]
             handed = sender.copies["process"]
+            # A report asked now cannot have the child's latest results: it says so.
+            async with httpx.AsyncClient(base_url=rt.admin_url, timeout=10) as admin:
+                report = (await admin.get("/compare", params={"route": "catalog"})).json()
+            assert report["partial"] == {"missing": [f"shadow sender process (pid {child.pid})"]}, report
         finally:
             os.kill(child.pid, signal.SIGCONT)
         # Once it reads again, every copy it was handed gets its fate: a result, or a drop by its own
