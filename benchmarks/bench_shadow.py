@@ -1,6 +1,7 @@
 """Shadow traffic on vs off: what mirroring every request costs the primary path.
 
-    python benchmarks/bench_shadow.py [--duration 5] [--connections 1,32] [--repeat 1] [--candidate same|separate] [--json OUT]
+    python benchmarks/bench_shadow.py [--duration 5] [--connections 1,32] [--repeat 1] [--candidate same|separate]
+        [--sender process|inline] [--json OUT]
 
 One backend (benchmarks/backend.py under uvicorn + httptools + uvloop); the facade runs in its
 own process with the route in a migration split whose primary and candidate are two services
@@ -21,7 +22,13 @@ Load comes from wrk when present, else a bounded aiohttp client (bench_proxy's).
 req/s, p50 and p99 side by side, the facade process's CPU µs per primary request (steadier than
 req/s on a shared box), and the sender's counters (compared / dropped): at saturating load the
 bounded queue fills and copies are dropped, by design, instead of slowing the primary. The CPU a
-mirrored copy costs is (CPU per request on - CPU per request off) / copies per request.
+mirrored copy costs the facade's process is (CPU per request on - CPU per request off) / copies per
+request.
+
+``--sender process`` (the default, as under ``facade serve``) sends the copies from the shadow sender
+process (``shadow.sender``, docs/shadow.md): its CPU is measured apart (``child us/copy``: what a copy
+really costs, on the other core) and ``via child`` is the share of copies it took; ``--sender inline``
+sends them from the facade's event loop, as before.
 """
 
 from __future__ import annotations
@@ -64,7 +71,7 @@ routes:
     return conf
 
 
-async def serve(config_path: str, mode: str) -> None:
+async def serve(config_path: str, mode: str, sender: str) -> None:
     """The facade under test, in this process: shadow feature attached (unless off), split in force."""
     from facade.config import load_config
     from facade.runtime import FacadeRuntime
@@ -72,13 +79,22 @@ async def serve(config_path: str, mode: str) -> None:
     from facade.split import Split
 
     runtime = FacadeRuntime(load_config(config_path), config_path=config_path, watch_interval=None)
-    ShadowFeature.attach(runtime, learn_noise=mode == "on+noise")
+    ShadowFeature.attach(runtime, sender=sender, learn_noise=mode == "on+noise")
     runtime.install_signal_handlers(asyncio.get_running_loop())
     await runtime.start()
     percent = 0.0 if mode == "off" else 100.0
     split = Split(primary="primary", candidate="candidate", shadow_percent=percent, step_label="0:shadow")
     runtime.swap(splits={"all": split})
     await runtime.wait_stopped()
+
+
+def wait_sender_process(admin_port: int, url: str, load: Any, timeout: float = 30.0) -> None:
+    """Mirror a little until the shadow sender process is ready (copies go inline while it starts)."""
+    deadline = time.monotonic() + timeout
+    while not (shadow_stats(admin_port).get("process") or {}).get("ready"):
+        if time.monotonic() > deadline:
+            raise SystemExit("the shadow sender process did not start (see the facade's log)")
+        load(url, 1, 1.0)
 
 
 def shadow_stats(admin_port: int) -> dict[str, Any]:
@@ -95,13 +111,15 @@ def main() -> int:
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma list of {', '.join(MODES)}")
     parser.add_argument("--candidate", choices=("same", "separate"), default="same",
                         help="the candidate service on the primary's backend process (default) or a second one")
+    parser.add_argument("--sender", choices=("process", "inline"), default="process",
+                        help="where copies leave from (shadow.sender; default process, as under facade serve)")
     parser.add_argument("--json", help="write the raw results here")
-    parser.add_argument("--serve", nargs=2, metavar=("CONFIG", "MODE"), help=argparse.SUPPRESS)
+    parser.add_argument("--serve", nargs=3, metavar=("CONFIG", "MODE", "SENDER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         import uvloop
 
-        uvloop.run(serve(args.serve[0], args.serve[1]))
+        uvloop.run(serve(args.serve[0], args.serve[1], args.serve[2]))
         return 0
 
     conns = [int(c) for c in args.connections.split(",")]
@@ -130,25 +148,35 @@ def main() -> int:
         for mode in modes:
             port, admin = free_port(), free_port()
             conf = facade_conf(tmp, port, admin, backend, candidate)
-            argv = [sys.executable, str(Path(__file__).resolve()), "--serve", str(conf), mode]
+            argv = [sys.executable, str(Path(__file__).resolve()), "--serve", str(conf), mode, args.sender]
             proc = stack.enter_context(process(argv, port, tmp / f"facade-{mode}.log"))
             url = f"http://127.0.0.1:{port}/catalog/products/1"
             load(url, 8, 1.0)  # warm-up: pools and connections
+            if mode != "off" and args.sender == "process":
+                wait_sender_process(admin, url, load)  # it starts on the first copy
             facades[mode] = (proc, admin, url)
         for _ in range(args.repeat):
             for c in conns:
                 for mode in modes:
                     proc, admin, url = facades[mode]
-                    cpu0, mirrored0 = cpu_seconds(proc.pid), shadow_stats(admin)["totals"]["mirrored"]
+                    stats0 = shadow_stats(admin)
+                    child = (stats0.get("process") or {}).get("pid")  # the sender process: its CPU apart
+                    cpu0, child0 = cpu_seconds(proc.pid, children=False), cpu_seconds(child, children=False)
                     run = load(url, c, args.duration)
                     time.sleep(0.5)  # copies still queued finish (and cost their CPU) before the reading
-                    cpu1, mirrored1 = cpu_seconds(proc.pid), shadow_stats(admin)["totals"]["mirrored"]
+                    cpu1, child1 = cpu_seconds(proc.pid, children=False), cpu_seconds(child, children=False)
+                    stats1 = shadow_stats(admin)
                     served = max(run["rps"] * args.duration, 1.0)
+                    copies = stats1["totals"]["mirrored"] - stats0["totals"]["mirrored"]
                     run["cpu_us"] = (cpu1 - cpu0) / served * 1e6
-                    run["copies_per_request"] = (mirrored1 - mirrored0) / served
+                    run["copies_per_request"] = copies / served
+                    run["child_us_per_copy"] = (child1 - child0) / copies * 1e6 if copies and child else 0.0
+                    run["process_share"] = ((stats1["copies"]["process"] - stats0["copies"]["process"]) / copies
+                                            if copies else 0.0)
                     runs[(mode, c)].append(run)
                     print(f"  {mode:9s} c={c:<3d} {run['rps']:9.0f} req/s  p50 {run['p50_ms']:.3f} ms  "
-                          f"p99 {run['p99_ms']:.3f} ms  cpu {run['cpu_us']:.0f} us/req", file=sys.stderr, flush=True)
+                          f"p99 {run['p99_ms']:.3f} ms  cpu {run['cpu_us']:.0f} us/req  "
+                          f"child {run['child_us_per_copy']:.0f} us/copy", file=sys.stderr, flush=True)
         for mode in modes:
             results[mode] = {c: {k: statistics.median(r[k] for r in runs[(mode, c)]) for k in runs[(mode, c)][0]}
                              for c in conns}
@@ -158,8 +186,10 @@ def main() -> int:
     print(f"{len(modes)} modes x {args.repeat} run(s) x {args.duration:g}s each, median; load: "
           f"{'wrk -t1' if load is run_wrk else 'python aiohttp'}; candidate on the {args.candidate} backend process, "
           "modes interleaved")
+    print(f"copies from: {args.sender}; cpu us/req and us/copy: the facade process alone; child us/copy: the "
+          "sender process's CPU per copy; via child: share of the copies handed to it")
     print(f"{'mode':9s} {'conns':>5s} {'req/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} {'vs off':>7s} "
-          f"{'p50/off':>7s} {'cpu us/req':>10s} {'us/copy':>8s}")
+          f"{'p50/off':>7s} {'cpu us/req':>10s} {'us/copy':>8s} {'child us/copy':>13s} {'via child':>9s}")
     for mode, by_c in results.items():
         for c, r in by_c.items():
             base = results.get("off", {}).get(c)
@@ -169,7 +199,8 @@ def main() -> int:
             if base and r["copies_per_request"] > 0:
                 per_copy = f"{(r['cpu_us'] - base['cpu_us']) / r['copies_per_request']:.0f}"
             print(f"{mode:9s} {c:5d} {r['rps']:9.0f} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f} {ratio:>7s} "
-                  f"{p50:>7s} {r['cpu_us']:10.0f} {per_copy:>8s}")
+                  f"{p50:>7s} {r['cpu_us']:10.0f} {per_copy:>8s} {r['child_us_per_copy']:13.0f} "
+                  f"{r['process_share']:9.0%}")
     print()
     print("shadow sender totals per mode (whole run incl. warm-up):")
     for mode, totals in counters.items():

@@ -31,17 +31,18 @@ def _optional(module: str) -> ModuleType | None:
         raise
 
 
-def attach_features(runtime: FacadeRuntime) -> None:
+def attach_features(runtime: FacadeRuntime, *, shadow_sender: str | None = None) -> None:
     """Plug every feature present in this build into ``runtime`` (before ``runtime.start()``).
 
     Order matters: the mesh installs its mTLS upstream pools, so it goes first and the shadow
     sender, which sends over the runtime's pools, is built on the final ones. Migrations come
-    last: their start swaps in the splits of the durable state.
+    last: their start swaps in the splits of the durable state. ``shadow_sender``: where shadow copies
+    leave from when the config's ``shadow.sender`` does not say (``ShadowFeature.attach``).
     """
     mesh = _optional("facade.mesh.controlplane")
     if mesh is not None:
         mesh.MeshFeature.attach(runtime)
-    ShadowFeature.attach(runtime)
+    ShadowFeature.attach(runtime, sender=shadow_sender)  # `facade serve`: "process" (docs/shadow.md)
     runtime.add_feature(MigrationController(runtime))
     # The /ui page over the APIs above (reads the migration controller and the shadow ring).
     runtime.add_feature(DashboardFeature(runtime))

@@ -195,7 +195,8 @@ async def serve(args: argparse.Namespace) -> int:
     # With the mesh package, the pools originate mTLS with the supervisor's edge SVID (as MeshFeature.attach).
     factory = edge.ssl_context_factory if edge is not None else None
     runtime.install_upstreams(Upstreams(first["config"].services, health_checks=False, ssl_context_factory=factory))
-    ShadowFeature.attach(runtime)  # shadow copies leave from the worker that served the request
+    # Shadow copies leave from the worker that served the request (by default through its own child process).
+    ShadowFeature.attach(runtime, sender="process")
     runtime.swap(splits=first["splits"], version=first["version"])  # before start: the starting snapshot
     if args.listen_fd is not None:  # one socket shared by every worker, inherited from the supervisor
         listen_sock = socket.socket(fileno=args.listen_fd)
@@ -228,11 +229,12 @@ async def serve(args: argparse.Namespace) -> int:
                 shadow = runtime.feature(ShadowFeature)
                 for route, paths in message["paths"].items():
                     if shadow is not None:
-                        shadow.sender.noise.add(route, paths)
+                        shadow.sender.add_noise(route, paths)
                     shipped.setdefault(("shadow-noise", route), set()).update(paths)  # not shipped back
                 continue
             if message.get("type") == "flush":  # something is about to judge: ship what is pending now
                 await asyncio.sleep(0)  # a request whose response just went out records in this turn
+                await runtime.gather_telemetry()  # the shadow sender process's results (bounded)
                 _send_delta(runtime, writer, shipped)
                 write_message(writer, {"type": "flushed", "seq": message["seq"]})
                 continue

@@ -156,7 +156,7 @@ async def _serve(config: Any, args: argparse.Namespace) -> int:
     runtime = FacadeRuntime(
         config, config_path=args.config, watch_interval=None if args.no_watch else 1.0, overrides=args.overrides
     )
-    attach_features(runtime)
+    attach_features(runtime, shadow_sender="process")
     runtime.install_signal_handlers(asyncio.get_running_loop())
     start: dict[str, Any] = {}
     worker_count = getattr(args, "worker_count", 1)

@@ -205,6 +205,7 @@ def _read_shadow(node: Node | None, problems: Problems) -> ShadowSpec:
         ring_size=read_int(f.get("ring_size"), problems, min=1, max=_SHADOW_MAX_RING),
         redact_headers=tuple(h.lower() for h in headers),
         redact_fields=tuple(fields),
+        sender=read_str(f.get("sender"), problems, choices=("process", "inline")),
     )
 
 

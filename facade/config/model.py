@@ -382,6 +382,7 @@ class ShadowSpec:
     ring_size: int | None = None
     redact_headers: tuple[str, ...] = ()
     redact_fields: tuple[str, ...] = ()
+    sender: str | None = None  # "process" | "inline"; None: process under `facade serve` (docs/shadow.md)
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,7 @@ _SHADOW_FIELDS = (
     "learn_noise",
     "ring_size",
     "redact",
+    "sender",
 )
 _SHADOW_MAX_CONCURRENCY = 1024
 _SHADOW_MAX_QUEUE = 100_000

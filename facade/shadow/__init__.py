@@ -24,7 +24,9 @@ queue_size`` copies of at most ``max_body`` bytes each) and by ``max_queued_byte
 ``GET /shadow`` on the admin listener.
 
 The package: ``policy`` (pure decisions), ``sender`` (the copies and their diffs), ``feature``
-(the admin endpoints), and ``facade.diff`` (comparing two responses; kept outside: config and plans read its rules).
+(the admin endpoints), ``process`` and ``child`` (``shadow.sender: process``: the copies handed to a
+child process that runs the sender), and ``facade.diff`` (comparing two responses; kept outside:
+config and plans read its rules).
 """
 
 from __future__ import annotations

@@ -19,11 +19,13 @@ if TYPE_CHECKING:
     from ..config import Config
     from ..migration.evidence import FleetWindow
     from ..runtime import FacadeRuntime
+    from ..snapshot import Snapshot
     from ..split import Split
 
 logger = logging.getLogger("facade.shadow")
 
 from .policy import parse_window
+from .process import ProcessShadowSender
 from .sender import ShadowSender, sender_options
 
 # -- the feature: admin endpoints ----------------------------------------------------------------------
@@ -134,20 +136,30 @@ class ShadowFeature(Feature):
         self.runtime = runtime
         self.sender = sender
         self._spec = runtime.config.shadow  # the shadow: section the sender was built from
+        self._services = runtime.config.services
 
     def __repr__(self) -> str:
         return f"ShadowFeature({self.sender!r})"
 
     @classmethod
-    def attach(cls, runtime: FacadeRuntime, **options: Any) -> ShadowFeature:
+    def attach(cls, runtime: FacadeRuntime, *, sender: str | None = None, **options: Any) -> ShadowFeature:
         """Create a ``ShadowSender`` over the runtime's pools and telemetry and plug it in.
 
         The sender is sized by the config's ``shadow:`` section (``sender_options``); ``options`` override it.
+        ``sender``: where copies leave from when the section does not say (``shadow.sender``): ``"process"``
+        (a child process, ``facade.shadow.process``; what ``facade serve`` passes) or ``"inline"`` (this
+        event loop; the default of a runtime built in-process).
         """
+        mode = sender_mode(runtime, sender)
         options = sender_options(runtime.config.shadow) | options
-        sender = ShadowSender(upstreams=runtime.upstreams, telemetry=runtime.telemetry, **options)
-        feature = runtime.add_feature(cls(runtime, sender))
-        runtime.install_shadow(sender)
+        made: ShadowSender
+        if mode == "process":
+            made = ProcessShadowSender(services=lambda: runtime.config.services, mtls=runtime.upstreams.mtls,
+                                       upstreams=runtime.upstreams, telemetry=runtime.telemetry, **options)
+        else:
+            made = ShadowSender(upstreams=runtime.upstreams, telemetry=runtime.telemetry, **options)
+        feature = runtime.add_feature(cls(runtime, made))
+        runtime.install_shadow(made)
         return feature
 
     async def start(self) -> None:
@@ -158,6 +170,16 @@ class ShadowFeature(Feature):
 
     async def stop(self) -> None:
         await self.sender.stop()
+
+    def swapped(self, snapshot: Snapshot) -> None:
+        services = snapshot.config.services
+        if services != self._services:  # the child process builds its pools from them
+            self._services = services
+            if isinstance(self.sender, ProcessShadowSender):
+                self.sender.services_changed()
+
+    async def gather_telemetry(self) -> tuple[str, ...]:
+        return await self.sender.flush()  # the child process's results not shipped yet
 
     async def config_changed(self, config: Config) -> None:
         if config.shadow != self._spec:
@@ -200,6 +222,12 @@ class ShadowFeature(Feature):
             Route("/diffs", diffs_endpoint, methods=["GET"]),
             Route("/shadow", shadow_endpoint, methods=["GET"]),
         ]
+
+
+def sender_mode(runtime: FacadeRuntime, default: str | None) -> str:
+    """``shadow.sender`` of the config, else ``default``, else ``inline``."""
+    spec = runtime.config.shadow
+    return (spec.sender if spec is not None else None) or default or "inline"
 
 
 def _limit(text: str | None, maximum: int, default: int = 20) -> int:

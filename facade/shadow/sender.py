@@ -144,7 +144,8 @@ class _Job:
 
 # Result labels of facade_shadow_requests_total, and reasons of facade_shadow_dropped_total.
 RESULTS = ("compared", "timeout", "error", "unavailable")
-DROP_REASONS = ("capacity", "bytes", "request_body_truncated", "stopped")
+# "lost": copies a sender process (``facade.shadow.process``) held when it died.
+DROP_REASONS = ("capacity", "bytes", "request_body_truncated", "stopped", "lost")
 
 
 # -- the sender ----------------------------------------------------------------------------------------
@@ -203,6 +204,7 @@ class ShadowSender:
         self.dropped: Counter[tuple[str, str]] = Counter()  # (route, reason)
         self.skipped_unsafe: Counter[str] = Counter()  # route
         self.noise_copies: Counter[str] = Counter()  # route: second copies sent to the primary
+        self.copies: Counter[str] = Counter()  # path ("inline" / "process"): copies queued here or handed over
         # (route, step) -> how long the candidate took to answer copies: in a shadow step the compare
         # report has no real traffic on the new side, so this is the only latency seen of it.
         self.latency: dict[tuple[str, str], LogLinearHistogram] = {}
@@ -319,6 +321,16 @@ class ShadowSender:
         self._queued_bytes += size
         self._ensure_workers()
         self._queue.put_nowait(job)
+        self.copies["inline"] += 1
+
+    def add_noise(self, route: str, paths: Iterable[str]) -> None:
+        """Ignore ``paths`` of ``route`` as noise from now on (learned by another process)."""
+        self.noise.add(route, paths)
+
+    async def flush(self) -> tuple[str, ...]:
+        """Results other processes hold for this sender are here (none: every copy is sent here); the
+        names of those that did not answer in time (``ProcessShadowSender``: its child)."""
+        return ()
 
     # -- workers ---------------------------------------------------------------------------------------
 
@@ -560,6 +572,8 @@ class ShadowSender:
             "max_body": self.max_body,
             "timeout_s": self.timeout,
             "host_suffix": self.host_suffix,
+            "sender": "inline",
+            "copies": {path: self.copies[path] for path in ("process", "inline")},
             "totals": {
                 "mirrored": sum(self.results.values()),
                 **{result: sum(v for (_, k), v in self.results.items() if k == result) for result in RESULTS},
@@ -576,7 +590,8 @@ class ShadowSender:
         caller's memory, updated here), as plain data a supervisor's sender ``absorb``s (docs/workers.md)."""
         counters: dict[str, list[tuple[Any, int]]] = {}
         for name, counter in (("results", self.results), ("dropped", self.dropped),
-                              ("skipped_unsafe", self.skipped_unsafe), ("noise_copies", self.noise_copies)):
+                              ("skipped_unsafe", self.skipped_unsafe), ("noise_copies", self.noise_copies),
+                              ("copies", self.copies)):
             before = shipped.setdefault(("shadow", name), {})
             fresh = [(key, n - before.get(key, 0)) for key, n in counter.items() if n != before.get(key, 0)]
             before.update(counter)
@@ -600,7 +615,8 @@ class ShadowSender:
     def absorb(self, delta: Mapping[str, Any]) -> dict[str, frozenset[str]]:
         """Add another process's ``take_delta``; returns the noise paths new to this sender, per route."""
         counters: dict[str, Counter[Any]] = {"results": self.results, "dropped": self.dropped,
-                                             "skipped_unsafe": self.skipped_unsafe, "noise_copies": self.noise_copies}
+                                             "skipped_unsafe": self.skipped_unsafe, "noise_copies": self.noise_copies,
+                                             "copies": self.copies}
         for name, fresh in delta.get("counters", {}).items():
             counter = counters[name]
             for key, n in fresh:
@@ -645,6 +661,10 @@ class ShadowSender:
         )
         for route, n in sorted(self.skipped_unsafe.items()):
             lines.append(f'facade_shadow_skipped_unsafe_total{{route="{label(route)}"}} {n}')
+        header("facade_shadow_copies_total", "counter",
+               "Shadow copies queued by path: inline (this process) or process (handed to the sender process).")
+        for path in ("inline", "process"):
+            lines.append(f'facade_shadow_copies_total{{path="{path}"}} {self.copies[path]}')
         header("facade_shadow_queue_depth", "gauge", "Shadow copies waiting for a worker.")
         lines.append(f"facade_shadow_queue_depth {self._queue.qsize()}")
         header("facade_shadow_in_flight", "gauge", "Shadow copies being sent or compared.")

@@ -67,6 +67,11 @@ class Upstreams:
     def __repr__(self) -> str:
         return f"Upstreams({sorted(self._pools)})"
 
+    @property
+    def mtls(self) -> bool:
+        """Whether the pools' TLS comes from ``ssl_context_factory`` (the mesh's identity), not the config."""
+        return self._factory is not None
+
     def get(self, name: str) -> ServicePool | None:
         """The pool of a service or of a ``service/subset``."""
         return self._lookup.get(name)
