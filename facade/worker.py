@@ -26,7 +26,7 @@ from .config import Config
 from .diff import DiffRing, DiffSample
 from .runtime import FacadeRuntime
 from .server import parse_listen
-from .shadow import ShadowFeature
+from .shadow import ShadowFeature, ShadowOptions
 from .upstream import Upstreams
 from .workers import apply_health, read_message, write_message
 
@@ -78,6 +78,21 @@ def bind_shared(listen: str) -> socket.socket:
     return sock
 
 
+def apply_shadow_routes(runtime: FacadeRuntime, routes: Mapping[str, ShadowOptions]) -> None:
+    """Compare each route's mirrored answers as the supervisor's migration controller says (a plan's
+    mirroring step sets ignore rules, compared headers and noise learning per route); other routes
+    go back to the sender's defaults."""
+    shadow = runtime.feature(ShadowFeature)
+    if shadow is None:
+        return
+    sender = shadow.sender
+    for route in set(sender.route_options) - set(routes):
+        sender.configure_route(route, None)
+    for route, options in routes.items():
+        if sender.route_options.get(route) != options:
+            sender.configure_route(route, options)
+
+
 async def apply(runtime: FacadeRuntime, message: dict[str, Any]) -> None:
     """Serve the supervisor's snapshot ``message`` (a new config only when its hash changed)."""
     config: Config = message["config"]
@@ -88,8 +103,10 @@ async def apply(runtime: FacadeRuntime, message: dict[str, Any]) -> None:
         limits.header_timeout = config.limits.header_timeout
         limits.max_headers_count = config.limits.max_request_headers_count
         limits.underscores = config.headers_with_underscores
+        apply_shadow_routes(runtime, message.get("shadow_routes", {}))  # before the swap: its first copy uses them
         runtime.swap(config, splits=message["splits"], version=message["version"])
     else:
+        apply_shadow_routes(runtime, message.get("shadow_routes", {}))
         runtime.swap(splits=message["splits"], version=message["version"])
 
 
@@ -197,6 +214,7 @@ async def serve(args: argparse.Namespace) -> int:
     runtime.install_upstreams(Upstreams(first["config"].services, health_checks=False, ssl_context_factory=factory))
     # Shadow copies leave from the worker that served the request (by default through its own child process).
     ShadowFeature.attach(runtime, sender="process")
+    apply_shadow_routes(runtime, first.get("shadow_routes", {}))
     runtime.swap(splits=first["splits"], version=first["version"])  # before start: the starting snapshot
     if args.listen_fd is not None:  # one socket shared by every worker, inherited from the supervisor
         listen_sock = socket.socket(fileno=args.listen_fd)

@@ -80,7 +80,13 @@ def reserve_port(listen: str) -> socket.socket:
 
 def snapshot_message(snapshot: Snapshot) -> dict[str, Any]:
     """What a worker needs to build the same snapshot: the version, the config (overrides applied), the splits."""
-    return {"type": "snapshot", "version": snapshot.version, "config": snapshot.config, "splits": dict(snapshot.splits)}
+    # The per-route compare options the migration controller set on this process's shadow sender (a plan's
+    # mirroring step: ignore rules, compared headers, noise learning): the workers mirror, so they compare.
+    shadow_routes = dict(snapshot.shadow.route_options) if snapshot.shadow is not None else {}
+    return {
+        "type": "snapshot", "version": snapshot.version, "config": snapshot.config, "splits": dict(snapshot.splits),
+        "shadow_routes": shadow_routes,
+    }
 
 
 def health_states(upstreams: Upstreams, services: Iterable[str]) -> dict[str, dict[str, HealthState]]:
