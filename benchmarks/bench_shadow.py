@@ -37,6 +37,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -113,6 +114,10 @@ def main() -> int:
                         help="the candidate service on the primary's backend process (default) or a second one")
     parser.add_argument("--sender", choices=("process", "inline"), default="process",
                         help="where copies leave from (shadow.sender; default process, as under facade serve)")
+    parser.add_argument("--pin", action="store_true",
+                        help="with --candidate separate: the primary's path (wrk, the facades, the primary's backend) "
+                             "on the first CPU, the copies' path (the sender process, the candidate's backend) on the "
+                             "second, as on a machine with a core to spare for the copies")
     parser.add_argument("--json", help="write the raw results here")
     parser.add_argument("--serve", nargs=3, metavar=("CONFIG", "MODE", "SENDER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -123,6 +128,12 @@ def main() -> int:
         return 0
 
     conns = [int(c) for c in args.connections.split(",")]
+    if args.pin:
+        if args.candidate != "separate" or len(os.sched_getaffinity(0)) < 2:
+            parser.error("--pin needs --candidate separate and two CPUs")
+        cpus = sorted(os.sched_getaffinity(0))
+        primary_cpu, copy_cpu = {cpus[0]}, {cpus[1]}
+        os.sched_setaffinity(0, primary_cpu)  # inherited by wrk, the backends and the facades started below
     modes = [m for m in args.modes.split(",") if m]
     unknown = set(modes) - set(MODES)
     if unknown:
@@ -143,7 +154,9 @@ def main() -> int:
         candidate = None
         if args.candidate == "separate":
             candidate = free_port()
-            stack.enter_context(process(backend_argv(candidate), candidate, tmp / "candidate.log"))
+            candidate_proc = stack.enter_context(process(backend_argv(candidate), candidate, tmp / "candidate.log"))
+            if args.pin:
+                os.sched_setaffinity(candidate_proc.pid, copy_cpu)
         facades: dict[str, tuple[Any, int, str]] = {}
         for mode in modes:
             port, admin = free_port(), free_port()
@@ -154,6 +167,8 @@ def main() -> int:
             load(url, 8, 1.0)  # warm-up: pools and connections
             if mode != "off" and args.sender == "process":
                 wait_sender_process(admin, url, load)  # it starts on the first copy
+                if args.pin:
+                    os.sched_setaffinity(shadow_stats(admin)["process"]["pid"], copy_cpu)
             facades[mode] = (proc, admin, url)
         for _ in range(args.repeat):
             for c in conns:
@@ -185,7 +200,7 @@ def main() -> int:
     print()
     print(f"{len(modes)} modes x {args.repeat} run(s) x {args.duration:g}s each, median; load: "
           f"{'wrk -t1' if load is run_wrk else 'python aiohttp'}; candidate on the {args.candidate} backend process, "
-          "modes interleaved")
+          "modes interleaved" + ("; pinned: primary path on one CPU, copies' path on the other" if args.pin else ""))
     print(f"copies from: {args.sender}; cpu us/req and us/copy: the facade process alone; child us/copy: the "
           "sender process's CPU per copy; via child: share of the copies handed to it")
     print(f"{'mode':9s} {'conns':>5s} {'req/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} {'vs off':>7s} "

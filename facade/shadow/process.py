@@ -7,7 +7,7 @@ the machine's other core:
 
 - per copy the primary's loop only serialises one compact frame (``marshal`` of a tuple of str/bytes:
   route, primary/candidate/step, the mirrored request, the primary's answer) and appends it to an
-  output buffer written ``HAND_OVER_DELAY_S`` (2 ms) after its first frame (many copies, one ``send``);
+  output buffer written ``HAND_OVER_DELAY_S`` (10 ms) after its first frame (many copies, one ``send``);
 - the child runs the same ``ShadowSender`` (its own pools to the services, built from the same config)
   and ships its results back every ``SHIP_INTERVAL_S`` as the deltas a worker of ``--workers N`` ships
   (``take_delta``): this sender ``absorb``s them, so ``/compare``, ``/diffs``, ``/shadow``, ``/metrics``
@@ -55,10 +55,12 @@ COPY, CONTROL = 0, 1
 SHIP_INTERVAL_S = 0.25  # how often the child ships its results (admin reads flush it anyway)
 FLUSH_TIMEOUT_S = 0.5  # how long an admin read waits for the child's pending results (a worker's is 1 s)
 START_TIMEOUT_S = 30.0  # imports and pools on a loaded machine; copies go inline meanwhile
-# Copies wait this long in the buffer before they are written to the child: at one connection that is
-# one write (and one wake-up of the child) per few copies instead of one per copy; the child's CPU per
-# copy fell ~30 % with it (benchmarks/RESULTS.md). FACADE_SHADOW_HANDOVER_MS=0: once per loop turn.
-HAND_OVER_DELAY_S = float(os.environ.get("FACADE_SHADOW_HANDOVER_MS", "2")) / 1000
+# Copies wait this long in the buffer before they are written to the child: one write (and one wake-up
+# of the child, and of this loop for the timer) per many copies instead of per copy. Measured at one
+# connection (benchmarks/RESULTS.md): the primary's p50 with every request mirrored was 1.20x of shadow
+# off at 2 ms, 1.07x at 5 ms, 1.01x at 10 ms, 1.02x at 20 ms; a copy reaching the candidate 10 ms later
+# is nothing next to the noise a comparison already tolerates. FACADE_SHADOW_HANDOVER_MS=0: every loop turn.
+HAND_OVER_DELAY_S = float(os.environ.get("FACADE_SHADOW_HANDOVER_MS", "10")) / 1000
 RESTART_BACKOFF_S = 1.0  # a child that dies within a second of its start is restarted after this
 
 
