@@ -753,7 +753,12 @@ class H1Client:
         return self._idle_limits.get(address, self.idle_timeout)
 
     def _learn(self, address: Address, idle_for: float) -> None:
-        """The upstream closed a connection that had been idle ``idle_for`` seconds: reuse less long."""
+        """The upstream closed a connection that had been idle ``idle_for`` seconds: reuse less long.
+
+        A close sooner than ``LEARN_FLOOR`` teaches nothing: it is a restart (which closes idle connections
+        whatever their age) or a one-off, and the limit could not go below the floor anyway."""
+        if idle_for < LEARN_FLOOR:
+            return
         limit = max(LEARN_FLOOR, idle_for * LEARN_MARGIN)
         if limit >= self._idle_limits.get(address, self.idle_timeout):
             return

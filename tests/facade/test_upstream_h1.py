@@ -499,10 +499,20 @@ async def test_an_upstream_closing_idle_connections_early_lowers_how_long_they_a
         assert client.stats["closed_while_idle"] == 0
 
 
-async def test_a_close_sooner_than_the_floor_lowers_the_limit_only_to_the_floor() -> None:
-    # A restart closes connections whatever their age: it must not disable keep-alive.
+async def test_a_close_sooner_than_the_floor_teaches_nothing() -> None:
+    # A restart closes connections whatever their age: it must not shorten keep-alive (nor warn).
     async with upstream(answering(ok(b"one"), close=False)) as (server, address), h1(idle_timeout=30.0) as client:
         assert await fetch(client, address) == b"one"
+        server.close_all()
+        await eventually(lambda: client._open == 0)
+        assert client.idle_limit(address) == 30.0
+        assert client.stats["idle_limit_lowered"] == 0
+
+
+async def test_a_close_just_past_the_floor_lowers_the_limit_only_to_the_floor() -> None:
+    async with upstream(answering(ok(b"one"), close=False)) as (server, address), h1(idle_timeout=30.0) as client:
+        assert await fetch(client, address) == b"one"
+        await asyncio.sleep(LEARN_FLOOR + 0.05)  # 3/4 of it is below the floor
         server.close_all()
         await eventually(lambda: client._open == 0)
         assert client.idle_limit(address) == LEARN_FLOOR
@@ -514,6 +524,7 @@ async def test_a_learned_limit_is_forgotten_when_the_upstream_goes_away() -> Non
     async with h1(idle_timeout=30.0) as client:
         async with upstream(answering(ok(b"one"), close=False)) as (server, address):
             assert await fetch(client, address) == b"one"
+            await asyncio.sleep(LEARN_FLOOR + 0.05)
             server.close_all()
             await eventually(lambda: client._open == 0)
             assert client.idle_limit(address) == LEARN_FLOOR
