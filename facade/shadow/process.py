@@ -61,7 +61,9 @@ START_TIMEOUT_S = 30.0  # imports and pools on a loaded machine; copies go inlin
 # off at 2 ms, 1.07x at 5 ms, 1.01x at 10 ms, 1.02x at 20 ms; a copy reaching the candidate 10 ms later
 # is nothing next to the noise a comparison already tolerates. FACADE_SHADOW_HANDOVER_MS=0: every loop turn.
 HAND_OVER_DELAY_S = float(os.environ.get("FACADE_SHADOW_HANDOVER_MS", "10")) / 1000
-RESTART_BACKOFF_S = 1.0  # a child that dies within a second of its start is restarted after this
+RESTART_BACKOFF_S = 1.0  # a child that dies soon after its start is restarted after this, doubled each time
+RESTART_BACKOFF_MAX_S = 60.0  # (a child that cannot start must not burn a core on interpreter start-ups)
+HEALTHY_RUN_S = 10.0  # a child that lived this long resets the back-off
 
 
 def copy_frame(
@@ -108,6 +110,14 @@ def _via_mesh(ticket: ShadowTicket, names: frozenset[str]) -> bool:
     return split.candidate.partition("/")[0] in names or split.primary.partition("/")[0] in names
 
 
+def restart_delay(lived_s: float, quick_exits: int) -> float:
+    """How long to wait before the next child: none after a child that ran ``HEALTHY_RUN_S``; else
+    ``RESTART_BACKOFF_S`` doubled for every quick exit in a row before it, at most ``RESTART_BACKOFF_MAX_S``."""
+    if lived_s >= HEALTHY_RUN_S:
+        return 0.0
+    return float(min(RESTART_BACKOFF_MAX_S, RESTART_BACKOFF_S * 2 ** min(quick_exits, 16)))
+
+
 class ShadowChild:
     """The child process and its channel: spawn, hand frames over, absorb results, flush, restart."""
 
@@ -133,6 +143,7 @@ class ShadowChild:
         self._flush_seq = 0
         self._flushes: dict[int, asyncio.Future[bool]] = {}
         self._started_at = 0.0
+        self._quick_exits = 0  # children in a row that exited before HEALTHY_RUN_S (the restart back-off)
 
     def __repr__(self) -> str:
         return f"<ShadowChild pid={self.pid} ready={self.ready} restarts={self.restarts}>"
@@ -199,8 +210,11 @@ class ShadowChild:
                 return
             self.restarts += 1
             logger.warning("shadow: sender process exited with %s; copies go inline until a new one is ready", code)
-            if time.monotonic() - self._started_at < RESTART_BACKOFF_S:
-                await asyncio.sleep(RESTART_BACKOFF_S)  # a child that dies at start would otherwise spin
+            delay = restart_delay(time.monotonic() - self._started_at, self._quick_exits)
+            self._quick_exits = self._quick_exits + 1 if delay else 0
+            if delay:  # a child that dies at start would otherwise spin
+                logger.warning("shadow: next sender process in %.0f s", delay)
+                await asyncio.sleep(delay)
 
     async def _serve_one(self) -> int | None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -300,3 +300,14 @@ async def test_a_child_that_does_not_read_makes_copies_drop_never_wait(tmp_path:
         assert (await sender.flush()) == ()
         assert sum(child.accounted.values()) == handed and sender.dropped[("catalog", "lost")] == 0
         assert sender.results[("catalog", "compared")] > sender.copies["inline"]  # the child compared some
+
+
+def test_a_child_that_keeps_dying_at_start_is_restarted_ever_more_slowly() -> None:
+    # Every restart costs an interpreter start-up (~0.5-1 s of CPU): a child that cannot start must not
+    # burn a core. A child that ran a while is replaced at once.
+    from facade.shadow.process import HEALTHY_RUN_S, RESTART_BACKOFF_MAX_S, restart_delay
+
+    delays = [restart_delay(0.2, n) for n in range(10)]
+    assert delays[:4] == [1.0, 2.0, 4.0, 8.0]
+    assert delays == sorted(delays) and delays[-1] == RESTART_BACKOFF_MAX_S
+    assert restart_delay(HEALTHY_RUN_S, 9) == 0.0
