@@ -172,6 +172,7 @@ def refusal(decision: Respond | Reject) -> tuple[int, list[tuple[bytes, bytes]],
         logger.error("%s", decision.detail)
     if decision.limit is not None:
         body["limit"] = decision.limit
+    extra.extend(decision.headers)
     payload = json.dumps(body).encode()
     return decision.status, [*JSON_HEADERS, (b"content-length", str(len(payload)).encode()), *extra], payload
 

@@ -297,7 +297,8 @@ class Proxy:
             status = exc.status
             if body is not None and isinstance(body.error, _BodyTooLarge):
                 status = 413
-                await _json_response(send, 413, {"error": "request body too large", "limit": max_body})
+                cors = list(extras.cors) if extras is not None else None  # the browser may read it (as the 429)
+                await _json_response(send, 413, {"error": "request body too large", "limit": max_body}, cors)
             elif body is not None and isinstance(body.error, _ClientGone):
                 status = 499  # nginx's "client closed request"; nothing to send
             else:

@@ -90,6 +90,7 @@ class Reject:
     reason: str
     detail: str = field(default="", compare=False)  # for the log: two refusals alike to the client are equal
     limit: int | None = None  # 413: the body limit, told to the client
+    headers: tuple[tuple[bytes, bytes], ...] = field(default=(), compare=False)  # the route's CORS headers
 
 
 Decision = Forward | Respond | Reject
@@ -176,7 +177,10 @@ def resolve_request(snap: Snapshot, head: Scope, rand: Callable[[], float]) -> D
     # Refuse early what is declared too large (a body that turns out too large is the proxy's to stop).
     max_body = config.limits.max_request_body
     if max_body is not None and content_length is not None and content_length.isdigit() and int(content_length) > max_body:
-        return Reject(413, "request body too large", limit=max_body)
+        cors = policy.cors if policy is not None else None
+        allowed = draw_extras(None, cors, headers, rand) if cors is not None else None
+        # A local reply a browser must be able to read, like the 429 and the 5xx (Envoy's cors filter).
+        return Reject(413, "request body too large", limit=max_body, headers=allowed.cors if allowed else ())
     upstream_path = entry.upstream_path(path)
     hash_key = hash_cookie = None
     if pool.spec.hash_policy is not None:  # decided by the service's config: other pools pay this one test

@@ -22,6 +22,7 @@ def _config(a: str, b: str, dead: str) -> str:
     return f"""
 listen: 127.0.0.1:0
 admin: {{listen: 127.0.0.1:0, token: t0ken}}
+limits: {{max_request_body: 64KiB}}
 services:
   app: {{endpoints: [{a}]}}
   pair:
@@ -116,6 +117,8 @@ async def test_cors_never_echoes_what_is_not_allowed_and_always_varies(tmp_path:
             assert down.status_code in (502, 503) and down.headers["access-control-allow-origin"] == ALLOWED
             down = await c.get("/down", headers={"origin": "https://evil.example"})
             assert "access-control-allow-origin" not in down.headers and down.headers["vary"] == "Origin"
+            big = await c.put("/x", headers={"origin": ALLOWED}, content=b"x" * (128 * 1024))
+            assert big.status_code == 413 and big.headers["access-control-allow-origin"] == ALLOWED
 
 
 async def test_client_chosen_keys_stay_bounded_and_consistent(tmp_path: Path) -> None:
