@@ -252,9 +252,11 @@ async def serve(args: argparse.Namespace) -> int:
                 continue
             if message.get("type") == "flush":  # something is about to judge: ship what is pending now
                 await asyncio.sleep(0)  # a request whose response just went out records in this turn
-                await runtime.gather_telemetry()  # the shadow sender process's results (bounded)
+                missing = await runtime.gather_telemetry()  # the shadow sender process's results (bounded)
                 _send_delta(runtime, writer, shipped)
-                write_message(writer, {"type": "flushed", "seq": message["seq"]})
+                # What this worker could not gather (its sender process did not answer) makes the
+                # supervisor's view partial too.
+                write_message(writer, {"type": "flushed", "seq": message["seq"], "missing": list(missing)})
                 continue
             if message.get("type") != "snapshot":
                 continue

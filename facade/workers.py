@@ -151,7 +151,9 @@ class _Worker:
     batches: int = 0
     shadow: dict[str, int] = field(default_factory=dict)  # its shadow sender's queue gauges, as last shipped
     ready: asyncio.Event = field(default_factory=asyncio.Event)
-    flushes: dict[int, asyncio.Future[bool]] = field(default_factory=dict)  # flush seq -> answered (False: exited)
+    # flush seq -> what it could not gather itself (its shadow sender process's name, when that did not
+    # answer); None: it exited before it answered
+    flushes: dict[int, asyncio.Future[tuple[str, ...] | None]] = field(default_factory=dict)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     def view(self) -> dict[str, Any]:
@@ -348,7 +350,7 @@ class WorkerPool(Feature):
                 for asked in [s for s in worker.flushes if s <= seq]:
                     future = worker.flushes.pop(asked)
                     if not future.done():
-                        future.set_result(True)
+                        future.set_result(tuple(message.get("missing", ())))
             elif kind == "telemetry":
                 self._absorb(worker, message)
 
@@ -389,7 +391,7 @@ class WorkerPool(Feature):
         self.runtime.rate_limits.report_keys(worker.process.pid, None)  # its buckets went with it
         for future in worker.flushes.values():  # what it had not shipped is lost with it
             if not future.done():
-                future.set_result(False)
+                future.set_result(None)
         worker.flushes.clear()
         if worker is self._spare:
             self._spare = None
@@ -458,7 +460,7 @@ class WorkerPool(Feature):
         self._flush_seq += 1
         seq = self._flush_seq
         loop = asyncio.get_running_loop()
-        asked: dict[str, asyncio.Future[bool]] = {}
+        asked: dict[str, asyncio.Future[tuple[str, ...] | None]] = {}
         for worker in self.workers.values():
             if worker.process.returncode is not None or worker.writer.is_closing() or not worker.ready.is_set():
                 continue
@@ -468,13 +470,19 @@ class WorkerPool(Feature):
         if not asked:
             return ()
         await asyncio.wait(asked.values(), timeout=FLUSH_TIMEOUT_S)
-        missing = tuple(name for name, future in asked.items() if not (future.done() and future.result()))
+        missing: list[str] = []
+        for name, future in asked.items():
+            answer = future.result() if future.done() else None
+            if answer is None:
+                missing.append(name)  # no answer in time, or it exited: its last batch is missing
+            else:
+                missing.extend(f"{name}: {part}" for part in answer)  # e.g. its shadow sender process
         for worker in self.workers.values():
             worker.flushes.pop(seq, None)
         if missing:
             logger.warning("telemetry of %s did not arrive within %g s: what is judged now is partial",
                            ", ".join(missing), FLUSH_TIMEOUT_S)
-        return missing
+        return tuple(missing)
 
     def admin_routes(self) -> list[BaseRoute]:
         async def workers_endpoint(request: Request) -> Response:

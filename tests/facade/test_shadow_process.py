@@ -237,6 +237,50 @@ async def test_workers_each_mirror_through_their_child_and_the_supervisor_sums_t
 
 
 @pytest.mark.slow
+async def test_a_workers_silent_sender_process_makes_the_supervisors_report_partial(tmp_path: Path) -> None:
+    # A worker flushes its own sender process before it answers the supervisor's flush: when that child
+    # does not answer, the worker says so, and the supervisor's report names it instead of judging as if
+    # it had everything.
+    import psutil
+
+    (tmp_path / "migrations").mkdir()
+    (tmp_path / "migrations" / "001-shop.yaml").write_text(SHADOW_PLAN)
+    async with serve_app(Switchable("monolith")) as old_url, serve_app(Switchable("catalog")) as new_url:
+        (tmp_path / "facade.yaml").write_text(config_text(old_url, new_url))
+        async with supervisor(tmp_path, workers=2) as (proc, url, admin_url), \
+                httpx.AsyncClient(base_url=admin_url, headers=AUTH, timeout=30) as admin:
+            assert (await admin.post("/migrations/shop/start", json={})).status_code == 200
+
+            async def children() -> list[int]:
+                # A child took copies (so it is up and answers flushes): the workers' children, by command line.
+                assert await _one_off(url, 5) == {200: 5}
+                if (await _shadow(admin))["copies"]["process"] == 0:
+                    return []
+                return [p.pid for p in psutil.Process(proc.pid).children(recursive=True)
+                        if "facade.shadow.child" in " ".join(p.cmdline())]
+
+            kids = await _poll(children, 60)
+            assert kids, "no worker's shadow sender process took a copy"
+            assert (await _poll(lambda: _flushed_whole(admin), 30)), "reports stayed partial with every child up"
+            for pid in kids:  # type: ignore[attr-defined]
+                os.kill(pid, signal.SIGSTOP)  # alive, answering nothing
+            try:
+                report = (await admin.get("/compare", params={"route": "catalog"})).json()
+                missing = (report.get("partial") or {}).get("missing", [])
+                named = [m for m in missing if m.startswith("worker ") and "shadow sender process (pid " in m]
+                assert named and all(any(f"(pid {pid})" in m for pid in kids) for m in named), report  # type: ignore[attr-defined]
+            finally:
+                for pid in kids:  # type: ignore[attr-defined]
+                    os.kill(pid, signal.SIGCONT)
+            assert await _poll(lambda: _flushed_whole(admin), 30), "still partial once the child answers again"
+
+
+async def _flushed_whole(admin: httpx.AsyncClient) -> bool:
+    report = (await admin.get("/compare", params={"route": "catalog"})).json()
+    return not report.get("partial")
+
+
+@pytest.mark.slow
 async def test_sender_inline_keeps_copies_on_the_event_loop(tmp_path: Path) -> None:
     (tmp_path / "migrations").mkdir()
     (tmp_path / "migrations" / "001-shop.yaml").write_text(SHADOW_PLAN)
