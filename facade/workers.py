@@ -90,25 +90,13 @@ def snapshot_message(snapshot: Snapshot) -> dict[str, Any]:
 
 
 def health_states(upstreams: Upstreams, services: Iterable[str]) -> dict[str, dict[str, HealthState]]:
-    """The supervisor's active health-check results: service -> endpoint URL -> state (checked services only)."""
-    out: dict[str, dict[str, HealthState]] = {}
-    for name in services:
-        pool = upstreams.get(name)
-        if pool is not None and pool.spec.health_check is not None:
-            out[name] = {ep.url: ep.health for ep in pool.endpoints}
-    return out
+    """The supervisor's active health-check results (``Upstreams.health_states``)."""
+    return upstreams.health_states(services)
 
 
 def apply_health(upstreams: Upstreams, states: Mapping[str, Mapping[str, HealthState]]) -> None:
     """A worker takes the supervisor's health results (its own pools run no active checks)."""
-    for name, by_url in states.items():
-        pool = upstreams.get(name)
-        if pool is None:
-            continue
-        for ep in pool.endpoints:
-            state = by_url.get(ep.url)
-            if state is not None:
-                ep.health = state
+    upstreams.apply_health(states)
 
 
 def write_message(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:

@@ -82,6 +82,8 @@ class Child:
         elif kind == "services" and self.upstreams is not None:
             await self.upstreams.update(message["services"])
             self._splits.clear()
+        elif kind == "health" and self.upstreams is not None:
+            self.upstreams.apply_health(message["states"])  # the parent's checks (this process runs none)
         elif kind == "route" and self.sender is not None:
             self.sender.configure_route(message["route"], message["options"])
         elif kind == "noise":

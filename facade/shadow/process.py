@@ -61,6 +61,7 @@ START_TIMEOUT_S = 30.0  # imports and pools on a loaded machine; copies go inlin
 # off at 2 ms, 1.07x at 5 ms, 1.01x at 10 ms, 1.02x at 20 ms; a copy reaching the candidate 10 ms later
 # is nothing next to the noise a comparison already tolerates. FACADE_SHADOW_HANDOVER_MS=0: every loop turn.
 HAND_OVER_DELAY_S = float(os.environ.get("FACADE_SHADOW_HANDOVER_MS", "10")) / 1000
+HEALTH_INTERVAL_S = 0.5  # how often this process's health-check results are compared with what the child has
 RESTART_BACKOFF_S = 1.0  # a child that dies soon after its start is restarted after this, doubled each time
 RESTART_BACKOFF_MAX_S = 60.0  # (a child that cannot start must not burn a core on interpreter start-ups)
 HEALTHY_RUN_S = 10.0  # a child that lived this long resets the back-off
@@ -238,16 +239,29 @@ class ShadowChild:
             "noise": {route: sorted(sender.noise.paths(route)) for route in sender.noise.to_json()},
         })
         waiter = asyncio.create_task(process.wait())
+        health = asyncio.create_task(self._share_health())
         try:
             while (message := await read_control(reader)) is not None:
                 self._receive(message)
         finally:
+            health.cancel()
             writer.close()
         with contextlib.suppress(TimeoutError):
             return await asyncio.wait_for(waiter, 5.0)
         with contextlib.suppress(ProcessLookupError):
             process.kill()
         return await waiter
+
+    async def _share_health(self) -> None:
+        """This process's active health-check results, to the child whenever they change: its pools run
+        no checks, and a copy must not go to an endpoint the checks took out (as an inline copy would not)."""
+        sent: dict[str, Any] | None = None
+        while True:
+            states = self.sender.upstreams.health_states(s.name for s in self.services())
+            if states != sent:
+                self.control({"type": "health", "states": states})
+                sent = states
+            await asyncio.sleep(HEALTH_INTERVAL_S)
 
     def _receive(self, message: dict[str, Any]) -> None:
         kind = message.get("type")

@@ -7,10 +7,11 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from ..config import ServiceSpec
+from .health import HealthState
 from .pool import ServicePool
 from .tls import client_ssl_context
 
@@ -167,6 +168,27 @@ class Upstreams:
 
     def snapshot(self) -> dict[str, Any]:
         return {"services": {name: pool.snapshot() for name, pool in sorted(self._pools.items())}}
+
+    def health_states(self, services: Iterable[str]) -> dict[str, dict[str, HealthState]]:
+        """Active health-check results: service -> endpoint URL -> state (services with a check only).
+        What a process that runs the checks hands to those that run none (workers, the shadow sender)."""
+        out: dict[str, dict[str, HealthState]] = {}
+        for name in services:
+            pool = self._pools.get(name)
+            if pool is not None and pool.spec.health_check is not None:
+                out[name] = {ep.url: ep.health for ep in pool.endpoints}
+        return out
+
+    def apply_health(self, states: Mapping[str, Mapping[str, HealthState]]) -> None:
+        """Take another process's health-check results (``health_states``) for this process's pools."""
+        for name, by_url in states.items():
+            pool = self._pools.get(name)
+            if pool is None:
+                continue
+            for ep in pool.endpoints:
+                state = by_url.get(ep.url)
+                if state is not None:
+                    ep.health = state
 
     def resilience_counts(self) -> dict[str, tuple[ServicePool, dict[str, int]]]:
         """Each service's pool and its resilience counters (those ``prometheus_text`` exports): what a

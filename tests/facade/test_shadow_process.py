@@ -355,3 +355,54 @@ def test_a_child_that_keeps_dying_at_start_is_restarted_ever_more_slowly() -> No
     assert delays[:4] == [1.0, 2.0, 4.0, 8.0]
     assert delays == sorted(delays) and delays[-1] == RESTART_BACKOFF_MAX_S
     assert restart_delay(HEALTHY_RUN_S, 9) == 0.0
+
+
+async def test_the_child_takes_the_parents_health_checks(tmp_path: Path) -> None:
+    # The child's pools run no active checks: it gets the parent's results, so a copy never goes to an
+    # endpoint the checks took out (an inline copy, through the parent's pool, would not either).
+    from facade.config import load_config
+    from facade.runtime import FacadeRuntime
+    from facade.shadow import ShadowFeature
+    from tests.backends import EchoApp
+    from tests.facade.test_shadow import SHADOW_SPLIT, until, write_config
+    from tests.servers import bind_loopback
+
+    monolith, up, down = EchoApp("monolith"), EchoApp("up"), EchoApp("down")
+    down.health_status = 503
+    async with serve_app(monolith) as m, serve_app(up) as u, serve_app(down) as d:
+        path = write_config(tmp_path, f"""
+listen: 127.0.0.1:0
+admin: {{listen: 127.0.0.1:0}}
+services:
+  monolith: {{endpoints: [{m}]}}
+  catalog:
+    endpoints: [{u}, {d}]
+    health_check: {{path: /healthz, interval: 100ms, timeout: 1s, unhealthy_threshold: 1}}
+routes:
+  - name: catalog
+    match: {{path: {{prefix: /catalog}}}}
+    backend: monolith
+""")
+        runtime = FacadeRuntime(load_config(str(path)), config_path=str(path), watch_interval=None)
+        sender = ShadowFeature.attach(runtime, sender="process", learn_noise=False).sender
+        await runtime.start(listen_sock=bind_loopback(), admin_sock=bind_loopback())
+        try:
+            runtime.swap(splits={"catalog": SHADOW_SPLIT})
+            pool = runtime.upstreams.get("catalog")
+            assert pool is not None
+            await until(lambda: not next(ep for ep in pool.endpoints if ep.url == d).available, 10)
+            async with httpx.AsyncClient(base_url=runtime.url, timeout=10) as client:
+                assert (await client.get("/catalog/0")).status_code == 200  # the first copy starts the child
+                child = sender.child  # type: ignore[attr-defined]
+                await until(lambda: child.ready, 30)
+                await asyncio.sleep(0.6)  # one health hand-over at least (every 0.5 s when it changed)
+                handed = sender.copies["process"]
+                for i in range(20):
+                    assert (await client.get(f"/catalog/{i}")).status_code == 200
+            await until(lambda: sender.copies["process"] - handed == 20, 10)
+            await until(lambda: sum(child.accounted.values()) >= sender.copies["process"], 10)
+            copies_to_down = [r for r in down.requests if r["raw_path"].startswith("/catalog")]
+            assert copies_to_down == [], copies_to_down
+            assert sum(1 for r in up.requests if r["raw_path"].startswith("/catalog")) >= 20
+        finally:
+            await runtime.stop()
