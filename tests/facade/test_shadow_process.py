@@ -122,42 +122,27 @@ async def test_copies_leave_from_the_child_and_its_results_reach_every_view(tmp_
 
 
 @pytest.mark.slow
-async def test_the_child_compares_with_the_plan_steps_ignore_rules(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_mirrored_answers_are_compared_with_the_plan_steps_ignore_rules(tmp_path: Path, workers: int) -> None:
+    # Whoever sends the copies compares them as the step says: a single facade's sender process, and with
+    # --workers N every worker (the options travel with the snapshot; they used to stay on the supervisor's
+    # sender, and the workers diffed with the defaults: every copy "differed" in the ignored fields).
     (tmp_path / "migrations").mkdir()
     # The echo answers differ only in the backend's name and the headers it saw (Host gets -shadow).
     (tmp_path / "migrations" / "001-shop.yaml").write_text(textwrap.dedent(PLAN).replace(
         "steps:\n", 'steps:\n  - shadow: {percent: 100, ignore: ["$.name", "$.headers"], learn_noise: false}\n'))
     async with serve_app(Switchable("monolith")) as old_url, serve_app(Switchable("catalog")) as new_url:
         (tmp_path / "facade.yaml").write_text(config_text(old_url, new_url))
-        async with supervisor(tmp_path, workers=1) as (_proc, url, admin_url), \
+        async with supervisor(tmp_path, workers=workers) as (_proc, url, admin_url), \
                 httpx.AsyncClient(base_url=admin_url, headers=AUTH, timeout=30) as admin:
             assert (await admin.post("/migrations/shop/start", json={})).status_code == 200
-            await _child_ready(admin, url)
-            before = await _settled(admin, 1)
-            assert await _one_off(url, 20) == {200: 20}
-            stats = await _settled(admin, before["totals"]["mirrored"] + 20)
-            assert stats["copies"]["process"] - before["copies"]["process"] == 20, stats["copies"]
-            report = (await admin.get("/compare", params={"route": "catalog"})).json()
-            assert report["diffs"]["compared"] == stats["totals"]["mirrored"] and report["diffs"]["differing"] == 0, \
-                report["diffs"]
-
-
-@pytest.mark.slow
-async def test_workers_compare_with_the_plan_steps_ignore_rules(tmp_path: Path) -> None:
-    # With --workers N the copies leave from the workers: the compare options the supervisor's controller
-    # sets for the step reach them with the snapshot (they used to stay on the supervisor's sender, and the
-    # workers diffed with the defaults: every copy "differed" in the ignored fields).
-    (tmp_path / "migrations").mkdir()
-    (tmp_path / "migrations" / "001-shop.yaml").write_text(textwrap.dedent(PLAN).replace(
-        "steps:\n", 'steps:\n  - shadow: {percent: 100, ignore: ["$.name", "$.headers"], learn_noise: false}\n'))
-    async with serve_app(Switchable("monolith")) as old_url, serve_app(Switchable("catalog")) as new_url:
-        (tmp_path / "facade.yaml").write_text(config_text(old_url, new_url))
-        async with supervisor(tmp_path, workers=2) as (_proc, url, admin_url), \
-                httpx.AsyncClient(base_url=admin_url, headers=AUTH, timeout=30) as admin:
-            assert (await admin.post("/migrations/shop/start", json={})).status_code == 200
-            before = await _settled(admin, 0)
+            if workers == 1:
+                await _child_ready(admin, url)
+            before = await _settled(admin, 1 if workers == 1 else 0)
             assert await _one_off(url, 30) == {200: 30}
             stats = await _settled(admin, before["totals"]["mirrored"] + 30)
+            if workers == 1:
+                assert stats["copies"]["process"] - before["copies"]["process"] == 30, stats["copies"]
             report = (await admin.get("/compare", params={"route": "catalog"})).json()
             assert report["diffs"]["compared"] == stats["totals"]["mirrored"] >= 30, report["diffs"]
             assert report["diffs"]["differing"] == 0, report["diffs"]

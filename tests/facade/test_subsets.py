@@ -149,10 +149,10 @@ def test_subset_pools_share_endpoint_state_with_their_service() -> None:
     assert service.stats["ejections"] == 1
 
 
-async def test_routes_and_weighted_backends_reach_subsets_through_the_facade(tmp_path: Path) -> None:
-    v1, v2 = EchoApp("v1"), EchoApp("v2")
-    async with serve_app(v1) as u1, serve_app(v2) as u2:
-        text = f"""
+def _shop(u1: str, u2: str, service_extra: str = "") -> str:
+    """A facade config's head: service ``shop`` over two endpoints labelled v1 and v2, a subset for each
+    (``service_extra``: one more key of the service); the caller adds ``routes:``."""
+    return f"""
         listen: 127.0.0.1:0
         admin: {{listen: 127.0.0.1:0}}
         services:
@@ -163,13 +163,20 @@ async def test_routes_and_weighted_backends_reach_subsets_through_the_facade(tmp
             subsets:
               - {{name: v1, labels: {{version: v1}}}}
               - {{name: v2, labels: {{version: v2}}}}
+            {service_extra}"""
+
+
+async def test_routes_and_weighted_backends_reach_subsets_through_the_facade(tmp_path: Path) -> None:
+    v1, v2 = EchoApp("v1"), EchoApp("v2")
+    async with serve_app(v1) as u1, serve_app(v2) as u2:
+        text = _shop(u1, u2) + """
         routes:
           - name: beta
-            match: {{path: {{prefix: /beta}}}}
+            match: {path: {prefix: /beta}}
             backend: shop/v2
           - name: split
-            match: {{path: {{prefix: /split}}}}
-            backends: [{{service: shop/v1, weight: 50}}, {{service: shop/v2, weight: 50}}]
+            match: {path: {prefix: /split}}
+            backends: [{service: shop/v1, weight: 50}, {service: shop/v2, weight: 50}]
           - name: all
             backend: shop
         """
@@ -242,17 +249,7 @@ async def test_a_subsets_retries_count_in_its_services_metrics(tmp_path: Path) -
     ``facade_upstream_retries_total{service="shop"}`` (they were counted on a pool /metrics never read)."""
     v1, v2 = EchoApp("v1"), EchoApp("v2")
     async with serve_app(v1) as u1, serve_app(v2) as u2:
-        text = f"""
-        listen: 127.0.0.1:0
-        admin: {{listen: 127.0.0.1:0}}
-        services:
-          shop:
-            endpoints:
-              - {{url: {u1}, labels: {{version: v1}}}}
-              - {{url: {u2}, labels: {{version: v2}}}}
-            subsets:
-              - {{name: v2, labels: {{version: v2}}}}
-            retries: {{attempts: 2, retry_on: [503]}}
+        text = _shop(u1, u2, "retries: {attempts: 2, retry_on: [503]}") + """
         routes:
           - name: beta
             backend: shop/v2
